@@ -1,0 +1,132 @@
+/**
+ * Adapter selection and device creation.
+ *
+ * - `DENO_WEBGPU_BACKEND` (vulkan | gl | metal | dx12) picks the backend in Deno; `HE2GENE_BACKEND` is an
+ *   alias that is copied into it before the first adapter request.
+ * - A hardware adapter is preferred; a software adapter (llvmpipe, SwiftShader, WARP) is reported as such.
+ * - The device is requested with the adapter's maximum limits (the defaults cap a storage binding at
+ *   128 MiB and workgroup memory at 16 KiB) and with `shader-f16` / `timestamp-query` when present.
+ *
+ * @module
+ */
+
+/** What we know about the adapter a device was created on. */
+export interface AdapterDescription {
+  /** Human-readable adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)` or `NVIDIA H100`. */
+  name: string;
+  /** Vendor string or PCI id reported by the adapter. */
+  vendor: string;
+  /** Backend requested through `DENO_WEBGPU_BACKEND`, or `auto` when the runtime chose. */
+  backend: string;
+  /** True for CPU (software) adapters such as llvmpipe. */
+  software: boolean;
+  /** Features enabled on the device. */
+  features: string[];
+}
+
+/** Options for {@linkcode createDevice}. */
+export interface DeviceOptions {
+  /** Backend to ask Deno for (`vulkan`, `gl`, `metal`, `dx12`); default: `HE2GENE_BACKEND` or the runtime's. */
+  backend?: string;
+  /** Enable `shader-f16` when the adapter has it (default true). */
+  f16?: boolean;
+}
+
+/** Limits requested at their adapter maximum. */
+const LIMITS_AT_MAX = [
+  "maxBufferSize",
+  "maxStorageBufferBindingSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxStorageBuffersPerShaderStage",
+  "maxUniformBufferBindingSize",
+  "maxBindGroups",
+] as const;
+
+const SOFTWARE_NAMES = /llvmpipe|lavapipe|swiftshader|softpipe|warp|basic render|software/i;
+
+function envGet(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined; // no --allow-env: behave as if unset
+  }
+}
+
+/** Error thrown when no WebGPU adapter can be found; its message says what to install. */
+export class NoAdapterError extends Error {
+  constructor(detail: string) {
+    super(
+      `Cannot create a WebGPU device: ${detail}.\n` +
+        `  On Linux without a GPU install the Vulkan software adapter: ` +
+        `apt-get install -y mesa-vulkan-drivers libvulkan1\n` +
+        `  (or use OpenGL: DENO_WEBGPU_BACKEND=gl with Mesa's libgl1-mesa-dri / libegl1).\n` +
+        `  With a GPU, install its Vulkan driver (NVIDIA: the driver's Vulkan ICD; AMD/Intel: mesa-vulkan-drivers).`,
+    );
+    this.name = "NoAdapterError";
+  }
+}
+
+/**
+ * Pick an adapter (hardware first) and create a device with the adapter's maximum limits.
+ *
+ * @example
+ * ```ts
+ * const { device, description } = await createDevice();
+ * console.log(description.name, description.software ? "(software)" : "");
+ * device.destroy();
+ * ```
+ */
+export async function createDevice(
+  options: DeviceOptions = {},
+): Promise<{ device: GPUDevice; adapter: GPUAdapter; description: AdapterDescription }> {
+  const backend = options.backend ?? envGet("HE2GENE_BACKEND");
+  if (backend) {
+    try {
+      Deno.env.set("DENO_WEBGPU_BACKEND", backend);
+    } catch { /* no env permission: the runtime default applies */ }
+  }
+  if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+    throw new NoAdapterError("this runtime has no navigator.gpu (use Deno 2.x)");
+  }
+  let adapter: GPUAdapter | null = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  } catch (e) {
+    throw new NoAdapterError(`requestAdapter failed (${(e as Error).message})`);
+  }
+  if (!adapter) throw new NoAdapterError("no adapter was found");
+
+  const info = adapter.info;
+  const name = info.description || info.device || info.vendor || "unknown adapter";
+  // deno-lint-ignore no-explicit-any
+  const fallback = Boolean((info as any).isFallbackAdapter);
+  const software = fallback || SOFTWARE_NAMES.test(name);
+
+  const requiredLimits: Record<string, number> = {};
+  for (const key of LIMITS_AT_MAX) {
+    const v = (adapter.limits as unknown as Record<string, number>)[key];
+    if (typeof v === "number") requiredLimits[key] = v;
+  }
+  const requiredFeatures: GPUFeatureName[] = [];
+  if (adapter.features.has("timestamp-query")) requiredFeatures.push("timestamp-query");
+  if ((options.f16 ?? true) && adapter.features.has("shader-f16")) requiredFeatures.push("shader-f16");
+
+  const device = await adapter.requestDevice({
+    label: "he2gene",
+    requiredLimits,
+    requiredFeatures,
+  });
+  const description: AdapterDescription = {
+    name,
+    vendor: info.vendor,
+    backend: envGet("DENO_WEBGPU_BACKEND") ?? "auto",
+    software,
+    features: [...device.features].sort(),
+  };
+  return { device, adapter, description };
+}

@@ -1,0 +1,542 @@
+/**
+ * The engine: one device, its buffer pool, pipeline / uniform / bind-group caches, and command batching.
+ *
+ * Every dispatch is recorded into one open compute pass of one command encoder; the encoder is submitted
+ * only when data must cross to the CPU (`read`), before a `queue.writeBuffer` that could overtake
+ * recorded work (`tensor`), or every `autoFlush` dispatches. Per-dispatch host work is a cache lookup for
+ * the pipeline, the uniform buffer (keyed by its packed contents) and the bind group (keyed by buffer ids).
+ *
+ * `HE2GENE_TRACE=1` prints each dispatch: kernel, shapes and workgroups.
+ *
+ * @module
+ */
+import { type AdapterDescription, createDevice, type DeviceOptions } from "./device.ts";
+import type { Kernel, UniformType, UniformValues } from "./kernel.ts";
+import { BufferPool, fmtBytes, type PoolStats } from "./pool.ts";
+import { BYTES, checkShape, type DType, type Storage, Tensor } from "./tensor.ts";
+
+const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+const READ_USAGE = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+const UNIFORM_USAGE = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+
+/** A range of a tensor bound to one storage binding (element offsets; offset must respect the alignment). */
+export interface TensorRange {
+  tensor: Tensor;
+  /** First element bound. */
+  offset: number;
+  /** Elements bound. */
+  size: number;
+}
+
+/** One dispatch. */
+export interface DispatchArgs<U extends Record<string, UniformType>> {
+  /** Tensors (or ranges of tensors) in the kernel's binding order. */
+  bindings: readonly (Tensor | TensorRange)[];
+  uniforms: UniformValues<U>;
+  /** Workgroup counts; see {@linkcode grid}. */
+  workgroups: readonly [number, number?, number?];
+  /** Shapes or other detail shown in traces and errors, e.g. `"[128,64]x[64,32]"`. */
+  info?: string;
+}
+
+/** Options for {@linkcode createEngine}. */
+export interface EngineOptions extends DeviceOptions {
+  /** Print each dispatch (default: `HE2GENE_TRACE=1`). */
+  trace?: boolean;
+  /** Submit after this many recorded dispatches (default 256). */
+  autoFlush?: number;
+}
+
+function envFlag(name: string): boolean {
+  try {
+    const v = Deno.env.get(name);
+    return v !== undefined && v !== "" && v !== "0";
+  } catch {
+    return false;
+  }
+}
+
+/** Thrown at the next synchronisation point after the device reported an error. */
+export class GPUFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GPUFailure";
+  }
+}
+
+/**
+ * Split `n` threads into a dispatch grid of workgroups of `wg` threads, using y (and z) when x would
+ * exceed the per-dimension limit. In WGSL recover the linear id as
+ * `g.x + g.y * (nwg.x * WG_X)` with `@builtin(num_workgroups) nwg`.
+ */
+export function grid(n: number, wg: number, maxPerDim = 65535): [number, number, number] {
+  const groups = Math.ceil(n / wg);
+  if (groups <= maxPerDim) return [Math.max(groups, 1), 1, 1];
+  const y = Math.ceil(groups / maxPerDim);
+  const x = Math.ceil(groups / y);
+  if (y > maxPerDim) throw new RangeError(`Cannot dispatch ${n} threads: more than ${maxPerDim}² workgroups`);
+  return [x, y, 1];
+}
+
+/**
+ * An engine bound to one GPU device.
+ *
+ * @example
+ * ```ts
+ * import { createEngine, add } from "../mod.ts";
+ * const engine = await createEngine();
+ * const a = engine.tensor(new Float32Array([1, 2, 3]), [3]);
+ * console.log(await add(a, a).toArray()); // Float32Array [2, 4, 6]
+ * ```
+ */
+export class Engine {
+  /** The adapter and backend this engine runs on. */
+  readonly adapterInfo: AdapterDescription;
+  readonly limits: GPUSupportedLimits;
+  /** Largest bytes one storage binding may cover. */
+  readonly maxBinding: number;
+  /** Alignment of binding offsets, in bytes. */
+  readonly offsetAlign: number;
+  readonly pool: BufferPool;
+  trace: boolean;
+  autoFlush: number;
+
+  #pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; id: number }>();
+  #uniforms = new Map<string, GPUBuffer>();
+  #retiredUniforms: GPUBuffer[] = [];
+  #uniformIds = new WeakMap<GPUBuffer, number>();
+  #bindGroups = new Map<string, GPUBindGroup>();
+  #nextId = 1;
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #recorded = 0;
+  #scopes: Set<Tensor>[] = [];
+  #recent: string[] = [];
+  #error: GPUFailure | null = null;
+  #destroyed = false;
+  #words = new Uint32Array(64);
+  #querySet: GPUQuerySet | null = null;
+
+  constructor(readonly device: GPUDevice, description: AdapterDescription, options: EngineOptions = {}) {
+    this.adapterInfo = description;
+    this.limits = device.limits;
+    this.maxBinding = device.limits.maxStorageBufferBindingSize;
+    this.offsetAlign = device.limits.minStorageBufferOffsetAlignment;
+    this.pool = new BufferPool(device, device.limits.maxBufferSize);
+    this.trace = options.trace ?? envFlag("HE2GENE_TRACE");
+    this.autoFlush = options.autoFlush ?? 256;
+    device.addEventListener("uncapturederror", (ev) => {
+      const e = (ev as GPUUncapturedErrorEvent).error;
+      this.#fail(`${e.constructor?.name ?? "GPUError"}: ${e.message}`);
+    });
+    device.lost.then((info) => {
+      if (!this.#destroyed) this.#fail(`GPU device lost (${info.reason}): ${info.message}`);
+    });
+  }
+
+  #fail(message: string): void {
+    const recent = this.#recent.length ? this.#recent.join("\n    ") : "(none)";
+    const err = new GPUFailure(`${message}\n  last dispatches (newest last):\n    ${recent}`);
+    // Report the first error loudly; later ones are usually its consequences.
+    if (!this.#error) {
+      this.#error = err;
+      console.error(`[he2gene] ${err.message}`);
+    }
+  }
+
+  /** Throw the first device error reported since the last check, if any. */
+  checkError(): void {
+    const e = this.#error;
+    if (e) {
+      this.#error = null;
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- tensors
+
+  /**
+   * Upload a Float32Array as a tensor of the given shape.
+   *
+   * @example
+   * ```ts
+   * const t = engine.tensor(new Float32Array(6), [2, 3]);
+   * ```
+   */
+  tensor(data: Float32Array | number[], shape: readonly number[]): Tensor {
+    checkShape(shape, "create a tensor");
+    const arr = data instanceof Float32Array ? data : new Float32Array(data);
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (arr.length !== n) {
+      throw new RangeError(
+        `Cannot create a tensor of shape [${shape}]: it needs ${n} values, current value has ${arr.length}`,
+      );
+    }
+    const t = this.empty(shape, "upload");
+    if (n > 0) {
+      // writeBuffer runs before any later submit; recorded work that still reads a recycled buffer
+      // must go first.
+      if (this.#recorded > 0) this.flush();
+      this.device.queue.writeBuffer(t.buffer, 0, arr.buffer, arr.byteOffset, arr.byteLength);
+    }
+    return t;
+  }
+
+  /** An uninitialised tensor (for kernel outputs). */
+  empty(shape: readonly number[], label = "tensor", dtype: DType = "f32"): Tensor {
+    checkShape(shape, "create a tensor");
+    const bytes = shape.reduce((a, b) => a * b, 1) * BYTES[dtype];
+    const buf = this.pool.acquire(Math.max(bytes, 16), STORAGE_USAGE, `${label}[${shape}]`);
+    return this.wrap({ buf, bytes, refs: 1 }, shape, dtype);
+  }
+
+  /** A tensor of zeros (cleared on the GPU, in command order). */
+  zeros(shape: readonly number[], label = "zeros"): Tensor {
+    const t = this.empty(shape, label);
+    this.#endPass();
+    this.#enc().clearBuffer(t.buffer, 0, t.storage.buf.bytes);
+    this.#recorded++;
+    return t;
+  }
+
+  /** @internal Make a tensor over existing storage and register it with the current scope. */
+  wrap(storage: Storage, shape: readonly number[], dtype: DType): Tensor {
+    const t = new Tensor(this, storage, shape, dtype);
+    const top = this.#scopes[this.#scopes.length - 1];
+    if (top) top.add(t);
+    return t;
+  }
+
+  /** @internal */
+  releaseStorage(st: Storage): void {
+    if (--st.refs === 0) this.pool.release(st.buf);
+  }
+
+  /** Read a tensor back as a Float32Array (flushes recorded work). */
+  async read(t: Tensor): Promise<Float32Array> {
+    const bytes = t.bytes;
+    const src = t.buffer;
+    if (bytes === 0) return new Float32Array(0);
+    this.checkError();
+    const staging = this.pool.acquire(bytes, READ_USAGE, `readback[${t.shape}]`);
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(src, 0, staging.buffer, 0, Math.ceil(bytes / 4) * 4);
+    this.#recorded++;
+    this.flush();
+    try {
+      await staging.buffer.mapAsync(GPUMapMode.READ, 0, Math.ceil(bytes / 4) * 4);
+    } catch (e) {
+      this.checkError();
+      throw new GPUFailure(`Cannot read back tensor [${t.shape}]: ${(e as Error).message}`);
+    }
+    const out = new Float32Array(staging.buffer.getMappedRange(0, Math.ceil(bytes / 4) * 4).slice(0));
+    staging.buffer.unmap();
+    this.pool.release(staging);
+    this.checkError();
+    return out;
+  }
+
+  // ---------------------------------------------------------------- scopes
+
+  /**
+   * Run `fn`; every tensor created inside and not returned (nor `keep()`-ed) is disposed afterwards.
+   * Works with async functions too, as long as scopes are not interleaved.
+   *
+   * @example
+   * ```ts
+   * const y = engine.scope(() => relu(add(a, b))); // the intermediate sum is released
+   * ```
+   */
+  scope<T>(fn: () => T): T {
+    const set = new Set<Tensor>();
+    this.#scopes.push(set);
+    let result: T;
+    try {
+      result = fn();
+    } catch (e) {
+      this.#closeScope(set, undefined);
+      throw e;
+    }
+    if (result instanceof Promise) {
+      return result.then(
+        (r) => (this.#closeScope(set, r), r),
+        (e) => {
+          this.#closeScope(set, undefined);
+          throw e;
+        },
+      ) as T;
+    }
+    this.#closeScope(set, result);
+    return result;
+  }
+
+  #closeScope(set: Set<Tensor>, result: unknown): void {
+    const idx = this.#scopes.lastIndexOf(set);
+    if (idx >= 0) this.#scopes.splice(idx, 1);
+    const keep = new Set<Tensor>();
+    collectTensors(result, keep, 0);
+    const parent = this.#scopes[this.#scopes.length - 1];
+    for (const t of set) {
+      if (keep.has(t)) parent?.add(t);
+      else t.dispose();
+    }
+  }
+
+  /** @internal Remove a tensor from every open scope. */
+  keep(t: Tensor): void {
+    for (const s of this.#scopes) s.delete(t);
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  #enc(): GPUCommandEncoder {
+    return this.#encoder ??= this.device.createCommandEncoder({ label: "he2gene step" });
+  }
+
+  #endPass(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+  }
+
+  /** Submit everything recorded so far. Cheap when nothing is recorded. */
+  flush(): void {
+    this.#endPass();
+    if (this.#encoder) {
+      this.device.queue.submit([this.#encoder.finish()]);
+      this.#encoder = null;
+      this.#recorded = 0;
+      for (const b of this.#retiredUniforms) b.destroy();
+      this.#retiredUniforms.length = 0;
+    }
+  }
+
+  /** Wait until the GPU has finished all submitted work. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.checkError();
+  }
+
+  #pipeline(kernel: Kernel): { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; id: number } {
+    let p = this.#pipelines.get(kernel.source);
+    if (p) return p;
+    const module = this.device.createShaderModule({ label: kernel.name, code: kernel.source });
+    module.getCompilationInfo?.().then((info) => {
+      const errors = info.messages.filter((m) => m.type === "error");
+      if (errors.length === 0) return;
+      const lines = kernel.source.split("\n");
+      const text = errors.map((m) =>
+        `  line ${m.lineNum} (body line ${m.lineNum - kernel.headerLines}): ${m.message}\n` +
+        `    ${lines[m.lineNum - 1] ?? ""}`
+      ).join("\n");
+      this.#fail(`WGSL compile error in kernel ${kernel.name}:\n${text}`);
+    }).catch(() => {});
+    const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((b, i) => ({
+      binding: i,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+    }));
+    entries.push({ binding: kernel.bindings.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } });
+    const layout = this.device.createBindGroupLayout({ label: kernel.name, entries });
+    const pipeline = this.device.createComputePipeline({
+      label: kernel.name,
+      layout: this.device.createPipelineLayout({ label: kernel.name, bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+    });
+    p = { pipeline, layout, id: this.#nextId++ };
+    this.#pipelines.set(kernel.source, p);
+    return p;
+  }
+
+  #uniformBuffer(kernel: Kernel, values: UniformValues<Record<string, UniformType>>): GPUBuffer {
+    const nWords = kernel.uniformBytes / 4;
+    if (this.#words.length < nWords) this.#words = new Uint32Array(nWords);
+    const words = this.#words.subarray(0, nWords);
+    words.fill(0);
+    kernel.pack(values, words);
+    let key = kernel.name;
+    for (let i = 0; i < nWords; i++) key += "," + words[i];
+    let buf = this.#uniforms.get(key);
+    if (buf) {
+      return buf;
+    }
+    buf = this.device.createBuffer({ label: `${kernel.name} uniforms`, size: kernel.uniformBytes, usage: UNIFORM_USAGE, mappedAtCreation: true });
+    new Uint32Array(buf.getMappedRange()).set(words);
+    buf.unmap();
+    this.#uniformIds.set(buf, this.#nextId++);
+    this.#uniforms.set(key, buf);
+    if (this.#uniforms.size > 4096) {
+      // Evict the oldest half; destroy them after the next submit (recorded work may use them).
+      let n = 2048;
+      for (const [k, b] of this.#uniforms) {
+        if (n-- === 0) break;
+        this.#uniforms.delete(k);
+        this.#retiredUniforms.push(b);
+      }
+      this.#bindGroups.clear();
+    }
+    return buf;
+  }
+
+  /**
+   * Record one dispatch of `kernel`. Tensors are bound whole (up to the binding limit) or as ranges.
+   *
+   * @example
+   * ```ts
+   * engine.run(scaleKernel, { bindings: [x, y], uniforms: { n: x.size, alpha: 2 }, workgroups: grid(x.size, 64) });
+   * ```
+   */
+  run<U extends Record<string, UniformType>>(kernel: Kernel<U>, args: DispatchArgs<U>): void {
+    if (this.#destroyed) throw new GPUFailure(`Cannot run kernel ${kernel.name}: the engine was destroyed`);
+    const k = kernel as unknown as Kernel;
+    const { pipeline, layout, id } = this.#pipeline(k);
+    const ubuf = this.#uniformBuffer(k, args.uniforms as UniformValues<Record<string, UniformType>>);
+    const b = args.bindings;
+    if (b.length !== k.bindings.length) {
+      throw new TypeError(
+        `Cannot run kernel ${k.name}: it has ${k.bindings.length} bindings, current value has ${b.length}`,
+      );
+    }
+    let key = `${id}|${this.#uniformIds.get(ubuf)}`;
+    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
+    for (let i = 0; i < b.length; i++) {
+      const r = b[i];
+      let buffer: GPUBuffer, offset: number, size: number, bid: number;
+      if (r instanceof Tensor) {
+        const st = r.storage;
+        if (r.bytes > this.maxBinding) {
+          throw new RangeError(
+            `Cannot run kernel ${k.name} (${args.info ?? ""}): binding "${k.bindings[i].name}" holds ` +
+              `${fmtBytes(r.bytes)}, more than maxStorageBufferBindingSize (${fmtBytes(this.maxBinding)}); ` +
+              `this kernel must split it into ranges, or use a smaller batch size`,
+          );
+        }
+        buffer = st.buf.buffer;
+        bid = st.buf.id;
+        offset = 0;
+        size = Math.min(st.buf.bytes, this.maxBinding - (this.maxBinding % 16));
+      } else {
+        const st = r.tensor.storage;
+        const el = BYTES[r.tensor.dtype];
+        buffer = st.buf.buffer;
+        bid = st.buf.id;
+        offset = r.offset * el;
+        size = Math.ceil((r.size * el) / 16) * 16;
+        if (offset % this.offsetAlign !== 0) {
+          throw new RangeError(`Cannot bind ${k.name}.${k.bindings[i].name}: offset ${offset} B is not a multiple of ${this.offsetAlign}`);
+        }
+        size = Math.min(size, st.buf.bytes - offset);
+        if (size > this.maxBinding) {
+          throw new RangeError(`Cannot bind ${k.name}.${k.bindings[i].name}: range of ${fmtBytes(size)} exceeds maxStorageBufferBindingSize`);
+        }
+      }
+      key += `|${bid}:${offset}:${size}`;
+      ranges.push({ buffer, offset, size });
+    }
+    let group = this.#bindGroups.get(key);
+    if (!group) {
+      const entries: GPUBindGroupEntry[] = ranges.map((r, i) => ({ binding: i, resource: r }));
+      entries.push({ binding: b.length, resource: { buffer: ubuf } });
+      group = this.device.createBindGroup({ label: k.name, layout, entries });
+      if (this.#bindGroups.size > 8192) this.#bindGroups.clear();
+      this.#bindGroups.set(key, group);
+    }
+    const [x, y = 1, z = 1] = args.workgroups;
+    const line = `${k.name} ${args.info ?? ""} wg=${x}x${y}x${z}`;
+    if (this.#recent.length >= 8) this.#recent.shift();
+    this.#recent.push(line);
+    if (this.trace) console.error(`[he2gene] dispatch ${line}`);
+    const pass = this.#pass ??= this.#enc().beginComputePass({ label: "he2gene pass" });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    if (++this.#recorded >= this.autoFlush) this.flush();
+  }
+
+  /**
+   * Time the dispatches `fn` records, on the GPU, with timestamp queries (all in one compute pass).
+   * Returns milliseconds, or `null` when the device has no `timestamp-query`.
+   */
+  async timeGpu(fn: () => void): Promise<number | null> {
+    if (!this.device.features.has("timestamp-query")) {
+      fn();
+      await this.sync();
+      return null;
+    }
+    this.flush();
+    this.#querySet ??= this.device.createQuerySet({ label: "he2gene timestamps", type: "timestamp", count: 2 });
+    this.#pass = this.#enc().beginComputePass({
+      label: "he2gene timed pass",
+      timestampWrites: { querySet: this.#querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+    });
+    const saved = this.autoFlush;
+    this.autoFlush = Infinity;
+    try {
+      fn();
+    } finally {
+      this.autoFlush = saved;
+    }
+    this.#endPass();
+    const resolve = this.pool.acquire(16, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, "timestamps");
+    const staging = this.pool.acquire(16, READ_USAGE, "timestamps readback");
+    const enc = this.#enc();
+    enc.resolveQuerySet(this.#querySet, 0, 2, resolve.buffer, 0);
+    enc.copyBufferToBuffer(resolve.buffer, 0, staging.buffer, 0, 16);
+    this.flush();
+    await staging.buffer.mapAsync(GPUMapMode.READ, 0, 16);
+    const t = new BigInt64Array(staging.buffer.getMappedRange(0, 16).slice(0));
+    staging.buffer.unmap();
+    this.pool.release(resolve);
+    this.pool.release(staging);
+    this.checkError();
+    return Number(t[1] - t[0]) / 1e6;
+  }
+
+  /** Buffer pool counters (tensors alive, bytes). */
+  stats(): PoolStats {
+    return this.pool.stats();
+  }
+
+  /** Release the device. The engine cannot be used afterwards. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.flush();
+    this.#destroyed = true;
+    this.pool.trim();
+    this.#querySet?.destroy();
+    for (const b of this.#uniforms.values()) b.destroy();
+    this.device.destroy();
+  }
+}
+
+function collectTensors(v: unknown, out: Set<Tensor>, depth: number): void {
+  if (depth > 4 || v === null || typeof v !== "object") return;
+  if (v instanceof Tensor) {
+    out.add(v);
+    return;
+  }
+  if (Array.isArray(v)) {
+    for (const x of v) collectTensors(x, out, depth + 1);
+  } else if (v instanceof Map) {
+    for (const x of v.values()) collectTensors(x, out, depth + 1);
+  } else if (Object.getPrototypeOf(v) === Object.prototype) {
+    for (const x of Object.values(v)) collectTensors(x, out, depth + 1);
+  }
+}
+
+/**
+ * Create an engine on the best available adapter.
+ *
+ * @example
+ * ```ts
+ * const engine = await createEngine();
+ * console.log(engine.adapterInfo.name, engine.adapterInfo.backend);
+ * engine.destroy();
+ * ```
+ */
+export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
+  const { device, description } = await createDevice(options);
+  return new Engine(device, description, options);
+}

@@ -1,0 +1,172 @@
+/**
+ * Kernel declarations: one object per shader that lists its storage bindings and uniforms once. From that
+ * single declaration we derive the WGSL binding/struct header, the bind group layout and the host-side
+ * packing of the uniforms, so there is no second list to keep in step.
+ *
+ * @example
+ * ```ts
+ * const scale = defineKernel({
+ *   name: "scale",
+ *   bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+ *   uniforms: { n: "u32", alpha: "f32" },
+ *   workgroupSize: [64],
+ *   body: String.raw`
+ * @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+ *   if (g.x < p.n) { y[g.x] = p.alpha * x[g.x]; }
+ * }`,
+ * });
+ * ```
+ * @module
+ */
+
+/** Element type of a storage binding. */
+export type StorageType = "f32" | "vec4<f32>" | "u32" | "i32" | "f16" | "vec4<f16>";
+
+/** One storage binding of a kernel, in binding order. */
+export interface BindingDecl {
+  name: string;
+  access: "read" | "read_write";
+  /** Element type of the runtime-sized array (default `f32`). */
+  type?: StorageType;
+}
+
+/**
+ * Uniform field types. Scalars are 4 bytes; `u32x8` is eight u32 values (shapes and strides up to rank 8)
+ * read in WGSL through the generated accessor `p_<name>(i)`.
+ */
+export type UniformType = "u32" | "i32" | "f32" | "u32x8";
+
+/** Values for a kernel's uniforms, keyed as declared. */
+export type UniformValues<U extends Record<string, UniformType>> = {
+  [K in keyof U]: U[K] extends "u32x8" ? ArrayLike<number> : number;
+};
+
+/** The single declaration of a compute shader. */
+export interface KernelDecl<U extends Record<string, UniformType>> {
+  /** Name shown in traces, labels and error messages. */
+  name: string;
+  bindings: readonly BindingDecl[];
+  uniforms: U;
+  /** Workgroup size; the body must use the constant `WG_X` (and `WG_Y`, `WG_Z`) or repeat the values. */
+  workgroupSize: readonly number[];
+  /** WGSL after the generated header; entry point `main`. */
+  body: string;
+  /** `enable f16;` is emitted when true. */
+  f16?: boolean;
+}
+
+/** A declared kernel: its full WGSL, its layout entries and its uniform packer. */
+export interface Kernel<U extends Record<string, UniformType> = Record<string, UniformType>> {
+  readonly name: string;
+  readonly source: string;
+  readonly bindings: readonly BindingDecl[];
+  readonly uniformBytes: number;
+  /** Pack uniform values into `out` (a Uint32Array of `uniformBytes / 4` words). */
+  pack(values: UniformValues<U>, out: Uint32Array): void;
+  /** Number of header lines before `body`, to map compiler line numbers back to the body. */
+  readonly headerLines: number;
+}
+
+/**
+ * Turn a declaration into a {@linkcode Kernel}.
+ *
+ * @example
+ * ```ts
+ * const k = defineKernel({ name: "noop", bindings: [], uniforms: { n: "u32" }, workgroupSize: [1],
+ *   body: "@compute @workgroup_size(1) fn main() { _ = p.n; }" });
+ * console.log(k.source.includes("struct Params"));
+ * ```
+ */
+export function defineKernel<U extends Record<string, UniformType>>(decl: KernelDecl<U>): Kernel<U> {
+  const fields = Object.entries(decl.uniforms) as [string, UniformType][];
+  // Arrays first (16-byte aligned), then scalars; pad the struct to 16 bytes.
+  const arrays = fields.filter(([, t]) => t === "u32x8");
+  const scalars = fields.filter(([, t]) => t !== "u32x8");
+  const layout: { name: string; type: UniformType; word: number }[] = [];
+  let word = 0;
+  const structLines: string[] = [];
+  for (const [name, type] of arrays) {
+    layout.push({ name, type, word });
+    structLines.push(`  ${name}: array<vec4<u32>, 2>,`);
+    word += 8;
+  }
+  for (const [name, type] of scalars) {
+    layout.push({ name, type, word });
+    structLines.push(`  ${name}: ${type},`);
+    word += 1;
+  }
+  if (word === 0) {
+    structLines.push("  _unused: u32,");
+    word = 1;
+  }
+  const words = Math.ceil(word / 4) * 4;
+  const [wx, wy = 1, wz = 1] = decl.workgroupSize;
+
+  const header: string[] = [];
+  if (decl.f16) header.push("enable f16;");
+  header.push(`// kernel: ${decl.name}`);
+  header.push(`const WG_X: u32 = ${wx}u;`, `const WG_Y: u32 = ${wy}u;`, `const WG_Z: u32 = ${wz}u;`);
+  header.push("struct Params {", ...structLines, "};");
+  decl.bindings.forEach((b, i) => {
+    header.push(`@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type ?? "f32"}>;`);
+  });
+  header.push(`@group(0) @binding(${decl.bindings.length}) var<uniform> p: Params;`);
+  for (const [name] of arrays) {
+    header.push(`fn p_${name}(i: u32) -> u32 { return p.${name}[i / 4u][i % 4u]; }`);
+  }
+  const source = header.join("\n") + "\n" + decl.body;
+
+  const f32 = new Float32Array(1);
+  const f32u = new Uint32Array(f32.buffer);
+  const i32 = new Int32Array(1);
+  const i32u = new Uint32Array(i32.buffer);
+  const pack = (values: UniformValues<U>, out: Uint32Array) => {
+    for (const { name, type, word } of layout) {
+      const v = (values as Record<string, number | ArrayLike<number>>)[name];
+      if (v === undefined) throw new TypeError(`Cannot run kernel ${decl.name}: uniform "${name}" is missing`);
+      if (type === "u32x8") {
+        const a = v as ArrayLike<number>;
+        if (a.length > 8) throw new RangeError(`Cannot run kernel ${decl.name}: rank ${a.length} > 8`);
+        for (let i = 0; i < 8; i++) out[word + i] = i < a.length ? a[i] >>> 0 : 0;
+      } else if (type === "f32") {
+        f32[0] = v as number;
+        out[word] = f32u[0];
+      } else if (type === "i32") {
+        i32[0] = v as number;
+        out[word] = i32u[0];
+      } else {
+        out[word] = (v as number) >>> 0;
+      }
+    }
+  };
+  return {
+    name: decl.name,
+    source,
+    bindings: decl.bindings,
+    uniformBytes: words * 4,
+    pack,
+    headerLines: header.length,
+  };
+}
+
+/**
+ * Memoise kernel variants: `variant(key, make)` builds a kernel once per key (op kind, tile shape, rank…).
+ *
+ * @example
+ * ```ts
+ * const cache = kernelCache();
+ * const k = cache("relu", () => defineKernel({ name: "relu", bindings: [], uniforms: {}, workgroupSize: [1],
+ *   body: "@compute @workgroup_size(1) fn main() {}" }));
+ * ```
+ */
+export function kernelCache<K extends Kernel>(): (key: string, make: () => K) => K {
+  const map = new Map<string, K>();
+  return (key, make) => {
+    let k = map.get(key);
+    if (!k) {
+      k = make();
+      map.set(key, k);
+    }
+    return k;
+  };
+}

@@ -1,0 +1,9 @@
+/**
+ * The engine: device, tensors, buffer pool, kernel declarations and dispatch. Knows nothing of histology.
+ * @module
+ */
+export { createEngine, Engine, type EngineOptions, GPUFailure, grid, type TensorRange } from "./engine.ts";
+export { type AdapterDescription, createDevice, type DeviceOptions, NoAdapterError } from "./device.ts";
+export { type BindingDecl, defineKernel, type Kernel, kernelCache, type UniformType } from "./kernel.ts";
+export { BufferPool, type PoolStats, sizeClass } from "./pool.ts";
+export { type DType, shapeSize, Tensor } from "./tensor.ts";

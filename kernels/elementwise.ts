@@ -1,0 +1,365 @@
+/**
+ * Elementwise ops: unary (relu, sigmoid, exp, log, sqrt, neg, abs, tanh) and binary (add, sub, mul, div,
+ * maximum, minimum) with NumPy broadcasting, and their scalar forms (`add(x, 2)`).
+ *
+ * Tensors larger than one storage binding are processed in element ranges: the output and every operand
+ * of the output's shape are bound range by range; broadcast operands must fit in one binding.
+ * All outputs are new tensors (overwrite); nothing accumulates.
+ *
+ * @module
+ */
+import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
+import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { shapeSize, Tensor } from "../engine/tensor.ts";
+
+/** Unary op names. */
+export type UnaryOp = "relu" | "sigmoid" | "exp" | "log" | "sqrt" | "neg" | "abs" | "tanh";
+/** Binary op names. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "maximum" | "minimum";
+
+const UNARY_WGSL: Record<UnaryOp, string> = {
+  relu: "max(v, 0.0)",
+  sigmoid: "select(exp(v) / (1.0 + exp(v)), 1.0 / (1.0 + exp(-v)), v >= 0.0)",
+  exp: "exp(v)",
+  log: "log(v)",
+  sqrt: "sqrt(v)",
+  neg: "-v",
+  abs: "abs(v)",
+  tanh: "tanh(v)",
+};
+
+const BINARY_WGSL: Record<BinaryOp, string> = {
+  add: "u + v",
+  sub: "u - v",
+  mul: "u * v",
+  div: "u / v",
+  maximum: "max(u, v)",
+  minimum: "min(u, v)",
+};
+
+const UNARY_CPU: Record<UnaryOp, (v: number) => number> = {
+  relu: (v) => Math.max(v, 0),
+  sigmoid: (v) => 1 / (1 + Math.exp(-v)),
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  neg: (v) => -v,
+  abs: Math.abs,
+  tanh: Math.tanh,
+};
+
+const BINARY_CPU: Record<BinaryOp, (u: number, v: number) => number> = {
+  add: (u, v) => u + v,
+  sub: (u, v) => u - v,
+  mul: (u, v) => u * v,
+  div: (u, v) => u / v,
+  maximum: Math.max,
+  minimum: Math.min,
+};
+
+const WG = 128;
+// Linear thread id over a 2-D dispatch grid (x may be capped at 65535 workgroups).
+const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
+const ENTRY =
+  `@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u)`;
+
+const cache = kernelCache<Kernel>();
+
+// out[i] = f(x[i])
+function unaryKernel(op: UnaryOp): Kernel {
+  return cache(`unary:${op}`, () =>
+    defineKernel({
+      name: `unary_${op}`,
+      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { n: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+${ENTRY} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  let v = x[i];
+  y[i] = ${UNARY_WGSL[op]};
+}`,
+    }) as unknown as Kernel);
+}
+
+// out[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)
+function scalarKernel(op: BinaryOp, reversed: boolean): Kernel {
+  return cache(`scalar:${op}:${reversed}`, () =>
+    defineKernel({
+      name: `scalar_${op}${reversed ? "_rev" : ""}`,
+      bindings: [{ name: "a", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { n: "u32", s: "f32" },
+      workgroupSize: [WG],
+      body: String.raw`
+${ENTRY} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  let u = ${reversed ? "p.s" : "a[i]"};
+  let v = ${reversed ? "a[i]" : "p.s"};
+  y[i] = ${BINARY_WGSL[op]};
+}`,
+    }) as unknown as Kernel);
+}
+
+// out[i] = a[ia] ∘ b[ib]; ia, ib from the output index through broadcast strides (0 on broadcast dims).
+// Same-shape operands skip the index arithmetic.
+function binaryKernel(op: BinaryOp, general: boolean): Kernel {
+  return cache(`binary:${op}:${general}`, () =>
+    defineKernel({
+      name: `binary_${op}${general ? "_bcast" : ""}`,
+      bindings: [{ name: "a", access: "read" }, { name: "b", access: "read" }, {
+        name: "y",
+        access: "read_write",
+      }],
+      uniforms: {
+        shape: "u32x8",
+        sa: "u32x8",
+        sb: "u32x8",
+        n: "u32",
+        rank: "u32",
+        base: "u32",
+        abase: "u32",
+        bbase: "u32",
+      },
+      workgroupSize: [WG],
+      body: general
+        ? String.raw`
+${ENTRY} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  var rem = i + p.base;
+  var ia = 0u;
+  var ib = 0u;
+  for (var d = i32(p.rank) - 1; d >= 0; d--) {
+    let dim = p_shape(u32(d));
+    let c = rem % dim;
+    rem = rem / dim;
+    ia += c * p_sa(u32(d));
+    ib += c * p_sb(u32(d));
+  }
+  let u = a[ia - p.abase];
+  let v = b[ib - p.bbase];
+  y[i] = ${BINARY_WGSL[op]};
+}`
+        : String.raw`
+${ENTRY} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  let u = a[i];
+  let v = b[i];
+  y[i] = ${BINARY_WGSL[op]};
+}`,
+    }) as unknown as Kernel);
+}
+
+/** Element ranges `[start, count]` such that each fits one binding and starts at an aligned offset. */
+export function chunks(engine: Engine, n: number): [number, number][] {
+  const align = engine.offsetAlign / 4;
+  const per = Math.floor(engine.maxBinding / 4 / align) * align;
+  if (n <= per) return [[0, n]];
+  const out: [number, number][] = [];
+  for (let s = 0; s < n; s += per) out.push([s, Math.min(per, n - s)]);
+  return out;
+}
+
+function range(t: Tensor, start: number, count: number, whole: boolean): Tensor | TensorRange {
+  return whole ? t : { tensor: t, offset: start, size: count };
+}
+
+/**
+ * Apply a unary op elementwise.
+ *
+ * @example
+ * ```ts
+ * const y = unary("sigmoid", x);
+ * ```
+ */
+export function unary(op: UnaryOp, x: Tensor): Tensor {
+  if (!(x instanceof Tensor)) throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
+  const e = x.engine;
+  const y = e.empty(x.shape, op);
+  const parts = chunks(e, x.size);
+  const k = unaryKernel(op);
+  for (const [s, c] of parts) {
+    if (c === 0) continue;
+    const whole = parts.length === 1;
+    e.run(k, {
+      bindings: [range(x, s, c, whole), range(y, s, c, whole)],
+      uniforms: { n: c },
+      workgroups: grid(c, WG),
+      info: `[${x.shape}]`,
+    });
+  }
+  return y;
+}
+
+/** Broadcast two shapes (NumPy rules); throws a `RangeError` naming the op and both shapes. */
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const r = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < r; i++) {
+    const da = a[a.length - r + i] ?? 1;
+    const db = b[b.length - r + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new RangeError(`Cannot ${op} tensors of shapes [${a}] and [${b}]: dimension ${i} differs (${da} vs ${db})`);
+    }
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** Contiguous strides of `shape` aligned to rank `r`, with 0 on broadcast (size-1) dimensions. */
+function broadcastStrides(shape: readonly number[], out: readonly number[]): number[] {
+  const r = out.length;
+  const st = new Array(r).fill(0);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    const oi = r - shape.length + i;
+    st[oi] = shape[i] === 1 && out[oi] !== 1 ? 0 : s;
+    s *= shape[i];
+  }
+  return st;
+}
+
+/**
+ * Apply a binary op with broadcasting; `b` may be a number (scalar form). `reversed` computes `b ∘ a`.
+ *
+ * @example
+ * ```ts
+ * const y = binary("add", x, bias); // x: [N, C], bias: [C]
+ * const z = binary("mul", x, 0.5);
+ * ```
+ */
+export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = false): Tensor {
+  if (!(a instanceof Tensor)) throw new TypeError(`Cannot ${op}: first operand must be a Tensor`);
+  const e = a.engine;
+  if (typeof b === "number") {
+    const y = e.empty(a.shape, op);
+    const parts = chunks(e, a.size);
+    const k = scalarKernel(op, reversed);
+    for (const [s, c] of parts) {
+      if (c === 0) continue;
+      const whole = parts.length === 1;
+      e.run(k, {
+        bindings: [range(a, s, c, whole), range(y, s, c, whole)],
+        uniforms: { n: c, s: b },
+        workgroups: grid(c, WG),
+        info: `[${a.shape}] ${op} ${b}`,
+      });
+    }
+    return y;
+  }
+  if (!(b instanceof Tensor)) throw new TypeError(`Cannot ${op}: second operand must be a Tensor or a number`);
+  if (b.engine !== a.engine) throw new TypeError(`Cannot ${op}: the tensors belong to different engines`);
+  if (reversed) [a, b] = [b, a];
+  const shape = broadcastShapes(op, a.shape, b.shape);
+  if (shape.length > 8) throw new RangeError(`Cannot ${op}: rank ${shape.length} > 8`);
+  const y = e.empty(shape, op);
+  const n = y.size;
+  const parts = chunks(e, n);
+  const sameA = shapeSize(a.shape) === n && a.shape.length <= shape.length &&
+    a.shape.every((d, i) => d === shape[shape.length - a.shape.length + i]);
+  const sameB = shapeSize(b.shape) === n && b.shape.length <= shape.length &&
+    b.shape.every((d, i) => d === shape[shape.length - b.shape.length + i]);
+  const general = !(sameA && sameB);
+  const k = binaryKernel(op, general);
+  const sa = broadcastStrides(a.shape, shape);
+  const sb = broadcastStrides(b.shape, shape);
+  const whole = parts.length === 1;
+  for (const [s, c] of parts) {
+    if (c === 0) continue;
+    for (const [t, same, name] of [[a, sameA, "first"], [b, sameB, "second"]] as const) {
+      if (!whole && !same && t.bytes > e.maxBinding) {
+        throw new RangeError(
+          `Cannot ${op} tensors of shapes [${a.shape}] and [${b.shape}]: the ${name} operand is broadcast and ` +
+            `larger than one storage binding; use a smaller batch size`,
+        );
+      }
+    }
+    e.run(k, {
+      bindings: [
+        range(a, s, c, whole || !sameA),
+        range(b, s, c, whole || !sameB),
+        range(y, s, c, whole),
+      ],
+      uniforms: {
+        shape,
+        sa,
+        sb,
+        n: c,
+        rank: shape.length,
+        base: s,
+        abase: whole || !sameA ? 0 : s,
+        bbase: whole || !sameB ? 0 : s,
+      },
+      workgroups: grid(c, WG),
+      info: `[${a.shape}] ${op} [${b.shape}]`,
+    });
+  }
+  return y;
+}
+
+/** `a + b` with broadcasting (b may be a number). @example `const y = add(x, bias);` */
+export const add = (a: Tensor, b: Tensor | number): Tensor => binary("add", a, b);
+/** `a - b` with broadcasting. @example `const d = sub(x, 1);` */
+export const sub = (a: Tensor, b: Tensor | number): Tensor => binary("sub", a, b);
+/** `a * b` with broadcasting. @example `const y = mul(x, 0.5);` */
+export const mul = (a: Tensor, b: Tensor | number): Tensor => binary("mul", a, b);
+/** `a / b` with broadcasting. @example `const y = div(x, std);` */
+export const div = (a: Tensor, b: Tensor | number): Tensor => binary("div", a, b);
+/** Elementwise maximum. @example `const y = maximum(x, 0);` */
+export const maximum = (a: Tensor, b: Tensor | number): Tensor => binary("maximum", a, b);
+/** Elementwise minimum. @example `const y = minimum(x, 1);` */
+export const minimum = (a: Tensor, b: Tensor | number): Tensor => binary("minimum", a, b);
+/** max(x, 0). @example `const y = relu(x);` */
+export const relu = (x: Tensor): Tensor => unary("relu", x);
+/** 1 / (1 + e^-x), computed without overflow. @example `const p = sigmoid(logits);` */
+export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
+/** e^x. @example `const y = exp(x);` */
+export const exp = (x: Tensor): Tensor => unary("exp", x);
+/** Natural log. @example `const y = log(x);` */
+export const log = (x: Tensor): Tensor => unary("log", x);
+/** Square root. @example `const y = sqrt(x);` */
+export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
+/** -x. @example `const y = neg(x);` */
+export const neg = (x: Tensor): Tensor => unary("neg", x);
+/** |x|. @example `const y = abs(x);` */
+export const abs = (x: Tensor): Tensor => unary("abs", x);
+/** tanh(x). @example `const y = tanh(x);` */
+export const tanh = (x: Tensor): Tensor => unary("tanh", x);
+
+// ---------------------------------------------------------------- CPU references (float64 arithmetic)
+
+/** CPU reference of {@linkcode unary}. */
+export function unaryCpu(op: UnaryOp, x: Float32Array): Float32Array {
+  const f = UNARY_CPU[op];
+  return Float32Array.from(x, (v) => f(v));
+}
+
+/** CPU reference of {@linkcode binary} (tensor ∘ tensor with broadcasting). */
+export function binaryCpu(
+  op: BinaryOp,
+  a: Float32Array,
+  aShape: readonly number[],
+  b: Float32Array,
+  bShape: readonly number[],
+): { data: Float32Array; shape: number[] } {
+  const shape = broadcastShapes(op, aShape, bShape);
+  const sa = broadcastStrides(aShape, shape);
+  const sb = broadcastStrides(bShape, shape);
+  const n = shapeSize(shape);
+  const out = new Float32Array(n);
+  const f = BINARY_CPU[op];
+  for (let i = 0; i < n; i++) {
+    let rem = i, ia = 0, ib = 0;
+    for (let d = shape.length - 1; d >= 0; d--) {
+      const c = rem % shape[d];
+      rem = Math.floor(rem / shape[d]);
+      ia += c * sa[d];
+      ib += c * sb[d];
+    }
+    out[i] = f(a[ia], b[ib]);
+  }
+  return { data: out, shape };
+}

@@ -1,0 +1,237 @@
+/**
+ * Reductions over chosen axes: sum, mean, max.
+ *
+ * The input is viewed as `[outer, R, inner]` (R = the product of a contiguous run of reduced axes);
+ * non-adjacent axes are reduced one run at a time. Each pass splits R into chunks, one workgroup slice
+ * per chunk, and writes partials `[outer, P, inner]`; passes repeat until P = 1. Within a thread the sum
+ * is compensated (Kahan), across threads it is a tree: 10⁷ elements sum to float32 accuracy.
+ * Outputs are new tensors (overwrite).
+ *
+ * @module
+ */
+import { grid } from "../engine/engine.ts";
+import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { shapeSize, Tensor } from "../engine/tensor.ts";
+
+/** Reduction kinds. */
+export type ReduceOp = "sum" | "mean" | "max";
+
+/** Options for reductions. */
+export interface ReduceOptions {
+  /** Axes to reduce (negative counts from the end); default: all. */
+  axes?: number | readonly number[];
+  /** Keep reduced axes as size 1 (default false). */
+  keepDims?: boolean;
+}
+
+const WG = 256;
+/** Elements of R one workgroup reduces per row when inner = 1. */
+const ROW_CHUNK = 8192;
+/** Elements of R one thread reduces per column when inner > 1. */
+const COL_CHUNK = 512;
+
+const cache = kernelCache<Kernel>();
+
+// Rows (inner = 1): workgroup (o, c) reduces x[o, c·chunk .. (c+1)·chunk) into y[o, c].
+function rowKernel(max: boolean): Kernel {
+  const init = max ? "-3.402823e38" : "0.0";
+  return cache(`reduce_rows:${max}`, () =>
+    defineKernel({
+      name: `reduce_rows_${max ? "max" : "sum"}`,
+      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+      workgroupSize: [WG],
+      body: String.raw`
+var<workgroup> sh: array<f32, ${WG}>;
+@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+    @builtin(local_invocation_index) t: u32) {
+  let w = wid.x + wid.y * nwg.x;
+  if (w >= p.outer * p.parts) { return; }   // uniform per workgroup
+  let o = w / p.parts;
+  let c = w % p.parts;
+  let start = c * p.chunk;
+  let end = min(start + p.chunk, p.r);
+  let base = o * p.r;
+  var acc = ${init};
+  var comp = 0.0;
+  for (var k = start + t; k < end; k += ${WG}u) {
+    let v = x[base + k];
+    ${max ? "acc = max(acc, v);" : "let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;"}
+  }
+  sh[t] = acc;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (t < s) { sh[t] = ${max ? "max(sh[t], sh[t + s])" : "sh[t] + sh[t + s]"}; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { y[w] = sh[0] * p.scale; }
+}`,
+    }) as unknown as Kernel);
+}
+
+// Columns (inner > 1): thread (o, c, i) reduces x[o, c·chunk.., i] over its chunk into y[o, c, i].
+function colKernel(max: boolean): Kernel {
+  const init = max ? "-3.402823e38" : "0.0";
+  return cache(`reduce_cols:${max}`, () =>
+    defineKernel({
+      name: `reduce_cols_${max ? "max" : "sum"}`,
+      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let id = g.x + g.y * (nwg.x * WG_X);
+  if (id >= p.outer * p.parts * p.inner) { return; }
+  let i = id % p.inner;
+  let oc = id / p.inner;
+  let c = oc % p.parts;
+  let o = oc / p.parts;
+  let start = c * p.chunk;
+  let end = min(start + p.chunk, p.r);
+  var acc = ${init};
+  var comp = 0.0;
+  var idx = (o * p.r + start) * p.inner + i;
+  for (var k = start; k < end; k++) {
+    let v = x[idx];
+    idx += p.inner;
+    ${max ? "acc = max(acc, v);" : "let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;"}
+  }
+  y[id] = acc * p.scale;
+}`,
+    }) as unknown as Kernel);
+}
+
+/** Normalise axes to sorted unique non-negative indices; throws a `RangeError` naming the op. */
+export function normAxes(op: string, rank: number, axes?: number | readonly number[]): number[] {
+  if (axes === undefined) return [...Array(rank).keys()];
+  const list = typeof axes === "number" ? [axes] : [...axes];
+  const out = new Set<number>();
+  for (const a of list) {
+    const n = a < 0 ? a + rank : a;
+    if (!Number.isInteger(a) || n < 0 || n >= rank) {
+      throw new RangeError(`Cannot ${op} over axis ${a}: tensor has rank ${rank}`);
+    }
+    out.add(n);
+  }
+  return [...out].sort((x, y) => x - y);
+}
+
+// One reduction of [outer, r, inner] → [outer, inner], in passes.
+function reduceRun(x: Tensor, outer: number, r: number, inner: number, max: boolean, scale: number): Tensor {
+  const e = x.engine;
+  let cur = x;
+  let curR = r;
+  for (;;) {
+    const rows = inner === 1;
+    const chunk = rows ? ROW_CHUNK : COL_CHUNK;
+    const parts = Math.max(1, Math.ceil(curR / chunk));
+    const last = parts === 1;
+    const out = e.empty([outer * parts * inner], max ? "max" : "sum");
+    if (rows) {
+      e.run(rowKernel(max), {
+        bindings: [cur, out],
+        uniforms: { outer, r: curR, chunk, parts, scale: last ? scale : 1 },
+        workgroups: grid(outer * parts, 1),
+        info: `[${outer},${curR}]→[${outer},${parts}]`,
+      });
+    } else {
+      e.run(colKernel(max), {
+        bindings: [cur, out],
+        uniforms: { outer, r: curR, inner, chunk, parts, scale: last ? scale : 1 },
+        workgroups: grid(outer * parts * inner, WG),
+        info: `[${outer},${curR},${inner}]→[${outer},${parts},${inner}]`,
+      });
+    }
+    if (cur !== x) cur.dispose();
+    cur = out;
+    curR = parts;
+    if (last) return cur;
+  }
+}
+
+/**
+ * Reduce `x` over `axes` with `op`.
+ *
+ * @example
+ * ```ts
+ * const colSums = reduce("sum", x, { axes: [0] });
+ * ```
+ */
+export function reduce(op: ReduceOp, x: Tensor, options: ReduceOptions = {}): Tensor {
+  if (!(x instanceof Tensor)) throw new TypeError(`Cannot ${op}: expected a Tensor`);
+  const e = x.engine;
+  const axes = normAxes(op, x.rank, options.axes);
+  const outShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+  const finalShape = options.keepDims ? outShape : x.shape.filter((_, i) => !axes.includes(i));
+  const rTotal = axes.reduce((p, a) => p * x.shape[a], 1);
+  if (x.size === 0 || rTotal === 0) {
+    // Reducing nothing: sum → 0, mean → NaN, max → -Infinity (as NumPy/PyTorch would error or give these).
+    const n = shapeSize(finalShape);
+    const fill = op === "sum" ? 0 : op === "mean" ? NaN : -Infinity;
+    return e.tensor(new Float32Array(n).fill(fill), finalShape);
+  }
+  if (x.bytes > e.maxBinding) {
+    throw new RangeError(
+      `Cannot ${op} a tensor of shape [${x.shape}]: ${x.bytes} bytes exceed one storage binding ` +
+        `(${e.maxBinding}); reduce a smaller batch`,
+    );
+  }
+  const max = op === "max";
+  // Group the reduced axes into contiguous runs, reduce from the last run to the first.
+  const runs: [number, number][] = [];
+  for (const a of axes) {
+    const last = runs[runs.length - 1];
+    if (last && last[1] === a) last[1] = a + 1;
+    else runs.push([a, a + 1]);
+  }
+  let cur = x;
+  const shape = [...x.shape];
+  for (let ri = runs.length - 1; ri >= 0; ri--) {
+    const [s, t] = runs[ri];
+    const outer = shapeSize(shape.slice(0, s));
+    const r = shapeSize(shape.slice(s, t));
+    const inner = shapeSize(shape.slice(t));
+    const scale = op === "mean" ? 1 / r : 1;
+    const next = reduceRun(cur, outer, r, inner, max, scale);
+    if (cur !== x) cur.dispose();
+    cur = next;
+    for (let i = s; i < t; i++) shape[i] = 1;
+  }
+  const result = cur.reshape(finalShape);
+  cur.dispose();
+  return result;
+}
+
+/** Sum over axes (all by default). @example `const total = sum(x); const rows = sum(x, { axes: 1 });` */
+export const sum = (x: Tensor, options?: ReduceOptions): Tensor => reduce("sum", x, options);
+/** Mean over axes. @example `const m = mean(x, { axes: [0, 2, 3] });` */
+export const mean = (x: Tensor, options?: ReduceOptions): Tensor => reduce("mean", x, options);
+/** Maximum over axes. @example `const m = max(x, { axes: -1 });` */
+export const max = (x: Tensor, options?: ReduceOptions): Tensor => reduce("max", x, options);
+
+/** CPU reference of {@linkcode reduce}, in float64. */
+export function reduceCpu(
+  op: ReduceOp,
+  x: Float32Array,
+  shape: readonly number[],
+  options: ReduceOptions = {},
+): { data: Float32Array; shape: number[] } {
+  const axes = normAxes(op, shape.length, options.axes);
+  const outShape = shape.map((d, i) => (axes.includes(i) ? 1 : d));
+  const finalShape = options.keepDims ? outShape : shape.filter((_, i) => !axes.includes(i));
+  const n = shapeSize(outShape);
+  const acc = new Float64Array(n).fill(op === "max" ? -Infinity : 0);
+  const count = axes.reduce((p, a) => p * shape[a], 1);
+  const strides = outShape.map((_, i) => shapeSize(outShape.slice(i + 1)));
+  for (let i = 0; i < x.length; i++) {
+    let rem = i, o = 0;
+    for (let d = shape.length - 1; d >= 0; d--) {
+      const c = rem % shape[d];
+      rem = Math.floor(rem / shape[d]);
+      if (!axes.includes(d)) o += c * strides[d];
+    }
+    acc[o] = op === "max" ? Math.max(acc[o], x[i]) : acc[o] + x[i];
+  }
+  const data = Float32Array.from(acc, (v) => (op === "mean" ? v / count : v));
+  return { data, shape: finalShape };
+}
