@@ -113,6 +113,7 @@ export class Engine {
   #scopes: Set<Tensor>[] = [];
   #recent: string[] = [];
   #error: GPUFailure | null = null;
+  #errorIsCompile = false;
   #destroyed = false;
   #words = new Uint32Array(64);
   #querySet: GPUQuerySet | null = null;
@@ -134,12 +135,13 @@ export class Engine {
     });
   }
 
-  #fail(message: string): void {
+  #fail(message: string, compile = false): void {
     const recent = this.#recent.length ? this.#recent.join("\n    ") : "(none)";
     const err = new GPUFailure(`${message}\n  last dispatches (newest last):\n    ${recent}`);
     // Report the first error loudly; later ones are usually its consequences.
-    if (!this.#error) {
+    if (!this.#error || (compile && !this.#errorIsCompile)) {
       this.#error = err;
+      this.#errorIsCompile = compile;
       console.error(`[he2gene] ${err.message}`);
     }
   }
@@ -177,7 +179,7 @@ export class Engine {
       // writeBuffer runs before any later submit; recorded work that still reads a recycled buffer
       // must go first.
       if (this.#recorded > 0) this.flush();
-      this.device.queue.writeBuffer(t.buffer, 0, arr.buffer, arr.byteOffset, arr.byteLength);
+      this.device.queue.writeBuffer(t.buffer, 0, arr.buffer as ArrayBuffer, arr.byteOffset, arr.byteLength);
     }
     return t;
   }
@@ -331,7 +333,7 @@ export class Engine {
         `  line ${m.lineNum} (body line ${m.lineNum - kernel.headerLines}): ${m.message}\n` +
         `    ${lines[m.lineNum - 1] ?? ""}`
       ).join("\n");
-      this.#fail(`WGSL compile error in kernel ${kernel.name}:\n${text}`);
+      this.#fail(`WGSL compile error in kernel ${kernel.name}:\n${text}`, true);
     }).catch(() => {});
     const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((b, i) => ({
       binding: i,

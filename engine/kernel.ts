@@ -38,7 +38,9 @@ export type UniformType = "u32" | "i32" | "f32" | "u32x8";
 
 /** Values for a kernel's uniforms, keyed as declared. */
 export type UniformValues<U extends Record<string, UniformType>> = {
-  [K in keyof U]: U[K] extends "u32x8" ? ArrayLike<number> : number;
+  [K in keyof U]: U[K] extends "u32x8" ? ArrayLike<number>
+    : "u32x8" extends U[K] ? number | ArrayLike<number> // erased (generic) kernels
+    : number;
 };
 
 /** The single declaration of a compute shader. */

@@ -104,7 +104,7 @@ export class Tensor {
 
   /** A tensor with the same data and another shape of the same size (no copy). */
   reshape(shape: readonly number[]): Tensor {
-    checkShape(shape, "reshape");
+    checkShape(shape.map((d) => (d === -1 ? 0 : d)), "reshape");
     const st = this.storage;
     let s = [...shape];
     const infer = s.indexOf(-1);

@@ -1,0 +1,140 @@
+/**
+ * Shared test helpers: one engine per test process, the tolerances stated once, seeded random inputs,
+ * and a skip helper for tests that need `../shared/data`.
+ */
+import { AssertionError, deepStrictEqual } from "node:assert";
+import { createEngine, type Engine } from "../mod.ts";
+
+/**
+ * Tolerances per op family, stated once. `|got − want| ≤ atol + rtol·|want|` elementwise.
+ * - elementwise: float32 rounding of one op on both sides (WGSL exp/log/tanh are within a few ulp).
+ * - reduce: sums of up to 10⁷ float32 values against a float64 reference.
+ * - matmul: float32 dot products of length K (error grows like √K·ε·Σ|a||b|); checked with the scale
+ *   `Σ_k |a_ik||b_kj|` in place of |want| (see {@linkcode assertMatmulClose}).
+ */
+export const TOL = {
+  elementwise: { rtol: 2e-6, atol: 1e-6 },
+  reduce: { rtol: 1e-5, atol: 1e-5 },
+  matmul: { rtol: 1e-5, atol: 1e-6 },
+} as const;
+
+let shared: Promise<Engine> | null = null;
+
+/** The engine shared by all tests of this process. */
+export function engine(): Promise<Engine> {
+  return shared ??= createEngine();
+}
+
+/** A GPU test: sanitizers off (the device keeps a pending `lost` promise for its whole life). */
+export function gpuTest(name: string, fn: (e: Engine) => Promise<void> | void): void {
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      const e = await engine();
+      await fn(e);
+      e.checkError();
+    },
+  });
+}
+
+/** Deterministic pseudo-random numbers (mulberry32) in [lo, hi). */
+export function rand(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    const u = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    out[i] = lo + (hi - lo) * u;
+  }
+  return out;
+}
+
+/** Assert `got ≈ want` elementwise within `tol`; the message names the first bad index and the worst error. */
+export function assertClose(
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  tol: { rtol: number; atol: number },
+  what = "values",
+  scale?: ArrayLike<number>,
+): void {
+  if (got.length !== want.length) {
+    throw new AssertionError({ message: `${what}: length ${got.length}, expected ${want.length}` });
+  }
+  let bad = -1, worst = 0, worstAt = -1;
+  for (let i = 0; i < got.length; i++) {
+    const g = got[i], w = want[i];
+    if (Number.isNaN(w) && Number.isNaN(g)) continue;
+    if (w === g) continue;
+    const err = Math.abs(g - w);
+    const lim = tol.atol + tol.rtol * Math.abs(scale ? scale[i] : w);
+    if (!(err <= lim)) {
+      if (bad < 0) bad = i;
+      if (!(err <= worst)) {
+        worst = err;
+        worstAt = i;
+      }
+    }
+  }
+  if (bad >= 0) {
+    throw new AssertionError({
+      message: `${what}: ${got.length} values, first mismatch at ${bad}: got ${got[bad]}, expected ${want[bad]}; ` +
+        `worst |err| ${worst} at ${worstAt} (rtol ${tol.rtol}, atol ${tol.atol})`,
+    });
+  }
+}
+
+/** Path of the shared data folder, or null (with a message) when absent. */
+export function sharedData(rel: string): string | null {
+  const p = new URL(`../../shared/data/${rel}`, import.meta.url).pathname;
+  try {
+    Deno.statSync(p);
+    return p;
+  } catch {
+    console.warn(`skipped: ../shared/data/${rel} is absent`);
+    return null;
+  }
+}
+
+/** Deep equality (node:assert's deepStrictEqual). */
+export function assertEquals<T>(actual: unknown, expected: T, message?: string): void {
+  deepStrictEqual(actual, expected, message);
+}
+
+// deno-lint-ignore no-explicit-any
+type ErrorClass = new (...args: any[]) => Error;
+
+/** Assert that `fn` throws an instance of `cls` whose message includes `includes`. */
+export function assertThrows(fn: () => unknown, cls: ErrorClass, includes = ""): Error {
+  try {
+    fn();
+  } catch (e) {
+    checkError(e, cls, includes);
+    return e as Error;
+  }
+  throw new AssertionError({ message: `expected ${cls.name} (${includes}), but nothing was thrown` });
+}
+
+/** Assert that `fn` rejects with an instance of `cls` whose message includes `includes`. */
+export async function assertRejects(fn: () => Promise<unknown>, cls: ErrorClass, includes = ""): Promise<Error> {
+  try {
+    await fn();
+  } catch (e) {
+    checkError(e, cls, includes);
+    return e as Error;
+  }
+  throw new AssertionError({ message: `expected ${cls.name} (${includes}), but nothing was thrown` });
+}
+
+function checkError(e: unknown, cls: ErrorClass, includes: string): void {
+  if (!(e instanceof cls)) {
+    throw new AssertionError({ message: `expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}` });
+  }
+  if (!e.message.includes(includes)) {
+    throw new AssertionError({ message: `expected message to include "${includes}", got "${e.message}"` });
+  }
+}

@@ -1,0 +1,85 @@
+import {
+  add,
+  binary,
+  type BinaryOp,
+  binaryCpu,
+  div,
+  mul,
+  sub,
+  unary,
+  type UnaryOp,
+  unaryCpu,
+} from "../../kernels/elementwise.ts";
+import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+
+const UNARY: UnaryOp[] = ["relu", "sigmoid", "exp", "log", "sqrt", "neg", "abs", "tanh"];
+const BINARY: BinaryOp[] = ["add", "sub", "mul", "div", "maximum", "minimum"];
+const SIZES = [0, 1, 7, 33, 129, 1000, 100_003];
+
+for (const op of UNARY) {
+  gpuTest(`unary ${op} matches the CPU reference on sizes 0…100003`, async (e) => {
+    for (const n of SIZES) {
+      // log and sqrt need positive inputs; the others see both signs and large magnitudes.
+      const x = op === "log" || op === "sqrt" ? rand(n, n + 3, 0.01, 50) : rand(n, n + 3, -30, 30);
+      const t = e.tensor(x, [n]);
+      const y = unary(op, t);
+      assertEquals(y.shape, [n]);
+      assertClose(await y.toArray(), unaryCpu(op, x), TOL.elementwise, `${op}[${n}]`);
+      t.dispose();
+      y.dispose();
+    }
+  });
+}
+
+const SHAPE_PAIRS: [number[], number[]][] = [
+  [[129], [129]],
+  [[7, 33], [7, 33]],
+  [[7, 33], [33]],
+  [[7, 1], [1, 33]],
+  [[2, 3, 1, 5], [3, 4, 1]],
+  [[1], [1000]],
+  [[], [3, 2]],
+  [[0, 4], [4]],
+  [[1, 1, 1, 1, 1, 1, 2], [3, 1]],
+];
+
+for (const op of BINARY) {
+  gpuTest(`binary ${op} broadcasts across ranks like NumPy`, async (e) => {
+    for (const [sa, sb] of SHAPE_PAIRS) {
+      const na = sa.reduce((p, d) => p * d, 1), nb = sb.reduce((p, d) => p * d, 1);
+      const a = rand(na, na + 1, -4, 4);
+      const b = op === "div" ? rand(nb, nb + 2, 0.5, 3) : rand(nb, nb + 2, -4, 4);
+      const ta = e.tensor(a, sa), tb = e.tensor(b, sb);
+      const y = binary(op, ta, tb);
+      const want = binaryCpu(op, a, sa, b, sb);
+      assertEquals([...y.shape], want.shape, `${op} [${sa}] [${sb}] shape`);
+      assertClose(await y.toArray(), want.data, TOL.elementwise, `${op} [${sa}] ∘ [${sb}]`);
+      for (const t of [ta, tb, y]) t.dispose();
+    }
+  });
+}
+
+gpuTest("scalar forms apply the scalar on the right (and on the left when reversed)", async (e) => {
+  const x = rand(1000, 5, -3, 3);
+  const t = e.tensor(x, [10, 100]);
+  assertClose(await add(t, 2.5).toArray(), x.map((v) => v + 2.5), TOL.elementwise, "x + 2.5");
+  assertClose(await sub(t, 1).toArray(), x.map((v) => v - 1), TOL.elementwise, "x - 1");
+  assertClose(await mul(t, -0.5).toArray(), x.map((v) => v * -0.5), TOL.elementwise, "x * -0.5");
+  assertClose(await div(t, 4).toArray(), x.map((v) => v / 4), TOL.elementwise, "x / 4");
+  assertClose(await binary("sub", t, 1, true).toArray(), x.map((v) => 1 - v), TOL.elementwise, "1 - x");
+});
+
+gpuTest("elementwise ops on 10⁷ elements use a 2-D dispatch grid and stay correct", async (e) => {
+  const n = 10_000_019;
+  const a = rand(n, 11), b = rand(n, 12);
+  const y = add(e.tensor(a, [n]), e.tensor(b, [n]));
+  const got = await y.toArray();
+  for (const i of [0, 1, 65535 * 128, n - 1, 7_777_777]) assertClose([got[i]], [a[i] + b[i]], TOL.elementwise, `y[${i}]`);
+});
+
+gpuTest("mismatched shapes throw a RangeError naming the op and both shapes", (e) => {
+  const a = e.tensor(new Float32Array(6), [2, 3]);
+  const b = e.tensor(new Float32Array(4), [4]);
+  assertThrows(() => add(a, b), RangeError, "Cannot add tensors of shapes [2,3] and [4]");
+  assertThrows(() => add(a, "x" as unknown as number), TypeError, "Cannot add");
+});

@@ -1,0 +1,58 @@
+import { max, mean, reduce, reduceCpu, type ReduceOp, sum } from "../../kernels/reduce.ts";
+import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+
+const CASES: [number[], number | number[] | undefined][] = [
+  [[1], undefined],
+  [[7], 0],
+  [[33, 129], 1],
+  [[33, 129], 0],
+  [[7, 33, 5], [0, 2]],
+  [[7, 33, 5], [1]],
+  [[4, 3, 9, 11], [1, 2]],
+  [[4, 3, 9, 11], [-1]],
+  [[2, 10000], 1],
+  [[20001, 3], 0],
+  [[1000], undefined],
+];
+
+for (const op of ["sum", "mean", "max"] as ReduceOp[]) {
+  gpuTest(`${op} over chosen axes matches the float64 reference`, async (e) => {
+    for (const [shape, axes] of CASES) {
+      const n = shape.reduce((p, d) => p * d, 1);
+      const x = rand(n, n, -2, 2);
+      for (const keepDims of [false, true]) {
+        const y = reduce(op, e.tensor(x, shape), { axes, keepDims });
+        const want = reduceCpu(op, x, shape, { axes, keepDims });
+        assertEquals([...y.shape], want.shape, `${op} [${shape}] axes ${axes} shape`);
+        assertClose(await y.toArray(), want.data, TOL.reduce, `${op} [${shape}] axes ${axes}`);
+      }
+    }
+  });
+}
+
+gpuTest("sum and mean of 10⁷ elements keep float32 accuracy", async (e) => {
+  const n = 10_000_000;
+  const x = rand(n, 99, 0, 1);
+  let exact = 0;
+  for (let i = 0; i < n; i++) exact += x[i];
+  const t = e.tensor(x, [n]);
+  const [s] = await sum(t).toArray();
+  const [m] = await mean(t).toArray();
+  // A naive sequential float32 sum is off by ~1e-3 relative here; we require ~float32 rounding.
+  assertClose([s], [exact], { rtol: 1e-6, atol: 0 }, "sum of 1e7");
+  assertClose([m], [exact / n], { rtol: 1e-6, atol: 0 }, "mean of 1e7");
+  const [mx] = await max(t).toArray();
+  assertEquals(mx, x.reduce((a, b) => Math.max(a, b), -Infinity));
+});
+
+gpuTest("reductions over empty axes give 0, NaN and -Infinity", async (e) => {
+  const t = e.tensor(new Float32Array(0), [3, 0]);
+  assertEquals([...await sum(t, { axes: 1 }).toArray()], [0, 0, 0]);
+  assertEquals([...await max(t, { axes: 1 }).toArray()], [-Infinity, -Infinity, -Infinity]);
+  assertEquals(Number.isNaN((await mean(t, { axes: 1 }).toArray())[0]), true);
+});
+
+gpuTest("a bad axis throws a RangeError naming the op", (e) => {
+  const t = e.tensor(new Float32Array(6), [2, 3]);
+  assertThrows(() => sum(t, { axes: 2 }), RangeError, "Cannot sum over axis 2: tensor has rank 2");
+});
