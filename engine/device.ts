@@ -90,6 +90,12 @@ export async function createDevice(
       Deno.env.set("DENO_WEBGPU_BACKEND", backend);
     } catch { /* no env permission: the runtime default applies */ }
   }
+  // Mesa's window-system probe prints "XDG_RUNTIME_DIR is invalid or not set" on headless machines.
+  if (!envGet("XDG_RUNTIME_DIR")) {
+    try {
+      Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    } catch { /* no env permission: the message is only noise */ }
+  }
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
     throw new NoAdapterError("this runtime has no navigator.gpu (use Deno 2.x)");
   }

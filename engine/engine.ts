@@ -340,7 +340,11 @@ export class Engine {
       visibility: GPUShaderStage.COMPUTE,
       buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
     }));
-    entries.push({ binding: kernel.bindings.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } });
+    entries.push({
+      binding: kernel.bindings.length,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type: "uniform" },
+    });
     const layout = this.device.createBindGroupLayout({ label: kernel.name, entries });
     const pipeline = this.device.createComputePipeline({
       label: kernel.name,
@@ -364,7 +368,12 @@ export class Engine {
     if (buf) {
       return buf;
     }
-    buf = this.device.createBuffer({ label: `${kernel.name} uniforms`, size: kernel.uniformBytes, usage: UNIFORM_USAGE, mappedAtCreation: true });
+    buf = this.device.createBuffer({
+      label: `${kernel.name} uniforms`,
+      size: kernel.uniformBytes,
+      usage: UNIFORM_USAGE,
+      mappedAtCreation: true,
+    });
     new Uint32Array(buf.getMappedRange()).set(words);
     buf.unmap();
     this.#uniformIds.set(buf, this.#nextId++);
@@ -427,11 +436,19 @@ export class Engine {
         offset = r.offset * el;
         size = Math.ceil((r.size * el) / 16) * 16;
         if (offset % this.offsetAlign !== 0) {
-          throw new RangeError(`Cannot bind ${k.name}.${k.bindings[i].name}: offset ${offset} B is not a multiple of ${this.offsetAlign}`);
+          throw new RangeError(
+            `Cannot bind ${k.name}.${
+              k.bindings[i].name
+            }: offset ${offset} B is not a multiple of ${this.offsetAlign}`,
+          );
         }
         size = Math.min(size, st.buf.bytes - offset);
         if (size > this.maxBinding) {
-          throw new RangeError(`Cannot bind ${k.name}.${k.bindings[i].name}: range of ${fmtBytes(size)} exceeds maxStorageBufferBindingSize`);
+          throw new RangeError(
+            `Cannot bind ${k.name}.${k.bindings[i].name}: range of ${
+              fmtBytes(size)
+            } exceeds maxStorageBufferBindingSize`,
+          );
         }
       }
       key += `|${bid}:${offset}:${size}`;
@@ -468,7 +485,11 @@ export class Engine {
       return null;
     }
     this.flush();
-    this.#querySet ??= this.device.createQuerySet({ label: "he2gene timestamps", type: "timestamp", count: 2 });
+    this.#querySet ??= this.device.createQuerySet({
+      label: "he2gene timestamps",
+      type: "timestamp",
+      count: 2,
+    });
     this.#pass = this.#enc().beginComputePass({
       label: "he2gene timed pass",
       timestampWrites: { querySet: this.#querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
@@ -481,7 +502,11 @@ export class Engine {
       this.autoFlush = saved;
     }
     this.#endPass();
-    const resolve = this.pool.acquire(16, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, "timestamps");
+    const resolve = this.pool.acquire(
+      16,
+      GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      "timestamps",
+    );
     const staging = this.pool.acquire(16, READ_USAGE, "timestamps readback");
     const enc = this.#enc();
     enc.resolveQuerySet(this.#querySet, 0, 2, resolve.buffer, 0);

@@ -125,7 +125,9 @@ export function defineKernel<U extends Record<string, UniformType>>(decl: Kernel
   const pack = (values: UniformValues<U>, out: Uint32Array) => {
     for (const { name, type, word } of layout) {
       const v = (values as Record<string, number | ArrayLike<number>>)[name];
-      if (v === undefined) throw new TypeError(`Cannot run kernel ${decl.name}: uniform "${name}" is missing`);
+      if (v === undefined) {
+        throw new TypeError(`Cannot run kernel ${decl.name}: uniform "${name}" is missing`);
+      }
       if (type === "u32x8") {
         const a = v as ArrayLike<number>;
         if (a.length > 8) throw new RangeError(`Cannot run kernel ${decl.name}: rank ${a.length} > 8`);

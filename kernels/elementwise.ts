@@ -11,11 +11,23 @@
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
+import { defineOp, setGradientAdd } from "../engine/autograd.ts";
+import { reduce } from "./reduce.ts";
 
 /** Unary op names. */
 export type UnaryOp = "relu" | "sigmoid" | "exp" | "log" | "sqrt" | "neg" | "abs" | "tanh";
-/** Binary op names. */
-export type BinaryOp = "add" | "sub" | "mul" | "div" | "maximum" | "minimum";
+/** Binary op names (`relu_grad`, `sigmoid_grad`, `tanh_grad`, `sign_mul` serve backward passes). */
+export type BinaryOp =
+  | "add"
+  | "sub"
+  | "mul"
+  | "div"
+  | "maximum"
+  | "minimum"
+  | "relu_grad"
+  | "sigmoid_grad"
+  | "tanh_grad"
+  | "sign_mul";
 
 const UNARY_WGSL: Record<UnaryOp, string> = {
   relu: "max(v, 0.0)",
@@ -35,6 +47,10 @@ const BINARY_WGSL: Record<BinaryOp, string> = {
   div: "u / v",
   maximum: "max(u, v)",
   minimum: "min(u, v)",
+  relu_grad: "select(0.0, u, v > 0.0)", // u = dy, v = x
+  sigmoid_grad: "u * v * (1.0 - v)", // u = dy, v = y
+  tanh_grad: "u * (1.0 - v * v)", // u = dy, v = y
+  sign_mul: "u * sign(v)", // u = dy, v = x
 };
 
 const UNARY_CPU: Record<UnaryOp, (v: number) => number> = {
@@ -55,6 +71,10 @@ const BINARY_CPU: Record<BinaryOp, (u: number, v: number) => number> = {
   div: (u, v) => u / v,
   maximum: Math.max,
   minimum: Math.min,
+  relu_grad: (u, v) => (v > 0 ? u : 0),
+  sigmoid_grad: (u, v) => u * v * (1 - v),
+  tanh_grad: (u, v) => u * (1 - v * v),
+  sign_mul: (u, v) => u * Math.sign(v),
 };
 
 const WG = 128;
@@ -153,6 +173,59 @@ ${ENTRY} {
     }) as unknown as Kernel);
 }
 
+// y[i] = x[ix]: broadcast x to the output shape (strides 0 on stretched axes).
+function expandKernel(): Kernel {
+  return cache("expand", () =>
+    defineKernel({
+      name: "expand",
+      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { shape: "u32x8", sx: "u32x8", n: "u32", rank: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+${ENTRY} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  var rem = i;
+  var ix = 0u;
+  for (var d = i32(p.rank) - 1; d >= 0; d--) {
+    let dim = p_shape(u32(d));
+    ix += (rem % dim) * p_sx(u32(d));
+    rem = rem / dim;
+  }
+  y[i] = x[ix];
+}`,
+    }) as unknown as Kernel);
+}
+
+/**
+ * Broadcast `x` to `shape` (NumPy rules), materialised.
+ *
+ * @example
+ * ```ts
+ * const y = broadcastTo(bias, [n, c]);
+ * ```
+ */
+export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
+  const out = broadcastShapes("broadcastTo", x.shape, shape);
+  if (out.length !== shape.length || out.some((d, i) => d !== shape[i])) {
+    throw new RangeError(`Cannot broadcast a tensor of shape [${x.shape}] to [${shape}]`);
+  }
+  const e = x.engine;
+  const y = e.empty(shape, "expand");
+  if (y.bytes > e.maxBinding) {
+    throw new RangeError(`Cannot broadcastTo [${shape}]: larger than one storage binding`);
+  }
+  if (y.size > 0) {
+    e.run(expandKernel(), {
+      bindings: [x, y],
+      uniforms: { shape, sx: broadcastStrides(x.shape, shape), n: y.size, rank: shape.length },
+      workgroups: grid(y.size, WG),
+      info: `[${x.shape}]→[${shape}]`,
+    });
+  }
+  return y;
+}
+
 /** Element ranges `[start, count]` such that each fits one binding and starts at an aligned offset. */
 export function chunks(engine: Engine, n: number): [number, number][] {
   const align = engine.offsetAlign / 4;
@@ -176,7 +249,9 @@ function range(t: Tensor, start: number, count: number, whole: boolean): Tensor 
  * ```
  */
 export function unary(op: UnaryOp, x: Tensor): Tensor {
-  if (!(x instanceof Tensor)) throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
+  if (!(x instanceof Tensor)) {
+    throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
+  }
   const e = x.engine;
   const y = e.empty(x.shape, op);
   const parts = chunks(e, x.size);
@@ -202,7 +277,9 @@ export function broadcastShapes(op: string, a: readonly number[], b: readonly nu
     const da = a[a.length - r + i] ?? 1;
     const db = b[b.length - r + i] ?? 1;
     if (da !== db && da !== 1 && db !== 1) {
-      throw new RangeError(`Cannot ${op} tensors of shapes [${a}] and [${b}]: dimension ${i} differs (${da} vs ${db})`);
+      throw new RangeError(
+        `Cannot ${op} tensors of shapes [${a}] and [${b}]: dimension ${i} differs (${da} vs ${db})`,
+      );
     }
     out.push(da === 1 ? db : da);
   }
@@ -250,7 +327,9 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
     }
     return y;
   }
-  if (!(b instanceof Tensor)) throw new TypeError(`Cannot ${op}: second operand must be a Tensor or a number`);
+  if (!(b instanceof Tensor)) {
+    throw new TypeError(`Cannot ${op}: second operand must be a Tensor or a number`);
+  }
   if (b.engine !== a.engine) throw new TypeError(`Cannot ${op}: the tensors belong to different engines`);
   if (reversed) [a, b] = [b, a];
   const shape = broadcastShapes(op, a.shape, b.shape);
@@ -300,34 +379,128 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   return y;
 }
 
-/** `a + b` with broadcasting (b may be a number). @example `const y = add(x, bias);` */
-export const add = (a: Tensor, b: Tensor | number): Tensor => binary("add", a, b);
-/** `a - b` with broadcasting. @example `const d = sub(x, 1);` */
-export const sub = (a: Tensor, b: Tensor | number): Tensor => binary("sub", a, b);
-/** `a * b` with broadcasting. @example `const y = mul(x, 0.5);` */
-export const mul = (a: Tensor, b: Tensor | number): Tensor => binary("mul", a, b);
-/** `a / b` with broadcasting. @example `const y = div(x, std);` */
-export const div = (a: Tensor, b: Tensor | number): Tensor => binary("div", a, b);
-/** Elementwise maximum. @example `const y = maximum(x, 0);` */
+/** Sum `g` down to `shape` (undo broadcasting): reduce leading and stretched axes. */
+export function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
+  // Same shape: a second reference to the same storage (no copy).
+  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g.reshape(shape);
+  const lead = g.rank - shape.length;
+  const axes: number[] = [];
+  for (let i = 0; i < g.rank; i++) {
+    if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
+  }
+  const s = reduce("sum", g, { axes, keepDims: true });
+  const r = s.reshape(shape);
+  s.dispose();
+  return r;
+}
+
+type BinIn = [Tensor, Tensor | null];
+interface BinOpts {
+  scalar?: number;
+}
+
+function binaryOp(op: "add" | "sub" | "mul" | "div") {
+  return defineOp<BinIn, BinOpts, void>({
+    name: op,
+    forward: ([a, b], o) => ({ output: binary(op, a, b ?? o.scalar!), saved: undefined }),
+    backward: (gy, _s, [a, b], o) => {
+      const e = gy.engine;
+      return e.scope(() => {
+        const bv: Tensor | number = b ?? o.scalar!;
+        let ga: Tensor, gb: Tensor | null = null;
+        switch (op) {
+          case "add":
+            ga = unbroadcast(gy, a.shape);
+            if (b) gb = unbroadcast(gy, b.shape);
+            break;
+          case "sub":
+            ga = unbroadcast(gy, a.shape);
+            if (b) gb = unbroadcast(unary("neg", gy), b.shape);
+            break;
+          case "mul":
+            ga = unbroadcast(binary("mul", gy, bv), a.shape);
+            if (b) gb = unbroadcast(binary("mul", gy, a), b.shape);
+            break;
+          case "div":
+            ga = unbroadcast(binary("div", gy, bv), a.shape);
+            // d(a/b)/db = -a / b²
+            if (b) {
+              gb = unbroadcast(
+                unary("neg", binary("div", binary("mul", gy, a), binary("mul", b, b))),
+                b.shape,
+              );
+            }
+            break;
+        }
+        return [ga!, gb];
+      });
+    },
+  });
+}
+
+const addOp = binaryOp("add"), subOp = binaryOp("sub"), mulOp = binaryOp("mul"), divOp = binaryOp("div");
+const call = (f: ReturnType<typeof binaryOp>, a: Tensor, b: Tensor | number) =>
+  typeof b === "number" ? f([a, null], { scalar: b }) : f([a, b], {});
+
+/** `a + b` with broadcasting (b may be a number); differentiable. @example `const y = add(x, bias);` */
+export const add = (a: Tensor, b: Tensor | number): Tensor => call(addOp, a, b);
+/** `a - b` with broadcasting; differentiable. @example `const d = sub(x, 1);` */
+export const sub = (a: Tensor, b: Tensor | number): Tensor => call(subOp, a, b);
+/** `a * b` with broadcasting; differentiable. @example `const y = mul(x, 0.5);` */
+export const mul = (a: Tensor, b: Tensor | number): Tensor => call(mulOp, a, b);
+/** `a / b` with broadcasting; differentiable. @example `const y = div(x, std);` */
+export const div = (a: Tensor, b: Tensor | number): Tensor => call(divOp, a, b);
+/** Elementwise maximum (no gradient). @example `const y = maximum(x, 0);` */
 export const maximum = (a: Tensor, b: Tensor | number): Tensor => binary("maximum", a, b);
-/** Elementwise minimum. @example `const y = minimum(x, 1);` */
+/** Elementwise minimum (no gradient). @example `const y = minimum(x, 1);` */
 export const minimum = (a: Tensor, b: Tensor | number): Tensor => binary("minimum", a, b);
-/** max(x, 0). @example `const y = relu(x);` */
-export const relu = (x: Tensor): Tensor => unary("relu", x);
-/** 1 / (1 + e^-x), computed without overflow. @example `const p = sigmoid(logits);` */
-export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
-/** e^x. @example `const y = exp(x);` */
-export const exp = (x: Tensor): Tensor => unary("exp", x);
-/** Natural log. @example `const y = log(x);` */
-export const log = (x: Tensor): Tensor => unary("log", x);
-/** Square root. @example `const y = sqrt(x);` */
-export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
-/** -x. @example `const y = neg(x);` */
-export const neg = (x: Tensor): Tensor => unary("neg", x);
-/** |x|. @example `const y = abs(x);` */
-export const abs = (x: Tensor): Tensor => unary("abs", x);
-/** tanh(x). @example `const y = tanh(x);` */
-export const tanh = (x: Tensor): Tensor => unary("tanh", x);
+
+// Unary backward: which binary op of (dy, saved) gives dx, and whether the saved value is x or y.
+const UNARY_GRAD: Record<UnaryOp, { save: "x" | "y"; grad: (gy: Tensor, v: Tensor) => Tensor }> = {
+  relu: { save: "x", grad: (gy, x) => binary("relu_grad", gy, x) },
+  sigmoid: { save: "y", grad: (gy, y) => binary("sigmoid_grad", gy, y) },
+  exp: { save: "y", grad: (gy, y) => binary("mul", gy, y) },
+  log: { save: "x", grad: (gy, x) => binary("div", gy, x) },
+  sqrt: { save: "y", grad: (gy, y) => binary("mul", binary("div", gy, y), 0.5) },
+  neg: { save: "x", grad: (gy) => unary("neg", gy) },
+  abs: { save: "x", grad: (gy, x) => binary("sign_mul", gy, x) },
+  tanh: { save: "y", grad: (gy, y) => binary("tanh_grad", gy, y) },
+};
+
+function unaryOp(op: UnaryOp) {
+  return defineOp<[Tensor], void, Tensor>({
+    name: op,
+    forward: ([x]) => {
+      const y = unary(op, x);
+      return { output: y, saved: UNARY_GRAD[op].save === "x" ? x : y };
+    },
+    backward: (gy, v) => [gy.engine.scope(() => UNARY_GRAD[op].grad(gy, v))],
+  });
+}
+
+const UNARY_OPS = Object.fromEntries(
+  (Object.keys(UNARY_GRAD) as UnaryOp[]).map((op) => [op, unaryOp(op)]),
+) as Record<UnaryOp, (inputs: [Tensor], options: void) => Tensor>;
+
+/** max(x, 0); differentiable. @example `const y = relu(x);` */
+export const relu = (x: Tensor): Tensor => UNARY_OPS.relu([x]);
+/** 1 / (1 + e^-x), computed without overflow; differentiable. @example `const p = sigmoid(logits);` */
+export const sigmoid = (x: Tensor): Tensor => UNARY_OPS.sigmoid([x]);
+/** e^x; differentiable. @example `const y = exp(x);` */
+export const exp = (x: Tensor): Tensor => UNARY_OPS.exp([x]);
+/** Natural log; differentiable. @example `const y = log(x);` */
+export const log = (x: Tensor): Tensor => UNARY_OPS.log([x]);
+/** Square root; differentiable. @example `const y = sqrt(x);` */
+export const sqrt = (x: Tensor): Tensor => UNARY_OPS.sqrt([x]);
+/** -x; differentiable. @example `const y = neg(x);` */
+export const neg = (x: Tensor): Tensor => UNARY_OPS.neg([x]);
+/** |x|; differentiable. @example `const y = abs(x);` */
+export const abs = (x: Tensor): Tensor => UNARY_OPS.abs([x]);
+/** tanh(x); differentiable. @example `const y = tanh(x);` */
+export const tanh = (x: Tensor): Tensor => UNARY_OPS.tanh([x]);
+
+// Gradients of tensors used twice are summed with this add.
+setGradientAdd((a, b) => binary("add", a, b));
 
 // ---------------------------------------------------------------- CPU references (float64 arithmetic)
 

@@ -12,6 +12,8 @@
 import { grid } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
+import { defineOp } from "../engine/autograd.ts";
+import { binary, broadcastTo } from "./elementwise.ts";
 
 /** Reduction kinds. */
 export type ReduceOp = "sum" | "mean" | "max";
@@ -202,11 +204,30 @@ export function reduce(op: ReduceOp, x: Tensor, options: ReduceOptions = {}): Te
   return result;
 }
 
-/** Sum over axes (all by default). @example `const total = sum(x); const rows = sum(x, { axes: 1 });` */
-export const sum = (x: Tensor, options?: ReduceOptions): Tensor => reduce("sum", x, options);
-/** Mean over axes. @example `const m = mean(x, { axes: [0, 2, 3] });` */
-export const mean = (x: Tensor, options?: ReduceOptions): Tensor => reduce("mean", x, options);
-/** Maximum over axes. @example `const m = max(x, { axes: -1 });` */
+// sum / mean backward: dx = broadcast(dy with the reduced axes kept) (÷ R for mean).
+function reduceOp(op: "sum" | "mean") {
+  return defineOp<[Tensor], ReduceOptions, void>({
+    name: op,
+    forward: ([x], o) => ({ output: reduce(op, x, o), saved: undefined }),
+    backward: (gy, _s, [x], o) => {
+      const axes = normAxes(op, x.rank, o.axes);
+      const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+      return [x.engine.scope(() => {
+        const g = broadcastTo(gy.reshape(kept), x.shape);
+        if (op === "sum") return g;
+        const r = axes.reduce((p, a) => p * x.shape[a], 1);
+        return binary("mul", g, 1 / r);
+      })];
+    },
+  });
+}
+const sumOp = reduceOp("sum"), meanOp = reduceOp("mean");
+
+/** Sum over axes (all by default); differentiable. @example `const total = sum(x); const rows = sum(x, { axes: 1 });` */
+export const sum = (x: Tensor, options: ReduceOptions = {}): Tensor => sumOp([x], options);
+/** Mean over axes; differentiable. @example `const m = mean(x, { axes: [0, 2, 3] });` */
+export const mean = (x: Tensor, options: ReduceOptions = {}): Tensor => meanOp([x], options);
+/** Maximum over axes (no gradient). @example `const m = max(x, { axes: -1 });` */
 export const max = (x: Tensor, options?: ReduceOptions): Tensor => reduce("max", x, options);
 
 /** CPU reference of {@linkcode reduce}, in float64. */

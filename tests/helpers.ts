@@ -3,7 +3,8 @@
  * and a skip helper for tests that need `../shared/data`.
  */
 import { AssertionError, deepStrictEqual } from "node:assert";
-import { createEngine, type Engine } from "../mod.ts";
+import { createEngine, type Engine, sum, Tape, type Tensor } from "../mod.ts";
+import { requiresGrad } from "../engine/autograd.ts";
 
 /**
  * Tolerances per op family, stated once. `|got − want| ≤ atol + rtol·|want|` elementwise.
@@ -82,7 +83,8 @@ export function assertClose(
   }
   if (bad >= 0) {
     throw new AssertionError({
-      message: `${what}: ${got.length} values, first mismatch at ${bad}: got ${got[bad]}, expected ${want[bad]}; ` +
+      message:
+        `${what}: ${got.length} values, first mismatch at ${bad}: got ${got[bad]}, expected ${want[bad]}; ` +
         `worst |err| ${worst} at ${worstAt} (rtol ${tol.rtol}, atol ${tol.atol})`,
     });
   }
@@ -120,7 +122,11 @@ export function assertThrows(fn: () => unknown, cls: ErrorClass, includes = ""):
 }
 
 /** Assert that `fn` rejects with an instance of `cls` whose message includes `includes`. */
-export async function assertRejects(fn: () => Promise<unknown>, cls: ErrorClass, includes = ""): Promise<Error> {
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  cls: ErrorClass,
+  includes = "",
+): Promise<Error> {
   try {
     await fn();
   } catch (e) {
@@ -132,9 +138,47 @@ export async function assertRejects(fn: () => Promise<unknown>, cls: ErrorClass,
 
 function checkError(e: unknown, cls: ErrorClass, includes: string): void {
   if (!(e instanceof cls)) {
-    throw new AssertionError({ message: `expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}` });
+    throw new AssertionError({
+      message: `expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`,
+    });
   }
   if (!e.message.includes(includes)) {
     throw new AssertionError({ message: `expected message to include "${includes}", got "${e.message}"` });
   }
+}
+
+/**
+ * Check the tape's gradients of `f` (reduced with `sum` to a scalar) against central finite differences
+ * evaluated on the GPU. Inputs are small: each element costs two forward passes and readbacks.
+ * Tolerance: |analytic − numeric| ≤ atol + rtol·|numeric| with float32 forward passes and step `eps`.
+ */
+export async function assertGradients(
+  e: Engine,
+  f: (xs: Tensor[]) => Tensor,
+  inputs: { data: Float32Array; shape: number[] }[],
+  opts: { eps?: number; rtol?: number; atol?: number; what?: string } = {},
+): Promise<void> {
+  const eps = opts.eps ?? 1e-2;
+  const tol = { rtol: opts.rtol ?? 2e-2, atol: opts.atol ?? 2e-3 };
+  const ts = inputs.map((x) => requiresGrad(e.tensor(x.data, x.shape)));
+  const tape = new Tape();
+  const loss = tape.record(() => sum(f(ts)));
+  const grads = tape.backward(loss);
+  const analytic = await Promise.all(ts.map((t) => grads.get(t)?.toArray() ?? new Float32Array(t.size)));
+  tape.dispose();
+  const value = async (xs: Float32Array[]) =>
+    (await e.scope(() => sum(f(xs.map((x, i) => e.tensor(x, inputs[i].shape))))).toArray())[0];
+  for (let i = 0; i < inputs.length; i++) {
+    const numeric = new Float32Array(inputs[i].data.length);
+    for (let j = 0; j < numeric.length; j++) {
+      const plus = inputs.map((x) => x.data.slice());
+      const minus = inputs.map((x) => x.data.slice());
+      plus[i][j] += eps;
+      minus[i][j] -= eps;
+      numeric[j] = ((await value(plus)) - (await value(minus))) / (2 * eps);
+    }
+    assertClose(analytic[i], numeric, tol, `${opts.what ?? "gradient"} of input ${i}`);
+  }
+  for (const g of grads.values()) g.dispose();
+  for (const t of ts) t.dispose();
 }

@@ -152,5 +152,8 @@ gpuTest("HE2GENE_TRACE prints each dispatch with kernel, shapes and workgroups",
     e.trace = false;
     console.error = log;
   }
-  assertEquals(lines.some((l) => l.includes("binary_add") && l.includes("[2,3]") && l.includes("wg=1x1x1")), true);
+  assertEquals(
+    lines.some((l) => l.includes("binary_add") && l.includes("[2,3]") && l.includes("wg=1x1x1")),
+    true,
+  );
 });

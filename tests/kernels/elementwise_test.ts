@@ -1,14 +1,14 @@
 import {
   add,
   binary,
-  type BinaryOp,
   binaryCpu,
+  type BinaryOp,
   div,
   mul,
   sub,
   unary,
-  type UnaryOp,
   unaryCpu,
+  type UnaryOp,
 } from "../../kernels/elementwise.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 
@@ -74,7 +74,9 @@ gpuTest("elementwise ops on 10⁷ elements use a 2-D dispatch grid and stay corr
   const a = rand(n, 11), b = rand(n, 12);
   const y = add(e.tensor(a, [n]), e.tensor(b, [n]));
   const got = await y.toArray();
-  for (const i of [0, 1, 65535 * 128, n - 1, 7_777_777]) assertClose([got[i]], [a[i] + b[i]], TOL.elementwise, `y[${i}]`);
+  for (const i of [0, 1, 65535 * 128, n - 1, 7_777_777]) {
+    assertClose([got[i]], [a[i] + b[i]], TOL.elementwise, `y[${i}]`);
+  }
 });
 
 gpuTest("mismatched shapes throw a RangeError naming the op and both shapes", (e) => {

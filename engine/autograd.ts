@@ -1,0 +1,248 @@
+/**
+ * Reverse-mode automatic differentiation over a tape.
+ *
+ * - An op is declared once with {@linkcode defineOp}: its forward (which returns the output and what
+ *   backward needs) and its backward, side by side. A declaration without `backward` does not type-check.
+ * - While a {@linkcode Tape} is recording (and not inside {@linkcode noGrad}), every op whose inputs
+ *   need gradients appends a node; `tape.backward(loss)` walks the nodes in reverse, summing gradients of
+ *   tensors used more than once, and returns the gradient of every tensor marked `requiresGrad`.
+ * - Saved tensors and recorded outputs are retained by the tape (a second reference to the same storage),
+ *   so scopes may release their own handles; `tape.dispose()` frees them.
+ * - In no-grad mode nothing is recorded and intermediates can be released at once.
+ *
+ * @module
+ */
+import { Tensor } from "./tensor.ts";
+
+/** A recorded op application. */
+interface Node {
+  name: string;
+  inputs: (Tensor | null)[];
+  output: Tensor;
+  saved: unknown;
+  backward: (gy: Tensor, saved: never, inputs: readonly (Tensor | null)[]) => readonly (Tensor | null)[];
+}
+
+/** Declaration of a differentiable op. */
+export interface OpDecl<A extends readonly (Tensor | null)[], O, S> {
+  name: string;
+  /** Compute the output from tensor inputs and options; return what backward needs in `saved`. */
+  forward(inputs: A, options: O): { output: Tensor; saved: S };
+  /**
+   * Gradients of the inputs (in input order; `null` where an input needs none) given the output gradient.
+   * Returned tensors are owned by the tape; they must be new tensors (not `gy` itself or a saved tensor).
+   */
+  backward(gy: Tensor, saved: S, inputs: A, options: O): readonly (Tensor | null)[];
+}
+
+const gradFlags = new WeakSet<Tensor>();
+let current: Tape | null = null;
+let noGradDepth = 0;
+
+/** Mark a tensor (a parameter or input) as needing a gradient. Returns the tensor. */
+export function requiresGrad(t: Tensor, on = true): Tensor {
+  if (on) gradFlags.add(t);
+  else gradFlags.delete(t);
+  return t;
+}
+
+/** Whether `t` needs a gradient (marked, or computed from one that does on the current tape). */
+export function needsGrad(t: Tensor | null): boolean {
+  return t !== null && gradFlags.has(t);
+}
+
+/**
+ * Run `fn` without recording, whatever tape is active.
+ *
+ * @example
+ * ```ts
+ * const y = noGrad(() => model.forward(x));
+ * ```
+ */
+export function noGrad<T>(fn: () => T): T {
+  noGradDepth++;
+  try {
+    return fn();
+  } finally {
+    noGradDepth--;
+  }
+}
+
+/** True when an op would be recorded now. */
+export function isRecording(): boolean {
+  return current !== null && noGradDepth === 0;
+}
+
+/**
+ * Declare a differentiable op; returns the function that applies it (and records it when needed).
+ *
+ * @example
+ * ```ts
+ * const square = defineOp<[Tensor], void, Tensor>({
+ *   name: "square",
+ *   forward: ([x]) => ({ output: mul(x, x), saved: x }),
+ *   backward: (gy, x) => [mul(mul(gy, x), 2)],
+ * });
+ * ```
+ */
+export function defineOp<A extends readonly (Tensor | null)[], O = void, S = void>(
+  decl: OpDecl<A, O, S>,
+): (inputs: A, options: O) => Tensor {
+  return (inputs, options) => {
+    const { output, saved } = decl.forward(inputs, options);
+    const tape = current;
+    if (tape && noGradDepth === 0 && inputs.some(needsGrad)) {
+      gradFlags.add(output);
+      tape.push({
+        name: decl.name,
+        inputs: [...inputs],
+        output,
+        saved,
+        backward: ((gy: Tensor, s: S, ins: A) =>
+          decl.backward(gy, s, ins, options)) as unknown as Node["backward"],
+      });
+    }
+    return output;
+  };
+}
+
+/**
+ * A recording of op applications for one backward pass.
+ *
+ * @example
+ * ```ts
+ * const tape = new Tape();
+ * const loss = tape.record(() => mse(model.forward(x), y));
+ * const grads = tape.backward(loss); // Map<Tensor, Tensor> for every requiresGrad tensor
+ * tape.dispose();
+ * ```
+ */
+export class Tape {
+  #nodes: Node[] = [];
+  #retained: Tensor[] = [];
+  #alias = new Map<Tensor, Tensor>();
+
+  /** Record every differentiable op `fn` applies. Tapes do not nest. */
+  record<T>(fn: () => T): T {
+    if (current) throw new Error("Cannot record: another tape is already recording");
+    current = this;
+    try {
+      return fn();
+    } finally {
+      current = null;
+    }
+  }
+
+  /** @internal */
+  push(node: Node): void {
+    // Keep the tensors this node refers to alive even if a scope releases the caller's handles.
+    node.inputs = node.inputs.map((t) => (t ? this.#retain(t) : null));
+    node.output = this.#retain(node.output);
+    node.saved = this.#retainDeep(node.saved);
+    this.#nodes.push(node);
+  }
+
+  #retain(t: Tensor): Tensor {
+    let r = this.#alias.get(t);
+    if (!r) {
+      r = t.engine.scope(() => t.reshape(t.shape).keep());
+      this.#alias.set(t, r);
+      this.#alias.set(r, r);
+      if (gradFlags.has(t)) gradFlags.add(r);
+      this.#retained.push(r);
+    }
+    return r;
+  }
+
+  #retainDeep(v: unknown): unknown {
+    if (v instanceof Tensor) return this.#retain(v);
+    if (Array.isArray(v)) return v.map((x) => this.#retainDeep(x));
+    if (v && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, this.#retainDeep(x)]));
+    }
+    return v;
+  }
+
+  /**
+   * Back-propagate from `loss` (any shape; seeded with ones unless `seed` is given). Returns the gradient
+   * of every tensor marked with {@linkcode requiresGrad} that the loss depends on, keyed by the tensor the
+   * caller holds. Gradients of tensors used twice are summed.
+   */
+  backward(loss: Tensor, seed?: Tensor): Map<Tensor, Tensor> {
+    const root = this.#alias.get(loss);
+    if (!root) {
+      throw new Error(
+        "Cannot back-propagate: the loss was not computed on this tape from tensors that need gradients",
+      );
+    }
+    const grads = new Map<Tensor, Tensor>(); // keyed by retained tensors
+    grads.set(root, seed ?? loss.engine.tensor(new Float32Array(loss.size).fill(1), loss.shape));
+    // Reverse order is a reverse topological order: when node i is reached, every consumer of its output
+    // has been processed, so the output's gradient is complete, and dead afterwards.
+    for (let i = this.#nodes.length - 1; i >= 0; i--) {
+      const node = this.#nodes[i];
+      const gy = grads.get(node.output);
+      if (!gy) continue;
+      const gs = noGrad(() => node.backward(gy, node.saved as never, node.inputs));
+      if (gs.length !== node.inputs.length) {
+        throw new Error(
+          `Backward of ${node.name} returned ${gs.length} gradients for ${node.inputs.length} inputs`,
+        );
+      }
+      node.inputs.forEach((inp, j) => {
+        let g = gs[j];
+        if (!g) return;
+        if (!inp || !needsGrad(inp)) return g.dispose();
+        if (g.size !== inp.size) {
+          throw new RangeError(
+            `Backward of ${node.name}: gradient of input ${j} has shape [${g.shape}], input has [${inp.shape}]`,
+          );
+        }
+        if (g.shape.length !== inp.shape.length) g = reshapeOwned(g, inp.shape);
+        const prev = grads.get(inp);
+        grads.set(inp, prev ? addInPlace(prev, g) : g);
+      });
+      if (node.output !== root || !seed) gy.dispose();
+      grads.delete(node.output);
+    }
+    // What is left are the gradients of leaves; key them by the tensors the caller holds.
+    const result = new Map<Tensor, Tensor>();
+    for (const [orig, alias] of this.#alias) {
+      const g = orig !== alias ? grads.get(alias) : undefined;
+      if (g) result.set(orig, g);
+    }
+    return result;
+  }
+
+  /** Release everything the tape retained. */
+  dispose(): void {
+    for (const t of this.#retained) t.dispose();
+    this.#retained = [];
+    this.#nodes = [];
+    this.#alias.clear();
+  }
+}
+
+// Hooks filled in by kernels/ (the engine knows no kernels): gradient accumulation needs an add.
+let addImpl: ((a: Tensor, b: Tensor) => Tensor) | null = null;
+
+/** @internal Register the add used to accumulate gradients (kernels/elementwise.ts does this). */
+export function setGradientAdd(fn: (a: Tensor, b: Tensor) => Tensor): void {
+  addImpl = fn;
+}
+
+function addInPlace(a: Tensor, b: Tensor): Tensor {
+  if (!addImpl) {
+    throw new Error("Cannot accumulate gradients: no add kernel registered (import kernels/mod.ts)");
+  }
+  const s = addImpl(a, b);
+  a.dispose();
+  b.dispose();
+  return s;
+}
+
+function reshapeOwned(g: Tensor, shape: readonly number[]): Tensor {
+  const r = g.reshape(shape);
+  g.dispose();
+  return r;
+}
