@@ -1,0 +1,764 @@
+/**
+ * 2-D convolution (NCHW, float32, groups 1, dilation 1, symmetric padding) as implicit GEMMs, with
+ * PyTorch semantics (`torch.nn.functional.conv2d`): OH = ⌊(H + 2p − KH) / s⌋ + 1.
+ *
+ * - Forward: M = Cout, N = N·OH·OW, K = Cin·KH·KW. The im2col matrix is never materialised: each invocation
+ *   computes a TM×TN register block (TM output channels × TN output positions) and gathers its inputs while
+ *   loading, with the loop order (kh, kw) outer and ci inner so the bounds checks leave the inner loop.
+ *   1×1 stride-1 unpadded convs run as a plain batched GEMM (`Y[n] = W · X[n]`, X[n] is Cin × H·W) with
+ *   vec4 loads when H·W % 4 = 0. Fused epilogue: `+ bias[co]`, `+ residual`, ReLU (in that order).
+ * - Backward for the input (a transposed convolution, M = Cin, N = N·H·W, K = Cout·KH·KW): invocations
+ *   take TN input columns of one stride phase (iw ≡ r mod s) so only the taps kh ≡ (ih+p) mod s,
+ *   kw ≡ (iw+p) mod s are visited — no wasted work at stride 2. 1×1 stride-1 uses the GEMM with Wᵀ.
+ * - Backward for the weights: M = Cout, N = Cin (one (kh, kw) tap per workgroup row), K = N·OH·OW, split-K
+ *   over the N·OH rows into partials [S, Cout, Cin, KH, KW], then summed by `reduce` over S. Inside a
+ *   split the valid ow range is computed once per tap, so the inner loop has no bounds checks.
+ * - Backward for the bias: `db = Σ_{n,h,w} dy`.
+ *
+ * Gradients: every backward output is a new tensor (overwrite); the tape sums (`+=`) the gradients of
+ * tensors used twice. The fused epilogue is differentiable too (the ReLU mask is taken from the saved
+ * output; the residual's gradient is the masked `dy`), so ResNet blocks can train with it as well as run
+ * in no-grad inference.
+ *
+ * Tensors must fit one storage binding (128 MiB on llvmpipe); a larger one throws a RangeError from
+ * `engine.run` (use a smaller batch).
+ *
+ * @module
+ */
+import { grid } from "../engine/engine.ts";
+import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { Tensor } from "../engine/tensor.ts";
+import { defineOp, needsGrad } from "../engine/autograd.ts";
+import { binary } from "./elementwise.ts";
+import { reduce } from "./reduce.ts";
+
+/** Options of {@linkcode conv2d}. */
+export interface Conv2dOptions {
+  /** Stride in both directions (default 1). */
+  stride?: number;
+  /** Zero padding on every side (default 0). */
+  padding?: number;
+  /** Bias of shape [Cout], added in the epilogue. */
+  bias?: Tensor | null;
+  /** Tensor of the output's shape added after the bias (ResNet shortcut). */
+  residual?: Tensor | null;
+  /** Apply ReLU last. */
+  relu?: boolean;
+}
+
+/** Geometry of one convolution, resolved from the shapes and options. */
+export interface Conv2dGeometry {
+  n: number;
+  cin: number;
+  h: number;
+  w: number;
+  cout: number;
+  kh: number;
+  kw: number;
+  stride: number;
+  pad: number;
+  oh: number;
+  ow: number;
+}
+
+/**
+ * Register-block sizes (TM rows × TN columns per invocation) of each kernel. Tuning knobs; TN must be a
+ * multiple of 4 for `gemm`. Changing them builds new kernel variants.
+ */
+export const conv2dTiles = {
+  fwd: [4, 4] as [number, number],
+  gemm: [4, 4] as [number, number],
+  dx: [4, 4] as [number, number],
+  dw: [4, 4] as [number, number],
+  /** Invocations the weight-gradient split-K aims for (more splits → more parallelism, more partials). */
+  dwTarget: 16384,
+};
+
+const WG = 64;
+const cache = kernelCache<Kernel>();
+
+const GEOM = {
+  batch: "u32",
+  cin: "u32",
+  hin: "u32",
+  win: "u32",
+  cout: "u32",
+  hout: "u32",
+  wout: "u32",
+  kh: "u32",
+  kw: "u32",
+  stride: "u32",
+  pad: "u32",
+} as const;
+
+function geomUniforms(g: Conv2dGeometry) {
+  return {
+    batch: g.n,
+    cin: g.cin,
+    hin: g.h,
+    win: g.w,
+    cout: g.cout,
+    hout: g.oh,
+    wout: g.ow,
+    kh: g.kh,
+    kw: g.kw,
+    stride: g.stride,
+    pad: g.pad,
+  };
+}
+
+const seq = (n: number) => [...Array(n).keys()];
+/** Lines for every (i, j) of a TM×TN block. */
+const each2 = (tm: number, tn: number, f: (i: number, j: number) => string) =>
+  seq(tm).flatMap((i) => seq(tn).map((j) => f(i, j))).join("\n");
+const each = (n: number, f: (i: number) => string) => seq(n).map(f).join("\n");
+
+interface Epilogue {
+  bias: boolean;
+  residual: boolean;
+  relu: boolean;
+}
+const epiKey = (e: Epilogue) => `${e.bias ? "b" : ""}${e.residual ? "r" : ""}${e.relu ? "a" : ""}`;
+function epiBindings(e: Epilogue) {
+  const b: { name: string; access: "read" }[] = [];
+  if (e.bias) b.push({ name: "bias", access: "read" });
+  if (e.residual) b.push({ name: "res", access: "read" });
+  return b;
+}
+/** WGSL storing `acc` for row `co` at output index `idx` through the epilogue. */
+function epiStore(e: Epilogue, acc: string, co: string, idx: string): string {
+  let v = acc;
+  if (e.bias) v = `${v} + bias[${co}]`;
+  if (e.residual) v = `${v} + res[${idx}]`;
+  if (e.relu) v = `max(${v}, 0.0)`;
+  return `y[${idx}] = ${v};`;
+}
+
+// ------------------------------------------------------------------------------------------ forward
+
+// x: (N, Cin, H, W), w: (Cout, Cin, KH, KW) → y: (N, Cout, OH, OW)
+// Invocation (g.x, g.y): output positions col0..col0+TN of the flattened (n, oh, ow), channels
+// co0..co0+TM. Out-of-range rows/columns load clamped addresses and skip the store, so the K loop has
+// no divergent control flow.
+function forwardKernel(tm: number, tn: number, epi: Epilogue): Kernel {
+  return cache(`fwd:${tm}x${tn}:${epiKey(epi)}`, () =>
+    defineKernel({
+      name: `conv2d_fwd_${tm}x${tn}${epiKey(epi) ? "_" + epiKey(epi) : ""}`,
+      bindings: [
+        { name: "x", access: "read" },
+        { name: "w", access: "read" },
+        ...epiBindings(epi),
+        { name: "y", access: "read_write" },
+      ],
+      uniforms: GEOM,
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let hw = p.hin * p.win;
+  let ohw = p.hout * p.wout;
+  let P = p.batch * ohw;
+  let K = p.cin * p.kh * p.kw;
+  let kk = p.kh * p.kw;
+  let col0 = g.x * ${tn}u;
+  let co0 = g.y * ${tm}u;
+${
+        each(tn, (j) =>
+          `  let c${j} = min(col0 + ${j}u, P - 1u);
+  let n${j} = c${j} / ohw;
+  let r${j} = c${j} % ohw;
+  let xb${j} = n${j} * p.cin * hw;
+  let ihb${j} = i32((r${j} / p.wout) * p.stride) - i32(p.pad);
+  let iwb${j} = i32((r${j} % p.wout) * p.stride) - i32(p.pad);`)
+      }
+${each(tm, (i) => `  let wr${i} = min(co0 + ${i}u, p.cout - 1u) * K;`)}
+${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
+  for (var kh = 0u; kh < p.kh; kh++) {
+${
+        each(tn, (j) =>
+          `    let ih${j} = ihb${j} + i32(kh);
+    let hok${j} = ih${j} >= 0 && ih${j} < i32(p.hin);`)
+      }
+    for (var kw = 0u; kw < p.kw; kw++) {
+${
+        each(tn, (j) =>
+          `      let iw${j} = iwb${j} + i32(kw);
+      let ok${j} = hok${j} && iw${j} >= 0 && iw${j} < i32(p.win);
+      var xi${j} = select(0u, xb${j} + u32(ih${j}) * p.win + u32(iw${j}), ok${j});
+      let m${j} = select(0.0, 1.0, ok${j});`)
+      }
+      var wo = kh * p.kw + kw;
+      for (var ci = 0u; ci < p.cin; ci++) {
+${each(tm, (i) => `        let wv${i} = w[wr${i} + wo];`)}
+${each(tn, (j) => `        let xv${j} = x[xi${j}] * m${j};\n        xi${j} += hw;`)}
+        wo += kk;
+${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i}, xv${j}, a${i}_${j});`)}
+      }
+    }
+  }
+${
+        each2(tm, tn, (i, j) =>
+          `  if (co0 + ${i}u < p.cout && col0 + ${j}u < P) {
+    let o = (n${j} * p.cout + co0 + ${i}u) * ohw + r${j};
+    ${epiStore(epi, `a${i}_${j}`, `co0 + ${i}u`, "o")}
+  }`)
+      }
+}`,
+    }) as unknown as Kernel);
+}
+
+// Batched GEMM for 1×1 stride-1 convs: y[n, m, q] = Σ_k a[m·sam + k·sak] · b[n, k, q] (+ epilogue),
+// b: (N, K, Q). Forward: a = w (sam = Cin, sak = 1); input gradient: a = wᵀ (sam = 1, sak = Cin).
+// With `vec`, Q % 4 = 0 and b is read as vec4 along q (groups of 4 columns never straddle two n).
+function gemmKernel(tm: number, tn: number, vec: boolean, epi: Epilogue): Kernel {
+  return cache(`gemm:${tm}x${tn}:${vec}:${epiKey(epi)}`, () => {
+    const groups = tn / 4;
+    const cols = vec
+      ? each(groups, (gq) =>
+        `  let c${gq} = min(col0 + ${4 * gq}u, P - 4u);
+  let n${gq} = c${gq} / p.q;
+  let r${gq} = c${gq} % p.q;
+  var bi${gq} = (n${gq} * p.k * p.q + r${gq}) / 4u;`)
+      : each(tn, (j) =>
+        `  let c${j} = min(col0 + ${j}u, P - 1u);
+  let n${j} = c${j} / p.q;
+  let r${j} = c${j} % p.q;
+  var bi${j} = n${j} * p.k * p.q + r${j};`);
+    const loads = vec
+      ? each(groups, (gq) => `    let bv${gq} = b[bi${gq}];\n    bi${gq} += q4;`)
+      : each(tn, (j) => `    let bv${j} = b[bi${j}];\n    bi${j} += p.q;`);
+    const bval = (j: number) => (vec ? `bv${j >> 2}[${j & 3}]` : `bv${j}`);
+    // Output column j: its n and q.
+    const nq = (j: number) => (vec ? [`n${j >> 2}`, `r${j >> 2} + ${j & 3}u`] : [`n${j}`, `r${j}`]);
+    return defineKernel({
+      name: `conv2d_gemm_${tm}x${tn}${vec ? "_vec4" : ""}${epiKey(epi) ? "_" + epiKey(epi) : ""}`,
+      bindings: [
+        { name: "a", access: "read" },
+        { name: "b", access: "read", type: vec ? "vec4<f32>" : "f32" },
+        ...epiBindings(epi),
+        { name: "y", access: "read_write" },
+      ],
+      uniforms: { batch: "u32", m: "u32", k: "u32", q: "u32", sam: "u32", sak: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let P = p.batch * p.q;
+  let q4 = p.q / 4u;
+  let col0 = g.x * ${tn}u;
+  let m0 = g.y * ${tm}u;
+${cols}
+${each(tm, (i) => `  var ai${i} = min(m0 + ${i}u, p.m - 1u) * p.sam;`)}
+${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
+  for (var kk = 0u; kk < p.k; kk++) {
+${each(tm, (i) => `    let av${i} = a[ai${i}];\n    ai${i} += p.sak;`)}
+${loads}
+${each2(tm, tn, (i, j) => `    a${i}_${j} = fma(av${i}, ${bval(j)}, a${i}_${j});`)}
+  }
+${
+        each2(tm, tn, (i, j) =>
+          `  if (m0 + ${i}u < p.m && col0 + ${j}u < P) {
+    let o = (${nq(j)[0]} * p.m + m0 + ${i}u) * p.q + ${nq(j)[1]};
+    ${epiStore(epi, `a${i}_${j}`, `m0 + ${i}u`, "o")}
+  }`)
+      }
+}`,
+    }) as unknown as Kernel;
+  });
+}
+
+/** Resolve and validate the geometry; errors name the op and both shapes. */
+export function conv2dGeometry(
+  xShape: readonly number[],
+  wShape: readonly number[],
+  options: { stride?: number; padding?: number } = {},
+  op = "conv2d",
+): Conv2dGeometry {
+  const stride = options.stride ?? 1;
+  const pad = options.padding ?? 0;
+  if (xShape.length !== 4 || wShape.length !== 4) {
+    throw new TypeError(
+      `Cannot ${op} input of shape [${xShape}] with weight of shape [${wShape}]: both must have rank 4 ` +
+        `(N, C, H, W) and (Cout, Cin, KH, KW)`,
+    );
+  }
+  const [n, cin, h, w] = xShape;
+  const [cout, wcin, kh, kw] = wShape;
+  if (wcin !== cin) {
+    throw new RangeError(
+      `Cannot ${op} input of shape [${xShape}] with weight of shape [${wShape}]: input has ${cin} ` +
+        `channels, weight expects ${wcin}`,
+    );
+  }
+  if (!Number.isInteger(stride) || stride < 1) {
+    throw new RangeError(`Cannot ${op}: stride must be a positive integer, current value is ${stride}`);
+  }
+  if (!Number.isInteger(pad) || pad < 0) {
+    throw new RangeError(`Cannot ${op}: padding must be a non-negative integer, current value is ${pad}`);
+  }
+  if (kh < 1 || kw < 1 || h + 2 * pad < kh || w + 2 * pad < kw) {
+    throw new RangeError(
+      `Cannot ${op} input of shape [${xShape}] with weight of shape [${wShape}] at padding ${pad}: ` +
+        `the kernel is larger than the padded input`,
+    );
+  }
+  const oh = Math.floor((h + 2 * pad - kh) / stride) + 1;
+  const ow = Math.floor((w + 2 * pad - kw) / stride) + 1;
+  return { n, cin, h, w, cout, kh, kw, stride, pad, oh, ow };
+}
+
+const isGemm = (g: Conv2dGeometry) => g.kh === 1 && g.kw === 1 && g.stride === 1 && g.pad === 0;
+
+/**
+ * Convolution forward with the fused epilogue, not recorded on the tape (use {@linkcode conv2d} for
+ * training).
+ *
+ * @example
+ * ```ts
+ * const y = conv2dForward(x, w, { stride: 2, padding: 3 }); // x: [N,3,224,224], w: [64,3,7,7]
+ * ```
+ */
+export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {}): Tensor {
+  if (!(x instanceof Tensor) || !(w instanceof Tensor)) {
+    throw new TypeError("Cannot conv2d: input and weight must be Tensors");
+  }
+  const g = conv2dGeometry(x.shape, w.shape, options);
+  const outShape = [g.n, g.cout, g.oh, g.ow];
+  const { bias, residual } = options;
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== g.cout)) {
+    throw new RangeError(
+      `Cannot conv2d with weight of shape [${w.shape}] and bias of shape [${bias.shape}]: bias must be [${g.cout}]`,
+    );
+  }
+  if (residual && (residual.rank !== 4 || residual.shape.some((d, i) => d !== outShape[i]))) {
+    throw new RangeError(
+      `Cannot conv2d input of shape [${x.shape}] with residual of shape [${residual.shape}]: ` +
+        `the output has shape [${outShape}]`,
+    );
+  }
+  const e = x.engine;
+  const y = e.empty(outShape, "conv2d");
+  if (y.size === 0) return y;
+  const epi = { bias: !!bias, residual: !!residual, relu: !!options.relu };
+  const extra = [bias, residual].filter((t): t is Tensor => !!t);
+  const info = `[${x.shape}]*[${w.shape}] s${g.stride} p${g.pad}`;
+  if (isGemm(g)) {
+    const [tm, tn] = conv2dTiles.gemm;
+    const q = g.h * g.w;
+    const vec = q % 4 === 0 && tn % 4 === 0;
+    e.run(gemmKernel(tm, tn, vec, epi), {
+      bindings: [w, x, ...extra, y],
+      uniforms: { batch: g.n, m: g.cout, k: g.cin, q, sam: g.cin, sak: 1 },
+      workgroups: [Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cout / tm), 1],
+      info,
+    });
+  } else {
+    const [tm, tn] = conv2dTiles.fwd;
+    e.run(forwardKernel(tm, tn, epi), {
+      bindings: [x, w, ...extra, y],
+      uniforms: geomUniforms(g),
+      workgroups: [Math.ceil(g.n * g.oh * g.ow / (tn * WG)), Math.ceil(g.cout / tm), 1],
+      info,
+    });
+  }
+  return y;
+}
+
+// ------------------------------------------------------------------------------------------ backward
+
+// dy: (N, Cout, OH, OW), w: (Cout, Cin, KH, KW) → dx: (N, Cin, H, W)
+// dx[n, ci, ih, iw] = Σ_{co, kh, kw : (ih+p−kh) = s·oh, (iw+p−kw) = s·ow} dy[n, co, oh, ow] · w[co, ci, kh, kw]
+// Invocation g.x = (n, ih, phase r, block qb): columns iw_j = (qb·TN + j)·s + r, which share the phase
+// (iw_j + p) mod s, and read consecutive ow = ow_0 + j. Rows: ci0..ci0+TM (g.y).
+function dxKernel(tm: number, tn: number): Kernel {
+  return cache(`dx:${tm}x${tn}`, () =>
+    defineKernel({
+      name: `conv2d_dx_${tm}x${tn}`,
+      bindings: [
+        { name: "dy", access: "read" },
+        { name: "w", access: "read" },
+        { name: "dx", access: "read_write" },
+      ],
+      uniforms: { ...GEOM, qb: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let s = p.stride;
+  let ohw = p.hout * p.wout;
+  let kk = p.kh * p.kw;
+  let wstep = p.cin * kk;
+  let qb = g.x % p.qb;
+  var t = g.x / p.qb;
+  let rw = t % s;
+  t = t / s;
+  let ih = t % p.hin;
+  let valid = t / p.hin < p.batch;
+  let n = min(t / p.hin, p.batch - 1u);
+  let ci0 = g.y * ${tm}u;
+${
+        each(tn, (j) =>
+          `  let iw${j} = (qb * ${tn}u + ${j}u) * s + rw;
+  let cok${j} = valid && iw${j} < p.win;`)
+      }
+${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
+  let dyb = n * p.cout * ohw;
+  for (var kh = (ih + p.pad) % s; kh < p.kh; kh += s) {
+    let th = i32(ih + p.pad) - i32(kh);
+    if (th < 0) { break; }
+    let oh = u32(th) / s;
+    if (oh >= p.hout) { continue; }
+    for (var kw = (rw + p.pad) % s; kw < p.kw; kw += s) {
+${
+        each(tn, (j) =>
+          `      let tw${j} = i32(iw${j} + p.pad) - i32(kw);
+      let ok${j} = cok${j} && tw${j} >= 0 && u32(tw${j}) / s < p.wout;
+      var di${j} = select(0u, dyb + oh * p.wout + u32(tw${j}) / s, ok${j});
+      let m${j} = select(0.0, 1.0, ok${j});`)
+      }
+${each(tm, (i) => `      var wi${i} = (min(ci0 + ${i}u, p.cin - 1u) * p.kh + kh) * p.kw + kw;`)}
+      for (var co = 0u; co < p.cout; co++) {
+${each(tm, (i) => `        let wv${i} = w[wi${i}];\n        wi${i} += wstep;`)}
+${each(tn, (j) => `        let dv${j} = dy[di${j}] * m${j};\n        di${j} += ohw;`)}
+${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i}, dv${j}, a${i}_${j});`)}
+      }
+    }
+  }
+${
+        each2(
+          tm,
+          tn,
+          (i, j) =>
+            `  if (ci0 + ${i}u < p.cin && cok${j}) { dx[((n * p.cin + ci0 + ${i}u) * p.hin + ih) * p.win + iw${j}] = a${i}_${j}; }`,
+        )
+      }
+}`,
+    }) as unknown as Kernel);
+}
+
+// x: (N, Cin, H, W), dy: (N, Cout, OH, OW) → part: (S, Cout, Cin, KH, KW)
+// part[s, co, ci, kh, kw] = Σ_{(n, oh) in split s} Σ_ow dy[n, co, oh, ow] · x[n, ci, oh·s−p+kh, ow·s−p+kw]
+// Workgroup (·, tap = kh·KW + kw, split); invocation: co block × ci block (TM × TN). The whole workgroup
+// shares the tap and the split, so the row skip and the ow range are uniform.
+function dwKernel(tm: number, tn: number): Kernel {
+  return cache(`dw:${tm}x${tn}`, () =>
+    defineKernel({
+      name: `conv2d_dw_${tm}x${tn}`,
+      bindings: [
+        { name: "x", access: "read" },
+        { name: "dy", access: "read" },
+        { name: "part", access: "read_write" },
+      ],
+      uniforms: { ...GEOM, cb: "u32", mb: "u32", chunk: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let s = p.stride;
+  let hw = p.hin * p.win;
+  let ohw = p.hout * p.wout;
+  let kk = p.kh * p.kw;
+  let cb = g.x % p.cb;
+  let mb = g.x / p.cb;
+  let kh = g.y / p.kw;
+  let kw = g.y % p.kw;
+  let split = g.z;
+  let co0 = min(mb, p.mb - 1u) * ${tm}u;
+  let ci0 = cb * ${tn}u;
+  // Valid ow: 0 ≤ ow·s − p + kw < W.
+  let dw = i32(kw) - i32(p.pad);
+  let owlo = u32(max(0, (-dw + i32(s) - 1) / i32(s)));
+  let lastw = i32(p.win) - 1 - dw; // floor division below needs lastw ≥ 0
+  let owhi = select(0u, u32(min(lastw / i32(s) + 1, i32(p.wout))), lastw >= 0);
+${each(tm, (i) => `  let cr${i} = min(co0 + ${i}u, p.cout - 1u);`)}
+${each(tn, (j) => `  let cc${j} = min(ci0 + ${j}u, p.cin - 1u);`)}
+${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
+  let rows = p.batch * p.hout;
+  let r1 = min(rows, (split + 1u) * p.chunk);
+  for (var r = split * p.chunk; r < r1; r++) {
+    let n = r / p.hout;
+    let oh = r % p.hout;
+    let ih = i32(oh * s + kh) - i32(p.pad);
+    if (ih < 0 || ih >= i32(p.hin)) { continue; }
+${each(tm, (i) => `    var dyi${i} = (n * p.cout + cr${i}) * ohw + oh * p.wout + owlo;`)}
+${each(tn, (j) => `    var xi${j} = u32(i32((n * p.cin + cc${j}) * hw + u32(ih) * p.win + owlo * s) + dw);`)}
+    for (var ow = owlo; ow < owhi; ow++) {
+${each(tm, (i) => `      let dv${i} = dy[dyi${i}];\n      dyi${i} += 1u;`)}
+${each(tn, (j) => `      let xv${j} = x[xi${j}];\n      xi${j} += s;`)}
+${each2(tm, tn, (i, j) => `      a${i}_${j} = fma(dv${i}, xv${j}, a${i}_${j});`)}
+    }
+  }
+  if (mb >= p.mb) { return; }
+${
+        each2(
+          tm,
+          tn,
+          (i, j) =>
+            `  if (co0 + ${i}u < p.cout && ci0 + ${j}u < p.cin) { part[((split * p.cout + co0 + ${i}u) * p.cin + ci0 + ${j}u) * kk + g.y] = a${i}_${j}; }`,
+        )
+      }
+}`,
+    }) as unknown as Kernel);
+}
+
+/**
+ * Gradient of the convolution's input: dx of shape `xShape` from dy (a transposed convolution).
+ *
+ * @example
+ * ```ts
+ * const dx = conv2dBackwardInput(dy, w, x.shape, { stride: 2, padding: 1 });
+ * ```
+ */
+export function conv2dBackwardInput(
+  dy: Tensor,
+  w: Tensor,
+  xShape: readonly number[],
+  options: { stride?: number; padding?: number } = {},
+): Tensor {
+  const g = conv2dGeometry(xShape, w.shape, options, "conv2d backward (input)");
+  checkDy(dy, g);
+  const e = dy.engine;
+  const dx = e.empty(xShape, "conv2d dx");
+  if (dx.size === 0) return dx;
+  if (g.cout === 0 || dy.size === 0) return e.zeros(xShape, "conv2d dx");
+  const info = `dy[${dy.shape}]*[${w.shape}]→[${xShape}] s${g.stride} p${g.pad}`;
+  if (isGemm(g)) {
+    const [tm, tn] = conv2dTiles.gemm;
+    const q = g.h * g.w;
+    const vec = q % 4 === 0 && tn % 4 === 0;
+    e.run(gemmKernel(tm, tn, vec, { bias: false, residual: false, relu: false }), {
+      bindings: [w, dy, dx],
+      uniforms: { batch: g.n, m: g.cin, k: g.cout, q, sam: 1, sak: g.cin },
+      workgroups: [Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cin / tm), 1],
+      info,
+    });
+    return dx;
+  }
+  const [tm, tn] = conv2dTiles.dx;
+  const qb = Math.ceil(Math.ceil(g.w / g.stride) / tn);
+  e.run(dxKernel(tm, tn), {
+    bindings: [dy, w, dx],
+    uniforms: { ...geomUniforms(g), qb },
+    workgroups: [Math.ceil(g.n * g.h * g.stride * qb / WG), Math.ceil(g.cin / tm), 1],
+    info,
+  });
+  return dx;
+}
+
+/**
+ * Gradient of the convolution's weight (split-K implicit GEMM over N·OH·OW, then a sum over splits).
+ *
+ * @example
+ * ```ts
+ * const dw = conv2dBackwardWeight(x, dy, w.shape, { stride: 1, padding: 1 });
+ * ```
+ */
+export function conv2dBackwardWeight(
+  x: Tensor,
+  dy: Tensor,
+  wShape: readonly number[],
+  options: { stride?: number; padding?: number } = {},
+): Tensor {
+  const g = conv2dGeometry(x.shape, wShape, options, "conv2d backward (weight)");
+  checkDy(dy, g);
+  const e = x.engine;
+  const wSize = g.cout * g.cin * g.kh * g.kw;
+  if (wSize === 0) return e.empty(wShape, "conv2d dw");
+  const rows = g.n * g.oh;
+  if (rows === 0 || g.ow === 0) return e.zeros(wShape, "conv2d dw");
+  const [tm, tn] = conv2dTiles.dw;
+  const mb = Math.ceil(g.cout / tm), cb = Math.ceil(g.cin / tn);
+  const lanes = Math.ceil(mb * cb / WG) * WG;
+  const perSplit = lanes * g.kh * g.kw;
+  // Split K = N·OH rows so that there are about dwTarget invocations, each split keeping ≥ 2 rows,
+  // and the partials stay under 64 MiB.
+  let splits = Math.max(1, Math.min(Math.ceil(conv2dTiles.dwTarget / perSplit), Math.ceil(rows / 2)));
+  splits = Math.max(1, Math.min(splits, Math.floor((64 << 20) / (4 * wSize)), 65535));
+  const chunk = Math.ceil(rows / splits);
+  splits = Math.ceil(rows / chunk);
+  const part = e.empty([splits, ...wShape], "conv2d dw partials");
+  e.run(dwKernel(tm, tn), {
+    bindings: [x, dy, part],
+    uniforms: { ...geomUniforms(g), cb, mb, chunk },
+    workgroups: [lanes / WG, g.kh * g.kw, splits],
+    info: `x[${x.shape}] dy[${dy.shape}]→[${wShape}] s${g.stride} p${g.pad} splits ${splits}`,
+  });
+  if (splits === 1) {
+    const dw = part.reshape(wShape);
+    part.dispose();
+    return dw;
+  }
+  const dw = reduce("sum", part, { axes: 0 });
+  part.dispose();
+  return dw;
+}
+
+/**
+ * Gradient of the bias: the sum of dy over N, H and W.
+ *
+ * @example
+ * ```ts
+ * const db = conv2dBackwardBias(dy); // [Cout]
+ * ```
+ */
+export function conv2dBackwardBias(dy: Tensor): Tensor {
+  if (dy.rank !== 4) {
+    throw new TypeError(`Cannot conv2d backward (bias) of dy with shape [${dy.shape}]: dy must have rank 4`);
+  }
+  return reduce("sum", dy, { axes: [0, 2, 3] });
+}
+
+function checkDy(dy: Tensor, g: Conv2dGeometry): void {
+  const want = [g.n, g.cout, g.oh, g.ow];
+  if (dy.rank !== 4 || dy.shape.some((d, i) => d !== want[i])) {
+    throw new RangeError(
+      `Cannot conv2d backward with dy of shape [${dy.shape}]: the convolution's output has shape [${want}]`,
+    );
+  }
+}
+
+// ------------------------------------------------------------------------------------------ autograd
+
+interface OpOptions {
+  stride: number;
+  padding: number;
+  relu: boolean;
+}
+interface Saved {
+  /** The output, kept for the ReLU mask (only with `relu`). */
+  y: Tensor | null;
+}
+
+// Inputs: x, w, bias, residual. x and w themselves are what backward needs (the tape keeps inputs).
+const conv2dOp = defineOp<[Tensor, Tensor, Tensor | null, Tensor | null], OpOptions, Saved>({
+  name: "conv2d",
+  forward: ([x, w, bias, residual], o) => {
+    const y = conv2dForward(x, w, { stride: o.stride, padding: o.padding, bias, residual, relu: o.relu });
+    return { output: y, saved: { y: o.relu ? y : null } };
+  },
+  backward: (gy, saved, [x, w, bias, residual], o) =>
+    gy.engine.scope(() => {
+      const g = saved.y ? binary("relu_grad", gy, saved.y) : gy;
+      const geo = { stride: o.stride, padding: o.padding };
+      return [
+        needsGrad(x) ? conv2dBackwardInput(g, w, x.shape, geo) : null,
+        needsGrad(w) ? conv2dBackwardWeight(x, g, w.shape, geo) : null,
+        bias && needsGrad(bias) ? conv2dBackwardBias(g) : null,
+        residual && needsGrad(residual) ? g.reshape(g.shape) : null,
+      ];
+    }),
+});
+
+/**
+ * 2-D convolution (NCHW), differentiable in x, w, bias and residual, with PyTorch semantics:
+ * `y = relu?(conv(x, w, stride, padding) + bias + residual)`.
+ *
+ * @example
+ * ```ts
+ * const y = conv2d(x, w, { stride: 1, padding: 1, bias: b });          // x: [N,64,56,56], w: [64,64,3,3]
+ * const out = conv2d(h, w3, { residual: shortcut, relu: true });       // fused ResNet block tail
+ * ```
+ */
+export function conv2d(x: Tensor, w: Tensor, options: Conv2dOptions = {}): Tensor {
+  return conv2dOp([x, w, options.bias ?? null, options.residual ?? null], {
+    stride: options.stride ?? 1,
+    padding: options.padding ?? 0,
+    relu: !!options.relu,
+  });
+}
+
+// ------------------------------------------------------------------------------------------ CPU reference
+
+/**
+ * CPU reference of the forward pass (float64 accumulation), with the same epilogue.
+ *
+ * @example
+ * ```ts
+ * const { data, shape } = conv2dCpu(x, [1, 3, 8, 8], w, [4, 3, 3, 3], { padding: 1 });
+ * ```
+ */
+export function conv2dCpu(
+  x: Float32Array,
+  xShape: readonly number[],
+  w: Float32Array,
+  wShape: readonly number[],
+  options: {
+    stride?: number;
+    padding?: number;
+    bias?: Float32Array;
+    residual?: Float32Array;
+    relu?: boolean;
+  } = {},
+): { data: Float32Array; shape: number[] } {
+  const g = conv2dGeometry(xShape, wShape, options);
+  const { n: N, cin, h: H, w: W, cout, kh: KH, kw: KW, stride: s, pad, oh: OH, ow: OW } = g;
+  const y = new Float32Array(N * cout * OH * OW);
+  for (let n = 0; n < N; n++) {
+    for (let co = 0; co < cout; co++) {
+      for (let oh = 0; oh < OH; oh++) {
+        for (let ow = 0; ow < OW; ow++) {
+          let acc = options.bias ? options.bias[co] : 0;
+          for (let ci = 0; ci < cin; ci++) {
+            for (let kh = 0; kh < KH; kh++) {
+              const ih = oh * s - pad + kh;
+              if (ih < 0 || ih >= H) continue;
+              for (let kw = 0; kw < KW; kw++) {
+                const iw = ow * s - pad + kw;
+                if (iw < 0 || iw >= W) continue;
+                acc += x[((n * cin + ci) * H + ih) * W + iw] * w[((co * cin + ci) * KH + kh) * KW + kw];
+              }
+            }
+          }
+          const o = ((n * cout + co) * OH + oh) * OW + ow;
+          if (options.residual) acc += options.residual[o];
+          y[o] = options.relu ? Math.max(acc, 0) : acc;
+        }
+      }
+    }
+  }
+  return { data: y, shape: [N, cout, OH, OW] };
+}
+
+/**
+ * CPU reference of the backward pass (float64 accumulation): gradients of x, w and the bias given dy.
+ *
+ * @example
+ * ```ts
+ * const { dx, dw, db } = conv2dBackwardCpu(x, [1, 3, 8, 8], w, [4, 3, 3, 3], dy, { padding: 1 });
+ * ```
+ */
+export function conv2dBackwardCpu(
+  x: Float32Array,
+  xShape: readonly number[],
+  w: Float32Array,
+  wShape: readonly number[],
+  dy: Float32Array,
+  options: { stride?: number; padding?: number } = {},
+): { dx: Float32Array; dw: Float32Array; db: Float32Array } {
+  const g = conv2dGeometry(xShape, wShape, options);
+  const { n: N, cin, h: H, w: W, cout, kh: KH, kw: KW, stride: s, pad, oh: OH, ow: OW } = g;
+  const dx = new Float64Array(x.length);
+  const dw = new Float64Array(w.length);
+  const db = new Float64Array(cout);
+  for (let n = 0; n < N; n++) {
+    for (let co = 0; co < cout; co++) {
+      for (let oh = 0; oh < OH; oh++) {
+        for (let ow = 0; ow < OW; ow++) {
+          const d = dy[((n * cout + co) * OH + oh) * OW + ow];
+          db[co] += d;
+          for (let ci = 0; ci < cin; ci++) {
+            for (let kh = 0; kh < KH; kh++) {
+              const ih = oh * s - pad + kh;
+              if (ih < 0 || ih >= H) continue;
+              for (let kw = 0; kw < KW; kw++) {
+                const iw = ow * s - pad + kw;
+                if (iw < 0 || iw >= W) continue;
+                const xi = ((n * cin + ci) * H + ih) * W + iw;
+                const wi = ((co * cin + ci) * KH + kh) * KW + kw;
+                dx[xi] += d * w[wi];
+                dw[wi] += d * x[xi];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return { dx: Float32Array.from(dx), dw: Float32Array.from(dw), db: Float32Array.from(db) };
+}

@@ -1,0 +1,293 @@
+import {
+  conv2d,
+  conv2dBackwardBias,
+  conv2dBackwardCpu,
+  conv2dBackwardInput,
+  conv2dBackwardWeight,
+  conv2dCpu,
+  conv2dForward,
+  conv2dTiles,
+} from "../../kernels/conv2d.ts";
+import { requiresGrad, Tape } from "../../engine/autograd.ts";
+import { sum } from "../../kernels/reduce.ts";
+import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand } from "../helpers.ts";
+
+/**
+ * Tolerance of every GPU-vs-reference comparison in this file, stated once. Conv outputs are float32 dot
+ * products of length K (Cin·KH·KW, Cout·KH·KW or N·OH·OW), so, as for matmul, the error is measured against
+ * the scale Σ|a||b| of the same product computed on absolute values, not against |want|.
+ */
+const TOL = { rtol: 1e-5, atol: 1e-6 };
+/** Against PyTorch's float32 results (its own rounding differs from ours): same scale, looser. */
+const TOL_TORCH = { rtol: 5e-5, atol: 1e-5 };
+
+const abs = (a: Float32Array) => a.map(Math.abs);
+const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+// [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of the 4×4 register tile.
+type Case = [number, number, number, number, number, number, number, number];
+const CASES: Case[] = [
+  [1, 1, 1, 1, 1, 1, 1, 0], // 1×1 GEMM, scalar path
+  [2, 3, 7, 9, 5, 3, 1, 1],
+  [3, 5, 13, 13, 17, 3, 2, 1],
+  [2, 17, 9, 7, 3, 1, 1, 0], // 1×1 GEMM, scalar path (H·W = 63)
+  [3, 5, 4, 5, 6, 1, 1, 0], // 1×1 GEMM, vec4 path (H·W = 20)
+  [2, 5, 13, 9, 7, 1, 2, 0], // 1×1 stride-2 (ResNet downsample)
+  [1, 3, 13, 13, 5, 7, 2, 3], // ResNet conv1 geometry
+  [2, 3, 9, 13, 4, 7, 1, 3],
+  [1, 1, 1, 1, 3, 3, 1, 1], // the 1×1 input sees only the centre tap
+  [2, 5, 1, 7, 3, 3, 1, 1],
+  [1, 3, 9, 9, 2, 3, 2, 0], // (H − K) odd at stride 2: the last row gets no gradient
+  [1, 2, 1, 1, 3, 7, 2, 3], // taps entirely outside the input
+  [2, 3, 8, 8, 5, 3, 3, 1], // stride 3
+];
+
+function caseData(c: Case, seed: number) {
+  const [n, cin, h, w, cout, k, stride, padding] = c;
+  const xShape = [n, cin, h, w], wShape = [cout, cin, k, k];
+  const oh = Math.floor((h + 2 * padding - k) / stride) + 1,
+    ow = Math.floor((w + 2 * padding - k) / stride) + 1;
+  const yShape = [n, cout, oh, ow];
+  return {
+    xShape,
+    wShape,
+    yShape,
+    stride,
+    padding,
+    x: rand(prod(xShape), seed, -1, 1),
+    w: rand(prod(wShape), seed + 1, -1, 1),
+    b: rand(cout, seed + 2, -1, 1),
+    r: rand(prod(yShape), seed + 3, -1, 1),
+    dy: rand(prod(yShape), seed + 4, -1, 1),
+    label: `x[${xShape}] w[${wShape}] s${stride} p${padding}`,
+  };
+}
+
+gpuTest("conv2d forward matches the float64 reference on awkward shapes", async (e) => {
+  for (const [ci, c] of CASES.entries()) {
+    const d = caseData(c, 10 * ci + 1);
+    const o = { stride: d.stride, padding: d.padding };
+    const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), o);
+    const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
+    const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
+    assertEquals([...y.shape], want.shape, d.label);
+    assertClose(await y.toArray(), want.data, TOL, `forward ${d.label}`, scale);
+  }
+});
+
+gpuTest("conv2d backward (dx, dw, db) matches the float64 reference on awkward shapes", async (e) => {
+  for (const [ci, c] of CASES.entries()) {
+    const d = caseData(c, 10 * ci + 2);
+    const o = { stride: d.stride, padding: d.padding };
+    await e.scope(async () => {
+      const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+      const dx = conv2dBackwardInput(dy, w, d.xShape, o);
+      const dw = conv2dBackwardWeight(x, dy, d.wShape, o);
+      const db = conv2dBackwardBias(dy);
+      const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+      const scale = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+      assertEquals([...dx.shape], d.xShape);
+      assertEquals([...dw.shape], d.wShape);
+      assertEquals([...db.shape], [d.wShape[0]]);
+      assertClose(await dx.toArray(), want.dx, TOL, `dx ${d.label}`, scale.dx);
+      assertClose(await dw.toArray(), want.dw, TOL, `dw ${d.label}`, scale.dw);
+      assertClose(await db.toArray(), want.db, TOL, `db ${d.label}`, scale.db);
+    });
+  }
+});
+
+gpuTest("conv2d weight gradient is the same with one split and with many", async (e) => {
+  const d = caseData([3, 6, 11, 10, 5, 3, 1, 1], 7);
+  const o = { stride: d.stride, padding: d.padding };
+  const x = e.tensor(d.x, d.xShape), dy = e.tensor(d.dy, d.yShape);
+  const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+  const scale = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+  const saved = conv2dTiles.dwTarget;
+  try {
+    for (const target of [1, 64 * 9 * 4, 1 << 20]) {
+      conv2dTiles.dwTarget = target;
+      const dw = conv2dBackwardWeight(x, dy, d.wShape, o);
+      assertClose(await dw.toArray(), want.dw, TOL, `dw with dwTarget ${target}`, scale.dw);
+    }
+  } finally {
+    conv2dTiles.dwTarget = saved;
+  }
+});
+
+gpuTest("conv2d matches the reference at a ResNet layer shape (64 → 64, 3×3, 14×14)", async (e) => {
+  const d = caseData([2, 64, 14, 14, 64, 3, 1, 1], 3);
+  const o = { stride: 1, padding: 1 };
+  const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+  const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
+  const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
+  assertClose(await conv2dForward(x, w, o).toArray(), want.data, TOL, "forward", scale);
+  const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+  const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+  assertClose(await conv2dBackwardInput(dy, w, d.xShape, o).toArray(), g.dx, TOL, "dx", gs.dx);
+  assertClose(await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(), g.dw, TOL, "dw", gs.dw);
+});
+
+gpuTest("conv2d fused epilogue (bias, residual, ReLU) matches the reference", async (e) => {
+  for (const c of [CASES[2], CASES[4], CASES[6]]) {
+    const d = caseData(c, 5);
+    for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
+      const o = { stride: d.stride, padding: d.padding };
+      const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), {
+        ...o,
+        bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
+        residual: residual ? e.tensor(d.r, d.yShape) : null,
+        relu: !!relu,
+      });
+      const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
+        ...o,
+        bias: bias ? d.b : undefined,
+        residual: residual ? d.r : undefined,
+        relu: !!relu,
+      });
+      const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, {
+        ...o,
+        bias: bias ? abs(d.b) : undefined,
+        residual: residual ? abs(d.r) : undefined,
+      }).data;
+      assertClose(
+        await y.toArray(),
+        want.data,
+        TOL,
+        `${d.label} bias ${bias} res ${residual} relu ${relu}`,
+        scale,
+      );
+    }
+  }
+});
+
+gpuTest("conv2d backward matches finite differences at stride 1 and 2", async (e) => {
+  for (
+    const [n, cin, h, w, cout, k, stride, padding] of [[1, 2, 5, 4, 3, 3, 1, 1], [2, 2, 5, 5, 2, 3, 2, 1]]
+  ) {
+    await assertGradients(
+      e,
+      ([x, wt, b]) => conv2d(x, wt, { stride, padding, bias: b }),
+      [
+        { data: rand(n * cin * h * w, 21, -1, 1), shape: [n, cin, h, w] },
+        { data: rand(cout * cin * k * k, 22, -1, 1), shape: [cout, cin, k, k] },
+        { data: rand(cout, 23, -1, 1), shape: [cout] },
+      ],
+      { what: `conv2d s${stride} p${padding}` },
+    );
+  }
+});
+
+gpuTest("conv2d backward through the fused ReLU and residual matches finite differences", async (e) => {
+  // Inputs away from the ReLU kink: a finite difference across it would be meaningless.
+  await assertGradients(
+    e,
+    ([x, wt, r]) => conv2d(x, wt, { padding: 1, residual: r, relu: true }),
+    [
+      { data: rand(1 * 2 * 4 * 4, 31, -1, 1), shape: [1, 2, 4, 4] },
+      { data: rand(3 * 2 * 3 * 3, 32, -1, 1), shape: [3, 2, 3, 3] },
+      { data: rand(3 * 4 * 4, 33, -1, 1).map((v) => v + Math.sign(v) * 3), shape: [1, 3, 4, 4] },
+    ],
+    { what: "conv2d relu+residual" },
+  );
+});
+
+gpuTest("conv2d gradients on the tape match the float64 reference (1×1 and 7×7 stride 2)", async (e) => {
+  for (const c of [CASES[3], CASES[6]]) {
+    const d = caseData(c, 41);
+    const o = { stride: d.stride, padding: d.padding };
+    const x = requiresGrad(e.tensor(d.x, d.xShape)), w = requiresGrad(e.tensor(d.w, d.wShape));
+    const b = requiresGrad(e.tensor(d.b, [d.wShape[0]]));
+    const tape = new Tape();
+    const loss = tape.record(() => sum(conv2d(x, w, { ...o, bias: b })));
+    const grads = tape.backward(loss);
+    const ones = new Float32Array(prod(d.yShape)).fill(1);
+    const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, ones, o);
+    const scale = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, ones, o);
+    assertClose(await grads.get(x)!.toArray(), want.dx, TOL, `tape dx ${d.label}`, scale.dx);
+    assertClose(await grads.get(w)!.toArray(), want.dw, TOL, `tape dw ${d.label}`, scale.dw);
+    assertClose(await grads.get(b)!.toArray(), want.db, TOL, `tape db ${d.label}`, scale.db);
+    tape.dispose();
+  }
+});
+
+const FIXTURES = new URL("../fixtures/conv2d/", import.meta.url);
+
+gpuTest("conv2d forward and backward match PyTorch (tests/fixtures/conv2d)", async (e) => {
+  const meta = JSON.parse(await Deno.readTextFile(new URL("cases.json", FIXTURES)));
+  const names = Object.keys(meta.cases);
+  assertEquals(names.length > 0, true);
+  for (const name of names) {
+    const { stride, padding, shapes } = meta.cases[name];
+    const load = async (key: string) => {
+      const bytes = await Deno.readFile(new URL(`${name}_${key}.bin`, FIXTURES));
+      const a = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+      assertEquals(a.length, prod(shapes[key]), `${name}_${key}.bin length`);
+      return a;
+    };
+    const [x, w, b, dy, y, dx, dw, db] = await Promise.all(
+      ["x", "w", "b", "dy", "y", "dx", "dw", "db"].map(load),
+    );
+    const o = { stride, padding };
+    const xt = e.tensor(x, shapes.x), wt = e.tensor(w, shapes.w), dyt = e.tensor(dy, shapes.dy);
+    const gy = conv2dForward(xt, wt, { ...o, bias: e.tensor(b, shapes.b) });
+    const scale = conv2dCpu(abs(x), shapes.x, abs(w), shapes.w, { ...o, bias: abs(b) }).data;
+    assertClose(await gy.toArray(), y, TOL_TORCH, `${name} y`, scale);
+    const gs = conv2dBackwardCpu(abs(x), shapes.x, abs(w), shapes.w, abs(dy), o);
+    assertClose(
+      await conv2dBackwardInput(dyt, wt, shapes.x, o).toArray(),
+      dx,
+      TOL_TORCH,
+      `${name} dx`,
+      gs.dx,
+    );
+    assertClose(
+      await conv2dBackwardWeight(xt, dyt, shapes.w, o).toArray(),
+      dw,
+      TOL_TORCH,
+      `${name} dw`,
+      gs.dw,
+    );
+    assertClose(await conv2dBackwardBias(dyt).toArray(), db, TOL_TORCH, `${name} db`, gs.db);
+  }
+});
+
+gpuTest("conv2d rejects wrong ranks, channel mismatches and bad options, naming both shapes", (e) => {
+  const x = e.tensor(new Float32Array(2 * 3 * 5 * 5), [2, 3, 5, 5]);
+  const w = e.tensor(new Float32Array(4 * 3 * 3 * 3), [4, 3, 3, 3]);
+  assertThrows(
+    () => conv2d(x.reshape([6, 5, 5]), w),
+    TypeError,
+    "Cannot conv2d input of shape [6,5,5] with weight of shape [4,3,3,3]",
+  );
+  assertThrows(
+    () => conv2d(x, w.reshape([4, 27])),
+    TypeError,
+    "Cannot conv2d input of shape [2,3,5,5] with weight of shape [4,27]",
+  );
+  assertThrows(
+    () => conv2d(x, e.tensor(new Float32Array(4 * 2 * 9), [4, 2, 3, 3])),
+    RangeError,
+    "Cannot conv2d input of shape [2,3,5,5] with weight of shape [4,2,3,3]: input has 3 channels",
+  );
+  assertThrows(() => conv2d(x, w, { stride: 0 }), RangeError, "stride must be a positive integer");
+  assertThrows(
+    () => conv2d(x, e.tensor(new Float32Array(4 * 3 * 49), [4, 3, 7, 7])),
+    RangeError,
+    "larger than",
+  );
+  assertThrows(
+    () => conv2d(x, w, { bias: e.tensor(new Float32Array(3), [3]) }),
+    RangeError,
+    "bias of shape [3]: bias must be [4]",
+  );
+  assertThrows(
+    () => conv2d(x, w, { residual: e.tensor(new Float32Array(2 * 4 * 5 * 5), [2, 4, 5, 5]) }),
+    RangeError,
+    "residual of shape [2,4,5,5]: the output has shape [2,4,3,3]",
+  );
+  assertThrows(
+    () => conv2dBackwardInput(e.tensor(new Float32Array(8), [2, 4, 1, 1]), w, x.shape),
+    RangeError,
+    "dy of shape [2,4,1,1]: the convolution's output has shape [2,4,3,3]",
+  );
+});
