@@ -1,0 +1,536 @@
+/**
+ * Optimisation: Adam (as `torch.optim.Adam`, L2 weight decay), global gradient-norm clipping (as
+ * `torch.nn.utils.clip_grad_norm_`) and the StepLR schedule.
+ *
+ * One Adam step records, per parameter tensor, one fused dispatch that reads g, θ, m, v and writes θ, m, v
+ * in place (θ, m, v are overwritten; gradients are only read). Tensors larger than one storage binding
+ * (e.g. the 2048 × 19699 gene head, 161 MB > 128 MiB on llvmpipe) are processed in aligned element ranges,
+ * one dispatch per range. Clipping needs no readback: per-tensor sums of squares go to a partials buffer,
+ * one workgroup reduces them to the norm and the clip factor, and the Adam kernel reads the factor from
+ * that 1-element buffer. Step-dependent scalars (lr / (1 − β1ᵗ), √(1 − β2ᵗ)) live in one small storage
+ * buffer rewritten once per step, so uniforms and bind groups stay cached across steps.
+ *
+ * References: Kingma & Ba, https://arxiv.org/abs/1412.6980; PyTorch `torch/optim/adam.py` (`_single_tensor_adam`),
+ * `torch/nn/utils/clip_grad.py`, `torch/optim/lr_scheduler.py` (`StepLR`).
+ *
+ * @module
+ */
+import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
+import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { shapeSize, type Tensor } from "../engine/tensor.ts";
+
+const WG = 256;
+/** Elements one workgroup of the sum-of-squares pass reduces (32 per thread). */
+const CHUNK = 8192;
+const EW = 128;
+
+const cache = kernelCache<Kernel>();
+
+// part[base + w] = Σ x[i]² over i ∈ [w·CHUNK, min((w+1)·CHUNK, n)) of this (range of a) gradient.
+// x: [n] (a range); part: [total partials]
+function sumSquaresKernel(): Kernel {
+  return cache("sumsq", () =>
+    defineKernel({
+      name: "grad_sumsq_partial",
+      bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
+      uniforms: { n: "u32", parts: "u32", base: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+var<workgroup> sh: array<f32, ${WG}>;
+@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let w = wid.x + wid.y * nwg.x;
+  if (w >= p.parts) { return; }   // uniform per workgroup
+  let end = min((w + 1u) * ${CHUNK}u, p.n);
+  var acc = 0.0;
+  var comp = 0.0;
+  for (var i = w * ${CHUNK}u + t; i < end; i += ${WG}u) {
+    let v = x[i] * x[i];
+    let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
+  }
+  sh[t] = acc;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (t < s) { sh[t] = sh[t] + sh[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) { part[p.base + w] = sh[0]; }
+}`,
+    }) as unknown as Kernel);
+}
+
+// norm[0] = √Σ part; scale[0] = min(1, maxNorm / (norm + 1e-6)).   part: [parts]; norm, scale: [1]
+function normKernel(): Kernel {
+  return cache("norm", () =>
+    defineKernel({
+      name: "grad_norm_final",
+      bindings: [
+        { name: "part", access: "read" },
+        { name: "norm", access: "read_write" },
+        { name: "scale", access: "read_write" },
+      ],
+      uniforms: { parts: "u32", maxNorm: "f32" },
+      workgroupSize: [WG],
+      body: String.raw`
+var<workgroup> sh: array<f32, ${WG}>;
+@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32) {
+  var acc = 0.0;
+  var comp = 0.0;
+  for (var k = t; k < p.parts; k += ${WG}u) {
+    let yk = part[k] - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
+  }
+  sh[t] = acc;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (t < s) { sh[t] = sh[t] + sh[t + s]; }
+    workgroupBarrier();
+  }
+  if (t == 0u) {
+    let total = sqrt(sh[0]);
+    norm[0] = total;
+    scale[0] = min(1.0, p.maxNorm / (total + 1e-6));
+  }
+}`,
+    }) as unknown as Kernel);
+}
+
+// Adam, in place, following torch's _single_tensor_adam (lerp for m, addcmul for v, addcdiv for θ):
+//   g ← g·clip + wd·θ;  m ← m + (1 − β1)(g − m);  v ← β2·v + (1 − β2)·g²
+//   θ ← θ − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)
+// th, g, m, v: [n] (the same range of each); hp: [params, 2] = (lr / (1 − β1ᵗ), √(1 − β2ᵗ)) per parameter;
+// cs: [1] the clip factor.
+function adamKernel(): Kernel {
+  return cache("adam", () =>
+    defineKernel({
+      name: "adam_step",
+      bindings: [
+        { name: "th", access: "read_write" },
+        { name: "g", access: "read" },
+        { name: "m", access: "read_write" },
+        { name: "v", access: "read_write" },
+        { name: "hp", access: "read" },
+        { name: "cs", access: "read" },
+      ],
+      uniforms: { n: "u32", row: "u32", omb1: "f32", b2: "f32", omb2: "f32", eps: "f32", wd: "f32" },
+      workgroupSize: [EW],
+      body: String.raw`
+@compute @workgroup_size(${EW}) fn main(@builtin(global_invocation_id) gid: vec3u,
+    @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * (nwg.x * WG_X);
+  if (i >= p.n) { return; }
+  let stepSize = hp[2u * p.row];
+  let bc2Sqrt = hp[2u * p.row + 1u];
+  let theta = th[i];
+  let gi = g[i] * cs[0] + p.wd * theta;
+  let mi = m[i] + p.omb1 * (gi - m[i]);
+  let vi = p.b2 * v[i] + p.omb2 * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  th[i] = theta - stepSize * (mi / (sqrt(vi) / bc2Sqrt + p.eps));
+}`,
+    }) as unknown as Kernel);
+}
+
+/**
+ * Element ranges `[start, count]` that each fit one storage binding and start at an aligned offset;
+ * `maxElements` caps the range (tests use it to exercise the range path on small tensors).
+ */
+export function bindingRanges(engine: Engine, n: number, maxElements = Infinity): [number, number][] {
+  const align = engine.offsetAlign / 4;
+  const cap = Math.min(engine.maxBinding / 4, maxElements);
+  const per = Math.max(align, Math.floor(cap / align) * align);
+  if (n <= per) return [[0, n]];
+  const out: [number, number][] = [];
+  for (let s = 0; s < n; s += per) out.push([s, Math.min(per, n - s)]);
+  return out;
+}
+
+function bind(t: Tensor, start: number, count: number, whole: boolean): Tensor | TensorRange {
+  return whole ? t : { tensor: t, offset: start, size: count };
+}
+
+/** Options for {@linkcode gradNorm}. */
+export interface GradNormOptions {
+  /** Largest element range bound at once (default: one storage binding). */
+  maxChunkElements?: number;
+}
+
+/**
+ * The global L2 norm of `grads` and the clip factor `min(1, maxNorm / (norm + 1e-6))`, both left on the GPU
+ * (`norm`: `[]`, `scale`: `[1]`), as `torch.nn.utils.clip_grad_norm_` computes them. The gradients are not
+ * modified; {@linkcode Adam.step} applies the factor.
+ *
+ * @example
+ * ```ts
+ * const { norm, scale } = gradNorm([...grads.values()], 1.0);
+ * console.log((await norm.toArray())[0]);
+ * ```
+ */
+export function gradNorm(
+  grads: readonly Tensor[],
+  maxNorm: number,
+  options: GradNormOptions = {},
+): { norm: Tensor; scale: Tensor } {
+  if (grads.length === 0) {
+    throw new RangeError("Cannot compute a gradient norm: current value has no gradients");
+  }
+  const e = grads[0].engine;
+  const plan: { g: Tensor; start: number; count: number; whole: boolean; parts: number; base: number }[] = [];
+  let total = 0;
+  for (const g of grads) {
+    const rs = bindingRanges(e, g.size, options.maxChunkElements);
+    for (const [start, count] of rs) {
+      if (count === 0) continue;
+      const parts = Math.ceil(count / CHUNK);
+      plan.push({ g, start, count, whole: rs.length === 1, parts, base: total });
+      total += parts;
+    }
+  }
+  const part = e.empty([Math.max(total, 1)], "grad sumsq partials");
+  for (const { g, start, count, whole, parts, base } of plan) {
+    e.run(sumSquaresKernel(), {
+      bindings: [bind(g, start, count, whole), part],
+      uniforms: { n: count, parts, base },
+      workgroups: grid(parts, 1),
+      info: `[${g.shape}] @${start}+${count}`,
+    });
+  }
+  const norm = e.empty([], "grad norm");
+  const scale = e.empty([1], "clip scale");
+  e.run(normKernel(), {
+    bindings: [part, norm, scale],
+    uniforms: { parts: total, maxNorm },
+    workgroups: [1],
+    info: `[${total}]`,
+  });
+  part.dispose();
+  return { norm, scale };
+}
+
+/** Adam hyper-parameters (defaults as torch.optim.Adam). */
+export interface AdamOptions {
+  /** Learning rate (default 1e-3); may be changed between steps (see {@linkcode StepLR}). */
+  lr?: number;
+  betas?: readonly [number, number];
+  eps?: number;
+  /** L2 penalty added to the gradient, `g + wd·θ` (not decoupled as in AdamW). Default 0. */
+  weightDecay?: number;
+  /** Largest element range one dispatch binds (default: one storage binding); for tests. */
+  maxChunkElements?: number;
+}
+
+/** Options for {@linkcode Adam.step}. */
+export interface AdamStepOptions {
+  /** Clip the global gradient norm to this value first (torch's `max_norm`); off when absent. */
+  clipNorm?: number;
+}
+
+/** A plain array with its shape: one entry of an optimizer state dict. */
+export interface StateEntry {
+  data: Float32Array;
+  shape: number[];
+}
+
+interface ParamState {
+  step: number;
+  m: Tensor;
+  v: Tensor;
+}
+
+/**
+ * Adam exactly as `torch.optim.Adam(params, lr, betas, eps, weight_decay)` (no amsgrad, not maximize),
+ * updating the parameter tensors in place. Parameters without a gradient in a step are skipped and their
+ * step count does not advance, as in PyTorch.
+ *
+ * @example
+ * ```ts
+ * const opt = new Adam(params, { lr: 1e-4, weightDecay: 1e-5 });
+ * const norm = opt.step(grads, { clipNorm: 1.0 }); // grads: Map<name, Tensor>; norm: [] before clipping
+ * ```
+ */
+export class Adam {
+  lr: number;
+  readonly betas: readonly [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  readonly maxChunkElements: number;
+  readonly #params: Map<string, Tensor>;
+  readonly #row = new Map<string, number>();
+  readonly #state = new Map<string, ParamState>();
+  readonly #engine: Engine;
+  #hp: Tensor | null = null;
+  #one: Tensor | null = null;
+
+  constructor(params: Map<string, Tensor>, options: AdamOptions = {}) {
+    if (params.size === 0) throw new RangeError("Cannot create Adam: current value has no parameters");
+    this.#params = new Map(params);
+    let i = 0;
+    for (const name of params.keys()) this.#row.set(name, i++);
+    this.#engine = params.values().next().value!.engine;
+    this.lr = options.lr ?? 1e-3;
+    this.betas = options.betas ?? [0.9, 0.999];
+    this.eps = options.eps ?? 1e-8;
+    this.weightDecay = options.weightDecay ?? 0;
+    this.maxChunkElements = options.maxChunkElements ?? Infinity;
+    for (
+      const [name, v] of [["lr", this.lr], ["eps", this.eps], ["weightDecay", this.weightDecay]] as const
+    ) {
+      if (!(v >= 0)) throw new RangeError(`Cannot create Adam: ${name} must be ≥ 0, current value is ${v}`);
+    }
+    for (const b of this.betas) {
+      if (!(b >= 0 && b < 1)) {
+        throw new RangeError(`Cannot create Adam: betas must be in [0, 1), current value is ${b}`);
+      }
+    }
+  }
+
+  /** Steps taken by parameter `name` (0 before its first gradient). */
+  stepCount(name: string): number {
+    return this.#state.get(name)?.step ?? 0;
+  }
+
+  /**
+   * One update of every parameter that has a gradient in `grads` (keyed by parameter name). Records the
+   * dispatches and returns without waiting. With `clipNorm`, returns the global gradient norm before
+   * clipping as a tensor `[]` (owned by the caller), else `null`.
+   */
+  step(grads: Map<string, Tensor>, options: AdamStepOptions = {}): Tensor | null {
+    const e = this.#engine;
+    const todo: [string, Tensor, Tensor][] = [];
+    for (const [name, g] of grads) {
+      const th = this.#params.get(name);
+      if (!th) throw new RangeError(`Cannot step Adam: gradient "${name}" has no parameter of that name`);
+      if (g.shape.length !== th.shape.length || g.shape.some((d, i) => d !== th.shape[i])) {
+        throw new RangeError(
+          `Cannot step Adam: gradient of "${name}" has shape [${g.shape}], the parameter has [${th.shape}]`,
+        );
+      }
+      todo.push([name, th, g]);
+    }
+    if (todo.length === 0) return null;
+
+    let norm: Tensor | null = null;
+    let scale: Tensor;
+    if (options.clipNorm !== undefined) {
+      ({ norm, scale } = gradNorm(todo.map(([, , g]) => g), options.clipNorm, {
+        maxChunkElements: this.maxChunkElements,
+      }));
+    } else {
+      scale = this.#one ??= e.tensor([1], [1]).keep();
+    }
+
+    // Per-parameter step scalars, computed in float64 like torch's Python floats.
+    const [b1, b2] = this.betas;
+    const hp = new Float32Array(2 * this.#params.size);
+    for (const [name, th] of todo) {
+      let st = this.#state.get(name);
+      if (!st) {
+        st = {
+          step: 0,
+          m: e.zeros(th.shape, `${name}.exp_avg`).keep(),
+          v: e.zeros(th.shape, `${name}.exp_avg_sq`).keep(),
+        };
+        this.#state.set(name, st);
+      }
+      st.step++;
+      const row = this.#row.get(name)!;
+      hp[2 * row] = this.lr / (1 - b1 ** st.step);
+      hp[2 * row + 1] = Math.sqrt(1 - b2 ** st.step);
+    }
+    this.#writeHyper(hp);
+
+    const k = adamKernel();
+    for (const [name, th, g] of todo) {
+      const { m, v } = this.#state.get(name)!;
+      const rs = bindingRanges(e, th.size, this.maxChunkElements);
+      const whole = rs.length === 1;
+      for (const [start, count] of rs) {
+        if (count === 0) continue;
+        e.run(k, {
+          bindings: [
+            bind(th, start, count, whole),
+            bind(g, start, count, whole),
+            bind(m, start, count, whole),
+            bind(v, start, count, whole),
+            this.#hp!,
+            scale,
+          ],
+          uniforms: {
+            n: count,
+            row: this.#row.get(name)!,
+            omb1: 1 - b1,
+            b2,
+            omb2: 1 - b2,
+            eps: this.eps,
+            wd: this.weightDecay,
+          },
+          workgroups: grid(count, EW),
+          info: `${name} [${th.shape}] @${start}+${count}`,
+        });
+      }
+    }
+    if (norm) scale.dispose();
+    return norm;
+  }
+
+  // Rewrite the step-scalar buffer. Work recorded earlier may still read it: submit that first, so the
+  // write lands after it in queue order (as engine.tensor does for uploads).
+  #writeHyper(hp: Float32Array): void {
+    const e = this.#engine;
+    if (!this.#hp) {
+      this.#hp = e.tensor(hp, [hp.length]).keep();
+      return;
+    }
+    e.flush();
+    e.device.queue.writeBuffer(this.#hp.buffer, 0, hp.buffer as ArrayBuffer, hp.byteOffset, hp.byteLength);
+  }
+
+  /**
+   * The optimizer state as plain arrays, keyed as torch's per-parameter state: `<name>.step` (shape `[]`),
+   * `<name>.exp_avg` and `<name>.exp_avg_sq` for every parameter that has taken a step. Hyper-parameters
+   * and the learning rate are not included (the schedule owns the lr).
+   */
+  async stateDict(): Promise<Map<string, StateEntry>> {
+    const out = new Map<string, StateEntry>();
+    for (const [name, st] of this.#state) {
+      out.set(`${name}.step`, { data: new Float32Array([st.step]), shape: [] });
+      out.set(`${name}.exp_avg`, { data: await st.m.toArray(), shape: [...st.m.shape] });
+      out.set(`${name}.exp_avg_sq`, { data: await st.v.toArray(), shape: [...st.v.shape] });
+    }
+    return out;
+  }
+
+  /** Restore a state from {@linkcode stateDict}; later steps continue exactly as the saved optimizer would. */
+  loadStateDict(state: Map<string, StateEntry>): void {
+    const e = this.#engine;
+    const names = new Set<string>();
+    for (const key of state.keys()) {
+      const name = key.replace(/\.(step|exp_avg|exp_avg_sq)$/, "");
+      if (name === key || !this.#params.has(name)) {
+        throw new RangeError(`Cannot load Adam state: key "${key}" names no parameter of this optimizer`);
+      }
+      names.add(name);
+    }
+    const loaded = new Map<string, ParamState>();
+    for (const name of names) {
+      const th = this.#params.get(name)!;
+      const get = (suffix: string, shape: readonly number[]) => {
+        const s = state.get(`${name}.${suffix}`);
+        if (!s) throw new RangeError(`Cannot load Adam state: "${name}.${suffix}" is missing`);
+        const same = s.shape.length === shape.length && s.shape.every((d, i) => d === shape[i]);
+        if (!same || s.data.length !== shapeSize(shape)) {
+          throw new RangeError(
+            `Cannot load Adam state: "${name}.${suffix}" has shape [${s.shape}], expected [${shape}]`,
+          );
+        }
+        return s.data;
+      };
+      const step = get("step", [])[0];
+      const m = get("exp_avg", th.shape);
+      const v = get("exp_avg_sq", th.shape);
+      loaded.set(name, { step, m: e.tensor(m, th.shape).keep(), v: e.tensor(v, th.shape).keep() });
+    }
+    for (const st of this.#state.values()) {
+      st.m.dispose();
+      st.v.dispose();
+    }
+    this.#state.clear();
+    for (const [k, v] of loaded) this.#state.set(k, v);
+  }
+
+  /** Release the optimizer's GPU state (the parameters stay). */
+  dispose(): void {
+    for (const st of this.#state.values()) {
+      st.m.dispose();
+      st.v.dispose();
+    }
+    this.#state.clear();
+    this.#hp?.dispose();
+    this.#one?.dispose();
+    this.#hp = this.#one = null;
+  }
+}
+
+/**
+ * Step decay of the learning rate, as `torch.optim.lr_scheduler.StepLR`: the lr of epoch `e` is
+ * `lr0 · γ^⌊e / stepSize⌋`. Call {@linkcode StepLR.step} once at the end of each epoch.
+ *
+ * @example
+ * ```ts
+ * const sched = new StepLR(opt, { stepSize: 10, gamma: 0.5 });
+ * for (let epoch = 0; epoch < 50; epoch++) { train(opt); sched.step(); }
+ * ```
+ */
+export class StepLR {
+  readonly baseLr: number;
+  readonly stepSize: number;
+  readonly gamma: number;
+  /** Epochs completed. */
+  epoch = 0;
+
+  constructor(readonly optimizer: { lr: number }, options: { stepSize?: number; gamma?: number } = {}) {
+    this.baseLr = optimizer.lr;
+    this.stepSize = options.stepSize ?? 10;
+    this.gamma = options.gamma ?? 0.5;
+    if (!(Number.isInteger(this.stepSize) && this.stepSize > 0)) {
+      throw new RangeError(
+        `Cannot create StepLR: stepSize must be a positive integer, current value is ${this.stepSize}`,
+      );
+    }
+  }
+
+  /** The learning rate of epoch `epoch`. */
+  lrAt(epoch: number): number {
+    return this.baseLr * this.gamma ** Math.floor(epoch / this.stepSize);
+  }
+
+  /** End an epoch: advance and set the optimizer's lr. Returns the new lr. */
+  step(): number {
+    this.epoch++;
+    return this.optimizer.lr = this.lrAt(this.epoch);
+  }
+
+  /** Resume at `epoch` (e.g. from a checkpoint) and set the optimizer's lr. */
+  setEpoch(epoch: number): number {
+    this.epoch = epoch;
+    return this.optimizer.lr = this.lrAt(epoch);
+  }
+}
+
+// ---------------------------------------------------------------- CPU references (float64)
+
+/** CPU reference of {@linkcode gradNorm}: `norm = √Σ g²`, `scale = min(1, maxNorm / (norm + 1e-6))`. */
+export function gradNormCpu(
+  grads: readonly ArrayLike<number>[],
+  maxNorm: number,
+): { norm: number; scale: number } {
+  let s = 0;
+  for (const g of grads) for (let i = 0; i < g.length; i++) s += g[i] * g[i];
+  const norm = Math.sqrt(s);
+  return { norm, scale: Math.min(1, maxNorm / (norm + 1e-6)) };
+}
+
+/** One parameter's state for {@linkcode adamStepCpu}. */
+export interface AdamCpuState {
+  theta: Float64Array;
+  m: Float64Array;
+  v: Float64Array;
+  step: number;
+}
+
+/** CPU reference of one Adam update of one parameter, in place, in float64 (`clip` is the clip factor). */
+export function adamStepCpu(
+  s: AdamCpuState,
+  grad: ArrayLike<number>,
+  o: { lr: number; betas: readonly [number, number]; eps: number; weightDecay: number; clip?: number },
+): void {
+  const [b1, b2] = o.betas;
+  s.step++;
+  const bc1 = 1 - b1 ** s.step, bc2 = 1 - b2 ** s.step;
+  for (let i = 0; i < s.theta.length; i++) {
+    const g = grad[i] * (o.clip ?? 1) + o.weightDecay * s.theta[i];
+    s.m[i] = b1 * s.m[i] + (1 - b1) * g;
+    s.v[i] = b2 * s.v[i] + (1 - b2) * g * g;
+    s.theta[i] -= (o.lr * (s.m[i] / bc1)) / (Math.sqrt(s.v[i] / bc2) + o.eps);
+  }
+}
