@@ -25,7 +25,7 @@
  *
  * @module
  */
-import { grid } from "../engine/engine.ts";
+import { type Engine, grid } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { defineOp, needsGrad } from "../engine/autograd.ts";
@@ -66,9 +66,9 @@ export interface Conv2dGeometry {
  * multiple of 4 for `gemm`. Changing them builds new kernel variants.
  */
 export const conv2dTiles = {
-  fwd: [4, 4] as [number, number],
-  gemm: [4, 4] as [number, number],
-  dx: [4, 4] as [number, number],
+  fwd: [8, 4] as [number, number],
+  gemm: [8, 4] as [number, number],
+  dx: [8, 4] as [number, number],
   dw: [4, 4] as [number, number],
   /** Invocations the weight-gradient split-K aims for (more splits → more parallelism, more partials). */
   dwTarget: 16384,
@@ -107,6 +107,18 @@ function geomUniforms(g: Conv2dGeometry) {
   };
 }
 
+/** Workgroup counts, checked against the device's per-dimension limit. */
+function groups(e: Engine, op: string, x: number, y: number, z = 1): [number, number, number] {
+  const max = e.limits.maxComputeWorkgroupsPerDimension;
+  if (x > max || y > max || z > max) {
+    throw new RangeError(
+      `Cannot ${op}: ${x}×${y}×${z} workgroups exceed the device limit of ${max} per dimension; ` +
+        `use a smaller batch`,
+    );
+  }
+  return [Math.max(x, 1), Math.max(y, 1), Math.max(z, 1)];
+}
+
 const seq = (n: number) => [...Array(n).keys()];
 /** Lines for every (i, j) of a TM×TN block. */
 const each2 = (tm: number, tn: number, f: (i: number, j: number) => string) =>
@@ -134,6 +146,50 @@ function epiStore(e: Epilogue, acc: string, co: string, idx: string): string {
   return `y[${idx}] = ${v};`;
 }
 
+// ------------------------------------------------------------------------------------------ weights
+
+// w: (Cout, Cin, KH, KW) → wt: (KH·KW, A, BP), zero-padded along b to BP (a multiple of the row tile), so
+// the kernels read TM consecutive b as aligned vec4 without bounds checks.
+// Forward: (a, b) = (ci, co); input gradient (`swap`): (a, b) = (co, ci).
+const packKernel = defineKernel({
+  name: "conv2d_pack_w",
+  bindings: [{ name: "w", access: "read" }, { name: "wt", access: "read_write" }],
+  uniforms: { cout: "u32", cin: "u32", kk: "u32", swap: "u32", bp: "u32", total: "u32" },
+  workgroupSize: [WG],
+  body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
+    @builtin(num_workgroups) nwg: vec3u) {
+  let i = g.x + g.y * (nwg.x * WG_X);
+  if (i >= p.total) { return; }
+  let b = i % p.bp;
+  let t = i / p.bp;
+  let na = select(p.cin, p.cout, p.swap == 1u);
+  let nb = select(p.cout, p.cin, p.swap == 1u);
+  let a = t % na;
+  let tap = t / na;
+  let co = select(b, a, p.swap == 1u);
+  let ci = select(a, b, p.swap == 1u);
+  wt[i] = select(0.0, w[min((co * p.cin + ci) * p.kk + tap, arrayLength(&w) - 1u)], b < nb);
+}`,
+});
+
+/** Pack w for the forward (`swap` false) or input-gradient kernels; returns wt and BP / 4. */
+function packWeights(w: Tensor, g: Conv2dGeometry, swap: boolean, tm: number): { wt: Tensor; bp4: number } {
+  if (tm % 4 !== 0) throw new RangeError(`Cannot conv2d: row tile ${tm} is not a multiple of 4`);
+  const e = w.engine;
+  const nb = swap ? g.cin : g.cout, na = swap ? g.cout : g.cin;
+  const bp = Math.max(1, Math.ceil(nb / tm)) * tm;
+  const total = g.kh * g.kw * na * bp;
+  const wt = e.empty([total], "conv2d packed w");
+  e.run(packKernel, {
+    bindings: [w, wt],
+    uniforms: { cout: g.cout, cin: g.cin, kk: g.kh * g.kw, swap: swap ? 1 : 0, bp, total },
+    workgroups: grid(total, WG),
+    info: `[${w.shape}]${swap ? " swapped" : ""}`,
+  });
+  return { wt, bp4: bp / 4 };
+}
+
 // ------------------------------------------------------------------------------------------ forward
 
 // x: (N, Cin, H, W), w: (Cout, Cin, KH, KW) → y: (N, Cout, OH, OW)
@@ -146,19 +202,17 @@ function forwardKernel(tm: number, tn: number, epi: Epilogue): Kernel {
       name: `conv2d_fwd_${tm}x${tn}${epiKey(epi) ? "_" + epiKey(epi) : ""}`,
       bindings: [
         { name: "x", access: "read" },
-        { name: "w", access: "read" },
+        { name: "wt", access: "read", type: "vec4<f32>" },
         ...epiBindings(epi),
         { name: "y", access: "read_write" },
       ],
-      uniforms: GEOM,
+      uniforms: { ...GEOM, bp4: "u32" },
       workgroupSize: [WG],
       body: String.raw`
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let hw = p.hin * p.win;
   let ohw = p.hout * p.wout;
   let P = p.batch * ohw;
-  let K = p.cin * p.kh * p.kw;
-  let kk = p.kh * p.kw;
   let col0 = g.x * ${tn}u;
   let co0 = g.y * ${tm}u;
 ${
@@ -170,7 +224,6 @@ ${
   let ihb${j} = i32((r${j} / p.wout) * p.stride) - i32(p.pad);
   let iwb${j} = i32((r${j} % p.wout) * p.stride) - i32(p.pad);`)
       }
-${each(tm, (i) => `  let wr${i} = min(co0 + ${i}u, p.cout - 1u) * K;`)}
 ${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
   for (var kh = 0u; kh < p.kh; kh++) {
 ${
@@ -186,12 +239,12 @@ ${
       var xi${j} = select(0u, xb${j} + u32(ih${j}) * p.win + u32(iw${j}), ok${j});
       let m${j} = select(0.0, 1.0, ok${j});`)
       }
-      var wo = kh * p.kw + kw;
+      var wi = (kh * p.kw + kw) * p.cin * p.bp4 + co0 / 4u;
       for (var ci = 0u; ci < p.cin; ci++) {
-${each(tm, (i) => `        let wv${i} = w[wr${i} + wo];`)}
+${each(tm / 4, (q) => `        let wv${q} = wt[wi + ${q}u];`)}
+        wi += p.bp4;
 ${each(tn, (j) => `        let xv${j} = x[xi${j}] * m${j};\n        xi${j} += hw;`)}
-        wo += kk;
-${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i}, xv${j}, a${i}_${j});`)}
+${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i >> 2}[${i & 3}], xv${j}, a${i}_${j});`)}
       }
     }
   }
@@ -232,12 +285,12 @@ function gemmKernel(tm: number, tn: number, vec: boolean, epi: Epilogue): Kernel
     return defineKernel({
       name: `conv2d_gemm_${tm}x${tn}${vec ? "_vec4" : ""}${epiKey(epi) ? "_" + epiKey(epi) : ""}`,
       bindings: [
-        { name: "a", access: "read" },
+        { name: "a", access: "read", type: "vec4<f32>" },
         { name: "b", access: "read", type: vec ? "vec4<f32>" : "f32" },
         ...epiBindings(epi),
         { name: "y", access: "read_write" },
       ],
-      uniforms: { batch: "u32", m: "u32", k: "u32", q: "u32", sam: "u32", sak: "u32" },
+      uniforms: { batch: "u32", m: "u32", k: "u32", q: "u32", bp4: "u32" },
       workgroupSize: [WG],
       body: String.raw`
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -246,12 +299,13 @@ function gemmKernel(tm: number, tn: number, vec: boolean, epi: Epilogue): Kernel
   let col0 = g.x * ${tn}u;
   let m0 = g.y * ${tm}u;
 ${cols}
-${each(tm, (i) => `  var ai${i} = min(m0 + ${i}u, p.m - 1u) * p.sam;`)}
+  var ai = m0 / 4u;
 ${each2(tm, tn, (i, j) => `  var a${i}_${j} = 0.0;`)}
   for (var kk = 0u; kk < p.k; kk++) {
-${each(tm, (i) => `    let av${i} = a[ai${i}];\n    ai${i} += p.sak;`)}
+${each(tm / 4, (q) => `    let av${q} = a[ai + ${q}u];`)}
+    ai += p.bp4;
 ${loads}
-${each2(tm, tn, (i, j) => `    a${i}_${j} = fma(av${i}, ${bval(j)}, a${i}_${j});`)}
+${each2(tm, tn, (i, j) => `    a${i}_${j} = fma(av${i >> 2}[${i & 3}], ${bval(j)}, a${i}_${j});`)}
   }
 ${
         each2(tm, tn, (i, j) =>
@@ -344,20 +398,24 @@ export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {})
     const [tm, tn] = conv2dTiles.gemm;
     const q = g.h * g.w;
     const vec = q % 4 === 0 && tn % 4 === 0;
+    const { wt, bp4 } = packWeights(w, g, false, tm);
     e.run(gemmKernel(tm, tn, vec, epi), {
-      bindings: [w, x, ...extra, y],
-      uniforms: { batch: g.n, m: g.cout, k: g.cin, q, sam: g.cin, sak: 1 },
-      workgroups: [Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cout / tm), 1],
+      bindings: [wt, x, ...extra, y],
+      uniforms: { batch: g.n, m: g.cout, k: g.cin, q, bp4 },
+      workgroups: groups(e, "conv2d", Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cout / tm)),
       info,
     });
+    wt.dispose();
   } else {
     const [tm, tn] = conv2dTiles.fwd;
+    const { wt, bp4 } = packWeights(w, g, false, tm);
     e.run(forwardKernel(tm, tn, epi), {
-      bindings: [x, w, ...extra, y],
-      uniforms: geomUniforms(g),
-      workgroups: [Math.ceil(g.n * g.oh * g.ow / (tn * WG)), Math.ceil(g.cout / tm), 1],
+      bindings: [x, wt, ...extra, y],
+      uniforms: { ...geomUniforms(g), bp4 },
+      workgroups: groups(e, "conv2d", Math.ceil(g.n * g.oh * g.ow / (tn * WG)), Math.ceil(g.cout / tm)),
       info,
     });
+    wt.dispose();
   }
   return y;
 }
@@ -374,17 +432,15 @@ function dxKernel(tm: number, tn: number): Kernel {
       name: `conv2d_dx_${tm}x${tn}`,
       bindings: [
         { name: "dy", access: "read" },
-        { name: "w", access: "read" },
+        { name: "wt", access: "read", type: "vec4<f32>" },
         { name: "dx", access: "read_write" },
       ],
-      uniforms: { ...GEOM, qb: "u32" },
+      uniforms: { ...GEOM, qb: "u32", bp4: "u32" },
       workgroupSize: [WG],
       body: String.raw`
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let s = p.stride;
   let ohw = p.hout * p.wout;
-  let kk = p.kh * p.kw;
-  let wstep = p.cin * kk;
   let qb = g.x % p.qb;
   var t = g.x / p.qb;
   let rw = t % s;
@@ -413,11 +469,12 @@ ${
       var di${j} = select(0u, dyb + oh * p.wout + u32(tw${j}) / s, ok${j});
       let m${j} = select(0.0, 1.0, ok${j});`)
       }
-${each(tm, (i) => `      var wi${i} = (min(ci0 + ${i}u, p.cin - 1u) * p.kh + kh) * p.kw + kw;`)}
+      var wi = (kh * p.kw + kw) * p.cout * p.bp4 + ci0 / 4u;
       for (var co = 0u; co < p.cout; co++) {
-${each(tm, (i) => `        let wv${i} = w[wi${i}];\n        wi${i} += wstep;`)}
+${each(tm / 4, (q) => `        let wv${q} = wt[wi + ${q}u];`)}
+        wi += p.bp4;
 ${each(tn, (j) => `        let dv${j} = dy[di${j}] * m${j};\n        di${j} += ohw;`)}
-${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i}, dv${j}, a${i}_${j});`)}
+${each2(tm, tn, (i, j) => `        a${i}_${j} = fma(wv${i >> 2}[${i & 3}], dv${j}, a${i}_${j});`)}
       }
     }
   }
@@ -522,22 +579,31 @@ export function conv2dBackwardInput(
     const [tm, tn] = conv2dTiles.gemm;
     const q = g.h * g.w;
     const vec = q % 4 === 0 && tn % 4 === 0;
+    const { wt, bp4 } = packWeights(w, g, true, tm);
     e.run(gemmKernel(tm, tn, vec, { bias: false, residual: false, relu: false }), {
-      bindings: [w, dy, dx],
-      uniforms: { batch: g.n, m: g.cin, k: g.cout, q, sam: 1, sak: g.cin },
-      workgroups: [Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cin / tm), 1],
+      bindings: [wt, dy, dx],
+      uniforms: { batch: g.n, m: g.cin, k: g.cout, q, bp4 },
+      workgroups: groups(e, "conv2d backward (input)", Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cin / tm)),
       info,
     });
+    wt.dispose();
     return dx;
   }
   const [tm, tn] = conv2dTiles.dx;
   const qb = Math.ceil(Math.ceil(g.w / g.stride) / tn);
+  const { wt, bp4 } = packWeights(w, g, true, tm);
   e.run(dxKernel(tm, tn), {
-    bindings: [dy, w, dx],
-    uniforms: { ...geomUniforms(g), qb },
-    workgroups: [Math.ceil(g.n * g.h * g.stride * qb / WG), Math.ceil(g.cin / tm), 1],
+    bindings: [dy, wt, dx],
+    uniforms: { ...geomUniforms(g), qb, bp4 },
+    workgroups: groups(
+      e,
+      "conv2d backward (input)",
+      Math.ceil(g.n * g.h * g.stride * qb / WG),
+      Math.ceil(g.cin / tm),
+    ),
     info,
   });
+  wt.dispose();
   return dx;
 }
 
@@ -576,7 +642,7 @@ export function conv2dBackwardWeight(
   e.run(dwKernel(tm, tn), {
     bindings: [x, dy, part],
     uniforms: { ...geomUniforms(g), cb, mb, chunk },
-    workgroups: [lanes / WG, g.kh * g.kw, splits],
+    workgroups: groups(e, "conv2d backward (weight)", lanes / WG, g.kh * g.kw, splits),
     info: `x[${x.shape}] dy[${dy.shape}]→[${wShape}] s${g.stride} p${g.pad} splits ${splits}`,
   });
   if (splits === 1) {
