@@ -4,3 +4,7 @@
  */
 export * from "./elementwise.ts";
 export * from "./reduce.ts";
+export * from "./batchnorm.ts";
+export * from "./pool.ts";
+export * from "./loss.ts";
+export * from "./optim.ts";
