@@ -66,10 +66,10 @@ export interface Conv2dGeometry {
  * multiple of 4 for `gemm`. Changing them builds new kernel variants.
  */
 export const conv2dTiles = {
-  fwd: [8, 4] as [number, number],
-  gemm: [8, 4] as [number, number],
-  dx: [8, 4] as [number, number],
-  dw: [4, 4] as [number, number],
+  fwd: [8, 8] as [number, number],
+  gemm: [8, 8] as [number, number],
+  dx: [8, 8] as [number, number],
+  dw: [8, 8] as [number, number],
   /** Invocations the weight-gradient split-K aims for (more splits → more parallelism, more partials). */
   dwTarget: 16384,
 };

@@ -291,3 +291,27 @@ gpuTest("conv2d rejects wrong ranks, channel mismatches and bad options, naming 
     "dy of shape [2,4,1,1]: the convolution's output has shape [2,4,3,3]",
   );
 });
+
+gpuTest("conv2d gives the reference results with other register tiles", async (e) => {
+  const saved = structuredClone(conv2dTiles);
+  try {
+    for (const [tm, tn] of [[4, 4], [4, 8], [8, 4]] as [number, number][]) {
+      Object.assign(conv2dTiles, { fwd: [tm, tn], gemm: [tm, tn], dx: [tm, tn], dw: [tm, tn] });
+      for (const c of [CASES[2], CASES[3], CASES[4], CASES[6], CASES[12]]) {
+        const d = caseData(c, 51);
+        const o = { stride: d.stride, padding: d.padding };
+        const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+        const what = `${d.label} tiles ${tm}x${tn}`;
+        const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
+        const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
+        assertClose(await conv2dForward(x, w, o).toArray(), want.data, TOL, `forward ${what}`, scale);
+        const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+        const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+        assertClose(await conv2dBackwardInput(dy, w, d.xShape, o).toArray(), g.dx, TOL, `dx ${what}`, gs.dx);
+        assertClose(await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(), g.dw, TOL, `dw ${what}`, gs.dw);
+      }
+    }
+  } finally {
+    Object.assign(conv2dTiles, saved);
+  }
+});
