@@ -492,8 +492,9 @@ ${
 
 // x: (N, Cin, H, W), dy: (N, Cout, OH, OW) → part: (S, Cout, Cin, KH, KW)
 // part[s, co, ci, kh, kw] = Σ_{(n, oh) in split s} Σ_ow dy[n, co, oh, ow] · x[n, ci, oh·s−p+kh, ow·s−p+kw]
-// Workgroup (·, tap = kh·KW + kw, split); invocation: co block × ci block (TM × TN). The whole workgroup
-// shares the tap and the split, so the row skip and the ow range are uniform.
+// Invocation g.x = (tap = kh·KW + kw, co block, ci block), g.y = split; TM × TN = co × ci. Neighbouring
+// invocations share the tap, so the row skip and the ow range are mostly uniform across a SIMD group; with
+// the tap in the lane index, small Cin (conv1: Cin = 3, 49 taps) still fills whole workgroups.
 function dwKernel(tm: number, tn: number): Kernel {
   return cache(`dw:${tm}x${tn}`, () =>
     defineKernel({
@@ -512,11 +513,13 @@ function dwKernel(tm: number, tn: number): Kernel {
   let ohw = p.hout * p.wout;
   let kk = p.kh * p.kw;
   let cb = g.x % p.cb;
-  let mb = g.x / p.cb;
-  let kh = g.y / p.kw;
-  let kw = g.y % p.kw;
-  let split = g.z;
-  let co0 = min(mb, p.mb - 1u) * ${tm}u;
+  let mb = (g.x / p.cb) % p.mb;
+  let valid = g.x / (p.cb * p.mb) < kk;
+  let tap = min(g.x / (p.cb * p.mb), kk - 1u);
+  let kh = tap / p.kw;
+  let kw = tap % p.kw;
+  let split = g.y;
+  let co0 = mb * ${tm}u;
   let ci0 = cb * ${tn}u;
   // Valid ow: 0 ≤ ow·s − p + kw < W.
   let dw = i32(kw) - i32(p.pad);
@@ -541,13 +544,13 @@ ${each(tn, (j) => `      let xv${j} = x[xi${j}];\n      xi${j} += s;`)}
 ${each2(tm, tn, (i, j) => `      a${i}_${j} = fma(dv${i}, xv${j}, a${i}_${j});`)}
     }
   }
-  if (mb >= p.mb) { return; }
+  if (!valid) { return; }
 ${
         each2(
           tm,
           tn,
           (i, j) =>
-            `  if (co0 + ${i}u < p.cout && ci0 + ${j}u < p.cin) { part[((split * p.cout + co0 + ${i}u) * p.cin + ci0 + ${j}u) * kk + g.y] = a${i}_${j}; }`,
+            `  if (co0 + ${i}u < p.cout && ci0 + ${j}u < p.cin) { part[((split * p.cout + co0 + ${i}u) * p.cin + ci0 + ${j}u) * kk + tap] = a${i}_${j}; }`,
         )
       }
 }`,
@@ -589,7 +592,8 @@ export function conv2dBackwardInput(
     wt.dispose();
     return dx;
   }
-  const [tm, tn] = conv2dTiles.dx;
+  // A 4-row tile when Cin ≤ 4 (conv1), so that few lanes multiply padding.
+  const [tm, tn] = [g.cin <= 4 ? 4 : conv2dTiles.dx[0], conv2dTiles.dx[1]];
   const qb = Math.ceil(Math.ceil(g.w / g.stride) / tn);
   const { wt, bp4 } = packWeights(w, g, true, tm);
   e.run(dxKernel(tm, tn), {
@@ -628,10 +632,10 @@ export function conv2dBackwardWeight(
   if (wSize === 0) return e.empty(wShape, "conv2d dw");
   const rows = g.n * g.oh;
   if (rows === 0 || g.ow === 0) return e.zeros(wShape, "conv2d dw");
-  const [tm, tn] = conv2dTiles.dw;
+  // A narrower ci tile when Cin is small (conv1), so that few lanes multiply padding.
+  const [tm, tn] = [conv2dTiles.dw[0], Math.min(conv2dTiles.dw[1], g.cin)];
   const mb = Math.ceil(g.cout / tm), cb = Math.ceil(g.cin / tn);
-  const lanes = Math.ceil(mb * cb / WG) * WG;
-  const perSplit = lanes * g.kh * g.kw;
+  const perSplit = mb * cb * g.kh * g.kw;
   // Split K = N·OH rows so that there are about dwTarget invocations, each split keeping ≥ 2 rows,
   // and the partials stay under 64 MiB.
   let splits = Math.max(1, Math.min(Math.ceil(conv2dTiles.dwTarget / perSplit), Math.ceil(rows / 2)));
@@ -642,7 +646,7 @@ export function conv2dBackwardWeight(
   e.run(dwKernel(tm, tn), {
     bindings: [x, dy, part],
     uniforms: { ...geomUniforms(g), cb, mb, chunk },
-    workgroups: groups(e, "conv2d backward (weight)", lanes / WG, g.kh * g.kw, splits),
+    workgroups: groups(e, "conv2d backward (weight)", Math.ceil(perSplit / WG), splits),
     info: `x[${x.shape}] dy[${dy.shape}]→[${wShape}] s${g.stride} p${g.pad} splits ${splits}`,
   });
   if (splits === 1) {
