@@ -14,6 +14,9 @@
  *   over the N·OH rows into partials [S, Cout, Cin, KH, KW], then summed by `reduce` over S. Inside a
  *   split the valid ow range is computed once per tap, so the inner loop has no bounds checks.
  * - Backward for the bias: `db = Σ_{n,h,w} dy`.
+ * - Weights are first packed (one small dispatch) to (KH·KW, Cin, Cout⁺) for the forward and
+ *   (KH·KW, Cout, Cin⁺) for the input gradient, zero-padded to the row tile, so every invocation reads its
+ *   TM weights as aligned vec4 without bounds checks. Register tiles live in {@linkcode conv2dTiles}.
  *
  * Gradients: every backward output is a new tensor (overwrite); the tape sums (`+=`) the gradients of
  * tensors used twice. The fused epilogue is differentiable too (the ReLU mask is taken from the saved
