@@ -8,3 +8,4 @@ export * from "./batchnorm.ts";
 export * from "./pool.ts";
 export * from "./loss.ts";
 export * from "./optim.ts";
+export * from "./conv2d.ts";
