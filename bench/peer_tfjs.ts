@@ -106,7 +106,9 @@ export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterI
     },
     dispose() {
       device.removeEventListener("uncapturederror", onErr);
-      if (tf.findBackend(BACKEND) != null || tf.findBackendFactory(BACKEND) != null) tf.removeBackend(BACKEND);
+      if (tf.findBackend(BACKEND) != null || tf.findBackendFactory(BACKEND) != null) {
+        tf.removeBackend(BACKEND);
+      }
     },
   };
 }

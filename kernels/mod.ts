@@ -9,3 +9,4 @@ export * from "./pool.ts";
 export * from "./loss.ts";
 export * from "./optim.ts";
 export * from "./conv2d.ts";
+export * from "./matmul.ts";

@@ -1,0 +1,214 @@
+import {
+  type Activation,
+  chooseMatmulKernel,
+  linear,
+  matmul,
+  type MatmulConfig,
+  matmulCpu,
+  matmulForward,
+  transpose,
+} from "../../kernels/matmul.ts";
+import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+import type { Engine } from "../../mod.ts";
+
+interface Case {
+  m: number;
+  k: number;
+  n: number;
+  tA?: boolean;
+  tB?: boolean;
+  batchA?: number[];
+  batchB?: number[];
+  bias?: boolean;
+  act?: Activation;
+}
+
+async function check(e: Engine, c: Case, kernel?: MatmulConfig) {
+  const aShape = [...(c.batchA ?? []), ...(c.tA ? [c.k, c.m] : [c.m, c.k])];
+  const bShape = [...(c.batchB ?? []), ...(c.tB ? [c.n, c.k] : [c.k, c.n])];
+  const na = aShape.reduce((p, d) => p * d, 1), nb = bShape.reduce((p, d) => p * d, 1);
+  const a = rand(na, na + c.m, -1, 1), b = rand(nb, nb + c.n, -1, 1);
+  const bias = c.bias ? rand(c.n, 7, -1, 1) : undefined;
+  const want = matmulCpu(a, aShape, b, bShape, {
+    transposeA: c.tA,
+    transposeB: c.tB,
+    bias,
+    activation: c.act,
+  });
+  const ta = e.tensor(a, aShape), tb = e.tensor(b, bShape);
+  const tbias = bias ? e.tensor(bias, [c.n]) : undefined;
+  const y = matmulForward(ta, tb, {
+    transposeA: c.tA,
+    transposeB: c.tB,
+    bias: tbias,
+    activation: c.act,
+    kernel,
+  });
+  const what = `matmul ${JSON.stringify(c)} ${kernel ? JSON.stringify(kernel) : "auto"}`;
+  assertEquals([...y.shape], want.shape, what);
+  // Sigmoid is scaled by its slope ≤ 1/4, so the same scale bounds its error.
+  assertClose(await y.toArray(), want.data, TOL.matmul, what, want.scale);
+  for (const t of [ta, tb, tbias, y]) t?.dispose();
+}
+
+const SHAPES: Case[] = [
+  { m: 1, k: 1, n: 1 },
+  { m: 7, k: 33, n: 129 },
+  { m: 129, k: 7, n: 33 },
+  { m: 33, k: 129, n: 7 },
+  { m: 1000, k: 12, n: 20 },
+  { m: 5, k: 1000, n: 3 },
+  { m: 64, k: 64, n: 64 },
+];
+
+gpuTest("matmul matches the CPU reference on shapes that are not tile multiples", async (e) => {
+  for (const s of SHAPES) await check(e, s);
+});
+
+gpuTest("matmul with A and/or B transposed matches the reference", async (e) => {
+  for (const s of [SHAPES[1], SHAPES[2], SHAPES[3]]) {
+    for (const [tA, tB] of [[true, false], [false, true], [true, true]]) await check(e, { ...s, tA, tB });
+  }
+});
+
+gpuTest("batched matmul, equal batches and a broadcast 2-D operand", async (e) => {
+  await check(e, { m: 7, k: 12, n: 9, batchA: [3], batchB: [3] });
+  await check(e, { m: 7, k: 12, n: 9, batchA: [2, 3], batchB: [2, 3], tB: true });
+  await check(e, { m: 7, k: 13, n: 9, batchA: [4] }); // B broadcast: batch folded into M
+  await check(e, { m: 7, k: 13, n: 9, batchB: [4], tA: true }); // A broadcast
+  await check(e, { m: 5, k: 8, n: 6, batchA: [3], tA: true });
+});
+
+gpuTest("the fused bias + activation epilogue matches the reference", async (e) => {
+  for (const act of ["none", "relu", "sigmoid"] as Activation[]) {
+    await check(e, { m: 33, k: 20, n: 17, bias: true, act });
+    await check(e, { m: 9, k: 16, n: 12, bias: true, act, tB: true });
+  }
+  await check(e, { m: 9, k: 16, n: 12, act: "relu" });
+});
+
+gpuTest("every kernel of the table is correct: register blocks 8/16/32 (rows, cols) and tiled", async (e) => {
+  const configs: MatmulConfig[] = [
+    { kind: "reg", tm: 8, tn: 8, wg: 8, lanes: "rows" },
+    { kind: "reg", tm: 16, tn: 16, wg: 8, lanes: "cols" },
+    { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "rows" },
+    { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "cols" },
+    { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 },
+  ];
+  for (const cfg of configs) {
+    await check(e, { m: 300, k: 36, n: 260 }, cfg); // vec4 A and B, partial blocks
+    if (cfg.kind === "tiled" || cfg.tm < 32) {
+      await check(e, { m: 129, k: 33, n: 77 }, cfg); // scalar A and B
+      await check(
+        e,
+        { m: 65, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] },
+        cfg,
+      );
+    }
+  }
+});
+
+gpuTest("empty dimensions: M = 0 gives an empty result, K = 0 gives act(bias)", async (e) => {
+  const y0 = matmul(e.tensor(new Float32Array(0), [0, 4]), e.tensor(rand(12, 1), [4, 3]));
+  assertEquals([...y0.shape], [0, 3]);
+  const bias = e.tensor(new Float32Array([1, -2, 3]), [3]);
+  const y1 = matmulForward(e.tensor(new Float32Array(0), [2, 0]), e.tensor(new Float32Array(0), [0, 3]), {
+    bias,
+    activation: "relu",
+  });
+  assertEquals([...await y1.toArray()], [1, 0, 3, 1, 0, 3]);
+});
+
+gpuTest(
+  "a transposed B larger than one storage binding is split into blocks (the 2048 × 19 699 head)",
+  async (e) => {
+    const m = 5, k = 2048, n = Math.ceil(e.maxBinding / 4 / k) + 300; // just past one binding
+    const a = rand(m * k, 1), w = rand(n * k, 2, -0.05, 0.05), bias = rand(n, 3);
+    const y = await linear(e.tensor(a, [m, k]), e.tensor(w, [n, k]), e.tensor(bias, [n])).toArray();
+    // Check columns on both sides of every block boundary against float64.
+    const cols = [0, 1, n - 1, n - 2, Math.floor(n / 2), 16383, 16384, 16385].filter((j) => j < n);
+    for (let i = 0; i < m; i++) {
+      for (const j of cols) {
+        let s = bias[j], sc = Math.abs(bias[j]);
+        for (let p = 0; p < k; p++) {
+          s += a[i * k + p] * w[j * k + p];
+          sc += Math.abs(a[i * k + p] * w[j * k + p]);
+        }
+        assertClose([y[i * n + j]], [s], TOL.matmul, `y[${i},${j}]`, [sc]);
+      }
+    }
+  },
+);
+
+gpuTest(
+  "matmul gradients match finite differences (transposes, bias, activation, broadcast batch)",
+  async (e) => {
+    const A = (r: number, c: number, s = 1) => ({ data: rand(r * c, s, -1, 1), shape: [r, c] });
+    await assertGradients(e, ([a, b]) => matmul(a, b), [A(3, 4, 1), A(4, 5, 2)], { what: "plain" });
+    await assertGradients(e, ([a, b]) => matmul(a, b, { transposeA: true }), [A(4, 3, 3), A(4, 5, 4)], {
+      what: "Aᵀ",
+    });
+    await assertGradients(e, ([a, b]) => matmul(a, b, { transposeB: true }), [A(3, 4, 5), A(5, 4, 6)], {
+      what: "Bᵀ",
+    });
+    await assertGradients(e, ([a, b, c]) => matmul(a, b, { transposeA: true, transposeB: true, bias: c }), [
+      A(4, 3, 7),
+      A(5, 4, 8),
+      { data: rand(5, 9), shape: [5] },
+    ], { what: "AᵀBᵀ + bias" });
+    await assertGradients(
+      e,
+      ([a, b, c]) => matmul(a, b, { bias: c, activation: "sigmoid" }),
+      [A(3, 4, 10), A(4, 2, 11), { data: rand(2, 12), shape: [2] }],
+      { what: "sigmoid(AB + bias)" },
+    );
+    await assertGradients(e, ([a, b]) => matmul(a, b), [
+      { data: rand(2 * 3 * 4, 13), shape: [2, 3, 4] },
+      A(4, 2, 14),
+    ], { what: "batched A, broadcast B" });
+    await assertGradients(e, ([a, b]) => matmul(a, b, { transposeB: true }), [
+      A(3, 4, 15),
+      { data: rand(2 * 5 * 4, 16), shape: [2, 5, 4] },
+    ], { what: "broadcast A, batched Bᵀ" });
+  },
+);
+
+gpuTest("transpose swaps the last two dimensions", async (e) => {
+  const x = rand(2 * 17 * 33, 5);
+  const y = await transpose(e.tensor(x, [2, 17, 33])).toArray();
+  for (let b = 0; b < 2; b++) {
+    for (let i = 0; i < 17; i++) {
+      for (let j = 0; j < 33; j++) assertEquals(y[b * 561 + j * 17 + i], x[b * 561 + i * 33 + j]);
+    }
+  }
+});
+
+gpuTest("mismatched shapes throw errors that name the op and both shapes", (e) => {
+  const a = e.tensor(new Float32Array(6), [2, 3]);
+  const b = e.tensor(new Float32Array(8), [4, 2]);
+  assertThrows(() => matmul(a, b), RangeError, "Cannot matmul tensors of shapes [2,3] and [4,2]");
+  assertThrows(() => matmul(a, e.tensor(new Float32Array(3), [3])), TypeError, "rank ≥ 2");
+  assertThrows(
+    () => matmul(e.tensor(new Float32Array(12), [2, 2, 3]), e.tensor(new Float32Array(18), [3, 3, 2])),
+    RangeError,
+    "batch dimensions differ",
+  );
+  assertThrows(
+    () => linear(a, e.tensor(new Float32Array(6), [2, 3]), e.tensor(new Float32Array(3), [3])),
+    RangeError,
+    "bias",
+  );
+});
+
+gpuTest("the kernel table picks register blocks on software adapters and tiles on hardware", (e) => {
+  const c = chooseMatmulKernel(e, 1024, 1024, 1024);
+  assertEquals(c.kind, e.adapterInfo.software ? "reg" : "tiled");
+  if (c.kind === "reg") {
+    assertEquals(c.tm, 32);
+    assertEquals(
+      chooseMatmulKernel(e, 12544, 64, 576).kind === "reg" &&
+        (chooseMatmulKernel(e, 12544, 64, 576) as { lanes: string }).lanes,
+      "rows",
+    );
+  }
+});
