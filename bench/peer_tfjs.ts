@@ -49,8 +49,8 @@ function median(xs: number[]): number {
 
 /** Load tfjs-webgpu and register it as a backend on `device`. */
 export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterInfo): Promise<TfjsPeer> {
-  const tf = await import("npm:@tensorflow/tfjs-core@4.22.0");
-  const wg = await import("npm:@tensorflow/tfjs-backend-webgpu@4.22.0");
+  const tf = await import("@tensorflow/tfjs-core");
+  const wg = await import("@tensorflow/tfjs-backend-webgpu");
   tf.env().set("WEBGPU_CPU_FORWARD", false);
   // deno-lint-ignore no-explicit-any
   const backend = new (wg as any).WebGPUBackend(device, adapterInfo);
@@ -74,6 +74,8 @@ export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterI
       const ta = tf.tensor2d(a, [m, k]);
       const tb = tf.tensor2d(b, transposeB ? [n, k] : [k, n]);
       const first = errors.length;
+      // Capture the peer's validation errors here (they would otherwise reach our engine's handler).
+      device.pushErrorScope("validation");
       const wall: number[] = [];
       const gpu: number[] = [];
       let checksum = NaN;
@@ -101,6 +103,8 @@ export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterI
       } finally {
         ta.dispose();
         tb.dispose();
+        const err = await device.popErrorScope();
+        if (err) errors.push(err.message);
       }
       return { wallMs: median(wall), gpuMs: median(gpu), checksum, errors: errors.slice(first) };
     },
