@@ -3,16 +3,18 @@
  *
  * - An op is declared once with {@linkcode defineOp}: its forward (which returns the output and what
  *   backward needs) and its backward, side by side. A declaration without `backward` does not type-check.
- * - While a {@linkcode Tape} is recording (and not inside {@linkcode noGrad}), every op whose inputs
- *   need gradients appends a node; `tape.backward(loss)` walks the nodes in reverse, summing gradients of
- *   tensors used more than once, and returns the gradient of every tensor marked `requiresGrad`.
+ * - Outside {@linkcode noGrad}, every op whose inputs need gradients appends a node to the active tape:
+ *   an explicit {@linkcode Tape} inside `tape.record(fn)`, else the implicit default tape. As in PyTorch,
+ *   `await backward(loss)` (or `loss.backward()`) walks the nodes in reverse, sums gradients of tensors
+ *   used more than once, adds each leaf's gradient to its `.grad`, and consumes the graph.
+ *   `tape.backward(loss)` returns the gradients as a map instead.
  * - Saved tensors and recorded outputs are retained by the tape (a second reference to the same storage),
  *   so scopes may release their own handles; `tape.dispose()` frees them.
  * - In no-grad mode nothing is recorded and intermediates can be released at once.
  *
  * @module
  */
-import { Tensor } from "./tensor.ts";
+import { setBackwardHook, Tensor } from "./tensor.ts";
 
 /** A recorded op application. */
 interface Node {
@@ -35,20 +37,21 @@ export interface OpDecl<A extends readonly (Tensor | null)[], O, S> {
   backward(gy: Tensor, saved: S, inputs: A, options: O): readonly (Tensor | null)[];
 }
 
-const gradFlags = new WeakSet<Tensor>();
+// Non-leaf tensors computed (on a tape) from tensors that need gradients.
+const computed = new WeakSet<Tensor>();
 let current: Tape | null = null;
+let implicit: Tape | null = null;
 let noGradDepth = 0;
 
-/** Mark a tensor (a parameter or input) as needing a gradient. Returns the tensor. */
+/** Mark a leaf tensor (a parameter or input) as needing a gradient. Returns the tensor. */
 export function requiresGrad(t: Tensor, on = true): Tensor {
-  if (on) gradFlags.add(t);
-  else gradFlags.delete(t);
+  t.requiresGrad = on;
   return t;
 }
 
-/** Whether `t` needs a gradient (marked, or computed from one that does on the current tape). */
+/** Whether `t` needs a gradient (a leaf with `requiresGrad`, or computed on a tape from one). */
 export function needsGrad(t: Tensor | null): boolean {
-  return t !== null && gradFlags.has(t);
+  return t !== null && (t.requiresGrad || computed.has(t));
 }
 
 /**
@@ -90,9 +93,9 @@ export function defineOp<A extends readonly (Tensor | null)[], O = void, S = voi
 ): (inputs: A, options: O) => Tensor {
   return (inputs, options) => {
     const { output, saved } = decl.forward(inputs, options);
-    const tape = current;
-    if (tape && noGradDepth === 0 && inputs.some(needsGrad)) {
-      gradFlags.add(output);
+    if (noGradDepth === 0 && inputs.some(needsGrad)) {
+      const tape = current ?? (implicit ??= new Tape());
+      computed.add(output);
       tape.push({
         name: decl.name,
         inputs: [...inputs],
@@ -148,7 +151,8 @@ export class Tape {
       r = t.engine.scope(() => t.reshape(t.shape).keep());
       this.#alias.set(t, r);
       this.#alias.set(r, r);
-      if (gradFlags.has(t)) gradFlags.add(r);
+      if (t.requiresGrad) r.requiresGrad = true;
+      else if (computed.has(t)) computed.add(r);
       this.#retained.push(r);
     }
     return r;
@@ -214,6 +218,11 @@ export class Tape {
     return result;
   }
 
+  /** True when `t` was recorded on this tape. */
+  has(t: Tensor): boolean {
+    return this.#alias.has(t);
+  }
+
   /** Release everything the tape retained. */
   dispose(): void {
     for (const t of this.#retained) t.dispose();
@@ -246,3 +255,65 @@ function reshapeOwned(g: Tensor, shape: readonly number[]): Tensor {
   g.dispose();
   return r;
 }
+
+/**
+ * Back-propagate from `loss` (PyTorch's `loss.backward()`): every leaf with `requiresGrad` that the loss
+ * depends on gets its gradient added to `.grad`. The graph recorded on the loss's tape is consumed.
+ *
+ * @example
+ * ```ts
+ * const w = engine.tensor(new Float32Array([1, 2]), [2], { requiresGrad: true });
+ * const loss = sum(mul(w, w));
+ * await backward(loss);
+ * console.log(await w.grad!.toArray()); // [2, 4]
+ * ```
+ */
+export function backward(loss: Tensor, seed?: Tensor): Promise<void> {
+  const tape = current?.has(loss) ? current : implicit?.has(loss) ? implicit : null;
+  if (!tape) {
+    return Promise.reject(
+      new Error(
+        `Cannot back-propagate from tensor #${loss.id} [${loss.shape}]: it was not computed from tensors ` +
+          `with requiresGrad (or was computed under noGrad, or its graph was already consumed)`,
+      ),
+    );
+  }
+  try {
+    const grads = tape.backward(loss, seed);
+    for (const [leaf, g] of grads) {
+      if (leaf.grad && !leaf.grad.disposed) {
+        const sum = addInPlace(leaf.grad, g);
+        leaf.grad = sum.keep();
+      } else {
+        leaf.grad = g.keep();
+      }
+    }
+  } finally {
+    tape.dispose();
+    if (tape === implicit) implicit = null;
+  }
+  return Promise.resolve();
+}
+
+/** Drop the implicit graph recorded so far (e.g. after a forward pass whose loss is not needed). */
+export function clearGraph(): void {
+  implicit?.dispose();
+  implicit = null;
+}
+
+/**
+ * Release and clear `.grad` of each tensor (an optimizer's `zeroGrad`).
+ *
+ * @example
+ * ```ts
+ * zeroGrad([w, b]);
+ * ```
+ */
+export function zeroGrad(params: Iterable<Tensor>): void {
+  for (const p of params) {
+    p.grad?.dispose();
+    p.grad = null;
+  }
+}
+
+setBackwardHook(backward);

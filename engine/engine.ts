@@ -163,9 +163,14 @@ export class Engine {
    * @example
    * ```ts
    * const t = engine.tensor(new Float32Array(6), [2, 3]);
+   * const w = engine.tensor(new Float32Array(6), [2, 3], { requiresGrad: true }); // a parameter
    * ```
    */
-  tensor(data: Float32Array | number[], shape: readonly number[]): Tensor {
+  tensor(
+    data: Float32Array | number[],
+    shape: readonly number[],
+    options: { requiresGrad?: boolean } = {},
+  ): Tensor {
     checkShape(shape, "create a tensor");
     const arr = data instanceof Float32Array ? data : new Float32Array(data);
     const n = shape.reduce((a, b) => a * b, 1);
@@ -181,6 +186,7 @@ export class Engine {
       if (this.#recorded > 0) this.flush();
       this.device.queue.writeBuffer(t.buffer, 0, arr.buffer as ArrayBuffer, arr.byteOffset, arr.byteLength);
     }
+    if (options.requiresGrad) t.requiresGrad = true;
     return t;
   }
 

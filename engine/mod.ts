@@ -7,4 +7,15 @@ export { type AdapterDescription, createDevice, type DeviceOptions, NoAdapterErr
 export { type BindingDecl, defineKernel, type Kernel, kernelCache, type UniformType } from "./kernel.ts";
 export { BufferPool, type PoolStats, sizeClass } from "./pool.ts";
 export { type DType, shapeSize, Tensor } from "./tensor.ts";
-export { defineOp, isRecording, needsGrad, noGrad, type OpDecl, requiresGrad, Tape } from "./autograd.ts";
+export {
+  backward,
+  clearGraph,
+  defineOp,
+  isRecording,
+  needsGrad,
+  noGrad,
+  type OpDecl,
+  requiresGrad,
+  Tape,
+  zeroGrad,
+} from "./autograd.ts";

@@ -22,6 +22,12 @@ export interface Storage {
 }
 
 let nextTensorId = 1;
+let backwardHook: ((t: Tensor) => Promise<void>) | null = null;
+
+/** @internal Installed by engine/autograd.ts (the tensor module knows no autograd). */
+export function setBackwardHook(fn: (t: Tensor) => Promise<void>): void {
+  backwardHook = fn;
+}
 
 /** Product of a shape's dimensions (1 for a scalar). */
 export function shapeSize(shape: readonly number[]): number {
@@ -57,6 +63,10 @@ export class Tensor {
   readonly dtype: DType;
   /** Unique id, shown in traces and errors. */
   readonly id: number;
+  /** Leaf tensors with `requiresGrad` receive `.grad` from `backward(loss)` (PyTorch semantics). */
+  requiresGrad = false;
+  /** Accumulated gradient of a leaf after `backward`; cleared by an optimizer's `zeroGrad()`. */
+  grad: Tensor | null = null;
   #storage: Storage | null;
 
   constructor(readonly engine: Engine, storage: Storage, shape: readonly number[], dtype: DType = "f32") {
@@ -120,6 +130,15 @@ export class Tensor {
     }
     st.refs++;
     return this.engine.wrap(st, s, this.dtype);
+  }
+
+  /**
+   * Back-propagate from this tensor (usually a scalar loss): every leaf with `requiresGrad` that it depends
+   * on gets `.grad` (accumulated, as in PyTorch). Consumes the recorded graph.
+   */
+  backward(): Promise<void> {
+    if (!backwardHook) throw new Error("Cannot back-propagate: engine/autograd.ts is not loaded");
+    return backwardHook(this);
   }
 
   /** Exclude this tensor from the enclosing scopes' cleanup. Returns the tensor. */

@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { zeroGrad } from "../engine/autograd.ts";
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import { shapeSize, type Tensor } from "../engine/tensor.ts";
@@ -246,6 +247,10 @@ interface ParamState {
  * ```ts
  * const opt = new Adam(params, { lr: 1e-4, weightDecay: 1e-5 });
  * const norm = opt.step(grads, { clipNorm: 1.0 }); // grads: Map<name, Tensor>; norm: [] before clipping
+ * // or, PyTorch style, with parameters' `.grad` from `await backward(loss)`:
+ * const sgd = new Adam([w, b], { lr: 1e-5, weightDecay: 1e-4 });
+ * sgd.step();
+ * sgd.zeroGrad();
  * ```
  */
 export class Adam {
@@ -261,7 +266,8 @@ export class Adam {
   #hp: Tensor | null = null;
   #one: Tensor | null = null;
 
-  constructor(params: Map<string, Tensor>, options: AdamOptions = {}) {
+  constructor(params: Map<string, Tensor> | Iterable<Tensor>, options: AdamOptions = {}) {
+    if (!(params instanceof Map)) params = new Map([...params].map((t, i) => [String(i), t]));
     if (params.size === 0) throw new RangeError("Cannot create Adam: current value has no parameters");
     this.#params = new Map(params);
     let i = 0;
@@ -284,6 +290,11 @@ export class Adam {
     }
   }
 
+  /** Release and clear every parameter's `.grad` (PyTorch's `optimizer.zero_grad(set_to_none=True)`). */
+  zeroGrad(): void {
+    zeroGrad(this.#params.values());
+  }
+
   /** Steps taken by parameter `name` (0 before its first gradient). */
   stepCount(name: string): number {
     return this.#state.get(name)?.step ?? 0;
@@ -294,7 +305,13 @@ export class Adam {
    * dispatches and returns without waiting. With `clipNorm`, returns the global gradient norm before
    * clipping as a tensor `[]` (owned by the caller), else `null`.
    */
-  step(grads: Map<string, Tensor>, options: AdamStepOptions = {}): Tensor | null {
+  step(grads?: Map<string, Tensor> | AdamStepOptions, options: AdamStepOptions = {}): Tensor | null {
+    if (!(grads instanceof Map)) {
+      // PyTorch style: each parameter's `.grad` (set by `backward(loss)`).
+      options = grads ?? options;
+      grads = new Map();
+      for (const [name, p] of this.#params) if (p.grad && !p.grad.disposed) grads.set(name, p.grad);
+    }
     const e = this.#engine;
     const todo: [string, Tensor, Tensor][] = [];
     for (const [name, g] of grads) {

@@ -493,3 +493,15 @@ export function globalAvgPool2dBackwardCpu(dy: Float32Array, xShape: readonly nu
   const len = xShape[2] * xShape[3];
   return Float32Array.from({ length: dy.length * len }, (_, i) => dy[Math.floor(i / len)] / len);
 }
+
+/**
+ * Global average pool, [N, C, H, W] → [N, C] (PyTorch's `adaptive_avg_pool2d(x, 1)` then flatten);
+ * differentiable. An alias of {@linkcode globalAvgPool2d}.
+ *
+ * @example
+ * ```ts
+ * const features = globalAvgPool(x); // (N, 2048, 7, 7) → (N, 2048)
+ * ```
+ */
+export const globalAvgPool = (x: Tensor, options: GlobalAvgPool2dOptions = {}): Tensor =>
+  globalAvgPool2d(x, options);

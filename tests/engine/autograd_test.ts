@@ -50,3 +50,52 @@ gpuTest("no-grad mode records nothing and a tape leaks nothing after dispose", a
   assertEquals(threw, true);
   y.dispose();
 });
+
+gpuTest("backward(loss) fills .grad of leaves like PyTorch, accumulating until zeroGrad", async (e) => {
+  const { backward, Adam, linear, mseLoss } = await import("../../mod.ts");
+  const x = e.tensor(rand(6, 1), [3, 2]);
+  const w = e.tensor(rand(4, 2), [2, 2], { requiresGrad: true });
+  const b = e.tensor(rand(2, 3), [2], { requiresGrad: true });
+  const t = e.tensor(rand(6, 4), [3, 2]);
+  const loss = mseLoss(linear(x, w, b), t);
+  await backward(loss);
+  const gw = await w.grad!.toArray();
+  const gb = await b.grad!.toArray();
+  assertEquals(x.grad, null); // x needs no gradient
+  // Second backward on a fresh graph accumulates (loss.backward() form).
+  await mseLoss(linear(x, w, b), t).backward();
+  const gw2 = await w.grad!.toArray();
+  for (let i = 0; i < 4; i++) {
+    assertEquals(Math.abs(gw2[i] - 2 * gw[i]) <= 1e-6 * Math.abs(gw[i]) + 1e-7, true);
+  }
+  // dL/db = 2/(N) Σ_rows (y − t) for MSE over N = 6 elements: check against a float64 recomputation.
+  const [xv, wv, bv, tv] = await Promise.all([x.toArray(), w.toArray(), b.toArray(), t.toArray()]);
+  const want = [0, 0];
+  for (let i = 0; i < 3; i++) {
+    for (let o = 0; o < 2; o++) {
+      const y = xv[i * 2] * wv[o * 2] + xv[i * 2 + 1] * wv[o * 2 + 1] + bv[o];
+      want[o] += (2 / 6) * (y - tv[i * 2 + o]);
+    }
+  }
+  for (let o = 0; o < 2; o++) assertEquals(Math.abs(gb[o] - want[o]) < 1e-5, true);
+  // Adam's step() uses .grad; zeroGrad() clears it.
+  const opt = new Adam([w, b], { lr: 0.1, weightDecay: 1e-4 });
+  const before = await w.toArray();
+  opt.step();
+  const after = await w.toArray();
+  for (let i = 0; i < 4; i++) {
+    assertEquals(Math.abs(after[i] - before[i] + 0.1 * Math.sign(gw2[i] + 1e-4 * before[i])) < 1e-4, true);
+  }
+  opt.zeroGrad();
+  assertEquals(w.grad, null);
+  assertEquals(b.grad, null);
+  opt.dispose();
+});
+
+gpuTest("backward from a tensor computed without gradients is a clear error", async (e) => {
+  const { backward } = await import("../../mod.ts");
+  const x = e.tensor(rand(3, 1), [3]);
+  let msg = "";
+  await backward(sum(x)).catch((err: Error) => (msg = err.message));
+  assertEquals(msg.includes("Cannot back-propagate"), true);
+});
