@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { checkNumerics, noteOutput } from "./numerics.ts";
 import { setBackwardHook, Tensor } from "./tensor.ts";
 
 /** A recorded op application. */
@@ -93,6 +94,7 @@ export function defineOp<A extends readonly (Tensor | null)[], O = void, S = voi
 ): (inputs: A, options: O) => Tensor {
   return (inputs, options) => {
     const { output, saved } = decl.forward(inputs, options);
+    noteOutput(output, decl.name, inputs);
     if (noGradDepth === 0 && inputs.some(needsGrad)) {
       const tape = current ?? (implicit ??= new Tape());
       computed.add(output);
@@ -268,17 +270,16 @@ function reshapeOwned(g: Tensor, shape: readonly number[]): Tensor {
  * console.log(await w.grad!.toArray()); // [2, 4]
  * ```
  */
-export function backward(loss: Tensor, seed?: Tensor): Promise<void> {
+export async function backward(loss: Tensor, seed?: Tensor): Promise<void> {
   const tape = current?.has(loss) ? current : implicit?.has(loss) ? implicit : null;
   if (!tape) {
-    return Promise.reject(
-      new Error(
-        `Cannot back-propagate from tensor #${loss.id} [${loss.shape}]: it was not computed from tensors ` +
-          `with requiresGrad (or was computed under noGrad, or its graph was already consumed)`,
-      ),
+    throw new Error(
+      `Cannot back-propagate from tensor #${loss.id} [${loss.shape}]: it was not computed from tensors ` +
+        `with requiresGrad (or was computed under noGrad, or its graph was already consumed)`,
     );
   }
   try {
+    await checkNumerics(loss.engine); // with HE2GENE_DEBUG_NAN: name the op that first produced NaN/Inf
     const grads = tape.backward(loss, seed);
     for (const [leaf, g] of grads) {
       if (leaf.grad && !leaf.grad.disposed) {
@@ -292,7 +293,6 @@ export function backward(loss: Tensor, seed?: Tensor): Promise<void> {
     tape.dispose();
     if (tape === implicit) implicit = null;
   }
-  return Promise.resolve();
 }
 
 /** Drop the implicit graph recorded so far (e.g. after a forward pass whose loss is not needed). */

@@ -220,8 +220,18 @@ export class Engine {
     if (--st.refs === 0) this.pool.release(st.buf);
   }
 
+  /** Called after every `read` (the NaN/Inf watch installs itself here). */
+  afterRead: ((e: Engine) => Promise<void>) | null = null;
+
   /** Read a tensor back as a Float32Array (flushes recorded work). */
   async read(t: Tensor): Promise<Float32Array> {
+    const data = await this.readRaw(t);
+    if (this.afterRead) await this.afterRead(this);
+    return data;
+  }
+
+  /** Read a tensor back without the `afterRead` check. */
+  async readRaw(t: Tensor): Promise<Float32Array> {
     const bytes = t.bytes;
     const src = t.buffer;
     if (bytes === 0) return new Float32Array(0);

@@ -20,7 +20,7 @@
  */
 
 /** Element type of a storage binding. */
-export type StorageType = "f32" | "vec4<f32>" | "u32" | "i32" | "f16" | "vec4<f16>";
+export type StorageType = "f32" | "vec4<f32>" | "u32" | "i32" | "f16" | "vec4<f16>" | "atomic<u32>";
 
 /** One storage binding of a kernel, in binding order. */
 export interface BindingDecl {

@@ -19,3 +19,4 @@ export {
   Tape,
   zeroGrad,
 } from "./autograd.ts";
+export { checkNumerics, watchNumerics } from "./numerics.ts";

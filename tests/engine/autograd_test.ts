@@ -99,3 +99,26 @@ gpuTest("backward from a tensor computed without gradients is a clear error", as
   await backward(sum(x)).catch((err: Error) => (msg = err.message));
   assertEquals(msg.includes("Cannot back-propagate"), true);
 });
+
+gpuTest(
+  "with the NaN watch on, the op that first produced NaN/Inf is named; off, the loss reads as NaN",
+  async (e) => {
+    const { watchNumerics, mseLoss, GPUFailure } = await import("../../mod.ts");
+    const x = e.tensor(new Float32Array([1, -1, 2, 3]), [4]);
+    const t = e.tensor(new Float32Array(4), [4]);
+    // Off: NaN propagates into the loss and is read back as NaN.
+    const [plain] = await mseLoss(log(x), t).toArray();
+    assertEquals(Number.isNaN(plain), true);
+    watchNumerics(e, true);
+    try {
+      const loss = mseLoss(mul(log(x), 2), t);
+      let msg = "";
+      await loss.toArray().catch((err: Error) => {
+        if (err instanceof GPUFailure) msg = err.message;
+      });
+      assertEquals(msg.includes("NaN or Inf first produced by log([4]) → [4]"), true);
+    } finally {
+      watchNumerics(e, false);
+    }
+  },
+);
