@@ -106,6 +106,62 @@ async function timeOurs(e: Engine, a: Float32Array, b: Float32Array, s: Shape, w
   return { wallMs: median(wall), gpuMs: median(gpu), checksum };
 }
 
+const HOST_OPS = 2000;
+
+// Host-side cost of recording one small op (the per-op JavaScript work that dominates small layers).
+async function hostCost(
+  e: Engine,
+  peer: { tf?: unknown } | null,
+): Promise<{ oursUs: number; peerUs?: number }> {
+  const { add } = await import("../kernels/elementwise.ts");
+  const x = e.tensor(new Float32Array(256), [256]);
+  const once = () =>
+    e.scope(() => {
+      let y = x;
+      for (let i = 0; i < HOST_OPS; i++) {
+        const z = add(y, 1);
+        if (y !== x) y.dispose();
+        y = z;
+      }
+    });
+  once();
+  await e.sync();
+  const samples: number[] = [];
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now();
+    once();
+    samples.push(((performance.now() - t0) * 1000) / HOST_OPS);
+    await e.sync();
+  }
+  x.dispose();
+  // deno-lint-ignore no-explicit-any
+  const tf = (peer as any)?.tf;
+  let peerUs: number | undefined;
+  if (tf) {
+    const px = tf.zeros([256]);
+    const run = () =>
+      tf.tidy(() => {
+        let y = px;
+        for (let i = 0; i < HOST_OPS; i++) y = tf.add(y, 1);
+        return y;
+      });
+    const warm = run();
+    await warm.data();
+    warm.dispose();
+    const ps: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      const t0 = performance.now();
+      const y = run();
+      ps.push(((performance.now() - t0) * 1000) / HOST_OPS);
+      await y.data();
+      y.dispose();
+    }
+    px.dispose();
+    peerUs = median(ps);
+  }
+  return { oursUs: median(samples), peerUs };
+}
+
 const gf = (s: Shape, ms: number) => (2 * s.m * s.n * s.k) / (ms * 1e6);
 const f1 = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(1));
 const f2 = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(2));
@@ -191,9 +247,12 @@ export async function main(args: string[]): Promise<void> {
     }
     rows.push(row);
   }
+  const host = await hostCost(e, peer);
   peer?.dispose();
   if (values.json) {
-    console.log(JSON.stringify({ adapter: info, date: new Date().toISOString(), rows }, null, 2));
+    console.log(
+      JSON.stringify({ adapter: info, date: new Date().toISOString(), rows, hostCost: host }, null, 2),
+    );
   } else {
     const head = [
       "shape",
@@ -237,6 +296,12 @@ export async function main(args: string[]): Promise<void> {
     for (const l of lines) console.log(fmt(l));
     console.log(
       "\nours/peer = peer wall time ÷ ours (matmul + readback; > 1 means he2gene is faster); gpu = kernel time from timestamps.",
+    );
+    console.log(
+      `\nhost cost per op (recording ${HOST_OPS} small adds, no GPU wait): ours ${
+        host.oursUs.toFixed(1)
+      } µs` +
+        (host.peerUs === undefined ? "" : `, ${peer ? "peer" : ""} ${host.peerUs.toFixed(1)} µs`),
     );
     for (const r of rows) {
       if (r.peerErrors) {

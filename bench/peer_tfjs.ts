@@ -37,6 +37,9 @@ export interface TfjsPeer {
     opts: { transposeB: boolean; warmup: number; reps: number },
   ): Promise<PeerTiming>;
   dispose(): void;
+  /** The tfjs-core module (for other timings). */
+  // deno-lint-ignore no-explicit-any
+  tf: any;
 }
 
 const BACKEND = "webgpu-peer";
@@ -70,6 +73,7 @@ export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterI
 
   return {
     name: "tfjs-webgpu 4.22.0",
+    tf,
     async timeMatmul(a, b, m, k, n, { transposeB, warmup, reps }) {
       const ta = tf.tensor2d(a, [m, k]);
       const tb = tf.tensor2d(b, transposeB ? [n, k] : [k, n]);
