@@ -72,9 +72,10 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** True when an op would be recorded now. */
+/** True when ops whose inputs need gradients are recorded now (i.e. not inside {@linkcode noGrad}). */
 export function isRecording(): boolean {
-  return current !== null && noGradDepth === 0;
+  // Outside noGrad, an op whose inputs need gradients is recorded (on the explicit or the implicit tape).
+  return noGradDepth === 0;
 }
 
 /**
