@@ -57,6 +57,18 @@ function envGet(name: string): string | undefined {
   }
 }
 
+/**
+ * The backend the runtime chose when none was requested. Deno exposes no backend name; on Linux wgpu tries
+ * Vulkan first, then OpenGL, and its OpenGL adapters report the placeholder subgroup range 4…128.
+ */
+function inferBackend(info: GPUAdapterInfo): string {
+  const os = Deno.build.os;
+  if (os === "darwin") return "metal";
+  if (os !== "linux") return "auto";
+  const i = info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  return i.subgroupMinSize === 4 && i.subgroupMaxSize === 128 ? "gl (inferred)" : "vulkan (inferred)";
+}
+
 /** Error thrown when no WebGPU adapter can be found; its message says what to install. */
 export class NoAdapterError extends Error {
   constructor(detail: string) {
@@ -130,7 +142,7 @@ export async function createDevice(
   const description: AdapterDescription = {
     name,
     vendor: info.vendor,
-    backend: envGet("DENO_WEBGPU_BACKEND") ?? "auto",
+    backend: envGet("DENO_WEBGPU_BACKEND") ?? inferBackend(info),
     software,
     features: [...device.features].sort(),
   };
