@@ -438,13 +438,14 @@ const packAKernel = defineKernel({
   body: String.raw`
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
     @builtin(num_workgroups) nwg: vec3u) {
-  let i = g.x + g.y * (nwg.x * WG_X);
+  // g.y = row m, g.x = (t1, t2, c/4) within the row: two divisions per vec4.
+  let i = g.x;
   if (i >= p.total) { return; }
-  let c4 = i % p.cq * 4u;
+  let m = g.y;
   let tap = i / p.cq;
-  let t2 = tap % p.t2;
-  let t1 = (tap / p.t2) % p.t1;
-  let m = tap / (p.t1 * p.t2);
+  let c4 = (i - tap * p.cq) * 4u;
+  let t1 = tap / p.t2;
+  let t2 = tap - t1 * p.t2;
   let kh = p.kh0 + p.s * select(t1, p.t1 - 1u - t1, p.flip == 1u);
   let kw = p.kw0 + p.s * select(t2, p.t2 - 1u - t2, p.flip == 1u);
   let kk = p.kh * p.kw;
@@ -458,7 +459,7 @@ const packAKernel = defineKernel({
   for (var s = 0u; s < 4u; s++) {
     v[s] = select(0.0, w[min(base + (c4 + s) * step, last)], c4 + s < nc);
   }
-  a[i] = v;
+  a[m * p.total + i] = v;
 }`,
 });
 
@@ -469,9 +470,9 @@ function packA(
 ): Tensor {
   const e = w.engine;
   const rows = o.swap ? g.cin : g.cout, cp = c4(o.swap ? g.cout : g.cin);
-  const total = rows * o.t1 * o.t2 * cp / 4;
+  const total = o.t1 * o.t2 * cp / 4; // vec4 per row
   // A phase without taps still binds a (never read) buffer.
-  const a = e.empty([Math.max(4 * total, 4)], "conv2d packed w");
+  const a = e.empty([Math.max(4 * rows * total, 4)], "conv2d packed w");
   if (total === 0) return a;
   e.run(packAKernel, {
     bindings: [w, a],
@@ -490,7 +491,7 @@ function packA(
       flip: o.swap ? 1 : 0,
       total,
     },
-    workgroups: grid(total, WG),
+    workgroups: groups(e, "conv2d", Math.ceil(total / WG), rows),
     info: `[${w.shape}] → [${rows},${o.t1},${o.t2},${cp}]`,
   });
   return a;
@@ -621,6 +622,8 @@ function regDwKernel(tm: number, tn: number): Kernel {
       uniforms: {
         M: "u32",
         k4: "u32",
+        kp: "u32",
+        lda: "u32",
         nq: "u32",
         c4q: "u32",
         cin: "u32",
@@ -635,7 +638,7 @@ function regDwKernel(tm: number, tn: number): Kernel {
 @compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u) {
 ${blockStart(tm, tn)}
-${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u) * p.k4;`)}
+${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u) * p.lda;`)}
 ${
         each(tq, (q) =>
           `  let g${q} = min(col0 / 4u + ${q}u, p.nq - 1u);
@@ -644,7 +647,8 @@ ${
 ${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
   let k1 = min(p.k4, (wid.z + 1u) * p.chunk);
   for (var k = wid.z * p.chunk; k < k1; k++) {
-${each(tm, (i) => `      let av${i} = A[a${i} + k];`)}
+      let ao = P[p.kp + k];
+${each(tm, (i) => `      let av${i} = A[a${i} + ao];`)}
 ${each(4, (s) => `      let p${s} = P[4u * k + ${s}u];`)}
 ${each(4, (s) => each(tq, (q) => `      let bv${s}_${q} = B[p${s} + b${q}];`))}
 ${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${s}_${j >> 2}[${j & 3}]`)}
@@ -683,20 +687,39 @@ const dyTKernel = defineKernel({
 }`,
 });
 
-// P[k] = ((n·HP + oh·s)·WP + ow·s)·C⁴/4 for k = (n, oh, ow) < N·OH·OW, else 0.
+// P[k], k < K⁴: ((n·HP + oh·s)·WP + ow·s)·C⁴/4 for k = (n, oh, ow) < N·OH·OW, else 0 (vec4 offsets into xp).
+// P[K⁴ + k4]: offset of dy's vec4 k4 in A: dy itself, (n·Cout·OHW + oh·OW + ow)/4 with k = 4·k4, when
+// OHW % 4 = 0 (`direct`), else k4 in the copy dyᵀ.
 const pTableKernel = defineKernel({
   name: "conv2d_ptable",
   bindings: [{ name: "P", access: "read_write", type: "u32" }],
-  uniforms: { nk: "u32", ohw: "u32", ow: "u32", hp: "u32", wp: "u32", s: "u32", c4q: "u32", total: "u32" },
+  uniforms: {
+    nk: "u32",
+    ohw: "u32",
+    ow: "u32",
+    hp: "u32",
+    wp: "u32",
+    s: "u32",
+    c4q: "u32",
+    kp: "u32",
+    cout: "u32",
+    direct: "u32",
+    total: "u32",
+  },
   workgroupSize: [WG],
   body: String.raw`
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
     @builtin(num_workgroups) nwg: vec3u) {
-  let k = g.x + g.y * (nwg.x * WG_X);
-  if (k >= p.total) { return; }
-  let q = k % p.ohw;
-  let v = ((k / p.ohw * p.hp + q / p.ow * p.s) * p.wp + q % p.ow * p.s) * p.c4q;
-  P[k] = select(0u, v, k < p.nk);
+  let i = g.x + g.y * (nwg.x * WG_X);
+  if (i >= p.total) { return; }
+  if (i >= p.kp) {
+    let k = 4u * (i - p.kp);
+    P[i] = select(k / 4u, (k / p.ohw * p.cout * p.ohw + k % p.ohw) / 4u, p.direct == 1u);
+    return;
+  }
+  let q = i % p.ohw;
+  let v = ((i / p.ohw * p.hp + q / p.ow * p.s) * p.wp + q % p.ow * p.s) * p.c4q;
+  P[i] = select(0u, v, i < p.nk);
 }`,
 });
 
@@ -707,7 +730,7 @@ const pTableKernel = defineKernel({
  */
 function chooseRegBlock(m: number, n: number, k: number): { tm: number; tn: number; cols: boolean } {
   const flops = 2 * m * n * k;
-  const t = conv2dTiles.reg ?? (flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8);
+  const t = conv2dTiles.reg ?? (flops >= 2 ** 27 ? 32 : flops >= 2 ** 22 ? 16 : 8);
   const tm = Math.min(t, Math.max(4, 2 ** Math.ceil(Math.log2(m)))), tn = t;
   // Pad less: RWG invocations × tm rows (lanes along rows) or × tn columns.
   const padRows = Math.ceil(m / (RWG * tm)) * RWG * tm * Math.ceil(n / tn) * tn;
@@ -861,19 +884,36 @@ function regBackwardWeight(
   const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
   const cp = c4(g.cin), hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
   const nk = g.n * g.oh * g.ow, kp = c4(nk);
-  const dyt = e.empty([g.cout, kp], "conv2d dyᵀ");
-  e.run(dyTKernel, {
-    bindings: [dy, dyt],
-    uniforms: { cout: g.cout, ohw: g.oh * g.ow, nk, kp, total: g.cout * kp },
-    workgroups: grid(g.cout * kp, WG),
-    info: `[${dy.shape}] → [${dyt.shape}]`,
-  });
-  const ptab = e.empty([kp], "conv2d dw offsets");
+  // A = dy read in place when each image's OH·OW is a multiple of 4, else the copy dyᵀ (Cout, K⁴).
+  const direct = (g.oh * g.ow) % 4 === 0;
+  let dyt: Tensor | null = null;
+  if (!direct) {
+    dyt = e.empty([g.cout, kp], "conv2d dyᵀ");
+    e.run(dyTKernel, {
+      bindings: [dy, dyt],
+      uniforms: { cout: g.cout, ohw: g.oh * g.ow, nk, kp, total: g.cout * kp },
+      workgroups: grid(g.cout * kp, WG),
+      info: `[${dy.shape}] → [${dyt.shape}]`,
+    });
+  }
+  const ptab = e.empty([kp + kp / 4], "conv2d dw offsets");
   e.run(pTableKernel, {
     bindings: [ptab],
-    uniforms: { nk, ohw: g.oh * g.ow, ow: g.ow, hp, wp, s: g.stride, c4q: cp / 4, total: kp },
-    workgroups: grid(kp, WG),
-    info: `${kp} offsets`,
+    uniforms: {
+      nk,
+      ohw: g.oh * g.ow,
+      ow: g.ow,
+      hp,
+      wp,
+      s: g.stride,
+      c4q: cp / 4,
+      kp,
+      cout: g.cout,
+      direct: direct ? 1 : 0,
+      total: kp + kp / 4,
+    },
+    workgroups: grid(kp + kp / 4, WG),
+    info: `${kp} + ${kp / 4} offsets`,
   });
   const kk = g.kh * g.kw, nq = kk * cp / 4, ncol = 4 * nq, k4 = kp / 4;
   const blk = chooseRegBlock(g.cout, ncol, kp);
@@ -894,10 +934,12 @@ function regBackwardWeight(
   const part = e.empty([splits, ...wShape], "conv2d dw partials");
   const l = lanes(e, "conv2d backward (weight)", g.cout, ncol, blk, splits);
   e.run(regDwKernel(tm, tn), {
-    bindings: [dyt, xp, ptab, part],
+    bindings: [dyt ?? dy, xp, ptab, part],
     uniforms: {
       M: g.cout,
       k4,
+      kp,
+      lda: direct ? g.oh * g.ow / 4 : k4,
       nq,
       c4q: cp / 4,
       cin: g.cin,
@@ -911,7 +953,7 @@ function regBackwardWeight(
     info: `${info} reg ${blk.tm}×${blk.tn} splits ${splits}`,
   });
   xp.dispose();
-  dyt.dispose();
+  dyt?.dispose();
   ptab.dispose();
   if (splits === 1) {
     const dw = part.reshape(wShape);
