@@ -36,10 +36,40 @@ export interface TfjsPeer {
     n: number,
     opts: { transposeB: boolean; warmup: number; reps: number },
   ): Promise<PeerTiming>;
+  /**
+   * Time one convolution pass in NHWC (filter HWIO): `fwd` a = x, b = filter; `dx` a = dy, b = filter
+   * (kernel `Conv2DBackpropInput`); `dw` a = x, b = dy (kernel `Conv2DBackpropFilter`). Padding is explicit
+   * and symmetric, dilation 1. The checksum is the sum of the result. A pass slower than `slowMs` (default
+   * 2000) at warm-up is repeated once only; `reps` says how often it ran.
+   */
+  timeConv(
+    pass: ConvPass,
+    g: PeerConvGeometry,
+    a: Float32Array,
+    b: Float32Array,
+    opts: { warmup: number; reps: number; slowMs?: number },
+  ): Promise<PeerTiming & { reps: number }>;
   dispose(): void;
   /** The tfjs-core module (for other timings). */
   // deno-lint-ignore no-explicit-any
   tf: any;
+}
+
+/** A convolution pass. */
+export type ConvPass = "fwd" | "dx" | "dw";
+
+/** Geometry of a square convolution: batch n, input h×w, kernel k×k, output oh×ow. */
+export interface PeerConvGeometry {
+  n: number;
+  h: number;
+  w: number;
+  cin: number;
+  cout: number;
+  k: number;
+  stride: number;
+  pad: number;
+  oh: number;
+  ow: number;
 }
 
 const BACKEND = "webgpu-peer";
@@ -111,6 +141,72 @@ export async function createTfjsPeer(device: GPUDevice, adapterInfo: GPUAdapterI
         if (err) errors.push(err.message);
       }
       return { wallMs: median(wall), gpuMs: median(gpu), checksum, errors: errors.slice(first) };
+    },
+    async timeConv(pass, g, a, b, { warmup, reps, slowMs = 2000 }) {
+      const xShape: [number, number, number, number] = [g.n, g.h, g.w, g.cin];
+      const yShape: [number, number, number, number] = [g.n, g.oh, g.ow, g.cout];
+      const fShape: [number, number, number, number] = [g.k, g.k, g.cin, g.cout];
+      type Pad = [[number, number], [number, number], [number, number], [number, number]];
+      const pad: Pad = [[0, 0], [g.pad, g.pad], [g.pad, g.pad], [0, 0]];
+      const strides: [number, number] = [g.stride, g.stride];
+      const ta = tf.tensor4d(a, pass === "dx" ? yShape : xShape);
+      const tb = tf.tensor4d(b, pass === "dw" ? yShape : fShape);
+      // Explicit padding: no dimRoundingMode.
+      const attrs = { strides, pad, dataFormat: "NHWC" };
+      // deno-lint-ignore no-explicit-any
+      const run = (): any =>
+        pass === "fwd"
+          ? tf.conv2d(ta, tb, strides, pad, "NHWC")
+          : pass === "dx"
+          ? tf.engine().runKernel("Conv2DBackpropInput", { dy: ta, filter: tb }, {
+            ...attrs,
+            inputShape: xShape,
+          })
+          : tf.engine().runKernel("Conv2DBackpropFilter", { x: ta, dy: tb }, {
+            ...attrs,
+            filterShape: fShape,
+          });
+      const first = errors.length;
+      device.pushErrorScope("validation");
+      const wall: number[] = [];
+      const gpu: number[] = [];
+      let checksum = NaN;
+      let n = warmup + reps;
+      try {
+        for (let i = 0; i < n; i++) {
+          const t0 = performance.now();
+          const c = run();
+          const data = (await c.data()) as Float32Array;
+          const t1 = performance.now();
+          c.dispose();
+          if (i === 0 && t1 - t0 > slowMs) n = Math.min(n, warmup + 1);
+          if (i >= warmup) wall.push(t1 - t0);
+          if (i === warmup) checksum = data.reduce((s, v) => s + v, 0);
+        }
+        if (device.features.has("timestamp-query")) {
+          for (let i = 0; i < Math.min(n - warmup, 3); i++) {
+            // deno-lint-ignore no-explicit-any
+            let c: any = null;
+            const info = await tf.time(() => {
+              c = run();
+            });
+            c.dispose();
+            gpu.push(info.kernelMs as number);
+          }
+        }
+      } finally {
+        ta.dispose();
+        tb.dispose();
+        const err = await device.popErrorScope();
+        if (err) errors.push(err.message);
+      }
+      return {
+        wallMs: median(wall),
+        gpuMs: median(gpu),
+        checksum,
+        errors: errors.slice(first),
+        reps: n - warmup,
+      };
     },
     dispose() {
       device.removeEventListener("uncapturederror", onErr);

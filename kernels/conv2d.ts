@@ -18,6 +18,12 @@
  *   (KH·KW, Cout, Cin⁺) for the input gradient, zero-padded to the row tile, so every invocation reads its
  *   TM weights as aligned vec4 without bounds checks. Register tiles live in {@linkcode conv2dTiles}.
  *
+ * The kernels above are the GPU ("tiled") path. Software adapters (llvmpipe) take the register-blocked
+ * path instead (section "register-blocked path" below; `conv2dTiles.path` forces either): zero-padded
+ * channels-last copies so that K is contiguous and a multiple of 4, T×T blocks per invocation read as vec4
+ * (as in kernels/matmul.ts), the input gradient split into stride phases, the weight gradient split-K, and
+ * 1×1 stride-1 convolutions through `matmulForward`. 3–5× faster there than the kernels above.
+ *
  * Gradients: every backward output is a new tensor (overwrite); the tape sums (`+=`) the gradients of
  * tensors used twice. The fused epilogue is differentiable too (the ReLU mask is taken from the saved
  * output; the residual's gradient is the masked `dy`), so ResNet blocks can train with it as well as run

@@ -292,11 +292,17 @@ gpuTest("conv2d rejects wrong ranks, channel mismatches and bad options, naming 
   );
 });
 
-gpuTest("conv2d gives the reference results with other register tiles", async (e) => {
+gpuTest("conv2d GPU (tiled) kernels give the reference results with other register tiles", async (e) => {
   const saved = structuredClone(conv2dTiles);
   try {
-    for (const [tm, tn] of [[4, 4], [4, 8], [8, 4]] as [number, number][]) {
-      Object.assign(conv2dTiles, { fwd: [tm, tn], gemm: [tm, tn], dx: [tm, tn], dw: [tm, tn] });
+    for (const [tm, tn] of [[8, 8], [4, 4], [4, 8], [8, 4]] as [number, number][]) {
+      Object.assign(conv2dTiles, {
+        path: "tiled",
+        fwd: [tm, tn],
+        gemm: [tm, tn],
+        dx: [tm, tn],
+        dw: [tm, tn],
+      });
       for (const c of [CASES[2], CASES[3], CASES[4], CASES[6], CASES[12]]) {
         const d = caseData(c, 51);
         const o = { stride: d.stride, padding: d.padding };
@@ -315,3 +321,52 @@ gpuTest("conv2d gives the reference results with other register tiles", async (e
     Object.assign(conv2dTiles, saved);
   }
 });
+
+gpuTest(
+  "conv2d register-blocked path matches the reference with 8- and 16-wide blocks and split K",
+  async (e) => {
+    const saved = structuredClone(conv2dTiles);
+    // 1×1 stride-1 shapes with H·W, Cin and Cout multiples of 4 run through matmul unless matmul1x1 is off.
+    const cases: Case[] = [...CASES, [2, 8, 4, 6, 12, 1, 1, 0], [1, 4, 3, 4, 8, 1, 1, 0]];
+    try {
+      for (
+        const [reg, dwMinGroups, matmul1x1] of [[8, 1, true], [16, 1 << 20, false], [
+          8,
+          1 << 20,
+          false,
+        ]] as const
+      ) {
+        Object.assign(conv2dTiles, { path: "reg", reg, dwMinGroups, matmul1x1 });
+        for (const [ci, c] of cases.entries()) {
+          const d = caseData(c, 60 + ci);
+          const o = { stride: d.stride, padding: d.padding };
+          await e.scope(async () => {
+            const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+            const what = `${d.label} reg ${reg} dwMinGroups ${dwMinGroups} matmul1x1 ${matmul1x1}`;
+            const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
+            const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
+            assertClose(await conv2dForward(x, w, o).toArray(), want.data, TOL, `forward ${what}`, scale);
+            const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+            const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+            assertClose(
+              await conv2dBackwardInput(dy, w, d.xShape, o).toArray(),
+              g.dx,
+              TOL,
+              `dx ${what}`,
+              gs.dx,
+            );
+            assertClose(
+              await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(),
+              g.dw,
+              TOL,
+              `dw ${what}`,
+              gs.dw,
+            );
+          });
+        }
+      }
+    } finally {
+      Object.assign(conv2dTiles, saved);
+    }
+  },
+);
