@@ -6,14 +6,18 @@
  * - gpu: the kernel alone, from timestamp queries (when the adapter has `timestamp-query`);
  * the same for the peer, and the ratio ours / peer (> 1: we are faster).
  *
- * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (names),
- * `--no-peer`, `--reps N`.
+ * Then conv2d forward, dX and dW on ResNet-50 layer shapes against tfjs's conv2d /
+ * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
+ *
+ * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
+ * `--suite matmul,conv` (default both), `--no-peer`, `--reps N`.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
 import { chooseMatmulKernel, matmulForward } from "../kernels/matmul.ts";
+import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
 
 interface Shape {
   name: string;
@@ -176,6 +180,7 @@ export async function main(args: string[]): Promise<void> {
       shapes: { type: "string" },
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
+      suite: { type: "string", default: "matmul,conv" },
     },
     strict: true,
   });
@@ -207,8 +212,12 @@ export async function main(args: string[]): Promise<void> {
     );
     log(`peer: ${peer.name} on the same device`);
   }
+  const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
+  for (const name of suites) {
+    if (name !== "matmul" && name !== "conv") throw new Error(`unknown suite "${name}" (matmul, conv)`);
+  }
   const rows: Row[] = [];
-  for (const s of shapes) {
+  for (const s of suites.has("matmul") ? shapes : []) {
     const a = fill(s.m * s.k, 1), b = fill(s.k * s.n, 2);
     const big = 2 * s.m * s.n * s.k > 2 ** 33;
     const r = big ? Math.max(1, Math.min(reps, 2)) : reps;
