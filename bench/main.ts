@@ -257,10 +257,19 @@ export async function main(args: string[]): Promise<void> {
     rows.push(row);
   }
   const host = await hostCost(e, peer);
+  let convRows: ConvRow[] = [];
+  if (suites.has("conv")) {
+    log("\nconv2d (ResNet-50 layer shapes, batch 2) …");
+    convRows = await benchConv(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+  }
   peer?.dispose();
   if (values.json) {
     console.log(
-      JSON.stringify({ adapter: info, date: new Date().toISOString(), rows, hostCost: host }, null, 2),
+      JSON.stringify(
+        { adapter: info, date: new Date().toISOString(), rows, hostCost: host, conv: convRows },
+        null,
+        2,
+      ),
     );
   } else {
     const head = [
@@ -316,6 +325,10 @@ export async function main(args: string[]): Promise<void> {
       if (r.peerErrors) {
         console.log(`peer on ${r.shape}: ${r.peerErrors[0]} (tfjs returns zeros here; no ratio)`);
       }
+    }
+    if (convRows.length) {
+      console.log("\nconv2d, batch 2:");
+      printConvTable(convRows, console.log);
     }
   }
   e.destroy();
