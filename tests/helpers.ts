@@ -3,7 +3,7 @@
  * and a skip helper for tests that need `../shared/data`.
  */
 import { AssertionError, deepStrictEqual } from "node:assert";
-import { createEngine, type Engine, sum, Tape, type Tensor } from "../mod.ts";
+import { createEngine, type Engine, mul, sum, Tape, type Tensor } from "../mod.ts";
 import { requiresGrad } from "../engine/autograd.ts";
 
 /**
@@ -148,8 +148,10 @@ function checkError(e: unknown, cls: ErrorClass, includes: string): void {
 }
 
 /**
- * Check the tape's gradients of `f` (reduced with `sum` to a scalar) against central finite differences
- * evaluated on the GPU. Inputs are small: each element costs two forward passes and readbacks.
+ * Check the tape's gradients of `f` against central finite differences evaluated on the GPU. The output
+ * is reduced to a scalar with fixed random weights, `Σ r ⊙ f(x)`, so the backward pass sees a non-uniform
+ * output gradient (a plain sum would hide a backward that ignores dy's values). Inputs are small: each
+ * element costs two forward passes and readbacks.
  * Tolerance: |analytic − numeric| ≤ atol + rtol·|numeric| with float32 forward passes and step `eps`.
  */
 export async function assertGradients(
@@ -160,14 +162,19 @@ export async function assertGradients(
 ): Promise<void> {
   const eps = opts.eps ?? 1e-2;
   const tol = { rtol: opts.rtol ?? 2e-2, atol: opts.atol ?? 2e-3 };
+  let weights: Tensor | null = null;
+  const weighted = (y: Tensor) => {
+    weights ??= e.scope(() => e.tensor(rand(y.size, 4242, 0.5, 1.5), y.shape).keep());
+    return sum(mul(y, weights));
+  };
   const ts = inputs.map((x) => requiresGrad(e.tensor(x.data, x.shape)));
   const tape = new Tape();
-  const loss = tape.record(() => sum(f(ts)));
+  const loss = tape.record(() => weighted(f(ts)));
   const grads = tape.backward(loss);
   const analytic = await Promise.all(ts.map((t) => grads.get(t)?.toArray() ?? new Float32Array(t.size)));
   tape.dispose();
   const value = async (xs: Float32Array[]) =>
-    (await e.scope(() => sum(f(xs.map((x, i) => e.tensor(x, inputs[i].shape))))).toArray())[0];
+    (await e.scope(() => weighted(f(xs.map((x, i) => e.tensor(x, inputs[i].shape))))).toArray())[0];
   for (let i = 0; i < inputs.length; i++) {
     const numeric = new Float32Array(inputs[i].data.length);
     for (let j = 0; j < numeric.length; j++) {
@@ -179,6 +186,7 @@ export async function assertGradients(
     }
     assertClose(analytic[i], numeric, tol, `${opts.what ?? "gradient"} of input ${i}`);
   }
+  (weights as Tensor | null)?.dispose();
   for (const g of grads.values()) g.dispose();
   for (const t of ts) t.dispose();
 }
