@@ -1,7 +1,8 @@
 /**
- * Networks built from kernels: the ResNet backbone, HE2Gene's heads and losses, training and prediction.
- * Imports `engine/` and `kernels/` only. (Filled by the model issue; nothing is exported yet.)
+ * Networks built from kernels: the ResNet backbone and the HE2Gene heads. Imports `engine/` and
+ * `kernels/` only.
  *
  * @module
  */
-export {};
+export * from "./resnet.ts";
+export * from "./he2gene.ts";

@@ -10,6 +10,7 @@ import { requiresGrad } from "../engine/autograd.ts";
  * Tolerances per op family, stated once. `|got − want| ≤ atol + rtol·|want|` elementwise.
  * - elementwise: float32 rounding of one op on both sides (WGSL exp/log/tanh are within a few ulp).
  * - reduce: sums of up to 10⁷ float32 values against a float64 reference.
+ * - model: HE2Gene outputs against PyTorch, max absolute difference 1e-4 (issue 4's parity bar).
  * - matmul: float32 dot products of length K (error grows like √K·ε·Σ|a||b|); checked with the scale
  *   `Σ_k |a_ik||b_kj|` in place of |want| (see {@linkcode assertMatmulClose}).
  */
@@ -17,6 +18,8 @@ export const TOL = {
   elementwise: { rtol: 2e-6, atol: 1e-6 },
   reduce: { rtol: 1e-5, atol: 1e-5 },
   matmul: { rtol: 1e-5, atol: 1e-6 },
+  /** Whole networks against PyTorch (float32 both sides, different summation orders): the parity bar. */
+  model: { rtol: 0, atol: 1e-4 },
 } as const;
 
 let shared: Promise<Engine> | null = null;
