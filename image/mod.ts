@@ -1,0 +1,38 @@
+/**
+ * Images: decoding (TIFF / PNG / JPEG → 8-bit RGB, as PIL's `.convert("RGB")`), PIL-exact bilinear
+ * resizing on the CPU and the GPU with HE2Gene's normalisation, crops, and dihedral test-time
+ * augmentation.
+ *
+ * @example
+ * ```ts
+ * import { createEngine } from "../mod.ts";
+ * import { decodeImage, resizeNormalize, uploadImages } from "./mod.ts";
+ * const engine = await createEngine();
+ * const img = decodeImage(await Deno.readFile("D2_6_22.tif"), "D2_6_22.tif");
+ * const x = resizeNormalize(uploadImages(engine, [img])); // [1, 3, 224, 224], normalised
+ * ```
+ * @module
+ */
+export { decodeImage, ImageDecodeError, type RgbImage, sniff } from "./decode.ts";
+export {
+  type AxisCoeffs,
+  bilinearCoeffs,
+  centerBox,
+  type CropBox,
+  cropCpu,
+  PRECISION_BITS,
+  resizeCpu,
+  type ResizeCpuOptions,
+} from "./resample.ts";
+export {
+  dihedral,
+  DIHEDRAL_NAMES,
+  dihedralCpu,
+  HE2GENE_MEAN,
+  HE2GENE_STD,
+  normalizeCpu,
+  resizeNormalize,
+  resizeNormalizeCpu,
+  type ResizeOptions,
+  uploadImages,
+} from "./resize.ts";
