@@ -1,8 +1,42 @@
 /**
- * Checkpoint readers and writers (PyTorch zip / legacy pickles, safetensors) that return
- * `name → { dtype, shape, bytes }` and know no model. (Filled by the checkpoint issue; nothing is
- * exported yet.)
+ * Checkpoint readers and writers that return `name → { dtype, shape, bytes }` and know no model:
+ * PyTorch `torch.save` files (zip and legacy pickles, read by a restricted unpickler) and safetensors.
+ *
+ * @example
+ * ```ts ignore
+ * import { readTorch, toFloat32, writeSafetensors } from "./mod.ts";
+ * const { tensors } = await readTorch("model_base.pt");
+ * console.log(toFloat32(tensors.get("fc1.bias")!).length);
+ * await writeSafetensors("model_base.safetensors", tensors);
+ * ```
  *
  * @module
  */
-export {};
+export {
+  asFloat32Entry,
+  type DType,
+  DTYPE_SIZE,
+  halfToNumber,
+  isFloat,
+  numel,
+  type TensorEntry,
+  toFloat32,
+} from "./dtype.ts";
+export { CheckpointError, RefusedGlobalError } from "./errors.ts";
+export { describe, PyGlobal, unpickle, type UnpickleOptions } from "./pickle.ts";
+export {
+  encodeSafetensors,
+  parseSafetensors,
+  readSafetensors,
+  type Safetensors,
+  writeSafetensors,
+  type WriteSafetensorsOptions,
+} from "./safetensors.ts";
+export {
+  parseTorch,
+  readTorch,
+  type ReadTorchOptions,
+  TORCH_GLOBALS,
+  type TorchCheckpoint,
+} from "./torch.ts";
+export { isZip, openZip, type ZipArchive, type ZipEntry } from "./zip.ts";
