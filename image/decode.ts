@@ -153,7 +153,6 @@ function decodeTiff(bytes: Uint8Array): RgbImage {
   const data = page.data!;
   // After JPEG decoding utif rewrites YCbCr (6) to RGB (2) and the data is 8-bit interleaved.
   const photo = page.t262?.[0] ?? photometric;
-  const extra = page.t338?.[0];
   const unpack = (bits: number, samples: number) => unpackSamples(data, width, height, samples, bits);
   switch (photo) {
     case 0:
@@ -168,7 +167,6 @@ function decodeTiff(bytes: Uint8Array): RgbImage {
         if (photo === 0) v = 255 - v;
         out[i * 3] = out[i * 3 + 1] = out[i * 3 + 2] = v;
       }
-      if (spp > 1 && extra !== undefined) warnings.push("alpha channel dropped");
       return { width, height, channels: 3, data: out, warnings };
     }
     case 2: {

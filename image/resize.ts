@@ -233,6 +233,13 @@ export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tenso
   const { t: cf, kh, kv } = coeffTable(e, cw, ch, outW, outH);
   const y = e.empty([N, 3, outH, outW], "resize");
   if (N === 0) return y;
+  if (y.bytes > e.maxBinding || src.bytes > e.maxBinding) {
+    y.dispose();
+    throw new RangeError(
+      `Cannot resizeNormalize [${src.shape}] to [${y.shape}]: larger than one storage binding ` +
+        `(${e.maxBinding} bytes); use a smaller batch`,
+    );
+  }
   const it = e.tensor(items, [N, 3]);
   e.run(resizeKernel(), {
     bindings: [src, it, cf, y],
