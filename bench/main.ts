@@ -10,7 +10,7 @@
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv` (default both), `--no-peer`, `--reps N`.
+ * `--suite matmul,conv,resnet` (default all three), `--no-peer`, `--reps N`.
  *
  * @module
  */
@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
 import { chooseMatmulKernel, matmulForward } from "../kernels/matmul.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
+import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 
 interface Shape {
   name: string;
@@ -180,7 +181,7 @@ export async function main(args: string[]): Promise<void> {
       shapes: { type: "string" },
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
-      suite: { type: "string", default: "matmul,conv" },
+      suite: { type: "string", default: "matmul,conv,resnet" },
     },
     strict: true,
   });
@@ -214,7 +215,7 @@ export async function main(args: string[]): Promise<void> {
   }
   const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
   for (const name of suites) {
-    if (name !== "matmul" && name !== "conv") throw new Error(`unknown suite "${name}" (matmul, conv)`);
+    if (!["matmul", "conv", "resnet"].includes(name)) throw new Error(`unknown suite "${name}" (matmul, conv, resnet)`);
   }
   const rows: Row[] = [];
   for (const s of suites.has("matmul") ? shapes : []) {
@@ -262,11 +263,16 @@ export async function main(args: string[]): Promise<void> {
     log("\nconv2d (ResNet-50 layer shapes, batch 2) …");
     convRows = await benchConv(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
   }
+  let resnetRows: ResNetRow[] = [];
+  if (suites.has("resnet")) {
+    log("\nResNet-50 + HE2Gene heads, inference …");
+    resnetRows = await benchResNet(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+  }
   peer?.dispose();
   if (values.json) {
     console.log(
       JSON.stringify(
-        { adapter: info, date: new Date().toISOString(), rows, hostCost: host, conv: convRows },
+        { adapter: info, date: new Date().toISOString(), rows, hostCost: host, conv: convRows, resnet: resnetRows },
         null,
         2,
       ),
@@ -329,6 +335,10 @@ export async function main(args: string[]): Promise<void> {
     if (convRows.length) {
       console.log("\nconv2d, batch 2:");
       printConvTable(convRows, console.log);
+    }
+    if (resnetRows.length) {
+      console.log("\nResNet-50 + heads (250 target, 19 699 aux, tumour), inference, seconds per image:");
+      printResNetTable(resnetRows, console.log);
     }
   }
   e.destroy();

@@ -37,6 +37,10 @@ export interface PoolStats {
   freeBytes: number;
   /** Buffers created since the pool was made. */
   created: number;
+  /** Largest `inUseBytes` seen since the last `resetPeak()`. */
+  peakInUseBytes: number;
+  /** Bytes of every buffer the pool holds (in use + free): the GPU memory it occupies. */
+  totalBytes: number;
 }
 
 /**
@@ -50,7 +54,7 @@ export interface PoolStats {
 export class BufferPool {
   #free = new Map<string, PooledBuffer[]>();
   #nextId = 1;
-  #stats: PoolStats = { inUse: 0, inUseBytes: 0, free: 0, freeBytes: 0, created: 0 };
+  #stats: PoolStats = { inUse: 0, inUseBytes: 0, free: 0, freeBytes: 0, created: 0, peakInUseBytes: 0, totalBytes: 0 };
 
   constructor(readonly device: GPUDevice, readonly maxBufferSize: number) {}
 
@@ -75,9 +79,11 @@ export class BufferPool {
       const buffer = this.device.createBuffer({ label, size, usage });
       pb = { buffer, id: this.#nextId++, bytes: size, usage };
       s.created++;
+      s.totalBytes += size;
     }
     s.inUse++;
     s.inUseBytes += pb.bytes;
+    if (s.inUseBytes > s.peakInUseBytes) s.peakInUseBytes = s.inUseBytes;
     return pb;
   }
 
@@ -96,10 +102,20 @@ export class BufferPool {
 
   /** Destroy every free buffer (those in use are kept). */
   trim(): void {
-    for (const list of this.#free.values()) for (const pb of list) pb.buffer.destroy();
+    for (const list of this.#free.values()) {
+      for (const pb of list) {
+        pb.buffer.destroy();
+        this.#stats.totalBytes -= pb.bytes;
+      }
+    }
     this.#free.clear();
     this.#stats.free = 0;
     this.#stats.freeBytes = 0;
+  }
+
+  /** Start a new peak measurement from the current use. */
+  resetPeak(): void {
+    this.#stats.peakInUseBytes = this.#stats.inUseBytes;
   }
 
   /** A snapshot of the counters. */
