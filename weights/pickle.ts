@@ -143,6 +143,12 @@ export function unpickle(
     if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
     return toNumber(v);
   };
+  const textInt = (t: string) => {
+    if (!/^[-+]?\d+$/.test(t)) {
+      fail(opPos, `expected a decimal integer, found ${JSON.stringify(t.slice(0, 40))}`);
+    }
+    return toNumber(BigInt(t));
+  };
   const global = (module: string, name: string) => {
     const g = opts.globals.get(`${module}.${name}`);
     if (!g) throw new RefusedGlobalError(file, at(opPos), `${module}.${name}`);
@@ -171,7 +177,12 @@ export function unpickle(
   };
   const persistent = (pid: unknown) => {
     if (!opts.persistentLoad) return fail(opPos, "unexpected persistent id (no persistent_load)");
-    return opts.persistentLoad(pid);
+    try {
+      return opts.persistentLoad(pid);
+    } catch (e) {
+      if (e instanceof CheckpointError) throw e;
+      return fail(opPos, `bad persistent id: ${(e as Error).message}`);
+    }
   };
 
   for (;;) {
@@ -229,11 +240,11 @@ export function unpickle(
       }
       case 0x49: { // INT (text; "00" / "01" are False / True)
         const s = line();
-        stack.push(s === "00" ? false : s === "01" ? true : toNumber(BigInt(s)));
+        stack.push(s === "00" ? false : s === "01" ? true : textInt(s));
         break;
       }
       case 0x4c: // LONG (text, trailing L)
-        stack.push(toNumber(BigInt(line().replace(/L$/, ""))));
+        stack.push(textInt(line().replace(/L$/, "")));
         break;
       case 0x47: // BINFLOAT (big-endian float64)
         need(8);
@@ -427,5 +438,6 @@ export function describe(v: unknown): string {
   if (Array.isArray(v)) return `a tuple/list of ${v.length}`;
   if (v instanceof Uint8Array) return `bytes of ${v.length}`;
   if (typeof v === "object") return v.constructor?.name ?? "an object";
+  if (typeof v === "string") return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
   return `${typeof v} ${String(v).slice(0, 40)}`;
 }

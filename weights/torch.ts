@@ -113,33 +113,26 @@ export const TORCH_GLOBALS: ReadonlyMap<string, PyGlobal> = (() => {
 })();
 
 /** `persistent_load` for both formats: `('storage', type, key, location, numel[, view_metadata])`. */
-function storageLoader(file: string, storages: Map<string, Storage>) {
+function storageLoader(storages: Map<string, Storage>) {
   return (pid: unknown): Storage => {
     if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5) {
-      throw new CheckpointError(
-        file,
-        -1,
-        `expected a persistent id ('storage', type, key, location, numel), found ${describe(pid)}`,
-      );
+      throw new TypeError(`expected ('storage', type, key, location, numel), found ${describe(pid)}`);
     }
     const [, type, key, , n, view] = pid;
     if (!(type instanceof PyGlobal) || typeof type.value !== "string") {
-      throw new CheckpointError(
-        file,
-        -1,
-        `expected a torch storage class in a persistent id, found ${describe(type)}`,
-      );
+      throw new TypeError(`expected a torch storage class, found ${describe(type)}`);
     }
     if (view !== undefined && view !== null) {
-      throw new CheckpointError(
-        file,
-        -1,
-        `storage ${key}: storage views (PyTorch < 0.4 checkpoints) are not supported`,
-      );
+      throw new TypeError(`storage ${key}: storage views (PyTorch < 0.4 checkpoints) are not supported`);
     }
-    const k = String(key);
-    let s = storages.get(k);
-    if (!s) storages.set(k, s = new Storage(k, type.value as DType, Number(n)));
+    if (typeof key !== "string" || typeof n !== "number" || !Number.isInteger(n) || n < 0) {
+      throw new TypeError(`expected a storage key and element count, found ${describe(key)}, ${describe(n)}`);
+    }
+    let s = storages.get(key);
+    if (!s) storages.set(key, s = new Storage(key, type.value as DType, n));
+    if (s.dtype !== type.value || s.numel !== n) {
+      throw new TypeError(`storage ${key} is used as ${s.numel} × ${s.dtype} and as ${n} × ${type.value}`);
+    }
     return s;
   };
 }
@@ -216,7 +209,7 @@ function readZipPickle(bytes: Uint8Array, file: string): unknown {
     base: p.stored ? p.offset : undefined,
     where: pkl,
     globals: TORCH_GLOBALS,
-    persistentLoad: storageLoader(file, storages),
+    persistentLoad: storageLoader(storages),
   });
   for (const s of storages.values()) {
     const name = `${folder}data/${s.key}`;
@@ -269,7 +262,7 @@ function readLegacyPickle(bytes: Uint8Array, file: string): unknown {
     base: 0,
     where: "the main pickle",
     globals: TORCH_GLOBALS,
-    persistentLoad: storageLoader(file, storages),
+    persistentLoad: storageLoader(storages),
   });
   const keys = unpickle(bytes, main.end, { ...noGlobals, where: "the storage-keys pickle" });
   if (!Array.isArray(keys.value)) {

@@ -7,6 +7,7 @@ for (
     ["small_model.pt", "zip"],
     ["small_model_legacy.pt", "legacy"],
     ["small_model_deflate.pt", "zip"],
+    ["small_model_p4.pt", "zip"],
     ["model_base.pt", "zip"],
     ["model_fp16.pt", "zip"],
   ] as const
@@ -91,7 +92,7 @@ Deno.test("readTorch names the storage and byte offset of a truncated legacy fil
     CheckpointError,
     `file ends at byte ${size}`,
   );
-  if (!/truncated_legacy\.pt: expected \d+ bytes of storage \S+ .* \(at byte \d+\)/.test(e.message)) {
+  if (!/truncated_legacy\.pt: expected .*storage \d+.* \(at byte \d+\)$/.test(e.message)) {
     throw new Error(`unexpected message: ${e.message}`);
   }
 });
@@ -115,4 +116,21 @@ Deno.test("parseTorch names the offset when the legacy main pickle is cut short"
     "cut.pt: truncated pickle",
   );
   if (!/at byte \d+/.test(e.message)) throw new Error(`unexpected message: ${e.message}`);
+});
+
+Deno.test("parseTorch throws a CheckpointError with a byte offset at every truncation point", async () => {
+  for (const file of ["small_model_legacy.pt", "small_model.pt", "small_model_p4.pt"]) {
+    const bytes = await Deno.readFile(fixture(file));
+    for (let cut = 0; cut < bytes.length; cut++) {
+      try {
+        parseTorch(bytes.subarray(0, cut), { file });
+      } catch (e) {
+        if (!(e instanceof CheckpointError) || !/\(at byte \d+\)$/.test(e.message)) {
+          throw new Error(`${file} cut at ${cut}: ${(e as Error).name}: ${(e as Error).message}`);
+        }
+        continue;
+      }
+      throw new Error(`${file} cut at ${cut}: no error`);
+    }
+  }
 });
