@@ -483,11 +483,119 @@ export class Engine {
     if (this.#recent.length >= 8) this.#recent.shift();
     this.#recent.push(line);
     if (this.trace) console.error(`[he2gene] dispatch ${line}`);
+    if (this.#profile) {
+      this.#profiledDispatch(this.#profile.byShape ? line : k.name, pipeline, group, x, y, z);
+      return;
+    }
     const pass = this.#pass ??= this.#enc().beginComputePass({ label: "he2gene pass" });
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
     if (++this.#recorded >= this.autoFlush) this.flush();
+  }
+
+  // ---------------------------------------------------------------- profiling
+
+  #profile: {
+    qs: GPUQuerySet;
+    names: string[];
+    pending: Promise<void>[];
+    totals: Map<string, [number, number]>;
+    byShape: boolean;
+  } | null = null;
+
+  /**
+   * Per-kernel GPU time: while on, each dispatch runs in its own timestamped pass (slower, for profiling
+   * only; needs `timestamp-query`). `profileReport()` returns the totals per kernel name.
+   *
+   * @example
+   * ```ts
+   * engine.startProfile();
+   * model.predict(x);
+   * console.table(await engine.profileReport());
+   * ```
+   */
+  startProfile(options: { byShape?: boolean } = {}): void {
+    if (!this.device.features.has("timestamp-query")) {
+      throw new GPUFailure("Cannot profile: the device has no timestamp-query feature");
+    }
+    this.flush();
+    this.#profile = {
+      qs: this.device.createQuerySet({ label: "he2gene profile", type: "timestamp", count: 512 }),
+      names: [],
+      pending: [],
+      totals: new Map(),
+      byShape: options.byShape ?? false,
+    };
+  }
+
+  #profiledDispatch(
+    name: string,
+    pipeline: GPUComputePipeline,
+    group: GPUBindGroup,
+    x: number,
+    y: number,
+    z: number,
+  ) {
+    const p = this.#profile!;
+    this.#endPass();
+    const i = p.names.length;
+    p.names.push(name);
+    const pass = this.#enc().beginComputePass({
+      label: `profile ${name}`,
+      timestampWrites: { querySet: p.qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+    });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+    this.#recorded++;
+    if (p.names.length === 256) this.#collectProfile();
+  }
+
+  #collectProfile(): void {
+    const p = this.#profile!;
+    const n = p.names.length;
+    if (n === 0) return;
+    const names = p.names;
+    p.names = [];
+    const bytes = n * 16;
+    const resolve = this.pool.acquire(
+      bytes,
+      GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      "profile",
+    );
+    const staging = this.pool.acquire(bytes, READ_USAGE, "profile readback");
+    const enc = this.#enc();
+    enc.resolveQuerySet(p.qs, 0, 2 * n, resolve.buffer, 0);
+    enc.copyBufferToBuffer(resolve.buffer, 0, staging.buffer, 0, bytes);
+    this.flush();
+    p.pending.push(
+      staging.buffer.mapAsync(GPUMapMode.READ, 0, bytes).then(() => {
+        const t = new BigInt64Array(staging.buffer.getMappedRange(0, bytes).slice(0));
+        staging.buffer.unmap();
+        this.pool.release(resolve);
+        this.pool.release(staging);
+        names.forEach((name, i) => {
+          const ms = Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+          const cur = p.totals.get(name) ?? [0, 0];
+          p.totals.set(name, [cur[0] + ms, cur[1] + 1]);
+        });
+      }),
+    );
+  }
+
+  /** Stop profiling and return GPU milliseconds and dispatch counts per kernel, slowest first. */
+  async profileReport(): Promise<{ kernel: string; ms: number; dispatches: number }[]> {
+    const p = this.#profile;
+    if (!p) return [];
+    this.#collectProfile();
+    await Promise.all(p.pending);
+    this.#profile = null;
+    p.qs.destroy();
+    return [...p.totals].map(([kernel, [ms, dispatches]]) => ({ kernel, ms, dispatches })).sort((a, b) =>
+      b.ms - a.ms
+    );
   }
 
   /**
