@@ -54,7 +54,15 @@ export interface PoolStats {
 export class BufferPool {
   #free = new Map<string, PooledBuffer[]>();
   #nextId = 1;
-  #stats: PoolStats = { inUse: 0, inUseBytes: 0, free: 0, freeBytes: 0, created: 0, peakInUseBytes: 0, totalBytes: 0 };
+  #stats: PoolStats = {
+    inUse: 0,
+    inUseBytes: 0,
+    free: 0,
+    freeBytes: 0,
+    created: 0,
+    peakInUseBytes: 0,
+    totalBytes: 0,
+  };
 
   constructor(readonly device: GPUDevice, readonly maxBufferSize: number) {}
 
