@@ -1,4 +1,4 @@
-import { decodeImage, ImageDecodeError } from "../../image/mod.ts";
+import { decodeImage, ImageDecodeError } from "../../slide/mod.ts";
 import { assertEquals, assertThrows, sharedData } from "../helpers.ts";
 import { FIXTURE, manifest, sha256 } from "./fixture.ts";
 

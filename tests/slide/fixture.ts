@@ -1,5 +1,5 @@
-/** The PIL fixture (tests/fixtures/image, written by make_fixture.py) and the synthetic pattern it uses. */
-export const FIXTURE = new URL("../fixtures/image/", import.meta.url);
+/** The PIL fixture (tests/fixtures/slide, written by make_fixture.py) and the synthetic pattern it uses. */
+export const FIXTURE = new URL("../fixtures/slide/", import.meta.url);
 
 export interface DecodeCase {
   file?: string;

@@ -8,7 +8,7 @@ import {
   resizeCpu,
   resizeNormalize,
   uploadImages,
-} from "../../image/mod.ts";
+} from "../../slide/mod.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, rand, sharedData } from "../helpers.ts";
 import { FIXTURE, manifest, pattern, type ResizeCase, sha256 } from "./fixture.ts";
 
