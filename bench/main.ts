@@ -18,6 +18,7 @@ import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
 import { chooseMatmulKernel, matmulForward } from "../kernels/matmul.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
+import type { TfjsPeer } from "./peer_tfjs.ts";
 import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 
 interface Shape {
@@ -202,20 +203,18 @@ export async function main(args: string[]): Promise<void> {
   log(
     `timestamps: ${e.device.features.has("timestamp-query") ? "yes" : "no"}; median of ${reps} after warm-up`,
   );
-  // deno-lint-ignore no-explicit-any
-  let peer: any = null;
+  let peer: TfjsPeer | null = null;
   if (!values["no-peer"]) {
     const { createTfjsPeer } = await import("./peer_tfjs.ts");
-    // deno-lint-ignore no-explicit-any
-    peer = await createTfjsPeer(
-      e.device,
-      (e as any).device.adapterInfo ?? { vendor: info.vendor, architecture: "" },
-    );
+    // tfjs 4.22 reads only vendor and architecture (for Intel tuning).
+    peer = await createTfjsPeer(e.device, { vendor: info.vendor, architecture: "" } as GPUAdapterInfo);
     log(`peer: ${peer.name} on the same device`);
   }
   const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
   for (const name of suites) {
-    if (!["matmul", "conv", "resnet"].includes(name)) throw new Error(`unknown suite "${name}" (matmul, conv, resnet)`);
+    if (!["matmul", "conv", "resnet"].includes(name)) {
+      throw new Error(`unknown suite "${name}" (matmul, conv, resnet)`);
+    }
   }
   const rows: Row[] = [];
   for (const s of suites.has("matmul") ? shapes : []) {
@@ -272,7 +271,14 @@ export async function main(args: string[]): Promise<void> {
   if (values.json) {
     console.log(
       JSON.stringify(
-        { adapter: info, date: new Date().toISOString(), rows, hostCost: host, conv: convRows, resnet: resnetRows },
+        {
+          adapter: info,
+          date: new Date().toISOString(),
+          rows,
+          hostCost: host,
+          conv: convRows,
+          resnet: resnetRows,
+        },
         null,
         2,
       ),

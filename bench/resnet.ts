@@ -43,7 +43,11 @@ export async function benchResNet(
   peer: TfjsPeer | null,
   opts: { quick: boolean; reps: number; log: (s: string) => void },
 ): Promise<ResNetRow[]> {
-  const model = HE2Gene.init(e, { backbone: RESNET50, variant: "base", targetGenes: 250, auxGenes: 19699 }, 7);
+  const model = HE2Gene.init(
+    e,
+    { backbone: RESNET50, variant: "base", targetGenes: 250, auxGenes: 19699 },
+    7,
+  );
   const sd = await model.stateDict();
   const rows: ResNetRow[] = [];
   const peerNet = peer ? buildPeer(peer, sd) : null;
@@ -112,7 +116,8 @@ function buildPeer(
       for (let i = 0; i < cb.cin; i++) {
         for (let kh = 0; kh < cb.k; kh++) {
           for (let kw = 0; kw < cb.k; kw++) {
-            hwio[((kh * cb.k + kw) * cb.cin + i) * cb.cout + o] = w[((o * cb.cin + i) * cb.k + kh) * cb.k + kw] * s;
+            hwio[((kh * cb.k + kw) * cb.cin + i) * cb.cout + o] =
+              w[((o * cb.cin + i) * cb.k + kh) * cb.k + kw] * s;
           }
         }
       }
@@ -174,8 +179,12 @@ export function printResNetTable(rows: ResNetRow[], log: (s: string) => void): v
   for (const r of rows) {
     log(
       `${String(r.batch).padStart(5)}  ${r.oursSPerImage.toFixed(3).padStart(10)}  ` +
-        `${(r.peerSPerImage?.toFixed(3) ?? "–").padStart(10)}  ${(r.ratio ? r.ratio.toFixed(2) + "×" : "–").padStart(9)}  ` +
-        `${r.peakMiB.toFixed(0).padStart(19)}  ${r.checksumOurs.toFixed(3)} / ${r.checksumPeer?.toFixed(3) ?? "–"}`,
+        `${(r.peerSPerImage?.toFixed(3) ?? "–").padStart(10)}  ${
+          (r.ratio ? r.ratio.toFixed(2) + "×" : "–").padStart(9)
+        }  ` +
+        `${r.peakMiB.toFixed(0).padStart(19)}  ${r.checksumOurs.toFixed(3)} / ${
+          r.checksumPeer?.toFixed(3) ?? "–"
+        }`,
     );
   }
 }

@@ -17,7 +17,7 @@ import {
   type TensorEntry,
   writeSafetensors,
 } from "../weights/mod.ts";
-import { UsageError } from "./main.ts";
+import { UsageError } from "./errors.ts";
 
 /** Head names of the two HE2Gene code bases: (target, auxiliary, tumour). */
 const HEADS = [["fc1", "fc2", "fc3"], ["fc", "fc_aux", "fc_tmr"]] as const;

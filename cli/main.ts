@@ -9,14 +9,11 @@ import { parseArgs } from "node:util";
 import { GPUFailure, NoAdapterError } from "../mod.ts";
 import { runDemo } from "./demo.ts";
 import { runInfo } from "./info.ts";
+import { UsageError } from "./errors.ts";
+import { runConvert } from "./convert.ts";
+import { runPredictPatches } from "./predict_patches.ts";
 
-/** A usage error (exit code 2). */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
+export { UsageError };
 
 interface Command {
   summary: string;
@@ -44,6 +41,27 @@ const COMMANDS: Record<string, Command> = {
       });
       await runInfo({ json: values.json ?? false });
     },
+  },
+  "predict-patches": {
+    summary:
+      "predict gene expression and tumour status for a folder of spot patches (HE2Gene's patch_pred.py)",
+    usage:
+      "predict-patches DIR --weights CKPT [--out ./output] [--batch-size 4] [--tta single|tta|grid|grid_tta]\n" +
+      "       [--target-genes FILE] [--aux-genes FILE] [--quiet]\n\n" +
+      "  DIR             patches named {section}_{x}_{y}.{tif,png,jpg}\n" +
+      "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors\n" +
+      "  --out           output folder (default ./output): target_count_pred.csv, aux_count_pred.csv,\n" +
+      "                  tumor_pred.csv, predictions.npz\n" +
+      "  --batch-size    patches per GPU batch (default 4; × 8 views with tta)\n" +
+      "  --tta           single | tta (8 symmetries, default) | grid (150/75/225 px crops) | grid_tta\n" +
+      "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
+      "  --aux-genes     likewise for the auxiliary head",
+    run: (args) => runPredictPatches(args),
+  },
+  convert: {
+    summary: "convert a PyTorch checkpoint (.pt state dict) to safetensors, with gene names in its metadata",
+    usage: "convert IN.pt OUT.safetensors [--target-genes FILE] [--aux-genes FILE]",
+    run: (args) => runConvert(args),
   },
   bench: {
     summary: "kernel benchmarks against tfjs-webgpu on the same adapter (see bench/main.ts)",

@@ -207,6 +207,28 @@ export class Engine {
     return t;
   }
 
+  /**
+   * Copy `size` elements of `src` (from `srcOffset`) into `dst` at `dstOffset`, in command order (no
+   * kernel: a buffer copy). Used to assemble batches.
+   *
+   * @example
+   * ```ts
+   * engine.copy(view, batch, { dstOffset: k * view.size }); // batch[k] = view
+   * ```
+   */
+  copy(src: Tensor, dst: Tensor, o: { srcOffset?: number; dstOffset?: number; size?: number } = {}): void {
+    const so = o.srcOffset ?? 0, d0 = o.dstOffset ?? 0, n = o.size ?? src.size - so;
+    if (so < 0 || d0 < 0 || so + n > src.size || d0 + n > dst.size) {
+      throw new RangeError(
+        `Cannot copy ${n} elements from [${src.shape}] at ${so} into [${dst.shape}] at ${d0}: out of range`,
+      );
+    }
+    if (n === 0) return;
+    this.#endPass();
+    this.#enc().copyBufferToBuffer(src.buffer, so * 4, dst.buffer, d0 * 4, n * 4);
+    this.#recorded++;
+  }
+
   /** @internal Make a tensor over existing storage and register it with the current scope. */
   wrap(storage: Storage, shape: readonly number[], dtype: DType): Tensor {
     const t = new Tensor(this, storage, shape, dtype);

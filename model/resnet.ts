@@ -198,7 +198,7 @@ export function resnetForward(
 ): Tensor {
   const { stem, blocks } = layout(c);
   const t = options.training;
-  let h = convBn(p, st, stem, x, t, true);
+  const h = convBn(p, st, stem, x, t, true);
   let y = maxPool2d(h, { kernelSize: 3, stride: 2, padding: 1 });
   h.dispose();
   for (const b of blocks) {

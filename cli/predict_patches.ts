@@ -1,0 +1,308 @@
+/**
+ * `he2gene predict-patches DIR --weights CKPT`: HE2Gene's `patch_pred.py` on any WebGPU adapter.
+ *
+ * Every patch `{section}_{x}_{y}.{tif,png,jpg}` in DIR is decoded, resized to 224 × 224 with PIL's
+ * bilinear arithmetic and normalised on the GPU, and predicted in batches; with test-time augmentation
+ * the predictions (and the tumour probability) are averaged over the views:
+ * - `single`: the patch;
+ * - `tta` (default, as the original): the 8 dihedral symmetries of the resized patch;
+ * - `grid`: centred crops of 150, 75 and 225 px, where the patch is large enough;
+ * - `grid_tta`: each crop × 8 symmetries.
+ *
+ * Outputs in `--out`: `target_count_pred.csv`, `aux_count_pred.csv`, `tumor_pred.csv` (the original's
+ * format: index = patch name, `Annotation` = mean probability > 0.5) and `predictions.npz`. Files are
+ * written under temporary names and renamed at the end, so a failure leaves none behind.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { basename, extname, join } from "node:path";
+import { createEngine, type Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { mean } from "../kernels/reduce.ts";
+import type { HE2Gene } from "../model/mod.ts";
+import {
+  centerBox,
+  type CropBox,
+  decodeImage,
+  dihedral,
+  resizeNormalize,
+  type RgbImage,
+  uploadImages,
+} from "../slide/mod.ts";
+import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { loadModel } from "./checkpoint.ts";
+import { Progress } from "./progress.ts";
+import { UsageError } from "./errors.ts";
+
+/** TTA modes. */
+export type Tta = "single" | "tta" | "grid" | "grid_tta";
+const TTAS: Tta[] = ["single", "tta", "grid", "grid_tta"];
+const GRID_WINDOWS = [150, 75, 225];
+const EXTENSIONS = new Set([".tif", ".tiff", ".png", ".jpg", ".jpeg"]);
+
+/** Options of {@linkcode predictPatches}. */
+export interface PredictPatchesOptions {
+  weights: string;
+  out: string;
+  batchSize: number;
+  tta: Tta;
+  targetGenes?: string;
+  auxGenes?: string;
+  quiet?: boolean;
+  engine?: Engine;
+}
+
+/** Predictions for a set of patches, on the host. */
+export interface PatchPredictions {
+  names: string[];
+  targetGenes: string[];
+  auxGenes: string[];
+  /** (P, targetGenes) */
+  target: Float32Array;
+  /** (P, auxGenes) */
+  aux: Float32Array;
+  /** (P,) mean tumour probability over the views */
+  tumorProb: Float32Array;
+}
+
+/** The crop boxes (one per window that fits) of a patch for a TTA mode. */
+export function viewBoxes(img: { width: number; height: number }, tta: Tta): CropBox[] {
+  if (tta === "single" || tta === "tta") return [[0, 0, img.width, img.height]];
+  const fits = GRID_WINDOWS.filter((s) => s <= Math.min(img.width, img.height));
+  if (fits.length === 0) return [[0, 0, img.width, img.height]];
+  return fits.map((s) => centerBox(img.width, img.height, s));
+}
+
+async function readGenes(path: string | undefined): Promise<string[] | undefined> {
+  if (!path) return undefined;
+  const text = await Deno.readTextFile(path);
+  return text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+/**
+ * Predict every patch of `dir` (see the module doc), write the outputs, and return them.
+ *
+ * @example
+ * ```ts
+ * await predictPatches("patches/", { weights: "model_base.pt", out: "output", batchSize: 4, tta: "tta" });
+ * ```
+ */
+export async function predictPatches(dir: string, o: PredictPatchesOptions): Promise<PatchPredictions> {
+  const files: string[] = [];
+  try {
+    for await (const ent of Deno.readDir(dir)) {
+      if (ent.isFile && EXTENSIONS.has(extname(ent.name).toLowerCase())) files.push(ent.name);
+    }
+  } catch (e) {
+    throw new Error(`Cannot read the patch folder ${dir}: ${(e as Error).message}`);
+  }
+  files.sort();
+  if (files.length === 0) throw new Error(`No patches (.tif, .png, .jpg) in ${dir}`);
+  await Deno.mkdir(o.out, { recursive: true });
+  // Fail early on an output folder that cannot be written.
+  await writeAtomic(join(o.out, ".he2gene-write-test"), "").then(() =>
+    Deno.remove(join(o.out, ".he2gene-write-test"))
+  );
+
+  const engine = o.engine ?? await createEngine();
+  const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
+  try {
+    const nT = model.config.targetGenes, nA = model.config.auxGenes;
+    const targetGenes = await geneNames(o.targetGenes, ckT, nT, "target", o.quiet);
+    const auxGenes = await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet);
+    const P = files.length;
+    const out: PatchPredictions = {
+      names: files.map((f) => basename(f).split(".")[0]),
+      targetGenes,
+      auxGenes,
+      target: new Float32Array(P * nT),
+      aux: new Float32Array(P * nA),
+      tumorProb: new Float32Array(P),
+    };
+    const bar = new Progress("patches", P, o.quiet);
+    for (let b0 = 0; b0 < P; b0 += o.batchSize) {
+      const batch = files.slice(b0, b0 + o.batchSize);
+      const images: RgbImage[] = [];
+      for (const f of batch) {
+        const path = join(dir, f);
+        let img: RgbImage;
+        try {
+          img = decodeImage(await Deno.readFile(path), path);
+        } catch (e) {
+          throw new Error(`Cannot read patch ${path}: ${(e as Error).message}`);
+        }
+        for (const w of img.warnings) if (!o.quiet) console.error(`warning: ${path}: ${w}`);
+        if ((img.width !== 150 || img.height !== 150) && !o.quiet) {
+          console.error(
+            `warning: ${path} is ${img.width}×${img.height}, not 150×150; resized to 224 as the original`,
+          );
+        }
+        images.push(img);
+      }
+      // Patches of one size go through the GPU together.
+      const bySize = new Map<string, number[]>();
+      images.forEach((img, i) => {
+        const key = `${img.width}x${img.height}`;
+        bySize.set(key, [...(bySize.get(key) ?? []), i]);
+      });
+      for (const idx of bySize.values()) {
+        const res = await predictGroup(engine, model, idx.map((i) => images[i]), o.tta);
+        idx.forEach((i, j) => {
+          const p = b0 + i;
+          out.target.set(res.target.subarray(j * nT, (j + 1) * nT), p * nT);
+          out.aux.set(res.aux.subarray(j * nA, (j + 1) * nA), p * nA);
+          out.tumorProb[p] = res.tumor[j];
+        });
+      }
+      bar.tick(batch.length);
+    }
+    bar.done();
+    await writeOutputs(o.out, out);
+    return out;
+  } finally {
+    model.dispose();
+    if (!o.engine) engine.destroy();
+  }
+}
+
+async function geneNames(
+  file: string | undefined,
+  fromCheckpoint: string[] | undefined,
+  n: number,
+  what: string,
+  quiet?: boolean,
+): Promise<string[]> {
+  const names = (await readGenes(file)) ?? fromCheckpoint;
+  if (names) {
+    if (names.length !== n) {
+      throw new RangeError(
+        `The ${what} gene list ${file ?? "(checkpoint metadata)"} has ${names.length} names, ` +
+          `but the checkpoint's ${what} head predicts ${n} genes`,
+      );
+    }
+    return names;
+  }
+  if (!quiet) {
+    console.error(
+      `warning: no ${what} gene names (--${what}-genes FILE); columns are ${what}_0 … ${what}_${n - 1}`,
+    );
+  }
+  return Array.from({ length: n }, (_, i) => `${what}_${i}`);
+}
+
+// Views of one size group: boxes × (tta ? 8 : 1), stacked view-major; mean over views on the GPU.
+async function predictGroup(
+  engine: Engine,
+  model: HE2Gene,
+  images: RgbImage[],
+  tta: Tta,
+): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
+  const n = images.length;
+  const boxes = viewBoxes(images[0], tta);
+  const ks = tta === "tta" || tta === "grid_tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
+  const views = boxes.length * ks.length;
+  return await engine.scope(async () => {
+    const src = uploadImages(engine, images);
+    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
+    let v = 0;
+    for (const box of boxes) {
+      const r = resizeNormalize(src, { size: 224, boxes: [box] }); // (n, 3, 224, 224)
+      for (const k of ks) {
+        const d = k === 0 ? r : dihedral(r, k);
+        engine.copy(d, x, { dstOffset: v * d.size });
+        if (d !== r) d.dispose();
+        v++;
+      }
+      r.dispose();
+    }
+    src.dispose();
+    const p = model.predict(x);
+    const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
+    const [target, aux, tumor] = await Promise.all(
+      [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
+    );
+    return { target, aux, tumor };
+  });
+}
+
+/** Write the three CSVs and `predictions.npz` (temporary names, then renamed together). */
+export async function writeOutputs(dir: string, p: PatchPredictions): Promise<void> {
+  const P = p.names.length;
+  const files: [string, string | Uint8Array][] = [
+    ["target_count_pred.csv", csvTable(p.names, p.targetGenes, p.target)],
+    ["aux_count_pred.csv", csvTable(p.names, p.auxGenes, p.aux)],
+    ["tumor_pred.csv", csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5))],
+    [
+      "predictions.npz",
+      encodeNpz({
+        target: { dtype: "f4", shape: [P, p.targetGenes.length], data: p.target },
+        aux: { dtype: "f4", shape: [P, p.auxGenes.length], data: p.aux },
+        tumor_prob: { dtype: "f4", shape: [P], data: p.tumorProb },
+        names: { dtype: "U", shape: [P], data: p.names },
+        target_genes: { dtype: "U", shape: [p.targetGenes.length], data: p.targetGenes },
+        aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
+      }),
+    ],
+  ];
+  // Stage every file first; rename only when all were written.
+  const staged: [string, string][] = [];
+  try {
+    for (const [name, data] of files) {
+      const tmp = join(dir, `.${name}.tmp-${Deno.pid}`);
+      if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+      else await Deno.writeFile(tmp, data);
+      staged.push([tmp, join(dir, name)]);
+    }
+    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
+  } catch (e) {
+    for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
+    throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/** CLI entry: parse arguments and run. */
+export async function runPredictPatches(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      weights: { type: "string" },
+      out: { type: "string", default: "./output" },
+      "batch-size": { type: "string", default: "4" },
+      tta: { type: "string", default: "tta" },
+      "target-genes": { type: "string" },
+      "aux-genes": { type: "string" },
+      quiet: { type: "boolean", default: false },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new UsageError("expected one patch folder (DIR)");
+  if (!values.weights) {
+    throw new UsageError("--weights CKPT is required (model_base.pt, model_spat.pt or .safetensors)");
+  }
+  const tta = values.tta as Tta;
+  if (!TTAS.includes(tta)) {
+    throw new UsageError(`--tta must be one of ${TTAS.join(", ")}, current value is ${values.tta}`);
+  }
+  const batchSize = Number(values["batch-size"]);
+  if (!Number.isInteger(batchSize) || batchSize < 1) {
+    throw new UsageError(`--batch-size must be a positive integer, current value is ${values["batch-size"]}`);
+  }
+  const t0 = performance.now();
+  const p = await predictPatches(positionals[0], {
+    weights: values.weights,
+    out: values.out!,
+    batchSize,
+    tta,
+    targetGenes: values["target-genes"],
+    auxGenes: values["aux-genes"],
+    quiet: values.quiet,
+  });
+  console.log(
+    `${p.names.length} patches (${tta}) in ${
+      ((performance.now() - t0) / 1000).toFixed(1)
+    } s → ${values.out}/` +
+      `{target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz}`,
+  );
+}
