@@ -26,6 +26,7 @@ export {
 } from "./resample.ts";
 export {
   dihedral,
+  dihedralEach,
   DIHEDRAL_NAMES,
   dihedralCpu,
   HE2GENE_MEAN,

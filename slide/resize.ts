@@ -384,6 +384,61 @@ export function dihedral(x: Tensor, k: number): Tensor {
   return y;
 }
 
+// Per-sample symmetry: k of sample n from ks[n] (square images, so shapes do not change).
+function dihedralEachKernel(): Kernel {
+  return cache("dihedral_each", () =>
+    defineKernel({
+      name: "dihedral_each",
+      bindings: [{ name: "x", access: "read" }, { name: "ks", access: "read" }, { name: "y", access: "read_write" }],
+      uniforms: { n: "u32", s: "u32", c: "u32" },
+      workgroupSize: [WG],
+      body: String.raw`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let idx = g.x + g.y * (nwg.x * WG_X);
+  if (idx >= p.n) { return; }
+  let j = idx % p.s;
+  let t = idx / p.s;
+  let i = t % p.s;
+  let nc = t / p.s;
+  let k = u32(ks[nc / p.c]);
+  let rot = (k & 4u) != 0u;
+  var a = select(i, j, rot);
+  var b = select(j, p.s - 1u - i, rot);
+  if ((k & 2u) != 0u) { a = p.s - 1u - a; }
+  if ((k & 1u) != 0u) { b = p.s - 1u - b; }
+  y[idx] = x[(nc * p.s + a) * p.s + b];
+}`,
+    }) as unknown as Kernel);
+}
+
+/**
+ * Apply symmetry `ks[n]` to sample `n` of a square NCHW batch (random flips and 90° rotations for
+ * training, one dispatch for the whole batch).
+ *
+ * @example
+ * ```ts
+ * const augmented = dihedralEach(x, [0, 5, 3, 7]); // x: [4, 3, 224, 224]
+ * ```
+ */
+export function dihedralEach(x: Tensor, ks: readonly number[]): Tensor {
+  const [N, C, H, W] = x.shape;
+  if (x.rank !== 4 || H !== W) throw new RangeError(`Cannot dihedralEach: expected square [N, C, S, S], current shape is [${x.shape}]`);
+  if (ks.length !== N) throw new RangeError(`Cannot dihedralEach: ${ks.length} symmetries for ${N} samples`);
+  for (const k of ks) checkDihedral(x.shape, k);
+  const e = x.engine;
+  const y = e.empty(x.shape, "dihedral_each");
+  if (y.size === 0) return y;
+  const kt = e.tensor(Float32Array.from(ks), [N]);
+  e.run(dihedralEachKernel(), {
+    bindings: [x, kt, y],
+    uniforms: { n: y.size, s: H, c: C },
+    workgroups: grid(y.size, WG),
+    info: `[${x.shape}]`,
+  });
+  kt.dispose();
+  return y;
+}
+
 /** CPU reference of {@linkcode dihedral}. */
 export function dihedralCpu(x: ArrayLike<number>, shape: readonly number[], k: number): Float32Array {
   checkDihedral(shape, k);

@@ -3,6 +3,7 @@ import {
   decodeImage,
   dihedral,
   dihedralCpu,
+  dihedralEach,
   HE2GENE_MEAN,
   HE2GENE_STD,
   resizeCpu,
@@ -176,4 +177,15 @@ Deno.test("centerBox places crops as torchvision's CenterCrop", () => {
   assertEquals(centerBox(150, 150, 225), [-38, -38, 187, 187]); // round(-37.5) = -38
   assertEquals(centerBox(300, 300, 225), [38, 38, 263, 263]);
   assertEquals(centerBox(151, 150, 75, 74), [38, 38, 113, 112]);
+});
+
+gpuTest("dihedralEach applies each sample's own symmetry", async (e) => {
+  const shape = [8, 3, 5, 5];
+  const data = rand(8 * 75, 17);
+  const ks = [3, 0, 7, 1, 4, 6, 2, 5];
+  const y = await dihedralEach(e.tensor(data, shape), ks).toArray();
+  ks.forEach((k, n) => {
+    const one = dihedralCpu(data.subarray(n * 75, (n + 1) * 75), [1, 3, 5, 5], k);
+    assertEquals(Array.from(y.subarray(n * 75, (n + 1) * 75)), Array.from(one), `sample ${n} k=${k}`);
+  });
 });
