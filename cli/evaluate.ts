@@ -1,0 +1,617 @@
+/**
+ * `he2gene evaluate PRED --truth FILE.npz | --truth-csv FILE.csv`: score predictions against measured
+ * expression.
+ *
+ * Predictions: our `predictions.npz` (`target`, `aux`, `tumor_prob`, `names`, `target_genes`,
+ * `aux_genes`), or the CSVs of `predict-patches` / the original `patch_pred.py` (`target_count_pred.csv`,
+ * plus `aux_count_pred.csv` and `tumor_pred.csv` beside it when present). PRED is the file or its folder.
+ *
+ * Truth: an NPZ with `target` (or `counts`) `(P, G)`, `names` `(P,)`, `genes` `(G,)` and optionally `tumor`
+ * `(P,)`; or a CSV in the format of `target_count_pred.csv` (index = spot name, header = genes) plus an
+ * optional tumour CSV (`--truth-tumor`, first column True/False or 0/1). Values are compared as given, in the
+ * model's scale (HE2Gene predicts log expression); `--log1p` applies log(1 + x) to the truth first.
+ *
+ * Spots are joined on names and genes on names (each predicted gene is taken from the target head, else the
+ * aux head); what does not join is reported. Pearson r per gene is summarised for the target genes, the aux
+ * genes and all of them: mean and median over genes with a defined r (constant columns give NaN and are
+ * counted), the mean over the top-k genes by mean true expression, and the mean over a `--genes` list
+ * (e.g. the 785 HER2+ HVGs). The tumour ROC AUC uses `tumor_prob` (NPZ) or the 0/1 labels (CSV).
+ * `metrics.json` is written atomically into `--out` (default: the predictions' folder).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { basename, dirname, join } from "node:path";
+import {
+  columnMeans,
+  msePerGene,
+  nanMean,
+  pearsonPerGene,
+  type PearsonSummary,
+  rocAuc,
+  summarize,
+} from "../model/metrics.ts";
+import { type NpyArray, readNpy, readNpz, toNumbers } from "../slide/npy.ts";
+import { writeAtomic } from "../slide/npz.ts";
+import { UsageError } from "./errors.ts";
+
+/** A block of predicted genes (one head). */
+interface Head {
+  name: "target" | "aux";
+  genes: string[];
+  /** (spots, genes) */
+  values: Float32Array;
+}
+
+/** Predictions or truth as read from disk. */
+export interface SpotTable {
+  source: string;
+  names: string[];
+  heads: Head[];
+  /** Tumour score per spot (probability, or 0 / 1 labels) */
+  tumor?: Float32Array;
+  tumorSource?: string;
+}
+
+/** Options of {@linkcode evaluate}. */
+export interface EvaluateOptions {
+  /** predictions.npz, target_count_pred.csv, or their folder */
+  pred: string;
+  truth?: string;
+  truthCsv?: string;
+  truthTumor?: string;
+  /** Gene list (.txt one per line, or .npy of strings) */
+  genes?: string;
+  topK?: number;
+  log1p?: boolean;
+  /** Folder of metrics.json (default: the predictions' folder); null: do not write */
+  out?: string | null;
+  quiet?: boolean;
+}
+
+/** A summary with its MSE, as written in metrics.json. */
+export type HeadMetrics = PearsonSummary & { mse: number };
+
+/** What `evaluate` computes (metrics.json; NaN is written as null). */
+export interface EvaluateResult {
+  predictions: string;
+  truth: string;
+  spots: {
+    predicted: number;
+    truth: number;
+    joined: number;
+    onlyPredicted: number;
+    onlyTruth: number;
+    examplesOnlyPredicted: string[];
+    examplesOnlyTruth: string[];
+  };
+  genes: {
+    predicted: number;
+    truth: number;
+    joined: number;
+    onlyPredicted: number;
+    onlyTruth: number;
+    examplesOnlyTruth: string[];
+  };
+  summary: { target?: HeadMetrics; aux?: HeadMetrics; all: HeadMetrics };
+  tumor: { auc: number; positives: number; negatives: number; accuracy: number; source: string } | null;
+  perGene: { gene: string[]; head: string[]; r: number[]; mse: number[]; meanExpression: number[] };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading
+
+function strings(a: NpyArray | undefined, file: string, key: string): string[] {
+  if (!a) throw new Error(`${file}: no array "${key}"`);
+  if (a.dtype !== "U") throw new Error(`${file}: "${key}" must be strings (<U), current dtype is ${a.dtype}`);
+  if (a.shape.length !== 1) throw new Error(`${file}: "${key}" must be 1-D, current shape is [${a.shape}]`);
+  return a.data;
+}
+
+function matrix(a: NpyArray, file: string, key: string, rows: number, cols: number): Float32Array {
+  if (a.shape.length !== 2 || a.shape[0] !== rows || a.shape[1] !== cols) {
+    throw new Error(
+      `${file}: "${key}" must have shape [${rows}, ${cols}] (names × genes), current shape is [${a.shape}]`,
+    );
+  }
+  if (a.dtype === "U") throw new Error(`${file}: "${key}" must be numeric, current dtype is <U`);
+  return a.dtype === "f4" ? a.data : Float32Array.from(toNumbers(a, key));
+}
+
+function vector(a: NpyArray, file: string, key: string, n: number): Float32Array {
+  if (a.shape.length !== 1 || a.shape[0] !== n) {
+    throw new Error(`${file}: "${key}" must have shape [${n}], current shape is [${a.shape}]`);
+  }
+  if (a.dtype === "U") throw new Error(`${file}: "${key}" must be numeric or bool, current dtype is <U`);
+  return Float32Array.from(toNumbers(a, key));
+}
+
+async function readPredictionsNpz(path: string): Promise<SpotTable> {
+  const z = await readNpz(path);
+  const names = strings(z.names, path, "names");
+  const heads: Head[] = [];
+  for (const [name, gk] of [["target", "target_genes"], ["aux", "aux_genes"]] as const) {
+    if (!z[name]) continue;
+    const genes = strings(z[gk], path, gk);
+    heads.push({ name, genes, values: matrix(z[name], path, name, names.length, genes.length) });
+  }
+  if (heads.length === 0) throw new Error(`${path}: no "target" or "aux" array`);
+  const t: SpotTable = { source: path, names, heads };
+  if (z.tumor_prob) {
+    t.tumor = vector(z.tumor_prob, path, "tumor_prob", names.length);
+    t.tumorSource = "tumor_prob";
+  }
+  return t;
+}
+
+async function readTruthNpz(path: string): Promise<SpotTable> {
+  const z = await readNpz(path);
+  const key = z.target ? "target" : z.counts ? "counts" : null;
+  if (!key) throw new Error(`${path}: no array "target" or "counts" (found ${Object.keys(z).join(", ")})`);
+  const names = strings(z.names, path, "names");
+  const genes = strings(z.genes, path, "genes");
+  const t: SpotTable = {
+    source: path,
+    names,
+    heads: [{ name: "target", genes, values: matrix(z[key], path, key, names.length, genes.length) }],
+  };
+  if (z.tumor) {
+    t.tumor = vector(z.tumor, path, "tumor", names.length);
+    t.tumorSource = "tumor";
+  }
+  return t;
+}
+
+/** Split CSV text into rows of fields (RFC 4180 quotes; `\r\n` or `\n`). */
+export function parseCsv(text: string): string[][] {
+  const rows: string[][] = [];
+  let row: string[] = [], field = "", i = 0, quoted = false;
+  while (i < text.length) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"') {
+        if (text[i + 1] === '"') {
+          field += '"';
+          i += 2;
+          continue;
+        }
+        quoted = false;
+      } else field += c;
+      i++;
+      continue;
+    }
+    if (c === '"') quoted = true;
+    else if (c === ",") {
+      row.push(field);
+      field = "";
+    } else if (c === "\n" || c === "\r") {
+      row.push(field);
+      rows.push(row);
+      row = [];
+      field = "";
+      if (c === "\r" && text[i + 1] === "\n") i++;
+    } else field += c;
+    i++;
+  }
+  if (field.length > 0 || row.length > 0) {
+    row.push(field);
+    rows.push(row);
+  }
+  return rows;
+}
+
+function cell(s: string, file: string, line: number, col: number): number {
+  if (s === "" || s === "nan" || s === "NaN") return NaN;
+  if (s === "True" || s === "true") return 1;
+  if (s === "False" || s === "false") return 0;
+  const v = Number(s);
+  if (Number.isNaN(v)) throw new Error(`${file}: line ${line}, column ${col + 1}: "${s}" is not a number`);
+  return v;
+}
+
+/** Read a pandas CSV (index column, header row) into names × columns. */
+export async function readCsvTable(
+  path: string,
+): Promise<{ names: string[]; columns: string[]; values: Float32Array }> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`Cannot read ${path}: ${(e as Error).message}`);
+  }
+  const rows = parseCsv(text).filter((r) => !(r.length === 1 && r[0] === ""));
+  if (rows.length === 0) throw new Error(`${path}: empty CSV`);
+  const columns = rows[0].slice(1);
+  const names: string[] = [];
+  const values = new Float32Array((rows.length - 1) * columns.length);
+  for (let r = 1; r < rows.length; r++) {
+    if (rows[r].length !== columns.length + 1) {
+      throw new Error(
+        `${path}: line ${r + 1} has ${rows[r].length} fields, the header has ${columns.length + 1}`,
+      );
+    }
+    names.push(rows[r][0]);
+    for (let c = 0; c < columns.length; c++) {
+      values[(r - 1) * columns.length + c] = cell(rows[r][c + 1], path, r + 1, c + 1);
+    }
+  }
+  return { names, columns, values };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function tumorCsv(path: string, names: string[]): Promise<Float32Array> {
+  const t = await readCsvTable(path);
+  if (t.columns.length < 1) throw new Error(`${path}: no tumour column`);
+  const at = new Map(t.names.map((n, i) => [n, i]));
+  return Float32Array.from(names, (n) => {
+    const i = at.get(n);
+    return i === undefined ? NaN : t.values[i * t.columns.length];
+  });
+}
+
+async function readPredictionsCsv(target: string): Promise<SpotTable> {
+  const dir = dirname(target);
+  const t = await readCsvTable(target);
+  const heads: Head[] = [{ name: "target", genes: t.columns, values: t.values }];
+  const auxPath = join(dir, "aux_count_pred.csv");
+  if (basename(target) === "target_count_pred.csv" && await exists(auxPath)) {
+    const a = await readCsvTable(auxPath);
+    if (a.names.join("\n") !== t.names.join("\n")) {
+      throw new Error(`${auxPath}: its spots differ from those of ${target}`);
+    }
+    heads.push({ name: "aux", genes: a.columns, values: a.values });
+  }
+  const table: SpotTable = { source: target, names: t.names, heads };
+  const tumorPath = join(dir, "tumor_pred.csv");
+  if (await exists(tumorPath)) {
+    table.tumor = await tumorCsv(tumorPath, t.names);
+    table.tumorSource = "tumor_pred.csv labels";
+  }
+  return table;
+}
+
+/** Read predictions from predictions.npz, a CSV, or the folder holding them. */
+export async function readPredictions(path: string): Promise<SpotTable> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (e) {
+    throw new Error(`Cannot read the predictions ${path}: ${(e as Error).message}`);
+  }
+  if (info.isDirectory) {
+    if (await exists(join(path, "predictions.npz"))) return readPredictionsNpz(join(path, "predictions.npz"));
+    if (await exists(join(path, "target_count_pred.csv"))) {
+      return readPredictionsCsv(join(path, "target_count_pred.csv"));
+    }
+    throw new Error(`${path}: no predictions.npz or target_count_pred.csv`);
+  }
+  return path.endsWith(".npz") ? readPredictionsNpz(path) : readPredictionsCsv(path);
+}
+
+/** Read a gene list: `.npy` of strings, or text with one gene per line. */
+export async function readGeneList(path: string): Promise<string[]> {
+  if (path.endsWith(".npy")) {
+    const a = await readNpy(path);
+    if (a.dtype !== "U") {
+      throw new Error(`${path}: a gene list must hold strings, current dtype is ${a.dtype}`);
+    }
+    return a.data;
+  }
+  const text = await Deno.readTextFile(path);
+  return text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+function uniqueIndex(names: string[], what: string): Map<string, number> {
+  const m = new Map<string, number>();
+  names.forEach((n, i) => {
+    if (m.has(n)) {
+      throw new Error(`${what}: the name "${n}" appears twice (rows ${m.get(n)! + 1} and ${i + 1})`);
+    }
+    m.set(n, i);
+  });
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scoring
+
+const EXAMPLES = 5;
+
+/**
+ * Join `pred` and `truth` on spot and gene names and compute the metrics (see the module doc).
+ *
+ * @example
+ * ```ts ignore
+ * const res = scorePredictions(await readPredictions("output"), truth, { genes: hvg, topK: 50 });
+ * console.log(res.summary.all.mean, res.tumor?.auc);
+ * ```
+ */
+export function scorePredictions(
+  pred: SpotTable,
+  truth: SpotTable,
+  o: { genes?: string[]; topK?: number; log1p?: boolean } = {},
+): EvaluateResult {
+  const truthSpot = uniqueIndex(truth.names, `${truth.source} (spots)`);
+  const predSpot = uniqueIndex(pred.names, `${pred.source} (spots)`);
+  const spots = pred.names.filter((n) => truthSpot.has(n));
+  const onlyPred = pred.names.filter((n) => !truthSpot.has(n));
+  const onlyTruth = truth.names.filter((n) => !predSpot.has(n));
+  if (spots.length === 0) {
+    throw new Error(
+      `No spot names in common: ${pred.source} has ${pred.names.slice(0, 3).join(", ")}…, ` +
+        `${truth.source} has ${truth.names.slice(0, 3).join(", ")}…`,
+    );
+  }
+  const T = truth.heads[0];
+  const truthGene = uniqueIndex(T.genes, `${truth.source} (genes)`);
+  const G0 = T.genes.length;
+  // Each truth gene from the first head that predicts it.
+  const taken = new Set<string>();
+  const blocks: { head: Head; genes: string[]; predCol: number[]; truthCol: number[] }[] = [];
+  for (const head of pred.heads) {
+    const b = { head, genes: [] as string[], predCol: [] as number[], truthCol: [] as number[] };
+    head.genes.forEach((g, j) => {
+      if (taken.has(g) || !truthGene.has(g)) return;
+      taken.add(g);
+      b.genes.push(g);
+      b.predCol.push(j);
+      b.truthCol.push(truthGene.get(g)!);
+    });
+    blocks.push(b);
+  }
+  const predictedGenes = new Set(pred.heads.flatMap((h) => h.genes));
+  const onlyTruthGenes = T.genes.filter((g) => !predictedGenes.has(g));
+  if (taken.size === 0) {
+    throw new Error(
+      `No gene names in common: ${pred.source} predicts ${pred.heads[0].genes.slice(0, 3).join(", ")}…, ` +
+        `${truth.source} has ${T.genes.slice(0, 3).join(", ")}…`,
+    );
+  }
+
+  const S = spots.length;
+  const perGene: EvaluateResult["perGene"] = { gene: [], head: [], r: [], mse: [], meanExpression: [] };
+  const summary: Partial<EvaluateResult["summary"]> = {};
+  const all = { r: [] as number[], names: [] as string[], me: [] as number[], mse: [] as number[] };
+  for (const b of blocks) {
+    const Gb = b.genes.length;
+    if (Gb === 0) continue;
+    const Gh = b.head.genes.length;
+    const p = new Float32Array(S * Gb), t = new Float32Array(S * Gb);
+    spots.forEach((name, s) => {
+      const ps = predSpot.get(name)! * Gh, ts = truthSpot.get(name)! * G0;
+      for (let g = 0; g < Gb; g++) {
+        p[s * Gb + g] = b.head.values[ps + b.predCol[g]];
+        const v = T.values[ts + b.truthCol[g]];
+        t[s * Gb + g] = o.log1p ? Math.log1p(v) : v;
+      }
+    });
+    const r = pearsonPerGene(p, t, S, Gb);
+    const me = columnMeans(t, S, Gb);
+    const mse = msePerGene(p, t, S, Gb);
+    summary[b.head.name] = {
+      ...summarize(r, { geneNames: b.genes, meanExpression: me, topK: o.topK, genes: o.genes }),
+      mse: nanMean(mse),
+    };
+    for (let g = 0; g < Gb; g++) {
+      perGene.gene.push(b.genes[g]);
+      perGene.head.push(b.head.name);
+      perGene.r.push(r[g]);
+      perGene.mse.push(mse[g]);
+      perGene.meanExpression.push(me[g]);
+      all.r.push(r[g]);
+      all.names.push(b.genes[g]);
+      all.me.push(me[g]);
+      all.mse.push(mse[g]);
+    }
+  }
+  summary.all = {
+    ...summarize(all.r, { geneNames: all.names, meanExpression: all.me, topK: o.topK, genes: o.genes }),
+    mse: nanMean(all.mse),
+  };
+
+  let tumor: EvaluateResult["tumor"] = null;
+  if (pred.tumor && truth.tumor) {
+    const scores: number[] = [], labels: boolean[] = [];
+    for (const name of spots) {
+      const sc = pred.tumor[predSpot.get(name)!], lb = truth.tumor[truthSpot.get(name)!];
+      if (Number.isNaN(sc) || Number.isNaN(lb)) continue;
+      scores.push(sc);
+      labels.push(lb > 0.5);
+    }
+    const positives = labels.filter((l) => l).length;
+    const correct = scores.filter((s, i) => (s > 0.5) === labels[i]).length;
+    tumor = {
+      auc: rocAuc(scores, labels),
+      positives,
+      negatives: labels.length - positives,
+      accuracy: labels.length ? correct / labels.length : NaN,
+      source: pred.tumorSource ?? "",
+    };
+  }
+  return {
+    predictions: pred.source,
+    truth: truth.source,
+    spots: {
+      predicted: pred.names.length,
+      truth: truth.names.length,
+      joined: S,
+      onlyPredicted: onlyPred.length,
+      onlyTruth: onlyTruth.length,
+      examplesOnlyPredicted: onlyPred.slice(0, EXAMPLES),
+      examplesOnlyTruth: onlyTruth.slice(0, EXAMPLES),
+    },
+    genes: {
+      predicted: predictedGenes.size,
+      truth: G0,
+      joined: taken.size,
+      onlyPredicted: predictedGenes.size - taken.size,
+      onlyTruth: onlyTruthGenes.length,
+      examplesOnlyTruth: onlyTruthGenes.slice(0, EXAMPLES),
+    },
+    summary: summary as EvaluateResult["summary"],
+    tumor,
+    perGene,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Output
+
+/** JSON with NaN / ±Infinity written as null. */
+export function toJson(x: unknown): string {
+  return JSON.stringify(x, (_k, v) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 1) + "\n";
+}
+
+const f3 = (v: number | undefined) => v === undefined || Number.isNaN(v) ? "—" : v.toFixed(3);
+
+/** The readable table printed by `evaluate`. */
+export function formatTable(res: EvaluateResult, topK: number): string {
+  const sp = res.spots, ge = res.genes;
+  const lines = [
+    `spots: ${sp.joined} joined (${sp.predicted} predicted, ${sp.truth} in truth; ` +
+    `${sp.onlyPredicted} only predicted, ${sp.onlyTruth} only in truth)`,
+    `genes: ${ge.joined} joined (${ge.predicted} predicted, ${ge.truth} in truth; ` +
+    `${ge.onlyTruth} in truth not predicted)`,
+    "",
+    ["", "genes", "valid", "mean r", "median r", `top-${topK} r`, "list r", "list n", "MSE"]
+      .map((h, i) => i === 0 ? h.padEnd(7) : h.padStart(9)).join(""),
+  ];
+  for (const k of ["target", "aux", "all"] as const) {
+    const s = res.summary[k];
+    if (!s) continue;
+    lines.push(
+      [
+        k.padEnd(7),
+        String(s.n),
+        String(s.valid),
+        f3(s.mean),
+        f3(s.median),
+        f3(s.topK?.mean),
+        f3(s.list?.mean),
+        s.list ? `${s.list.n}/${s.list.listed}` : "—",
+        f3(s.mse),
+      ].map((c, i) => (i === 0 ? c : c.padStart(9))).join(""),
+    );
+  }
+  const nConst = res.summary.all.constant;
+  if (nConst > 0) {
+    lines.push(`(${nConst} genes have a constant predicted or true column: r undefined, left out)`);
+  }
+  if (res.tumor) {
+    const t = res.tumor;
+    lines.push(
+      "",
+      `tumour ROC AUC ${
+        f3(t.auc)
+      } (${t.positives} positive, ${t.negatives} negative spots; from ${t.source}); ` +
+        `accuracy at 0.5: ${f3(t.accuracy)}`,
+    );
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Read, join, score, write `metrics.json` and return the result.
+ *
+ * @example
+ * ```ts ignore
+ * const res = await evaluate({ pred: "output", truth: "truth.npz", genes: "her_hvg_cut_1000.npy" });
+ * ```
+ */
+export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
+  const pred = await readPredictions(o.pred);
+  let truth: SpotTable;
+  if (o.truth) truth = await readTruthNpz(o.truth);
+  else if (o.truthCsv) {
+    const t = await readCsvTable(o.truthCsv);
+    truth = {
+      source: o.truthCsv,
+      names: t.names,
+      heads: [{ name: "target", genes: t.columns, values: t.values }],
+    };
+  } else throw new UsageError("--truth FILE.npz or --truth-csv FILE.csv is required");
+  if (o.truthTumor) {
+    truth.tumor = await tumorCsv(o.truthTumor, truth.names);
+    truth.tumorSource = o.truthTumor;
+  }
+  const genes = o.genes ? await readGeneList(o.genes) : undefined;
+  const res = scorePredictions(pred, truth, { genes, topK: o.topK, log1p: o.log1p });
+  if (o.out !== null) {
+    const dir = o.out ?? dirname(pred.source);
+    await Deno.mkdir(dir, { recursive: true });
+    await writeAtomic(join(dir, "metrics.json"), toJson(res));
+  }
+  return res;
+}
+
+/** CLI entry: parse arguments and run. */
+export async function runEvaluate(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      truth: { type: "string" },
+      "truth-csv": { type: "string" },
+      "truth-tumor": { type: "string" },
+      genes: { type: "string" },
+      "top-k": { type: "string", default: "50" },
+      log1p: { type: "boolean", default: false },
+      out: { type: "string" },
+      quiet: { type: "boolean", default: false },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      "expected one predictions path (predictions.npz, target_count_pred.csv or their folder)",
+    );
+  }
+  if (!values.truth === !values["truth-csv"]) {
+    throw new UsageError("give exactly one of --truth FILE.npz and --truth-csv FILE.csv");
+  }
+  const topK = Number(values["top-k"]);
+  if (!Number.isInteger(topK) || topK < 1) {
+    throw new UsageError(`--top-k must be a positive integer, current value is ${values["top-k"]}`);
+  }
+  const res = await evaluate({
+    pred: positionals[0],
+    truth: values.truth,
+    truthCsv: values["truth-csv"],
+    truthTumor: values["truth-tumor"],
+    genes: values.genes,
+    topK,
+    log1p: values.log1p,
+    out: values.out,
+    quiet: values.quiet,
+  });
+  const out = join(values.out ?? dirname(res.predictions), "metrics.json");
+  if (!values.quiet) {
+    console.log(formatTable(res, topK));
+    if (res.spots.examplesOnlyPredicted.length) {
+      console.log(`\nspots only predicted, e.g. ${res.spots.examplesOnlyPredicted.join(", ")}`);
+    }
+    if (res.spots.examplesOnlyTruth.length) {
+      console.log(`spots only in truth, e.g. ${res.spots.examplesOnlyTruth.join(", ")}`);
+    }
+    if (res.genes.examplesOnlyTruth.length) {
+      console.log(`genes in truth not predicted, e.g. ${res.genes.examplesOnlyTruth.join(", ")}`);
+    }
+    const list = res.summary.all.list;
+    if (list && list.missing.length) {
+      console.log(
+        `--genes: ${list.missing.length} of ${list.listed} listed genes not joined, e.g. ${
+          list.missing.slice(0, EXAMPLES).join(", ")
+        }`,
+      );
+    }
+  }
+  console.log(`→ ${out}`);
+}
