@@ -13,6 +13,7 @@
  * ```
  * @module
  */
+export { assembleBatch, type BatchOptions } from "./batch.ts";
 export { decodeImage, ImageDecodeError, type RgbImage, sniff } from "./decode.ts";
 export {
   type AxisCoeffs,
@@ -26,9 +27,9 @@ export {
 } from "./resample.ts";
 export {
   dihedral,
-  dihedralEach,
   DIHEDRAL_NAMES,
   dihedralCpu,
+  dihedralEach,
   HE2GENE_MEAN,
   HE2GENE_STD,
   normalizeCpu,
@@ -37,3 +38,26 @@ export {
   type ResizeOptions,
   uploadImages,
 } from "./resize.ts";
+export {
+  decodeNpy,
+  decodeNpz,
+  encodeNpy,
+  encodeNpz,
+  encodeZip,
+  type NpyArray,
+  type NpyDtype,
+  NpyError,
+  readNpy,
+  readNpz,
+  toNumbers,
+} from "./npy.ts";
+export * from "./datasets/mod.ts";
+export {
+  GRID_OFFSETS,
+  type GeneSelection,
+  gridNeighbours,
+  log1pNormalize,
+  type SelectGenesOptions,
+  selectTargetGenes,
+} from "./genes.ts";
+export { cropPatch, type SyntheticSection, syntheticSection } from "./synthetic.ts";

@@ -389,7 +389,10 @@ function dihedralEachKernel(): Kernel {
   return cache("dihedral_each", () =>
     defineKernel({
       name: "dihedral_each",
-      bindings: [{ name: "x", access: "read" }, { name: "ks", access: "read" }, { name: "y", access: "read_write" }],
+      bindings: [{ name: "x", access: "read" }, { name: "ks", access: "read" }, {
+        name: "y",
+        access: "read_write",
+      }],
       uniforms: { n: "u32", s: "u32", c: "u32" },
       workgroupSize: [WG],
       body: String.raw`
@@ -422,7 +425,9 @@ function dihedralEachKernel(): Kernel {
  */
 export function dihedralEach(x: Tensor, ks: readonly number[]): Tensor {
   const [N, C, H, W] = x.shape;
-  if (x.rank !== 4 || H !== W) throw new RangeError(`Cannot dihedralEach: expected square [N, C, S, S], current shape is [${x.shape}]`);
+  if (x.rank !== 4 || H !== W) {
+    throw new RangeError(`Cannot dihedralEach: expected square [N, C, S, S], current shape is [${x.shape}]`);
+  }
   if (ks.length !== N) throw new RangeError(`Cannot dihedralEach: ${ks.length} symmetries for ${N} samples`);
   for (const k of ks) checkDihedral(x.shape, k);
   const e = x.engine;
