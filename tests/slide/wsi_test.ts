@@ -13,6 +13,7 @@
 import { AssertionError } from "node:assert";
 import { gunzipSync } from "node:zlib";
 import { openSlide, SlideError } from "../../slide/wsi.ts";
+import { decompress, num, nums, openFileSource, readTiff, undoPredictor } from "../../slide/tiff.ts";
 import { assertEquals, assertRejects, sharedData } from "../helpers.ts";
 
 /** Mean |jpeg-js − libjpeg-turbo| over a crop, in 8-bit levels. */
@@ -396,5 +397,35 @@ Deno.test("tiled BigTIFF and striped TIFF regions read back exactly; a cut tile 
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("LZW with the horizontal predictor decodes the SVS label exactly as PIL does", async () => {
+  const path = sharedData(manifest.svs.file);
+  if (!path) return;
+  const src = await openFileSource(path);
+  try {
+    const ifd = (await readTiff(src)).ifds[2]; // the label: LZW strips, Predictor 2
+    const w = num(ifd, 256, 0), h = num(ifd, 257, 0), rps = num(ifd, 278, h);
+    const offs = nums(ifd, 273)!, cnts = nums(ifd, 279)!;
+    const out = new Uint8Array(w * h * 3);
+    for (let i = 0; i < offs.length; i++) {
+      const rows = Math.min(rps, h - i * rps);
+      const d = decompress(await src.read(offs[i], cnts[i], "strip"), 5, w * rows * 3, `strip ${i}`);
+      undoPredictor(d, w, rows, 3, 8, true);
+      out.set(d.subarray(0, w * rows * 3), i * rps * w * 3);
+    }
+    const hash = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", out)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    // sha256 of PIL 9.4's Image.open(svs).seek(2).convert("RGB").tobytes(), 387 × 463.
+    assertEquals([w, h, hash], [
+      387,
+      463,
+      "d99082dd23a68f5c988437048de8b3434404e233c6491483650537bc87866fbc",
+    ]);
+  } finally {
+    src.close();
   }
 });
