@@ -12,6 +12,7 @@ import { runInfo } from "./info.ts";
 import { UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
+import { runEvaluate } from "./evaluate.ts";
 
 export { UsageError };
 
@@ -57,6 +58,20 @@ const COMMANDS: Record<string, Command> = {
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
       "  --aux-genes     likewise for the auxiliary head",
     run: (args) => runPredictPatches(args),
+  },
+  evaluate: {
+    summary:
+      "score predictions against measured expression: Pearson r per gene, tumour ROC AUC → metrics.json",
+    usage:
+      "evaluate PRED (--truth FILE.npz | --truth-csv FILE.csv [--truth-tumor FILE.csv]) [--genes FILE]\n" +
+      "       [--top-k 50] [--log1p] [--out DIR] [--quiet]\n\n" +
+      "  PRED          predictions.npz, target_count_pred.csv (aux/tumor CSVs beside it), or their folder\n" +
+      "  --truth       npz: target or counts [P, G], names [P], genes [G], optional tumor [P]\n" +
+      "  --truth-csv   CSV as target_count_pred.csv; --truth-tumor: CSV with a True/False (or 0/1) column\n" +
+      "  --genes       gene list: .txt one per line or .npy of strings (e.g. her_hvg_cut_1000.npy)\n" +
+      "  --log1p       apply log(1 + x) to the truth (raw counts)\n" +
+      "  --out         folder of metrics.json (default: the predictions' folder)",
+    run: (args) => runEvaluate(args),
   },
   convert: {
     summary: "convert a PyTorch checkpoint (.pt state dict) to safetensors, with gene names in its metadata",

@@ -6,3 +6,5 @@
  */
 export * from "./resnet.ts";
 export * from "./he2gene.ts";
+export * from "./metrics.ts";
+export * from "./train.ts";

@@ -53,11 +53,22 @@ export {
 } from "./npy.ts";
 export * from "./datasets/mod.ts";
 export {
-  GRID_OFFSETS,
   type GeneSelection,
+  GRID_OFFSETS,
   gridNeighbours,
   log1pNormalize,
   type SelectGenesOptions,
   selectTargetGenes,
 } from "./genes.ts";
 export { cropPatch, type SyntheticSection, syntheticSection } from "./synthetic.ts";
+export {
+  drawText,
+  encodePng,
+  type GeneMapOptions,
+  geneMapPng,
+  textWidth,
+  VIRIDIS,
+  viridis,
+  zScores,
+} from "./png.ts";
+export { openSlide, type OpenSlideOptions, type Region, type Slide, SlideError, type SlideLevel } from "./wsi.ts";
