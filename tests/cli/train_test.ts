@@ -1,0 +1,76 @@
+import { join } from "node:path";
+import { type SpotTable, trainModel } from "../../cli/train_loop.ts";
+import { TINY } from "../../model/mod.ts";
+import { cropPatch, log1pNormalize, syntheticSection } from "../../slide/mod.ts";
+import { assertEquals, engine } from "../helpers.ts";
+
+function tables() {
+  const sec = syntheticSection({ rows: 6, cols: 6, spacing: 24, genes: 6, seed: 5 });
+  const G = sec.genes.length;
+  const expr = new Float32Array(sec.counts.length);
+  sec.spots.forEach((_, s) => expr.set(log1pNormalize(sec.counts.subarray(s * G, (s + 1) * G)), s * G));
+  const make = (keep: (c: number) => boolean): SpotTable => {
+    const idx = [...sec.spots.keys()].filter((i) => keep(sec.spots[i].array[0]));
+    const cols = (g0: number, g1: number) => {
+      const v = new Float32Array(idx.length * (g1 - g0));
+      idx.forEach((s, r) => v.set(expr.subarray(s * G + g0, s * G + g1), r * (g1 - g0)));
+      return v;
+    };
+    return {
+      names: idx.map((i) => `S_${sec.spots[i].array.join("_")}`),
+      sections: idx.map(() => "S"),
+      grid: idx.map((i) => sec.spots[i].array),
+      patches: idx.map((i) => cropPatch(sec.image, sec.spots[i].pixel[0], sec.spots[i].pixel[1], 24)),
+      targetGenes: sec.genes.slice(0, 2),
+      auxGenes: sec.genes.slice(2),
+      target: cols(0, 2),
+      aux: cols(2, G),
+      tumor: Int8Array.from(idx, (i) => (sec.spots[i].tumor ? 1 : i % 7 === 0 ? -1 : 0)),
+    };
+  };
+  return { train: make((c) => c < 4), val: make((c) => c >= 4) };
+}
+
+const options = (out: string, epochs: number, resume = false) => ({
+  config: { backbone: TINY, variant: "spat" as const, targetGenes: 2, auxGenes: 4 },
+  train: { lr: 1e-3, weightDecay: 1e-4, stepSize: 1, gamma: 0.5, clipNorm: 1, auxWeight: 20, tmrWeight: 1, spatWeight: 0.01 },
+  batchSize: 8,
+  epochs,
+  patience: 10,
+  imageSize: 32,
+  seed: 3,
+  out,
+  resume,
+  quiet: true,
+});
+
+Deno.test({
+  name: "a resumed run reaches exactly the state of an uninterrupted one (HE2Gene-Spat, StepLR, BN statistics, Adam)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const e = await engine();
+    const { train, val } = tables();
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-train-" });
+    try {
+      const a = await trainModel(e, train, val, options(join(dir, "a"), 3));
+      const b1 = await trainModel(e, train, val, options(join(dir, "b"), 1));
+      b1.model.dispose();
+      const b = await trainModel(e, train, val, options(join(dir, "b"), 3, true));
+      assertEquals(a.history.length, 3);
+      assertEquals(b.history.map((h) => h.valMse), a.history.map((h) => h.valMse));
+      const [sa, sb] = [await a.model.stateDict(), await b.model.stateDict()];
+      for (const [k, v] of sa) assertEquals(sb.get(k)!.data, v.data, k);
+      assertEquals(a.history.every((h) => Number.isFinite(h.trainLoss) && h.lr > 0), true);
+      assertEquals(a.history.map((h) => h.lr), [1e-3, 5e-4, 2.5e-4]);
+      a.model.dispose();
+      b.model.dispose();
+      // --resume with another configuration is refused.
+      let msg = "";
+      await trainModel(e, train, val, { ...options(join(dir, "b"), 3, true), imageSize: 48 }).catch((err) => (msg = err.message));
+      assertEquals(msg.includes("written by another configuration"), true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
