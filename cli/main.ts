@@ -13,6 +13,7 @@ import { UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
 import { runEvaluate } from "./evaluate.ts";
+import { runTrain, TRAIN_USAGE } from "./train.ts";
 
 export { UsageError };
 
@@ -58,6 +59,11 @@ const COMMANDS: Record<string, Command> = {
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
       "  --aux-genes     likewise for the auxiliary head",
     run: (args) => runPredictPatches(args),
+  },
+  train: {
+    summary: "train HE2Gene-Base or HE2Gene-Spat on her2st / HBCIS / Visium data (resumable)",
+    usage: TRAIN_USAGE,
+    run: (args) => runTrain(args),
   },
   evaluate: {
     summary:

@@ -71,4 +71,36 @@ export {
   viridis,
   zScores,
 } from "./png.ts";
-export { openSlide, type OpenSlideOptions, type Region, type Slide, SlideError, type SlideLevel } from "./wsi.ts";
+export {
+  openSlide,
+  type OpenSlideOptions,
+  type Region,
+  type Slide,
+  SlideError,
+  type SlideLevel,
+} from "./wsi.ts";
+export {
+  applyMacenko,
+  applyReinhard,
+  fitMacenko,
+  fitReinhard,
+  MACENKO_DEFAULT_TARGET,
+  macenkoCpu,
+  type MacenkoOptions,
+  type MacenkoTarget,
+  normalizeStain,
+  reinhardCpu,
+  type ReinhardOptions,
+  type ReinhardTarget,
+  type StainMethod,
+  type StainResult,
+} from "./stain.ts";
+export {
+  type SlideThumbnail,
+  type Tile,
+  tileNeighbours,
+  type TileOptions,
+  type TissueMask,
+  tissueMask,
+  tissueTiles,
+} from "./tissue.ts";
