@@ -14,6 +14,7 @@ import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
 import { runEvaluate } from "./evaluate.ts";
 import { runTrain, TRAIN_USAGE } from "./train.ts";
+import { runExtractPatches } from "./extract_patches.ts";
 
 export { UsageError };
 
@@ -59,6 +60,19 @@ const COMMANDS: Record<string, Command> = {
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
       "  --aux-genes     likewise for the auxiliary head",
     run: (args) => runPredictPatches(args),
+  },
+  "extract-patches": {
+    summary: "cut one {section}_{x}_{y}.tif patch per spot from a slide (the original's demo-patch format)",
+    usage:
+      "extract-patches SLIDE --spots FILE --out DIR [--section NAME] [--crop-size 150 | --crop-um UM]\n" +
+      "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--quiet]\n\n" +
+      "  SLIDE        SVS / TIFF / BigTIFF / JPEG / PNG\n" +
+      "  --spots      her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y\n" +
+      "  --section    name prefix (default: the spot file's name up to the first _ or .)\n" +
+      "  --crop-size  patch side in pixels (default 150; top-left = int(px) - 75 as the original)\n" +
+      "  --crop-um    patch side in micrometres (needs the slide's resolution)\n" +
+      "  --stain      stain normalisation on the GPU (default none); reinhard needs --stain-ref",
+    run: (args) => runExtractPatches(args),
   },
   train: {
     summary: "train HE2Gene-Base or HE2Gene-Spat on her2st / HBCIS / Visium data (resumable)",

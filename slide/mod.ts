@@ -104,3 +104,4 @@ export {
   tissueMask,
   tissueTiles,
 } from "./tissue.ts";
+export { encodeRgbTiff } from "./tiff_write.ts";

@@ -33,7 +33,16 @@ function tables() {
 
 const options = (out: string, epochs: number, resume = false) => ({
   config: { backbone: TINY, variant: "spat" as const, targetGenes: 2, auxGenes: 4 },
-  train: { lr: 1e-3, weightDecay: 1e-4, stepSize: 1, gamma: 0.5, clipNorm: 1, auxWeight: 20, tmrWeight: 1, spatWeight: 0.01 },
+  train: {
+    lr: 1e-3,
+    weightDecay: 1e-4,
+    stepSize: 1,
+    gamma: 0.5,
+    clipNorm: 1,
+    auxWeight: 20,
+    tmrWeight: 1,
+    spatWeight: 0.01,
+  },
   batchSize: 8,
   epochs,
   patience: 10,
@@ -45,7 +54,8 @@ const options = (out: string, epochs: number, resume = false) => ({
 });
 
 Deno.test({
-  name: "a resumed run reaches exactly the state of an uninterrupted one (HE2Gene-Spat, StepLR, BN statistics, Adam)",
+  name:
+    "a resumed run reaches exactly the state of an uninterrupted one (HE2Gene-Spat, StepLR, BN statistics, Adam)",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -67,7 +77,9 @@ Deno.test({
       b.model.dispose();
       // --resume with another configuration is refused.
       let msg = "";
-      await trainModel(e, train, val, { ...options(join(dir, "b"), 3, true), imageSize: 48 }).catch((err) => (msg = err.message));
+      await trainModel(e, train, val, { ...options(join(dir, "b"), 3, true), imageSize: 48 }).catch((
+        err,
+      ) => (msg = err.message));
       assertEquals(msg.includes("written by another configuration"), true);
     } finally {
       await Deno.remove(dir, { recursive: true });
