@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { BACKBONES, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
-import { type RgbImage } from "../slide/decode.ts";
+import type { RgbImage } from "../slide/decode.ts";
 import {
   readHbcis,
   readHer2st,
