@@ -124,6 +124,28 @@ function help(): string {
   return lines.join("\n");
 }
 
+/** Edit distance, for "did you mean" suggestions. */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The closest of `options` to `word`, if it is close enough to be a typo. */
+export function suggest(word: string, options: string[]): string | null {
+  let best: string | null = null, bd = Infinity;
+  for (const o of options) {
+    const d = distance(word, o);
+    if (d < bd) [best, bd] = [o, d];
+  }
+  return best !== null && bd <= Math.max(2, Math.floor(word.length / 3)) ? best : null;
+}
+
 /** Run the CLI with `args`; returns the exit code. */
 export async function cli(args: string[]): Promise<number> {
   const [name, ...rest] = args;
@@ -133,7 +155,8 @@ export async function cli(args: string[]): Promise<number> {
   }
   const cmd = COMMANDS[name];
   if (!cmd) {
-    console.error(`Unknown command "${name}".\n\n${help()}`);
+    const s = suggest(name, Object.keys(COMMANDS));
+    console.error(`Unknown command "${name}".${s ? ` Did you mean "${s}"?` : ""}\n\n${help()}`);
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
@@ -146,7 +169,14 @@ export async function cli(args: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error & { code?: string };
     if (err instanceof UsageError || err.code?.startsWith("ERR_PARSE_ARGS")) {
-      console.error(`Usage error: ${err.message}\nUsage: deno task he2gene ${cmd.usage}`);
+      let hint = "";
+      const m = /Unknown option '(--[^']+)'/.exec(err.message);
+      if (m) {
+        const known = [...new Set(cmd.usage.match(/--[a-z0-9-]+/g) ?? [])];
+        const s = suggest(m[1], known);
+        if (s) hint = ` Did you mean ${s}?`;
+      }
+      console.error(`Usage error: ${err.message}.${hint}\nUsage: deno task he2gene ${cmd.usage}`);
       return 2;
     }
     if (err instanceof NoAdapterError || err instanceof GPUFailure) {
