@@ -1,0 +1,669 @@
+/**
+ * `he2gene predict-slide SLIDE --weights CKPT`: predict gene expression and tumour status straight from a
+ * whole-slide image, at given spots or over the whole tissue, without writing patches to disk.
+ *
+ * Where:
+ * - `--spots FILE` (as `extract-patches`): a her2st `*_selection.tsv`, a Visium `tissue_positions(_list).csv`
+ *   or a CSV `x,y,pixel_x,pixel_y`. Each spot's patch is `--crop-size` px (default 150, or `--crop-um`) of
+ *   level 0 with top-left `⌊px⌋ − ⌊size/2⌋`, exactly the patch `extract-patches` writes, so the predictions
+ *   equal `predict-patches` on that folder. Names: `{section}_{x}_{y}` (array coordinates).
+ * - `--tile`: non-overlapping square tiles of `--tile-um` µm (default 100, needs the slide's resolution) or
+ *   `--tile-px` px over the tissue found on a low-resolution thumbnail (saturation + Otsu, see
+ *   slide/tissue.ts); the tile itself is the patch. Names: `{section}_{col}_{row}` (grid position).
+ *
+ * Patches are read from the slide in batches of `--batch-size` (the next batch is read while the GPU works
+ * on the current one; never all at once), optionally stain-normalised on the GPU (`--stain`), resized to
+ * 224 and normalised as the original, and predicted with `--tta single | tta` (8 dihedral views, averaged;
+ * the default).
+ *
+ * Outputs in `--out` (written under temporary names, renamed together at the end): `target_count_pred.csv`,
+ * `aux_count_pred.csv`, `tumor_pred.csv` and `predictions.npz` as `predict-patches`, the npz with
+ * `pixel` `[P, 2]` (level-0 centre x, y; float64) and `grid` `[P, 2]` (array x, y or tile col, row; int32);
+ * with `--h5ad`, `predictions.h5ad` (X = target genes) and `predictions_aux.h5ad` (X = aux genes; AnnData
+ * layers must have X's shape, so the aux head gets its own file), both with `obs` = `tumor_prob`, `tumor`
+ * and `obsm` = `spatial` (pixel), `grid`.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { basename, join } from "node:path";
+import { createEngine, type Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { mean } from "../kernels/reduce.ts";
+import type { HE2Gene } from "../model/mod.ts";
+import { decodeImage, type RgbImage } from "../slide/decode.ts";
+import { dihedral, resizeNormalize, uploadImages } from "../slide/resize.ts";
+import {
+  fitReinhard,
+  MACENKO_DEFAULT_TARGET,
+  type MacenkoTarget,
+  normalizeStain,
+  type ReinhardTarget,
+  type StainMethod,
+} from "../slide/stain.ts";
+import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
+import { openSlide, type Slide } from "../slide/wsi.ts";
+import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { encodeH5ad } from "../slide/h5ad.ts";
+import { loadModel } from "./checkpoint.ts";
+import { parseSpots } from "./extract_patches.ts";
+import { UsageError } from "./errors.ts";
+import { Progress } from "./progress.ts";
+
+/** Test-time augmentation of `predict-slide`: the patch, or its 8 dihedral symmetries (averaged). */
+export type SlideTta = "single" | "tta";
+
+/** One spot or tile: its name, grid position, level-0 centre and the level-0 square it is predicted from. */
+export interface SlidePatch {
+  name: string;
+  /** Array x, y (spots) or tile col, row. */
+  gx: number;
+  gy: number;
+  /** Level-0 centre. */
+  px: number;
+  py: number;
+  /** Level-0 top-left of the patch and its side. */
+  left: number;
+  top: number;
+  size: number;
+}
+
+/** Options of {@linkcode predictSlide}. */
+export interface PredictSlideOptions {
+  weights: string;
+  out: string;
+  /** Spot file; without it the tissue is tiled. */
+  spots?: string;
+  /** Patch side in level-0 pixels at spots (default 150). */
+  cropSize?: number;
+  /** Patch side in µm at spots (needs the slide's resolution); overrides cropSize. */
+  cropUm?: number;
+  /** Tile side in level-0 pixels (tile mode); default: `tileUm` µm. */
+  tilePx?: number;
+  /** Tile side in µm (default 100). */
+  tileUm?: number;
+  /** Smallest tissue fraction of a kept tile (default 0.5). */
+  minTissue?: number;
+  /** Name prefix (default: the spot file's or the slide's name up to the first `_` or `.`). */
+  section?: string;
+  batchSize?: number;
+  tta?: SlideTta;
+  stain?: StainMethod;
+  /** Reference image of `reinhard`. */
+  stainRef?: string;
+  targetGenes?: string;
+  auxGenes?: string;
+  /** Also write predictions.h5ad and predictions_aux.h5ad. */
+  h5ad?: boolean;
+  /** Microns per pixel at level 0, overriding the file's. */
+  mpp?: number;
+  quiet?: boolean;
+  engine?: Engine;
+}
+
+/** Predictions at the patches of a slide, on the host. */
+export interface SlidePredictions {
+  names: string[];
+  targetGenes: string[];
+  auxGenes: string[];
+  /** (P, targetGenes) */
+  target: Float32Array;
+  /** (P, auxGenes) */
+  aux: Float32Array;
+  /** (P,) mean tumour probability over the views */
+  tumorProb: Float32Array;
+  /** (P, 2) level-0 centre x, y */
+  pixel: Float64Array;
+  /** (P, 2) array x, y or tile col, row */
+  grid: Int32Array;
+  /** "spots" or "tiles" */
+  mode: "spots" | "tiles";
+  /** Patch side in level-0 pixels. */
+  patchPx: number;
+  slide: string;
+  mpp: number | null;
+}
+
+// ------------------------------------------------------------------------------------------- thumbnails
+
+/** A thumbnail of a level-0 region: `downsample` level-0 pixels per thumbnail pixel, origin `x0, y0`. */
+export interface RegionThumbnail extends SlideThumbnail {
+  x0: number;
+  y0: number;
+}
+
+/**
+ * A low-resolution RGB image of a level-0 region (default the whole slide): the smallest pyramid level
+ * that is at least as fine as `downsample`, box-averaged by the integer factor that brings it closest to
+ * `downsample` from below; single-level images (JPEG, PNG, flat TIFF) are read from level 0 in strips and
+ * box-averaged, so memory stays at one strip.
+ *
+ * @example
+ * ```ts
+ * const slide = await openSlide("CMU-1-Small-Region.svs");
+ * const thumb = await slideThumbnail(slide, { downsample: 16 }); // ≈ 139 × 185, thumb.downsample = 16
+ * ```
+ */
+export async function slideThumbnail(
+  slide: Slide,
+  o: { downsample: number; region?: [number, number, number, number] },
+): Promise<RegionThumbnail> {
+  const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
+  const [rx, ry, rw, rh] = o.region ?? [0, 0, W0, H0];
+  const want = Math.max(1, o.downsample);
+  let k = 0;
+  slide.levels.forEach((l, i) => {
+    if (l.downsample <= want * (1 + 1e-6) && l.downsample > slide.levels[k].downsample) k = i;
+  });
+  const ds = slide.levels[k].downsample;
+  const f = Math.max(1, Math.floor(want / ds + 1e-6));
+  // The region in level-k pixels, and the thumbnail size (whole f × f boxes).
+  const kx = Math.round(rx / ds), ky = Math.round(ry / ds);
+  const kw = Math.max(1, Math.floor(rw / ds)), kh = Math.max(1, Math.floor(rh / ds));
+  const width = Math.max(1, Math.floor(kw / f)), height = Math.max(1, Math.floor(kh / f));
+  const data = new Uint8Array(width * height * 3);
+  // Strips of whole box rows, ≤ ~16 MB of RGB each.
+  const rowsPerStrip = Math.max(1, Math.floor((16 << 20) / (width * f * 3 * f)));
+  const acc = new Uint32Array(width * 3);
+  for (let r0 = 0; r0 < height; r0 += rowsPerStrip) {
+    const nr = Math.min(rowsPerStrip, height - r0);
+    const reg = await slide.readRegion(k, kx, ky + r0 * f, width * f, nr * f);
+    for (let r = 0; r < nr; r++) {
+      acc.fill(0);
+      for (let dy = 0; dy < f; dy++) {
+        const row = (r * f + dy) * reg.width * 3;
+        for (let x = 0; x < width; x++) {
+          for (let dx = 0; dx < f; dx++) {
+            const s = row + (x * f + dx) * 3;
+            acc[3 * x] += reg.data[s];
+            acc[3 * x + 1] += reg.data[s + 1];
+            acc[3 * x + 2] += reg.data[s + 2];
+          }
+        }
+      }
+      const n = f * f, o3 = (r0 + r) * width * 3;
+      for (let i = 0; i < width * 3; i++) data[o3 + i] = Math.round(acc[i] / n);
+    }
+  }
+  return { width, height, data, downsample: ds * f, x0: kx * ds, y0: ky * ds };
+}
+
+// ------------------------------------------------------------------------------------------ the patches
+
+function sectionOf(path: string): string {
+  return basename(path).split(/[_.]/)[0];
+}
+
+/** The patches at the spots of a spot file (spots outside the slide are dropped, with a count). */
+export function spotPatches(
+  text: string,
+  file: string,
+  o: { section: string; size: number; width: number; height: number },
+): { patches: SlidePatch[]; outside: number } {
+  const spots = parseSpots(text, file);
+  const keep = spots.filter((s) => s.px >= 0 && s.py >= 0 && s.px < o.width && s.py < o.height);
+  if (spots.length && keep.length === 0) {
+    throw new Error(
+      `Every spot of ${file} falls outside the slide (${o.width}×${o.height}): wrong slide or pixel scale?`,
+    );
+  }
+  const half = Math.floor(o.size / 2);
+  return {
+    patches: keep.map((s) => ({
+      name: `${o.section}_${s.x}_${s.y}`,
+      gx: s.x,
+      gy: s.y,
+      px: s.px,
+      py: s.py,
+      left: Math.floor(s.px) - half,
+      top: Math.floor(s.py) - half,
+      size: o.size,
+    })),
+    outside: spots.length - keep.length,
+  };
+}
+
+/**
+ * The tissue tiles of a slide: a thumbnail with ≥ 8 thumbnail pixels per tile side (at most 8192 px on its
+ * long side), its tissue mask, and the `tilePx` tiles whose tissue fraction reaches `minTissue`.
+ *
+ * @example
+ * ```ts
+ * const { patches } = await tilePatches(slide, { tilePx: 200, section: "CMU-1" });
+ * ```
+ */
+export async function tilePatches(
+  slide: Slide,
+  o: { tilePx: number; section: string; minTissue?: number },
+): Promise<{ patches: SlidePatch[]; thumbnail: RegionThumbnail; cols: number; rows: number }> {
+  const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
+  const thumbnail = await slideThumbnail(slide, {
+    downsample: Math.max(1, o.tilePx / 8, Math.max(W0, H0) / 8192),
+  });
+  const { tiles, cols, rows } = tissueTiles(thumbnail, {
+    tilePx: o.tilePx,
+    minTissueFraction: o.minTissue ?? 0.5,
+  });
+  const half = o.tilePx / 2;
+  const patches = tiles
+    .filter((t) => t.x + o.tilePx <= W0 && t.y + o.tilePx <= H0)
+    .map((t) => ({
+      name: `${o.section}_${t.col}_${t.row}`,
+      gx: t.col,
+      gy: t.row,
+      px: t.x + half,
+      py: t.y + half,
+      left: t.x,
+      top: t.y,
+      size: o.tilePx,
+    }));
+  return { patches, thumbnail, cols, rows };
+}
+
+async function readPatches(slide: Slide, patches: SlidePatch[]): Promise<RgbImage[]> {
+  const out: RgbImage[] = [];
+  for (const p of patches) {
+    const r = await slide.readRegion(0, p.left, p.top, p.size, p.size);
+    out.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------- prediction
+
+type StainTarget = MacenkoTarget | ReinhardTarget;
+
+/**
+ * Predict one batch of same-size patches: upload, optional stain normalisation, the views (the patch, or its
+ * 8 dihedral symmetries, stacked view-major), the model, and the mean over the views — the op sequence of
+ * `predict-patches`, so both give the same numbers for the same pixels.
+ */
+export async function predictImages(
+  engine: Engine,
+  model: HE2Gene,
+  images: RgbImage[],
+  o: { tta: SlideTta; stain?: StainMethod; stainTarget?: StainTarget },
+): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
+  const n = images.length;
+  const ks = o.tta === "tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
+  const views = ks.length;
+  return await engine.scope(async () => {
+    let src = uploadImages(engine, images);
+    if (o.stain && o.stain !== "none") {
+      const res = await normalizeStain(src, o.stain, { target: o.stainTarget });
+      if (res.images !== src) src.dispose();
+      src = res.images;
+    }
+    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
+    const r = resizeNormalize(src, { size: 224, boxes: [[0, 0, images[0].width, images[0].height]] });
+    ks.forEach((k, v) => {
+      const d = k === 0 ? r : dihedral(r, k);
+      engine.copy(d, x, { dstOffset: v * d.size });
+      if (d !== r) d.dispose();
+    });
+    r.dispose();
+    src.dispose();
+    const p = model.predict(x);
+    const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
+    const [target, aux, tumor] = await Promise.all(
+      [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
+    );
+    return { target, aux, tumor };
+  });
+}
+
+async function geneNames(
+  file: string | undefined,
+  fromCheckpoint: string[] | undefined,
+  n: number,
+  what: string,
+  quiet?: boolean,
+): Promise<string[]> {
+  const names = file
+    ? (await Deno.readTextFile(file)).split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0)
+    : fromCheckpoint;
+  if (names) {
+    if (names.length !== n) {
+      throw new RangeError(
+        `The ${what} gene list ${file ?? "(checkpoint metadata)"} has ${names.length} names, ` +
+          `but the checkpoint's ${what} head predicts ${n} genes`,
+      );
+    }
+    return names;
+  }
+  if (!quiet) {
+    console.error(
+      `warning: no ${what} gene names (--${what}-genes FILE); columns are ${what}_0 … ${what}_${n - 1}`,
+    );
+  }
+  return Array.from({ length: n }, (_, i) => `${what}_${i}`);
+}
+
+/**
+ * Predict at the spots or tiles of a slide (see the module doc), write the outputs, and return them.
+ *
+ * @example
+ * ```ts
+ * await predictSlide("C2.jpg", { weights: "model_base.pt", out: "out", spots: "C2_selection.tsv" });
+ * await predictSlide("CMU-1.svs", { weights: "model_base.pt", out: "out-tiles", h5ad: true });
+ * ```
+ */
+export async function predictSlide(path: string, o: PredictSlideOptions): Promise<SlidePredictions> {
+  const batchSize = o.batchSize ?? 4;
+  const tta = o.tta ?? "tta";
+  const stain = o.stain ?? "none";
+  const slide = await openSlide(path, o.mpp ? { mpp: o.mpp } : {});
+  try {
+    const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
+    let patches: SlidePatch[];
+    let patchPx: number;
+    if (o.spots) {
+      patchPx = o.cropSize ?? 150;
+      if (o.cropUm !== undefined) {
+        if (!slide.mpp) {
+          throw new Error(
+            `--crop-um needs the resolution of ${path}, which it does not record; use --crop-size`,
+          );
+        }
+        patchPx = Math.round(o.cropUm / slide.mpp);
+      }
+      if (!Number.isInteger(patchPx) || patchPx < 1) {
+        throw new RangeError(`The crop size must be a positive integer, current value is ${patchPx}`);
+      }
+      let text: string;
+      try {
+        text = await Deno.readTextFile(o.spots);
+      } catch (e) {
+        throw new Error(`Cannot read the spot file ${o.spots}: ${(e as Error).message}`);
+      }
+      const res = spotPatches(text, o.spots, {
+        section: o.section ?? sectionOf(o.spots),
+        size: patchPx,
+        width: W0,
+        height: H0,
+      });
+      patches = res.patches;
+      if (res.outside && !o.quiet) {
+        console.error(`warning: ${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
+      }
+    } else {
+      if (o.tilePx !== undefined) patchPx = o.tilePx;
+      else if (slide.mpp) patchPx = Math.round((o.tileUm ?? 100) / slide.mpp);
+      else {
+        throw new Error(
+          `${path} does not record its resolution, so ${
+            o.tileUm ?? 100
+          } µm tiles have no size in pixels: pass --tile-px or --mpp`,
+        );
+      }
+      if (!Number.isInteger(patchPx) || patchPx < 1) {
+        throw new RangeError(`The tile size must be a positive integer, current value is ${patchPx}`);
+      }
+      const res = await tilePatches(slide, {
+        tilePx: patchPx,
+        section: o.section ?? sectionOf(path),
+        minTissue: o.minTissue,
+      });
+      patches = res.patches;
+      if (!o.quiet) {
+        console.error(
+          `${patches.length} of ${res.cols * res.rows} tiles of ${patchPx} px` +
+            `${slide.mpp ? ` (${(patchPx * slide.mpp).toFixed(0)} µm)` : ""} are on tissue`,
+        );
+      }
+    }
+    if (patches.length === 0) {
+      throw new Error(
+        o.spots ? `No spots in ${o.spots}` : `No tissue found in ${path} (tiles of ${patchPx} px)`,
+      );
+    }
+    await Deno.mkdir(o.out, { recursive: true });
+    await writeAtomic(join(o.out, ".he2gene-write-test"), "").then(() =>
+      Deno.remove(join(o.out, ".he2gene-write-test"))
+    );
+
+    const engine = o.engine ?? await createEngine();
+    let stainTarget: StainTarget | undefined;
+    if (stain === "reinhard") {
+      if (!o.stainRef) throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
+      stainTarget = fitReinhard(decodeImage(await Deno.readFile(o.stainRef), o.stainRef));
+    } else if (stain === "macenko") stainTarget = MACENKO_DEFAULT_TARGET;
+    const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
+    try {
+      const nT = model.config.targetGenes, nA = model.config.auxGenes;
+      const P = patches.length;
+      const out: SlidePredictions = {
+        names: patches.map((p) => p.name),
+        targetGenes: await geneNames(o.targetGenes, ckT, nT, "target", o.quiet),
+        auxGenes: await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet),
+        target: new Float32Array(P * nT),
+        aux: new Float32Array(P * nA),
+        tumorProb: new Float32Array(P),
+        pixel: new Float64Array(P * 2),
+        grid: new Int32Array(P * 2),
+        mode: o.spots ? "spots" : "tiles",
+        patchPx,
+        slide: path,
+        mpp: slide.mpp,
+      };
+      patches.forEach((p, i) => {
+        out.pixel.set([p.px, p.py], 2 * i);
+        out.grid.set([p.gx, p.gy], 2 * i);
+      });
+      const bar = new Progress(out.mode, P, o.quiet);
+      // Read batch b + 1 while the GPU predicts batch b.
+      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize));
+      let next: Promise<RgbImage[]> | null = read(0);
+      try {
+        for (let b0 = 0; b0 < P; b0 += batchSize) {
+          const images = await next!;
+          next = b0 + batchSize < P ? read(b0 + batchSize) : null;
+          const res = await predictImages(engine, model, images, { tta, stain, stainTarget });
+          out.target.set(res.target, b0 * nT);
+          out.aux.set(res.aux, b0 * nA);
+          out.tumorProb.set(res.tumor, b0);
+          bar.tick(images.length);
+        }
+      } finally {
+        next?.catch(() => {}); // a read still in flight when prediction failed
+      }
+      bar.done();
+      await writeSlideOutputs(o.out, out, { h5ad: o.h5ad });
+      return out;
+    } finally {
+      model.dispose();
+      if (!o.engine) engine.destroy();
+    }
+  } finally {
+    slide.close();
+  }
+}
+
+/** The AnnData files of predictions: X = target genes, and X = aux genes in the second. */
+export async function slideH5ad(p: SlidePredictions): Promise<{ target: Uint8Array; aux: Uint8Array }> {
+  const P = p.names.length;
+  const common = {
+    obsNames: p.names,
+    obs: {
+      tumor_prob: p.tumorProb,
+      tumor: Array.from(p.tumorProb, (v) => v > 0.5),
+    },
+    obsm: {
+      spatial: { data: p.pixel, shape: [P, 2] as [number, number] },
+      grid: { data: p.grid, shape: [P, 2] as [number, number] },
+    },
+    uns: {
+      slide: p.slide,
+      mode: p.mode,
+      patch_px: p.patchPx,
+      ...(p.mpp ? { mpp: p.mpp } : {}),
+    },
+  };
+  return {
+    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes }),
+    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes }),
+  };
+}
+
+/**
+ * Write the three CSVs and `predictions.npz` (with `pixel` and `grid`), and with `h5ad` the two AnnData
+ * files; staged under temporary names and renamed only when all were written.
+ */
+export async function writeSlideOutputs(
+  dir: string,
+  p: SlidePredictions,
+  o: { h5ad?: boolean } = {},
+): Promise<void> {
+  const P = p.names.length;
+  const files: [string, string | Uint8Array][] = [
+    ["target_count_pred.csv", csvTable(p.names, p.targetGenes, p.target)],
+    ["aux_count_pred.csv", csvTable(p.names, p.auxGenes, p.aux)],
+    ["tumor_pred.csv", csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5))],
+    [
+      "predictions.npz",
+      encodeNpz({
+        target: { dtype: "f4", shape: [P, p.targetGenes.length], data: p.target },
+        aux: { dtype: "f4", shape: [P, p.auxGenes.length], data: p.aux },
+        tumor_prob: { dtype: "f4", shape: [P], data: p.tumorProb },
+        names: { dtype: "U", shape: [P], data: p.names },
+        target_genes: { dtype: "U", shape: [p.targetGenes.length], data: p.targetGenes },
+        aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
+        pixel: { dtype: "f8", shape: [P, 2], data: p.pixel },
+        grid: { dtype: "i4", shape: [P, 2], data: p.grid },
+      }),
+    ],
+  ];
+  if (o.h5ad) {
+    const h = await slideH5ad(p);
+    files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
+  }
+  const staged: [string, string][] = [];
+  try {
+    for (const [name, data] of files) {
+      const tmp = join(dir, `.${name}.tmp-${Deno.pid}`);
+      if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+      else await Deno.writeFile(tmp, data);
+      staged.push([tmp, join(dir, name)]);
+    }
+    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
+  } catch (e) {
+    for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
+    throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/** Usage of `predict-slide` (for cli/main.ts). */
+export const PREDICT_SLIDE_USAGE =
+  "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
+  "       [--tta single|tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX] [--min-tissue 0.5]\n" +
+  "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
+  "       [--target-genes FILE] [--aux-genes FILE] [--quiet]\n\n" +
+  "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
+  "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
+  "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
+  "                patches as extract-patches (--crop-size px, default 150, or --crop-um)\n" +
+  "  --tile        tile the tissue (mask from a thumbnail) with --tile-um (default 100) or --tile-px squares\n" +
+  "  --min-tissue  smallest tissue fraction of a tile (default 0.5)\n" +
+  "  --batch-size  patches read and predicted at a time (default 4; × 8 views with tta)\n" +
+  "  --tta         single | tta (8 symmetries, averaged; default)\n" +
+  "  --stain       stain normalisation on the GPU (default none); reinhard needs --stain-ref\n" +
+  "  --section     name prefix (default: the spot file's or slide's name up to the first _ or .)\n" +
+  "  --mpp         microns per pixel at level 0 (overrides the file's)\n" +
+  "  --out         target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz (with\n" +
+  "                pixel [P,2] and grid [P,2]); --h5ad adds predictions.h5ad (target genes) and\n" +
+  "                predictions_aux.h5ad (aux genes)";
+
+function positiveNumber(v: string | undefined, flag: string, integer = false): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new UsageError(
+      `${flag} must be a positive ${integer ? "integer" : "number"}, current value is ${v}`,
+    );
+  }
+  return n;
+}
+
+/** CLI entry: parse arguments and run. */
+export async function runPredictSlide(args: string[]): Promise<void> {
+  const { values: v, positionals } = parseArgs({
+    args,
+    options: {
+      weights: { type: "string" },
+      spots: { type: "string" },
+      tile: { type: "boolean", default: false },
+      out: { type: "string", default: "./output" },
+      "batch-size": { type: "string", default: "4" },
+      tta: { type: "string", default: "tta" },
+      "crop-size": { type: "string" },
+      "crop-um": { type: "string" },
+      "tile-px": { type: "string" },
+      "tile-um": { type: "string" },
+      "min-tissue": { type: "string" },
+      stain: { type: "string", default: "none" },
+      "stain-ref": { type: "string" },
+      section: { type: "string" },
+      mpp: { type: "string" },
+      h5ad: { type: "boolean", default: false },
+      "target-genes": { type: "string" },
+      "aux-genes": { type: "string" },
+      quiet: { type: "boolean", default: false },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new UsageError("expected one SLIDE");
+  if (!v.weights) {
+    throw new UsageError("--weights CKPT is required (model_base.pt, model_spat.pt or .safetensors)");
+  }
+  if (!v.spots === !v.tile) throw new UsageError("give either --spots FILE or --tile");
+  if (v.tile && (v["crop-size"] || v["crop-um"])) {
+    throw new UsageError("--crop-size / --crop-um apply to --spots; tiles are --tile-px / --tile-um squares");
+  }
+  if (v.spots && (v["tile-px"] || v["tile-um"] || v["min-tissue"])) {
+    throw new UsageError("--tile-px / --tile-um / --min-tissue apply to --tile");
+  }
+  const tta = v.tta as SlideTta;
+  if (tta !== "single" && tta !== "tta") {
+    throw new UsageError(`--tta must be single or tta, current value is ${v.tta}`);
+  }
+  const stain = v.stain as StainMethod;
+  if (!["none", "macenko", "reinhard"].includes(stain)) {
+    throw new UsageError(`--stain must be none, macenko or reinhard, current value is ${v.stain}`);
+  }
+  if (stain === "reinhard" && !v["stain-ref"]) {
+    throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
+  }
+  const minTissue = v["min-tissue"] === undefined ? undefined : Number(v["min-tissue"]);
+  if (minTissue !== undefined && !(minTissue >= 0 && minTissue <= 1)) {
+    throw new UsageError(`--min-tissue must be in [0, 1], current value is ${v["min-tissue"]}`);
+  }
+  const t0 = performance.now();
+  const p = await predictSlide(positionals[0], {
+    weights: v.weights,
+    out: v.out!,
+    spots: v.spots,
+    cropSize: positiveNumber(v["crop-size"], "--crop-size", true),
+    cropUm: positiveNumber(v["crop-um"], "--crop-um"),
+    tilePx: positiveNumber(v["tile-px"], "--tile-px", true),
+    tileUm: positiveNumber(v["tile-um"], "--tile-um"),
+    minTissue,
+    section: v.section,
+    batchSize: positiveNumber(v["batch-size"], "--batch-size", true),
+    tta,
+    stain,
+    stainRef: v["stain-ref"],
+    targetGenes: v["target-genes"],
+    auxGenes: v["aux-genes"],
+    h5ad: v.h5ad,
+    mpp: positiveNumber(v.mpp, "--mpp"),
+    quiet: v.quiet,
+  });
+  console.log(
+    `${p.names.length} ${p.mode} (${tta}, ${p.patchPx} px) in ${
+      ((performance.now() - t0) / 1000).toFixed(1)
+    } s → ` +
+      `${v.out}/{target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz` +
+      `${v.h5ad ? ", predictions.h5ad, predictions_aux.h5ad" : ""}}`,
+  );
+}

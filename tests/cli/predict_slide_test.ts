@@ -1,0 +1,265 @@
+/**
+ * `predict-slide`: at the spots of a her2st section it must give exactly what `extract-patches` then
+ * `predict-patches` give; over the tissue of an SVS its tiles must lie on tissue; with `--h5ad` the AnnData
+ * files must open in Python's anndata.
+ */
+import { join } from "node:path";
+import { predictSlide, runPredictSlide, slideThumbnail, tilePatches } from "../../cli/predict_slide.ts";
+import { predictPatches } from "../../cli/predict_patches.ts";
+import { runExtractPatches } from "../../cli/extract_patches.ts";
+import { saveModel } from "../../cli/checkpoint.ts";
+import { UsageError } from "../../cli/errors.ts";
+import { HE2Gene, TINY } from "../../model/mod.ts";
+import { readNpz } from "../../slide/npy.ts";
+import { readH5ad } from "../../slide/h5ad.ts";
+import { saturation } from "../../slide/tissue.ts";
+import { openSlide } from "../../slide/wsi.ts";
+import { assertEquals, assertRejects, engine, gpuTest, sharedData } from "../helpers.ts";
+
+const PYTHON = "/usr/bin/python3";
+const her2st = sharedData("her2st/data");
+const cmu = sharedData("wsi/CMU-1-Small-Region.svs");
+
+async function python(code: string): Promise<{ ok: boolean; out: string }> {
+  try {
+    const r = await new Deno.Command(PYTHON, { args: ["-c", code], stdout: "piped", stderr: "piped" })
+      .output();
+    const dec = new TextDecoder();
+    return { ok: r.success, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
+  } catch (e) {
+    return { ok: false, out: (e as Error).message };
+  }
+}
+const anndataOk = (await python("import anndata")).ok;
+if (!anndataOk) {
+  console.warn(`skipped: the AnnData checks need ${PYTHON} with anndata (apt-get install python3-anndata)`);
+}
+
+async function tinyCheckpoint(dir: string): Promise<string> {
+  const e = await engine();
+  const model = HE2Gene.init(e, { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 }, 1);
+  const path = join(dir, "tiny.safetensors");
+  await saveModel(model, path, {
+    targetGenes: ["FASN", "ERBB2", "GNAS"],
+    auxGenes: ["a", "b", "c", "d", "e"],
+  });
+  model.dispose();
+  return path;
+}
+
+/** 10 spots of C2 (evenly spaced among the selected ones) as a temp CSV, and the section's image. */
+async function c2Subset(dir: string): Promise<{ slide: string; spots: string; rows: string[][] }> {
+  const img = join(her2st!, "ST-imgs/C/C2");
+  const jpg = [...Deno.readDirSync(img)].find((f) => f.name.endsWith(".jpg"))!.name;
+  const lines = (await Deno.readTextFile(join(her2st!, "ST-spotfiles/C2_selection.tsv"))).trim().split("\n");
+  const head = lines[0].split("\t");
+  const col = (n: string) => head.indexOf(n);
+  const sel = lines.slice(1).map((l) => l.split("\t")).filter((f) => f[col("selected")] === "1");
+  const step = Math.floor(sel.length / 10);
+  const rows = Array.from({ length: 10 }, (_, i) => sel[i * step])
+    .map((f) => [f[col("x")], f[col("y")], f[col("pixel_x")], f[col("pixel_y")]]);
+  const spots = join(dir, "C2_spots.csv");
+  await Deno.writeTextFile(spots, "x,y,pixel_x,pixel_y\n" + rows.map((r) => r.join(",")).join("\n") + "\n");
+  return { slide: join(img, jpg), spots, rows };
+}
+
+gpuTest("predict-slide at her2st spots equals extract-patches + predict-patches exactly", async (e) => {
+  if (!her2st) return console.warn("skipped: needs ../shared/data/her2st/data");
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-" });
+  try {
+    const weights = await tinyCheckpoint(dir);
+    const { slide, spots, rows } = await c2Subset(dir);
+    const out = join(dir, "slide-out");
+    const p = await predictSlide(slide, {
+      weights,
+      out,
+      spots,
+      batchSize: 4,
+      tta: "tta",
+      h5ad: true,
+      quiet: true,
+      engine: e,
+    });
+    // Names, coordinates and shapes.
+    assertEquals(p.names, rows.map((r) => `C2_${r[0]}_${r[1]}`));
+    const z = await readNpz(join(out, "predictions.npz"));
+    assertEquals(z.target.shape, [10, 3]);
+    assertEquals(z.aux.shape, [10, 5]);
+    assertEquals(z.tumor_prob.shape, [10]);
+    assertEquals(z.pixel.shape, [10, 2]);
+    assertEquals(z.grid.shape, [10, 2]);
+    assertEquals(Array.from(z.pixel.data as Float64Array), rows.flatMap((r) => [Number(r[2]), Number(r[3])]));
+    assertEquals(Array.from(z.grid.data as Int32Array), rows.flatMap((r) => [Number(r[0]), Number(r[1])]));
+    assertEquals(z.target_genes.data, ["FASN", "ERBB2", "GNAS"]);
+    for (const f of ["target_count_pred.csv", "aux_count_pred.csv", "tumor_pred.csv", "predictions.h5ad"]) {
+      assertEquals((await Deno.stat(join(out, f))).isFile, true, f);
+    }
+    const tumorCsv = (await Deno.readTextFile(join(out, "tumor_pred.csv"))).trim().split("\n");
+    assertEquals(tumorCsv.length, 11);
+
+    // The two-step path on the same spots: identical numbers, spot by spot.
+    const patches = join(dir, "patches");
+    await runExtractPatches([slide, "--spots", spots, "--out", patches, "--quiet"]);
+    const ref = await predictPatches(patches, {
+      weights,
+      out: join(dir, "patch-out"),
+      batchSize: 4,
+      tta: "tta",
+      quiet: true,
+      engine: e,
+    });
+    const at = new Map(ref.names.map((n, i) => [n, i]));
+    p.names.forEach((n, i) => {
+      const j = at.get(n)!;
+      assertEquals(
+        Array.from(p.target.subarray(3 * i, 3 * i + 3)),
+        Array.from(ref.target.subarray(3 * j, 3 * j + 3)),
+        n,
+      );
+      assertEquals(
+        Array.from(p.aux.subarray(5 * i, 5 * i + 5)),
+        Array.from(ref.aux.subarray(5 * j, 5 * j + 5)),
+        n,
+      );
+      assertEquals(p.tumorProb[i], ref.tumorProb[j], n);
+    });
+
+    // The AnnData files: our reader, then Python's anndata.
+    const h = await readH5ad(join(out, "predictions.h5ad"));
+    assertEquals(h.encoding, ["anndata", "0.1.0"]);
+    assertEquals(h.shape, [10, 3]);
+    assertEquals(h.obsNames, p.names);
+    assertEquals(h.varNames, ["FASN", "ERBB2", "GNAS"]);
+    assertEquals(Array.from(h.X), Array.from(p.target));
+    assertEquals(Array.from(h.obsm.spatial.data), Array.from(p.pixel));
+    const aux = await readH5ad(join(out, "predictions_aux.h5ad"));
+    assertEquals(aux.shape, [10, 5]);
+    if (!anndataOk) return;
+    const py = await python(
+      `import anndata, numpy as np\n` +
+        `a = anndata.read_h5ad("${join(out, "predictions.h5ad")}")\n` +
+        `b = anndata.read_h5ad("${join(out, "predictions_aux.h5ad")}")\n` +
+        `z = np.load("${join(out, "predictions.npz")}")\n` +
+        `assert a.shape == (10, 3) and b.shape == (10, 5), (a.shape, b.shape)\n` +
+        `assert a.X.dtype == np.float32 and np.array_equal(a.X, z["target"]) and np.array_equal(b.X, z["aux"])\n` +
+        `assert list(a.obs_names) == list(z["names"]) and list(a.var_names) == ["FASN", "ERBB2", "GNAS"]\n` +
+        `assert np.array_equal(a.obsm["spatial"], z["pixel"]) and np.array_equal(a.obsm["grid"], z["grid"])\n` +
+        `assert np.array_equal(a.obs["tumor_prob"].to_numpy(), z["tumor_prob"])\n` +
+        `assert list(a.obs["tumor"]) == [str(v > 0.5) for v in z["tumor_prob"]]\n` +
+        `print("ok", a.uns["mode"], a.uns["patch_px"])`,
+    );
+    assertEquals(py.out.trim(), "ok spots 150.0", py.out);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+gpuTest("predict-slide --tile on CMU-1-Small-Region puts tiles only on tissue", async (e) => {
+  if (!cmu) return console.warn("skipped: needs ../shared/data/wsi/CMU-1-Small-Region.svs");
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-ptile-" });
+  try {
+    const weights = await tinyCheckpoint(dir);
+    const out = join(dir, "out");
+    const p = await predictSlide(cmu, {
+      weights,
+      out,
+      tileUm: 200,
+      batchSize: 8,
+      tta: "single",
+      quiet: true,
+      engine: e,
+    });
+    const slide = await openSlide(cmu);
+    try {
+      const tilePx = Math.round(200 / slide.mpp!);
+      assertEquals(p.patchPx, tilePx);
+      const { thumbnail, cols, rows } = await tilePatches(slide, { tilePx, section: "CMU-1-Small-Region" });
+      const P = p.names.length;
+      if (!(P > 0 && P < cols * rows)) {
+        throw new Error(`expected some but not all of ${cols * rows} tiles, got ${P}`);
+      }
+      // Each tile: grid ↔ pixel ↔ name agree, and most of its level-0 pixels are saturated (stained).
+      const sat = saturation(thumbnail);
+      const bg = sat.slice().sort()[Math.floor(sat.length * 0.05)]; // glass
+      for (let i = 0; i < P; i++) {
+        const [c, r] = [p.grid[2 * i], p.grid[2 * i + 1]];
+        assertEquals(p.names[i], `CMU-1-Small-Region_${c}_${r}`);
+        assertEquals([p.pixel[2 * i], p.pixel[2 * i + 1]], [(c + 0.5) * tilePx, (r + 0.5) * tilePx]);
+        const reg = await slide.readRegion(0, c * tilePx, r * tilePx, tilePx, tilePx);
+        const s = saturation(reg);
+        const stained = s.filter((v) => v > bg + 20).length / s.length;
+        if (!(stained > 0.3)) {
+          throw new Error(`tile ${p.names[i]}: only ${stained.toFixed(2)} of it is stained`);
+        }
+      }
+      // And the tiles left out are mostly glass: at least one of them is almost unstained.
+      const kept = new Set(p.names);
+      let glass = 0;
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) {
+          if (kept.has(`CMU-1-Small-Region_${c}_${r}`)) continue;
+          const s = saturation(await slide.readRegion(0, c * tilePx, r * tilePx, tilePx, tilePx));
+          if (s.filter((v) => v > bg + 20).length / s.length < 0.3) glass++;
+        }
+      }
+      if (glass === 0) throw new Error("no glass tile among those left out");
+    } finally {
+      slide.close();
+    }
+    const z = await readNpz(join(out, "predictions.npz"));
+    assertEquals(z.pixel.shape, [p.names.length, 2]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "a thumbnail of a single-level image is its box average",
+  ignore: !her2st,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const img = join(her2st!, "ST-imgs/C/C2");
+    const jpg = [...Deno.readDirSync(img)].find((f) => f.name.endsWith(".jpg"))!.name;
+    const slide = await openSlide(join(img, jpg));
+    try {
+      const t = await slideThumbnail(slide, { downsample: 10, region: [1000, 2000, 505, 300] });
+      assertEquals([t.width, t.height, t.downsample, t.x0, t.y0], [50, 30, 10, 1000, 2000]);
+      const r = await slide.readRegion(0, 1000 + 30, 2000 + 20, 10, 10);
+      const m = [0, 1, 2].map((ch) => {
+        let s = 0;
+        for (let i = 0; i < 100; i++) s += r.data[3 * i + ch];
+        return Math.round(s / 100);
+      });
+      const o = 3 * (2 * 50 + 3);
+      assertEquals(Array.from(t.data.subarray(o, o + 3)), m);
+    } finally {
+      slide.close();
+    }
+  },
+});
+
+Deno.test("predict-slide usage errors: SLIDE, --weights, and one of --spots / --tile", async () => {
+  await assertRejects(() => runPredictSlide(["--weights", "w"]), UsageError, "expected one SLIDE");
+  await assertRejects(() => runPredictSlide(["s.svs", "--tile"]), UsageError, "--weights");
+  await assertRejects(
+    () => runPredictSlide(["s.svs", "--weights", "w"]),
+    UsageError,
+    "--spots FILE or --tile",
+  );
+  await assertRejects(
+    () => runPredictSlide(["s.svs", "--weights", "w", "--tile", "--spots", "x.csv"]),
+    UsageError,
+    "--spots FILE or --tile",
+  );
+  await assertRejects(
+    () => runPredictSlide(["s.svs", "--weights", "w", "--tile", "--tta", "grid"]),
+    UsageError,
+    "--tta",
+  );
+  await assertRejects(
+    () => runPredictSlide(["s.svs", "--weights", "w", "--tile", "--batch-size", "0"]),
+    UsageError,
+    "--batch-size",
+  );
+});
