@@ -195,7 +195,7 @@ export async function writeH5ad(path: string, a: AnnData): Promise<void> {
   }
 }
 
-/** What {@linkcode readH5ad} returns: X, the two indices, numeric / categorical `obs` columns, `obsm`. */
+/** What {@linkcode readH5ad} returns: X, the two indices, numeric / string / categorical `obs` columns, `obsm`. */
 export interface AnnDataRead {
   X: Float32Array;
   shape: [number, number];
@@ -209,7 +209,7 @@ export interface AnnDataRead {
 
 /**
  * Read the dense parts of an AnnData file written by {@linkcode writeH5ad} (or anndata with a dense X):
- * categorical `obs` columns come back as their category strings.
+ * string and categorical `obs` columns come back as strings (a missing category as "").
  *
  * @example
  * ```ts
@@ -249,7 +249,8 @@ export async function readH5ad(path: string): Promise<AnnDataRead> {
         const cats = [...get(`obs/${k}/categories`).value].map(String);
         const codes = get(`obs/${k}/codes`).value as ArrayLike<number>;
         obs[k] = Array.from(codes, (i) => (i < 0 ? "" : cats[i]));
-      } else obs[k] = Float64Array.from(c.value as ArrayLike<number>, Number);
+      } else if (attr(c, "encoding-type") === "string-array") obs[k] = [...c.value].map(String);
+      else obs[k] = Float64Array.from(c.value as ArrayLike<number>, Number);
     }
     const obsm: Record<string, AnnMatrix> = {};
     const mg = f.get("obsm");
