@@ -10,7 +10,7 @@
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet` (default all three), `--no-peer`, `--reps N`.
+ * `--suite matmul,conv,resnet,slide,train` (default all), `--no-peer`, `--reps N`.
  *
  * @module
  */
@@ -20,6 +20,7 @@ import { chooseMatmulKernel, matmulForward } from "../kernels/matmul.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
+import { benchSlide, printSlideTable, type SlideRow } from "./slide.ts";
 
 interface Shape {
   name: string;
@@ -48,6 +49,7 @@ const SHAPES: Shape[] = [
     note: "32×2048 · (19699×2048)ᵀ, 161 MB weight",
   },
 ];
+const SUITES = ["matmul", "conv", "resnet", "slide", "train"];
 const QUICK = new Set(["256³", "512³", "1024³", "layer1 3×3", "aux head"]);
 
 function median(xs: number[]): number {
@@ -182,7 +184,7 @@ export async function main(args: string[]): Promise<void> {
       shapes: { type: "string" },
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
-      suite: { type: "string", default: "matmul,conv,resnet" },
+      suite: { type: "string", default: "matmul,conv,resnet,slide" },
     },
     strict: true,
   });
@@ -267,6 +269,11 @@ export async function main(args: string[]): Promise<void> {
     log("\nResNet-50 + HE2Gene heads, inference …");
     resnetRows = await benchResNet(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
   }
+  let slideRows: SlideRow[] = [];
+  if (suites.has("slide")) {
+    log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
+    slideRows = await benchSlide(e, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+  }
   peer?.dispose();
   if (values.json) {
     console.log(
@@ -345,6 +352,10 @@ export async function main(args: string[]): Promise<void> {
     if (resnetRows.length) {
       console.log("\nResNet-50 + heads (250 target, 19 699 aux, tumour), inference, seconds per image:");
       printResNetTable(resnetRows, console.log);
+    }
+    if (slideRows.length) {
+      console.log("\nslide I/O and stain normalisation (throughput, wall time):");
+      printSlideTable(slideRows, console.log);
     }
   }
   e.destroy();

@@ -311,7 +311,8 @@ function decodePngRgb(bytes: Uint8Array): RgbImage {
 // ------------------------------------------------------------------------------------------------ JPEG
 
 function decodeJpeg(bytes: Uint8Array): RgbImage {
-  const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 1024 });
+  // jpeg-js refuses images above this working-memory cap; 4 GiB admits the ~92-megapixel her2st slides.
+  const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 4096 });
   const n = img.width * img.height;
   const out = new Uint8Array(n * 3);
   for (let i = 0; i < n; i++) {
