@@ -285,6 +285,7 @@ export async function main(args: string[]): Promise<void> {
           hostCost: host,
           conv: convRows,
           resnet: resnetRows,
+          slide: slideRows,
         },
         null,
         2,
