@@ -15,6 +15,8 @@ import { runPredictPatches } from "./predict_patches.ts";
 import { runEvaluate } from "./evaluate.ts";
 import { runTrain, TRAIN_USAGE } from "./train.ts";
 import { runExtractPatches } from "./extract_patches.ts";
+import { PREDICT_SLIDE_USAGE, runPredictSlide } from "./predict_slide.ts";
+import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
 
 export { UsageError };
 
@@ -60,6 +62,17 @@ const COMMANDS: Record<string, Command> = {
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
       "  --aux-genes     likewise for the auxiliary head",
     run: (args) => runPredictPatches(args),
+  },
+  "predict-slide": {
+    summary:
+      "predict expression and tumour status from a whole slide, at spots or over tissue tiles (CSV, NPZ, h5ad)",
+    usage: PREDICT_SLIDE_USAGE,
+    run: (args) => runPredictSlide(args),
+  },
+  visualize: {
+    summary: "PNG gene maps of predictions over the slide, beside measured expression (Pearson r)",
+    usage: VISUALIZE_USAGE,
+    run: (args) => runVisualize(args),
   },
   "extract-patches": {
     summary: "cut one {section}_{x}_{y}.tif patch per spot from a slide (the original's demo-patch format)",
