@@ -28,7 +28,7 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   demo: {
-    summary: "run the built-in demonstration on this machine's adapter",
+    summary: "the whole method on built-in synthetic data: train tiny HE2Gene-Spat, predict, gene maps",
     usage: "demo",
     run: async (args) => {
       parseArgs({ args, options: {}, strict: true, allowPositionals: false });
@@ -112,7 +112,7 @@ const COMMANDS: Record<string, Command> = {
     run: (args) => runConvert(args),
   },
   bench: {
-    summary: "kernel benchmarks against tfjs-webgpu on the same adapter (see bench/main.ts)",
+    summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
     usage: "bench [--json] [--quick] [--shapes NAME,…] [--no-peer]",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
@@ -128,7 +128,7 @@ function help(): string {
     "Usage: deno task he2gene <command> [options]",
     "",
     "Commands:",
-    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`),
+    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(16)} ${c.summary}`),
     "",
     "Environment: HE2GENE_BACKEND / DENO_WEBGPU_BACKEND = vulkan|gl|metal|dx12 picks the backend;",
     "             HE2GENE_TRACE=1 prints every GPU dispatch.",
