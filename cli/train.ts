@@ -12,7 +12,9 @@ import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { BACKBONES, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
-import type { RgbImage } from "../slide/decode.ts";
+import { decodeImage, type RgbImage } from "../slide/decode.ts";
+import { uploadImages } from "../slide/resize.ts";
+import { fitMacenko, fitReinhard, MACENKO_DEFAULT_TARGET, normalizeStain, type StainMethod } from "../slide/stain.ts";
 import {
   readHbcis,
   readHer2st,
@@ -44,7 +46,8 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
   --tmr 1 --spat 0.01    tumour BCE weight; spatial-constraint weight (spat only)
   --n-target 250         target genes = top-N by mean count on the training spots, or --target-genes FILE
   --crop-size 150 --image-size 224
-  --stain none           stain normalisation (macenko | reinhard | none)
+  --stain none           stain normalisation of every patch, once, on the GPU (macenko | reinhard | none);
+  --stain-ref IMAGE      reference image for reinhard (macenko uses torchstain's reference unless given)
   --norm-from-data       normalise with the training patches' channel mean/std instead of HE2Gene's
   --seed 0 --out ./runs/he2gene --resume --quiet`;
 
@@ -107,6 +110,7 @@ export async function runTrain(args: string[]): Promise<void> {
       "crop-size": { type: "string", default: "150" },
       "image-size": { type: "string", default: "224" },
       stain: { type: "string", default: "none" },
+      "stain-ref": { type: "string" },
       "norm-from-data": { type: "boolean", default: false },
       seed: { type: "string", default: "0" },
       out: { type: "string", default: "./runs/he2gene" },
@@ -126,9 +130,9 @@ export async function runTrain(args: string[]): Promise<void> {
       `--backbone must be one of ${Object.keys(BACKBONES).join(", ")}, current value is ${v.backbone}`,
     );
   }
-  if (v.stain !== "none") {
-    throw new UsageError(`--stain ${v.stain} is not available in training yet; use --stain none`);
-  }
+  const stain = v.stain as StainMethod;
+  if (!["none", "macenko", "reinhard"].includes(stain)) throw new UsageError(`--stain must be macenko, reinhard or none`);
+  if (stain === "reinhard" && !v["stain-ref"]) throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
   const say = (s: string) => v.quiet || console.error(s);
 
   const ds = await loadDataset(v.dataset, v.root);
@@ -221,6 +225,34 @@ export async function runTrain(args: string[]): Promise<void> {
   }
 
   const engine = await createEngine();
+  if (stain !== "none") {
+    const target = v["stain-ref"]
+      ? (stain === "macenko" ? fitMacenko : fitReinhard)(decodeImage(await Deno.readFile(v["stain-ref"]), v["stain-ref"]))
+      : MACENKO_DEFAULT_TARGET;
+    let skipped = 0;
+    for (const t of [train, val]) {
+      // Patches of one size are normalised together (in chunks that fit one storage binding).
+      for (let i0 = 0; i0 < t.patches.length; i0 += 512) {
+        const part = t.patches.slice(i0, i0 + 512);
+        const packed = uploadImages(engine, part);
+        const res = await normalizeStain(packed, stain, { target });
+        const data = await res.images.toArray();
+        skipped += res.skipped.length;
+        part.forEach((img, k) => {
+          const n = img.width * img.height, o = k * n;
+          for (let p = 0; p < n; p++) {
+            const x = data[o + p];
+            img.data[3 * p] = x % 256;
+            img.data[3 * p + 1] = Math.floor(x / 256) % 256;
+            img.data[3 * p + 2] = Math.floor(x / 65536);
+          }
+        });
+        if (res.images !== packed) res.images.dispose();
+        packed.dispose();
+      }
+    }
+    say(`stain-normalised the patches (${stain})${skipped ? `; ${skipped} with too little tissue left unchanged` : ""}`);
+  }
   const init = v.init ? (await readCheckpoint(v.init)).tensors : undefined;
   const batchSize = num(v["batch-size"], "batch-size", variant === "spat" ? 32 : 256);
   const imageSize = num(v["image-size"], "image-size", 224);
