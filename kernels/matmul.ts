@@ -96,6 +96,9 @@ const UNIFORMS = {
   sc: "u32",
   cOff: "u32", // first C element of this block
   biasOff: "u32",
+  lda: "u32", // row stride of A (K unless a column block of A is read)
+  aOff: "u32", // first column of A (split-K over a large untransposed B)
+  acc: "u32", // 1: C += result (later split-K blocks)
 } as const;
 
 const BINDINGS = (v: Variant) =>
@@ -127,7 +130,9 @@ function genReg(c: RegConfig, v: Variant): string {
   const aDiv = vA ? " / 4u" : "";
   const bDiv = vB ? " / 4u" : "";
   L.push(`  let aBase = batch * (p.sa${aDiv});`, `  let bBase = batch * (p.sb${bDiv});`);
-  for (let i = 0; i < TM; i++) L.push(`  let a${i} = aBase + min(row0 + ${i}u, M - 1u) * (K${aDiv});`);
+  for (let i = 0; i < TM; i++) {
+    L.push(`  let a${i} = aBase + (min(row0 + ${i}u, M - 1u) * p.lda + p.aOff)${aDiv};`);
+  }
   if (!tB) {
     if (vB) {
       for (let j = 0; j < TN / 4; j++) L.push(`  let b${j} = bBase + min(col0 / 4u + ${j}u, N / 4u - 1u);`);
@@ -205,7 +210,9 @@ function genReg(c: RegConfig, v: Variant): string {
     L.push(`  if (row0 + ${i}u < M) {`, `    let r = ${cBase} + (row0 + ${i}u) * p.ldc + col0;`);
     for (let j = 0; j < TN; j++) {
       const val = ACT_WGSL[v.act](v.bias ? `c${i}_${j} + bias${j}` : `c${i}_${j}`);
-      L.push(`    if (col0 + ${j}u < N) { C[r + ${j}u] = ${val}; }`);
+      L.push(
+        `    if (col0 + ${j}u < N) { C[r + ${j}u] = select(${val}, C[r + ${j}u] + ${val}, p.acc == 1u); }`,
+      );
     }
     L.push(`  }`);
   }
@@ -240,7 +247,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       let r = e / ${BK}u; let kk = e % ${BK}u;
       let gm = m0 + r; let gk = k0 + kk;
       var x = 0.0;
-      if (gm < M && gk < K) { x = A[aBase + gm * K + gk]; }
+      if (gm < M && gk < K) { x = A[aBase + gm * p.lda + p.aOff + gk]; }
       As[kk * ${BM}u + r] = x;
     }
     for (var e = li; e < ${BN * BK}u; e += ${NT}u) {
@@ -272,7 +279,10 @@ ${
     if (gm >= M) { continue; }
     for (var j = 0u; j < ${TN}u; j++) {
       let gn = n0 + lid.x + j * ${WX}u;
-      if (gn < N) { C[p.cOff + batch * p.sc + gm * p.ldc + gn] = ${store}; }
+      if (gn < N) {
+        let ci = p.cOff + batch * p.sc + gm * p.ldc + gn;
+        C[ci] = select(${store}, C[ci] + ${store}, p.acc == 1u);
+      }
     }
   }
 }`;
@@ -446,50 +456,80 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     return o.bias || (o.activation && o.activation !== "none") ? epilogueOnly(z, o) : z;
   }
   const tB = !!o.transposeB;
-  const cfg = o.kernel ?? chooseMatmulKernel(e, M, n, k);
-  const reg = cfg.kind === "reg";
-  const variant: Variant = {
-    transB: tB,
-    vecA: reg && k % 4 === 0,
-    vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
-    bias: !!o.bias,
-    act: o.activation ?? "none",
-  };
-  const kernel = matmulKernel(cfg, variant);
-  const sa = aBatched && !fold ? m * k : 0;
-  const sb = bBatched ? k * n : 0;
-  const sc = fold ? 0 : m * n;
-
-  // Blocks: rows of A/C (only when unbatched or folded), and rows of a transposed B (= columns of C).
   const big = (t: Tensor) => t.bytes > e.maxBinding;
+  // Blocks: rows of A/C (unbatched or folded), rows of a transposed B (= columns of C), and for a large
+  // untransposed B its rows (= a K range: C accumulates over the blocks, the epilogue runs once at the end).
   const splitM = nb === 1 && (big(a) || big(out));
   const splitN = nb === 1 && tB && big(b);
-  if ((big(a) || big(out) || big(b)) && !(splitM || splitN) || (big(b) && !splitN)) {
+  const splitK = nb === 1 && !tB && big(b);
+  if ((big(a) || big(out)) && !splitM || big(b) && !(splitN || splitK)) {
     throw new RangeError(
       `Cannot matmul tensors of shapes [${a.shape}] and [${b.shape}]: an operand exceeds one storage binding ` +
         `(${e.maxBinding} bytes) in a layout that cannot be split; use a smaller batch size`,
     );
   }
+  const cfg = o.kernel ?? chooseMatmulKernel(e, M, n, k);
+  const reg = cfg.kind === "reg";
+  const epilogue = !splitK; // with split-K, bias and activation are applied after the last block
+  const variant: Variant = {
+    transB: tB,
+    vecA: reg && k % 4 === 0,
+    vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
+    bias: epilogue && !!o.bias,
+    act: epilogue ? o.activation ?? "none" : "none",
+  };
+  const kernel = matmulKernel(cfg, variant);
+  const sa = aBatched && !fold ? m * k : 0;
+  const sb = bBatched ? k * n : 0;
+  const sc = fold ? 0 : m * n;
   const mBlock = splitM ? alignedBlock(e, [k, n], M) : M;
   const nBlock = splitN ? alignedBlock(e, [k], n) : n;
+  let kBlock = k;
+  if (splitK) {
+    kBlock = alignedBlock(e, [n], k);
+    if (kBlock >= 8) kBlock -= kBlock % 4; // keep vec4 reads of A aligned
+  }
   const biasT = o.bias ?? dummy(e);
   for (let m0 = 0; m0 < M; m0 += mBlock) {
     const mc = Math.min(mBlock, M - m0);
     for (let n0 = 0; n0 < n; n0 += nBlock) {
       const nc = Math.min(nBlock, n - n0);
-      const aBind: Tensor | TensorRange = splitM ? { tensor: a, offset: m0 * k, size: mc * k } : a;
-      const bBind: Tensor | TensorRange = splitN ? { tensor: b, offset: n0 * k, size: nc * k } : b;
-      const cBind: Tensor | TensorRange = splitM ? { tensor: out, offset: m0 * n, size: mc * n } : out;
-      e.run(kernel, {
-        bindings: [aBind, bBind, biasT, cBind],
-        uniforms: { M: mc, N: nc, K: k, ldc: n, sa, sb, sc, cOff: n0, biasOff: n0 },
-        workgroups: workgroups(cfg, mc, nc, nb),
-        info: `[${a.shape}]${o.transposeA ? "ᵀ" : ""}x[${b.shape}]${
-          tB ? "ᵀ" : ""
-        } block m${m0}+${mc} n${n0}+${nc}`,
-      });
+      for (let k0 = 0; k0 < k; k0 += kBlock) {
+        const kc = Math.min(kBlock, k - k0);
+        const aBind: Tensor | TensorRange = splitM ? { tensor: a, offset: m0 * k, size: mc * k } : a;
+        const bBind: Tensor | TensorRange = splitN
+          ? { tensor: b, offset: n0 * k, size: nc * k }
+          : splitK
+          ? { tensor: b, offset: k0 * n, size: kc * n }
+          : b;
+        const cBind: Tensor | TensorRange = splitM ? { tensor: out, offset: m0 * n, size: mc * n } : out;
+        e.run(kernel, {
+          bindings: [aBind, bBind, biasT, cBind],
+          uniforms: {
+            M: mc,
+            N: nc,
+            K: kc,
+            ldc: n,
+            sa,
+            sb,
+            sc,
+            cOff: n0,
+            biasOff: n0,
+            lda: k,
+            aOff: k0,
+            acc: k0 > 0 ? 1 : 0,
+          },
+          workgroups: workgroups(cfg, mc, nc, nb),
+          info:
+            `[${a.shape}]${o.transposeA ? "ᵀ" : ""}x[${b.shape}]${
+              tB ? "ᵀ" : ""
+            } block m${m0}+${mc} n${n0}+${nc}` +
+            (splitK ? ` k${k0}+${kc}` : ""),
+        });
+      }
     }
   }
+  if (splitK && (o.bias || (o.activation && o.activation !== "none"))) return epilogueOnly(out, o);
   return out;
 }
 

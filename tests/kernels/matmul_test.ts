@@ -212,3 +212,26 @@ gpuTest("the kernel table picks register blocks on software adapters and tiles o
     );
   }
 });
+
+gpuTest(
+  "an untransposed B larger than one storage binding is split along K and accumulated (dX of the aux head)",
+  async (e) => {
+    const n = 2048, m = 3, k = Math.ceil(e.maxBinding / 4 / n) + 77; // B: (k, n) just past one binding
+    const a = rand(m * k, 21), w = rand(k * n, 22, -0.05, 0.05), bias = rand(n, 23);
+    const y = await matmulForward(e.tensor(a, [m, k]), e.tensor(w, [k, n]), {
+      bias: e.tensor(bias, [n]),
+      activation: "relu",
+    })
+      .toArray();
+    for (let i = 0; i < m; i++) {
+      for (const j of [0, 1, 777, n - 1]) {
+        let s = bias[j], sc = Math.abs(bias[j]);
+        for (let p = 0; p < k; p++) {
+          s += a[i * k + p] * w[p * n + j];
+          sc += Math.abs(a[i * k + p] * w[p * n + j]);
+        }
+        assertClose([y[i * n + j]], [Math.max(s, 0)], TOL.matmul, `y[${i},${j}]`, [sc]);
+      }
+    }
+  },
+);
