@@ -21,6 +21,7 @@ import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 import { benchSlide, printSlideTable, type SlideRow } from "./slide.ts";
+import { benchTrain, printTrainTable, type TrainRow } from "./train.ts";
 
 interface Shape {
   name: string;
@@ -184,7 +185,7 @@ export async function main(args: string[]): Promise<void> {
       shapes: { type: "string" },
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
-      suite: { type: "string", default: "matmul,conv,resnet,slide" },
+      suite: { type: "string", default: "matmul,conv,resnet,slide,train" },
     },
     strict: true,
   });
@@ -269,6 +270,11 @@ export async function main(args: string[]): Promise<void> {
     log("\nResNet-50 + HE2Gene heads, inference …");
     resnetRows = await benchResNet(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
   }
+  let trainRows: TrainRow[] = [];
+  if (suites.has("train")) {
+    log("\nHE2Gene training step …");
+    trainRows = await benchTrain(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+  }
   let slideRows: SlideRow[] = [];
   if (suites.has("slide")) {
     log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
@@ -286,6 +292,7 @@ export async function main(args: string[]): Promise<void> {
           conv: convRows,
           resnet: resnetRows,
           slide: slideRows,
+          train: trainRows,
         },
         null,
         2,
@@ -353,6 +360,10 @@ export async function main(args: string[]): Promise<void> {
     if (resnetRows.length) {
       console.log("\nResNet-50 + heads (250 target, 19 699 aux, tumour), inference, seconds per image:");
       printResNetTable(resnetRows, console.log);
+    }
+    if (trainRows.length) {
+      console.log("\nHE2Gene training step (forward, backward, clip 1.0, Adam + L2 1e-4), seconds per step:");
+      printTrainTable(trainRows, console.log);
     }
     if (slideRows.length) {
       console.log("\nslide I/O and stain normalisation (throughput, wall time):");
