@@ -99,6 +99,32 @@ export interface PredictSlideOptions {
   mpp?: number;
   quiet?: boolean;
   engine?: Engine;
+  /**
+   * When given, filled with wall-clock milliseconds per stage (added to what is there), see
+   * {@linkcode SLIDE_STAGES}. Timing adds one GPU sync per batch between preprocessing and the model, so
+   * that each stage's GPU work is charged to it; the outputs are the same.
+   */
+  timings?: Record<string, number>;
+}
+
+/**
+ * The stages {@linkcode PredictSlideOptions.timings} reports, in milliseconds of wall clock on the main
+ * loop (they do not overlap, so their sum is about `predictSlide`'s time):
+ * - `open`: `openSlide` (for a JPEG or PNG, the decode of the whole image);
+ * - `setup`: the spot file or the tissue tiling, the engine, the checkpoint read and upload, gene names;
+ * - `read`: waiting for a batch's patches from the slide; the next batch is read while the GPU works on
+ *   the current one, so only the part that is not hidden is counted (`readBusy`, outside the sum, is the
+ *   reading's own time);
+ * - `preprocess`: upload, stain normalisation, resize + normalise and the TTA views, GPU included;
+ * - `model`: forward, mean over the views, readback, and copying into the output arrays;
+ * - `write`: the CSVs, the npz and the h5ad files.
+ */
+export const SLIDE_STAGES = ["open", "setup", "read", "preprocess", "model", "write"] as const;
+
+function addTime(t: Record<string, number> | undefined, key: string, since: number): number {
+  const now = performance.now();
+  if (t) t[key] = (t[key] ?? 0) + (now - since);
+  return now;
 }
 
 /** Predictions at the patches of a slide, on the host. */
@@ -260,10 +286,16 @@ export async function tilePatches(
   return { patches, thumbnail, cols, rows };
 }
 
-async function readPatches(slide: Slide, patches: SlidePatch[]): Promise<RgbImage[]> {
+async function readPatches(
+  slide: Slide,
+  patches: SlidePatch[],
+  timings?: Record<string, number>,
+): Promise<RgbImage[]> {
   const out: RgbImage[] = [];
   for (const p of patches) {
+    const t0 = performance.now();
     const r = await slide.readRegion(0, p.left, p.top, p.size, p.size);
+    addTime(timings, "readBusy", t0);
     out.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
   }
   return out;
@@ -282,12 +314,19 @@ export async function predictImages(
   engine: Engine,
   model: HE2Gene,
   images: RgbImage[],
-  o: { tta: SlideTta; stain?: StainMethod; stainTarget?: StainTarget },
+  o: {
+    tta: SlideTta;
+    stain?: StainMethod;
+    stainTarget?: StainTarget;
+    /** Adds `preprocess` and `model` milliseconds (with a GPU sync between them). */
+    timings?: Record<string, number>;
+  },
 ): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
   const n = images.length;
   const ks = o.tta === "tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
   const views = ks.length;
   return await engine.scope(async () => {
+    let t = performance.now();
     let src = uploadImages(engine, images);
     if (o.stain && o.stain !== "none") {
       const res = await normalizeStain(src, o.stain, { target: o.stainTarget });
@@ -303,11 +342,16 @@ export async function predictImages(
     });
     r.dispose();
     src.dispose();
+    if (o.timings) {
+      await engine.sync();
+      t = addTime(o.timings, "preprocess", t);
+    }
     const p = model.predict(x);
     const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
     const [target, aux, tumor] = await Promise.all(
       [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
     );
+    addTime(o.timings, "model", t);
     return { target, aux, tumor };
   });
 }
@@ -352,7 +396,10 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
   const batchSize = o.batchSize ?? 4;
   const tta = o.tta ?? "tta";
   const stain = o.stain ?? "none";
+  const timings = o.timings;
+  let t = performance.now();
   const slide = await openSlide(path, o.mpp ? { mpp: o.mpp } : {});
+  t = addTime(timings, "open", t);
   try {
     const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
     let patches: SlidePatch[];
@@ -451,24 +498,31 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         out.grid.set([p.gx, p.gy], 2 * i);
       });
       const bar = new Progress(out.mode, P, o.quiet);
+      t = addTime(timings, "setup", t);
       // Read batch b + 1 while the GPU predicts batch b.
-      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize));
+      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize), timings);
       let next: Promise<RgbImage[]> | null = read(0);
       try {
         for (let b0 = 0; b0 < P; b0 += batchSize) {
+          t = performance.now();
           const images = await next!;
           next = b0 + batchSize < P ? read(b0 + batchSize) : null;
-          const res = await predictImages(engine, model, images, { tta, stain, stainTarget });
+          t = addTime(timings, "read", t);
+          const res = await predictImages(engine, model, images, { tta, stain, stainTarget, timings });
+          t = performance.now();
           out.target.set(res.target, b0 * nT);
           out.aux.set(res.aux, b0 * nA);
           out.tumorProb.set(res.tumor, b0);
           bar.tick(images.length);
+          addTime(timings, "model", t);
         }
       } finally {
         next?.catch(() => {}); // a read still in flight when prediction failed
       }
       bar.done();
+      t = performance.now();
       await writeSlideOutputs(o.out, out, { h5ad: o.h5ad });
+      addTime(timings, "write", t);
       return out;
     } finally {
       model.dispose();
