@@ -10,7 +10,7 @@
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet,slide,train` (default all), `--no-peer`, `--reps N`.
+ * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all but slide-predict, which takes ~3 min), `--no-peer`, `--reps N`.
  *
  * @module
  */
@@ -22,6 +22,7 @@ import type { TfjsPeer } from "./peer_tfjs.ts";
 import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 import { benchSlide, printSlideTable, type SlideRow } from "./slide.ts";
 import { benchTrain, printTrainTable, type TrainRow } from "./train.ts";
+import { benchPredictSlide, type PredictSlideRow, printPredictSlideTable } from "./predict_slide.ts";
 
 interface Shape {
   name: string;
@@ -50,7 +51,7 @@ const SHAPES: Shape[] = [
     note: "32×2048 · (19699×2048)ᵀ, 161 MB weight",
   },
 ];
-const SUITES = ["matmul", "conv", "resnet", "slide", "train"];
+const SUITES = ["matmul", "conv", "resnet", "slide", "train", "slide-predict"];
 const QUICK = new Set(["256³", "512³", "1024³", "layer1 3×3", "aux head"]);
 
 function median(xs: number[]): number {
@@ -215,9 +216,7 @@ export async function main(args: string[]): Promise<void> {
   }
   const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
   for (const name of suites) {
-    if (!["matmul", "conv", "resnet"].includes(name)) {
-      throw new Error(`unknown suite "${name}" (matmul, conv, resnet)`);
-    }
+    if (!SUITES.includes(name)) throw new Error(`unknown suite "${name}" (${SUITES.join(", ")})`);
   }
   const rows: Row[] = [];
   for (const s of suites.has("matmul") ? shapes : []) {
@@ -280,6 +279,11 @@ export async function main(args: string[]): Promise<void> {
     log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
     slideRows = await benchSlide(e, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
   }
+  let predictSlideRows: PredictSlideRow[] = [];
+  if (suites.has("slide-predict")) {
+    log("\npredict-slide on her2st C2 (ResNet-50 HE2Gene-Base, --tta single), by stage …");
+    predictSlideRows = await benchPredictSlide(e, { quick: values.quick ?? false, log });
+  }
   peer?.dispose();
   if (values.json) {
     console.log(
@@ -293,6 +297,7 @@ export async function main(args: string[]): Promise<void> {
           resnet: resnetRows,
           slide: slideRows,
           train: trainRows,
+          predictSlide: predictSlideRows,
         },
         null,
         2,
@@ -368,6 +373,10 @@ export async function main(args: string[]): Promise<void> {
     if (slideRows.length) {
       console.log("\nslide I/O and stain normalisation (throughput, wall time):");
       printSlideTable(slideRows, console.log);
+    }
+    if (predictSlideRows.length) {
+      console.log("\npredict-slide, her2st C2, spots per second by stage:");
+      printPredictSlideTable(predictSlideRows, console.log);
     }
   }
   e.destroy();
