@@ -113,7 +113,8 @@ const COMMANDS: Record<string, Command> = {
   },
   bench: {
     summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
-    usage: "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train] [--shapes NAME,…] [--reps N] [--no-peer]",
+    usage:
+      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train] [--shapes NAME,…] [--reps N] [--no-peer]",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
       await main(args);

@@ -14,7 +14,13 @@ import { BACKBONES, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import { uploadImages } from "../slide/resize.ts";
-import { fitMacenko, fitReinhard, MACENKO_DEFAULT_TARGET, normalizeStain, type StainMethod } from "../slide/stain.ts";
+import {
+  fitMacenko,
+  fitReinhard,
+  MACENKO_DEFAULT_TARGET,
+  normalizeStain,
+  type StainMethod,
+} from "../slide/stain.ts";
 import {
   readHbcis,
   readHer2st,
@@ -131,8 +137,12 @@ export async function runTrain(args: string[]): Promise<void> {
     );
   }
   const stain = v.stain as StainMethod;
-  if (!["none", "macenko", "reinhard"].includes(stain)) throw new UsageError(`--stain must be macenko, reinhard or none`);
-  if (stain === "reinhard" && !v["stain-ref"]) throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
+  if (!["none", "macenko", "reinhard"].includes(stain)) {
+    throw new UsageError(`--stain must be macenko, reinhard or none`);
+  }
+  if (stain === "reinhard" && !v["stain-ref"]) {
+    throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
+  }
   const say = (s: string) => v.quiet || console.error(s);
 
   const ds = await loadDataset(v.dataset, v.root);
@@ -227,7 +237,9 @@ export async function runTrain(args: string[]): Promise<void> {
   const engine = await createEngine();
   if (stain !== "none") {
     const target = v["stain-ref"]
-      ? (stain === "macenko" ? fitMacenko : fitReinhard)(decodeImage(await Deno.readFile(v["stain-ref"]), v["stain-ref"]))
+      ? (stain === "macenko" ? fitMacenko : fitReinhard)(
+        decodeImage(await Deno.readFile(v["stain-ref"]), v["stain-ref"]),
+      )
       : MACENKO_DEFAULT_TARGET;
     let skipped = 0;
     for (const t of [train, val]) {
@@ -251,7 +263,11 @@ export async function runTrain(args: string[]): Promise<void> {
         packed.dispose();
       }
     }
-    say(`stain-normalised the patches (${stain})${skipped ? `; ${skipped} with too little tissue left unchanged` : ""}`);
+    say(
+      `stain-normalised the patches (${stain})${
+        skipped ? `; ${skipped} with too little tissue left unchanged` : ""
+      }`,
+    );
   }
   const init = v.init ? (await readCheckpoint(v.init)).tensors : undefined;
   const batchSize = num(v["batch-size"], "batch-size", variant === "spat" ? 32 : 256);
