@@ -14,8 +14,12 @@ import { parseArgs } from "node:util";
 import { basename, join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
-import { uploadImages } from "../slide/resize.ts";
-import { fitReinhard, MACENKO_DEFAULT_TARGET, normalizeStain, type StainMethod } from "../slide/stain.ts";
+import {
+  fitReinhard,
+  MACENKO_DEFAULT_TARGET,
+  normalizeStainImages,
+  type StainMethod,
+} from "../slide/stain.ts";
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { writeAtomic } from "../slide/npz.ts";
@@ -168,21 +172,7 @@ export async function runExtractPatches(args: string[]): Promise<void> {
         if (r.outside) edge++;
         imgs.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
       }
-      if (engine) {
-        const packed = uploadImages(engine, imgs);
-        const res = await normalizeStain(packed, stain, { target });
-        const data = await res.images.toArray();
-        imgs.forEach((img, i) => {
-          for (let p = 0; p < size * size; p++) {
-            const v = data[i * size * size + p];
-            img.data[3 * p] = v % 256;
-            img.data[3 * p + 1] = Math.floor(v / 256) % 256;
-            img.data[3 * p + 2] = Math.floor(v / 65536);
-          }
-        });
-        packed.dispose();
-        if (res.images !== packed) res.images.dispose();
-      }
+      if (engine) await normalizeStainImages(engine, imgs, stain, target);
       for (let i = 0; i < part.length; i++) {
         const s = part[i];
         await writeAtomic(

@@ -13,12 +13,11 @@ import { createEngine } from "../engine/engine.ts";
 import { BACKBONES, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
-import { uploadImages } from "../slide/resize.ts";
 import {
   fitMacenko,
   fitReinhard,
   MACENKO_DEFAULT_TARGET,
-  normalizeStain,
+  normalizeStainImages,
   type StainMethod,
 } from "../slide/stain.ts";
 import {
@@ -245,22 +244,8 @@ export async function runTrain(args: string[]): Promise<void> {
     for (const t of [train, val]) {
       // Patches of one size are normalised together (in chunks that fit one storage binding).
       for (let i0 = 0; i0 < t.patches.length; i0 += 512) {
-        const part = t.patches.slice(i0, i0 + 512);
-        const packed = uploadImages(engine, part);
-        const res = await normalizeStain(packed, stain, { target });
-        const data = await res.images.toArray();
+        const res = await normalizeStainImages(engine, t.patches.slice(i0, i0 + 512), stain, target);
         skipped += res.skipped.length;
-        part.forEach((img, k) => {
-          const n = img.width * img.height, o = k * n;
-          for (let p = 0; p < n; p++) {
-            const x = data[o + p];
-            img.data[3 * p] = x % 256;
-            img.data[3 * p + 1] = Math.floor(x / 256) % 256;
-            img.data[3 * p + 2] = Math.floor(x / 65536);
-          }
-        });
-        if (res.images !== packed) res.images.dispose();
-        packed.dispose();
       }
     }
     say(

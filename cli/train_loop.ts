@@ -11,6 +11,7 @@
  */
 import { join } from "node:path";
 import type { Engine } from "../engine/engine.ts";
+import { mulberry32 } from "../engine/random.ts";
 import { HE2Gene, type HE2GeneConfig, HEAD_KEYS, type HostTensor } from "../model/mod.ts";
 import { DEFAULT_TRAIN, predictEval, type TrainConfig, Trainer } from "../model/train.ts";
 import { pearsonPerGene, rocAuc } from "../model/metrics.ts";
@@ -77,16 +78,7 @@ export interface EpochLog {
   seconds: number;
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 const mix = (...xs: number[]) =>
   xs.reduce((h, x) => Math.imul(h ^ (x + 0x9e3779b9), 0x85ebca6b) >>> 0, 0x12345);

@@ -20,3 +20,4 @@ export {
   zeroGrad,
 } from "./autograd.ts";
 export { checkNumerics, watchNumerics } from "./numerics.ts";
+export { mulberry32 } from "./random.ts";

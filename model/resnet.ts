@@ -17,6 +17,7 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
+import { mulberry32 } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add as addOp, relu } from "../kernels/elementwise.ts";
 import { conv2d, conv2dForward } from "../kernels/conv2d.ts";
@@ -342,14 +343,8 @@ export function initResNet(c: ResNetConfig, seed: number): Map<string, Float32Ar
 
 /** A seeded uniform generator on (0, 1) (mulberry32). */
 export function uniform(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
+  const u = mulberry32(seed);
+  return () => u() + 0.5 / 4294967296; // never 0 (Box–Muller takes a log)
 }
 
 /** A seeded standard-normal generator (mulberry32 + Box–Muller). */

@@ -89,6 +89,7 @@ export {
   type MacenkoOptions,
   type MacenkoTarget,
   normalizeStain,
+  normalizeStainImages,
   reinhardCpu,
   type ReinhardOptions,
   type ReinhardTarget,

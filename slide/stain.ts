@@ -42,6 +42,8 @@
 import { type Engine, grid } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import type { RgbImage } from "./decode.ts";
+import { uploadImages } from "./resize.ts";
 
 /** An 8-bit RGB image (interleaved `R G B …`), as `decodeImage` returns. */
 export interface RgbLike {
@@ -1002,4 +1004,40 @@ export function normalizeStain(
     return applyReinhard(packed, t);
   }
   throw new TypeError(`Cannot normalise stains: unknown method "${method}" (macenko, reinhard, none)`);
+}
+
+/**
+ * Stain-normalise decoded images of one size in place (upload, normalise on the GPU, read back): for
+ * patch pipelines that keep RGB on the host (extract-patches, training). Returns the indices left unchanged.
+ *
+ * @example
+ * ```ts
+ * const { skipped } = await normalizeStainImages(engine, patches, "macenko", MACENKO_DEFAULT_TARGET);
+ * ```
+ */
+export async function normalizeStainImages(
+  engine: Engine,
+  images: Pick<RgbImage, "width" | "height" | "data">[],
+  method: StainMethod,
+  target?: MacenkoTarget | ReinhardTarget,
+): Promise<{ skipped: number[] }> {
+  if (method === "none" || images.length === 0) return { skipped: [] };
+  const packed = uploadImages(engine, images);
+  try {
+    const res = await normalizeStain(packed, method, { target });
+    const data = await res.images.toArray();
+    if (res.images !== packed) res.images.dispose();
+    images.forEach((img, k) => {
+      const n = img.width * img.height, o = k * n;
+      for (let p = 0; p < n; p++) {
+        const v = data[o + p]; // R + 256·G + 65536·B
+        img.data[3 * p] = v % 256;
+        img.data[3 * p + 1] = Math.floor(v / 256) % 256;
+        img.data[3 * p + 2] = Math.floor(v / 65536);
+      }
+    });
+    return { skipped: res.skipped };
+  } finally {
+    packed.dispose();
+  }
 }

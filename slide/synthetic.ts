@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { mulberry32 } from "../engine/random.ts";
 import type { RgbImage } from "./decode.ts";
 
 /** The generated section. */
@@ -22,16 +23,7 @@ export interface SyntheticSection {
   spacing: number;
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 function poisson(lambda: number, u: () => number): number {
   if (lambda > 30) return Math.max(0, Math.round(lambda + Math.sqrt(lambda) * normal(u)));
