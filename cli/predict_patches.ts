@@ -166,7 +166,8 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
   }
 }
 
-async function geneNames(
+/** Gene names for a head: from FILE, else the checkpoint's metadata, else `what_0…` (with a warning). */
+export async function geneNames(
   file: string | undefined,
   fromCheckpoint: string[] | undefined,
   n: number,

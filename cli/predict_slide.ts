@@ -47,6 +47,7 @@ import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { parseSpots } from "./extract_patches.ts";
+import { geneNames } from "./predict_patches.ts";
 import { UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 
@@ -354,33 +355,6 @@ export async function predictImages(
     addTime(o.timings, "model", t);
     return { target, aux, tumor };
   });
-}
-
-async function geneNames(
-  file: string | undefined,
-  fromCheckpoint: string[] | undefined,
-  n: number,
-  what: string,
-  quiet?: boolean,
-): Promise<string[]> {
-  const names = file
-    ? (await Deno.readTextFile(file)).split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0)
-    : fromCheckpoint;
-  if (names) {
-    if (names.length !== n) {
-      throw new RangeError(
-        `The ${what} gene list ${file ?? "(checkpoint metadata)"} has ${names.length} names, ` +
-          `but the checkpoint's ${what} head predicts ${n} genes`,
-      );
-    }
-    return names;
-  }
-  if (!quiet) {
-    console.error(
-      `warning: no ${what} gene names (--${what}-genes FILE); columns are ${what}_0 … ${what}_${n - 1}`,
-    );
-  }
-  return Array.from({ length: n }, (_, i) => `${what}_${i}`);
 }
 
 /**

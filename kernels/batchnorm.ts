@@ -19,6 +19,7 @@
  *
  * @module
  */
+import { checkNCHW } from "./check.ts";
 import { grid } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -343,22 +344,7 @@ ${ENTRY} {
 
 // ---------------------------------------------------------------- launchers
 
-function checkInput(op: string, x: Tensor): [number, number, number, number] {
-  if (!(x instanceof Tensor)) {
-    throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
-  }
-  if (x.rank !== 4) {
-    throw new RangeError(`Cannot ${op}: expected input of shape [N, C, H, W], current value is [${x.shape}]`);
-  }
-  if (x.bytes > x.engine.maxBinding) {
-    throw new RangeError(
-      `Cannot ${op} input of shape [${x.shape}]: ${x.bytes} bytes exceed one storage binding ` +
-        `(${x.engine.maxBinding}); use a smaller batch`,
-    );
-  }
-  const [n, c, h, w] = x.shape;
-  return [n, c, h, w];
-}
+const checkInput = checkNCHW;
 
 function checkChannels(op: string, x: Tensor, what: string, t: Tensor | undefined): void {
   if (!(t instanceof Tensor)) {

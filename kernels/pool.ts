@@ -13,9 +13,10 @@
  *
  * @module
  */
+import { checkNCHW } from "./check.ts";
 import { grid } from "../engine/engine.ts";
 import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
-import { Tensor } from "../engine/tensor.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import { defineOp, isRecording, needsGrad } from "../engine/autograd.ts";
 
 /** Options of {@linkcode maxPool2d}: a number means the same value for height and width. */
@@ -209,22 +210,7 @@ ${ENTRY} {
 const pair = (v: number | readonly [number, number]): [number, number] =>
   typeof v === "number" ? [v, v] : [v[0], v[1]];
 
-function checkInput(op: string, x: Tensor): [number, number, number, number] {
-  if (!(x instanceof Tensor)) {
-    throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
-  }
-  if (x.rank !== 4) {
-    throw new RangeError(`Cannot ${op}: expected input of shape [N, C, H, W], current value is [${x.shape}]`);
-  }
-  if (x.bytes > x.engine.maxBinding) {
-    throw new RangeError(
-      `Cannot ${op} input of shape [${x.shape}]: ${x.bytes} bytes exceed one storage binding ` +
-        `(${x.engine.maxBinding}); use a smaller batch`,
-    );
-  }
-  const [n, c, h, w] = x.shape;
-  return [n, c, h, w];
-}
+const checkInput = checkNCHW;
 
 /**
  * Resolve max-pool options for an input of height `h` and width `w`, with PyTorch's checks and its output
