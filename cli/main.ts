@@ -122,11 +122,18 @@ const COMMANDS: Record<string, Command> = {
   },
 };
 
+/** How the user runs us: `he2gene` from the executable of `deno task compile`, else the task. */
+function prog(): string {
+  const p = Deno.env.get("HE2GENE_PROG");
+  if (p) return p;
+  return Deno.mainModule.includes("deno-compile-") ? "he2gene" : "deno task he2gene";
+}
+
 function help(): string {
   const lines = [
     "he2gene — HE2Gene (Chen et al., Bioinformatics 2024) on WebGPU",
     "",
-    "Usage: deno task he2gene <command> [options]",
+    `Usage: ${prog()} <command> [options]`,
     "",
     "Commands:",
     ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(16)} ${c.summary}`),
@@ -174,7 +181,7 @@ export async function cli(args: string[]): Promise<number> {
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    console.log(`Usage: deno task he2gene ${cmd.usage}\n\n${cmd.summary}`);
+    console.log(`Usage: ${prog()} ${cmd.usage}\n\n${cmd.summary}`);
     return 0;
   }
   try {
@@ -190,7 +197,7 @@ export async function cli(args: string[]): Promise<number> {
         const s = suggest(m[1], known);
         if (s) hint = ` Did you mean ${s}?`;
       }
-      console.error(`Usage error: ${err.message}.${hint}\nUsage: deno task he2gene ${cmd.usage}`);
+      console.error(`Usage error: ${err.message}.${hint}\nUsage: ${prog()} ${cmd.usage}`);
       return 2;
     }
     if (err instanceof NoAdapterError || err instanceof GPUFailure) {
