@@ -5,7 +5,7 @@
  * default), no stain normalisation, no h5ad — broken into the stages `predictSlide` reports through
  * its `timings` option (see `SLIDE_STAGES` in cli/predict_slide.ts), each with its share of the total so
  * that the slowest stage shows:
- * - `open`: `openSlide`, i.e. the jpeg-js decode of the whole 92-megapixel JPEG;
+ * - `open`: `openSlide`, i.e. the libjpeg-turbo (WebAssembly) decode of the whole 92-megapixel JPEG;
  * - `setup`: spot file, checkpoint read + upload (≈ 260 MB), gene names;
  * - `read`: waiting for patches (the next batch is read while the GPU works; `readBusy` is reading's own
  *   time, hidden or not);
@@ -231,7 +231,7 @@ export function printPredictSlideTable(rows: PredictSlideRow[], log: (s: string)
   }
   if (rows.some((r) => r.run !== "skipped")) {
     log(
-      "\nopen = jpeg-js decode of the whole C2 JPEG; setup = checkpoint read + upload; preprocess = " +
+      "\nopen = libjpeg-turbo decode of the whole C2 JPEG; setup = checkpoint read + upload; preprocess = " +
         "upload + resize + views (GPU synced before the model, only when timing); model = forward + " +
         "readback; write = CSVs + npz.\n" +
         `--tta tta (8 views, the CLI default) is not run: preprocess + model grow ~8×${

@@ -6,8 +6,8 @@
  *    in 512 × 512 regions, with a fresh `openSlide` per repetition so the tile cache starts cold.
  *    Python: `openslide.OpenSlide` + `read_region(...).convert("RGB")` per region, fresh handle per rep.
  * 2. `jpeg decode`: megapixels/s decoding her2st's C2 H&E JPEG (9274 × 9911) from bytes already in memory
- *    (`decodeJpegRgb`, jpeg-js, as `openSlide` decodes a JPEG; `decodeImage`'s 1 GiB jpeg-js cap refuses
- *    an image this large). Python: `PIL.Image.open(BytesIO(...)).load()` (libjpeg-turbo).
+ *    (`decodeJpegRgb`, libjpeg-turbo in WebAssembly, as `openSlide` decodes a JPEG). Python:
+ *    `PIL.Image.open(BytesIO(...)).load()` (libjpeg-turbo, native).
  * 3. `extract C2`: patches/s cutting all 187 spots of her2st C2 as `extract-patches` does: `openSlide` (the
  *    whole JPEG is decoded), `readRegion` 150 × 150 per spot, `encodeRgbTiff`, `writeAtomic` into a temp
  *    folder. Python: PIL open + load, `crop` + `save(".tif")` per spot. Decoding dominates both.
@@ -16,7 +16,7 @@
  *    (packing included) + `applyMacenko` + readback + unpacking to RGB bytes. Python: numpy Macenko per image, as torchstain's `NumpyMacenkoNormalizer`
  *    (the same code as `tests/fixtures/stain/make_reference.py`), uint8 RGB in and out.
  *
- * Rows 2 and 3 decode 92 megapixels with jpeg-js (seconds each): they run `min(reps, 2)` repetitions, and
+ * Rows 2 and 3 decode 92 megapixels (about a second each): they run `min(reps, 2)` repetitions, and
  * row 2's runs are row 3's warm-up (Python, at a fraction of a second per decode, warms up once per row). `quick`: rows 1 and 4 only, with 200 patches for row 4.
  *
  * Python runs as `/usr/bin/python3` (needs `--allow-run=/usr/bin/python3`) on a script this file writes

@@ -4,7 +4,8 @@
  *
  * - TIFF ({@link https://www.itu.int/itudoc/itu-t/com16/tiff-fx/docs/tiff6.pdf TIFF 6.0}) through
  *   `utif` 3.1.0: uncompressed, LZW, deflate (8 and the old 32946), PackBits, JPEG (6, 7). First page only.
- * - PNG ({@link https://www.w3.org/TR/png-3/ PNG 3}) through `fast-png`, JPEG through `jpeg-js`.
+ * - PNG ({@link https://www.w3.org/TR/png-3/ PNG 3}) through `fast-png`, JPEG through libjpeg-turbo
+ *   (WebAssembly; PIL's own decoder, so the pixels are PIL's).
  *
  * PIL's conversions reproduced here:
  * - grey (L) → R = G = B; 1/2/4-bit grey is scaled (×255, ×85, ×17); WhiteIsZero TIFF is inverted;
@@ -13,15 +14,14 @@
  *   PIL converts `I` to `L` by clipping, not scaling;
  * - CMYK → RGB with PIL's `cmyk2rgb` (`r = 255 − k − c·(255 − k)/255`, rounded as `MULDIV255`).
  *
- * NOTE: decoded JPEG pixels differ from libjpeg's (PIL) by a few levels: jpeg-js uses its own IDCT and
- * chroma upsampling. utif 3.1.0 always converts 3-channel JPEG-in-TIFF from YCbCr, even when the TIFF says
+ * NOTE: utif 3.1.0 always converts 3-channel JPEG-in-TIFF from YCbCr, even when the TIFF says
  * Photometric = RGB (such files come back with wrong colours; a warning says so).
  *
  * @module
  */
 import UTIF from "utif";
 import { decode as decodePng } from "fast-png";
-import jpeg from "jpeg-js";
+import { decodeJpegRgb } from "./jpeg.ts";
 
 /** An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B R G B …`. */
 export interface RgbImage {
@@ -30,7 +30,7 @@ export interface RgbImage {
   channels: 3;
   /** `width × height × 3` bytes. */
   data: Uint8Array;
-  /** Things the decoder could not reproduce exactly (e.g. a JPEG decoded by jpeg-js, not libjpeg). */
+  /** Things the decoder could not reproduce exactly (e.g. utif's colours for JPEG-in-TIFF). */
   warnings: string[];
 }
 
@@ -56,10 +56,10 @@ export class ImageDecodeError extends Error {
  */
 export function decodeImage(bytes: Uint8Array, name: string): RgbImage {
   const format = sniff(bytes);
+  if (format === "jpeg") return decodeJpeg(bytes, name);
   try {
     if (format === "tiff") return decodeTiff(bytes);
     if (format === "png") return decodePngRgb(bytes);
-    if (format === "jpeg") return decodeJpeg(bytes);
   } catch (e) {
     if (e instanceof ImageDecodeError) {
       throw new ImageDecodeError(`Cannot decode ${name}: ${e.message}`);
@@ -310,21 +310,12 @@ function decodePngRgb(bytes: Uint8Array): RgbImage {
 
 // ------------------------------------------------------------------------------------------------ JPEG
 
-function decodeJpeg(bytes: Uint8Array): RgbImage {
-  // jpeg-js refuses images above this working-memory cap; 4 GiB admits the ~92-megapixel her2st slides.
-  const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 4096 });
-  const n = img.width * img.height;
-  const out = new Uint8Array(n * 3);
-  for (let i = 0; i < n; i++) {
-    out[i * 3] = img.data[i * 4];
-    out[i * 3 + 1] = img.data[i * 4 + 1];
-    out[i * 3 + 2] = img.data[i * 4 + 2];
+function decodeJpeg(bytes: Uint8Array, name: string): RgbImage {
+  let img;
+  try {
+    img = decodeJpegRgb(bytes, name);
+  } catch (e) {
+    throw new ImageDecodeError((e as Error).message);
   }
-  return {
-    width: img.width,
-    height: img.height,
-    channels: 3,
-    data: out,
-    warnings: ["JPEG decoded by jpeg-js, not libjpeg: values may differ from PIL's by a few levels"],
-  };
+  return { width: img.width, height: img.height, channels: 3, data: img.data, warnings: [] };
 }

@@ -13,10 +13,9 @@
  *   RGB step (converting anyway turns tissue magenta); Photometric = YCbCr (6) converts.
  * - `mpp` is Aperio's `MPP = …` from ImageDescription, else XResolution / ResolutionUnit (inch by default,
  *   as TIFF 6.0 says), else null. JPEG / PNG: null unless given in the options.
- * - JPEG / PNG files open as one level: decoded once (jpeg-js / fast-png), the RGB kept.
- *
- * NOTE: jpeg-js differs from libjpeg-turbo (openslide, PIL) by a few levels per pixel: another IDCT and
- * chroma upsampling.
+ * - JPEG / PNG files open as one level: decoded once (libjpeg-turbo / fast-png), the RGB kept.
+ * - JPEG data decode with libjpeg-turbo compiled to WebAssembly (`jpeg.ts`), so pixels equal openslide's
+ *   and PIL's.
  *
  * @module
  */

@@ -2,13 +2,10 @@
  * Whole-slide reading against openslide / PIL (tests/fixtures/wsi, written by make_reference.py from the
  * files in ../shared/data), plus hand-built TIFF / BigTIFF files for layouts the shared files lack.
  *
- * Tolerance for JPEG data, stated once: jpeg-js and libjpeg-turbo (openslide, PIL) use different IDCTs
- * and chroma upsampling, so pixels differ by a few levels; the mean absolute difference over a crop must
- * be ≤ {@linkcode JPEG_MAD} and no sample may be off by more than {@linkcode JPEG_MAX}. Measured: Aperio's
- * RGB tiles (no chroma subsampling) differ by ≤ 1 (mean 0.07); the her2st JPEG (4:2:0) by mean 1.5, max 27,
- * because jpeg-js upsamples chroma by repetition where libjpeg interpolates ("fancy upsampling"), which shows
- * at sharp nuclear edges. A wrong colour conversion (YCbCr applied to Aperio's RGB data) is off by tens of
- * levels. Lossless data must be exact.
+ * JPEG data must equal openslide's and PIL's exactly: all three decode with libjpeg-turbo (ours compiled to
+ * WebAssembly) with the same IDCT (islow) and chroma upsampling (fancy). This covers Aperio's RGB tiles
+ * (a wrong colour conversion, YCbCr applied to RGB data, is off by tens of levels) and the her2st JPEG
+ * (4:2:0). Lossless data must be exact too.
  */
 import { AssertionError } from "node:assert";
 import { gunzipSync } from "node:zlib";
@@ -16,10 +13,10 @@ import { openSlide, SlideError } from "../../slide/wsi.ts";
 import { decompress, num, nums, openFileSource, readTiff, undoPredictor } from "../../slide/tiff.ts";
 import { assertEquals, assertRejects, sharedData } from "../helpers.ts";
 
-/** Mean |jpeg-js − libjpeg-turbo| over a crop, in 8-bit levels. */
-const JPEG_MAD = 2.5;
-/** Largest single-sample |jpeg-js − libjpeg-turbo|, in 8-bit levels (edges of sharp nuclei). */
-const JPEG_MAX = 40;
+/** Mean |ours − libjpeg-turbo| allowed over a crop, in 8-bit levels: none (the same decoder). */
+const JPEG_MAD = 0;
+/** Largest single-sample |ours − libjpeg-turbo| allowed, in 8-bit levels. */
+const JPEG_MAX = 0;
 
 const FIX = new URL("../fixtures/wsi/", import.meta.url);
 interface Crop {
@@ -105,7 +102,7 @@ Deno.test("SVS regions match openslide within the JPEG tolerance, and tissue is 
         mad <= JPEG_MAD && max <= JPEG_MAX,
         `${c.name}: mean |diff| ${mad.toFixed(3)} (≤ ${JPEG_MAD}), max ${max} (≤ ${JPEG_MAX})`,
       );
-      console.log(`${c.name}: mean |jpeg-js − openslide| ${mad.toFixed(3)}, max ${max}`);
+      console.log(`${c.name}: mean |ours − openslide| ${mad.toFixed(3)}, max ${max}`);
       if (c.name !== "svs_corner") {
         // Eosin pink / haematoxylin purple: green lowest, red and blue well above it.
         const [R, G, B] = mean;
@@ -198,7 +195,7 @@ Deno.test("a her2st JPEG opens as one level of PIL's size and matches PIL within
         mad <= JPEG_MAD && max <= JPEG_MAX,
         `${c.name}: mean |diff| ${mad.toFixed(3)} (≤ ${JPEG_MAD}), max ${max} (≤ ${JPEG_MAX})`,
       );
-      console.log(`${c.name}: mean |jpeg-js − PIL| ${mad.toFixed(3)}, max ${max}`);
+      console.log(`${c.name}: mean |ours − PIL| ${mad.toFixed(3)}, max ${max}`);
       assert(mean[1] < mean[0] && mean[1] < mean[2], `${c.name}: mean RGB ${mean.map(Math.round)}`);
     }
   } finally {
