@@ -26,16 +26,55 @@ export async function writeAtomic(path: string, data: Uint8Array | string): Prom
   }
 }
 
-// pandas' float formatting writes Python's repr of the float32 value widened to float64? No: DataFrame of
-// float32 writes repr(float(np.float32)) → shortest repr of the float32 value, e.g. 3.344802.
-function fmtFloat32(v: number): string {
+/**
+ * A float32 as numpy's `str()` (and so pandas' `to_csv`) writes it: the shortest decimal that reads back
+ * as the same float32; positional for 1e-4 ≤ |v| < 1e16 with at least one fractional digit (`2.0`), else
+ * scientific with a two-digit exponent (`1e-05`, `-3.2e-06`); NaN as the empty cell pandas writes.
+ */
+export function fmtFloat32(v: number): string {
   if (Number.isNaN(v)) return "";
-  // Shortest decimal that rounds back to the same float32 (as numpy's repr of float32).
-  for (let p = 1; p <= 9; p++) {
-    const s = v.toPrecision(p);
-    if (Math.fround(Number(s)) === v) return String(Number(s));
+  if (!Number.isFinite(v)) return v > 0 ? "inf" : "-inf";
+  if (v === 0) return Object.is(v, -0) ? "-0.0" : "0.0";
+  // Fewest significant digits that round-trip (monotone in the count). Most float32 values need 7 or 8:
+  // try 7, then 6 or 8; 9 always suffices.
+  const a = Math.abs(v);
+  const at = (p: number) => {
+    const s = a.toExponential(p - 1);
+    return Math.fround(Number(s)) === a ? s : "";
+  };
+  let lo: number, best: string;
+  const s7 = at(7);
+  if (s7) {
+    [lo, best] = [7, s7];
+    for (let p = 6; p >= 1; p--) {
+      const s = at(p);
+      if (!s) break;
+      [lo, best] = [p, s];
+    }
+  } else {
+    const s8 = at(8);
+    [lo, best] = s8 ? [8, s8] : [9, a.toExponential(8)];
   }
-  return String(v);
+  const ep = best.indexOf("e");
+  let digits = ep > 1 ? best[0] + best.slice(2, ep) : best[0];
+  const e = Number(best.slice(ep + 1));
+  // toExponential rounds a tie away from zero, numpy's Dragon4 to even. A tie (an exact value of lo + 1
+  // digits ending in 5) rounded up from an even digit ends odd: only then look at the exact expansion.
+  if (digits.charCodeAt(lo - 1) & 1 && a.toExponential(lo).charCodeAt(lo + 1) === 53 /* "5" */) {
+    const full = a.toExponential(100);
+    const d = full[0] + full.slice(2, full.indexOf("e"));
+    if (d[lo] === "5" && /^0*$/.test(d.slice(lo + 1)) && Number(d[lo - 1]) % 2 === 0) {
+      digits = d.slice(0, lo); // the even digit, truncated (the exponent is unchanged)
+    }
+  }
+  const sign = v < 0 ? "-" : "";
+  if (a >= 1e-4 && a < 1e16) {
+    if (e < 0) return `${sign}0.${"0".repeat(-e - 1)}${digits}`;
+    if (digits.length <= e + 1) return `${sign}${digits.padEnd(e + 1, "0")}.0`;
+    return `${sign}${digits.slice(0, e + 1)}.${digits.slice(e + 1)}`;
+  }
+  const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
+  return `${sign}${m}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
 }
 
 function csvField(s: string): string {

@@ -11,7 +11,7 @@ import {
   readNpz,
   toNumbers,
 } from "../../slide/npy.ts";
-import { encodeNpz as encodeNpzFromNpz } from "../../slide/npz.ts";
+import { csvTable, encodeNpz as encodeNpzFromNpz, fmtFloat32 } from "../../slide/npz.ts";
 
 const PY = "/usr/bin/python3";
 
@@ -224,4 +224,32 @@ import json; print(json.dumps(arrs['f4'].reshape(-1).tolist()))`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("CSV floats are written as numpy's str() of the float32 (pandas' to_csv)", async () => {
+  // Log-uniform magnitudes over 1e-8…1e18 of both signs, integers, and the edge cases of the two notations.
+  const v = new Float32Array(4000);
+  let s = 12345;
+  for (let i = 0; i < v.length; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const u = s / 2 ** 32;
+    v[i] = (i % 2 ? -1 : 1) * 10 ** (u * 26 - 8);
+    if (i % 7 === 0) v[i] = Math.round(v[i] * 1000) / 1000;
+  }
+  v.set([0, -0, 1e-4, 9.9999e-5, 1e16, 9.999999e15, 2, -7, 0.1, 1 / 3, 5e-45, 3.4e38], 0);
+  const py = await python(
+    `import sys, numpy as np; a = np.frombuffer(bytes.fromhex(sys.argv[1] if len(sys.argv) > 1 else ` +
+      `'${Array.from(new Uint8Array(v.buffer), (b) => b.toString(16).padStart(2, "0")).join("")}'), ` +
+      `dtype='<f4'); print('\\n'.join(a.astype(str).tolist()))`,
+  );
+  if (py === null) return;
+  const want = py.trimEnd().split("\n");
+  const got = Array.from(v, fmtFloat32);
+  const bad = got.findIndex((g, i) => g !== want[i]);
+  assertEquals(bad, -1, bad < 0 ? "" : `value ${v[bad]}: ours ${got[bad]}, numpy ${want[bad]}`);
+  assertEquals(fmtFloat32(NaN), "");
+  assertEquals(
+    csvTable(["S1_1_2", 'a,"b"'], ["G1", "G2"], new Float32Array([1.5, 2, 1e-5, -0.25])),
+    ',G1,G2\nS1_1_2,1.5,2.0\n"a,""b""",1e-05,-0.25\n',
+  );
 });
