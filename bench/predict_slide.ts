@@ -11,7 +11,8 @@
  *   time, hidden or not);
  * - `preprocess`: upload, resize to 224 + normalise (and the TTA views: one with `single`), GPU included;
  * - `model`: forward + mean over views + readback;
- * - `write`: three CSVs (the aux one: 19 699 columns) and the npz.
+ * - `write`: three CSVs (the aux one: 19 699 columns; rows are formatted batch by batch while the GPU
+ *   runs the next batch, `formatBusy`) and the npz.
  *
  * Two runs on the same engine: `cold`, the first batch (4 spots) alone, which also compiles the shaders,
  * then `warm`, all 187 spots (`quick`: the first 32, through a temp spot file), the measured one.
@@ -51,6 +52,8 @@ export interface PredictSlideRow {
   stages: Record<string, number>;
   /** Time spent reading patches, hidden behind the GPU or not (not part of the sum). */
   readBusyMs: number;
+  /** Time spent formatting CSV rows while the GPU runs the next batch (not part of the sum). */
+  formatBusyMs: number;
   note?: string;
 }
 
@@ -105,6 +108,7 @@ export async function benchPredictSlide(
       spotsPerSecond: NaN,
       stages: {},
       readBusyMs: NaN,
+      formatBusyMs: NaN,
       note,
     }];
   };
@@ -172,6 +176,7 @@ export async function benchPredictSlide(
         spotsPerSecond: n / (totalMs / 1000),
         stages,
         readBusyMs: timings.readBusy ?? 0,
+        formatBusyMs: timings.formatBusy ?? 0,
         note: run === "cold" ? "first batch alone; includes shader compilation" : undefined,
       });
     }
@@ -225,8 +230,11 @@ export function printPredictSlideTable(rows: PredictSlideRow[], log: (s: string)
     log(widths.slice(0, 4).map((w) => "-".repeat(w)).join("  "));
     for (const l of lines) log(fmt(l));
     log(
-      `(reading patches took ${r.readBusyMs.toFixed(0)} ms in all; \`read\` counts only what the GPU work ` +
-        `did not hide)`,
+      `(reading patches took ${r.readBusyMs.toFixed(0)} ms in all, formatting CSV rows ` +
+        `${
+          r.formatBusyMs.toFixed(0)
+        } ms; both run while the GPU works: \`read\` counts only the reading it did ` +
+        `not hide, formatting shows in \`preprocess\` when timed, and the last batch's in \`write\`)`,
     );
   }
   if (rows.some((r) => r.run !== "skipped")) {

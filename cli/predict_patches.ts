@@ -18,27 +18,14 @@
 import { parseArgs } from "node:util";
 import { basename, extname, join } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
-import type { Tensor } from "../engine/tensor.ts";
-import { mean } from "../kernels/reduce.ts";
-import type { HE2Gene } from "../model/mod.ts";
-import {
-  centerBox,
-  type CropBox,
-  decodeImage,
-  dihedral,
-  resizeNormalize,
-  type RgbImage,
-  uploadImages,
-} from "../slide/mod.ts";
+import { decodeImage, type RgbImage } from "../slide/mod.ts";
 import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { UsageError } from "./errors.ts";
+import { predictViews, type Tta, TTAS, viewBoxes } from "./views.ts";
 
-/** TTA modes. */
-export type Tta = "single" | "tta" | "grid" | "grid_tta";
-const TTAS: Tta[] = ["single", "tta", "grid", "grid_tta"];
-const GRID_WINDOWS = [150, 75, 225];
+export { type Tta, viewBoxes };
 const EXTENSIONS = new Set([".tif", ".tiff", ".png", ".jpg", ".jpeg"]);
 
 /** Options of {@linkcode predictPatches}. */
@@ -64,14 +51,6 @@ export interface PatchPredictions {
   aux: Float32Array;
   /** (P,) mean tumour probability over the views */
   tumorProb: Float32Array;
-}
-
-/** The crop boxes (one per window that fits) of a patch for a TTA mode. */
-export function viewBoxes(img: { width: number; height: number }, tta: Tta): CropBox[] {
-  if (tta === "single" || tta === "tta") return [[0, 0, img.width, img.height]];
-  const fits = GRID_WINDOWS.filter((s) => s <= Math.min(img.width, img.height));
-  if (fits.length === 0) return [[0, 0, img.width, img.height]];
-  return fits.map((s) => centerBox(img.width, img.height, s));
 }
 
 async function readGenes(path: string | undefined): Promise<string[] | undefined> {
@@ -147,7 +126,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
         bySize.set(key, [...(bySize.get(key) ?? []), i]);
       });
       for (const idx of bySize.values()) {
-        const res = await predictGroup(engine, model, idx.map((i) => images[i]), o.tta);
+        const res = await predictViews(engine, model, idx.map((i) => images[i]), { tta: o.tta });
         idx.forEach((i, j) => {
           const p = b0 + i;
           out.target.set(res.target.subarray(j * nT, (j + 1) * nT), p * nT);
@@ -190,41 +169,6 @@ export async function geneNames(
     );
   }
   return Array.from({ length: n }, (_, i) => `${what}_${i}`);
-}
-
-// Views of one size group: boxes × (tta ? 8 : 1), stacked view-major; mean over views on the GPU.
-async function predictGroup(
-  engine: Engine,
-  model: HE2Gene,
-  images: RgbImage[],
-  tta: Tta,
-): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
-  const n = images.length;
-  const boxes = viewBoxes(images[0], tta);
-  const ks = tta === "tta" || tta === "grid_tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
-  const views = boxes.length * ks.length;
-  return await engine.scope(async () => {
-    const src = uploadImages(engine, images);
-    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
-    let v = 0;
-    for (const box of boxes) {
-      const r = resizeNormalize(src, { size: 224, boxes: [box] }); // (n, 3, 224, 224)
-      for (const k of ks) {
-        const d = k === 0 ? r : dihedral(r, k);
-        engine.copy(d, x, { dstOffset: v * d.size });
-        if (d !== r) d.dispose();
-        v++;
-      }
-      r.dispose();
-    }
-    src.dispose();
-    const p = model.predict(x);
-    const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
-    const [target, aux, tumor] = await Promise.all(
-      [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
-    );
-    return { target, aux, tumor };
-  });
 }
 
 /** Write the three CSVs and `predictions.npz` (temporary names, then renamed together). */

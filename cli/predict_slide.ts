@@ -13,8 +13,9 @@
  *
  * Patches are read from the slide in batches of `--batch-size` (the next batch is read while the GPU works
  * on the current one; never all at once), optionally stain-normalised on the GPU (`--stain`), resized to
- * 224 and normalised as the original, and predicted with `--tta single | tta` (8 dihedral views, averaged;
- * the default).
+ * 224 and normalised as the original, and predicted with `--tta` as `predict-patches`: `single`, `tta` (8
+ * dihedral views, averaged; the default), `grid` (centred windows of 1, ½ and 1.5 × the patch size; the
+ * 1.5× window reads context around the spot from the slide) or `grid_tta` (each window × 8 symmetries).
  *
  * Outputs in `--out` (written under temporary names, renamed together at the end): `target_count_pred.csv`,
  * `aux_count_pred.csv`, `tumor_pred.csv` and `predictions.npz` as `predict-patches`, the npz with
@@ -28,31 +29,22 @@
 import { parseArgs } from "node:util";
 import { basename, join } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
-import type { Tensor } from "../engine/tensor.ts";
-import { mean } from "../kernels/reduce.ts";
-import type { HE2Gene } from "../model/mod.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
-import { dihedral, resizeNormalize, uploadImages } from "../slide/resize.ts";
-import {
-  fitReinhard,
-  MACENKO_DEFAULT_TARGET,
-  type MacenkoTarget,
-  normalizeStain,
-  type ReinhardTarget,
-  type StainMethod,
-} from "../slide/stain.ts";
+import { centerBox } from "../slide/resample.ts";
+import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
 import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
 import { openSlide, type Slide } from "../slide/wsi.ts";
-import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { CsvBuilder, csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { parseSpots } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
 import { UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
+import { predictViews, type StainTarget, type Tta, TTAS } from "./views.ts";
 
-/** Test-time augmentation of `predict-slide`: the patch, or its 8 dihedral symmetries (averaged). */
-export type SlideTta = "single" | "tta";
+/** Test-time augmentation of `predict-slide`: as `predict-patches` (see `views.ts`). */
+export type SlideTta = Tta;
 
 /** One spot or tile: its name, grid position, level-0 centre and the level-0 square it is predicted from. */
 export interface SlidePatch {
@@ -118,7 +110,11 @@ export interface PredictSlideOptions {
  *   reading's own time);
  * - `preprocess`: upload, stain normalisation, resize + normalise and the TTA views, GPU included;
  * - `model`: forward, mean over the views, readback, and copying into the output arrays;
- * - `write`: the CSVs, the npz and the h5ad files.
+ * - `write`: the last batch's CSV rows, joining the CSVs, the npz and the h5ad files.
+ *
+ * `formatBusy` (outside the sum) is the time formatting CSV rows: batch b's rows are formatted after batch
+ * b + 1 went to the GPU, so on a GPU that is not the CPU it is hidden; with timings on it lands in
+ * `preprocess` (the GPU sync there waits behind it).
  */
 export const SLIDE_STAGES = ["open", "setup", "read", "preprocess", "model", "write"] as const;
 
@@ -287,15 +283,22 @@ export async function tilePatches(
   return { patches, thumbnail, cols, rows };
 }
 
+/**
+ * Read the patches' squares from level 0. With `context` > 0 (grid modes) each square grows to
+ * `size + context`, placed so that the grid's centred `size` window is the patch itself.
+ */
 async function readPatches(
   slide: Slide,
   patches: SlidePatch[],
   timings?: Record<string, number>,
+  context = 0,
 ): Promise<RgbImage[]> {
   const out: RgbImage[] = [];
   for (const p of patches) {
     const t0 = performance.now();
-    const r = await slide.readRegion(0, p.left, p.top, p.size, p.size);
+    const side = p.size + context;
+    const shift = context ? centerBox(side, side, p.size)[0] : 0;
+    const r = await slide.readRegion(0, p.left - shift, p.top - shift, side, side);
     addTime(timings, "readBusy", t0);
     out.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
   }
@@ -303,59 +306,6 @@ async function readPatches(
 }
 
 // ---------------------------------------------------------------------------------------- prediction
-
-type StainTarget = MacenkoTarget | ReinhardTarget;
-
-/**
- * Predict one batch of same-size patches: upload, optional stain normalisation, the views (the patch, or its
- * 8 dihedral symmetries, stacked view-major), the model, and the mean over the views — the op sequence of
- * `predict-patches`, so both give the same numbers for the same pixels.
- */
-export async function predictImages(
-  engine: Engine,
-  model: HE2Gene,
-  images: RgbImage[],
-  o: {
-    tta: SlideTta;
-    stain?: StainMethod;
-    stainTarget?: StainTarget;
-    /** Adds `preprocess` and `model` milliseconds (with a GPU sync between them). */
-    timings?: Record<string, number>;
-  },
-): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
-  const n = images.length;
-  const ks = o.tta === "tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
-  const views = ks.length;
-  return await engine.scope(async () => {
-    let t = performance.now();
-    let src = uploadImages(engine, images);
-    if (o.stain && o.stain !== "none") {
-      const res = await normalizeStain(src, o.stain, { target: o.stainTarget });
-      if (res.images !== src) src.dispose();
-      src = res.images;
-    }
-    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
-    const r = resizeNormalize(src, { size: 224, boxes: [[0, 0, images[0].width, images[0].height]] });
-    ks.forEach((k, v) => {
-      const d = k === 0 ? r : dihedral(r, k);
-      engine.copy(d, x, { dstOffset: v * d.size });
-      if (d !== r) d.dispose();
-    });
-    r.dispose();
-    src.dispose();
-    if (o.timings) {
-      await engine.sync();
-      t = addTime(o.timings, "preprocess", t);
-    }
-    const p = model.predict(x);
-    const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
-    const [target, aux, tumor] = await Promise.all(
-      [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
-    );
-    addTime(o.timings, "model", t);
-    return { target, aux, tumor };
-  });
-}
 
 /**
  * Predict at the spots or tiles of a slide (see the module doc), write the outputs, and return them.
@@ -474,19 +424,45 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       const bar = new Progress(out.mode, P, o.quiet);
       t = addTime(timings, "setup", t);
       // Read batch b + 1 while the GPU predicts batch b.
-      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize), timings);
+      // Grid modes see up to 1.5× the patch (the original's 225 px window around a 150 px spot).
+      const context = tta === "grid" || tta === "grid_tta" ? Math.round(patchPx * 1.5) - patchPx : 0;
+      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize), timings, context);
       let next: Promise<RgbImage[]> | null = read(0);
+      // The CSV rows of batch b are formatted while the GPU runs batch b + 1 (19 699 aux values a spot).
+      const csv = {
+        target: new CsvBuilder(out.targetGenes),
+        aux: new CsvBuilder(out.auxGenes),
+        tumor: new CsvBuilder(["Annotation"]),
+      };
+      const format = (b0: number, n: number) => {
+        const t0 = performance.now();
+        const names = out.names.slice(b0, b0 + n);
+        csv.target.add(names, out.target.subarray(b0 * nT, (b0 + n) * nT));
+        csv.aux.add(names, out.aux.subarray(b0 * nA, (b0 + n) * nA));
+        csv.tumor.add(names, Array.from(out.tumorProb.subarray(b0, b0 + n), (v) => v > 0.5));
+        addTime(timings, "formatBusy", t0);
+      };
+      let unformatted: [number, number] | null = null;
       try {
         for (let b0 = 0; b0 < P; b0 += batchSize) {
           t = performance.now();
           const images = await next!;
           next = b0 + batchSize < P ? read(b0 + batchSize) : null;
           t = addTime(timings, "read", t);
-          const res = await predictImages(engine, model, images, { tta, stain, stainTarget, timings });
+          const job = predictViews(engine, model, images, {
+            tta,
+            base: patchPx,
+            stain,
+            stainTarget,
+            timings,
+          });
+          if (unformatted) format(...unformatted);
+          const res = await job;
           t = performance.now();
           out.target.set(res.target, b0 * nT);
           out.aux.set(res.aux, b0 * nA);
           out.tumorProb.set(res.tumor, b0);
+          unformatted = [b0, images.length];
           bar.tick(images.length);
           addTime(timings, "model", t);
         }
@@ -495,7 +471,11 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       }
       bar.done();
       t = performance.now();
-      await writeSlideOutputs(o.out, out, { h5ad: o.h5ad });
+      if (unformatted) format(...unformatted);
+      await writeSlideOutputs(o.out, out, {
+        h5ad: o.h5ad,
+        csv: { target: csv.target.text(), aux: csv.aux.text(), tumor: csv.tumor.text() },
+      });
       addTime(timings, "write", t);
       return out;
     } finally {
@@ -540,13 +520,20 @@ export async function slideH5ad(p: SlidePredictions): Promise<{ target: Uint8Arr
 export async function writeSlideOutputs(
   dir: string,
   p: SlidePredictions,
-  o: { h5ad?: boolean } = {},
+  o: {
+    h5ad?: boolean;
+    /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them). */
+    csv?: { target: string; aux: string; tumor: string };
+  } = {},
 ): Promise<void> {
   const P = p.names.length;
   const files: [string, string | Uint8Array][] = [
-    ["target_count_pred.csv", csvTable(p.names, p.targetGenes, p.target)],
-    ["aux_count_pred.csv", csvTable(p.names, p.auxGenes, p.aux)],
-    ["tumor_pred.csv", csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5))],
+    ["target_count_pred.csv", o.csv?.target ?? csvTable(p.names, p.targetGenes, p.target)],
+    ["aux_count_pred.csv", o.csv?.aux ?? csvTable(p.names, p.auxGenes, p.aux)],
+    [
+      "tumor_pred.csv",
+      o.csv?.tumor ?? csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5)),
+    ],
     [
       "predictions.npz",
       encodeNpz({
@@ -583,7 +570,7 @@ export async function writeSlideOutputs(
 /** Usage of `predict-slide` (for cli/main.ts). */
 export const PREDICT_SLIDE_USAGE =
   "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
-  "       [--tta single|tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX] [--min-tissue 0.5]\n" +
+  "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX] [--min-tissue 0.5]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
   "       [--target-genes FILE] [--aux-genes FILE] [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
@@ -593,7 +580,8 @@ export const PREDICT_SLIDE_USAGE =
   "  --tile        tile the tissue (mask from a thumbnail) with --tile-um (default 100) or --tile-px squares\n" +
   "  --min-tissue  smallest tissue fraction of a tile (default 0.5)\n" +
   "  --batch-size  patches read and predicted at a time (default 4; × 8 views with tta)\n" +
-  "  --tta         single | tta (8 symmetries, averaged; default)\n" +
+  "  --tta         single | tta (8 symmetries, averaged; default) | grid (windows of 1, 0.5, 1.5 × the\n" +
+  "                patch, centred; context read from the slide) | grid_tta (each window × 8 symmetries)\n" +
   "  --stain       stain normalisation on the GPU (default none); reinhard needs --stain-ref\n" +
   "  --section     name prefix (default: the spot file's or slide's name up to the first _ or .)\n" +
   "  --mpp         microns per pixel at level 0 (overrides the file's)\n" +
@@ -652,8 +640,8 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     throw new UsageError("--tile-px / --tile-um / --min-tissue apply to --tile");
   }
   const tta = v.tta as SlideTta;
-  if (tta !== "single" && tta !== "tta") {
-    throw new UsageError(`--tta must be single or tta, current value is ${v.tta}`);
+  if (!TTAS.includes(tta)) {
+    throw new UsageError(`--tta must be one of ${TTAS.join(", ")}, current value is ${v.tta}`);
   }
   const stain = v.stain as StainMethod;
   if (!["none", "macenko", "reinhard"].includes(stain)) {

@@ -82,19 +82,44 @@ function csvField(s: string): string {
 }
 
 /**
- * A CSV table as pandas' `DataFrame.to_csv` writes it: an empty first header cell, the index in the first
- * column, float32 values in their shortest round-trip form.
+ * A CSV table as pandas' `DataFrame.to_csv` writes it, built a batch of rows at a time (so formatting can
+ * run while the GPU works on the next batch): an empty first header cell, the index in the first column,
+ * float32 values as numpy's `str()`, booleans as `True` / `False`.
  */
-export function csvTable(index: string[], columns: string[], values: Float32Array | boolean[]): string {
-  const lines = ["," + columns.map(csvField).join(",")];
-  const w = columns.length;
-  index.forEach((name, i) => {
-    const row: string[] = [csvField(name)];
-    for (let j = 0; j < w; j++) {
-      const v = values[i * w + j];
-      row.push(typeof v === "boolean" ? (v ? "True" : "False") : fmtFloat32(v));
+export class CsvBuilder {
+  readonly #parts: string[];
+  readonly #width: number;
+
+  constructor(columns: string[]) {
+    this.#parts = ["," + columns.map(csvField).join(",") + "\n"];
+    this.#width = columns.length;
+  }
+
+  /** Append one row per `index` entry; `values` holds `index.length × columns` values, row-major. */
+  add(index: string[], values: ArrayLike<number> | boolean[]): this {
+    const w = this.#width;
+    if (values.length !== index.length * w) {
+      throw new RangeError(`CSV rows: ${values.length} values for ${index.length} rows of ${w} columns`);
     }
-    lines.push(row.join(","));
-  });
-  return lines.join("\n") + "\n";
+    const row: string[] = new Array(w + 1);
+    index.forEach((name, i) => {
+      row[0] = csvField(name);
+      for (let j = 0; j < w; j++) {
+        const v = values[i * w + j];
+        row[j + 1] = typeof v === "boolean" ? (v ? "True" : "False") : fmtFloat32(v);
+      }
+      this.#parts.push(row.join(",") + "\n");
+    });
+    return this;
+  }
+
+  /** The whole table. */
+  text(): string {
+    return this.#parts.join("");
+  }
+}
+
+/** A whole CSV table at once (see {@linkcode CsvBuilder}). */
+export function csvTable(index: string[], columns: string[], values: Float32Array | boolean[]): string {
+  return new CsvBuilder(columns).add(index, values).text();
 }

@@ -14,6 +14,7 @@ import { readNpz } from "../../slide/npy.ts";
 import { readH5ad } from "../../slide/h5ad.ts";
 import { saturation } from "../../slide/tissue.ts";
 import { openSlide } from "../../slide/wsi.ts";
+import { encodePng } from "../../slide/png.ts";
 import { assertEquals, assertRejects, engine, gpuTest, sharedData } from "../helpers.ts";
 
 const PYTHON = "/usr/bin/python3";
@@ -154,6 +155,62 @@ gpuTest("predict-slide at her2st spots equals extract-patches + predict-patches 
   }
 });
 
+gpuTest(
+  "predict-slide --tta grid reads 1.5× context and equals predict-patches grid on those squares",
+  async (e) => {
+    if (!her2st) return console.warn("skipped: needs ../shared/data/her2st/data");
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-grid-" });
+    try {
+      const weights = await tinyCheckpoint(dir);
+      const { slide, spots, rows } = await c2Subset(dir);
+      const run = (tta: "grid" | "single") =>
+        predictSlide(slide, {
+          weights,
+          out: join(dir, tta),
+          spots,
+          batchSize: 4,
+          tta,
+          quiet: true,
+          engine: e,
+        });
+      const grid = await run("grid");
+      // The same 225 px squares, cut by hand: the spot's 150 px patch (top-left ⌊px⌋ − 75) is their centred
+      // 150 window (torchvision's CenterCrop offset, round-half-even(37.5) = 38).
+      const s = await openSlide(slide);
+      const patches = join(dir, "squares");
+      await Deno.mkdir(patches);
+      for (const r of rows) {
+        const [x, y] = [Math.floor(Number(r[2])) - 75 - 38, Math.floor(Number(r[3])) - 75 - 38];
+        const reg = await s.readRegion(0, x, y, 225, 225);
+        await Deno.writeFile(join(patches, `C2_${r[0]}_${r[1]}.png`), encodePng(225, 225, reg.data));
+      }
+      const ref = await predictPatches(patches, {
+        weights,
+        out: join(dir, "patch-out"),
+        batchSize: 4,
+        tta: "grid",
+        quiet: true,
+        engine: e,
+      });
+      const at = new Map(ref.names.map((n, i) => [n, i]));
+      grid.names.forEach((n, i) => {
+        const j = at.get(n)!;
+        assertEquals(
+          Array.from(grid.target.subarray(3 * i, 3 * i + 3)),
+          Array.from(ref.target.subarray(3 * j, 3 * j + 3)),
+          n,
+        );
+        assertEquals(grid.tumorProb[i], ref.tumorProb[j], n);
+      });
+      // Three windows averaged: not the single-view prediction.
+      const single = await run("single");
+      assertEquals(Array.from(grid.target).some((v, k) => v !== single.target[k]), true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 gpuTest("predict-slide --tile on CMU-1-Small-Region puts tiles only on tissue", async (e) => {
   if (!cmu) return console.warn("skipped: needs ../shared/data/wsi/CMU-1-Small-Region.svs");
   const dir = await Deno.makeTempDir({ prefix: "he2gene-ptile-" });
@@ -253,7 +310,7 @@ Deno.test("predict-slide usage errors: SLIDE, --weights, and one of --spots / --
     "--spots FILE or --tile",
   );
   await assertRejects(
-    () => runPredictSlide(["s.svs", "--weights", "w", "--tile", "--tta", "grid"]),
+    () => runPredictSlide(["s.svs", "--weights", "w", "--tile", "--tta", "grid8"]),
     UsageError,
     "--tta",
   );

@@ -1,0 +1,122 @@
+/**
+ * Test-time augmentation shared by `predict-patches` and `predict-slide`: the views of a batch of
+ * same-size patches, the model over all of them at once, and the mean over the views.
+ *
+ * - `single`: the patch;
+ * - `tta` (the original's default): the 8 dihedral symmetries of the resized patch;
+ * - `grid`: centred crops of 150, 75 and 225 px (for a 150 px spot patch; scaled with `base`), those that
+ *   fit in the patch;
+ * - `grid_tta`: each crop × 8 symmetries.
+ *
+ * Views are stacked view-major (`views × n` images), so one forward pass serves the whole batch.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { mean } from "../kernels/reduce.ts";
+import type { HE2Gene } from "../model/mod.ts";
+import {
+  centerBox,
+  type CropBox,
+  dihedral,
+  MACENKO_DEFAULT_TARGET,
+  type MacenkoTarget,
+  normalizeStain,
+  type ReinhardTarget,
+  resizeNormalize,
+  type RgbImage,
+  type StainMethod,
+  uploadImages,
+} from "../slide/mod.ts";
+
+/** TTA modes. */
+export type Tta = "single" | "tta" | "grid" | "grid_tta";
+/** Every TTA mode, for option checks. */
+export const TTAS: readonly Tta[] = ["single", "tta", "grid", "grid_tta"];
+/** Grid windows for a 150 px spot patch, as the original (`grid` modes). */
+export const GRID_WINDOWS: readonly number[] = [150, 75, 225];
+
+/** A stain normalisation target (Macenko or Reinhard). */
+export type StainTarget = MacenkoTarget | ReinhardTarget;
+export { MACENKO_DEFAULT_TARGET };
+
+/**
+ * The crop boxes of a patch for a TTA mode: the whole patch, or for `grid` modes the centred windows of
+ * {@linkcode GRID_WINDOWS} scaled by `base / 150` (`base` = the spot patch size in pixels) that fit.
+ */
+export function viewBoxes(img: { width: number; height: number }, tta: Tta, base = 150): CropBox[] {
+  if (tta === "single" || tta === "tta") return [[0, 0, img.width, img.height]];
+  const fits = GRID_WINDOWS.map((w) => Math.round(w * base / 150))
+    .filter((s) => s >= 1 && s <= Math.min(img.width, img.height));
+  if (fits.length === 0) return [[0, 0, img.width, img.height]];
+  return fits.map((s) => centerBox(img.width, img.height, s));
+}
+
+/** How many views a mode makes of a patch (boxes × symmetries). */
+export function viewCount(img: { width: number; height: number }, tta: Tta, base = 150): number {
+  return viewBoxes(img, tta, base).length * (tta === "tta" || tta === "grid_tta" ? 8 : 1);
+}
+
+function addTime(t: Record<string, number> | undefined, key: string, since: number): number {
+  const now = performance.now();
+  if (t) t[key] = (t[key] ?? 0) + now - since;
+  return now;
+}
+
+/**
+ * Predict one batch of same-size patches: upload, optional stain normalisation, the views, the model, and
+ * the mean over the views (of the genes and of the tumour probability).
+ */
+export async function predictViews(
+  engine: Engine,
+  model: HE2Gene,
+  images: RgbImage[],
+  o: {
+    tta: Tta;
+    /** Spot patch size in pixels for the grid windows (default 150). */
+    base?: number;
+    stain?: StainMethod;
+    stainTarget?: StainTarget;
+    /** Adds `preprocess` and `model` milliseconds (with a GPU sync between them). */
+    timings?: Record<string, number>;
+  },
+): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
+  const n = images.length;
+  const boxes = viewBoxes(images[0], o.tta, o.base);
+  const ks = o.tta === "tta" || o.tta === "grid_tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
+  const views = boxes.length * ks.length;
+  return await engine.scope(async () => {
+    let t = performance.now();
+    let src = uploadImages(engine, images);
+    if (o.stain && o.stain !== "none") {
+      const res = await normalizeStain(src, o.stain, { target: o.stainTarget });
+      if (res.images !== src) src.dispose();
+      src = res.images;
+    }
+    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
+    let v = 0;
+    for (const box of boxes) {
+      const r = resizeNormalize(src, { size: 224, boxes: [box] }); // (n, 3, 224, 224)
+      for (const k of ks) {
+        const d = k === 0 ? r : dihedral(r, k);
+        engine.copy(d, x, { dstOffset: v * d.size });
+        if (d !== r) d.dispose();
+        v++;
+      }
+      r.dispose();
+    }
+    src.dispose();
+    if (o.timings) {
+      await engine.sync();
+      t = addTime(o.timings, "preprocess", t);
+    }
+    const p = model.predict(x);
+    const avg = (t: Tensor) => mean(t.reshape([views, n, t.shape[1]]), { axes: 0 });
+    const [target, aux, tumor] = await Promise.all(
+      [avg(p.target), avg(p.aux), avg(p.tumorProb)].map((t) => t.toArray()),
+    );
+    addTime(o.timings, "model", t);
+    return { target, aux, tumor };
+  });
+}
