@@ -19,7 +19,7 @@ import { parseArgs } from "node:util";
 import { basename, extname, join } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/mod.ts";
-import { csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { csvTable, encodeNpz, prepareOutputDir } from "../slide/npz.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { UsageError } from "./errors.ts";
@@ -78,11 +78,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
   }
   files.sort();
   if (files.length === 0) throw new Error(`No patches (.tif, .png, .jpg) in ${dir}`);
-  await Deno.mkdir(o.out, { recursive: true });
-  // Fail early on an output folder that cannot be written.
-  await writeAtomic(join(o.out, ".he2gene-write-test"), "").then(() =>
-    Deno.remove(join(o.out, ".he2gene-write-test"))
-  );
+  await prepareOutputDir(o.out);
 
   const engine = o.engine ?? await createEngine();
   const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);

@@ -34,7 +34,7 @@ import { centerBox } from "../slide/resample.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
 import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
 import { openSlide, type Slide } from "../slide/wsi.ts";
-import { CsvBuilder, csvTable, encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { parseSpots } from "./extract_patches.ts";
@@ -388,10 +388,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         o.spots ? `No spots in ${o.spots}` : `No tissue found in ${path} (tiles of ${patchPx} px)`,
       );
     }
-    await Deno.mkdir(o.out, { recursive: true });
-    await writeAtomic(join(o.out, ".he2gene-write-test"), "").then(() =>
-      Deno.remove(join(o.out, ".he2gene-write-test"))
-    );
+    await prepareOutputDir(o.out);
 
     const engine = o.engine ?? await createEngine();
     let stainTarget: StainTarget | undefined;

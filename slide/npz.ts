@@ -27,6 +27,21 @@ export async function writeAtomic(path: string, data: Uint8Array | string): Prom
 }
 
 /**
+ * Create `dir` if needed and check that a file can be written there, before any long work: a folder that
+ * cannot be made or written is an error naming it.
+ */
+export async function prepareOutputDir(dir: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+    const probe = `${dir}/.he2gene-write-test-${Deno.pid}`;
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new Error(`Cannot write to the output folder ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
  * A float32 as numpy's `str()` (and so pandas' `to_csv`) writes it: the shortest decimal that reads back
  * as the same float32; positional for 1e-4 ≤ |v| < 1e16 with at least one fractional digit (`2.0`), else
  * scientific with a two-digit exponent (`1e-05`, `-3.2e-06`); NaN as the empty cell pandas writes.

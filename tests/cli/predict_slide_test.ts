@@ -320,3 +320,85 @@ Deno.test("predict-slide usage errors: SLIDE, --weights, and one of --spots / --
     "--batch-size",
   );
 });
+
+gpuTest("predict-slide bad input: clear errors, no partial files, and a clean second run", async (e) => {
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-bad-" });
+  try {
+    const weights = await tinyCheckpoint(dir);
+    // A 400 × 400 pink-and-purple slide and three spots, one of them off the image.
+    const px = new Uint8Array(400 * 400 * 3);
+    for (let i = 0; i < 400 * 400; i++) px.set(i % 7 < 3 ? [120, 60, 150] : [230, 170, 200], 3 * i);
+    const slide = join(dir, "S1.png");
+    await Deno.writeFile(slide, encodePng(400, 400, px));
+    const spots = join(dir, "S1_spots.csv");
+    await Deno.writeTextFile(spots, "x,y,pixel_x,pixel_y\n3,4,100,100\n5,6,300,250\n7,8,1000,1000\n");
+    const outFiles = async (out: string) => {
+      const names: string[] = [];
+      try {
+        for await (const f of Deno.readDir(out)) names.push(f.name);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      return names.sort();
+    };
+    const run = (o: { slide?: string; spots?: string; out: string; targetGenes?: string }) =>
+      predictSlide(o.slide ?? slide, {
+        weights,
+        out: o.out,
+        spots: o.spots ?? spots,
+        batchSize: 2,
+        tta: "single",
+        quiet: true,
+        engine: e,
+        targetGenes: o.targetGenes,
+      });
+
+    // A slide that cannot be read: named, nothing written.
+    const bad = join(dir, "broken.svs");
+    await Deno.writeTextFile(bad, "not a slide");
+    const out1 = join(dir, "out1");
+    await assertRejects(() => run({ slide: bad, out: out1 }), Error, bad);
+    assertEquals(await outFiles(out1), []);
+
+    // Spots off the image are dropped (2 of 3 kept); all off is an error that says so.
+    const ok = await run({ out: join(dir, "out2") });
+    assertEquals(ok.names, ["S1_3_4", "S1_5_6"]);
+    const far = join(dir, "far.csv");
+    await Deno.writeTextFile(far, "x,y,pixel_x,pixel_y\n1,1,5000,5000\n");
+    await assertRejects(() => run({ spots: far, out: join(dir, "out3") }), Error, "falls outside the slide");
+
+    // A gene list that does not match the checkpoint's head.
+    const genes = join(dir, "genes.txt");
+    await Deno.writeTextFile(genes, "FASN\nERBB2\n");
+    await assertRejects(
+      () => run({ out: join(dir, "out4"), targetGenes: genes }),
+      RangeError,
+      "has 2 names, but the checkpoint's target head predicts 3 genes",
+    );
+
+    // An output folder that cannot be made (its parent is a file).
+    const file = join(dir, "a-file");
+    await Deno.writeTextFile(file, "");
+    await assertRejects(() => run({ out: join(file, "out") }), Error, "Cannot write to the output folder");
+
+    // A full disk in the middle of writing: the aux CSV's temporary file is /dev/full (ENOSPC). The error
+    // names the folder; no output file is left, finished or temporary.
+    const out5 = join(dir, "out5");
+    await Deno.mkdir(out5);
+    const trap = join(out5, `.aux_count_pred.csv.tmp-${Deno.pid}`);
+    await Deno.symlink("/dev/full", trap);
+    await assertRejects(() => run({ out: out5 }), Error, `Cannot write the outputs in ${out5}`);
+    assertEquals(await outFiles(out5), [`.aux_count_pred.csv.tmp-${Deno.pid}`]);
+    // Space again: a second run starts cleanly and writes everything.
+    await Deno.remove(trap);
+    await run({ out: out5 });
+    assertEquals(await outFiles(out5), [
+      "aux_count_pred.csv",
+      "predictions.npz",
+      "target_count_pred.csv",
+      "tumor_pred.csv",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
