@@ -19,7 +19,7 @@ import { parseArgs } from "node:util";
 import { basename, extname, join } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/mod.ts";
-import { csvTable, encodeNpz, prepareOutputDir } from "../slide/npz.ts";
+import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { UsageError } from "./errors.ts";
@@ -186,20 +186,7 @@ export async function writeOutputs(dir: string, p: PatchPredictions): Promise<vo
       }),
     ],
   ];
-  // Stage every file first; rename only when all were written.
-  const staged: [string, string][] = [];
-  try {
-    for (const [name, data] of files) {
-      const tmp = join(dir, `.${name}.tmp-${Deno.pid}`);
-      if (typeof data === "string") await Deno.writeTextFile(tmp, data);
-      else await Deno.writeFile(tmp, data);
-      staged.push([tmp, join(dir, name)]);
-    }
-    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
-  } catch (e) {
-    for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
-    throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
-  }
+  await writeFilesAtomic(dir, files);
 }
 
 /** CLI entry: parse arguments and run. */

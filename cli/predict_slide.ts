@@ -27,14 +27,14 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename, join } from "node:path";
+import { basename } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import { centerBox } from "../slide/resample.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
 import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
 import { openSlide, type Slide } from "../slide/wsi.ts";
-import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir } from "../slide/npz.ts";
+import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { parseSpots } from "./extract_patches.ts";
@@ -549,19 +549,7 @@ export async function writeSlideOutputs(
     const h = await slideH5ad(p);
     files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
   }
-  const staged: [string, string][] = [];
-  try {
-    for (const [name, data] of files) {
-      const tmp = join(dir, `.${name}.tmp-${Deno.pid}`);
-      if (typeof data === "string") await Deno.writeTextFile(tmp, data);
-      else await Deno.writeFile(tmp, data);
-      staged.push([tmp, join(dir, name)]);
-    }
-    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
-  } catch (e) {
-    for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
-    throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
-  }
+  await writeFilesAtomic(dir, files);
 }
 
 /** Usage of `predict-slide` (for cli/main.ts). */

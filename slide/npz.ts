@@ -27,6 +27,27 @@ export async function writeAtomic(path: string, data: Uint8Array | string): Prom
 }
 
 /**
+ * Write several files into `dir` as one output: each under a temporary name, then all renamed once every
+ * one was written. On a failure (a full disk, say) the temporary files, partial ones included, are removed
+ * and the error names the folder; files of an earlier run are left as they were.
+ */
+export async function writeFilesAtomic(dir: string, files: [string, string | Uint8Array][]): Promise<void> {
+  const staged: [string, string][] = [];
+  try {
+    for (const [name, data] of files) {
+      const tmp = `${dir}/.${name}.tmp-${Deno.pid}`;
+      staged.push([tmp, `${dir}/${name}`]);
+      if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+      else await Deno.writeFile(tmp, data);
+    }
+    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
+  } catch (e) {
+    for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
+    throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
  * Create `dir` if needed and check that a file can be written there, before any long work: a folder that
  * cannot be made or written is an error naming it.
  */
