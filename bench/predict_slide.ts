@@ -230,11 +230,10 @@ export function printPredictSlideTable(rows: PredictSlideRow[], log: (s: string)
     log(widths.slice(0, 4).map((w) => "-".repeat(w)).join("  "));
     for (const l of lines) log(fmt(l));
     log(
-      `(reading patches took ${r.readBusyMs.toFixed(0)} ms in all, formatting CSV rows ` +
-        `${
-          r.formatBusyMs.toFixed(0)
-        } ms; both run while the GPU works: \`read\` counts only the reading it did ` +
-        `not hide, formatting shows in \`preprocess\` when timed, and the last batch's in \`write\`)`,
+      `(formatting CSV rows took ${r.formatBusyMs.toFixed(0)} ms, done while the GPU runs the next batch: ` +
+        `it shows in \`preprocess\` when timed, the last batch's in \`write\`; reads span ` +
+        `${r.readBusyMs.toFixed(0)} ms of wall time, other work included, and \`read\` counts what the GPU ` +
+        `work did not hide)`,
     );
   }
   if (rows.some((r) => r.run !== "skipped")) {
