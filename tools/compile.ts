@@ -73,21 +73,29 @@ export function packHeader(o: {
   return `#!/bin/sh
 # he2gene: self-extracting executable built by \`deno task compile\` (Deno ${o.denoVersion}, ${o.target}).
 # It holds the Deno binary and the whole program (one JavaScript file); the first run unpacks them into
-# \${HE2GENE_CACHE:-\${XDG_CACHE_HOME:-$HOME/.cache}/he2gene}/${o.hash} and every run executes
+# \${HE2GENE_CACHE:-\${XDG_CACHE_HOME:-$HOME/.cache}/he2gene}/${o.hash} (\${TMPDIR:-/tmp}/he2gene-UID when
+# that cannot be written) and every run executes
 #   deno run ${PERMISSIONS.join(" ")} he2gene.js ARGS
 # (no network, no subprocesses). Usage: he2gene --help
 set -e
 c="\${HE2GENE_CACHE:-\${XDG_CACHE_HOME:-$HOME/.cache}/he2gene}"
 d="$c/${o.hash}"
-if [ ! -f "$d/complete" ]; then
-  mkdir -p "$c"
+if [ ! -f "$d/complete" ] || [ ! -x "$d/deno" ]; then
+  if ! mkdir -p "$c" 2>/dev/null || [ ! -w "$c" ]; then
+    c="\${TMPDIR:-/tmp}/he2gene-$(id -u)"
+    d="$c/${o.hash}"
+    mkdir -p -m 700 "$c"
+    if [ ! -O "$c" ]; then echo "he2gene: $c belongs to another user; set HE2GENE_CACHE" >&2; exit 1; fi
+  fi
+fi
+if [ ! -f "$d/complete" ] || [ ! -x "$d/deno" ]; then
   t=$(mktemp -d "$c/.unpack.XXXXXX")
   trap 'rm -rf "$t"' INT TERM EXIT
   tail -c +${o.denoAt + 1} "$0" | head -c ${o.denoLen} | gzip -dc > "$t/deno"
   tail -c +${o.jsAt + 1} "$0" | head -c ${o.jsLen} | gzip -dc > "$t/he2gene.js"
   chmod 755 "$t/deno"
   : > "$t/complete"
-  if [ -f "$d/complete" ]; then rm -rf "$t"; else rm -rf "$d"; mv "$t" "$d"; fi
+  if [ -f "$d/complete" ] && [ -x "$d/deno" ]; then rm -rf "$t"; else rm -rf "$d"; mv "$t" "$d"; fi
   trap - INT TERM EXIT
 fi
 HE2GENE_PROG="\${0##*/}" DENO_NO_UPDATE_CHECK=1 exec "$d/deno" run --no-config --no-remote --no-prompt \\
