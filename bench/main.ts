@@ -10,7 +10,8 @@
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all but slide-predict, which takes ~3 min), `--no-peer`, `--reps N`.
+ * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all but slide-predict, which takes ~3 min),
+ * `--no-peer`, `--reps N`, `--data DIR` (the shared data folder; default `../shared/data` beside the project).
  *
  * @module
  */
@@ -187,6 +188,7 @@ export async function main(args: string[]): Promise<void> {
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
       suite: { type: "string", default: "matmul,conv,resnet,slide,train" },
+      data: { type: "string" },
     },
     strict: true,
   });
@@ -277,12 +279,21 @@ export async function main(args: string[]): Promise<void> {
   let slideRows: SlideRow[] = [];
   if (suites.has("slide")) {
     log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
-    slideRows = await benchSlide(e, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+    slideRows = await benchSlide(e, {
+      quick: values.quick ?? false,
+      reps: Math.min(reps, 3),
+      log,
+      dataDir: values.data,
+    });
   }
   let predictSlideRows: PredictSlideRow[] = [];
   if (suites.has("slide-predict")) {
     log("\npredict-slide on her2st C2 (ResNet-50 HE2Gene-Base, --tta single), by stage …");
-    predictSlideRows = await benchPredictSlide(e, { quick: values.quick ?? false, log });
+    predictSlideRows = await benchPredictSlide(e, {
+      quick: values.quick ?? false,
+      log,
+      dataDir: values.data,
+    });
   }
   peer?.dispose();
   if (values.json) {

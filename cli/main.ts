@@ -114,7 +114,8 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
     usage:
-      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train] [--shapes NAME,…] [--reps N] [--no-peer]",
+      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train] [--shapes NAME,…] [--reps N] [--no-peer]\n" +
+      "       [--data DIR] (slide suites: the shared data folder; also --suite slide-predict)",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
       await main(args);
