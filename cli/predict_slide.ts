@@ -88,6 +88,8 @@ export interface PredictSlideOptions {
   auxGenes?: string;
   /** Also write predictions.h5ad and predictions_aux.h5ad. */
   h5ad?: boolean;
+  /** Skip `aux_count_pred.csv` (19 699 columns a row; the aux genes stay in the npz / h5ad). */
+  noAuxCsv?: boolean;
   /** Microns per pixel at level 0, overriding the file's. */
   mpp?: number;
   quiet?: boolean;
@@ -418,6 +420,13 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         out.pixel.set([p.px, p.py], 2 * i);
         out.grid.set([p.gx, p.gy], 2 * i);
       });
+      const auxCsvBytes = P * nA * 10.5; // ~10 characters a value
+      if (!o.noAuxCsv && !o.quiet && auxCsvBytes > 2 ** 30) {
+        console.error(
+          `warning: aux_count_pred.csv will take about ${(auxCsvBytes / 2 ** 30).toFixed(1)} GiB ` +
+            `(${P} × ${nA} values); --no-aux-csv skips it (the npz keeps the aux genes)`,
+        );
+      }
       const bar = new Progress(out.mode, P, o.quiet);
       t = addTime(timings, "setup", t);
       // Read batch b + 1 while the GPU predicts batch b.
@@ -435,7 +444,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         const t0 = performance.now();
         const names = out.names.slice(b0, b0 + n);
         csv.target.add(names, out.target.subarray(b0 * nT, (b0 + n) * nT));
-        csv.aux.add(names, out.aux.subarray(b0 * nA, (b0 + n) * nA));
+        if (!o.noAuxCsv) csv.aux.add(names, out.aux.subarray(b0 * nA, (b0 + n) * nA));
         csv.tumor.add(names, Array.from(out.tumorProb.subarray(b0, b0 + n), (v) => v > 0.5));
         addTime(timings, "formatBusy", t0);
       };
@@ -471,7 +480,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       if (unformatted) format(...unformatted);
       await writeSlideOutputs(o.out, out, {
         h5ad: o.h5ad,
-        csv: { target: csv.target.text(), aux: csv.aux.text(), tumor: csv.tumor.text() },
+        csv: { target: csv.target.text(), aux: o.noAuxCsv ? null : csv.aux.text(), tumor: csv.tumor.text() },
       });
       addTime(timings, "write", t);
       return out;
@@ -519,14 +528,15 @@ export async function writeSlideOutputs(
   p: SlidePredictions,
   o: {
     h5ad?: boolean;
-    /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them). */
-    csv?: { target: string; aux: string; tumor: string };
+    /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them); aux null: none. */
+    csv?: { target: string; aux: string | null; tumor: string };
   } = {},
 ): Promise<void> {
   const P = p.names.length;
+  const aux = o.csv ? o.csv.aux : csvTable(p.names, p.auxGenes, p.aux);
   const files: [string, string | Uint8Array][] = [
     ["target_count_pred.csv", o.csv?.target ?? csvTable(p.names, p.targetGenes, p.target)],
-    ["aux_count_pred.csv", o.csv?.aux ?? csvTable(p.names, p.auxGenes, p.aux)],
+    ...(aux === null ? [] : [["aux_count_pred.csv", aux] as [string, string]]),
     [
       "tumor_pred.csv",
       o.csv?.tumor ?? csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5)),
@@ -557,7 +567,7 @@ export const PREDICT_SLIDE_USAGE =
   "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
   "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX] [--min-tissue 0.5]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
-  "       [--target-genes FILE] [--aux-genes FILE] [--quiet]\n\n" +
+  "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
   "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
@@ -572,7 +582,9 @@ export const PREDICT_SLIDE_USAGE =
   "  --mpp         microns per pixel at level 0 (overrides the file's)\n" +
   "  --out         target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz (with\n" +
   "                pixel [P,2] and grid [P,2]); --h5ad adds predictions.h5ad (target genes) and\n" +
-  "                predictions_aux.h5ad (aux genes)";
+  "                predictions_aux.h5ad (aux genes)\n" +
+  "  --no-aux-csv  skip aux_count_pred.csv (19 699 columns a row: about 10 MB per 50 spots, so gigabytes\n" +
+  "                for a whole slide's tiles); the aux genes stay in predictions.npz and the h5ad";
 
 function positiveNumber(v: string | undefined, flag: string, integer = false): number | undefined {
   if (v === undefined) return undefined;
@@ -606,6 +618,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
       section: { type: "string" },
       mpp: { type: "string" },
       h5ad: { type: "boolean", default: false },
+      "no-aux-csv": { type: "boolean", default: false },
       "target-genes": { type: "string" },
       "aux-genes": { type: "string" },
       quiet: { type: "boolean", default: false },
@@ -657,6 +670,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     targetGenes: v["target-genes"],
     auxGenes: v["aux-genes"],
     h5ad: v.h5ad,
+    noAuxCsv: v["no-aux-csv"],
     mpp: positiveNumber(v.mpp, "--mpp"),
     quiet: v.quiet,
   });
@@ -664,7 +678,8 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     `${p.names.length} ${p.mode} (${tta}, ${p.patchPx} px) in ${
       ((performance.now() - t0) / 1000).toFixed(1)
     } s → ` +
-      `${v.out}/{target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz` +
+      `${v.out}/{target_count_pred.csv, ${v["no-aux-csv"] ? "" : "aux_count_pred.csv, "}tumor_pred.csv, ` +
+      `predictions.npz` +
       `${v.h5ad ? ", predictions.h5ad, predictions_aux.h5ad" : ""}}`,
   );
 }

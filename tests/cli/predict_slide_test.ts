@@ -341,7 +341,9 @@ gpuTest("predict-slide bad input: clear errors, no partial files, and a clean se
       }
       return names.sort();
     };
-    const run = (o: { slide?: string; spots?: string; out: string; targetGenes?: string }) =>
+    const run = (
+      o: { slide?: string; spots?: string; out: string; targetGenes?: string; noAuxCsv?: boolean },
+    ) =>
       predictSlide(o.slide ?? slide, {
         weights,
         out: o.out,
@@ -351,6 +353,7 @@ gpuTest("predict-slide bad input: clear errors, no partial files, and a clean se
         quiet: true,
         engine: e,
         targetGenes: o.targetGenes,
+        noAuxCsv: o.noAuxCsv,
       });
 
     // A slide that cannot be read: named, nothing written.
@@ -397,6 +400,11 @@ gpuTest("predict-slide bad input: clear errors, no partial files, and a clean se
       "target_count_pred.csv",
       "tumor_pred.csv",
     ]);
+    // --no-aux-csv: the aux genes only in the npz.
+    const out6 = join(dir, "out6");
+    await run({ out: out6, noAuxCsv: true });
+    assertEquals(await outFiles(out6), ["predictions.npz", "target_count_pred.csv", "tumor_pred.csv"]);
+    assertEquals((await readNpz(join(out6, "predictions.npz"))).aux.shape, [2, 5]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
