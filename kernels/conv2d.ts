@@ -54,6 +54,11 @@ export interface Conv2dOptions {
   residual?: Tensor | null;
   /** Apply ReLU last. */
   relu?: boolean;
+  /**
+   * The weight will not change while it lives (e.g. inference weights with batch norm folded in): its
+   * packed layout is made once and reused by later calls; {@linkcode releaseConv2dWeight} frees it.
+   */
+  constantWeight?: boolean;
 }
 
 /** Geometry of one convolution, resolved from the shapes and options. */
@@ -209,6 +214,31 @@ function packWeights(w: Tensor, g: Conv2dGeometry, swap: boolean, tm: number): {
     info: `[${w.shape}]${swap ? " swapped" : ""}`,
   });
   return { wt, bp4: bp / 4 };
+}
+
+// Packed layouts of constant weights (Conv2dOptions.constantWeight), by layout key.
+const packedCache = new WeakMap<Tensor, Map<string, Tensor>>();
+
+/**
+ * `make()` the packed weight, or for a constant weight reuse the one made before with the same `key`.
+ * Returns it and whether the caller must dispose it after use.
+ */
+function packedWeight(w: Tensor, constant: boolean | undefined, key: string, make: () => Tensor) {
+  if (!constant) return { t: make(), temporary: true };
+  let byKey = packedCache.get(w);
+  if (!byKey) packedCache.set(w, byKey = new Map());
+  let t = byKey.get(key);
+  if (!t || t.disposed) {
+    t = make().keep();
+    byKey.set(key, t);
+  }
+  return { t, temporary: false };
+}
+
+/** Free the packed layouts cached for a constant weight (call before disposing it). */
+export function releaseConv2dWeight(w: Tensor): void {
+  for (const t of packedCache.get(w)?.values() ?? []) t.dispose();
+  packedCache.delete(w);
 }
 
 // ------------------------------------------------------------------------------------------ forward
@@ -775,7 +805,12 @@ function dummy(e: Engine): Tensor {
 function regForward(x: Tensor, w: Tensor, g: Conv2dGeometry, o: Conv2dOptions, y: Tensor, info: string) {
   const e = x.engine;
   const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
-  const a = packA(w, g, { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw });
+  const { t: a, temporary } = packedWeight(
+    w,
+    o.constantWeight,
+    "reg-fwd",
+    () => packA(w, g, { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw }),
+  );
   const cp = c4(g.cin), N = g.n * g.oh * g.ow;
   const blk = chooseRegBlock(g.cout, N, g.kh * g.kw * cp);
   const l = lanes(e, "conv2d", g.cout, N, blk);
@@ -808,7 +843,7 @@ function regForward(x: Tensor, w: Tensor, g: Conv2dGeometry, o: Conv2dOptions, y
     info: `${info} reg ${blk.tm}×${blk.tn}`,
   });
   xp.dispose();
-  a.dispose();
+  if (temporary) a.dispose();
 }
 
 /** Taps of one stride phase along one axis: first tap k0, count T, and the row offset ch. */
@@ -1073,24 +1108,36 @@ export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {})
     const [tm, tn] = conv2dTiles.gemm;
     const q = g.h * g.w;
     const vec = q % 4 === 0 && tn % 4 === 0;
-    const { wt, bp4 } = packWeights(w, g, false, tm);
+    const bp4 = Math.max(1, Math.ceil(g.cout / tm)) * tm / 4;
+    const { t: wt, temporary } = packedWeight(
+      w,
+      options.constantWeight,
+      `fwd ${tm}`,
+      () => packWeights(w, g, false, tm).wt,
+    );
     e.run(gemmKernel(tm, tn, vec, epi), {
       bindings: [wt, x, ...extra, y],
       uniforms: { batch: g.n, m: g.cout, k: g.cin, q, bp4 },
       workgroups: groups(e, "conv2d", Math.ceil(g.n * q / (tn * WG)), Math.ceil(g.cout / tm)),
       info,
     });
-    wt.dispose();
+    if (temporary) wt.dispose();
   } else {
     const [tm, tn] = conv2dTiles.fwd;
-    const { wt, bp4 } = packWeights(w, g, false, tm);
+    const bp4 = Math.max(1, Math.ceil(g.cout / tm)) * tm / 4;
+    const { t: wt, temporary } = packedWeight(
+      w,
+      options.constantWeight,
+      `fwd ${tm}`,
+      () => packWeights(w, g, false, tm).wt,
+    );
     e.run(forwardKernel(tm, tn, epi), {
       bindings: [x, wt, ...extra, y],
       uniforms: { ...geomUniforms(g), bp4 },
       workgroups: groups(e, "conv2d", Math.ceil(g.n * g.oh * g.ow / (tn * WG)), Math.ceil(g.cout / tm)),
       info,
     });
-    wt.dispose();
+    if (temporary) wt.dispose();
   }
   return y;
 }

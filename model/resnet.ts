@@ -20,7 +20,7 @@ import type { Engine } from "../engine/engine.ts";
 import { mulberry32 } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add as addOp, relu } from "../kernels/elementwise.ts";
-import { conv2d, conv2dForward } from "../kernels/conv2d.ts";
+import { conv2d, conv2dForward, releaseConv2dWeight } from "../kernels/conv2d.ts";
 import { batchNorm2d, type BatchNormState } from "../kernels/batchnorm.ts";
 import { globalAvgPool, globalAvgPool2dForward, maxPool2d, maxPool2dForward } from "../kernels/pool.ts";
 
@@ -281,6 +281,7 @@ export function resnetForwardFolded(c: ResNetConfig, f: FoldedParams, x: Tensor)
     return conv2dForward(inp, weight, {
       stride: cb.stride,
       padding: cb.pad,
+      constantWeight: true,
       bias,
       relu: opts.relu,
       residual: opts.residual ?? null,
@@ -310,6 +311,7 @@ export function resnetForwardFolded(c: ResNetConfig, f: FoldedParams, x: Tensor)
 /** Release folded parameters. */
 export function disposeFolded(f: FoldedParams): void {
   for (const { weight, bias } of f.values()) {
+    releaseConv2dWeight(weight);
     weight.dispose();
     bias.dispose();
   }

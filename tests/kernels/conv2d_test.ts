@@ -7,6 +7,7 @@ import {
   conv2dCpu,
   conv2dForward,
   conv2dTiles,
+  releaseConv2dWeight,
 } from "../../kernels/conv2d.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../kernels/reduce.ts";
@@ -367,6 +368,40 @@ gpuTest(
       }
     } finally {
       Object.assign(conv2dTiles, saved);
+    }
+  },
+);
+
+gpuTest(
+  "a constant weight's packed layout is reused across calls and batch sizes, and released",
+  async (e) => {
+    for (const path of ["reg", "tiled"] as const) {
+      const saved = conv2dTiles.path;
+      conv2dTiles.path = path;
+      try {
+        const w = e.tensor(rand(6 * 5 * 3 * 3, 3), [6, 5, 3, 3]).keep();
+        const b = e.tensor(rand(6, 4), [6]).keep();
+        const live: number[] = [];
+        for (const n of [1, 3, 1]) {
+          await e.scope(async () => {
+            const x = e.tensor(rand(n * 5 * 9 * 8, 5 + n), [n, 5, 9, 8]);
+            const opts = { stride: 1, padding: 1, bias: b, relu: true };
+            const want = await conv2dForward(x, w, opts).toArray();
+            const got = await conv2dForward(x, w, { ...opts, constantWeight: true }).toArray();
+            assertEquals(got, want, `${path}, batch ${n}`);
+          });
+          live.push(e.pool.stats().inUse);
+        }
+        // Packed once: nothing more stays alive after the second and third calls.
+        assertEquals(live, [live[0], live[0], live[0]], `${path}: buffers in use after each call`);
+        const before = e.pool.stats().inUse;
+        releaseConv2dWeight(w);
+        assertEquals(e.pool.stats().inUse, before - 1, `${path}: the one cached layout is freed`);
+        w.dispose();
+        b.dispose();
+      } finally {
+        conv2dTiles.path = saved;
+      }
     }
   },
 );
