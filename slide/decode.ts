@@ -3,7 +3,8 @@
  * dataset does exactly that before its transforms).
  *
  * - TIFF ({@link https://www.itu.int/itudoc/itu-t/com16/tiff-fx/docs/tiff6.pdf TIFF 6.0}) through
- *   `utif` 3.1.0: uncompressed, LZW, deflate (8 and the old 32946), PackBits, JPEG (6, 7). First page only.
+ *   `utif` 3.1.0: uncompressed, LZW, deflate (8 and the old 32946), PackBits, old JPEG (6); JPEG (7, 8-bit
+ *   grey or RGB) through libjpeg-turbo, strip by strip or tile by tile. First page only.
  * - PNG ({@link https://www.w3.org/TR/png-3/ PNG 3}) through `fast-png`, JPEG through libjpeg-turbo
  *   (WebAssembly; PIL's own decoder, so the pixels are PIL's).
  *
@@ -14,14 +15,15 @@
  *   PIL converts `I` to `L` by clipping, not scaling;
  * - CMYK → RGB with PIL's `cmyk2rgb` (`r = 255 − k − c·(255 − k)/255`, rounded as `MULDIV255`).
  *
- * NOTE: utif 3.1.0 always converts 3-channel JPEG-in-TIFF from YCbCr, even when the TIFF says
- * Photometric = RGB (such files come back with wrong colours; a warning says so).
+ * NOTE: old-style JPEG (compression 6) and other JPEG-in-TIFF layouts still go through utif's own JPEG
+ * decoder (a warning says so: values may differ from PIL's by a few levels). utif 3.1.0 converts those from
+ * YCbCr even when the TIFF says Photometric = RGB, so for such files its decoder is told not to.
  *
  * @module
  */
 import UTIF from "utif";
 import { decode as decodePng } from "fast-png";
-import { decodeJpegRgb } from "./jpeg.ts";
+import { decodeJpegRgb, spliceTables } from "./jpeg.ts";
 
 /** An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B R G B …`. */
 export interface RgbImage {
@@ -131,6 +133,7 @@ function decodeTiff(bytes: Uint8Array): RgbImage {
   const bps = page.t258?.[0] ?? 1;
   const sampleFormat = page.t339?.[0] ?? 1;
   if (sampleFormat !== 1) throw new ImageDecodeError(`TIFF SampleFormat ${sampleFormat} is not supported`);
+  if (cmpr === 7 && bps === 8 && (spp === 1 || spp === 3)) return decodeJpegTiff(bytes, page, photometric);
   if (cmpr === 6 || cmpr === 7) {
     warnings.push("JPEG data decoded by utif, not libjpeg: values may differ from PIL's by a few levels");
   }
@@ -306,6 +309,45 @@ function decodePngRgb(bytes: Uint8Array): RgbImage {
     }
   }
   return { width, height, channels: 3, data: out, warnings };
+}
+
+/**
+ * A JPEG-compressed TIFF (compression 7, 8-bit grey or RGB) through libjpeg-turbo, strip by strip or tile by
+ * tile, with the JPEGTables (tag 347) spliced in: as libtiff does for PIL, Photometric = RGB keeps the
+ * components (no YCbCr step) and YCbCr converts.
+ */
+function decodeJpegTiff(bytes: Uint8Array, page: UtifPage, photometric: number): RgbImage {
+  const width = page.t256![0], height = page.t257![0];
+  const tiled = page.t322 !== undefined;
+  const tw = tiled ? page.t322![0] : width;
+  const th = tiled ? (page.t323?.[0] ?? height) : Math.min(page.t278?.[0] ?? height, height);
+  const offsets = (tiled ? page.t324 : page.t273) ?? [];
+  const counts = (tiled ? page.t325 : page.t279) ?? [];
+  const across = Math.ceil(width / tw), down = Math.ceil(height / th);
+  if (offsets.length < across * down || counts.length < across * down) {
+    throw new ImageDecodeError(
+      `the TIFF lists ${offsets.length} JPEG ${tiled ? "tiles" : "strips"}, the image needs ${across * down}`,
+    );
+  }
+  const tables = page.t347 ? Uint8Array.from(page.t347) : undefined;
+  const colorTransform = photometric === 2 ? false : photometric === 6 ? true : undefined;
+  const out = new Uint8Array(width * height * 3);
+  for (let i = 0; i < across * down; i++) {
+    const [off, n] = [offsets[i], counts[i]];
+    if (off + n > bytes.length) {
+      throw new ImageDecodeError(`JPEG ${tiled ? "tile" : "strip"} ${i} runs past the end of the file`);
+    }
+    const x0 = (i % across) * tw, y0 = Math.floor(i / across) * th;
+    const img = decodeJpegRgb(spliceTables(tables, bytes.subarray(off, off + n)), `JPEG chunk ${i}`, {
+      colorTransform,
+    });
+    const cols = Math.min(tw, width - x0, img.width), rows = Math.min(th, height - y0, img.height);
+    for (let r = 0; r < rows; r++) {
+      const src = r * img.width * 3;
+      out.set(img.data.subarray(src, src + cols * 3), ((y0 + r) * width + x0) * 3);
+    }
+  }
+  return { width, height, channels: 3, data: out, warnings: [] };
 }
 
 // ------------------------------------------------------------------------------------------------ JPEG
