@@ -24,6 +24,7 @@ import {
   type FoldedParams,
   foldForInference,
   initResNet,
+  maxActivationPerImage,
   parameterShapes,
   type ResNetConfig,
   resnetForward,
@@ -230,9 +231,39 @@ export class HE2Gene {
 
   /**
    * Inference (eval mode, no autograd): batch norms folded into the convs, heads as fused matmuls.
-   * x: (N, 3, H, W) normalised. The caller owns the returned tensors.
+   * x: (N, 3, H, W) normalised; any N (batches whose activations exceed one storage binding run in chunks).
+   * The caller owns the returned tensors.
    */
-  predict(x: Tensor): { target: Tensor; aux: Tensor; tumorProb: Tensor } {
+  predict(x: Tensor, o: { chunk?: number } = {}): { target: Tensor; aux: Tensor; tumorProb: Tensor } {
+    // A batch whose activations would exceed one storage binding runs in chunks that fit (`o.chunk`
+    // forces a chunk size).
+    const [n, , h, w] = x.shape;
+    const perImage = 4 * maxActivationPerImage(this.config.backbone, h, w);
+    const chunk = o.chunk ??
+      Math.max(1, Math.floor(this.engine.limits.maxStorageBufferBindingSize / perImage));
+    if (n <= chunk) return this.#predict(x);
+    const e = this.engine, per = x.size / n;
+    const out = {
+      target: e.empty([n, this.config.targetGenes], "predict target"),
+      aux: e.empty([n, this.config.auxGenes], "predict aux"),
+      tumorProb: e.empty([n, 1], "predict tumour"),
+    };
+    for (let i = 0; i < n; i += chunk) {
+      const b = Math.min(chunk, n - i);
+      e.scope(() => {
+        const xi = e.empty([b, ...x.shape.slice(1)], "predict chunk");
+        e.copy(x, xi, { srcOffset: i * per, size: b * per });
+        const r = this.#predict(xi);
+        for (const k of ["target", "aux", "tumorProb"] as const) {
+          const cols = out[k].shape[1];
+          e.copy(r[k], out[k], { dstOffset: i * cols, size: b * cols });
+        }
+      });
+    }
+    return out;
+  }
+
+  #predict(x: Tensor): { target: Tensor; aux: Tensor; tumorProb: Tensor } {
     return noGrad(() => {
       this.#folded ??= this.#fold();
       const f = resnetForwardFolded(this.config.backbone, this.#folded, x);

@@ -271,6 +271,32 @@ export function foldForInference(
 }
 
 /**
+ * The largest tensor one image produces on its way through the backbone at `h × w` input, in elements:
+ * conv outputs and the zero-padded channels-last input copies the register-blocked conv path makes. A batch
+ * must keep `batch × this × 4` bytes within one storage binding.
+ */
+export function maxActivationPerImage(c: ResNetConfig, h: number, w: number): number {
+  const out = (s: number, k: number, stride: number, pad: number) =>
+    Math.floor((s + 2 * pad - k) / stride) + 1;
+  const c4 = (ch: number) => Math.ceil(ch / 4) * 4;
+  const { stem, blocks } = layout(c);
+  let max = Math.max(3 * h * w, (h + 2 * stem.pad) * (w + 2 * stem.pad) * c4(stem.cin));
+  let H = out(h, stem.k, stem.stride, stem.pad), W = out(w, stem.k, stem.stride, stem.pad);
+  max = Math.max(max, stem.cout * H * W);
+  H = out(H, 3, 2, 1);
+  W = out(W, 3, 2, 1); // max pool
+  for (const b of blocks) {
+    for (const cv of b.convs) {
+      max = Math.max(max, (H + 2 * cv.pad) * (W + 2 * cv.pad) * c4(cv.cin));
+      H = out(H, cv.k, cv.stride, cv.pad);
+      W = out(W, cv.k, cv.stride, cv.pad);
+      max = Math.max(max, cv.cout * H * W);
+    }
+  }
+  return max;
+}
+
+/**
  * Inference forward with folded batch norms: each conv runs once with bias, residual and ReLU fused.
  * Not differentiable (no autograd); releases every intermediate.
  */

@@ -1,4 +1,5 @@
-import { HE2Gene, type HostTensor, inferConfig } from "../../model/mod.ts";
+import { HE2Gene, type HostTensor, inferConfig, RESNET50 } from "../../model/mod.ts";
+import { maxActivationPerImage } from "../../model/resnet.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, TOL } from "../helpers.ts";
 
 interface Fixture {
@@ -37,6 +38,12 @@ for (const name of ["bottleneck_w4_base", "basic_w4_spat"]) {
     assertClose(await p.target.toArray(), f.target.data, TOL.model, `${name} target (folded)`);
     assertClose(await p.aux.toArray(), f.aux.data, TOL.model, `${name} aux (folded)`);
     assertClose(await p.tumorProb.toArray(), f.tumor.data, TOL.model, `${name} tumour (folded)`);
+    // One image at a time (the path batches larger than one storage binding take).
+    if (x.shape[0] < 2) throw new Error(`${name}: the fixture needs a batch of 2 or more`);
+    const c = model.predict(x, { chunk: 1 });
+    assertClose(await c.target.toArray(), f.target.data, TOL.model, `${name} target (chunks of 1)`);
+    assertClose(await c.aux.toArray(), f.aux.data, TOL.model, `${name} aux (chunks of 1)`);
+    assertClose(await c.tumorProb.toArray(), f.tumor.data, TOL.model, `${name} tumour (chunks of 1)`);
     const o = e.scope(() => {
       const out = model.forward(x, { training: false });
       out.features.dispose();
@@ -82,4 +89,10 @@ gpuTest("the architecture is read from the keys: variant, block, depth, width an
   assertEquals([...c.backbone.layers], [2, 1, 1, 1]);
   assertEquals(c.backbone.width, 4);
   assertEquals([c.targetGenes, c.auxGenes], [5, 7]);
+});
+
+Deno.test("the largest activation of a ResNet-50 image at 224² is conv1's (= layer1's) output", () => {
+  // 64 × 112 × 112 = 256 × 56 × 56 = 802 816 floats: 41 images fit a 128 MiB binding, 42 do not.
+  assertEquals(maxActivationPerImage(RESNET50, 224, 224), 802816);
+  assertEquals(Math.floor(2 ** 27 / (4 * 802816)), 41);
 });
