@@ -10,7 +10,8 @@
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all but slide-predict, which takes ~3 min),
+ * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all; slide-predict takes ~2 min, 32 spots
+ *   with `--quick`),
  * `--no-peer`, `--reps N`, `--data DIR` (the shared data folder; default `../shared/data` beside the project).
  *
  * @module
@@ -187,7 +188,7 @@ export async function main(args: string[]): Promise<void> {
       shapes: { type: "string" },
       "no-peer": { type: "boolean", default: false },
       reps: { type: "string" },
-      suite: { type: "string", default: "matmul,conv,resnet,slide,train" },
+      suite: { type: "string", default: SUITES.join(",") },
       data: { type: "string" },
     },
     strict: true,

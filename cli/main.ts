@@ -114,8 +114,8 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
     usage:
-      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train] [--shapes NAME,…] [--reps N] [--no-peer]\n" +
-      "       [--data DIR] (slide suites: the shared data folder; also --suite slide-predict)",
+      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train,slide-predict] [--shapes NAME,…]\n" +
+      "       [--reps N] [--no-peer] [--data DIR] (the shared data folder for the slide suites)",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
       await main(args);
