@@ -37,6 +37,7 @@ import { HE2Gene, RESNET50 } from "../model/mod.ts";
 import { saveModel } from "../cli/checkpoint.ts";
 import { parseSpots } from "../cli/extract_patches.ts";
 import { predictSlide, SLIDE_STAGES } from "../cli/predict_slide.ts";
+import { exists } from "../slide/datasets/types.ts";
 
 /** One run of predict-slide. */
 export interface PredictSlideRow {
@@ -71,15 +72,6 @@ const C2_SPOTS = "her2st/data/ST-spotfiles/C2_selection.tsv";
 const BATCH = 4;
 const QUICK_SPOTS = 32;
 const C2_SPOT_COUNT = 187;
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function spotSubset(src: string, dst: string, n: number): Promise<number> {
   const spots = parseSpots(await Deno.readTextFile(src), src).slice(0, n);

@@ -40,6 +40,7 @@ import { applyMacenko, MACENKO_DEFAULT_TARGET } from "../slide/stain.ts";
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { writeAtomic } from "../slide/npz.ts";
+import { exists } from "../slide/datasets/types.ts";
 import { parseSpots, type SpotRow } from "../cli/extract_patches.ts";
 
 /** One row of the table. */
@@ -87,15 +88,6 @@ function median(xs: number[]): number {
   if (s.length === 0) return NaN;
   const h = s.length >> 1;
   return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Run `fn` `warmup + reps` times; milliseconds of the timed ones. */

@@ -33,6 +33,7 @@ import {
 } from "../model/metrics.ts";
 import { type NpyArray, readNpy, readNpz, toNumbers } from "../slide/npy.ts";
 import { writeAtomic } from "../slide/npz.ts";
+import { exists } from "../slide/datasets/types.ts";
 import { UsageError } from "./errors.ts";
 
 /** A block of predicted genes (one head). */
@@ -236,15 +237,6 @@ export async function readCsvTable(
     }
   }
   return { names, columns, values };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function tumorCsv(path: string, names: string[]): Promise<Float32Array> {

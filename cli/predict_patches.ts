@@ -23,7 +23,7 @@ import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slid
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { UsageError } from "./errors.ts";
-import { predictViews, type Tta, TTAS, viewBoxes } from "./views.ts";
+import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
 
 export { type Tta, viewBoxes };
 const EXTENSIONS = new Set([".tif", ".tiff", ".png", ".jpg", ".jpeg"]);
@@ -193,33 +193,15 @@ export async function writeOutputs(dir: string, p: PatchPredictions): Promise<vo
 export async function runPredictPatches(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: {
-      weights: { type: "string" },
-      out: { type: "string", default: "./output" },
-      "batch-size": { type: "string", default: "4" },
-      tta: { type: "string", default: "tta" },
-      "target-genes": { type: "string" },
-      "aux-genes": { type: "string" },
-      quiet: { type: "boolean", default: false },
-    },
+    options: PREDICT_OPTIONS,
     allowPositionals: true,
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError("expected one patch folder (DIR)");
-  if (!values.weights) {
-    throw new UsageError("--weights CKPT is required (model_base.pt, model_spat.pt or .safetensors)");
-  }
-  const tta = values.tta as Tta;
-  if (!TTAS.includes(tta)) {
-    throw new UsageError(`--tta must be one of ${TTAS.join(", ")}, current value is ${values.tta}`);
-  }
-  const batchSize = Number(values["batch-size"]);
-  if (!Number.isInteger(batchSize) || batchSize < 1) {
-    throw new UsageError(`--batch-size must be a positive integer, current value is ${values["batch-size"]}`);
-  }
+  const { weights, tta, batchSize } = predictArgs(values);
   const t0 = performance.now();
   const p = await predictPatches(positionals[0], {
-    weights: values.weights,
+    weights,
     out: values.out!,
     batchSize,
     tta,

@@ -41,10 +41,7 @@ import { parseSpots } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
 import { UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
-import { predictViews, type StainTarget, type Tta, TTAS } from "./views.ts";
-
-/** Test-time augmentation of `predict-slide`: as `predict-patches` (see `views.ts`). */
-export type SlideTta = Tta;
+import { PREDICT_OPTIONS, predictArgs, predictViews, type StainTarget, type Tta } from "./views.ts";
 
 /** One spot or tile: its name, grid position, level-0 centre and the level-0 square it is predicted from. */
 export interface SlidePatch {
@@ -80,7 +77,7 @@ export interface PredictSlideOptions {
   /** Name prefix (default: the spot file's or the slide's name up to the first `_` or `.`). */
   section?: string;
   batchSize?: number;
-  tta?: SlideTta;
+  tta?: Tta;
   stain?: StainMethod;
   /** Reference image of `reinhard`. */
   stainRef?: string;
@@ -602,12 +599,9 @@ export async function runPredictSlide(args: string[]): Promise<void> {
   const { values: v, positionals } = parseArgs({
     args,
     options: {
-      weights: { type: "string" },
+      ...PREDICT_OPTIONS,
       spots: { type: "string" },
       tile: { type: "boolean", default: false },
-      out: { type: "string", default: "./output" },
-      "batch-size": { type: "string", default: "4" },
-      tta: { type: "string", default: "tta" },
       "crop-size": { type: "string" },
       "crop-um": { type: "string" },
       "tile-px": { type: "string" },
@@ -619,27 +613,18 @@ export async function runPredictSlide(args: string[]): Promise<void> {
       mpp: { type: "string" },
       h5ad: { type: "boolean", default: false },
       "no-aux-csv": { type: "boolean", default: false },
-      "target-genes": { type: "string" },
-      "aux-genes": { type: "string" },
-      quiet: { type: "boolean", default: false },
     },
     allowPositionals: true,
     strict: true,
   });
   if (positionals.length !== 1) throw new UsageError("expected one SLIDE");
-  if (!v.weights) {
-    throw new UsageError("--weights CKPT is required (model_base.pt, model_spat.pt or .safetensors)");
-  }
+  const { weights, tta, batchSize } = predictArgs(v);
   if (!v.spots === !v.tile) throw new UsageError("give either --spots FILE or --tile");
   if (v.tile && (v["crop-size"] || v["crop-um"])) {
     throw new UsageError("--crop-size / --crop-um apply to --spots; tiles are --tile-px / --tile-um squares");
   }
   if (v.spots && (v["tile-px"] || v["tile-um"] || v["min-tissue"])) {
     throw new UsageError("--tile-px / --tile-um / --min-tissue apply to --tile");
-  }
-  const tta = v.tta as SlideTta;
-  if (!TTAS.includes(tta)) {
-    throw new UsageError(`--tta must be one of ${TTAS.join(", ")}, current value is ${v.tta}`);
   }
   const stain = v.stain as StainMethod;
   if (!["none", "macenko", "reinhard"].includes(stain)) {
@@ -654,7 +639,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
   }
   const t0 = performance.now();
   const p = await predictSlide(positionals[0], {
-    weights: v.weights,
+    weights,
     out: v.out!,
     spots: v.spots,
     cropSize: positiveNumber(v["crop-size"], "--crop-size", true),
@@ -663,7 +648,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     tileUm: positiveNumber(v["tile-um"], "--tile-um"),
     minTissue,
     section: v.section,
-    batchSize: positiveNumber(v["batch-size"], "--batch-size", true),
+    batchSize,
     tta,
     stain,
     stainRef: v["stain-ref"],

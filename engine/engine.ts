@@ -327,6 +327,18 @@ export class Engine {
     for (const s of this.#scopes) s.delete(t);
   }
 
+  #placeholder: Tensor | null = null;
+  /**
+   * A 4-element zero tensor, made once per engine, to bind where a kernel declares an optional input (a
+   * bias, a residual) that a call does not give.
+   */
+  placeholder(): Tensor {
+    if (!this.#placeholder || this.#placeholder.disposed) {
+      this.#placeholder = this.scope(() => this.tensor(new Float32Array(4), [4]).keep());
+    }
+    return this.#placeholder;
+  }
+
   // ---------------------------------------------------------------- dispatch
 
   #enc(): GPUCommandEncoder {

@@ -790,17 +790,6 @@ function lanes(
   return { uniforms, workgroups };
 }
 
-const dummies = new WeakMap<Engine, Tensor>();
-/** A 4-element tensor bound where a kernel declares bias or residual but none is given. */
-function dummy(e: Engine): Tensor {
-  let t = dummies.get(e);
-  if (!t || t.disposed) {
-    t = e.scope(() => e.tensor(new Float32Array(4), [4]).keep());
-    dummies.set(e, t);
-  }
-  return t;
-}
-
 /** Forward on the register-blocked path. */
 function regForward(x: Tensor, w: Tensor, g: Conv2dGeometry, o: Conv2dOptions, y: Tensor, info: string) {
   const e = x.engine;
@@ -815,7 +804,7 @@ function regForward(x: Tensor, w: Tensor, g: Conv2dGeometry, o: Conv2dOptions, y
   const blk = chooseRegBlock(g.cout, N, g.kh * g.kw * cp);
   const l = lanes(e, "conv2d", g.cout, N, blk);
   e.run(regFwdKernel(blk.tm, blk.tn), {
-    bindings: [a, xp, o.bias ?? dummy(e), o.residual ?? dummy(e), y],
+    bindings: [a, xp, o.bias ?? e.placeholder(), o.residual ?? e.placeholder(), y],
     uniforms: {
       M: g.cout,
       N,
@@ -880,7 +869,7 @@ function regBackwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, dx: Tensor, 
       const blk = chooseRegBlock(g.cin, N, ph.taps * pw.taps * cp);
       const l = lanes(e, "conv2d backward (input)", g.cin, N, blk);
       e.run(regFwdKernel(blk.tm, blk.tn), {
-        bindings: [a, dyp, dummy(e), dummy(e), dx],
+        bindings: [a, dyp, e.placeholder(), e.placeholder(), dx],
         uniforms: {
           M: g.cin,
           N,

@@ -310,17 +310,6 @@ function matmulKernel(c: MatmulConfig, v: Variant): Kernel {
     }) as unknown as Kernel);
 }
 
-const dummies = new WeakMap<Engine, Tensor>();
-// A 4-element tensor bound where a kernel declares a bias but none is given.
-function dummy(e: Engine): Tensor {
-  let t = dummies.get(e);
-  if (!t || t.disposed) {
-    t = e.scope(() => e.tensor(new Float32Array(4), [4]).keep());
-    dummies.set(e, t);
-  }
-  return t;
-}
-
 function workgroups(c: MatmulConfig, m: number, n: number, batch: number): [number, number, number] {
   if (c.kind === "tiled") return [Math.ceil(n / (c.wx * c.tn)), Math.ceil(m / (c.wy * c.tm)), batch];
   if (c.lanes === "rows") return [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), batch];
@@ -489,7 +478,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     kBlock = alignedBlock(e, [n], k);
     if (kBlock >= 8) kBlock -= kBlock % 4; // keep vec4 reads of A aligned
   }
-  const biasT = o.bias ?? dummy(e);
+  const biasT = o.bias ?? e.placeholder();
   for (let m0 = 0; m0 < M; m0 += mBlock) {
     const mc = Math.min(mBlock, M - m0);
     for (let n0 = 0; n0 < n; n0 += nBlock) {
