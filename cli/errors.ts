@@ -10,3 +10,15 @@ export class UsageError extends Error {
     this.name = "UsageError";
   }
 }
+
+/**
+ * The user interrupted the command (Ctrl-C / SIGINT): exit code 130, as a shell reports a process killed
+ * by SIGINT. Thrown after the command has saved what it can (train: a checkpoint) and removed what it
+ * had not finished writing.
+ */
+export class Interrupted extends Error {
+  constructor(message = "interrupted") {
+    super(message);
+    this.name = "Interrupted";
+  }
+}

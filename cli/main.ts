@@ -1,7 +1,7 @@
 /**
  * The he2gene command line: `deno task he2gene <command> [options]`.
  *
- * Exit codes: 0 ok, 1 bad input, 2 usage, 3 GPU / device failure.
+ * Exit codes: 0 ok, 1 bad input, 2 usage, 3 GPU / device failure, 130 interrupted (Ctrl-C).
  *
  * @module
  */
@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { GPUFailure, NoAdapterError } from "../mod.ts";
 import { runDemo } from "./demo.ts";
 import { runInfo } from "./info.ts";
-import { UsageError } from "./errors.ts";
+import { Interrupted, UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
 import { runEvaluate } from "./evaluate.ts";
@@ -18,7 +18,7 @@ import { runExtractPatches } from "./extract_patches.ts";
 import { PREDICT_SLIDE_USAGE, runPredictSlide } from "./predict_slide.ts";
 import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
 
-export { UsageError };
+export { Interrupted, UsageError };
 
 interface Command {
   summary: string;
@@ -141,7 +141,7 @@ function help(): string {
     "",
     "Environment: HE2GENE_BACKEND / DENO_WEBGPU_BACKEND = vulkan|gl|metal|dx12 picks the backend;",
     "             HE2GENE_TRACE=1 prints every GPU dispatch.",
-    "Exit codes: 0 ok, 1 bad input, 2 usage, 3 GPU/device failure.",
+    "Exit codes: 0 ok, 1 bad input, 2 usage, 3 GPU/device failure, 130 interrupted (Ctrl-C).",
   ];
   return lines.join("\n");
 }
@@ -200,6 +200,10 @@ export async function cli(args: string[]): Promise<number> {
       }
       console.error(`Usage error: ${err.message}.${hint}\nUsage: ${prog()} ${cmd.usage}`);
       return 2;
+    }
+    if (err instanceof Interrupted) {
+      console.error(`Interrupted: ${err.message}`);
+      return 130;
     }
     if (err instanceof NoAdapterError || err instanceof GPUFailure) {
       console.error(err.message);
