@@ -6,7 +6,16 @@
  */
 import type { Engine } from "../engine/engine.ts";
 import { HE2Gene, type HostTensor } from "../model/mod.ts";
-import { readSafetensors, readTorch, type TensorEntry, toFloat32, writeSafetensors } from "../weights/mod.ts";
+import {
+  assertFinite,
+  CheckpointError,
+  countNonFinite,
+  readSafetensors,
+  readTorch,
+  type TensorEntry,
+  toFloat32,
+  writeSafetensors,
+} from "../weights/mod.ts";
 
 /** A loaded checkpoint. */
 export interface LoadedModel {
@@ -17,18 +26,47 @@ export interface LoadedModel {
   format: string;
 }
 
-/** Read a checkpoint's tensors as float32 host arrays, and its metadata. */
+/**
+ * The entries as float32 host arrays. Refused, naming `path` and the tensors: NaN or ±Inf in any float
+ * tensor (F16, BF16, F32, F64), and F64 values beyond float32's range.
+ */
+function toHost(entries: ReadonlyMap<string, TensorEntry>, path: string): Map<string, HostTensor> {
+  assertFinite(entries, path);
+  const tensors = new Map<string, HostTensor>();
+  const overflow: string[] = [];
+  for (const [k, e] of entries) {
+    const data = toFloat32(e);
+    if (e.dtype === "F64") {
+      const c = countNonFinite({ dtype: "F32", shape: e.shape, bytes: new Uint8Array(data.buffer) });
+      if (c.inf) overflow.push(`${k} (${c.inf} values)`);
+    }
+    tensors.set(k, { shape: e.shape, data });
+  }
+  if (overflow.length) {
+    throw new CheckpointError(
+      path,
+      -1,
+      `expected float64 weights within float32's range (±3.4e38), found larger values in ${
+        overflow.join(", ")
+      }`,
+    );
+  }
+  return tensors;
+}
+
+/** Read a checkpoint's tensors as float32 host arrays, and its metadata (non-finite weights refused). */
 export async function readCheckpoint(
   path: string,
 ): Promise<{ tensors: Map<string, HostTensor>; metadata: Record<string, string>; format: string }> {
-  const tensors = new Map<string, HostTensor>();
+  if ((await Deno.stat(path).catch(() => null))?.isDirectory) {
+    throw new Error(`Cannot read the checkpoint ${path}: it is a folder, not a checkpoint file`);
+  }
   if (path.endsWith(".safetensors")) {
     const st = await readSafetensors(path);
-    for (const [k, e] of st.tensors) tensors.set(k, { shape: e.shape, data: toFloat32(e) });
-    return { tensors, metadata: st.metadata, format: "safetensors" };
+    return { tensors: toHost(st.tensors, path), metadata: st.metadata, format: "safetensors" };
   }
   const ck = await readTorch(path);
-  for (const [k, e] of ck.tensors) tensors.set(k, { shape: e.shape, data: toFloat32(e) });
+  const tensors = toHost(ck.tensors, path);
   return {
     tensors,
     metadata: {},
@@ -43,7 +81,8 @@ function genes(meta: Record<string, string>, key: string): string[] | undefined 
 }
 
 /**
- * Load a model from a checkpoint file; shape problems are reported all at once, naming the file.
+ * Load a model from a checkpoint file; shape problems are reported all at once, naming the file, and
+ * NaN / Inf weights are refused, naming the tensors.
  *
  * @example
  * ```ts

@@ -3,13 +3,17 @@
  * checkpoint (zip or legacy `torch.save` of a state dict) to safetensors. Every tensor is kept as is
  * (dtype, shape, bytes); gene names, one per line, go into `__metadata__` as JSON strings
  * (`target_genes`, `aux_genes`), next to `format: "pt"`, the source file name and a `config` JSON with
- * the head sizes found.
+ * the head sizes found. Refused: an output that is one of the inputs (same path, or the same file through
+ * a symbolic or hard link; exit 2), and a checkpoint whose float tensors hold NaN or Inf (exit 1, naming the
+ * tensors: a converted checkpoint with them would be useless). The output is written under a temporary name
+ * in its folder, then renamed.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { basename } from "node:path";
 import {
+  assertFinite,
   CheckpointError,
   isFloat,
   numel,
@@ -17,7 +21,7 @@ import {
   type TensorEntry,
   writeSafetensors,
 } from "../weights/mod.ts";
-import { UsageError } from "./errors.ts";
+import { checkInterrupt, UsageError } from "./errors.ts";
 
 /** Head names of the two HE2Gene code bases: (target, auxiliary, tumour). */
 const HEADS = [["fc1", "fc2", "fc3"], ["fc", "fc_aux", "fc_tmr"]] as const;
@@ -63,7 +67,48 @@ function head(tensors: Map<string, TensorEntry>, which: 0 | 1 | 2): { name: stri
 }
 
 /**
- * Convert `input` (a `.pt` state dict) to a safetensors file at `output`.
+ * Refuse an `output` that is one of the `inputs` (`[what, path]`): the same path in any spelling, or the
+ * same file through a symbolic or hard link (real paths, then device + inode). A missing output is fine.
+ */
+async function refuseOverwrite(output: string, inputs: [string, string | undefined][]): Promise<void> {
+  let out: Deno.FileInfo;
+  try {
+    out = await Deno.stat(output);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw new Error(`Cannot write the output ${output}: ${(e as Error).message}`);
+  }
+  if (out.isDirectory) {
+    throw new UsageError(
+      `the output ${output} is a folder; give a file name, e.g. ${output}/model.safetensors`,
+    );
+  }
+  const outReal = await Deno.realPath(output);
+  for (const [what, path] of inputs) {
+    if (path === undefined) continue;
+    let st: Deno.FileInfo, real: string;
+    try {
+      st = await Deno.stat(path);
+      real = await Deno.realPath(path);
+    } catch {
+      continue; // a missing input is reported by its reader
+    }
+    const linked = st.ino !== null && st.dev === out.dev && st.ino === out.ino;
+    if (real === outReal || linked) {
+      const how = real !== outReal ? " (a hard link to it)" : output !== path ? ` (both are ${real})` : "";
+      throw new UsageError(
+        `the output ${output} is the ${what} ${path}${how}: converting would overwrite it; ` +
+          `choose another output path`,
+      );
+    }
+  }
+}
+
+/**
+ * Convert `input` (a `.pt` state dict) to a safetensors file at `output`. Refused: an output that is an
+ * input file (same path or the same file through a link), and tensors holding NaN or Inf (a converted
+ * checkpoint with them is useless), naming the tensors. The output is written under a temporary name in
+ * its folder, then renamed.
  *
  * @example
  * ```ts ignore
@@ -77,8 +122,14 @@ export async function convertCheckpoint(
   output: string,
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
+  await refuseOverwrite(output, [
+    ["input", input],
+    ["--target-genes file", options.targetGenes],
+    ["--aux-genes file", options.auxGenes],
+  ]);
   const ckpt = await readTorch(input);
   const { tensors } = ckpt;
+  assertFinite(tensors, input);
   const metadata: Record<string, string> = { format: "pt", source: basename(input) };
   const config: Record<string, unknown> = {};
   const genes = [[options.targetGenes, 0, "target_genes", "target"], [
@@ -105,6 +156,7 @@ export async function convertCheckpoint(
   if (tumour) config.tumour_head = { name: tumour.name, outputs: tumour.rows };
   if (Object.keys(config).length) metadata.config = JSON.stringify(config);
 
+  checkInterrupt(); // Ctrl-C while reading: write nothing
   await writeSafetensors(output, tensors, { metadata });
 
   const prefixes = new Map<string, number>(), dtypes = new Map<string, number>();

@@ -1,5 +1,11 @@
 /**
- * CLI error kinds and their exit codes: 1 bad input, 2 usage, 3 GPU / device failure.
+ * CLI error kinds and their exit codes: 1 bad input, 2 usage, 3 GPU / device failure, 130 interrupted.
+ *
+ * Ctrl-C: while a command that stops cleanly runs, `cli()` (cli/main.ts) listens for SIGINT and the first
+ * one calls {@linkcode requestInterrupt}; the command's long loops call {@linkcode checkInterrupt}, which
+ * then throws {@linkcode Interrupted}, so the atomic writers remove what they had not finished and the exit
+ * code is 130. A second Ctrl-C exits at once.
+ *
  * @module
  */
 
@@ -21,4 +27,48 @@ export class Interrupted extends Error {
     super(message);
     this.name = "Interrupted";
   }
+}
+
+let interrupt = new AbortController();
+
+/** Ask the running command to stop (the first Ctrl-C): the next {@linkcode checkInterrupt} throws. */
+export function requestInterrupt(): void {
+  if (!interrupt.signal.aborted) {
+    interrupt.abort(new Interrupted("Ctrl-C; nothing was written (outputs are written only when complete)"));
+  }
+}
+
+/** Forget an earlier request (`cli()` calls this before each command). */
+export function resetInterrupt(): void {
+  interrupt = new AbortController();
+}
+
+/** Whether Ctrl-C was pressed since the command started. */
+export function interruptRequested(): boolean {
+  return interrupt.signal.aborted;
+}
+
+/** The request as an `AbortSignal` (aborted with an {@linkcode Interrupted} reason), for APIs that take one. */
+export function interruptSignal(): AbortSignal {
+  return interrupt.signal;
+}
+
+/** Throw {@linkcode Interrupted} if Ctrl-C was pressed: call it in every long loop and before committing. */
+export function checkInterrupt(): void {
+  interrupt.signal.throwIfAborted();
+}
+
+/**
+ * Why `name` cannot be used as one file name inside an output folder, or null when it can: it is empty,
+ * holds a path separator (`/`, `\`), is or holds `..`, or holds a control character — each of which would
+ * write outside the folder or make a name the other commands read back differently.
+ */
+export function unsafeFileNamePart(name: string): string | null {
+  if (name.length === 0) return "it is empty";
+  if (/[/\\]/.test(name)) return "it holds a path separator";
+  if (name === ".") return 'it is "."';
+  if (name.includes("..")) return 'it holds ".."';
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(name)) return "it holds a control character";
+  return null;
 }

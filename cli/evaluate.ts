@@ -26,15 +26,17 @@ import {
   columnMeans,
   msePerGene,
   nanMean,
+  type NonFiniteCells,
+  nonFiniteCells,
   pearsonPerGene,
   type PearsonSummary,
   rocAuc,
   summarize,
 } from "../model/metrics.ts";
 import { type NpyArray, readNpy, readNpz, toNumbers } from "../slide/npy.ts";
-import { writeAtomic } from "../slide/npz.ts";
+import { makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { exists } from "../slide/datasets/types.ts";
-import { UsageError } from "./errors.ts";
+import { checkInterrupt, UsageError } from "./errors.ts";
 
 /** A block of predicted genes (one head). */
 interface Head {
@@ -203,6 +205,7 @@ export function parseCsv(text: string): string[][] {
 
 function cell(s: string, file: string, line: number, col: number): number {
   if (s === "" || s === "nan" || s === "NaN") return NaN;
+  if (s === "inf" || s === "-inf") return s[0] === "-" ? -Infinity : Infinity; // pandas' spelling
   if (s === "True" || s === "true") return 1;
   if (s === "False" || s === "false") return 0;
   const v = Number(s);
@@ -372,6 +375,9 @@ export function scorePredictions(
   const perGene: EvaluateResult["perGene"] = { gene: [], head: [], r: [], mse: [], meanExpression: [] };
   const summary: Partial<EvaluateResult["summary"]> = {};
   const all = { r: [] as number[], names: [] as string[], me: [] as number[], mse: [] as number[] };
+  // The joined matrices first: NaN / Inf in them is reported as such, never scored as "constant".
+  const joined: { b: (typeof blocks)[number]; p: Float32Array; t: Float32Array }[] = [];
+  const log1pBad = { count: 0, first: null as null | { spot: string; gene: string; value: number } };
   for (const b of blocks) {
     const Gb = b.genes.length;
     if (Gb === 0) continue;
@@ -382,9 +388,41 @@ export function scorePredictions(
       for (let g = 0; g < Gb; g++) {
         p[s * Gb + g] = b.head.values[ps + b.predCol[g]];
         const v = T.values[ts + b.truthCol[g]];
-        t[s * Gb + g] = o.log1p ? Math.log1p(v) : v;
+        const x = o.log1p ? Math.log1p(v) : v;
+        if (o.log1p && Number.isFinite(v) && !Number.isFinite(x) && log1pBad.count++ === 0) {
+          log1pBad.first = { spot: name, gene: b.genes[g], value: v };
+        }
+        t[s * Gb + g] = x;
       }
     });
+    joined.push({ b, p, t });
+  }
+  for (const [which, table] of [["t", truth], ["p", pred]] as const) {
+    const report = nonFiniteReport(
+      joined.map(({ b, p, t }) => ({
+        genes: b.genes,
+        cells: nonFiniteCells(which === "t" ? t : p, S, b.genes.length),
+      })),
+      spots,
+      table.source.toLowerCase().endsWith(".csv"),
+    );
+    if (!report) continue;
+    const what = which === "p"
+      ? `the predictions ${table.source}`
+      : `the truth ${table.source}${log1pBad.count > 0 ? " after --log1p" : ""}`;
+    let cause = "";
+    if (which === "t" && log1pBad.count > 0) {
+      const f = log1pBad.first!;
+      cause = `. ${log1pBad.count} of them come from --log1p: log(1 + x) is undefined for x ≤ −1 ` +
+        `(e.g. spot ${f.spot}, gene ${f.gene}: ${f.value}); is the truth already on a log scale?`;
+    }
+    throw new Error(
+      `Cannot evaluate: ${what} ${report}. Pearson r and the MSE are undefined with them; remove or fill ` +
+        `those values${cause}`,
+    );
+  }
+  for (const { b, p, t } of joined) {
+    const Gb = b.genes.length;
     const r = pearsonPerGene(p, t, S, Gb);
     const me = columnMeans(t, S, Gb);
     const mse = msePerGene(p, t, S, Gb);
@@ -452,6 +490,36 @@ export function scorePredictions(
     tumor,
     perGene,
   };
+}
+
+/** "holds N values that are not finite (…) in G genes: A (n), B (n), …; the first: spot S, gene A (NaN)", or null. */
+function nonFiniteReport(
+  blocks: { genes: string[]; cells: NonFiniteCells }[],
+  spots: string[],
+  csv: boolean,
+): string | null {
+  let count = 0, nan = 0, inf = 0;
+  const genes: [string, number][] = [];
+  let first: string | null = null;
+  for (const { genes: names, cells } of blocks) {
+    count += cells.count, nan += cells.nan, inf += cells.inf;
+    cells.perGene.forEach((n, g) => n > 0 && genes.push([names[g], n]));
+    if (!first && cells.first) {
+      const f = cells.first;
+      first = `spot ${spots[f.spot]}, gene ${names[f.gene]} (${f.value})`;
+    }
+  }
+  if (count === 0) return null;
+  genes.sort((a, b) => b[1] - a[1]);
+  const list = genes.slice(0, EXAMPLES).map(([g, n]) => `${g} (${n})`).join(", ") +
+    (genes.length > EXAMPLES ? `, … ${genes.length - EXAMPLES} more` : "");
+  const kinds = [
+    nan ? `${nan} NaN${csv ? " (an empty or nan cell)" : ""}` : "",
+    inf ? `${inf} infinite` : "",
+  ]
+    .filter((k) => k).join(", ");
+  return `holds ${count} values that are not finite (${kinds}) at the joined spots, in ${genes.length} ` +
+    `gene${genes.length === 1 ? "" : "s"}: ${list}; the first: ${first}`;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -535,11 +603,20 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
     truth.tumorSource = o.truthTumor;
   }
   const genes = o.genes ? await readGeneList(o.genes) : undefined;
+  checkInterrupt();
   const res = scorePredictions(pred, truth, { genes, topK: o.topK, log1p: o.log1p });
+  checkInterrupt();
   if (o.out !== null) {
     const dir = o.out ?? dirname(pred.source);
-    await Deno.mkdir(dir, { recursive: true });
-    await writeAtomic(join(dir, "metrics.json"), toJson(res));
+    // A folder made for metrics.json is removed again if the write fails.
+    let created: string[] = [];
+    try {
+      created = await makeDirs(dir);
+      await writeAtomic(join(dir, "metrics.json"), toJson(res));
+    } catch (e) {
+      await removeCreatedDirs(created);
+      throw new Error(`Cannot write ${join(dir, "metrics.json")}: ${(e as Error).message}`);
+    }
   }
   return res;
 }

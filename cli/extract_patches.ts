@@ -5,14 +5,21 @@
  *
  * Spot files: a her2st / ST `*_selection.tsv` (`x y new_x new_y pixel_x pixel_y selected`; rows with
  * selected = 0 are skipped), a Visium `tissue_positions(_list).csv` (in-tissue spots), or a CSV with
- * `x,y,pixel_x,pixel_y`. Patches: `--crop-size` px (default 150) with top-left = ⌊px⌋ − size/2 as the
- * original, or `--crop-um` microns (needs the slide's resolution). Optional `--stain macenko|reinhard`.
+ * `x,y,pixel_x,pixel_y`. A spot file that lists a spot twice (two rows at one array position, or one
+ * Visium barcode on two rows) is refused naming the rows, as is one without spots to use, with the reason
+ * (empty, a header only, no spot selected / in tissue). Patches: `--crop-size` px (default 150) with
+ * top-left = ⌊px⌋ − size/2 as the original, or `--crop-um` microns (needs the slide's resolution).
+ * Optional `--stain macenko|reinhard`.
+ *
+ * All or nothing: the patches are written into a temporary folder and moved into `--out` once every one
+ * is written, so a failure (a full disk, Ctrl-C) leaves `--out` as it was and no folder the run made.
+ * `--section` and the array coordinates become file names: path separators, `..` and `.` are refused.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename, join } from "node:path";
-import { createEngine } from "../engine/engine.ts";
+import { basename, dirname, join, resolve } from "node:path";
+import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
   fitReinhard,
@@ -22,8 +29,8 @@ import {
 } from "../slide/stain.ts";
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide } from "../slide/wsi.ts";
-import { writeAtomic } from "../slide/npz.ts";
-import { UsageError } from "./errors.ts";
+import { makeDirs, removeCreatedDirs, renameAll } from "../slide/npz.ts";
+import { checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 
 /** A spot to cut: array coordinates and the level-0 pixel centre. */
@@ -34,20 +41,34 @@ export interface SpotRow {
   py: number;
 }
 
-/** Parse a spot file (see the module doc). Errors name the file and line. */
+/**
+ * Parse a spot file (see the module doc). Errors name the file and line. A file without spots to use
+ * (empty, a header only, every spot unselected / out of tissue) is refused with that cause, and so is one
+ * that lists a spot twice: two rows at one array position (they would share one patch file and one output
+ * name) or, in a Visium file, one barcode on two rows.
+ */
 export function parseSpots(text: string, file: string): SpotRow[] {
-  const lines = text.split(/\r?\n/).filter((l) => l.trim().length > 0);
+  // Non-blank lines with their line numbers in the file.
+  const lines = text.split(/\r?\n/).map((l, i) => ({ l, n: i + 1 })).filter(({ l }) => l.trim().length > 0);
   if (lines.length === 0) throw new Error(`Cannot read spots from ${file}: the file is empty`);
-  const sep = lines[0].includes("\t") ? "\t" : ",";
-  const head = lines[0].split(sep).map((s) => s.trim().replace(/^"|"$/g, ""));
+  const sep = lines[0].l.includes("\t") ? "\t" : ",";
+  const head = lines[0].l.split(sep).map((s) => s.trim().replace(/^"|"$/g, ""));
   const col = (names: string[]) => names.map((n) => head.indexOf(n)).find((i) => i >= 0) ?? -1;
   const rows: SpotRow[] = [];
+  const ids: SpotId[] = []; // one per kept row
   const num = (s: string, line: number, what: string) => {
     const v = Number(s);
     if (!Number.isFinite(v)) {
       throw new Error(`Cannot read spots from ${file}, line ${line}: ${what} "${s}" is not a number`);
     }
     return v;
+  };
+  const noSpots = (body: number, why: string): never => {
+    throw new Error(
+      body === 0
+        ? `Cannot read spots from ${file}: it holds a header (${head.join(", ")}) but no spot rows`
+        : `Cannot read spots from ${file}: ${why}, so there is no spot to use`,
+    );
   };
   if (col(["pixel_x"]) >= 0) {
     // her2st selection file or x,y,pixel_x,pixel_y CSV.
@@ -63,36 +84,160 @@ export function parseSpots(text: string, file: string): SpotRow[] {
         `Cannot read spots from ${file}: expected columns x, y, pixel_x, pixel_y; found ${head.join(", ")}`,
       );
     }
-    lines.slice(1).forEach((l, k) => {
+    const body = lines.slice(1);
+    for (const { l, n } of body) {
       const f = l.split(sep);
-      if (isel >= 0 && Number(f[isel]) === 0) return;
-      rows.push({
-        x: Math.round(num(f[ix], k + 2, "x")),
-        y: Math.round(num(f[iy], k + 2, "y")),
-        px: num(f[ipx], k + 2, "pixel_x"),
-        py: num(f[ipy], k + 2, "pixel_y"),
-      });
-    });
+      if (isel >= 0 && Number(f[isel]) === 0) continue;
+      const x = Math.round(num(f[ix], n, "x")), y = Math.round(num(f[iy], n, "y"));
+      rows.push({ x, y, px: num(f[ipx], n, "pixel_x"), py: num(f[ipy], n, "pixel_y") });
+      ids.push({ key: `${x}x${y}`, name: `spot ${x}x${y} (x = ${x}, y = ${y})`, line: n });
+    }
+    if (rows.length === 0) {
+      noSpots(
+        body.length,
+        body.length === 1 ? "its one spot has selected = 0" : `all ${body.length} spots have selected = 0`,
+      );
+    }
+    refuseDuplicateSpots(file, ids);
     return rows;
   }
   // Visium: barcode, in_tissue, array_row, array_col, pxl_row_in_fullres, pxl_col_in_fullres (header optional).
   const body = head.includes("barcode") ? lines.slice(1) : lines;
-  body.forEach((l, k) => {
+  const barcodes: SpotId[] = [];
+  for (const { l, n } of body) {
     const f = l.split(",");
     if (f.length < 6) {
       throw new Error(
-        `Cannot read spots from ${file}, line ${k + 1}: expected 6 Visium columns or x,y,pixel_x,pixel_y`,
+        `Cannot read spots from ${file}, line ${n}: expected 6 Visium columns or x,y,pixel_x,pixel_y`,
       );
     }
-    if (Number(f[1]) !== 1) return;
-    rows.push({
-      x: num(f[3], k + 1, "array_col"),
-      y: num(f[2], k + 1, "array_row"),
-      px: num(f[5], k + 1, "pxl_col_in_fullres"),
-      py: num(f[4], k + 1, "pxl_row_in_fullres"),
-    });
-  });
+    const barcode = f[0].trim().replace(/^"|"$/g, "");
+    barcodes.push({ key: barcode, name: `barcode ${barcode}`, line: n });
+    if (Number(f[1]) !== 1) continue;
+    const x = num(f[3], n, "array_col"), y = num(f[2], n, "array_row");
+    rows.push({ x, y, px: num(f[5], n, "pxl_col_in_fullres"), py: num(f[4], n, "pxl_row_in_fullres") });
+    ids.push({ key: `${x}x${y}`, name: `the spot at array_col ${x}, array_row ${y}`, line: n });
+  }
+  refuseDuplicateSpots(file, barcodes);
+  if (rows.length === 0) {
+    const which = body.length === 1 ? "its one spot is not" : `none of its ${body.length} spots is`;
+    noSpots(body.length, `${which} in tissue (in_tissue = 1)`);
+  }
+  refuseDuplicateSpots(file, ids);
   return rows;
+}
+
+/** A spot's identity in a spot file: what must be unique, how to name it, and its line. */
+interface SpotId {
+  key: string;
+  name: string;
+  line: number;
+}
+
+/** Refuse a spot file that lists a spot twice, naming the spots and their lines (at most 5). */
+function refuseDuplicateSpots(file: string, ids: SpotId[]): void {
+  const lines = new Map<string, SpotId[]>();
+  for (const s of ids) lines.set(s.key, [...(lines.get(s.key) ?? []), s]);
+  const dup = [...lines.values()].filter((g) => g.length > 1);
+  if (dup.length === 0) return;
+  const shown = dup.slice(0, 5).map((g) => `${g[0].name} on lines ${g.map((s) => s.line).join(", ")}`);
+  if (dup.length > 5) shown.push("…");
+  const many = dup.length > 1 ? "s are" : " is";
+  throw new Error(
+    `Cannot read spots from ${file}: ${dup.length} spot${many} listed more than once — ` +
+      `${shown.join("; ")}. Each spot must appear once (two rows would ` +
+      `write one patch file and one output name for two spots)`,
+  );
+}
+
+/**
+ * Read and parse a spot file; a folder, a missing or unreadable file is refused naming the path.
+ *
+ * @example
+ * ```ts
+ * const spots = await readSpots("C2_selection.tsv");
+ * ```
+ */
+export async function readSpots(path: string): Promise<SpotRow[]> {
+  return parseSpots(await readSpotFile(path), path);
+}
+
+/** The text of a spot file; a folder, a missing or unreadable file is refused naming the path. */
+export async function readSpotFile(path: string): Promise<string> {
+  try {
+    if ((await Deno.stat(path)).isDirectory) {
+      throw new Error(`Cannot read the spot file ${path}: it is a folder, not a file`);
+    }
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if ((e as Error).message.startsWith("Cannot read the spot file")) throw e;
+    // Deno's message ends with the call and path ("… (os error 2): stat 'x'"); the path is said once.
+    const why = (e as Error).message.replace(/: \w+ '.*'$/, "");
+    throw new Error(`Cannot read the spot file ${path}: ${why}`);
+  }
+}
+
+/** Why `--section` cannot start patch names, or null: see {@linkcode unsafeFileNamePart}, and no "." */
+function badSection(section: string): string | null {
+  return unsafeFileNamePart(section) ??
+    (section.includes(".")
+      ? 'it holds "." (a patch name ends at its first ".", so predict-patches would read another name)'
+      : null);
+}
+
+/**
+ * The folder the patches are written into before they are moved into `out`: when `out` does not exist, a
+ * new hidden sibling (`.NAME.partial-XXXX`, renamed to `out` at the end; `created`: the parent folders made
+ * for it, removed again on a failure); when it exists, a hidden folder inside it (`.he2gene-partial-XXXX`:
+ * the same file system as `out` even when `out` is a link to another disk, so each move is a rename).
+ */
+async function makeStage(out: string): Promise<{ stage: string; created: string[]; outExisted: boolean }> {
+  let outInfo: Deno.FileInfo | null = null;
+  try {
+    outInfo = await Deno.stat(out);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new Error(`Cannot write to the output folder ${out}: ${(e as Error).message}`);
+    }
+  }
+  if (outInfo && !outInfo.isDirectory) {
+    throw new Error(`Cannot write to the output folder ${out}: it is a file, not a folder`);
+  }
+  let created: string[] = [];
+  try {
+    if (outInfo) {
+      const stage = await Deno.makeTempDir({ dir: out, prefix: ".he2gene-partial-" });
+      return { stage, created, outExisted: true };
+    }
+    const parent = dirname(resolve(out));
+    created = await makeDirs(parent);
+    const stage = await Deno.makeTempDir({ dir: parent, prefix: `.${basename(resolve(out))}.partial-` });
+    return { stage, created, outExisted: false };
+  } catch (e) {
+    await removeCreatedDirs(created);
+    throw new Error(`Cannot write to the output folder ${out}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Move the patches of `stage` into `out`, all or nothing: when `out` did not exist the stage becomes it
+ * (one rename); otherwise each patch is moved in, replacing a file of the same name (an earlier run's),
+ * and a failure undoes the moves (see {@linkcode renameAll}).
+ */
+async function commitStage(stage: string, out: string, outExisted: boolean, names: string[]): Promise<void> {
+  if (!outExisted) {
+    try {
+      await Deno.rename(stage, out);
+      return;
+    } catch (e) {
+      // `out` was made meanwhile: move the files in instead.
+      if (!(await Deno.stat(out).then((s) => s.isDirectory, () => false))) throw e;
+    }
+  }
+  await renameAll(
+    names.map((n) => [join(stage, n), join(out, n)]),
+    (to) => join(stage, `.replaced-${basename(to)}`),
+  );
 }
 
 /** CLI entry. */
@@ -121,11 +266,21 @@ export async function runExtractPatches(args: string[]): Promise<void> {
   if (stain === "reinhard" && !v["stain-ref"]) {
     throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
   }
+  if (v.section !== undefined) {
+    const why = badSection(v.section);
+    if (why) throw new UsageError(`--section "${v.section}" cannot start a file name: ${why}`);
+  }
   const slidePath = positionals[0];
-  const spots = parseSpots(await Deno.readTextFile(v.spots), v.spots);
+  const out = v.out;
+  const spots = await readSpots(v.spots);
   const section = v.section ?? basename(v.spots).split(/[_.]/)[0];
+  // Everything that can fail on the inputs fails before anything is written.
+  const target = stain === "reinhard"
+    ? fitReinhard(decodeImage(await Deno.readFile(v["stain-ref"]!), v["stain-ref"]!))
+    : MACENKO_DEFAULT_TARGET;
   const slide = await openSlide(slidePath);
   const t0 = performance.now();
+  let engine: Engine | null = null;
   try {
     let size = v["crop-size"] ? Number(v["crop-size"]) : 150;
     if (v["crop-um"]) {
@@ -149,48 +304,86 @@ export async function runExtractPatches(args: string[]): Promise<void> {
     if (outside.length && !v.quiet) {
       console.error(`warning: ${outside.length} spots fall outside the image (${W}×${H}) and are skipped`);
     }
-    await Deno.mkdir(v.out, { recursive: true });
     const keep = spots.filter((s) => !outside.includes(s));
-    const engine = stain === "none" ? null : await createEngine();
-    const target = stain === "reinhard"
-      ? fitReinhard(decodeImage(await Deno.readFile(v["stain-ref"]!), v["stain-ref"]!))
-      : MACENKO_DEFAULT_TARGET;
-    const bar = new Progress("patches", keep.length, v.quiet);
-    let edge = 0;
-    const batch = 256;
-    for (let b0 = 0; b0 < keep.length; b0 += batch) {
-      const part = keep.slice(b0, b0 + batch);
-      const imgs: RgbImage[] = [];
-      for (const s of part) {
-        const r = await slide.readRegion(
-          0,
-          Math.floor(s.px) - Math.floor(size / 2),
-          Math.floor(s.py) - Math.floor(size / 2),
-          size,
-          size,
-        );
-        if (r.outside) edge++;
-        imgs.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
-      }
-      if (engine) await normalizeStainImages(engine, imgs, stain, target);
-      for (let i = 0; i < part.length; i++) {
-        const s = part[i];
-        await writeAtomic(
-          join(v.out, `${section}_${s.x}_${s.y}.tif`),
-          encodeRgbTiff(size, size, imgs[i].data),
+    // The file names: {section}_{x}_{y}.tif, x and y integers (a "." would end the name early).
+    const names: string[] = [];
+    const seen = new Map<string, SpotRow>();
+    for (const s of keep) {
+      if (!Number.isInteger(s.x) || !Number.isInteger(s.y)) {
+        throw new Error(
+          `Cannot name the patch of the spot at pixel (${s.px}, ${s.py}) in ${v.spots}: its array ` +
+            `coordinates (${s.x}, ${s.y}) are not integers`,
         );
       }
-      bar.tick(part.length);
+      const name = `${section}_${s.x}_${s.y}.tif`;
+      const bad = unsafeFileNamePart(name);
+      if (bad) throw new Error(`Cannot use the patch name "${name}" (from ${v.spots}): ${bad}`);
+      const other = seen.get(name);
+      if (other) {
+        throw new Error(
+          `Two spots of ${v.spots} have the array coordinates (${s.x}, ${s.y}) (pixels (${other.px}, ` +
+            `${other.py}) and (${s.px}, ${s.py})): both would be written to ${name}`,
+        );
+      }
+      seen.set(name, s);
+      names.push(name);
     }
-    bar.done();
-    engine?.destroy();
+    engine = stain === "none" ? null : await createEngine();
+    checkInterrupt();
+    // The patches go into a temporary folder beside --out and are moved in once all are written, so a
+    // failure (a full disk, Ctrl-C) leaves --out as it was and no folder the run made.
+    const { stage, created, outExisted } = await makeStage(out);
+    let edge = 0;
+    try {
+      const bar = new Progress("patches", keep.length, v.quiet);
+      const batch = 256;
+      for (let b0 = 0; b0 < keep.length; b0 += batch) {
+        const part = keep.slice(b0, b0 + batch);
+        const imgs: RgbImage[] = [];
+        for (const s of part) {
+          const r = await slide.readRegion(
+            0,
+            Math.floor(s.px) - Math.floor(size / 2),
+            Math.floor(s.py) - Math.floor(size / 2),
+            size,
+            size,
+          );
+          if (r.outside) edge++;
+          imgs.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
+        }
+        if (engine) await normalizeStainImages(engine, imgs, stain, target);
+        for (let i = 0; i < part.length; i++) {
+          checkInterrupt();
+          const file = join(stage, names[b0 + i]);
+          try {
+            await Deno.writeFile(file, encodeRgbTiff(size, size, imgs[i].data));
+          } catch (e) {
+            throw new Error(`Cannot write the patches into ${out}: ${(e as Error).message}`);
+          }
+        }
+        bar.tick(part.length);
+      }
+      bar.done();
+      checkInterrupt();
+      try {
+        await commitStage(stage, out, outExisted, names);
+      } catch (e) {
+        throw new Error(`Cannot move the patches into ${out}: ${(e as Error).message}`);
+      }
+    } catch (e) {
+      await Deno.remove(stage, { recursive: true }).catch(() => {});
+      await removeCreatedDirs(created);
+      throw e;
+    }
+    await Deno.remove(stage, { recursive: true }).catch(() => {}); // the replaced files, if any
     console.log(
-      `${keep.length} patches of ${size}×${size} px from ${slidePath} → ${v.out}/${section}_{x}_{y}.tif` +
+      `${keep.length} patches of ${size}×${size} px from ${slidePath} → ${out}/${section}_{x}_{y}.tif` +
         `${edge ? ` (${edge} reach past the image edge: filled white)` : ""} in ${
           ((performance.now() - t0) / 1000).toFixed(1)
         } s`,
     );
   } finally {
+    engine?.destroy();
     slide.close();
   }
 }

@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { GPUFailure, NoAdapterError } from "../mod.ts";
 import { runDemo } from "./demo.ts";
 import { runInfo } from "./info.ts";
-import { Interrupted, UsageError } from "./errors.ts";
+import { Interrupted, requestInterrupt, resetInterrupt, UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
 import { runEvaluate } from "./evaluate.ts";
@@ -24,6 +24,11 @@ interface Command {
   summary: string;
   usage: string;
   run(args: string[]): Promise<void>;
+  /**
+   * The command stops cleanly on Ctrl-C: its long loops call `checkInterrupt()` (cli/errors.ts), so
+   * `cli()` listens for SIGINT while it runs (see {@linkcode cli}).
+   */
+  interruptible?: boolean;
 }
 
 const COMMANDS: Record<string, Command> = {
@@ -48,6 +53,7 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   "predict-patches": {
+    interruptible: true,
     summary:
       "predict gene expression and tumour status for a folder of spot patches (HE2Gene's patch_pred.py)",
     usage:
@@ -64,17 +70,20 @@ const COMMANDS: Record<string, Command> = {
     run: (args) => runPredictPatches(args),
   },
   "predict-slide": {
+    interruptible: true,
     summary:
       "predict expression and tumour status from a whole slide, at spots or over tissue tiles (CSV, NPZ, h5ad)",
     usage: PREDICT_SLIDE_USAGE,
     run: (args) => runPredictSlide(args),
   },
   visualize: {
+    interruptible: true,
     summary: "PNG gene maps of predictions over the slide, beside measured expression (Pearson r)",
     usage: VISUALIZE_USAGE,
     run: (args) => runVisualize(args),
   },
   "extract-patches": {
+    interruptible: true,
     summary: "cut one {section}_{x}_{y}.tif patch per spot from a slide (the original's demo-patch format)",
     usage:
       "extract-patches SLIDE --spots FILE --out DIR [--section NAME] [--crop-size 150 | --crop-um UM]\n" +
@@ -93,6 +102,7 @@ const COMMANDS: Record<string, Command> = {
     run: (args) => runTrain(args),
   },
   evaluate: {
+    interruptible: true,
     summary:
       "score predictions against measured expression: Pearson r per gene, tumour ROC AUC → metrics.json",
     usage:
@@ -107,6 +117,7 @@ const COMMANDS: Record<string, Command> = {
     run: (args) => runEvaluate(args),
   },
   convert: {
+    interruptible: true,
     summary: "convert a PyTorch checkpoint (.pt state dict) to safetensors, with gene names in its metadata",
     usage: "convert IN.pt OUT.safetensors [--target-genes FILE] [--aux-genes FILE]",
     run: (args) => runConvert(args),
@@ -168,6 +179,41 @@ export function suggest(word: string, options: string[]): string | null {
   return best !== null && bd <= Math.max(2, Math.floor(word.length / 3)) ? best : null;
 }
 
+/**
+ * Listen for SIGINT while an interruptible command runs: the first Ctrl-C asks it to stop
+ * (`requestInterrupt`: its next `checkInterrupt()` throws `Interrupted`, the writers remove what they had
+ * not finished, exit 130); a second one exits 130 at once. Returns the function that stops listening
+ * (after which Deno's default applies again: the process ends by the signal).
+ *
+ * `train` is not interruptible here: it adds its own SIGINT listener around its epoch loop
+ * (cli/train_loop.ts: finish the step, save a checkpoint, throw `Interrupted`). Deno calls every listener
+ * of a signal, so if `train` is ever marked interruptible both run on one Ctrl-C — this one only sets the
+ * flag that `checkInterrupt()` reads and the train loop does not call it, so nothing preempts its
+ * checkpoint; only a second Ctrl-C (exit at once) would.
+ */
+function listenForCtrlC(): () => void {
+  resetInterrupt();
+  let count = 0;
+  const onSigint = () => {
+    if (++count === 1) {
+      requestInterrupt();
+      console.error("\nInterrupting: stopping at the next step (Ctrl-C again to quit at once)…");
+    } else {
+      Deno.exit(130);
+    }
+  };
+  try {
+    Deno.addSignalListener("SIGINT", onSigint);
+  } catch {
+    return () => {}; // no SIGINT here (the default applies)
+  }
+  return () => {
+    try {
+      Deno.removeSignalListener("SIGINT", onSigint);
+    } catch { /* already gone */ }
+  };
+}
+
 /** Run the CLI with `args`; returns the exit code. */
 export async function cli(args: string[]): Promise<number> {
   const [name, ...rest] = args;
@@ -185,6 +231,7 @@ export async function cli(args: string[]): Promise<number> {
     console.log(`Usage: ${prog()} ${cmd.usage}\n\n${cmd.summary}`);
     return 0;
   }
+  const stopListening = cmd.interruptible ? listenForCtrlC() : () => {};
   try {
     await cmd.run(rest);
     return 0;
@@ -211,6 +258,8 @@ export async function cli(args: string[]): Promise<number> {
     }
     console.error(`Error: ${err.message}`);
     return 1;
+  } finally {
+    stopListening();
   }
 }
 

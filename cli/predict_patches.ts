@@ -1,7 +1,8 @@
 /**
  * `he2gene predict-patches DIR --weights CKPT`: HE2Gene's `patch_pred.py` on any WebGPU adapter.
  *
- * Every patch `{section}_{x}_{y}.{tif,png,jpg}` in DIR is decoded, resized to 224 × 224 with PIL's
+ * Every patch `{section}_{x}_{y}.{tif,png,jpg}` in DIR (its name: the file name up to the first `.`; two
+ * files of one name, such as `X.tif` and `X.png`, are refused) is decoded, resized to 224 × 224 with PIL's
  * bilinear arithmetic and normalised on the GPU, and predicted in batches; with test-time augmentation
  * the predictions (and the tumour probability) are averaged over the views:
  * - `single`: the patch;
@@ -22,7 +23,7 @@ import { decodeImage, type RgbImage } from "../slide/mod.ts";
 import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
-import { UsageError } from "./errors.ts";
+import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
 
 export { type Tta, viewBoxes };
@@ -78,6 +79,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
   }
   files.sort();
   if (files.length === 0) throw new Error(`No patches (.tif, .png, .jpg) in ${dir}`);
+  checkPatchNames(dir, files);
   await prepareOutputDir(o.out);
 
   const engine = o.engine ?? await createEngine();
@@ -88,7 +90,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
     const auxGenes = await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet);
     const P = files.length;
     const out: PatchPredictions = {
-      names: files.map((f) => basename(f).split(".")[0]),
+      names: files.map(patchName),
       targetGenes,
       auxGenes,
       target: new Float32Array(P * nT),
@@ -105,7 +107,10 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
         try {
           img = decodeImage(await Deno.readFile(path), path);
         } catch (e) {
-          throw new Error(`Cannot read patch ${path}: ${(e as Error).message}`);
+          // The decoder's message names the file too ("Cannot decode PATH[ as FORMAT]: …"): say it once.
+          const m = (e as Error).message, head = `Cannot decode ${path}`;
+          const why = m.startsWith(head) ? m.slice(head.length).replace(/^( as \w+)?:\s*/, "") : m;
+          throw new Error(`Cannot read patch ${path}: ${why}`);
         }
         for (const w of img.warnings) if (!o.quiet) console.error(`warning: ${path}: ${w}`);
         if ((img.width !== 150 || img.height !== 150) && !o.quiet) {
@@ -122,7 +127,10 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
         bySize.set(key, [...(bySize.get(key) ?? []), i]);
       });
       for (const idx of bySize.values()) {
-        const res = await predictViews(engine, model, idx.map((i) => images[i]), { tta: o.tta });
+        const res = await predictViews(engine, model, idx.map((i) => images[i]), {
+          tta: o.tta,
+          names: idx.map((i) => join(dir, batch[i])), // a NaN / Inf output is an error naming the patch
+        });
         idx.forEach((i, j) => {
           const p = b0 + i;
           out.target.set(res.target.subarray(j * nT, (j + 1) * nT), p * nT);
@@ -131,6 +139,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
         });
       }
       bar.tick(batch.length);
+      checkInterrupt();
     }
     bar.done();
     await writeOutputs(o.out, out);
@@ -139,6 +148,33 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
     model.dispose();
     if (!o.engine) engine.destroy();
   }
+}
+
+/** A patch's name in the outputs: its file name up to the first `.` (`C2_25_13.tif` → `C2_25_13`). */
+function patchName(file: string): string {
+  return basename(file).split(".")[0];
+}
+
+/**
+ * Refuse a folder where two patch files get the same name in the outputs (`X.tif` and `X.png`, or
+ * `X.tif` and `X.old.tif`): their rows would be indistinguishable. The message names the files.
+ */
+function checkPatchNames(dir: string, files: string[]): void {
+  const byName = new Map<string, string[]>();
+  for (const f of files) byName.set(patchName(f), [...(byName.get(patchName(f)) ?? []), f]);
+  const clashes = [...byName].filter(([, fs]) => fs.length > 1);
+  if (clashes.length === 0) return;
+  const shown = clashes.slice(0, 5).map(([n, fs]) =>
+    `${fs.map((f) => join(dir, f)).join(" and ")} (both "${n}")`
+  );
+  throw new Error(
+    `Cannot predict the patches in ${dir}: ${clashes.length} patch name${
+      clashes.length > 1 ? "s are" : " is"
+    } ` +
+      `shared by several files, so their rows could not be told apart: ${shown.join("; ")}` +
+      `${clashes.length > 5 ? "; …" : ""}. Keep one file per patch name (the name is the file name up to ` +
+      `the first ".")`,
+  );
 }
 
 /** Gene names for a head: from FILE, else the checkpoint's metadata, else `what_0…` (with a warning). */
@@ -186,7 +222,7 @@ export async function writeOutputs(dir: string, p: PatchPredictions): Promise<vo
       }),
     ],
   ];
-  await writeFilesAtomic(dir, files);
+  await writeFilesAtomic(dir, files, { signal: interruptSignal() });
 }
 
 /** CLI entry: parse arguments and run. */

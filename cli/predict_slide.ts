@@ -8,8 +8,13 @@
  *   level 0 with top-left `⌊px⌋ − ⌊size/2⌋`, exactly the patch `extract-patches` writes, so the predictions
  *   equal `predict-patches` on that folder. Names: `{section}_{x}_{y}` (array coordinates).
  * - `--tile`: non-overlapping square tiles of `--tile-um` µm (default 100, needs the slide's resolution) or
- *   `--tile-px` px over the tissue found on a low-resolution thumbnail (saturation + Otsu, see
- *   slide/tissue.ts); the tile itself is the patch. Names: `{section}_{col}_{row}` (grid position).
+ *   `--tile-px` px (at least {@linkcode MIN_TILE_PX}) over the tissue found on a low-resolution thumbnail
+ *   (saturation + Otsu, see slide/tissue.ts); the tile itself is the patch. Names: `{section}_{col}_{row}`
+ *   (grid position). The grid starts at the slide's top-left corner and covers the whole level-0 image
+ *   (⌈W / tile⌉ × ⌈H / tile⌉ tiles); where the size is not a multiple of the tile, the last column and row
+ *   are partial edge tiles: full-size tiles whose part past the slide's edge is white background, kept when
+ *   their tissue (that part counting as background) reaches `--min-tissue` like any other tile. More than
+ *   `--max-tiles` tiles on tissue (default {@linkcode MAX_TILES}) are refused before anything is predicted.
  *
  * Patches are read from the slide in batches of `--batch-size` (the next batch is read while the GPU works
  * on the current one; never all at once), optionally stain-normalised on the GPU (`--stain`), resized to
@@ -37,9 +42,9 @@ import { openSlide, type Slide } from "../slide/wsi.ts";
 import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
-import { parseSpots } from "./extract_patches.ts";
+import { parseSpots, readSpotFile } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
-import { UsageError } from "./errors.ts";
+import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type StainTarget, type Tta } from "./views.ts";
 
@@ -74,6 +79,8 @@ export interface PredictSlideOptions {
   tileUm?: number;
   /** Smallest tissue fraction of a kept tile (default 0.5). */
   minTissue?: number;
+  /** Most tiles on tissue that tile mode predicts; more are refused (default {@linkcode MAX_TILES}). */
+  maxTiles?: number;
   /** Name prefix (default: the spot file's or the slide's name up to the first `_` or `.`). */
   section?: string;
   batchSize?: number;
@@ -247,7 +254,8 @@ export function spotPatches(
 
 /**
  * The tissue tiles of a slide: a thumbnail with ≥ 8 thumbnail pixels per tile side (at most 8192 px on its
- * long side), its tissue mask, and the `tilePx` tiles whose tissue fraction reaches `minTissue`.
+ * long side), its tissue mask, and the `tilePx` tiles whose tissue fraction reaches `minTissue`, on a grid
+ * covering the whole level-0 slide (partial edge tiles as slide/tissue.ts's tiling rule says).
  *
  * @example
  * ```ts
@@ -262,13 +270,15 @@ export async function tilePatches(
   const thumbnail = await slideThumbnail(slide, {
     downsample: Math.max(1, o.tilePx / 8, Math.max(W0, H0) / 8192),
   });
+  // Level-0 geometry: the thumbnail (whole boxes) can stop up to one box short of the right and bottom.
   const { tiles, cols, rows } = tissueTiles(thumbnail, {
     tilePx: o.tilePx,
     minTissueFraction: o.minTissue ?? 0.5,
+    slideWidth: W0,
+    slideHeight: H0,
   });
   const half = o.tilePx / 2;
   const patches = tiles
-    .filter((t) => t.x + o.tilePx <= W0 && t.y + o.tilePx <= H0)
     .map((t) => ({
       name: `${o.section}_${t.col}_${t.row}`,
       gx: t.col,
@@ -340,12 +350,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       if (!Number.isInteger(patchPx) || patchPx < 1) {
         throw new RangeError(`The crop size must be a positive integer, current value is ${patchPx}`);
       }
-      let text: string;
-      try {
-        text = await Deno.readTextFile(o.spots);
-      } catch (e) {
-        throw new Error(`Cannot read the spot file ${o.spots}: ${(e as Error).message}`);
-      }
+      const text = await readSpotFile(o.spots);
       const res = spotPatches(text, o.spots, {
         section: o.section ?? sectionOf(o.spots),
         size: patchPx,
@@ -366,8 +371,13 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
           } µm tiles have no size in pixels: pass --tile-px or --mpp`,
         );
       }
-      if (!Number.isInteger(patchPx) || patchPx < 1) {
-        throw new RangeError(`The tile size must be a positive integer, current value is ${patchPx}`);
+      if (!Number.isInteger(patchPx) || patchPx < MIN_TILE_PX) {
+        throw new RangeError(
+          o.tilePx !== undefined
+            ? `--tile-px must be an integer ≥ ${MIN_TILE_PX}, current value is ${patchPx}`
+            : `--tile-um ${o.tileUm ?? 100} is ${patchPx} px at ${slide.mpp} µm/px; tiles must be at least ` +
+              `${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
+        );
       }
       const res = await tilePatches(slide, {
         tilePx: patchPx,
@@ -375,6 +385,15 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         minTissue: o.minTissue,
       });
       patches = res.patches;
+      const maxTiles = o.maxTiles ?? MAX_TILES;
+      if (patches.length > maxTiles) {
+        const limit = `--max-tiles ${maxTiles}${o.maxTiles === undefined ? " (the default)" : ""}`;
+        throw new Error(
+          `Cannot tile ${path}: ${patches.length} tiles of ${patchPx} px are on tissue ` +
+            `(of ${res.cols}×${res.rows}), more than ${limit}; pass --max-tiles ${patches.length} to predict ` +
+            `them all, or use larger tiles`,
+        );
+      }
       if (!o.quiet) {
         console.error(
           `${patches.length} of ${res.cols * res.rows} tiles of ${patchPx} px` +
@@ -458,6 +477,8 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
             stain,
             stainTarget,
             timings,
+            names: out.names.slice(b0, b0 + images.length), // a NaN / Inf output is an error naming it
+            what: o.spots ? "spot" : "tile",
           });
           if (unformatted) format(...unformatted);
           const res = await job;
@@ -467,6 +488,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
           out.tumorProb.set(res.tumor, b0);
           unformatted = [b0, images.length];
           bar.tick(images.length);
+          checkInterrupt();
           addTime(timings, "model", t);
         }
       } finally {
@@ -556,13 +578,20 @@ export async function writeSlideOutputs(
     const h = await slideH5ad(p);
     files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
   }
-  await writeFilesAtomic(dir, files);
+  await writeFilesAtomic(dir, files, { signal: interruptSignal() });
 }
+
+/** The smallest `--tile-px`: the model sees 224 px, and ResNet's features are 32 px apart. */
+export const MIN_TILE_PX = 32;
+
+/** The default `--max-tiles`: tile mode refuses more tiles on tissue unless raised. */
+export const MAX_TILES = 100_000;
 
 /** Usage of `predict-slide` (for cli/main.ts). */
 export const PREDICT_SLIDE_USAGE =
   "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
-  "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX] [--min-tissue 0.5]\n" +
+  "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX]\n" +
+  "       [--min-tissue 0.5] [--max-tiles 100000]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
   "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
@@ -570,7 +599,11 @@ export const PREDICT_SLIDE_USAGE =
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
   "                patches as extract-patches (--crop-size px, default 150, or --crop-um)\n" +
   "  --tile        tile the tissue (mask from a thumbnail) with --tile-um (default 100) or --tile-px squares\n" +
+  "                (--tile-px ≥ 32). The grid starts at the slide's top-left corner and covers all of it; when\n" +
+  "                the slide is not a whole number of tiles, the last column / row are full-size tiles reaching\n" +
+  "                past the edge: that part is white background and counts as no tissue for --min-tissue\n" +
   "  --min-tissue  smallest tissue fraction of a tile (default 0.5)\n" +
+  "  --max-tiles   refuse more tiles on tissue than this (default 100000)\n" +
   "  --batch-size  patches read and predicted at a time (default 4; × 8 views with tta)\n" +
   "  --tta         single | tta (8 symmetries, averaged; default) | grid (windows of 1, 0.5, 1.5 × the\n" +
   "                patch, centred; context read from the slide) | grid_tta (each window × 8 symmetries)\n" +
@@ -607,6 +640,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
       "tile-px": { type: "string" },
       "tile-um": { type: "string" },
       "min-tissue": { type: "string" },
+      "max-tiles": { type: "string" },
       stain: { type: "string", default: "none" },
       "stain-ref": { type: "string" },
       section: { type: "string" },
@@ -623,8 +657,14 @@ export async function runPredictSlide(args: string[]): Promise<void> {
   if (v.tile && (v["crop-size"] || v["crop-um"])) {
     throw new UsageError("--crop-size / --crop-um apply to --spots; tiles are --tile-px / --tile-um squares");
   }
-  if (v.spots && (v["tile-px"] || v["tile-um"] || v["min-tissue"])) {
-    throw new UsageError("--tile-px / --tile-um / --min-tissue apply to --tile");
+  if (v.spots && (v["tile-px"] || v["tile-um"] || v["min-tissue"] || v["max-tiles"])) {
+    throw new UsageError("--tile-px / --tile-um / --min-tissue / --max-tiles apply to --tile");
+  }
+  const tilePx = positiveNumber(v["tile-px"], "--tile-px", true);
+  if (tilePx !== undefined && tilePx < MIN_TILE_PX) {
+    throw new UsageError(
+      `--tile-px must be at least ${MIN_TILE_PX} (pixels of the slide's level 0), current value is ${tilePx}`,
+    );
   }
   const stain = v.stain as StainMethod;
   if (!["none", "macenko", "reinhard"].includes(stain)) {
@@ -644,9 +684,10 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     spots: v.spots,
     cropSize: positiveNumber(v["crop-size"], "--crop-size", true),
     cropUm: positiveNumber(v["crop-um"], "--crop-um"),
-    tilePx: positiveNumber(v["tile-px"], "--tile-px", true),
+    tilePx,
     tileUm: positiveNumber(v["tile-um"], "--tile-um"),
     minTissue,
+    maxTiles: positiveNumber(v["max-tiles"], "--max-tiles", true),
     section: v.section,
     batchSize,
     tta,

@@ -5,12 +5,19 @@
  * loop, checkpoints and resume. At the end the best model predicts the validation spots and
  * `val_predictions.npz` + `val_truth.npz` are written for `he2gene evaluate`.
  *
+ * Every option is checked before anything is read (numbers: exit 2 naming the option). `--out` is locked
+ * for the run (`--out/.lock`: pid, host, start time; created atomically): a second run into it exits 1
+ * naming the first; a lock left by a process that is gone (same host, Linux `/proc`) is taken over with a
+ * warning, and one whose process cannot be checked (another host, another OS) is refused with the advice
+ * to delete it. A fresh run into a folder holding a previous run needs `--resume` or `--force`. Ctrl-C
+ * saves a resumable checkpoint (during training) and exits 130; the lock goes in every case.
+ *
  * @module
  */
 import { parseArgs } from "node:util";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { createEngine } from "../engine/engine.ts";
-import { BACKBONES, type Variant } from "../model/mod.ts";
+import { BACKBONES, type HE2Gene, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
@@ -27,11 +34,12 @@ import {
   type Section,
   type SpatialDataset,
 } from "../slide/datasets/mod.ts";
+import { describeDuplicates, duplicates } from "../slide/datasets/types.ts";
 import { log1pNormalize, selectTargetGenes } from "../slide/genes.ts";
 import { encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
-import { UsageError } from "./errors.ts";
+import { Interrupted, UsageError } from "./errors.ts";
 import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
 
 /** The usage text (every option with its default). */
@@ -54,13 +62,305 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
   --stain none           stain normalisation of every patch, once, on the GPU (macenko | reinhard | none);
   --stain-ref IMAGE      reference image for reinhard (macenko uses torchstain's reference unless given)
   --norm-from-data       normalise with the training patches' channel mean/std instead of HE2Gene's
-  --seed 0 --out ./runs/he2gene --resume --quiet`;
+  --seed 0 --out ./runs/he2gene
+  --resume               continue the run in --out from its checkpoint (also after Ctrl-C)
+  --force                replace the previous run in --out (without it, a fresh run there is refused)
+  --quiet
 
+Numbers: --batch-size, --epochs, --patience, --step-size, --n-target, --crop-size are positive integers,
+--image-size an integer ≥ 32, --seed an integer in [0, 2^32); --lr, --gamma, --clip > 0; --weight-decay,
+--aux, --tmr, --spat ≥ 0. --out is locked while a run uses it (--out/.lock).`;
+
+/** A number option: finite, ≥ `min` (or > `min` when `above`), an integer when `integer`. */
+interface NumberRule {
+  min: number;
+  above?: boolean;
+  integer?: boolean;
+  max?: number;
+  /** Why the bound (shown in the message). */
+  why?: string;
+}
+
+/** Every numeric option of `train` and its rule: checked before anything is read. */
+const NUMBER_RULES: Record<string, NumberRule> = {
+  "batch-size": { min: 1, integer: true },
+  lr: { min: 0, above: true },
+  "weight-decay": { min: 0 },
+  "step-size": { min: 1, integer: true },
+  gamma: { min: 0, above: true },
+  clip: { min: 0, above: true, why: "the gradient-norm bound; 0 would stop all updates" },
+  epochs: { min: 1, integer: true },
+  patience: { min: 1, integer: true },
+  aux: { min: 0 },
+  tmr: { min: 0 },
+  spat: { min: 0 },
+  "n-target": { min: 1, integer: true },
+  "crop-size": { min: 1, integer: true },
+  "image-size": { min: 32, integer: true, why: "the backbone downsamples by 32" },
+  seed: { min: 0, integer: true, max: 2 ** 32 - 1 },
+};
+
+/** Parse and check a numeric option (a UsageError naming it otherwise); `dflt` when absent. */
 function num(v: string | undefined, name: string, dflt: number): number {
   if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, current value is ${v}`);
+  const r = NUMBER_RULES[name];
+  const n = v.trim() === "" ? NaN : Number(v);
+  const ok = Number.isFinite(n) && (r.above ? n > r.min : n >= r.min) &&
+    (!r.integer || Number.isInteger(n)) &&
+    (r.max === undefined || n <= r.max);
+  if (!ok) {
+    const what = r.integer
+      ? r.min === 1
+        ? "a positive integer"
+        : `an integer ≥ ${r.min}${r.max !== undefined ? ` and ≤ ${r.max}` : ""}`
+      : r.above
+      ? `a number > ${r.min}`
+      : `a number ≥ ${r.min}`;
+    throw new UsageError(`--${name} must be ${what}${r.why ? ` (${r.why})` : ""}, current value is ${v}`);
+  }
   return n;
+}
+
+/** This machine's name without --allow-sys (which `Deno.hostname()` needs and the task does not grant). */
+function hostName(): string {
+  for (const f of ["/proc/sys/kernel/hostname", "/etc/hostname"]) {
+    try {
+      const h = Deno.readTextFileSync(f).trim();
+      if (h) return h;
+    } catch { /* next */ }
+  }
+  try {
+    const h = Deno.env.get("HOSTNAME") ?? Deno.env.get("COMPUTERNAME");
+    if (h) return h;
+  } catch { /* no env permission */ }
+  return "unknown-host";
+}
+
+/** The start time of process `pid` in clock ticks since boot (Linux `/proc/<pid>/stat` field 22). */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** What a lock file `--out/.lock` holds. */
+export interface RunLock {
+  pid: number;
+  host: string;
+  /** ISO time the run started. */
+  started: string;
+  /** The process's start time (Linux), to tell a live run from a new process that reuses its pid. */
+  processStart?: string;
+}
+
+/**
+ * Whether the run that wrote `lock` still runs: `dead` only when that is certain (same host, Linux,
+ * no `/proc/<pid>` or a process there that started at another time); `unknown` on another host or OS.
+ */
+export function lockHolder(lock: RunLock): "alive" | "dead" | "unknown" {
+  if (lock.host !== hostName() || Deno.build.os !== "linux" || !Number.isInteger(lock.pid)) return "unknown";
+  try {
+    Deno.statSync("/proc/self");
+  } catch {
+    return "unknown"; // no /proc mounted
+  }
+  try {
+    Deno.statSync(`/proc/${lock.pid}`);
+  } catch (e) {
+    return e instanceof Deno.errors.NotFound ? "dead" : "unknown";
+  }
+  const start = processStart(lock.pid);
+  if (lock.processStart !== undefined && start !== undefined && start !== lock.processStart) return "dead";
+  return "alive";
+}
+
+const describeLock = (l: RunLock) => `pid ${l.pid} on ${l.host}, started ${l.started}`;
+
+/** Create `path` holding `text`, failing with AlreadyExists if it exists (createNew: atomic). */
+async function createFile(path: string, text: string): Promise<void> {
+  const f = await Deno.open(path, { write: true, createNew: true });
+  try {
+    const b = new TextEncoder().encode(text);
+    for (let off = 0; off < b.length;) off += await f.write(b.subarray(off));
+  } catch (e) {
+    f.close();
+    await Deno.remove(path).catch(() => {}); // no half-written lock (a full disk, say)
+    throw e;
+  }
+  f.close();
+}
+
+/** Read a lock file; null when it is gone. Waits briefly for one that was created but not yet written. */
+async function readLock(path: string): Promise<{ raw: string; lock: RunLock | null } | null> {
+  for (let attempt = 0;; attempt++) {
+    let raw: string;
+    try {
+      raw = await Deno.readTextFile(path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    }
+    try {
+      const l = JSON.parse(raw);
+      if (typeof l.pid === "number" && typeof l.host === "string") return { raw, lock: l };
+    } catch { /* being written, or not ours */ }
+    if (attempt >= 10) return { raw, lock: null };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * Take the lock on a run folder: `dir/.lock` created atomically (createNew) with our pid, host and start
+ * time. A lock held by a live run (or one whose liveness cannot be told: another host, not Linux) is
+ * refused naming that run; a lock left by a dead process on this host is taken over with a warning.
+ * Returns the release function (removes the lock if it is still ours).
+ */
+export async function lockRunFolder(dir: string, warn: (s: string) => void): Promise<() => void> {
+  const path = join(dir, ".lock");
+  const mine: RunLock = {
+    pid: Deno.pid,
+    host: hostName(),
+    started: new Date().toISOString(),
+    processStart: processStart(Deno.pid),
+  };
+  const text = JSON.stringify(mine) + "\n";
+  const release = () => {
+    try {
+      if (Deno.readTextFileSync(path) === text) Deno.removeSync(path);
+    } catch { /* gone already */ }
+  };
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      await createFile(path, text);
+      return release;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) {
+        throw new Error(`Cannot lock ${dir} (${path}): ${(e as Error).message}`);
+      }
+    }
+    const held = await readLock(path);
+    if (held === null) continue; // released meanwhile
+    if (held.lock === null) {
+      throw new Error(
+        `Cannot train into ${dir}: it holds a lock file ${path} that is not a he2gene lock ` +
+          `(${JSON.stringify(held.raw.slice(0, 80))}); if no train run uses ${dir}, delete ${path}`,
+      );
+    }
+    const state = lockHolder(held.lock);
+    if (state === "alive") {
+      throw new Error(
+        `Cannot train into ${dir}: another train run is using it (${
+          describeLock(held.lock)
+        }; lock ${path}). ` +
+          `Wait for it to finish, stop it, or choose another --out`,
+      );
+    }
+    if (state === "unknown") {
+      throw new Error(
+        `Cannot train into ${dir}: it is locked by a train run (${describeLock(held.lock)}; lock ${path}) ` +
+          `whose state cannot be checked from here (${
+            held.lock.host !== mine.host ? "another host" : `no /proc on ${Deno.build.os}`
+          }). If that run is no longer running, delete ${path}`,
+      );
+    }
+    // Stale: its process is gone. One run at a time takes it over (the takeover marker is atomic too).
+    const marker = `${path}.takeover`;
+    try {
+      await createFile(marker, text);
+    } catch (e) {
+      if (e instanceof Deno.errors.AlreadyExists) {
+        throw new Error(
+          `Cannot train into ${dir}: another run is taking over its stale lock ${path}; if none is, delete ` +
+            `${marker} and ${path}`,
+        );
+      }
+      throw e;
+    }
+    try {
+      const again = await readLock(path);
+      if (again?.raw === held.raw) {
+        await Deno.remove(path);
+        warn(
+          `warning: took over the lock ${path} of a train run that is no longer running ` +
+            `(${describeLock(held.lock)}); its checkpoint, if any, is kept`,
+        );
+      }
+    } finally {
+      await Deno.remove(marker).catch(() => {});
+    }
+  }
+  throw new Error(`Cannot lock ${dir}: ${path} keeps changing; another run is starting there`);
+}
+
+/** Create `dir` (and missing parents); returns the folders created, deepest first. */
+async function makeDir(dir: string): Promise<string[]> {
+  const created: string[] = [];
+  let d = resolve(dir);
+  for (;;) {
+    try {
+      const st = await Deno.stat(d);
+      if (!st.isDirectory) throw new Error(`Cannot train into ${dir}: ${d} is a file, not a folder`);
+      break;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      created.push(d);
+      const up = dirname(d);
+      if (up === d) break;
+      d = up;
+    }
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  return created;
+}
+
+/** The files of a finished or interrupted run in `--out`. */
+const RUN_FILES = [
+  "checkpoint.safetensors",
+  "best.safetensors",
+  "log.jsonl",
+  "val_predictions.npz",
+  "val_truth.npz",
+];
+
+/** Files of an earlier run in `dir` (an empty log.jsonl, left by a run that failed at once, is none). */
+async function previousRun(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const f of RUN_FILES) {
+    try {
+      const st = await Deno.stat(join(dir, f));
+      if (f !== "log.jsonl" || st.size > 0) found.push(f);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  return found;
+}
+
+/** Gene names of a `--target-genes` file (one a line), refused when empty or with duplicates. */
+async function readGeneList(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
+    throw new Error(`Cannot read --target-genes ${file}: ${why}`);
+  }
+  const lines = text.split(/\r?\n/).map((s, i) => [s.trim(), i + 1] as const).filter(([s]) => s !== "");
+  if (lines.length === 0) {
+    throw new Error(`Cannot train: --target-genes ${file} lists no genes (it is empty)`);
+  }
+  const dups = duplicates(lines.map(([s]) => s));
+  if (dups.length > 0) {
+    throw new Error(
+      `Cannot train: --target-genes ${file} names ${dups.length} gene(s) more than once: ${
+        describeDuplicates(dups, (p) => `lines ${p.map((i) => lines[i][1]).join(", ")}`)
+      }`,
+    );
+  }
+  return lines.map(([s]) => s);
 }
 
 async function loadDataset(kind: string, root: string): Promise<SpatialDataset> {
@@ -71,12 +371,13 @@ async function loadDataset(kind: string, root: string): Promise<SpatialDataset> 
 }
 
 /** Cut every spot's patch from its section's slide (level 0), white outside the image. */
-async function cutPatches(sec: Section, crop: number): Promise<RgbImage[]> {
+async function cutPatches(sec: Section, crop: number, check: () => void): Promise<RgbImage[]> {
   const slide = await openSlide(sec.slidePath);
   try {
     const s = sec.imageScale ?? 1;
     const out: RgbImage[] = [];
     for (const spot of sec.spots) {
+      check();
       const cx = Math.floor(spot.pixel[0] * s), cy = Math.floor(spot.pixel[1] * s);
       const r = await slide.readRegion(0, cx - Math.floor(crop / 2), cy - Math.floor(crop / 2), crop, crop);
       out.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
@@ -120,11 +421,16 @@ export async function runTrain(args: string[]): Promise<void> {
       seed: { type: "string", default: "0" },
       out: { type: "string", default: "./runs/he2gene" },
       resume: { type: "boolean", default: false },
+      force: { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
     },
     strict: true,
   });
+  // Every option is checked before anything is read or created.
   if (!v.dataset || !v.root) throw new UsageError("--dataset and --root are required");
+  if (!["her2st", "hbcis", "visium"].includes(v.dataset)) {
+    throw new UsageError(`--dataset must be her2st, hbcis or visium, current value is ${v.dataset}`);
+  }
   const variant = v.variant as Variant;
   if (variant !== "base" && variant !== "spat") {
     throw new UsageError(`--variant must be base or spat, current value is ${v.variant}`);
@@ -137,14 +443,156 @@ export async function runTrain(args: string[]): Promise<void> {
   }
   const stain = v.stain as StainMethod;
   if (!["none", "macenko", "reinhard"].includes(stain)) {
-    throw new UsageError(`--stain must be macenko, reinhard or none`);
+    throw new UsageError(`--stain must be macenko, reinhard or none, current value is ${v.stain}`);
   }
   if (stain === "reinhard" && !v["stain-ref"]) {
     throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
   }
+  if (!v.out?.trim()) throw new UsageError("--out must name a folder, current value is empty");
+  if (v.resume && v.force) {
+    throw new UsageError("--resume continues the run in --out and --force replaces it: give one of them");
+  }
+  const o = {
+    seed: num(v.seed, "seed", 0),
+    crop: num(v["crop-size"], "crop-size", 150),
+    nTarget: num(v["n-target"], "n-target", 250),
+    batchSize: num(v["batch-size"], "batch-size", variant === "spat" ? 32 : 256),
+    imageSize: num(v["image-size"], "image-size", 224),
+    epochs: num(v.epochs, "epochs", 100),
+    patience: num(v.patience, "patience", 10),
+    train: {
+      ...DEFAULT_TRAIN,
+      lr: num(v.lr, "lr", DEFAULT_TRAIN.lr),
+      weightDecay: num(v["weight-decay"], "weight-decay", DEFAULT_TRAIN.weightDecay),
+      stepSize: num(v["step-size"], "step-size", DEFAULT_TRAIN.stepSize),
+      gamma: num(v.gamma, "gamma", DEFAULT_TRAIN.gamma),
+      clipNorm: num(v.clip, "clip", DEFAULT_TRAIN.clipNorm),
+      auxWeight: num(v.aux, "aux", 20),
+      tmrWeight: num(v.tmr, "tmr", 1),
+      spatWeight: num(v.spat, "spat", 0.01),
+    },
+  };
+  if (variant !== "spat") o.train.spatWeight = 0;
   const say = (s: string) => v.quiet || console.error(s);
+  const listFile = v["target-genes"];
+  const list = listFile ? await readGeneList(listFile) : undefined;
+  for (const [flag, file] of [["--init", v.init], ["--stain-ref", v["stain-ref"]]]) {
+    if (file === undefined) continue;
+    try {
+      if (!(await Deno.stat(file)).isFile) throw new Error("it is not a file");
+    } catch (e) {
+      throw new Error(
+        `Cannot read ${flag} ${file}: ${
+          e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message
+        }`,
+      );
+    }
+  }
 
+  // Ctrl-C: stop at the next safe point (a spot read, a training step), save what can be resumed, exit 130;
+  // a second Ctrl-C quits at once (the last checkpoint written is kept: checkpoints are written atomically).
+  let sigint = false;
+  let release = () => {};
+  const onSigint = () => {
+    if (sigint) {
+      release();
+      console.error("\nCtrl-C again: quitting at once; the last checkpoint written is kept");
+      Deno.exit(130);
+    }
+    sigint = true;
+    console.error(
+      "\nInterrupting: stopping after the current step to save a checkpoint (Ctrl-C again to quit at once)…",
+    );
+  };
+  let listening = false;
+  try {
+    Deno.addSignalListener("SIGINT", onSigint);
+    listening = true;
+  } catch { /* no signals here */ }
+  const check = () => {
+    if (sigint) throw new Interrupted("stopped before training started; nothing was written");
+  };
+
+  const out = v.out!;
+  let created: string[] = [];
+  let ok = false;
+  try {
+    created = await makeDir(out);
+    release = await lockRunFolder(out, say);
+    const earlier = await previousRun(out);
+    if (v.resume && !earlier.includes("checkpoint.safetensors")) {
+      throw new Error(
+        `Cannot resume: ${out} holds no checkpoint.safetensors${
+          earlier.length ? ` (only ${earlier.join(", ")})` : ""
+        }; start a fresh run without --resume`,
+      );
+    }
+    if (!v.resume && !v.force && earlier.length > 0) {
+      throw new Error(
+        `Cannot train into ${out}: it holds a previous run (${earlier.join(", ")}); pass --resume to ` +
+          `continue it, --force to replace it, or choose another --out`,
+      );
+    }
+    await train(v as TrainValues, o, list, say, check, () => sigint, earlier);
+    ok = true;
+  } finally {
+    release();
+    if (listening) Deno.removeSignalListener("SIGINT", onSigint);
+    if (!ok) {
+      // Leave no empty folder this run created.
+      for (const d of created) {
+        try {
+          await Deno.remove(d);
+        } catch {
+          break; // not empty
+        }
+      }
+    }
+  }
+}
+
+/** The option values {@linkcode runTrain} passes on. */
+interface TrainValues {
+  dataset: string;
+  root: string;
+  "train-sections"?: string;
+  "val-sections"?: string;
+  variant: Variant;
+  backbone: string;
+  init?: string;
+  "target-genes"?: string;
+  stain: StainMethod;
+  "stain-ref"?: string;
+  "norm-from-data": boolean;
+  out: string;
+  resume: boolean;
+  force: boolean;
+  quiet: boolean;
+}
+
+/** The run itself, under the folder's lock. */
+async function train(
+  v: TrainValues,
+  o: {
+    seed: number;
+    crop: number;
+    nTarget: number;
+    batchSize: number;
+    imageSize: number;
+    epochs: number;
+    patience: number;
+    train: typeof DEFAULT_TRAIN;
+  },
+  list: string[] | undefined,
+  say: (s: string) => void,
+  check: () => void,
+  interrupted: () => boolean,
+  earlier: string[],
+): Promise<void> {
+  const variant = v.variant, backbone = BACKBONES[v.backbone], stain = v.stain;
+  const { seed, crop, batchSize, imageSize } = o;
   const ds = await loadDataset(v.dataset, v.root);
+  check();
   for (const w of ds.warnings ?? []) say(`warning: ${w.message}`);
   const ids = ds.sections.map((s) => s.id);
   const valIds = v["val-sections"]?.split(",").map((s) => s.trim()) ?? [];
@@ -153,14 +601,41 @@ export async function runTrain(args: string[]): Promise<void> {
   for (const s of [...valIds, ...trainIds]) {
     if (!ids.includes(s)) throw new Error(`Section ${s} is not in ${v.root} (sections: ${ids.join(", ")})`);
   }
-  const seed = num(v.seed, "seed", 0);
-  const crop = num(v["crop-size"], "crop-size", 150);
+  // Genes: enough targets and auxiliaries, before any patch is cut.
+  const G = ds.genes.length;
+  const listFile = v["target-genes"];
+  if (G === 0) throw new Error(`Cannot train: the dataset in ${v.root} has no genes`);
+  if (list) {
+    const known = new Set(ds.genes);
+    const found = list.filter((g) => known.has(g));
+    if (found.length === 0) {
+      throw new Error(
+        `Cannot train: none of the ${list.length} genes of --target-genes ${listFile} is in the dataset ` +
+          `(${list.slice(0, 5).join(", ")}${list.length > 5 ? ", …" : ""}; the dataset's genes are e.g. ${
+            ds.genes.slice(0, 5).join(", ")
+          })`,
+      );
+    }
+    if (found.length >= G) {
+      throw new Error(
+        `Cannot train: --target-genes ${listFile} lists all ${G} genes of the dataset, which leaves no ` +
+          `auxiliary genes (the auxiliary head needs at least one)`,
+      );
+    }
+  } else if (o.nTarget >= G) {
+    throw new Error(
+      `Cannot train: --n-target ${o.nTarget} ${
+        o.nTarget > G ? "is more than" : "takes all"
+      } the ${G} genes ` +
+        `of the dataset, which leaves no auxiliary genes: pass --n-target below ${G}`,
+    );
+  }
 
   // Patches, normalised expression, labels.
   say(`cutting ${crop}px patches from ${trainIds.length + valIds.length} section(s) …`);
   const spots: { sec: Section; i: number; patch: RgbImage }[] = [];
   for (const sec of ds.sections.filter((s) => trainIds.includes(s.id) || valIds.includes(s.id))) {
-    const patches = await cutPatches(sec, crop);
+    const patches = await cutPatches(sec, crop, check);
     sec.spots.forEach((_, i) => spots.push({ sec, i, patch: patches[i] }));
   }
   const isVal = (sp: { sec: Section }, k: number) =>
@@ -169,14 +644,7 @@ export async function runTrain(args: string[]): Promise<void> {
   if (trainSpots.length === 0 || valSpots.length === 0) {
     throw new Error("Cannot train: the training or validation set is empty");
   }
-  const listFile = v["target-genes"];
-  const list = listFile
-    ? (await Deno.readTextFile(listFile)).split(/\r?\n/).map((s) => s.trim()).filter(Boolean)
-    : undefined;
-  const sel = selectTargetGenes(trainSpots.map((s) => s.sec.spots[s.i]), ds.genes, {
-    n: num(v["n-target"], "n-target", 250),
-    list,
-  });
+  const sel = selectTargetGenes(trainSpots.map((s) => s.sec.spots[s.i]), ds.genes, { n: o.nTarget, list });
   if (sel.missing.length) {
     say(
       `warning: ${sel.missing.length} listed target genes are absent from the data: ${
@@ -233,68 +701,104 @@ export async function runTrain(args: string[]): Promise<void> {
     );
   }
 
+  check();
+  const init = v.init ? (await readCheckpoint(v.init)).tensors : undefined;
   const engine = await createEngine();
-  if (stain !== "none") {
-    const target = v["stain-ref"]
-      ? (stain === "macenko" ? fitMacenko : fitReinhard)(
-        decodeImage(await Deno.readFile(v["stain-ref"]), v["stain-ref"]),
-      )
-      : MACENKO_DEFAULT_TARGET;
-    let skipped = 0;
-    for (const t of [train, val]) {
-      // Patches of one size are normalised together (in chunks that fit one storage binding).
-      for (let i0 = 0; i0 < t.patches.length; i0 += 512) {
-        const res = await normalizeStainImages(engine, t.patches.slice(i0, i0 + 512), stain, target);
-        skipped += res.skipped.length;
+  try {
+    if (stain !== "none") {
+      const target = v["stain-ref"]
+        ? (stain === "macenko" ? fitMacenko : fitReinhard)(
+          decodeImage(await Deno.readFile(v["stain-ref"]), v["stain-ref"]),
+        )
+        : MACENKO_DEFAULT_TARGET;
+      let skipped = 0;
+      for (const t of [train, val]) {
+        // Patches of one size are normalised together (in chunks that fit one storage binding).
+        for (let i0 = 0; i0 < t.patches.length; i0 += 512) {
+          check();
+          const res = await normalizeStainImages(engine, t.patches.slice(i0, i0 + 512), stain, target);
+          skipped += res.skipped.length;
+        }
       }
+      say(
+        `stain-normalised the patches (${stain})${
+          skipped ? `; ${skipped} with too little tissue left unchanged` : ""
+        }`,
+      );
+    }
+    check();
+    if (v.force && earlier.length > 0) {
+      // --force: the previous run's files go only now, once the new run is ready to start.
+      for (const f of earlier) await Deno.remove(join(v.out, f));
+      say(`--force: removed the previous run's ${earlier.join(", ")} from ${v.out}`);
     }
     say(
-      `stain-normalised the patches (${stain})${
-        skipped ? `; ${skipped} with too little tissue left unchanged` : ""
-      }`,
+      `training HE2Gene-${
+        variant === "spat" ? "Spat" : "Base"
+      } (${backbone.name}) on ${train.names.length} spots, ` +
+        `validating on ${val.names.length}; ${train.targetGenes.length} target / ${train.auxGenes.length} aux genes; ` +
+        `adapter ${engine.adapterInfo.name}`,
     );
+    const { model, history, best } = await trainModel(engine, train, val, {
+      config: { backbone, variant, targetGenes: train.targetGenes.length, auxGenes: train.auxGenes.length },
+      train: o.train,
+      batchSize,
+      epochs: o.epochs,
+      patience: o.patience,
+      imageSize,
+      seed,
+      out: v.out,
+      resume: v.resume,
+      init,
+      biasFromMeans: !init,
+      interrupt: interrupted,
+      quiet: v.quiet,
+      mean,
+      std,
+    });
+    try {
+      if (interrupted()) {
+        throw new Interrupted(
+          `training had finished (checkpoint saved in ${v.out}) but val_predictions.npz and val_truth.npz ` +
+            `were not written: run again with --resume to write them`,
+        );
+      }
+      await writeValidation(v.out, model, val, { batchSize, imageSize, mean, std });
+    } finally {
+      model.dispose();
+    }
+    console.log(
+      `${history.length} epochs; best epoch ${best.epoch} (validation target MSE ${
+        best.valMse.toFixed(4)
+      }). ` +
+        `Files in ${v.out}: best.safetensors, checkpoint.safetensors, log.jsonl, val_predictions.npz, val_truth.npz.\n` +
+        `Score: deno task he2gene evaluate ${join(v.out, "val_predictions.npz")} --truth ${
+          join(v.out, "val_truth.npz")
+        } ` +
+        `--genes ../shared/data/her2st/her_hvg_cut_1000.npy`,
+    );
+  } finally {
+    engine.destroy();
   }
-  const init = v.init ? (await readCheckpoint(v.init)).tensors : undefined;
-  const batchSize = num(v["batch-size"], "batch-size", variant === "spat" ? 32 : 256);
-  const imageSize = num(v["image-size"], "image-size", 224);
-  say(
-    `training HE2Gene-${
-      variant === "spat" ? "Spat" : "Base"
-    } (${backbone.name}) on ${train.names.length} spots, ` +
-      `validating on ${val.names.length}; ${train.targetGenes.length} target / ${train.auxGenes.length} aux genes; ` +
-      `adapter ${engine.adapterInfo.name}`,
-  );
-  const { model, history, best } = await trainModel(engine, train, val, {
-    config: { backbone, variant, targetGenes: train.targetGenes.length, auxGenes: train.auxGenes.length },
-    train: {
-      ...DEFAULT_TRAIN,
-      lr: num(v.lr, "lr", DEFAULT_TRAIN.lr),
-      weightDecay: num(v["weight-decay"], "weight-decay", DEFAULT_TRAIN.weightDecay),
-      stepSize: num(v["step-size"], "step-size", DEFAULT_TRAIN.stepSize),
-      gamma: num(v.gamma, "gamma", DEFAULT_TRAIN.gamma),
-      clipNorm: num(v.clip, "clip", DEFAULT_TRAIN.clipNorm),
-      auxWeight: num(v.aux, "aux", 20),
-      tmrWeight: num(v.tmr, "tmr", 1),
-      spatWeight: variant === "spat" ? num(v.spat, "spat", 0.01) : 0,
-    },
-    batchSize,
-    epochs: num(v.epochs, "epochs", 100),
-    patience: num(v.patience, "patience", 10),
-    imageSize,
-    seed,
-    out: v.out!,
-    resume: v.resume,
-    init,
-    biasFromMeans: !init,
-    quiet: v.quiet,
-    mean,
-    std,
-  });
-  const p = await predictTable(model, val, { batchSize: Math.min(batchSize, 64), imageSize, mean, std });
+}
+
+/** The best model's predictions of the validation spots and their truth, for `he2gene evaluate`. */
+async function writeValidation(
+  out: string,
+  model: HE2Gene,
+  val: SpotTable,
+  o: {
+    batchSize: number;
+    imageSize: number;
+    mean?: [number, number, number];
+    std?: [number, number, number];
+  },
+): Promise<void> {
+  const p = await predictTable(model, val, { ...o, batchSize: Math.min(o.batchSize, 64) });
   const V = val.names.length;
   const arr = (data: Float32Array, w: number) => ({ dtype: "f4" as const, shape: [V, w], data });
   await writeAtomic(
-    join(v.out!, "val_predictions.npz"),
+    join(out, "val_predictions.npz"),
     encodeNpz({
       target: arr(p.target, val.targetGenes.length),
       aux: arr(p.aux, val.auxGenes.length),
@@ -314,22 +818,12 @@ export async function runTrain(args: string[]): Promise<void> {
     );
   }
   await writeAtomic(
-    join(v.out!, "val_truth.npz"),
+    join(out, "val_truth.npz"),
     encodeNpz({
       target: arr(truth, G),
       names: { dtype: "U", shape: [V], data: val.names },
       genes: { dtype: "U", shape: [G], data: [...val.targetGenes, ...val.auxGenes] },
       tumor: { dtype: "f4", shape: [V], data: Float32Array.from(val.tumor, (t) => (t < 0 ? NaN : t)) },
     }),
-  );
-  model.dispose();
-  engine.destroy();
-  console.log(
-    `${history.length} epochs; best epoch ${best.epoch} (validation target MSE ${best.valMse.toFixed(4)}). ` +
-      `Files in ${v.out}: best.safetensors, checkpoint.safetensors, log.jsonl, val_predictions.npz, val_truth.npz.\n` +
-      `Score: deno task he2gene evaluate ${join(v.out!, "val_predictions.npz")} --truth ${
-        join(v.out!, "val_truth.npz")
-      } ` +
-      `--genes ../shared/data/her2st/her_hvg_cut_1000.npy`,
   );
 }

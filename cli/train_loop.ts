@@ -2,10 +2,12 @@
  * The training loop over spots held in memory: batches (with each neighbour drawn and augmented
  * independently for HE2Gene-Spat), StepLR per epoch, validation each epoch (target MSE, Pearson r over
  * target genes, tumour AUC), early stopping, a JSON-lines log, and checkpoints that lose nothing:
- * `checkpoint.safetensors` (model, Adam state, epoch/step, best score) written atomically after every
- * epoch and on Ctrl-C, `best.safetensors` for the best validation score. `resume` continues a killed run
- * exactly: shuffling and augmentation are seeded by (seed, epoch, step), so a resumed run repeats the same
- * batches as an uninterrupted one.
+ * `checkpoint.safetensors` (model, Adam state, epoch/step, best score, the running loss sums of the epoch
+ * in progress, and every finished epoch's log line) written atomically after every epoch and on Ctrl-C,
+ * `best.safetensors` for the best validation score. `resume` continues a killed run exactly: shuffling and
+ * augmentation are seeded by (seed, epoch, step), so a resumed run repeats the same batches as an
+ * uninterrupted one, and `log.jsonl` is rewritten from the checkpoint's history, so it ends up as an
+ * uninterrupted run's (apart from the `seconds` of the epochs) whatever was appended after the checkpoint.
  *
  * @module
  */
@@ -17,8 +19,16 @@ import { DEFAULT_TRAIN, predictEval, type TrainConfig, Trainer } from "../model/
 import { pearsonPerGene, rocAuc } from "../model/metrics.ts";
 import type { RgbImage } from "../slide/decode.ts";
 import { assembleBatch } from "../slide/batch.ts";
-import { readSafetensors, type TensorEntry, toFloat32, writeSafetensors } from "../weights/mod.ts";
+import {
+  assertFinite,
+  readSafetensors,
+  type TensorEntry,
+  toFloat32,
+  writeSafetensors,
+} from "../weights/mod.ts";
+import { writeAtomic } from "../slide/npz.ts";
 import { saveModel } from "./checkpoint.ts";
+import { Interrupted } from "./errors.ts";
 import { Progress } from "./progress.ts";
 
 /** Spots in memory: one patch each, truths, tumour labels (1/0, −1 unknown), grid positions. */
@@ -56,6 +66,12 @@ export interface TrainOptions {
   biasFromMeans?: boolean;
   /** Stop starting new epochs after this many seconds (demo). */
   timeBudgetS?: number;
+  /**
+   * Polled after every step and after every epoch but the last: true saves a checkpoint (resumable
+   * mid-epoch; at an epoch's end it is saved already) and throws {@linkcode Interrupted}. Without it,
+   * Ctrl-C (SIGINT) does the same.
+   */
+  interrupt?: () => boolean;
   quiet?: boolean;
   /** Normalisation constants (default HE2Gene's). */
   mean?: [number, number, number];
@@ -158,12 +174,36 @@ export function scoreTable(t: SpotTable, p: { target: Float32Array; tumorProb: F
   };
 }
 
+/** Running sums of the epoch in progress (so a resumed epoch's means cover all its steps). */
+interface EpochSums {
+  total: number;
+  target: number;
+  aux: number;
+  tumor: number;
+  spat: number;
+  /** Steps summed. */
+  done: number;
+  /** Seconds spent on the epoch so far. */
+  seconds: number;
+}
+
 interface Progressed {
   epoch: number;
   step: number;
   bestScore: number;
   bestEpoch: number;
   bad: number;
+  /** Sums of the steps of epoch `epoch` before `step` (absent in checkpoints of older versions). */
+  sums?: EpochSums;
+}
+
+const zeroSums = (): EpochSums => ({ total: 0, target: 0, aux: 0, tumor: 0, spat: 0, done: 0, seconds: 0 });
+
+/** Log lines as JSON keeps them: NaN / ±Infinity became null; read them back as NaN. */
+function parseEpochLog(v: Record<string, number | null>): EpochLog {
+  const out: Record<string, number> = {};
+  for (const [k, x] of Object.entries(v)) out[k] = x === null ? NaN : x;
+  return out as unknown as EpochLog;
 }
 
 /**
@@ -195,6 +235,7 @@ export async function trainModel(
     const ck = await readSafetensors(ckptPath).catch((e) => {
       throw new Error(`Cannot resume from ${o.out}: ${(e as Error).message}`);
     });
+    assertFinite(ck.tensors, ckptPath); // NaN / Inf weights (e.g. saved after training diverged)
     if (ck.metadata.run !== runKey) {
       throw new Error(
         `Cannot resume from ${o.out}: it was written by another configuration.\n  theirs: ${ck.metadata.run}\n  ours:   ${runKey}`,
@@ -209,12 +250,23 @@ export async function trainModel(
     }
     model = HE2Gene.fromStateDict(engine, sd, ckptPath);
     state = JSON.parse(ck.metadata.progress);
-    try {
-      for (const line of (await Deno.readTextFile(logPath)).split("\n")) {
-        if (line.trim()) history.push(JSON.parse(line));
-      }
-    } catch { /* no log yet */ }
+    // JSON has no Infinity: a checkpoint saved before the first validation holds null.
+    if (typeof state.bestScore !== "number") state.bestScore = Infinity;
+    if (ck.metadata.history !== undefined) {
+      history.push(
+        ...(JSON.parse(ck.metadata.history) as Record<string, number | null>[]).map(parseEpochLog),
+      );
+    } else {
+      // A checkpoint of an older version: the log's first `epoch` lines.
+      try {
+        for (const line of (await Deno.readTextFile(logPath)).split("\n")) {
+          if (line.trim()) history.push(parseEpochLog(JSON.parse(line)));
+        }
+      } catch { /* no log yet */ }
+    }
     history.splice(state.epoch);
+    // The log as it was when the checkpoint was written (lines appended after it are redone).
+    await writeAtomic(logPath, history.map((h) => JSON.stringify(h) + "\n").join(""));
   } else {
     if (o.init) {
       model = HE2Gene.fromStateDict(engine, o.init, "--init");
@@ -250,12 +302,22 @@ export async function trainModel(
 
   const nbr = neighbours(train);
   const N = train.names.length, nT = train.targetGenes.length, nA = train.auxGenes.length;
-  const steps = Math.ceil(N / o.batchSize);
-  let interrupted = false;
-  const onSigint = () => (interrupted = true);
-  try {
-    Deno.addSignalListener("SIGINT", onSigint);
-  } catch { /* not supported here */ }
+  if (N < 2) {
+    throw new Error(`Cannot train on ${N} spot(s): batch normalisation needs at least 2 patches a batch`);
+  }
+  // A last batch of one spot would fail batch normalisation (one value per channel, as in PyTorch): it is
+  // folded into the batch before it.
+  const steps = N % o.batchSize === 1 && N > o.batchSize
+    ? Math.floor(N / o.batchSize)
+    : Math.ceil(N / o.batchSize);
+  let sigint = false;
+  const onSigint = () => (sigint = true);
+  if (!o.interrupt) {
+    try {
+      Deno.addSignalListener("SIGINT", onSigint);
+    } catch { /* not supported here */ }
+  }
+  const interrupted = o.interrupt ?? (() => sigint);
 
   const save = async () => {
     const tensors = new Map<string, TensorEntry>();
@@ -266,7 +328,9 @@ export async function trainModel(
     for (const [k, t] of await trainer.opt.stateDict()) {
       tensors.set(`optim/${k}`, { dtype: "F32", shape: t.shape, bytes: f32(t.data) });
     }
-    await writeSafetensors(ckptPath, tensors, { metadata: { run: runKey, progress: JSON.stringify(state) } });
+    await writeSafetensors(ckptPath, tensors, {
+      metadata: { run: runKey, progress: JSON.stringify(state), history: JSON.stringify(history) },
+    });
   };
 
   const t0 = performance.now();
@@ -282,11 +346,16 @@ export async function trainModel(
       }
       const bar = new Progress(`epoch ${state.epoch + 1}/${o.epochs}`, steps, o.quiet);
       const te = performance.now();
-      const sums = { total: 0, target: 0, aux: 0, tumor: 0, spat: 0 };
-      let done = 0;
+      // Sums of this epoch's steps so far: from the checkpoint when resuming mid-epoch.
+      const sums = state.step > 0 && state.sums ? { ...state.sums } : zeroSums();
+      const before = sums.seconds;
+      state.sums = sums;
       for (; state.step < steps; state.step++) {
         const aug = rng(mix(o.seed, state.epoch, state.step, 7));
-        const centre = perm.slice(state.step * o.batchSize, (state.step + 1) * o.batchSize);
+        const centre = perm.slice(
+          state.step * o.batchSize,
+          state.step === steps - 1 ? N : (state.step + 1) * o.batchSize,
+        );
         const nbrIdx: number[] = [];
         const nbrOf: number[][] = centre.map((i) => {
           if (cfg.spatWeight <= 0) return [];
@@ -319,14 +388,20 @@ export async function trainModel(
               `run with HE2GENE_DEBUG_NAN=1 to name the op that produced it`,
           );
         }
-        for (const k of Object.keys(sums) as (keyof typeof sums)[]) sums[k] += l[k];
-        done++;
+        for (const k of ["total", "target", "aux", "tumor", "spat"] as const) sums[k] += l[k];
+        sums.done++;
+        sums.seconds = before + (performance.now() - te) / 1000;
         bar.tick(1, `loss ${l.total.toFixed(4)}`);
-        if (interrupted) {
+        if (interrupted()) {
           state.step++;
           await save();
-          bar.done(`interrupted: checkpoint saved in ${ckptPath}; continue with --resume`);
-          throw new Error("Interrupted (Ctrl-C); the checkpoint is saved, continue with --resume");
+          bar.done();
+          throw new Interrupted(
+            `training stopped at epoch ${
+              state.epoch + 1
+            }, step ${state.step} of ${steps}; the checkpoint is ` +
+              `saved in ${ckptPath}: continue with --resume`,
+          );
         }
       }
       bar.done();
@@ -337,6 +412,7 @@ export async function trainModel(
         std: o.std,
       });
       const s = scoreTable(val, p);
+      const done = sums.done;
       const log: EpochLog = {
         epoch: state.epoch + 1,
         lr,
@@ -349,10 +425,9 @@ export async function trainModel(
         valPearsonMean: s.pearsonMean,
         valPearsonMedian: s.pearsonMedian,
         valTumorAuc: s.tumorAuc,
-        seconds: (performance.now() - te) / 1000,
+        seconds: before + (performance.now() - te) / 1000,
       };
       history.push(log);
-      await Deno.writeTextFile(logPath, JSON.stringify(log) + "\n", { append: true });
       if (!o.quiet) {
         console.error(
           `epoch ${log.epoch}: loss ${log.trainLoss.toFixed(4)}, val MSE ${log.valMse.toFixed(4)}, ` +
@@ -375,18 +450,31 @@ export async function trainModel(
       const stop = state.bad >= o.patience;
       state.epoch++;
       state.step = 0;
+      state.sums = undefined;
+      // The checkpoint first, then the log line: a failed checkpoint write leaves the line unwritten, and
+      // a resume rewrites the log from the checkpoint's history anyway.
       await save();
+      await Deno.writeTextFile(logPath, JSON.stringify(log) + "\n", { append: true });
       state.epoch--;
       if (stop) {
         if (!o.quiet) console.error(`early stop: no better validation MSE for ${o.patience} epochs`);
         state.epoch++;
         break;
       }
+      if (state.epoch + 1 < o.epochs && interrupted()) {
+        // Ctrl-C during the validation: the checkpoint of the finished epoch is saved already.
+        throw new Interrupted(
+          `training stopped after epoch ${state.epoch + 1}; the checkpoint is saved in ${ckptPath}: ` +
+            `continue with --resume`,
+        );
+      }
     }
   } finally {
-    try {
-      Deno.removeSignalListener("SIGINT", onSigint);
-    } catch { /* ignore */ }
+    if (!o.interrupt) {
+      try {
+        Deno.removeSignalListener("SIGINT", onSigint);
+      } catch { /* ignore */ }
+    }
     trainer.dispose();
   }
   // Return the best model.

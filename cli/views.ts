@@ -65,9 +65,50 @@ function addTime(t: Record<string, number> | undefined, key: string, since: numb
   return now;
 }
 
+/** The predictions of a batch, on the host: `target` (n, targetGenes), `aux` (n, auxGenes), `tumor` (n). */
+export interface ViewPredictions {
+  target: Float32Array;
+  aux: Float32Array;
+  tumor: Float32Array;
+}
+
+/**
+ * Refuse predictions that hold NaN or ±Inf, naming the patches (or spots / tiles) they belong to: a
+ * non-finite value must never reach a CSV as a number or an empty cell. `names[i]` is row i's name.
+ *
+ * @example
+ * ```ts
+ * import { assertFinitePredictions } from "./views.ts";
+ * const ok = { target: new Float32Array([1, 2]), aux: new Float32Array(2), tumor: new Float32Array(2) };
+ * assertFinitePredictions(ok, ["spot_1", "spot_2"]); // fine; a NaN in row 2 would throw naming spot_2
+ * ```
+ */
+export function assertFinitePredictions(p: ViewPredictions, names: readonly string[], what = "patch"): void {
+  const n = names.length;
+  const bad: { name: string; heads: string }[] = [];
+  for (let i = 0; i < n; i++) {
+    const heads: string[] = [];
+    for (const [head, a] of [["target", p.target], ["aux", p.aux], ["tumour", p.tumor]] as const) {
+      const w = a.length / n;
+      let k = 0;
+      for (let j = i * w; j < (i + 1) * w; j++) if (!Number.isFinite(a[j])) k++;
+      if (k) heads.push(`${k} of ${w} ${head} values`);
+    }
+    if (heads.length) bad.push({ name: names[i], heads: heads.join(", ") });
+  }
+  if (bad.length === 0) return;
+  const others = bad.slice(1, 6).map((b) => b.name).join(", ") + (bad.length > 6 ? ", …" : "");
+  throw new Error(
+    `Cannot predict ${what} ${bad[0].name}: the model's output is NaN or Inf (${bad[0].heads})` +
+      (bad.length > 1 ? `; also for ${bad.length - 1} more in this batch: ${others}` : "") +
+      `. The network overflows float32 on this input: check the checkpoint's weights`,
+  );
+}
+
 /**
  * Predict one batch of same-size patches: upload, optional stain normalisation, the views, the model, and
- * the mean over the views (of the genes and of the tumour probability).
+ * the mean over the views (of the genes and of the tumour probability). With `names` (one per image), a
+ * NaN or Inf in the output is an error naming the image (see {@linkcode assertFinitePredictions}).
  */
 export async function predictViews(
   engine: Engine,
@@ -81,13 +122,17 @@ export async function predictViews(
     stainTarget?: StainTarget;
     /** Adds `preprocess` and `model` milliseconds (with a GPU sync between them). */
     timings?: Record<string, number>;
+    /** The images' names (patch names, spot ids, tiles): non-finite outputs are refused, naming them. */
+    names?: readonly string[];
+    /** What a name is, for the message (default "patch"). */
+    what?: string;
   },
-): Promise<{ target: Float32Array; aux: Float32Array; tumor: Float32Array }> {
+): Promise<ViewPredictions> {
   const n = images.length;
   const boxes = viewBoxes(images[0], o.tta, o.base);
   const ks = o.tta === "tta" || o.tta === "grid_tta" ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
   const views = boxes.length * ks.length;
-  return await engine.scope(async () => {
+  const res = await engine.scope(async () => {
     let t = performance.now();
     let src = uploadImages(engine, images);
     if (o.stain && o.stain !== "none") {
@@ -120,6 +165,8 @@ export async function predictViews(
     addTime(o.timings, "model", t);
     return { target, aux, tumor };
   });
+  if (o.names) assertFinitePredictions(res, o.names, o.what);
+  return res;
 }
 
 /** The options `predict-patches` and `predict-slide` share, in `node:util` `parseArgs` form. */

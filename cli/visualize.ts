@@ -25,7 +25,7 @@ import { writeAtomic } from "../slide/npz.ts";
 import { drawText, encodePng, textWidth, viridis, zScores } from "../slide/png.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { type RegionThumbnail, slideThumbnail } from "./predict_slide.ts";
-import { UsageError } from "./errors.ts";
+import { checkInterrupt, UsageError } from "./errors.ts";
 
 type Rgb = readonly [number, number, number];
 
@@ -372,6 +372,7 @@ export async function visualize(pred: string, o: VisualizeOptions): Promise<Visu
     if (geo.pxPerMm) scaleBar(img, ox, oy, geo.mw, geo.mh, geo.pxPerMm);
   };
 
+  checkInterrupt();
   o.genes.forEach((g, row) => {
     const { values, stride, col } = p.genes.get(g)!;
     const pv = Float32Array.from({ length: P }, (_, i) => values[i * stride + col]);
@@ -407,8 +408,10 @@ export async function visualize(pred: string, o: VisualizeOptions): Promise<Visu
       panel(row, 1, "tumour measured", tt.map(tumorColor), "p");
     }
   }
+  const png = encodePng(img.width, img.height, img.rgb);
+  checkInterrupt();
   try {
-    await writeAtomic(o.out, encodePng(img.width, img.height, img.rgb));
+    await writeAtomic(o.out, png);
   } catch (e) {
     throw new Error(`Cannot write ${o.out}: ${(e as Error).message}`);
   }

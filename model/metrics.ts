@@ -41,7 +41,9 @@ export function columnMeans(a: ArrayLike<number>, spots: number, genes: number):
 /**
  * Pearson correlation per gene between predicted and true expression, both `(spots, genes)` row-major.
  * A gene whose predicted or true column is constant (zero variance, or fewer than 2 spots) gets NaN, as
- * `scipy.stats.pearsonr` does (with a warning); {@linkcode summarize} counts them as `constant`.
+ * `scipy.stats.pearsonr` does (with a warning); {@linkcode summarize} counts them as `constant`. A column
+ * holding NaN or ±Infinity gets NaN too, which is not a constant column: check the inputs with
+ * {@linkcode nonFiniteCells} first and report them as such.
  *
  * @example
  * ```ts
@@ -78,6 +80,44 @@ export function pearsonPerGene(
     r[g] = Math.max(-1, Math.min(1, sxy[g] / Math.sqrt(sxx[g] * syy[g])));
   }
   return r;
+}
+
+/** The non-finite values (NaN, ±Infinity) of a `(spots, genes)` matrix, as {@linkcode nonFiniteCells} counts them. */
+export interface NonFiniteCells {
+  /** All non-finite values. */
+  count: number;
+  nan: number;
+  /** +Infinity and −Infinity. */
+  inf: number;
+  /** Non-finite values per gene (column). */
+  perGene: Uint32Array;
+  /** The first one in row-major order, or null when there is none. */
+  first: { spot: number; gene: number; value: number } | null;
+}
+
+/**
+ * Count the NaN and ±Infinity values of a `(spots, genes)` matrix, per gene, with the first one's place.
+ *
+ * @example
+ * ```ts
+ * const bad = nonFiniteCells(Float32Array.of(1, NaN, Infinity, 2), 2, 2);
+ * // bad.count 2, bad.nan 1, bad.inf 1, bad.perGene [1, 1], bad.first { spot: 0, gene: 1, value: NaN }
+ * ```
+ */
+export function nonFiniteCells(a: ArrayLike<number>, spots: number, genes: number): NonFiniteCells {
+  checkMatrix("non-finite values", a, spots, genes);
+  const perGene = new Uint32Array(genes);
+  let nan = 0, inf = 0;
+  let first: NonFiniteCells["first"] = null;
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (Number.isFinite(v)) continue;
+    if (Number.isNaN(v)) nan++;
+    else inf++;
+    perGene[i % genes]++;
+    first ??= { spot: Math.floor(i / genes), gene: i % genes, value: v };
+  }
+  return { count: nan + inf, nan, inf, perGene, first };
 }
 
 /** Mean squared error per gene, in float64. */

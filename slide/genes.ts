@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Spot } from "./datasets/types.ts";
+import { describeDuplicates, duplicates, type Spot } from "./datasets/types.ts";
 
 /**
  * `log1p(scale · count / total)` over all genes of one spot (scale 1e4, as scanpy's `normalize_total` +
@@ -48,7 +48,8 @@ export interface GeneSelection {
 
 /**
  * Pick HE2Gene's target genes: the top `n` by mean count over `spots` (pass the training spots only), or
- * `list`; every other gene is auxiliary. Ties keep the dataset's gene order.
+ * `list`; every other gene is auxiliary. Ties keep the dataset's gene order. A gene named twice in `genes`
+ * or in `list` is refused (RangeError naming them): its counts or its target column would be ambiguous.
  *
  * @example
  * ```ts ignore
@@ -61,6 +62,21 @@ export function selectTargetGenes(
   opts: SelectGenesOptions = {},
 ): GeneSelection {
   const g = genes.length;
+  for (
+    const [what, names] of [["the dataset's gene list", genes], [
+      "the target gene list",
+      opts.list ?? [],
+    ]] as const
+  ) {
+    const dups = duplicates(names);
+    if (dups.length > 0) {
+      throw new RangeError(
+        `Cannot select genes: ${what} names ${dups.length} gene(s) more than once: ${
+          describeDuplicates(dups)
+        }`,
+      );
+    }
+  }
   const mean = new Float64Array(g);
   for (const s of spots) {
     if (!s.counts || s.counts.length !== g) {

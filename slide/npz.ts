@@ -4,6 +4,8 @@
  *
  * @module
  */
+import { basename, dirname, resolve } from "node:path";
+
 export { encodeNpy, encodeNpz, encodeZip, type NpyArray } from "./npy.ts";
 
 /**
@@ -27,38 +29,120 @@ export async function writeAtomic(path: string, data: Uint8Array | string): Prom
 }
 
 /**
- * Write several files into `dir` as one output: each under a temporary name, then all renamed once every
- * one was written. On a failure (a full disk, say) the temporary files, partial ones included, are removed
- * and the error names the folder; files of an earlier run are left as they were.
+ * Make `dir` and any missing parents; returns the folders this call created, outermost first (empty when
+ * `dir` existed), so that a failed run can remove them again with {@linkcode removeCreatedDirs}.
  */
-export async function writeFilesAtomic(dir: string, files: [string, string | Uint8Array][]): Promise<void> {
-  const staged: [string, string][] = [];
+export async function makeDirs(dir: string): Promise<string[]> {
+  const missing: string[] = [];
+  for (let d = resolve(dir);; d = dirname(d)) {
+    try {
+      await Deno.lstat(d);
+      break;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) break;
+      missing.unshift(d);
+      if (dirname(d) === d) break;
+    }
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  return missing;
+}
+
+/** Remove the folders {@linkcode makeDirs} created, innermost first, each only if it is empty. */
+export async function removeCreatedDirs(created: string[]): Promise<void> {
+  for (const d of [...created].reverse()) {
+    try {
+      await Deno.remove(d);
+    } catch {
+      return; // not empty (or gone): keep it and its parents
+    }
+  }
+}
+
+/**
+ * Rename each `[from, to]` pair, replacing files of the same name, all or nothing: a `to` that is a folder
+ * is an error; on a failure every rename done is undone (the replaced files are restored). Replaced files
+ * are parked at `park(to)` (same file system) meanwhile, and deleted once every rename succeeded.
+ */
+export async function renameAll(moves: [string, string][], park: (to: string) => string): Promise<void> {
+  const done: { from: string; to: string; parked: string | null; moved: boolean }[] = [];
   try {
+    for (const [from, to] of moves) {
+      let parked: string | null = null;
+      try {
+        const st = await Deno.lstat(to);
+        if (st.isDirectory) throw new Error(`${to} is a folder`);
+        parked = park(to);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      const step = { from, to, parked, moved: false };
+      if (parked) await Deno.rename(to, parked);
+      done.push(step);
+      await Deno.rename(from, to);
+      step.moved = true;
+    }
+  } catch (e) {
+    for (const step of done.reverse()) {
+      if (step.moved) await Deno.rename(step.to, step.from).catch(() => {});
+      if (step.parked) await Deno.rename(step.parked, step.to).catch(() => {});
+    }
+    throw e;
+  }
+  for (const { parked } of done) if (parked) await Deno.remove(parked).catch(() => {});
+}
+
+/**
+ * Write several files into `dir` as one output: each under a temporary name, then all renamed once every
+ * one was written (all or nothing, see {@linkcode renameAll}). On a failure (a full disk, say) the
+ * temporary files, partial ones included, are removed, and so are the folders this call created; the error
+ * names the folder; files of an earlier run are left as they were. `signal` (e.g. Ctrl-C) is checked
+ * between files and before the renames: once it is aborted, nothing is renamed and its reason is thrown.
+ */
+export async function writeFilesAtomic(
+  dir: string,
+  files: [string, string | Uint8Array][],
+  o: { signal?: AbortSignal } = {},
+): Promise<void> {
+  const staged: [string, string][] = [];
+  let created: string[] = [];
+  try {
+    created = await makeDirs(dir);
     for (const [name, data] of files) {
+      o.signal?.throwIfAborted();
       const tmp = `${dir}/.${name}.tmp-${Deno.pid}`;
       staged.push([tmp, `${dir}/${name}`]);
       if (typeof data === "string") await Deno.writeTextFile(tmp, data);
       else await Deno.writeFile(tmp, data);
     }
-    for (const [tmp, final] of staged) await Deno.rename(tmp, final);
+    o.signal?.throwIfAborted();
+    await renameAll(staged, (to) => `${dirname(to)}/.${basename(to)}.old-${Deno.pid}`);
   } catch (e) {
     for (const [tmp] of staged) await Deno.remove(tmp).catch(() => {});
+    await removeCreatedDirs(created);
+    if (o.signal?.aborted && e === o.signal.reason) throw e;
     throw new Error(`Cannot write the outputs in ${dir}: ${(e as Error).message}`);
   }
 }
 
 /**
- * Create `dir` if needed and check that a file can be written there, before any long work: a folder that
- * cannot be made or written is an error naming it.
+ * Check, before any long work, that `dir` can be made (if missing) and written: an error names the folder.
+ * It leaves the file system as it was — the folders it made for the check are removed again (the writer,
+ * {@linkcode writeFilesAtomic}, makes them when it writes), so a run that fails later leaves no empty
+ * output folder behind.
  */
 export async function prepareOutputDir(dir: string): Promise<void> {
+  let created: string[] = [];
   try {
-    await Deno.mkdir(dir, { recursive: true });
+    created = await makeDirs(dir);
+    if (!(await Deno.stat(dir)).isDirectory) throw new Error("it is not a folder");
     const probe = `${dir}/.he2gene-write-test-${Deno.pid}`;
     await Deno.writeTextFile(probe, "");
     await Deno.remove(probe);
   } catch (e) {
     throw new Error(`Cannot write to the output folder ${dir}: ${(e as Error).message}`);
+  } finally {
+    await removeCreatedDirs(created);
   }
 }
 

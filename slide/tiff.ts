@@ -34,8 +34,18 @@ export interface ByteSource {
 
 /** A {@linkcode ByteSource} over an open file: `Deno.open` + seek/read, serialised through a promise chain. */
 export async function openFileSource(path: string): Promise<ByteSource> {
-  const file = await Deno.open(path, { read: true });
-  const size = (await file.stat()).size;
+  let file: Deno.FsFile, size: number;
+  try {
+    if ((await Deno.stat(path)).isDirectory) {
+      throw new SlideError(`Cannot open ${path}: it is a folder, not a file`);
+    }
+    file = await Deno.open(path, { read: true });
+    size = (await file.stat()).size;
+  } catch (e) {
+    if (e instanceof SlideError) throw e;
+    // Deno's message ends with the call and path ("… (os error 2): stat 'x'"); the path is said once.
+    throw new SlideError(`Cannot open ${path}: ${(e as Error).message.replace(/: \w+ '.*'$/, "")}`);
+  }
   let queue: Promise<unknown> = Promise.resolve();
   const readNow = async (offset: number, length: number, what: string) => {
     const out = new Uint8Array(length);

@@ -4,6 +4,16 @@
  * https://doi.org/10.1109/TSMC.1979.4310076), an optional morphological opening and closing, and the
  * non-overlapping level-0 tiles whose tissue fraction reaches a minimum. CPU only: it runs on a thumbnail.
  *
+ * Tiling rule: the grid is anchored at the slide's top-left corner and has ⌈W / tilePx⌉ × ⌈H / tilePx⌉
+ * tiles of `tilePx` level-0 pixels, so it covers every pixel of the W × H slide (level-0 geometry, not the
+ * thumbnail's, which made of whole boxes can stop short of the right and bottom edges). When W or H is not
+ * a multiple of `tilePx`, the tiles of the last column / row reach past the slide's edge: they keep their
+ * full size and place (every tile shows the same area at the same magnification, never stretched or
+ * shifted onto its neighbour), the part past the edge is background (read as white, as for a spot at the
+ * edge in `extract-patches`), and their tissue fraction is taken over the whole tile with that part counted
+ * as background — so the minimum tissue fraction means the same for every tile: the share of the patch the
+ * model sees that is tissue.
+ *
  * @module
  */
 
@@ -48,6 +58,12 @@ export interface TileOptions extends TissueMaskOptions {
   tilePx: number;
   /** Smallest tissue fraction of a kept tile (default 0.5). */
   minTissueFraction?: number;
+  /**
+   * The slide's level-0 width and height. Default: the thumbnail's size × `downsample`, rounded — which
+   * falls short of the slide when the thumbnail was made of whole boxes, so pass them for a slide.
+   */
+  slideWidth?: number;
+  slideHeight?: number;
 }
 
 /** Saturation of each pixel quantised to 0…255 (`round(255·(max − min)/max)`, 0 for black). */
@@ -150,11 +166,13 @@ export function tissueMask(
 }
 
 /**
- * Non-overlapping level-0 tiles of `tilePx` pixels covering the tissue of a slide thumbnail, row-major.
- * A tile's tissue fraction is the mean mask over the thumbnail pixels whose centres fall inside it (or
- * the pixel under its centre when the tile is smaller than a thumbnail pixel). Only tiles entirely inside
- * the level-0 image are considered. `col, row` are grid positions, so the 8-neighbours of a tile are the
- * tiles at `col ± 1, row ± 1` (see {@linkcode tileNeighbours}).
+ * Non-overlapping level-0 tiles of `tilePx` pixels covering the tissue of a slide thumbnail, row-major,
+ * on the grid of the module doc's tiling rule (`cols × rows` = ⌈W / tilePx⌉ × ⌈H / tilePx⌉, edge tiles
+ * reaching past the slide included). A tile's tissue fraction is the mean mask over the thumbnail pixels
+ * whose centres fall inside its part within the slide (or the pixel under that part's centre when it is
+ * smaller than a thumbnail pixel), times the share of the tile within the slide. `col, row` are grid
+ * positions, so the 8-neighbours of a tile are the tiles at `col ± 1, row ± 1` (see
+ * {@linkcode tileNeighbours}).
  *
  * @example
  * ```ts
@@ -174,9 +192,15 @@ export function tissueTiles(
   if (!(tilePx > 0) || !Number.isInteger(tilePx)) {
     throw new RangeError(`Cannot tile: tilePx must be a positive integer, current value is ${tilePx}`);
   }
+  const W0 = options.slideWidth ?? Math.round(img.width * ds);
+  const H0 = options.slideHeight ?? Math.round(img.height * ds);
+  if (!(W0 >= 1 && H0 >= 1 && Number.isInteger(W0) && Number.isInteger(H0))) {
+    throw new RangeError(
+      `Cannot tile: the slide size must be positive integers, current value is ${W0}×${H0}`,
+    );
+  }
   const mask = tissueMask(img, options);
-  const W0 = Math.round(img.width * ds), H0 = Math.round(img.height * ds);
-  const cols = Math.floor(W0 / tilePx), rows = Math.floor(H0 / tilePx);
+  const cols = Math.ceil(W0 / tilePx), rows = Math.ceil(H0 / tilePx);
   // Thumbnail pixel range whose centres (i + ½)·ds lie in [a, b): i ∈ [ceil(a/ds − ½), ceil(b/ds − ½)).
   const span = (a: number, b: number, n: number): [number, number] => {
     let i0 = Math.ceil(a / ds - 0.5), i1 = Math.ceil(b / ds - 0.5);
@@ -185,13 +209,18 @@ export function tissueTiles(
   };
   const tiles: Tile[] = [];
   for (let row = 0; row < rows; row++) {
-    const [y0, y1] = span(row * tilePx, (row + 1) * tilePx, img.height);
+    // The tile's part within the slide, [top, bottom) in level-0 pixels.
+    const top = row * tilePx, bottom = Math.min(top + tilePx, H0);
+    const [y0, y1] = span(top, bottom, img.height);
     for (let col = 0; col < cols; col++) {
-      const [x0, x1] = span(col * tilePx, (col + 1) * tilePx, img.width);
+      const left = col * tilePx, right = Math.min(left + tilePx, W0);
+      const [x0, x1] = span(left, right, img.width);
       let sum = 0;
       for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) sum += mask.mask[y * img.width + x];
-      const tissue = sum / ((y1 - y0) * (x1 - x0));
-      if (tissue >= minTissueFraction) tiles.push({ x: col * tilePx, y: row * tilePx, col, row, tissue });
+      // Past the slide's edge is background: scale by the share of the tile within the slide.
+      const inside = ((right - left) * (bottom - top)) / (tilePx * tilePx);
+      const tissue = (sum / ((y1 - y0) * (x1 - x0))) * inside;
+      if (tissue >= minTissueFraction) tiles.push({ x: left, y: top, col, row, tissue });
     }
   }
   return { tiles, mask, threshold: mask.threshold, cols, rows };

@@ -14,15 +14,18 @@
  */
 export {
   asFloat32Entry,
+  countNonFinite,
   type DType,
   DTYPE_SIZE,
   halfToNumber,
   isFloat,
+  type NonFinite,
   numel,
   type TensorEntry,
   toFloat32,
 } from "./dtype.ts";
 export { CheckpointError, RefusedGlobalError } from "./errors.ts";
+export { assertFinite, describeNonFinite, type NonFiniteTensor, nonFiniteTensors } from "./finite.ts";
 export { describe, PyGlobal, unpickle, type UnpickleOptions } from "./pickle.ts";
 export {
   encodeSafetensors,

@@ -13,6 +13,8 @@ import { decodeNpz, NpyError, toNumbers } from "../npy.ts";
 import {
   DatasetError,
   type DatasetWarning,
+  describeDuplicates,
+  duplicates,
   exists,
   readText,
   type Section,
@@ -43,6 +45,8 @@ export async function readHbcis(root: string, opts: HbcisOptions = {}): Promise<
   const genes = await readGenes(root, opts.genes);
   const warnings: DatasetWarning[] = [];
   const sections = new Map<string, Section>();
+  /** `section/x/y` → the file that gave the spot (two files for one spot are refused). */
+  const spotFile = new Map<string, string>();
   let invalid = 0, firstInvalid = "";
   const files: [string, string, string][] = []; // subtype, patient, file
   for (const subtype of await dirs(root)) {
@@ -113,6 +117,15 @@ export async function readHbcis(root: string, opts: HbcisOptions = {}): Promise<
       s = { id, slidePath, spots: [], grid: "square", labelSource: z.tumor ? "npz" : "none", imageScale: 1 };
       sections.set(id, s);
     }
+    const key = `${id}/${index[0]}x${index[1]}`;
+    const first = spotFile.get(key);
+    if (first !== undefined) {
+      throw new DatasetError(
+        file,
+        `expected one file per spot, found spot ${index[0]}x${index[1]} of section ${id} also in ${first}`,
+      );
+    }
+    spotFile.set(key, file);
     const spot: Spot = {
       id: `${index[0]}x${index[1]}`,
       section: id,
@@ -141,7 +154,20 @@ async function dirs(path: string): Promise<string[]> {
 
 /** Gene names from a list, a text file (one a line) or an `.npy` of strings. */
 export async function readGenes(root: string, genes?: string[] | string): Promise<string[]> {
-  if (Array.isArray(genes)) return genes;
+  // `where[i]`: how to point at name i (a line number, an index).
+  const unique = (names: string[], source: string, where: (i: number) => string) => {
+    const dups = duplicates(names);
+    if (dups.length > 0) {
+      throw new DatasetError(
+        source,
+        `expected each gene once (one count column each), found ${dups.length} gene name(s) more than once: ${
+          describeDuplicates(dups, (p) => p.map(where).join(", "))
+        }`,
+      );
+    }
+    return names;
+  };
+  if (Array.isArray(genes)) return unique(genes, "the genes option", (i) => `index ${i}`);
   let file = genes;
   if (file === undefined) {
     for (const n of ["all_genes.txt", "genes.txt"]) {
@@ -154,7 +180,9 @@ export async function readGenes(root: string, genes?: string[] | string): Promis
   if (file.endsWith(".npy")) {
     const a = await readNpy(file);
     if (a.dtype !== "U") throw new NpyError(file, -1, `expected an array of strings (<U), found ${a.dtype}`);
-    return a.data;
+    return unique(a.data, file, (i) => `index ${i}`);
   }
-  return (await readText(file)).split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== "");
+  const lines = (await readText(file)).split(/\r?\n/).map((l, i) => [l.trim(), i + 1] as const)
+    .filter(([l]) => l !== "");
+  return unique(lines.map(([l]) => l), file, (i) => `line ${lines[i][1]}`);
 }

@@ -20,6 +20,8 @@ import { join } from "node:path";
 import {
   DatasetError,
   type DatasetWarning,
+  describeDuplicates,
+  duplicates,
   exists,
   imageSize,
   readText,
@@ -128,6 +130,16 @@ async function readCounts(
   const rows = splitRows(await readText(file), "\t");
   if (rows.length < 2) throw new DatasetError(file, "expected a header row and at least one spot row", 1);
   const genes = rows[0].slice(1).map(unquote);
+  const dupGenes = duplicates(genes);
+  if (dupGenes.length > 0) {
+    throw new DatasetError(
+      file,
+      `expected one column per gene, found ${dupGenes.length} gene name(s) in more than one column: ${
+        describeDuplicates(dupGenes, (p) => `columns ${p.map((j) => j + 2).join(", ")}`)
+      }`,
+      1,
+    );
+  }
   const ids: string[] = [];
   const values = new Float32Array((rows.length - 1) * genes.length);
   let bad = 0, firstBad = "";
@@ -162,6 +174,15 @@ async function readCounts(
       values[o + j] = v;
     }
   }
+  const dupIds = duplicates(ids);
+  if (dupIds.length > 0) {
+    throw new DatasetError(
+      file,
+      `expected one row per spot, found ${dupIds.length} spot(s) on more than one row: ${
+        describeDuplicates(dupIds, (p) => `lines ${p.map((r) => r + 2).join(", ")}`)
+      }`,
+    );
+  }
   if (bad > 0) {
     warnings.push({
       code: "invalid-counts",
@@ -178,7 +199,17 @@ function unquote(s: string): string {
 }
 
 function pickGenes(lists: string[][], how: "union" | "intersection" | string[]): string[] {
-  if (Array.isArray(how)) return how;
+  if (Array.isArray(how)) {
+    const dups = duplicates(how);
+    if (dups.length > 0) {
+      throw new RangeError(
+        `Cannot read her2st: the gene list (genes option) names ${dups.length} gene(s) more than once: ${
+          describeDuplicates(dups)
+        }`,
+      );
+    }
+    return how;
+  }
   if (how === "union") {
     const seen = new Set<string>();
     for (const l of lists) for (const g of l) seen.add(g);
@@ -226,13 +257,24 @@ async function readSection(
     "pixel_y",
   ]);
   const pos = new Map<string, { array: [number, number]; adj: [number, number]; pixel: [number, number] }>();
+  const selIds: string[] = [];
   for (let r = 1; r < sel.length; r++) {
     const c = sel[r].map(Number);
     if ([cx, cy, cnx, cny, cpx, cpy].some((i) => !Number.isFinite(c[i]))) {
       throw new DatasetError(selFile, `expected numbers in x y new_x new_y pixel_x pixel_y`, r + 1);
     }
     const x = Math.round(c[cx]), y = Math.round(c[cy]);
+    selIds.push(`${x}x${y}`);
     pos.set(`${x}x${y}`, { array: [x, y], adj: [c[cnx], c[cny]], pixel: [c[cpx], c[cpy]] });
+  }
+  const dupSel = duplicates(selIds);
+  if (dupSel.length > 0) {
+    throw new DatasetError(
+      selFile,
+      `expected one row per spot (x y rounded), found ${dupSel.length} spot(s) on more than one row: ${
+        describeDuplicates(dupSel, (p) => `lines ${p.map((r) => r + 2).join(", ")}`)
+      }`,
+    );
   }
 
   // Counts in dataset gene order.

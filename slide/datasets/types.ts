@@ -76,6 +76,38 @@ export class DatasetError extends Error {
   }
 }
 
+/**
+ * The names that occur more than once in `names`, each with the (0-based) positions where it occurs, in
+ * order of first occurrence.
+ *
+ * @example
+ * ```ts
+ * duplicates(["A", "B", "A"]); // [["A", [0, 2]]]
+ * ```
+ */
+export function duplicates(names: readonly string[]): [string, number[]][] {
+  const at = new Map<string, number[]>();
+  names.forEach((n, i) => {
+    const l = at.get(n);
+    if (l) l.push(i);
+    else at.set(n, [i]);
+  });
+  return [...at].filter(([, l]) => l.length > 1);
+}
+
+/**
+ * `"A (2×), B (3×)"` for the first `max` duplicated names, with how many more there are; `where` turns a
+ * name's positions into text (e.g. line numbers) shown instead of the count.
+ */
+export function describeDuplicates(
+  dups: [string, number[]][],
+  where: (positions: number[]) => string = (p) => `${p.length}×`,
+  max = 5,
+): string {
+  const shown = dups.slice(0, max).map(([n, p]) => `${n} (${where(p)})`).join(", ");
+  return dups.length > max ? `${shown} and ${dups.length - max} more` : shown;
+}
+
 /** Read a text file, gunzipping when it starts with the gzip magic. */
 export async function readText(path: string): Promise<string> {
   let bytes: Uint8Array;

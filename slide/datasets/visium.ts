@@ -20,6 +20,8 @@ import { basename, join } from "node:path";
 import {
   DatasetError,
   type DatasetWarning,
+  describeDuplicates,
+  duplicates,
   exists,
   imageSize,
   readText,
@@ -50,6 +52,11 @@ export interface VisiumCounts {
   geneIds: string[];
   /** (barcodes, genes) row-major. */
   values: Float32Array;
+  /**
+   * Gene symbols that occur more than once get `-1`, `-2`, … appended to their second, third, …
+   * occurrence (scanpy's `var_names_make_unique`); `[original, new]` for each renamed one.
+   */
+  renamed?: [string, string][];
 }
 
 /**
@@ -84,6 +91,7 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
   const rows = splitRows(await readText(posFile), ",");
   const start = rows[0]?.[0] === "barcode" ? 1 : 0; // tissue_positions.csv has a header row
   const pos = new Map<string, { inTissue: boolean; array: [number, number]; pixel: [number, number] }>();
+  const posIds: string[] = [];
   for (let r = start; r < rows.length; r++) {
     const c = rows[r];
     const v = c.slice(1, 6).map(Number);
@@ -95,6 +103,16 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
       );
     }
     pos.set(c[0], { inTissue: v[0] === 1, array: [v[2], v[1]], pixel: [v[4], v[3]] });
+    posIds.push(c[0]);
+  }
+  const dupPos = duplicates(posIds);
+  if (dupPos.length > 0) {
+    throw new DatasetError(
+      posFile,
+      `expected one row per barcode, found ${dupPos.length} barcode(s) on more than one row: ${
+        describeDuplicates(dupPos, (p) => `lines ${p.map((i) => i + start + 1).join(", ")}`)
+      }`,
+    );
   }
 
   // Scale factors.
@@ -133,6 +151,18 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
 
   // Counts.
   const counts = await readCounts(dir);
+  if (counts.renamed?.length) {
+    warnings.push({
+      code: "duplicate-genes",
+      section: id,
+      count: counts.renamed.length,
+      message:
+        `${counts.file}: ${counts.renamed.length} features share a gene symbol with an earlier one and ` +
+        `were renamed as scanpy's var_names_make_unique does: ${
+          counts.renamed.slice(0, 5).map(([a, b]) => `${a} → ${b}`).join(", ")
+        }${counts.renamed.length > 5 ? ", …" : ""}`,
+    });
+  }
   const spots: Spot[] = [];
   const unjoined: string[] = [];
   let outside = 0;
@@ -235,11 +265,20 @@ async function readCounts(dir: string): Promise<VisiumCounts> {
 
 /** Counts from a Space Ranger HDF5 matrix (`matrix/`: CSC, shape = [genes, barcodes]). */
 export async function readH5(file: string): Promise<VisiumCounts> {
+  const bytes = await Deno.readFile(file);
+  checkHdf5(file, bytes);
   const h5wasm = (await import("h5wasm")).default;
   const { FS } = await h5wasm.ready;
   const tmp = `/he2gene-${crypto.randomUUID()}.h5`;
-  FS!.writeFile(tmp, await Deno.readFile(file));
-  const f = new h5wasm.File(tmp, "r");
+  FS!.writeFile(tmp, bytes);
+  let f: InstanceType<typeof h5wasm.File>;
+  try {
+    f = new h5wasm.File(tmp, "r");
+    if (!(f.file_id > 0n)) throw new Error("the HDF5 library could not open it");
+  } catch (e) {
+    FS!.unlink(tmp);
+    throw new DatasetError(file, `expected an HDF5 file the HDF5 library can open: ${(e as Error).message}`);
+  }
   try {
     // deno-lint-ignore no-explicit-any
     const get = (path: string): any => {
@@ -273,7 +312,7 @@ export async function readH5(file: string): Promise<VisiumCounts> {
         values[b * nGenes + gi] = Number(data[k]);
       }
     }
-    return { file, barcodes, genes, geneIds, values };
+    return finishCounts({ file, barcodes, genes, geneIds, values });
   } finally {
     f.close();
     FS!.unlink(tmp);
@@ -326,5 +365,136 @@ export async function readMex(dir: string): Promise<VisiumCounts> {
     seen++;
   }
   if (seen !== nnz) throw new DatasetError(mtx, `expected ${nnz} entries (header), found ${seen}`);
-  return { file: mtx, barcodes, genes, geneIds, values };
+  return finishCounts({ file: mtx, barcodes, genes, geneIds, values }, {
+    barcodes: bcFile,
+    features: ftFile,
+  });
+}
+
+/**
+ * Refuse a barcode or a feature id listed twice (two rows / columns for one spot or feature), and make
+ * gene symbols unique as scanpy's `var_names_make_unique` does: a symbol's second, third, … occurrence gets
+ * `-1`, `-2`, … (skipping names already taken). Space Ranger references do hold duplicate symbols (one
+ * symbol, two Ensembl ids), so these are renamed, not refused.
+ */
+function finishCounts(c: VisiumCounts, files: { barcodes?: string; features?: string } = {}): VisiumCounts {
+  const dupBc = duplicates(c.barcodes);
+  if (dupBc.length > 0) {
+    throw new DatasetError(
+      files.barcodes ?? c.file,
+      `expected each barcode once (one count row per spot), found ${dupBc.length} barcode(s) more than once: ${
+        describeDuplicates(dupBc, (p) => `entries ${p.map((i) => i + 1).join(", ")}`)
+      }`,
+    );
+  }
+  const dupIds = duplicates(c.geneIds);
+  if (dupIds.length > 0) {
+    throw new DatasetError(
+      files.features ?? c.file,
+      `expected each feature id once (one count column per feature), found ${dupIds.length} id(s) more than once: ${
+        describeDuplicates(dupIds, (p) => `entries ${p.map((i) => i + 1).join(", ")}`)
+      }`,
+    );
+  }
+  const { names, renamed } = makeUnique(c.genes);
+  return renamed.length ? { ...c, genes: names, renamed } : c;
+}
+
+/**
+ * scanpy / anndata's `make_index_unique` (join "-"): the first occurrence of a name is kept; each later one
+ * becomes `name-k` with the smallest k (counted per name) that is not already a name.
+ *
+ * @example
+ * ```ts ignore
+ * makeUnique(["A", "A", "B", "A-1"]).names; // ["A", "A-2", "B", "A-1"]
+ * ```
+ */
+export function makeUnique(names: readonly string[]): { names: string[]; renamed: [string, string][] } {
+  const out = [...names];
+  const renamed: [string, string][] = [];
+  const taken = new Set(names);
+  const first = new Set<string>();
+  const counter = new Map<string, number>();
+  for (let i = 0; i < out.length; i++) {
+    const v = names[i];
+    if (!first.has(v)) {
+      first.add(v);
+      continue;
+    }
+    for (;;) {
+      const k = (counter.get(v) ?? 0) + 1;
+      counter.set(v, k);
+      const name = `${v}-${k}`;
+      if (!taken.has(name)) {
+        taken.add(name);
+        out[i] = name;
+        renamed.push([v, name]);
+        break;
+      }
+    }
+  }
+  return { names: out, renamed };
+}
+
+/** HDF5 format signature (the superblock's first 8 bytes). */
+const HDF5_SIGNATURE = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a];
+
+/**
+ * Check that `bytes` hold a whole HDF5 file before the HDF5 library sees them (it reports an empty or cut
+ * file only as missing objects): not empty, an HDF5 signature at 0, 512, 1024, …, and at least the
+ * superblock's end-of-file address (base address + EOF address: HDF5 File Format Specification, Version
+ * 0/1 and 2/3 superblocks, https://docs.hdfgroup.org/hdf5/latest/_f_m_t3.html#Superblock).
+ */
+export function checkHdf5(file: string, bytes: Uint8Array): void {
+  if (bytes.length === 0) {
+    throw new DatasetError(file, "expected an HDF5 file, found an empty file (0 bytes)");
+  }
+  let at = -1;
+  for (let off = 0; off + 8 <= bytes.length; off = off === 0 ? 512 : off * 2) {
+    if (HDF5_SIGNATURE.every((b, i) => bytes[off + i] === b)) {
+      at = off;
+      break;
+    }
+  }
+  if (at < 0) {
+    throw new DatasetError(
+      file,
+      `expected an HDF5 file, found no HDF5 signature (${bytes.length} bytes; not an HDF5 file)`,
+    );
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const version = bytes[at + 8];
+  // Where the size of offsets and the base / end-of-file addresses are, per superblock version.
+  const layout = version === 0
+    ? { sizeAt: 13, baseAt: 24 }
+    : version === 1
+    ? { sizeAt: 13, baseAt: 28 }
+    : version === 2 || version === 3
+    ? { sizeAt: 9, baseAt: 12 }
+    : null;
+  if (!layout) return; // a newer superblock: let the library judge
+  const truncated = (need?: number) =>
+    new DatasetError(
+      file,
+      need === undefined
+        ? `expected a whole HDF5 superblock, found ${bytes.length} bytes: the file is truncated`
+        : `expected ${need} bytes (the HDF5 superblock's end-of-file address), found ${bytes.length}: ` +
+          `the file is truncated`,
+    );
+  if (at + layout.sizeAt >= bytes.length) throw truncated();
+  const o = bytes[at + layout.sizeAt];
+  if (o !== 2 && o !== 4 && o !== 8) return;
+  const read = (p: number): number => {
+    if (p + o > bytes.length) throw truncated();
+    return o === 8
+      ? Number(dv.getBigUint64(p, true))
+      : o === 4
+      ? dv.getUint32(p, true)
+      : dv.getUint16(p, true);
+  };
+  const base = read(at + layout.baseAt);
+  // v0/1: base, free-space info, end of file; v2/3: base, superblock extension, end of file.
+  const eof = read(at + layout.baseAt + 2 * o);
+  const need = base + eof;
+  if (Number.isFinite(need) && need > bytes.length) throw truncated(need);
 }

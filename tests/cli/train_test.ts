@@ -1,8 +1,9 @@
 import { join } from "node:path";
+import { Interrupted } from "../../cli/errors.ts";
 import { type SpotTable, trainModel } from "../../cli/train_loop.ts";
 import { TINY } from "../../model/mod.ts";
 import { cropPatch, log1pNormalize, syntheticSection } from "../../slide/mod.ts";
-import { assertEquals, engine } from "../helpers.ts";
+import { assertEquals, assertRejects, engine } from "../helpers.ts";
 
 function tables() {
   const sec = syntheticSection({ rows: 6, cols: 6, spacing: 24, genes: 6, seed: 5 });
@@ -81,6 +82,100 @@ Deno.test({
         err,
       ) => (msg = err.message));
       assertEquals(msg.includes("written by another configuration"), true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** log.jsonl as objects without the timing field. */
+async function readLog(dir: string): Promise<Record<string, unknown>[]> {
+  const text = await Deno.readTextFile(join(dir, "log.jsonl"));
+  return text.trim().split("\n").map((l) => {
+    const { seconds: _, ...rest } = JSON.parse(l);
+    return rest;
+  });
+}
+
+Deno.test({
+  name:
+    "log.jsonl after an interruption mid-epoch and a failed checkpoint write equals an uninterrupted run's",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const e = await engine();
+    const { train, val } = tables();
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-train-log-" });
+    try {
+      const a = await trainModel(e, train, val, options(join(dir, "a"), 3));
+      a.model.dispose();
+      // 24 training spots in batches of 8: 3 steps an epoch; `interrupt` is polled after every step and after
+      // every epoch but the last. Stop after step 2 of epoch 2 (the 6th poll).
+      const b = join(dir, "b");
+      let polls = 0;
+      await assertRejects(
+        () => trainModel(e, train, val, { ...options(b, 3), interrupt: () => ++polls === 6 }),
+        Interrupted,
+        "epoch 2, step 2 of 3",
+      );
+      // Resume; the checkpoint write at the end of epoch 3 fails (a folder is in the way: moved there after
+      // the epoch's last step, the 5th poll: step 3 of epoch 2, the end of epoch 2, epoch 3's three steps).
+      const ck = join(b, "checkpoint.safetensors"), aside = join(dir, "epoch2.safetensors");
+      polls = 0;
+      const failed = await assertRejects(
+        () =>
+          trainModel(e, train, val, {
+            ...options(b, 3, true),
+            interrupt: () => {
+              if (++polls === 5) {
+                Deno.renameSync(ck, aside);
+                Deno.mkdirSync(join(ck, "in-the-way"), { recursive: true });
+              }
+              return false;
+            },
+          }),
+        Error,
+      );
+      assertEquals(failed instanceof Interrupted, false);
+      assertEquals(
+        (await readLog(b)).map((l) => l.epoch),
+        [1, 2],
+        "no line for the epoch whose checkpoint failed",
+      );
+      await Deno.remove(ck, { recursive: true });
+      await Deno.rename(aside, ck);
+      const c = await trainModel(e, train, val, options(b, 3, true));
+      // The whole log (resumed epoch 2's mean loss over all its steps, epoch 3 once) is the uninterrupted one.
+      assertEquals(await readLog(b), await readLog(join(dir, "a")));
+      const strip = (h: { seconds: number }[]) => h.map(({ seconds: _, ...rest }) => rest);
+      assertEquals(strip(c.history), strip(a.history));
+      c.model.dispose();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a last batch of a single spot is folded into the batch before it (batch norm needs two values)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const e = await engine();
+    const { train, val } = tables();
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-train-last-" });
+    try {
+      // 24 training spots in batches of 23: 23 + 1 would give a one-spot batch; HE2Gene-Base has no
+      // neighbour patches to fill it.
+      const o = options(join(dir, "a"), 1);
+      const r = await trainModel(e, train, val, {
+        ...o,
+        config: { ...o.config, variant: "base" },
+        train: { ...o.train, spatWeight: 0 },
+        batchSize: 23,
+      });
+      assertEquals(r.history.length === 1 && Number.isFinite(r.history[0].trainLoss), true);
+      r.model.dispose();
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

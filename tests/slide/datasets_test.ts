@@ -1,17 +1,20 @@
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { assertEquals, assertRejects, sharedData } from "../helpers.ts";
+import { assertEquals, assertRejects, assertThrows, sharedData } from "../helpers.ts";
 import {
   DatasetError,
   imageSize,
   readH5,
   readHbcis,
   readHer2st,
+  readMex,
   readVisium,
   type Spot,
 } from "../../slide/datasets/mod.ts";
 import { gridNeighbours, log1pNormalize, selectTargetGenes } from "../../slide/genes.ts";
 import { encodeNpz } from "../../slide/npy.ts";
+import { encodePng } from "../../slide/png.ts";
+import { makeUnique } from "../../slide/datasets/visium.ts";
 
 const PY = "/usr/bin/python3";
 
@@ -204,6 +207,40 @@ Deno.test("her2st: an empty or missing folder is a clear error", async () => {
   });
 });
 
+Deno.test("her2st: a gene column, a count row or a spot-file row twice is refused, naming file and duplicates", async () => {
+  await withTemp("her2st_dups_", async (dir) => {
+    await tinyHer2st(dir);
+    const cnts = join(dir, "data", "ST-cnts", "X1.tsv.gz");
+    const sel = join(dir, "data", "ST-spotfiles", "X1_selection.tsv");
+    const gz = (t: string) => gzipSync(new TextEncoder().encode(t));
+    await Deno.writeFile(cnts, gz("\tA\tB\tA\tB\n1x1\t1\t2\t3\t4\n"));
+    await assertRejects(
+      () => readHer2st(dir),
+      DatasetError,
+      `${cnts}:1: expected one column per gene, found 2 gene name(s) in more than one column: ` +
+        "A (columns 2, 4), B (columns 3, 5)",
+    );
+    await Deno.writeFile(cnts, gz("\tA\tB\n1x1\t1\t2\n2x1\t0\t3\n1x1\t4\t4\n"));
+    await assertRejects(() => readHer2st(dir), DatasetError, "1x1 (lines 2, 4)");
+    await Deno.writeFile(cnts, gz("\tA\tB\n1x1\t1\t2\n2x1\t0\t3\n"));
+    await Deno.writeTextFile(
+      sel,
+      "x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected\n1\t1\t1\t1\t50\t50\t1\n1.1\t0.9\t1\t1\t52\t49\t1\n",
+    );
+    await assertRejects(
+      () => readHer2st(dir),
+      DatasetError,
+      `${sel}: expected one row per spot (x y rounded)`,
+    );
+    await Deno.writeTextFile(
+      sel,
+      "x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected\n1\t1\t1\t1\t50\t50\t1\n",
+    );
+    assertEquals((await readHer2st(dir)).sections[0].spots.length, 1);
+    await assertRejects(() => readHer2st(dir, { genes: ["A", "B", "A"] }), RangeError, "A (2×)");
+  });
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // Visium
 
@@ -319,6 +356,92 @@ Deno.test("visium: spatial/ layout, tissue_positions.csv with header and a Matri
   });
 });
 
+/** A Visium folder of 3 spots with a Matrix Market matrix of the given features (`[id, symbol]`). */
+async function tinyVisiumMex(dir: string, features: [string, string][], barcodes = ["A-1", "B-1", "C-1"]) {
+  await Deno.mkdir(join(dir, "filtered_feature_bc_matrix"), { recursive: true });
+  await Deno.writeTextFile(
+    join(dir, "tissue_positions_list.csv"),
+    "A-1,1,0,0,10,10\nB-1,1,0,2,10,30\nC-1,1,1,1,30,20\n",
+  );
+  await Deno.writeTextFile(
+    join(dir, "scalefactors_json.json"),
+    JSON.stringify({ spot_diameter_fullres: 10, tissue_lowres_scalef: 1 }),
+  );
+  await Deno.writeFile(join(dir, "tissue_lowres_image.png"), encodePng(40, 40, new Uint8Array(40 * 40 * 3)));
+  const mex = join(dir, "filtered_feature_bc_matrix");
+  const G = features.length;
+  await Deno.writeTextFile(
+    join(mex, "matrix.mtx"),
+    `%%MatrixMarket matrix coordinate integer general\n${G} ${barcodes.length} ${G}\n` +
+      features.map((_, g) => `${g + 1} ${(g % barcodes.length) + 1} ${g + 1}`).join("\n") + "\n",
+  );
+  await Deno.writeTextFile(join(mex, "barcodes.tsv"), barcodes.join("\n") + "\n");
+  await Deno.writeTextFile(join(mex, "features.tsv"), features.map((f) => f.join("\t")).join("\n") + "\n");
+}
+
+Deno.test("visium: duplicate gene symbols are made unique as scanpy's var_names_make_unique, with a warning", async () => {
+  // anndata.utils.make_index_unique: later duplicates get -1, -2, … skipping names already present.
+  assertEquals(makeUnique(["A", "A", "B", "A-1", "A", "C"]).names, ["A", "A-2", "B", "A-1", "A-3", "C"]);
+  assertEquals(makeUnique(["X", "Y"]), { names: ["X", "Y"], renamed: [] });
+  await withTemp("visium_dups_", async (dir) => {
+    const feats: [string, string][] = [["E0", "A"], ["E1", "A"], ["E2", "B"], ["E3", "A-1"], ["E4", "A"]];
+    await tinyVisiumMex(dir, feats);
+    const ds = await readVisium(dir);
+    assertEquals(ds.genes, ["A", "A-2", "B", "A-1", "A-3"]);
+    assertEquals(ds.geneIds, ["E0", "E1", "E2", "E3", "E4"]);
+    const w = ds.warnings.find((x) => x.code === "duplicate-genes")!;
+    assertEquals([
+      w.count,
+      w.message.includes("A → A-2, A → A-3"),
+      w.message.includes("var_names_make_unique"),
+    ], [
+      2,
+      true,
+      true,
+    ]);
+    // Counts stay with their feature: E4 (now A-3) has 5 reads in spot 5 % 3 = B-1.
+    assertEquals(ds.sections[0].spots[1].counts![4], 5);
+  });
+  await withTemp("visium_dup_ids_", async (dir) => {
+    await tinyVisiumMex(dir, [["E0", "A"], ["E1", "B"], ["E0", "C"]]);
+    const mex = join(dir, "filtered_feature_bc_matrix");
+    await assertRejects(
+      () => readMex(mex),
+      DatasetError,
+      `${join(mex, "features.tsv")}: expected each feature id once`,
+    );
+  });
+  await withTemp("visium_dup_barcodes_", async (dir) => {
+    await tinyVisiumMex(dir, [["E0", "A"], ["E1", "B"]], ["A-1", "B-1", "A-1"]);
+    await assertRejects(() => readVisium(dir), DatasetError, "A-1 (entries 1, 3)");
+  });
+});
+
+Deno.test("visium: an empty, truncated or non-HDF5 .h5 matrix says so, naming the file", async () => {
+  await withTemp("visium_h5_", async (dir) => {
+    const f = join(dir, "filtered_feature_bc_matrix.h5");
+    await Deno.writeFile(f, new Uint8Array(0));
+    await assertRejects(
+      () => readH5(f),
+      DatasetError,
+      `${f}: expected an HDF5 file, found an empty file (0 bytes)`,
+    );
+    await Deno.writeTextFile(f, "not hdf5 at all");
+    await assertRejects(() => readH5(f), DatasetError, "not an HDF5 file");
+    const src = sharedData("visium");
+    if (!src) return;
+    const whole = await Deno.readFile(join(src, "filtered_feature_bc_matrix.h5"));
+    await Deno.writeFile(f, whole.subarray(0, 5000));
+    await assertRejects(
+      () => readH5(f),
+      DatasetError,
+      `expected ${whole.length} bytes (the HDF5 superblock's end-of-file address), found 5000: the file is truncated`,
+    );
+    await Deno.writeFile(f, whole.subarray(0, 30));
+    await assertRejects(() => readH5(f), DatasetError, "the file is truncated");
+  });
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // HBCIS (synthetic: no real data here)
 
@@ -369,6 +492,34 @@ print('ok')`,
     await Deno.remove(join(dir, "BC23450_D1_wsi.tif"));
     await assertRejects(() => readHbcis(root), DatasetError, "expected the slide of BC23450_D1");
   });
+  await withTemp("hbcis_dups_", async (root) => {
+    const dir = join(root, "HER2", "P1");
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeFile(join(dir, "P1_D1_wsi.tif"), new Uint8Array(8));
+    await Deno.writeTextFile(join(root, "all_genes.txt"), "G1\nG2\n\nG1\n");
+    await assertRejects(() => readHbcis(root), DatasetError, "G1 (line 1, line 4)");
+    await assertRejects(
+      () => readHbcis(root, { genes: ["G1", "G1"] }),
+      DatasetError,
+      "G1 (index 0, index 1)",
+    );
+    await Deno.writeTextFile(join(root, "all_genes.txt"), "G1\nG2\n");
+    const npz = (x: number, y: number) =>
+      encodeNpz({
+        count: { dtype: "i8", shape: [2], data: new BigInt64Array([1n, 2n]) },
+        pixel: { dtype: "i8", shape: [2], data: new BigInt64Array([BigInt(x), BigInt(y)]) },
+        index: { dtype: "i8", shape: [2], data: new BigInt64Array([BigInt(x), BigInt(y)]) },
+      });
+    await Deno.writeFile(join(dir, "D1_1_1.npz"), npz(1, 1));
+    await Deno.writeFile(join(dir, "D1_2_1.npz"), npz(1, 1)); // its index says 1 1: the same spot
+    await assertRejects(
+      () => readHbcis(root),
+      DatasetError,
+      `${join(dir, "D1_2_1.npz")}: expected one file per spot, found spot 1x1 of section P1_D1 also in ${
+        join(dir, "D1_1_1.npz")
+      }`,
+    );
+  });
   await withTemp("hbcis_empty_", async (root) => {
     await Deno.writeTextFile(join(root, "all_genes.txt"), "G1\n");
     await assertRejects(() => readHbcis(root), DatasetError, "expected spot files");
@@ -415,6 +566,16 @@ Deno.test("selectTargetGenes takes the top N by mean count, or a list whose miss
     err = (e as Error).message;
   }
   assertEquals(err, "Cannot select genes: spot s/0x0 has no counts, expected 4");
+  assertThrows(
+    () => selectTargetGenes(spots, genes, { list: ["C", "A", "C"] }),
+    RangeError,
+    "the target gene list names 1 gene(s) more than once: C (2×)",
+  );
+  assertThrows(
+    () => selectTargetGenes(spots, ["A", "B", "A", "D"], { n: 2 }),
+    RangeError,
+    "the dataset's gene list names 1 gene(s) more than once: A (2×)",
+  );
 });
 
 Deno.test("selectTargetGenes on her2st picks 250 targets over training sections C2–C4", async () => {

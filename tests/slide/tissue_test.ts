@@ -54,9 +54,10 @@ Deno.test("tissueMask finds a pink blob on white and cleans up specks", () => {
 
 Deno.test("tissueTiles keeps the tiles over the blob, with grid coordinates and neighbours", () => {
   const b = blob(97, 81);
-  const ds = 8, tilePx = 64; // level-0 776×648, 12×10 tiles of 8×8 thumbnail pixels
+  // Level-0 776×648: 12×10 whole tiles of 8×8 thumbnail pixels, and a partial edge column and row.
+  const ds = 8, tilePx = 64;
   const { tiles, cols, rows } = tissueTiles({ ...b, downsample: ds }, { tilePx });
-  assertEquals([cols, rows], [12, 10]);
+  assertEquals([cols, rows], [13, 11]);
   // Ellipse area π·0.3·0.25 ≈ 23.6% of the image: about 28 of 120 tiles.
   check(tiles.length >= 20 && tiles.length <= 36, `${tiles.length} tiles`);
   for (const t of tiles) {
@@ -103,4 +104,73 @@ Deno.test("tissueTiles on a real Visium low-res H&E image is plausible and deter
     `${a.tiles.length} tiles vs ~${expected}`,
   );
   assertEquals(tissueTiles(thumb, { tilePx: 224 }), a);
+});
+
+/** A thumbnail of a W0 × H0 slide made as slide thumbnails are (whole `ds` boxes), pink where `tissue`. */
+function slideThumb(W0: number, H0: number, ds: number, tissue: (x0: number, y0: number) => boolean) {
+  const width = Math.floor(W0 / ds), height = Math.floor(H0 / ds);
+  const data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      data.set(
+        tissue((x + 0.5) * ds, (y + 0.5) * ds) ? [200, 120, 190] : [240, 238, 242],
+        3 * (y * width + x),
+      );
+    }
+  }
+  return { width, height, data, downsample: ds };
+}
+
+Deno.test("tissueTiles covers the whole slide at level-0 geometry, not the rounded-down thumbnail's", () => {
+  // The issue's case: 2000 × 2000, tissue in the bottom half, 500 px tiles; the thumbnail of 62-px boxes
+  // is 32 × 32 (1984 level-0 px), which used to lose the last column and row: 3 tiles instead of 8.
+  const thumb = slideThumb(2000, 2000, 62, (_x, y) => y >= 1000);
+  const t = tissueTiles(thumb, { tilePx: 500, slideWidth: 2000, slideHeight: 2000, cleanup: 0 });
+  assertEquals([t.cols, t.rows], [4, 4]);
+  const want = [2, 3].flatMap((row) => [0, 1, 2, 3].map((col) => [col, row]));
+  assertEquals(t.tiles.map((k) => [k.col, k.row]), want);
+  for (const k of t.tiles) assertEquals(k.tissue, 1);
+});
+
+const SIZES: [number, number, number, number][] = [
+  // level-0 W, H, tile px, thumbnail downsample
+  [2000, 2000, 500, 62],
+  [2100, 1530, 500, 31],
+  [997, 1003, 64, 8],
+  [300, 200, 32, 5],
+  [1000, 1000, 1000, 100],
+];
+
+Deno.test("tissueTiles: each level-0 pixel is in exactly one tile; edge tiles count past the edge as background", () => {
+  for (const [W0, H0, tilePx, ds] of SIZES) {
+    const thumb = slideThumb(W0, H0, ds, () => true); // tissue everywhere
+    const o = { tilePx, slideWidth: W0, slideHeight: H0, minTissueFraction: 0, cleanup: 0 };
+    const all = tissueTiles(thumb, o);
+    const what = `${W0}×${H0}, ${tilePx} px tiles`;
+    assertEquals([all.cols, all.rows], [Math.ceil(W0 / tilePx), Math.ceil(H0 / tilePx)], what);
+    assertEquals(all.tiles.length, all.cols * all.rows, what);
+    // Tiles are [x, x + tilePx) × [y, y + tilePx) in level-0 pixels: count the tiles over each pixel.
+    const cover = new Uint8Array(W0 * H0);
+    for (const k of all.tiles) {
+      assertEquals([k.x, k.y], [k.col * tilePx, k.row * tilePx], what);
+      for (let y = k.y; y < Math.min(H0, k.y + tilePx); y++) {
+        for (let x = k.x; x < Math.min(W0, k.x + tilePx); x++) cover[y * W0 + x]++;
+      }
+    }
+    check(cover.every((c) => c === 1), `${what}: a level-0 pixel in no tile or in two`);
+    // The tissue fraction of an edge tile is the share of the tile within the slide.
+    for (const k of all.tiles) {
+      const inside = (Math.min(tilePx, W0 - k.x) * Math.min(tilePx, H0 - k.y)) / (tilePx * tilePx);
+      check(
+        Math.abs(k.tissue - inside) < 1e-12,
+        `${what}: tile ${k.col},${k.row} has ${k.tissue}, not ${inside}`,
+      );
+    }
+  }
+  // With the default minimum (0.5) an edge tile is kept when the slide fills at least half of it.
+  const thumb = slideThumb(2300, 1530, 31, () => true);
+  const kept = tissueTiles(thumb, { tilePx: 500, slideWidth: 2300, slideHeight: 1530, cleanup: 0 });
+  assertEquals([kept.cols, kept.rows], [5, 4]); // the last column is 300 px wide (0.6), the last row 30 px (0.06)
+  assertEquals(kept.tiles.length, 5 * 3);
+  check(kept.tiles.every((k) => k.row < 3), "the 30-px bottom row, mostly past the edge, is dropped");
 });
