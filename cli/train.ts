@@ -7,9 +7,9 @@
  *
  * Every option is checked before anything is read (numbers: exit 2 naming the option). `--out` is locked
  * for the run (`--out/.lock`: pid, host, start time; created atomically): a second run into it exits 1
- * naming the first; a lock left by a process that is gone (same host, Linux `/proc`) is taken over with a
- * warning, and one whose process cannot be checked (another host, another OS) is refused with the advice
- * to delete it. A fresh run into a folder holding a previous run needs `--resume` or `--force`. Ctrl-C
+ * naming the first. The run touches its lock every 10 s; a lock on this host untouched for 2 minutes (its
+ * run was killed or crashed) is taken over with a warning, and one from another host is refused with the
+ * advice to delete it. A fresh run into a folder holding a previous run needs `--resume` or `--force`. Ctrl-C
  * saves a resumable checkpoint (during training) and exits 130; the lock goes in every case.
  *
  * @module
@@ -121,29 +121,20 @@ function num(v: string | undefined, name: string, dflt: number): number {
   return n;
 }
 
-/** This machine's name without --allow-sys (which `Deno.hostname()` needs and the task does not grant). */
-function hostName(): string {
-  for (const f of ["/proc/sys/kernel/hostname", "/etc/hostname"]) {
-    try {
-      const h = Deno.readTextFileSync(f).trim();
-      if (h) return h;
-    } catch { /* next */ }
-  }
+/**
+ * This machine's name without --allow-sys (which `Deno.hostname()` needs and the task does not grant):
+ * `/etc/hostname`, else `$HOSTNAME` / `%COMPUTERNAME%`.
+ */
+export function hostName(): string {
+  try {
+    const h = Deno.readTextFileSync("/etc/hostname").trim();
+    if (h) return h;
+  } catch { /* next */ }
   try {
     const h = Deno.env.get("HOSTNAME") ?? Deno.env.get("COMPUTERNAME");
     if (h) return h;
   } catch { /* no env permission */ }
   return "unknown-host";
-}
-
-/** The start time of process `pid` in clock ticks since boot (Linux `/proc/<pid>/stat` field 22). */
-function processStart(pid: number): string | undefined {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
 }
 
 /** What a lock file `--out/.lock` holds. */
@@ -152,29 +143,30 @@ export interface RunLock {
   host: string;
   /** ISO time the run started. */
   started: string;
-  /** The process's start time (Linux), to tell a live run from a new process that reuses its pid. */
-  processStart?: string;
 }
 
 /**
- * Whether the run that wrote `lock` still runs: `dead` only when that is certain (same host, Linux,
- * no `/proc/<pid>` or a process there that started at another time); `unknown` on another host or OS.
+ * How a run shows it is alive: it touches its lock file every `heartbeatMs`; a lock on this host whose
+ * file was not touched for `staleMs` belongs to a run that is gone (killed, crashed, the machine rebooted).
+ * A heartbeat, not a pid check, because Deno reaches `/proc` only with --allow-all and signals (kill -0)
+ * only with --allow-run, neither of which the task grants; it also works on macOS and Windows.
  */
-export function lockHolder(lock: RunLock): "alive" | "dead" | "unknown" {
-  if (lock.host !== hostName() || Deno.build.os !== "linux" || !Number.isInteger(lock.pid)) return "unknown";
-  try {
-    Deno.statSync("/proc/self");
-  } catch {
-    return "unknown"; // no /proc mounted
-  }
-  try {
-    Deno.statSync(`/proc/${lock.pid}`);
-  } catch (e) {
-    return e instanceof Deno.errors.NotFound ? "dead" : "unknown";
-  }
-  const start = processStart(lock.pid);
-  if (lock.processStart !== undefined && start !== undefined && start !== lock.processStart) return "dead";
-  return "alive";
+export interface LockTiming {
+  heartbeatMs: number;
+  staleMs: number;
+}
+
+/** The defaults: touched every 10 s, stale after 2 minutes (a long synchronous stall cannot reach it). */
+export const LOCK_TIMING: LockTiming = { heartbeatMs: 10_000, staleMs: 120_000 };
+
+/**
+ * Whether the run that wrote `lock` still runs: `dead` when it is on this host and its lock file was last
+ * touched more than `staleMs` ago (`ageMs`); `unknown` on another host (its clock and heartbeat cannot be
+ * trusted from here).
+ */
+export function lockHolder(lock: RunLock, ageMs: number, timing = LOCK_TIMING): "alive" | "dead" | "unknown" {
+  if (lock.host !== hostName()) return "unknown";
+  return ageMs > timing.staleMs ? "dead" : "alive";
 }
 
 const describeLock = (l: RunLock) => `pid ${l.pid} on ${l.host}, started ${l.started}`;
@@ -214,28 +206,31 @@ async function readLock(path: string): Promise<{ raw: string; lock: RunLock | nu
 
 /**
  * Take the lock on a run folder: `dir/.lock` created atomically (createNew) with our pid, host and start
- * time. A lock held by a live run (or one whose liveness cannot be told: another host, not Linux) is
- * refused naming that run; a lock left by a dead process on this host is taken over with a warning.
- * Returns the release function (removes the lock if it is still ours).
+ * time, and touched every `timing.heartbeatMs` while we hold it. A lock held by a live run (touched within
+ * `timing.staleMs`), or by a run on another host, is refused naming that run; a stale lock on this host
+ * (its run was killed or crashed) is taken over with a warning. Returns the release function (stops the
+ * heartbeat, removes the lock if it is still ours).
  */
-export async function lockRunFolder(dir: string, warn: (s: string) => void): Promise<() => void> {
+export async function lockRunFolder(
+  dir: string,
+  warn: (s: string) => void,
+  timing: LockTiming = LOCK_TIMING,
+): Promise<() => void> {
   const path = join(dir, ".lock");
-  const mine: RunLock = {
-    pid: Deno.pid,
-    host: hostName(),
-    started: new Date().toISOString(),
-    processStart: processStart(Deno.pid),
-  };
+  const mine: RunLock = { pid: Deno.pid, host: hostName(), started: new Date().toISOString() };
   const text = JSON.stringify(mine) + "\n";
-  const release = () => {
+  const ageMs = async () => {
     try {
-      if (Deno.readTextFileSync(path) === text) Deno.removeSync(path);
-    } catch { /* gone already */ }
+      const m = (await Deno.stat(path)).mtime;
+      return m ? Date.now() - m.getTime() : 0;
+    } catch {
+      return 0;
+    }
   };
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
       await createFile(path, text);
-      return release;
+      return heartbeat(path, text, timing.heartbeatMs);
     } catch (e) {
       if (!(e instanceof Deno.errors.AlreadyExists)) {
         throw new Error(`Cannot lock ${dir} (${path}): ${(e as Error).message}`);
@@ -249,24 +244,25 @@ export async function lockRunFolder(dir: string, warn: (s: string) => void): Pro
           `(${JSON.stringify(held.raw.slice(0, 80))}); if no train run uses ${dir}, delete ${path}`,
       );
     }
-    const state = lockHolder(held.lock);
+    const age = await ageMs();
+    const state = lockHolder(held.lock, age, timing);
     if (state === "alive") {
       throw new Error(
         `Cannot train into ${dir}: another train run is using it (${
           describeLock(held.lock)
-        }; lock ${path}). ` +
-          `Wait for it to finish, stop it, or choose another --out`,
+        }; lock ${path}, ` +
+          `touched ${(age / 1000).toFixed(0)} s ago). Wait for it to finish, stop it, or choose another ` +
+          `--out (a lock its run has not touched for ${timing.staleMs / 1000} s is taken over)`,
       );
     }
     if (state === "unknown") {
       throw new Error(
-        `Cannot train into ${dir}: it is locked by a train run (${describeLock(held.lock)}; lock ${path}) ` +
-          `whose state cannot be checked from here (${
-            held.lock.host !== mine.host ? "another host" : `no /proc on ${Deno.build.os}`
-          }). If that run is no longer running, delete ${path}`,
+        `Cannot train into ${dir}: it is locked by a train run on another host (${
+          describeLock(held.lock)
+        }; lock ${path}), which cannot be checked from here. If that run is no longer running, delete ${path}`,
       );
     }
-    // Stale: its process is gone. One run at a time takes it over (the takeover marker is atomic too).
+    // Stale: its run is gone. One run at a time takes it over (the takeover marker is atomic too).
     const marker = `${path}.takeover`;
     try {
       await createFile(marker, text);
@@ -285,7 +281,8 @@ export async function lockRunFolder(dir: string, warn: (s: string) => void): Pro
         await Deno.remove(path);
         warn(
           `warning: took over the lock ${path} of a train run that is no longer running ` +
-            `(${describeLock(held.lock)}); its checkpoint, if any, is kept`,
+            `(${describeLock(held.lock)}; not touched for ${(age / 1000).toFixed(0)} s); its checkpoint, ` +
+            `if any, is kept`,
         );
       }
     } finally {
@@ -293,6 +290,21 @@ export async function lockRunFolder(dir: string, warn: (s: string) => void): Pro
     }
   }
   throw new Error(`Cannot lock ${dir}: ${path} keeps changing; another run is starting there`);
+}
+
+/** Touch the lock every `ms` (a timer that does not keep the process alive); returns the release. */
+function heartbeat(path: string, text: string, ms: number): () => void {
+  const timer = setInterval(() => {
+    const now = new Date();
+    Deno.utime(path, now, now).catch(() => {}); // gone: released, or deleted by the user
+  }, ms);
+  Deno.unrefTimer(timer);
+  return () => {
+    clearInterval(timer);
+    try {
+      if (Deno.readTextFileSync(path) === text) Deno.removeSync(path);
+    } catch { /* gone already */ }
+  };
 }
 
 /** Create `dir` (and missing parents); returns the folders created, deepest first. */

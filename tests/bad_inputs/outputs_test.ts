@@ -38,13 +38,23 @@ async function slideWithSpots(
   return { slide, spots };
 }
 
-/** Run `fn` with `Deno.writeFile` sending its `k`-th call (1-based) to /dev/full: a disk that fills up. */
+/**
+ * Run `fn` with a disk that fills up at the `k`-th `Deno.writeFile` call (1-based): that call writes the
+ * first half of its bytes to the real path, then fails as the OS does (ENOSPC). (/dev/full itself is out of
+ * reach: Deno asks for --allow-all for /dev paths, also through a symlink.)
+ */
 async function withFullDiskAt<T>(k: number, fn: () => Promise<T>): Promise<T> {
   const orig = Deno.writeFile;
   let calls = 0;
-  Deno.writeFile =
-    ((path: string | URL, data: Uint8Array | ReadableStream<Uint8Array>, opts?: Deno.WriteFileOptions) =>
-      orig(++calls === k ? "/dev/full" : path, data, opts)) as typeof Deno.writeFile;
+  Deno.writeFile = (async (
+    path: string | URL,
+    data: Uint8Array | ReadableStream<Uint8Array>,
+    opts?: Deno.WriteFileOptions,
+  ) => {
+    if (++calls !== k || !(data instanceof Uint8Array)) return await orig(path, data, opts);
+    await orig(path, data.subarray(0, data.length >> 1), opts);
+    throw new Error("No space left on device (os error 28)");
+  }) as typeof Deno.writeFile;
   try {
     return await fn();
   } finally {

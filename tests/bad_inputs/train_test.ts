@@ -11,7 +11,8 @@ import { gzipSync } from "node:zlib";
 import { encodePng } from "../../slide/png.ts";
 import { syntheticSection } from "../../slide/synthetic.ts";
 import { readSafetensors } from "../../weights/mod.ts";
-import { assertEquals } from "../helpers.ts";
+import { hostName, LOCK_TIMING, lockRunFolder } from "../../cli/train.ts";
+import { assertEquals, assertRejects } from "../helpers.ts";
 import { expectRefused, runCli, spawnCli, tempDir } from "./harness.ts";
 
 /** Gene names of the synthetic Visium folder. */
@@ -332,57 +333,41 @@ Deno.test("train names an empty, truncated or non-HDF5 filtered_feature_bc_matri
 // ---------------------------------------------------------------------------------------------------------
 // Item 6: the --out lock, and a fresh run over a previous one.
 
-/** What a lock of the process `pid` would hold (host and process start read from /proc, as train does). */
-function lockOf(pid: number, host?: string): string {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  return JSON.stringify({
-    pid,
-    host: host ?? Deno.readTextFileSync("/proc/sys/kernel/hostname").trim(),
-    started: "2026-01-02T03:04:05.000Z",
-    processStart: stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19],
-  });
+/** What a lock of run `pid` on `host` holds. */
+function lockOf(pid: number, host = hostName()): string {
+  return JSON.stringify({ pid, host, started: "2026-01-02T03:04:05.000Z" });
 }
 
-Deno.test({
-  name:
-    "train into a locked --out exits 1 naming the run; a dead run's lock is taken over; another host's is refused",
-  ignore: Deno.build.os !== "linux",
-  fn: async () => {
+Deno.test(
+  "train into a locked --out exits 1 naming the run; a stale run's lock is taken over; another host's is refused",
+  async () => {
     const dir = await tempDir("train-lock");
     try {
       const out = join(dir, "run");
       await Deno.mkdir(out);
       const lock = join(out, ".lock");
       const args = ["train", ...TINY, "--root", join(dir, "no-such-root"), "--out", out];
-      // A live run: this test's own process.
-      await Deno.writeTextFile(lock, lockOf(Deno.pid));
+      // A live run: its lock was touched just now.
+      await Deno.writeTextFile(lock, lockOf(4242));
       await expectRefused({
         args,
         code: 1,
-        names: [out, `pid ${Deno.pid}`, "started 2026-01-02T03:04:05.000Z", "another train run is using it"],
+        names: [out, "pid 4242", "started 2026-01-02T03:04:05.000Z", "another train run is using it"],
         watch: dir,
       });
-      // Another host: cannot be checked, refused with the advice to delete the lock.
-      await Deno.writeTextFile(lock, lockOf(Deno.pid, "elsewhere.example"));
-      await expectRefused({
-        args,
-        code: 1,
-        names: ["elsewhere.example", `delete ${lock}`],
-        watch: dir,
-      });
-      // A dead run: a process that has exited. Its lock is taken over (with a warning), then released.
-      const child = new Deno.Command(Deno.execPath(), {
-        args: ["eval", "await new Promise((r) => setTimeout(r, 60_000))"],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      const stat = lockOf(child.pid);
-      child.kill("SIGKILL");
-      await child.status;
-      await Deno.writeTextFile(lock, stat);
+      // Another host: cannot be checked, refused with the advice to delete the lock, however old.
+      await Deno.writeTextFile(lock, lockOf(4242, "elsewhere.example"));
+      const old = new Date(Date.now() - 3600_000);
+      await Deno.utime(lock, old, old);
+      await expectRefused({ args, code: 1, names: ["elsewhere.example", `delete ${lock}`], watch: dir });
+      // A run that is gone (killed: its lock untouched for longer than the stale time) is taken over with a
+      // warning, and released when this run fails on the (missing) data.
+      await Deno.writeTextFile(lock, lockOf(4243));
+      const stale = new Date(Date.now() - LOCK_TIMING.staleMs - 5000);
+      await Deno.utime(lock, stale, stale);
       const r = await runCli(args);
-      assertEquals(r.code, 1, r.stderr); // the run goes on to the (missing) data
-      for (const n of ["took over the lock", `pid ${child.pid}`, "expected a Visium folder"]) {
+      assertEquals(r.code, 1, r.stderr);
+      for (const n of ["took over the lock", "pid 4243", "expected a Visium folder"]) {
         assertEquals(r.stderr.includes(n), true, `"${n}" in ${r.stderr}`);
       }
       assertEquals(await Array.fromAsync(Deno.readDir(out)), [], "the lock was released");
@@ -390,6 +375,25 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+);
+
+Deno.test("a held run lock is touched while its run lives, so a second run never takes it over", async () => {
+  const dir = await tempDir("train-heartbeat");
+  try {
+    const timing = { heartbeatMs: 40, staleMs: 400 };
+    // A lock held for three stale periods stays fresh.
+    const hold = await lockRunFolder(dir, () => {}, timing);
+    const lock = join(dir, ".lock");
+    const t0 = (await Deno.stat(lock)).mtime!.getTime();
+    await new Promise((r) => setTimeout(r, 3 * timing.staleMs));
+    const t1 = (await Deno.stat(lock)).mtime!.getTime();
+    assertEquals(t1 > t0, true, "the heartbeat touched the lock");
+    await assertRejects(() => lockRunFolder(dir, () => {}, timing), Error, "another train run is using it");
+    hold();
+    assertEquals(await Array.fromAsync(Deno.readDir(dir)), [], "released");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("a fresh train run into a folder holding a previous run is refused without --force; --resume needs a checkpoint", async () => {

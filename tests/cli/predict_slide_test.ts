@@ -384,7 +384,9 @@ gpuTest("predict-slide bad input: clear errors, no partial files, and a clean se
     await Deno.writeTextFile(file, "");
     await assertRejects(() => run({ out: join(file, "out") }), Error, "Cannot write to the output folder");
 
-    // A full disk in the middle of writing: the aux CSV's temporary file is /dev/full (ENOSPC). The error
+    // A write that fails after others succeeded: the aux CSV's temporary file is a symlink to /dev/full
+    // (ENOSPC under --allow-all; under the test task's permissions Deno refuses /dev paths, which fails the
+    // write just the same; tests/bad_inputs/outputs_test.ts simulates a real half-written ENOSPC). The error
     // names the folder; no output file is left, finished or temporary (the failed one is removed too).
     const out5 = join(dir, "out5");
     await Deno.mkdir(out5);
