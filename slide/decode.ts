@@ -33,7 +33,7 @@ import { crc32, inflateSync } from "node:zlib";
 import UTIF from "utif";
 import { decode as decodePng } from "fast-png";
 import { decodeJpegRgb, spliceTables } from "./jpeg.ts";
-import { decompress } from "./tiff.ts";
+import { decompress, TYPE_SIZE as TIFF_TYPE_SIZE } from "./tiff.ts";
 
 /** An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B R G B …`. */
 export interface RgbImage {
@@ -238,23 +238,6 @@ function decodeTiff(bytes: Uint8Array): RgbImage {
       throw new ImageDecodeError(`TIFF PhotometricInterpretation ${photo} is not supported`);
   }
 }
-
-/** Byte sizes of the TIFF field types utif reads (TIFF 6.0 §2: 1 BYTE … 12 DOUBLE, 13 IFD). */
-const TIFF_TYPE_SIZE: Record<number, number> = {
-  1: 1,
-  2: 1,
-  3: 2,
-  4: 4,
-  5: 8,
-  6: 1,
-  7: 1,
-  8: 2,
-  9: 4,
-  10: 8,
-  11: 4,
-  12: 8,
-  13: 4,
-};
 
 /**
  * Check that every IFD utif will read lies inside the file: the main chain (without loops), each entry's

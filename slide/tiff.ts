@@ -138,7 +138,7 @@ export interface Ifd {
 }
 
 /** Byte sizes of the TIFF field types (1 BYTE … 18 IFD8). */
-const TYPE_SIZE: Record<number, number> = {
+export const TYPE_SIZE: Record<number, number> = {
   1: 1,
   2: 1,
   3: 2,

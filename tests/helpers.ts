@@ -5,6 +5,8 @@
 import { AssertionError, deepStrictEqual } from "node:assert";
 import { createEngine, type Engine, mul, sum, Tape, type Tensor } from "../mod.ts";
 import { requiresGrad } from "../engine/autograd.ts";
+import { HE2Gene, TINY } from "../model/mod.ts";
+import { saveModel } from "../cli/checkpoint.ts";
 
 /**
  * Tolerances per op family, stated once. `|got − want| ≤ atol + rtol·|want|` elementwise.
@@ -192,4 +194,25 @@ export async function assertGradients(
   (weights as Tensor | null)?.dispose();
   for (const g of grads.values()) g.dispose();
   for (const t of ts) t.dispose();
+}
+
+/** The gene names {@linkcode tinyCheckpoint} stores by default. */
+export const TINY_GENES = { target: ["FASN", "ERBB2", "GNAS"], aux: ["a", "b", "c", "d", "e"] };
+
+/**
+ * A tiny HE2Gene-Base checkpoint (TINY backbone, 3 target genes, 5 aux, seed 1) saved as safetensors at
+ * `path`, with the gene names `genes` (default {@linkcode TINY_GENES}; `null`: none) in its metadata.
+ */
+export async function tinyCheckpoint(
+  path: string,
+  genes: { target: string[]; aux: string[] } | null = TINY_GENES,
+): Promise<string> {
+  const model = HE2Gene.init(
+    await engine(),
+    { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 },
+    1,
+  );
+  await saveModel(model, path, genes ? { targetGenes: genes.target, auxGenes: genes.aux } : {});
+  model.dispose();
+  return path;
 }

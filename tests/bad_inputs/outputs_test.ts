@@ -4,13 +4,11 @@
  * file names cannot leave `--out`; NaN / Inf in `evaluate`'s truth is reported as such.
  */
 import { join } from "node:path";
-import { saveModel } from "../../cli/checkpoint.ts";
 import { requestInterrupt, unsafeFileNamePart } from "../../cli/errors.ts";
-import { HE2Gene, TINY } from "../../model/mod.ts";
 import { nonFiniteCells } from "../../model/metrics.ts";
 import { encodeNpz, renameAll } from "../../slide/npz.ts";
 import { encodeRgbTiff } from "../../slide/tiff_write.ts";
-import { assertEquals, engine } from "../helpers.ts";
+import { assertEquals, tinyCheckpoint } from "../helpers.ts";
 import { changes, expectRefused, runCli, snapshot, spawnCli, tempDir } from "./harness.ts";
 
 /** A test that may start the GPU engine (it keeps a pending promise: sanitizers off). */
@@ -60,21 +58,6 @@ async function withFullDiskAt<T>(k: number, fn: () => Promise<T>): Promise<T> {
   } finally {
     Deno.writeFile = orig;
   }
-}
-
-async function tinyCheckpoint(dir: string): Promise<string> {
-  const model = HE2Gene.init(
-    await engine(),
-    { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 },
-    1,
-  );
-  const path = join(dir, "tiny.safetensors");
-  await saveModel(model, path, {
-    targetGenes: ["FASN", "ERBB2", "GNAS"],
-    auxGenes: ["a", "b", "c", "d", "e"],
-  });
-  model.dispose();
-  return path;
 }
 
 /** `n` 150 × 150 patches `S_{x}_{y}.tif` in `dir`. */
@@ -307,7 +290,7 @@ test("predict-patches that hits a full disk while writing its outputs leaves no 
   const dir = await tempDir("predict-full");
   try {
     const patches = await patchFolder(join(dir, "patches"), 2);
-    const ckpt = await tinyCheckpoint(dir);
+    const ckpt = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     const out = join(dir, "new", "out");
     // Its writes: the CSVs (writeTextFile), then predictions.npz (writeFile, the first call): disk full.
     await withFullDiskAt(1, () =>
@@ -442,7 +425,7 @@ test("Ctrl-C while evaluate, visualize, convert or predict-slide runs: exit 130,
     const { pred, truth } = await evaluateFixture(dir, [1, 7, 2, 2, 6, 1, 3, 5, 2, 4, 3, 3]);
     const pt = new URL("../fixtures/weights/model_base.pt", import.meta.url).pathname;
     const { slide, spots } = await slideWithSpots(dir);
-    const ckpt = await tinyCheckpoint(dir);
+    const ckpt = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     const runs = [
       ["evaluate", pred, "--truth", truth, "--out", join(dir, "m")],
       ["visualize", pred, "--gene", "FASN", "--out", join(dir, "map.png")],
@@ -522,7 +505,7 @@ test("Ctrl-C during predict-patches: exit 130, no --out folder", async () => {
   const dir = await tempDir("sigint-predict");
   try {
     const patches = await patchFolder(join(dir, "patches"), 200);
-    const ckpt = await tinyCheckpoint(dir);
+    const ckpt = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     const before = await snapshot(dir);
     const r = await interruptAfter(
       [

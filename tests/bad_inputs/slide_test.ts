@@ -4,11 +4,9 @@
  * folders given as files, and corrupt PNGs. Every input is made here, small; the checkpoint is a TINY model.
  */
 import { join } from "node:path";
-import { saveModel } from "../../cli/checkpoint.ts";
-import { HE2Gene, TINY } from "../../model/mod.ts";
 import { encodePng } from "../../slide/png.ts";
 import { encodeRgbTiff } from "../../slide/tiff_write.ts";
-import { assertEquals, engine } from "../helpers.ts";
+import { assertEquals, tinyCheckpoint } from "../helpers.ts";
 import { expectRefused, runCli, snapshot, tempDir } from "./harness.ts";
 
 const HE_JPG = new URL("../fixtures/slide/he.jpg", import.meta.url);
@@ -24,15 +22,10 @@ function setup(): Promise<{ dir: string; weights: string }> {
   return made ??= (async () => {
     const dir = await tempDir("slide");
     globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-    const model = HE2Gene.init(await engine(), {
-      backbone: TINY,
-      variant: "base",
-      targetGenes: 3,
-      auxGenes: 5,
-    }, 1);
-    const weights = join(dir, "tiny.safetensors");
-    await saveModel(model, weights, { targetGenes: ["A", "B", "C"], auxGenes: ["a", "b", "c", "d", "e"] });
-    model.dispose();
+    const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"), {
+      target: ["A", "B", "C"],
+      aux: ["a", "b", "c", "d", "e"],
+    });
     return { dir, weights };
   })();
 }

@@ -4,27 +4,19 @@
  * over one of its inputs. Every case checks the exit code, the message and that nothing new is written.
  */
 import { join } from "node:path";
-import { saveModel } from "../../cli/checkpoint.ts";
 import { assertFinitePredictions } from "../../cli/views.ts";
-import { HE2Gene, TINY } from "../../model/mod.ts";
 import { encodePng } from "../../slide/png.ts";
 import { readSafetensors, type TensorEntry, writeSafetensors } from "../../weights/mod.ts";
-import { assertEquals, assertThrows, engine, gpuTest } from "../helpers.ts";
+import { assertEquals, assertThrows, gpuTest, tinyCheckpoint } from "../helpers.ts";
 import { EXPECTED, fixture } from "../weights/fixtures.ts";
 import { expectRefused, runCli, snapshot, tempDir } from "./harness.ts";
 
 /** A tiny HE2Gene-Base checkpoint (3 target genes, 5 aux) with `edit` applied to its tensors. */
-async function tinyCheckpoint(
+async function editedCheckpoint(
   path: string,
   edit: (t: Map<string, TensorEntry>) => void = () => {},
 ): Promise<void> {
-  const model = HE2Gene.init(
-    await engine(),
-    { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 },
-    1,
-  );
-  await saveModel(model, path);
-  model.dispose();
+  await tinyCheckpoint(path, null);
   const st = await readSafetensors(path);
   const tensors = new Map([...st.tensors].map(([k, t]) => [k, { ...t, bytes: t.bytes.slice() }]));
   edit(tensors);
@@ -72,7 +64,7 @@ gpuTest(
     const { dir, patches, out } = await setUp("nan-weights");
     try {
       const weights = join(dir, "nan.safetensors");
-      await tinyCheckpoint(weights, (t) => fill(t, "base_model.conv1.weight", NaN));
+      await editedCheckpoint(weights, (t) => fill(t, "base_model.conv1.weight", NaN));
       await expectRefused({
         args: predict(patches, weights, out),
         code: 1,
@@ -80,7 +72,7 @@ gpuTest(
         watch: dir,
       });
       // Inf in a batch-norm statistic, too.
-      await tinyCheckpoint(weights, (t) => fill(t, "base_model.bn1.running_var", Infinity));
+      await editedCheckpoint(weights, (t) => fill(t, "base_model.bn1.running_var", Infinity));
       await expectRefused({
         args: predict(patches, weights, out),
         code: 1,
@@ -100,7 +92,7 @@ gpuTest(
     try {
       // Finite weights (they pass the load check) whose target head overflows float32 for any positive feature.
       const weights = join(dir, "overflow.safetensors");
-      await tinyCheckpoint(weights, (t) => {
+      await editedCheckpoint(weights, (t) => {
         fill(t, "fc1.weight", 3e38);
         fill(t, "fc1.bias", 3e38);
       });
@@ -112,7 +104,7 @@ gpuTest(
         watch: dir,
       });
       // The same checkpoint with a sane head predicts (the patches and the rest of the network are fine).
-      await tinyCheckpoint(weights, (t) => fill(t, "fc1.weight", 0.01));
+      await editedCheckpoint(weights, (t) => fill(t, "fc1.weight", 0.01));
       const r = await runCli(predict(patches, weights, out));
       assertEquals(r.code, 0, r.stderr);
     } finally {
@@ -127,7 +119,7 @@ gpuTest(
     const { dir, out } = await setUp("overflow-slide");
     try {
       const weights = join(dir, "overflow.safetensors");
-      await tinyCheckpoint(weights, (t) => {
+      await editedCheckpoint(weights, (t) => {
         fill(t, "fc1.weight", 3e38);
         fill(t, "fc1.bias", 3e38);
       });

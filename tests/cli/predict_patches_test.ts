@@ -6,9 +6,16 @@
  */
 import { join } from "node:path";
 import { predictPatches, type Tta } from "../../cli/predict_patches.ts";
-import { saveModel } from "../../cli/checkpoint.ts";
-import { HE2Gene, TINY } from "../../model/mod.ts";
-import { assertClose, assertEquals, assertRejects, engine, gpuTest, sharedData, TOL } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertRejects,
+  engine,
+  gpuTest,
+  sharedData,
+  tinyCheckpoint,
+  TOL,
+} from "../helpers.ts";
 
 const PYTHON = "/usr/bin/python3";
 const SCRIPT = new URL("../fixtures/parity/make_parity.py", import.meta.url).pathname;
@@ -138,18 +145,10 @@ if (torchOk && !visionOk) {
   console.warn("skipped: the full-width parity test needs torchvision (python3-torchvision)");
 }
 
-async function tinyCheckpoint(e: Awaited<ReturnType<typeof engine>>, dir: string, genes?: string[]) {
-  const model = HE2Gene.init(e, { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 }, 1);
-  const path = join(dir, "tiny.safetensors");
-  await saveModel(model, path, { targetGenes: genes, auxGenes: genes && ["a", "b", "c", "d", "e"] });
-  model.dispose();
-  return path;
-}
-
 gpuTest("an unreadable patch is named and no output folder is left behind", async (e) => {
   const dir = await Deno.makeTempDir({ prefix: "he2gene-bad-" });
   try {
-    const weights = await tinyCheckpoint(e, dir);
+    const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"), null);
     const patches = join(dir, "patches");
     await Deno.mkdir(patches);
     await Deno.writeTextFile(join(patches, "S1_1_1.tif"), "not a tiff");
@@ -170,7 +169,10 @@ gpuTest(
   async (e) => {
     const dir = await Deno.makeTempDir({ prefix: "he2gene-st-" });
     try {
-      const weights = await tinyCheckpoint(e, dir, ["G1", "G2", "G3"]);
+      const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"), {
+        target: ["G1", "G2", "G3"],
+        aux: ["a", "b", "c", "d", "e"],
+      });
       const patches = sharedData("he2gene/exps");
       if (!patches) return;
       const out = join(dir, "out");

@@ -7,15 +7,13 @@ import { join } from "node:path";
 import { predictSlide, runPredictSlide, slideThumbnail, tilePatches } from "../../cli/predict_slide.ts";
 import { predictPatches } from "../../cli/predict_patches.ts";
 import { runExtractPatches } from "../../cli/extract_patches.ts";
-import { saveModel } from "../../cli/checkpoint.ts";
 import { UsageError } from "../../cli/errors.ts";
-import { HE2Gene, TINY } from "../../model/mod.ts";
 import { readNpz } from "../../slide/npy.ts";
 import { readH5ad } from "../../slide/h5ad.ts";
 import { saturation } from "../../slide/tissue.ts";
 import { openSlide } from "../../slide/wsi.ts";
 import { encodePng } from "../../slide/png.ts";
-import { assertEquals, assertRejects, engine, gpuTest, sharedData } from "../helpers.ts";
+import { assertEquals, assertRejects, gpuTest, sharedData, tinyCheckpoint } from "../helpers.ts";
 
 const PYTHON = "/usr/bin/python3";
 const her2st = sharedData("her2st/data");
@@ -34,18 +32,6 @@ async function python(code: string): Promise<{ ok: boolean; out: string }> {
 const anndataOk = (await python("import anndata")).ok;
 if (!anndataOk) {
   console.warn(`skipped: the AnnData checks need ${PYTHON} with anndata (apt-get install python3-anndata)`);
-}
-
-async function tinyCheckpoint(dir: string): Promise<string> {
-  const e = await engine();
-  const model = HE2Gene.init(e, { backbone: TINY, variant: "base", targetGenes: 3, auxGenes: 5 }, 1);
-  const path = join(dir, "tiny.safetensors");
-  await saveModel(model, path, {
-    targetGenes: ["FASN", "ERBB2", "GNAS"],
-    auxGenes: ["a", "b", "c", "d", "e"],
-  });
-  model.dispose();
-  return path;
 }
 
 /** 10 spots of C2 (evenly spaced among the selected ones) as a temp CSV, and the section's image. */
@@ -68,7 +54,7 @@ gpuTest("predict-slide at her2st spots equals extract-patches + predict-patches 
   if (!her2st) return console.warn("skipped: needs ../shared/data/her2st/data");
   const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-" });
   try {
-    const weights = await tinyCheckpoint(dir);
+    const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     const { slide, spots, rows } = await c2Subset(dir);
     const out = join(dir, "slide-out");
     const p = await predictSlide(slide, {
@@ -161,7 +147,7 @@ gpuTest(
     if (!her2st) return console.warn("skipped: needs ../shared/data/her2st/data");
     const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-grid-" });
     try {
-      const weights = await tinyCheckpoint(dir);
+      const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
       const { slide, spots, rows } = await c2Subset(dir);
       const run = (tta: "grid" | "single") =>
         predictSlide(slide, {
@@ -215,7 +201,7 @@ gpuTest("predict-slide --tile on CMU-1-Small-Region puts tiles only on tissue", 
   if (!cmu) return console.warn("skipped: needs ../shared/data/wsi/CMU-1-Small-Region.svs");
   const dir = await Deno.makeTempDir({ prefix: "he2gene-ptile-" });
   try {
-    const weights = await tinyCheckpoint(dir);
+    const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     const out = join(dir, "out");
     const p = await predictSlide(cmu, {
       weights,
@@ -324,7 +310,7 @@ Deno.test("predict-slide usage errors: SLIDE, --weights, and one of --spots / --
 gpuTest("predict-slide bad input: clear errors, no partial files, and a clean second run", async (e) => {
   const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-bad-" });
   try {
-    const weights = await tinyCheckpoint(dir);
+    const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
     // A 400 × 400 pink-and-purple slide and three spots, one of them off the image.
     const px = new Uint8Array(400 * 400 * 3);
     for (let i = 0; i < 400 * 400; i++) px.set(i % 7 < 3 ? [120, 60, 150] : [230, 170, 200], 3 * i);
