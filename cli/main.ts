@@ -17,6 +17,7 @@ import { runTrain, TRAIN_USAGE } from "./train.ts";
 import { runExtractPatches } from "./extract_patches.ts";
 import { PREDICT_SLIDE_USAGE, runPredictSlide } from "./predict_slide.ts";
 import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
+import { runSelftestCli, SELFTEST_USAGE } from "./selftest.ts";
 
 export { Interrupted, UsageError };
 
@@ -51,6 +52,12 @@ const COMMANDS: Record<string, Command> = {
       });
       await runInfo({ json: values.json ?? false });
     },
+  },
+  selftest: {
+    summary:
+      "check every GPU kernel and variant, forward and backward, against its CPU reference (run first)",
+    usage: SELFTEST_USAGE,
+    run: (args) => runSelftestCli(args),
   },
   "predict-patches": {
     interruptible: true,

@@ -10,3 +10,5 @@ export * from "./loss.ts";
 export * from "./optim.ts";
 export * from "./conv2d.ts";
 export * from "./matmul.ts";
+export * from "./tolerance.ts";
+export * from "./selftest.ts";

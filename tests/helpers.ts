@@ -6,23 +6,15 @@ import { AssertionError, deepStrictEqual } from "node:assert";
 import { createEngine, type Engine, mul, sum, Tape, type Tensor } from "../mod.ts";
 import { requiresGrad } from "../engine/autograd.ts";
 import { HE2Gene, TINY } from "../model/mod.ts";
+import { compareClose, TOL, type Tolerance } from "../kernels/tolerance.ts";
 import { saveModel } from "../cli/checkpoint.ts";
 
 /**
- * Tolerances per op family, stated once. `|got − want| ≤ atol + rtol·|want|` elementwise.
- * - elementwise: float32 rounding of one op on both sides (WGSL exp/log/tanh are within a few ulp).
- * - reduce: sums of up to 10⁷ float32 values against a float64 reference.
- * - model: HE2Gene outputs against PyTorch, max absolute difference 1e-4 (issue 4's parity bar).
- * - matmul: float32 dot products of length K (error grows like √K·ε·Σ|a||b|); checked with the scale
- *   `Σ_k |a_ik||b_kj|` in place of |want| (see {@linkcode assertMatmulClose}).
+ * Tolerances per op family, stated once in kernels/tolerance.ts (shared with `he2gene selftest`).
+ * `|got − want| ≤ atol + rtol·|want|` elementwise; matmul and conv2d against the scale `Σ_k |a_ik||b_kj|`
+ * in place of |want| (the `scale` argument of {@linkcode assertClose}).
  */
-export const TOL = {
-  elementwise: { rtol: 2e-6, atol: 1e-6 },
-  reduce: { rtol: 1e-5, atol: 1e-5 },
-  matmul: { rtol: 1e-5, atol: 1e-6 },
-  /** Whole networks against PyTorch (float32 both sides, different summation orders): the parity bar. */
-  model: { rtol: 0, atol: 1e-4 },
-} as const;
+export { lossGradTolerance, TOL, type Tolerance } from "../kernels/tolerance.ts";
 
 let shared: Promise<Engine> | null = null;
 
@@ -60,37 +52,27 @@ export function rand(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
   return out;
 }
 
-/** Assert `got ≈ want` elementwise within `tol`; the message names the first bad index and the worst error. */
+/**
+ * Assert `got ≈ want` elementwise within `tol` ({@linkcode compareClose}: against `scale[i]` when given, the
+ * Σ|a||b| of matmul and conv2d, else |want[i]|); the message names the first bad index and the worst error.
+ */
 export function assertClose(
   got: ArrayLike<number>,
   want: ArrayLike<number>,
-  tol: { rtol: number; atol: number },
+  tol: Tolerance,
   what = "values",
   scale?: ArrayLike<number>,
 ): void {
   if (got.length !== want.length) {
     throw new AssertionError({ message: `${what}: length ${got.length}, expected ${want.length}` });
   }
-  let bad = -1, worst = 0, worstAt = -1;
-  for (let i = 0; i < got.length; i++) {
-    const g = got[i], w = want[i];
-    if (Number.isNaN(w) && Number.isNaN(g)) continue;
-    if (w === g) continue;
-    const err = Math.abs(g - w);
-    const lim = tol.atol + tol.rtol * Math.abs(scale ? scale[i] : w);
-    if (!(err <= lim)) {
-      if (bad < 0) bad = i;
-      if (!(err <= worst)) {
-        worst = err;
-        worstAt = i;
-      }
-    }
-  }
-  if (bad >= 0) {
+  const c = compareClose(got, want, tol, scale);
+  if (!c.ok) {
+    const bad = c.firstBad;
     throw new AssertionError({
       message:
         `${what}: ${got.length} values, first mismatch at ${bad}: got ${got[bad]}, expected ${want[bad]}; ` +
-        `worst |err| ${worst} at ${worstAt} (rtol ${tol.rtol}, atol ${tol.atol})`,
+        `worst |err| ${c.worstBad} at ${c.worstAt} (rtol ${tol.rtol}, atol ${tol.atol})`,
     });
   }
 }
@@ -166,7 +148,10 @@ export async function assertGradients(
   opts: { eps?: number; rtol?: number; atol?: number; what?: string } = {},
 ): Promise<void> {
   const eps = opts.eps ?? 1e-2;
-  const tol = { rtol: opts.rtol ?? 2e-2, atol: opts.atol ?? 2e-3 };
+  const tol = {
+    rtol: opts.rtol ?? TOL.finiteDifferences.rtol,
+    atol: opts.atol ?? TOL.finiteDifferences.atol,
+  };
   let weights: Tensor | null = null;
   const weighted = (y: Tensor) => {
     weights ??= e.scope(() => e.tensor(rand(y.size, 4242, 0.5, 1.5), y.shape).keep());

@@ -10,20 +10,18 @@ import {
 import { mul } from "../../kernels/elementwise.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../kernels/reduce.ts";
-import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertGradients,
+  assertThrows,
+  gpuTest,
+  rand,
+  TOL as SHARED_TOL,
+} from "../helpers.ts";
 
-/**
- * Tolerances, stated once. Outputs are O(1) after normalisation; float32 Welford statistics of up to 25k
- * values per channel against a float64 two-pass reference. Gradients add sums of M = N·H·W float32 terms
- * (dγ, dβ) and the cancellation in dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M).
- */
-const TOL = {
-  forward: { rtol: 1e-5, atol: 2e-5 },
-  stats: { rtol: 1e-5, atol: 1e-6 },
-  grad: { rtol: 1e-4, atol: 5e-5 },
-  /** Central differences of float32 forward passes (step 1e-2). */
-  fd: { rtol: 2e-2, atol: 3e-3 },
-} as const;
+/** Tolerances, stated once in kernels/tolerance.ts (forward, stats, rstd, grad, finite differences). */
+const TOL = SHARED_TOL.batchNorm;
 
 // [N, C, H, W] with awkward sizes; the last one splits each channel into 7 workgroups of the stats pass.
 const SHAPES: number[][] = [
@@ -63,7 +61,7 @@ gpuTest("batchNorm2d training forward matches the float64 reference on awkward s
     assertEquals([...got.y.shape], shape);
     assertClose(await got.y.toArray(), want.y, TOL.forward, `y [${shape}]`);
     assertClose(await got.mean.toArray(), want.mean, TOL.stats, `mean [${shape}]`);
-    assertClose(await got.rstd.toArray(), want.rstd, { rtol: 1e-4, atol: 0 }, `rstd [${shape}]`);
+    assertClose(await got.rstd.toArray(), want.rstd, TOL.rstd, `rstd [${shape}]`);
     assertClose(await runningMean.toArray(), want.runningMean!, TOL.stats, `running_mean [${shape}]`);
     assertClose(await runningVar.toArray(), want.runningVar!, TOL.stats, `running_var [${shape}]`);
   }

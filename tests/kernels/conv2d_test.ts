@@ -11,16 +11,22 @@ import {
 } from "../../kernels/conv2d.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../kernels/reduce.ts";
-import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertGradients,
+  assertThrows,
+  gpuTest,
+  rand,
+  TOL as SHARED_TOL,
+} from "../helpers.ts";
 
 /**
- * Tolerance of every GPU-vs-reference comparison in this file, stated once. Conv outputs are float32 dot
- * products of length K (Cin·KH·KW, Cout·KH·KW or N·OH·OW), so, as for matmul, the error is measured against
- * the scale Σ|a||b| of the same product computed on absolute values, not against |want|.
+ * Tolerance of every GPU-vs-reference comparison in this file (kernels/tolerance.ts): against the scale
+ * Σ|a||b| of the same product computed on absolute values, not against |want|; looser against PyTorch.
  */
-const TOL = { rtol: 1e-5, atol: 1e-6 };
-/** Against PyTorch's float32 results (its own rounding differs from ours): same scale, looser. */
-const TOL_TORCH = { rtol: 5e-5, atol: 1e-5 };
+const TOL = SHARED_TOL.conv2d;
+const TOL_TORCH = SHARED_TOL.conv2dTorch;
 
 const abs = (a: Float32Array) => a.map(Math.abs);
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);

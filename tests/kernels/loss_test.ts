@@ -9,17 +9,20 @@ import {
 import { sigmoid } from "../../kernels/elementwise.ts";
 import { requiresGrad, Tape, type Tensor } from "../../mod.ts";
 import type { Engine } from "../../engine/engine.ts";
-import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertGradients,
+  assertThrows,
+  gpuTest,
+  lossGradTolerance,
+  rand,
+  TOL,
+} from "../helpers.ts";
 
-/**
- * Tolerances, stated once.
- * - LOSS: a mean of up to 5·10⁶ float32 terms (compensated per thread, tree across threads) against float64;
- *   BCE terms carry WGSL's log error (≤ 2⁻²¹ absolute on [0.5, 2]).
- * - GRAD: one float32 rounding chain per element; the absolute part covers BCE's target gradient
- *   `log1p(−p) − log p`, which cancels near p = ½ (scaled by 1/N like every gradient here).
- */
-const LOSS = { rtol: 1e-5, atol: 1e-7 };
-const grad = (n: number) => ({ rtol: 1e-5, atol: 4e-6 / n });
+/** Tolerances, stated once in kernels/tolerance.ts: the loss value, and the gradients of N elements. */
+const LOSS = TOL.loss;
+const grad = lossGradTolerance;
 
 /** Loss value and both gradients on the GPU (the target needs a gradient too). */
 async function run(

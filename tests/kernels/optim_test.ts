@@ -9,18 +9,10 @@ import {
 } from "../../kernels/optim.ts";
 import type { Engine } from "../../engine/engine.ts";
 import type { Tensor } from "../../engine/tensor.ts";
-import { assertClose, assertEquals, assertThrows, gpuTest, rand } from "../helpers.ts";
+import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 
-/**
- * Tolerances, stated once (float32 GPU state against a float64 CPU reference of torch's Adam).
- * - THETA: parameters in [−1, 1] after a few steps; each step adds ≈ lr with a few ulp of relative error.
- * - MOMENTS: m = β1·m + (1 − β1)·g cancels: its absolute error is a few ulp of |g| ≤ 1 (≈ 1e-8), not of m.
- *   v is a sum of positive terms and is held to the relative part.
- * - NORM: a sum of squares reduced as partials + one tree, against float64.
- */
-const THETA = { rtol: 1e-6, atol: 1e-7 };
-const MOMENTS = { rtol: 1e-5, atol: 2e-8 };
-const NORM = { rtol: 1e-6, atol: 0 };
+/** Tolerances, stated once in kernels/tolerance.ts (float32 GPU state against torch's Adam in float64). */
+const { theta: THETA, moments: MOMENTS, norm: NORM } = TOL.adam;
 
 const SHAPES: Record<string, number[]> = { a: [1], b: [7], "c.weight": [33, 5], d: [1000] };
 const size = (s: readonly number[]) => s.reduce((x, y) => x * y, 1);

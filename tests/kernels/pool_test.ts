@@ -14,19 +14,21 @@ import {
 import { mul } from "../../kernels/elementwise.ts";
 import { sum } from "../../kernels/reduce.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
-import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertGradients,
+  assertThrows,
+  gpuTest,
+  rand,
+  TOL as SHARED_TOL,
+} from "../helpers.ts";
 
 /**
- * Tolerances, stated once. Max-pool forward copies values and must match exactly (indices too); its
- * backward sums at most ⌈k/s⌉² float32 values |dy| ≤ 1 (cancellation: absolute error ~⌈k/s⌉²·ε); the global average is a compensated float32 sum of H·W
- * values against float64.
+ * Tolerances, stated once in kernels/tolerance.ts: max-pool forward must match exactly (indices too), its
+ * backward and the global average within float32 rounding of small sums.
  */
-const TOL = {
-  maxBackward: { rtol: 1e-6, atol: 1e-6 },
-  avg: { rtol: 1e-6, atol: 1e-7 },
-  /** Central differences of float32 forward passes (step 1e-2). */
-  fd: { rtol: 1e-2, atol: 1e-3 },
-} as const;
+const TOL = SHARED_TOL.pool;
 
 const SHAPES: number[][] = [
   [1, 1, 1, 1],
