@@ -21,6 +21,7 @@ import {
   type TensorEntry,
   writeSafetensors,
 } from "../weights/mod.ts";
+import { readGeneList } from "../slide/genes.ts";
 import { checkInterrupt, UsageError } from "./errors.ts";
 
 /** Head names of the two HE2Gene code bases: (target, auxiliary, tumour). */
@@ -46,15 +47,6 @@ export interface ConvertSummary {
 export interface ConvertOptions {
   targetGenes?: string;
   auxGenes?: string;
-}
-
-async function readGenes(path: string): Promise<string[]> {
-  const text = await Deno.readTextFile(path);
-  const genes = text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
-  if (genes.length === 0) {
-    throw new CheckpointError(path, -1, "expected gene names, one per line, found none");
-  }
-  return genes;
 }
 
 /** The head (`fc1.weight` or `fc.weight`, …) present in the state dict, if any. */
@@ -142,7 +134,7 @@ export async function convertCheckpoint(
     const h = head(tensors, which);
     if (h) config[`${what}_head`] = { name: h.name, outputs: h.rows };
     if (!file) continue;
-    const names = await readGenes(file);
+    const names = await readGeneList(file, `--${key.replace("_", "-")}`);
     if (h && h.rows !== names.length) {
       throw new CheckpointError(
         file,

@@ -33,9 +33,10 @@ import {
   rocAuc,
   summarize,
 } from "../model/metrics.ts";
-import { type NpyArray, readNpy, readNpz, toNumbers } from "../slide/npy.ts";
+import { type NpyArray, readNpz, toNumbers } from "../slide/npy.ts";
 import { makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { exists } from "../slide/datasets/types.ts";
+import { readGeneList } from "../slide/genes.ts";
 import { checkInterrupt, UsageError } from "./errors.ts";
 
 /** A block of predicted genes (one head). */
@@ -289,19 +290,6 @@ export async function readPredictions(path: string): Promise<SpotTable> {
     throw new Error(`${path}: no predictions.npz or target_count_pred.csv`);
   }
   return path.endsWith(".npz") ? readPredictionsNpz(path) : readPredictionsCsv(path);
-}
-
-/** Read a gene list: `.npy` of strings, or text with one gene per line. */
-export async function readGeneList(path: string): Promise<string[]> {
-  if (path.endsWith(".npy")) {
-    const a = await readNpy(path);
-    if (a.dtype !== "U") {
-      throw new Error(`${path}: a gene list must hold strings, current dtype is ${a.dtype}`);
-    }
-    return a.data;
-  }
-  const text = await Deno.readTextFile(path);
-  return text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
 function uniqueIndex(names: string[], what: string): Map<string, number> {
@@ -602,7 +590,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
     truth.tumor = await tumorCsv(o.truthTumor, truth.names);
     truth.tumorSource = o.truthTumor;
   }
-  const genes = o.genes ? await readGeneList(o.genes) : undefined;
+  const genes = o.genes ? await readGeneList(o.genes, "--genes") : undefined;
   checkInterrupt();
   const res = scorePredictions(pred, truth, { genes, topK: o.topK, log1p: o.log1p });
   checkInterrupt();

@@ -21,6 +21,7 @@ import { basename, extname, join } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/mod.ts";
 import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
+import { readGeneList } from "../slide/genes.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
@@ -52,12 +53,6 @@ export interface PatchPredictions {
   aux: Float32Array;
   /** (P,) mean tumour probability over the views */
   tumorProb: Float32Array;
-}
-
-async function readGenes(path: string | undefined): Promise<string[] | undefined> {
-  if (!path) return undefined;
-  const text = await Deno.readTextFile(path);
-  return text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
 /**
@@ -185,7 +180,7 @@ export async function geneNames(
   what: string,
   quiet?: boolean,
 ): Promise<string[]> {
-  const names = (await readGenes(file)) ?? fromCheckpoint;
+  const names = (file ? await readGeneList(file, `--${what}-genes`) : undefined) ?? fromCheckpoint;
   if (names) {
     if (names.length !== n) {
       throw new RangeError(

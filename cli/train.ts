@@ -15,7 +15,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { BACKBONES, type HE2Gene, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
@@ -34,9 +34,8 @@ import {
   type Section,
   type SpatialDataset,
 } from "../slide/datasets/mod.ts";
-import { describeDuplicates, duplicates } from "../slide/datasets/types.ts";
-import { log1pNormalize, selectTargetGenes } from "../slide/genes.ts";
-import { encodeNpz, writeAtomic } from "../slide/npz.ts";
+import { log1pNormalize, readGeneList, selectTargetGenes } from "../slide/genes.ts";
+import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
 import { Interrupted, UsageError } from "./errors.ts";
@@ -307,27 +306,6 @@ function heartbeat(path: string, text: string, ms: number): () => void {
   };
 }
 
-/** Create `dir` (and missing parents); returns the folders created, deepest first. */
-async function makeDir(dir: string): Promise<string[]> {
-  const created: string[] = [];
-  let d = resolve(dir);
-  for (;;) {
-    try {
-      const st = await Deno.stat(d);
-      if (!st.isDirectory) throw new Error(`Cannot train into ${dir}: ${d} is a file, not a folder`);
-      break;
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-      created.push(d);
-      const up = dirname(d);
-      if (up === d) break;
-      d = up;
-    }
-  }
-  await Deno.mkdir(dir, { recursive: true });
-  return created;
-}
-
 /** The files of a finished or interrupted run in `--out`. */
 const RUN_FILES = [
   "checkpoint.safetensors",
@@ -349,30 +327,6 @@ async function previousRun(dir: string): Promise<string[]> {
     }
   }
   return found;
-}
-
-/** Gene names of a `--target-genes` file (one a line), refused when empty or with duplicates. */
-async function readGeneList(file: string): Promise<string[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(file);
-  } catch (e) {
-    const why = e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message;
-    throw new Error(`Cannot read --target-genes ${file}: ${why}`);
-  }
-  const lines = text.split(/\r?\n/).map((s, i) => [s.trim(), i + 1] as const).filter(([s]) => s !== "");
-  if (lines.length === 0) {
-    throw new Error(`Cannot train: --target-genes ${file} lists no genes (it is empty)`);
-  }
-  const dups = duplicates(lines.map(([s]) => s));
-  if (dups.length > 0) {
-    throw new Error(
-      `Cannot train: --target-genes ${file} names ${dups.length} gene(s) more than once: ${
-        describeDuplicates(dups, (p) => `lines ${p.map((i) => lines[i][1]).join(", ")}`)
-      }`,
-    );
-  }
-  return lines.map(([s]) => s);
 }
 
 async function loadDataset(kind: string, root: string): Promise<SpatialDataset> {
@@ -487,7 +441,7 @@ export async function runTrain(args: string[]): Promise<void> {
   if (variant !== "spat") o.train.spatWeight = 0;
   const say = (s: string) => v.quiet || console.error(s);
   const listFile = v["target-genes"];
-  const list = listFile ? await readGeneList(listFile) : undefined;
+  const list = listFile ? await readGeneList(listFile, "--target-genes") : undefined;
   for (const [flag, file] of [["--init", v.init], ["--stain-ref", v["stain-ref"]]]) {
     if (file === undefined) continue;
     try {
@@ -529,7 +483,9 @@ export async function runTrain(args: string[]): Promise<void> {
   let created: string[] = [];
   let ok = false;
   try {
-    created = await makeDir(out);
+    created = await makeDirs(out).catch((e) => {
+      throw new Error(`Cannot train into ${out}: ${(e as Error).message}`);
+    });
     release = await lockRunFolder(out, say);
     const earlier = await previousRun(out);
     if (v.resume && !earlier.includes("checkpoint.safetensors")) {
@@ -551,14 +507,7 @@ export async function runTrain(args: string[]): Promise<void> {
     release();
     if (listening) Deno.removeSignalListener("SIGINT", onSigint);
     if (!ok) {
-      // Leave no empty folder this run created.
-      for (const d of created) {
-        try {
-          await Deno.remove(d);
-        } catch {
-          break; // not empty
-        }
-      }
+      await removeCreatedDirs(created); // leave no empty folder this run created
     }
   }
 }

@@ -522,7 +522,8 @@ function reduceCases(quick: boolean): Case[] {
 
 // ------------------------------------------------------------------------------------------ matmul
 
-interface MmCase {
+/** A matmul check: C = op(A)·op(B) (+ bias, activation), batched or broadcast. */
+export interface MmCase {
   m: number;
   k: number;
   n: number;
@@ -704,9 +705,10 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
 
 // ------------------------------------------------------------------------------------------ conv2d
 
-// [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of any register tile.
-type ConvCase = [number, number, number, number, number, number, number, number];
-const CONV_CASES: ConvCase[] = [
+/** [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of any register tile. */
+export type ConvCase = [number, number, number, number, number, number, number, number];
+/** The conv2d geometries (also tests/kernels/conv2d_test.ts's); the last two take the 1×1 matmul path. */
+export const CONV_CASES: readonly ConvCase[] = [
   [1, 1, 1, 1, 1, 1, 1, 0], // 1×1 GEMM, scalar path
   [2, 3, 7, 9, 5, 3, 1, 1],
   [3, 5, 13, 13, 17, 3, 2, 1],

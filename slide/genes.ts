@@ -5,6 +5,7 @@
  * @module
  */
 import { describeDuplicates, duplicates, type Spot } from "./datasets/types.ts";
+import { readNpy } from "./npy.ts";
 
 /**
  * `log1p(scale · count / total)` over all genes of one spot (scale 1e4, as scanpy's `normalize_total` +
@@ -157,4 +158,49 @@ export function gridNeighbours(spots: Spot[], opts: { grid?: "square" | "hex" } 
     }
     return out;
   });
+}
+
+/**
+ * Read a gene list — text with one name a line (blank lines ignored), or a `.npy` of strings (e.g.
+ * `her_hvg_cut_1000.npy`) — refusing a missing file, an empty list and names given twice. Errors name `what`
+ * (the option, e.g. `--target-genes`), the file and, for duplicates, their lines.
+ *
+ * @example
+ * ```ts ignore
+ * const genes = await readGeneList("target_genes.txt", "--target-genes"); // ["FASN", "ERBB2", …]
+ * ```
+ */
+export async function readGeneList(path: string, what = "gene list"): Promise<string[]> {
+  let names: string[], lineOf: (i: number) => number;
+  try {
+    if (path.toLowerCase().endsWith(".npy")) {
+      const a = await readNpy(path);
+      if (a.dtype !== "U") throw new Error(`a gene list must hold strings, current dtype is ${a.dtype}`);
+      names = (a.data as string[]).map((s) => s.trim());
+      lineOf = (i) => i;
+    } else {
+      const lines = (await Deno.readTextFile(path)).split(/\r?\n/).map((s, i) => [s.trim(), i + 1] as const)
+        .filter(([s]) => s !== "");
+      names = lines.map(([s]) => s);
+      lineOf = (i) => lines[i][1];
+    }
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "no such file"
+      : e instanceof Deno.errors.IsADirectory
+      ? "it is a folder"
+      : (e as Error).message;
+    throw new Error(`Cannot read ${what} ${path}: ${why}`);
+  }
+  if (names.length === 0) throw new Error(`Cannot use ${what} ${path}: it lists no genes (it is empty)`);
+  const dups = duplicates(names);
+  if (dups.length > 0) {
+    const where = path.toLowerCase().endsWith(".npy") ? "entries" : "lines";
+    throw new Error(
+      `Cannot use ${what} ${path}: it names ${dups.length} gene(s) more than once: ${
+        describeDuplicates(dups, (p) => `${where} ${p.map(lineOf).join(", ")}`)
+      }`,
+    );
+  }
+  return names;
 }

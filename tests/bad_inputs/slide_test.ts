@@ -358,3 +358,22 @@ test("a corrupt PNG (patch or slide) is reported with its cause, never a message
   });
   noBareColon(r2.stderr);
 });
+
+// ------------------------------------------------------------------------------- 11: gene lists
+
+test("a --target-genes list that names a gene twice, or none, is refused by predict-patches", async () => {
+  const { dir } = await setup();
+  const d = await folder("genes", {
+    "S_1_1.png": encodePng(150, 150, patchRgb()),
+    "dup.txt": "FASN\nERBB2\n\nFASN\n",
+    "empty.txt": "\n",
+  });
+  for (const [file, why] of [["dup.txt", "FASN (lines 1, 4)"], ["empty.txt", "lists no genes"]]) {
+    await expectRefused({
+      args: [...await predictPatchesArgs(d), "--target-genes", join(d, file)],
+      code: 1,
+      names: ["--target-genes", join(d, file), why],
+      watch: dir,
+    });
+  }
+});

@@ -11,6 +11,7 @@ import {
 } from "../../kernels/conv2d.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../kernels/reduce.ts";
+import { CONV_CASES, type ConvCase } from "../../kernels/selftest.ts";
 import {
   assertClose,
   assertEquals,
@@ -31,23 +32,10 @@ const TOL_TORCH = SHARED_TOL.conv2dTorch;
 const abs = (a: Float32Array) => a.map(Math.abs);
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
-// [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of the 4×4 register tile.
-type Case = [number, number, number, number, number, number, number, number];
-const CASES: Case[] = [
-  [1, 1, 1, 1, 1, 1, 1, 0], // 1×1 GEMM, scalar path
-  [2, 3, 7, 9, 5, 3, 1, 1],
-  [3, 5, 13, 13, 17, 3, 2, 1],
-  [2, 17, 9, 7, 3, 1, 1, 0], // 1×1 GEMM, scalar path (H·W = 63)
-  [3, 5, 4, 5, 6, 1, 1, 0], // 1×1 GEMM, vec4 path (H·W = 20)
-  [2, 5, 13, 9, 7, 1, 2, 0], // 1×1 stride-2 (ResNet downsample)
-  [1, 3, 13, 13, 5, 7, 2, 3], // ResNet conv1 geometry
-  [2, 3, 9, 13, 4, 7, 1, 3],
-  [1, 1, 1, 1, 3, 3, 1, 1], // the 1×1 input sees only the centre tap
-  [2, 5, 1, 7, 3, 3, 1, 1],
-  [1, 3, 9, 9, 2, 3, 2, 0], // (H − K) odd at stride 2: the last row gets no gradient
-  [1, 2, 1, 1, 3, 7, 2, 3], // taps entirely outside the input
-  [2, 3, 8, 8, 5, 3, 3, 1], // stride 3
-];
+// [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of any register tile, shared with
+// the self-test. Its last two (1×1, multiples of 4) are for the register path's matmul shortcut only.
+type Case = ConvCase;
+const CASES: readonly Case[] = CONV_CASES.slice(0, -2);
 
 function caseData(c: Case, seed: number) {
   const [n, cin, h, w, cout, k, stride, padding] = c;
@@ -334,7 +322,7 @@ gpuTest(
   async (e) => {
     const saved = structuredClone(conv2dTiles);
     // 1×1 stride-1 shapes with H·W, Cin and Cout multiples of 4 run through matmul unless matmul1x1 is off.
-    const cases: Case[] = [...CASES, [2, 8, 4, 6, 12, 1, 1, 0], [1, 4, 3, 4, 8, 1, 1, 0]];
+    const cases: readonly Case[] = CONV_CASES;
     try {
       for (
         const [reg, dwMinGroups, matmul1x1] of [[8, 1, true], [16, 1 << 20, false], [

@@ -10,18 +10,9 @@ import {
 } from "../../kernels/matmul.ts";
 import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 import type { Engine } from "../../mod.ts";
+import type { MmCase } from "../../kernels/selftest.ts";
 
-interface Case {
-  m: number;
-  k: number;
-  n: number;
-  tA?: boolean;
-  tB?: boolean;
-  batchA?: number[];
-  batchB?: number[];
-  bias?: boolean;
-  act?: Activation;
-}
+type Case = MmCase;
 
 async function check(e: Engine, c: Case, kernel?: MatmulConfig) {
   const aShape = [...(c.batchA ?? []), ...(c.tA ? [c.k, c.m] : [c.m, c.k])];
