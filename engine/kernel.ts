@@ -153,8 +153,89 @@ export function defineKernel<U extends Record<string, UniformType>>(decl: Kernel
   };
 }
 
+/** Values a variant parameter may take: they become part of the kernel's name and cache key. */
+export type VariantValue = string | number | boolean;
+/** Parameters of one kernel variant (tile sizes, vector width, flags…). */
+export type VariantParams = Record<string, VariantValue>;
+
 /**
- * Memoise kernel variants: `variant(key, make)` builds a kernel once per key (op kind, tile shape, rank…).
+ * A kernel family: one declaration, parameterised, built once per distinct parameter set. The cache key and
+ * the kernel's name are derived from the parameters (`family` + `_key-value` for each parameter, in
+ * declaration order of the object passed), so a variant is spelled once, in its parameters.
+ */
+export interface KernelFamily<P extends VariantParams, U extends Record<string, UniformType>> {
+  /** The kernel for these parameters (built on first use). */
+  (params: P): Kernel<U>;
+  /** The family name given to {@linkcode variants}. */
+  readonly family: string;
+  /** Name of the variant for `params`, e.g. `conv2d_fwd_tm8_tn8_vec4`. */
+  nameOf(params: P): string;
+  /** Variants built so far (for traces and the self-test). */
+  readonly built: ReadonlyMap<string, Kernel<U>>;
+}
+
+/** Name part of one parameter: `tm8`, `vec4` for `{ vec: 4 }`, `relu` for `{ relu: true }`, none for false. */
+function paramPart(k: string, v: VariantValue): string {
+  if (v === false || v === "" || v === "none") return "";
+  if (v === true) return k;
+  return `${k}${String(v).replace(/[^A-Za-z0-9]+/g, "")}`;
+}
+
+/**
+ * Declare a family of kernel variants. `make` receives the parameters and returns the declaration without
+ * its name; WGSL sources use `wgsl` from `wgsl-preprocessor` (`#if ${p.vec === 4}` … `#endif`) so that every
+ * variant lives in one source. Each parameter set is built once.
+ *
+ * @example
+ * ```ts
+ * const scale = variants("scale", (p: { vec: 1 | 4 }) => ({
+ *   bindings: [{ name: "x", access: "read", type: p.vec === 4 ? "vec4<f32>" : "f32" }],
+ *   uniforms: { n: "u32" },
+ *   workgroupSize: [64],
+ *   body: "@compute @workgroup_size(64) fn main() { _ = p.n; _ = x[0]; }",
+ * }));
+ * console.log(scale({ vec: 4 }).name); // "scale_vec4"
+ * ```
+ */
+export function variants<P extends VariantParams, U extends Record<string, UniformType>>(
+  family: string,
+  make: (params: P) => Omit<KernelDecl<U>, "name">,
+): KernelFamily<P, U> {
+  const built = new Map<string, Kernel<U>>();
+  const nameOf = (params: P) =>
+    [family, ...Object.entries(params).map(([k, v]) => paramPart(k, v))].filter((s) => s !== "").join("_");
+  const get = (params: P): Kernel<U> => {
+    const key = JSON.stringify(params);
+    let k = built.get(key);
+    if (!k) {
+      k = defineKernel({ ...make(params), name: nameOf(params) });
+      built.set(key, k);
+    }
+    return k;
+  };
+  return Object.assign(get, { family, nameOf, built });
+}
+
+/**
+ * A kernel without parameters, built on first use (so that importing a module compiles nothing).
+ *
+ * @example
+ * ```ts
+ * const noop = single("noop", () => ({ bindings: [], uniforms: {}, workgroupSize: [1],
+ *   body: "@compute @workgroup_size(1) fn main() {}" }));
+ * console.log(noop().name); // "noop"
+ * ```
+ */
+export function single<U extends Record<string, UniformType>>(
+  name: string,
+  make: () => Omit<KernelDecl<U>, "name">,
+): () => Kernel<U> {
+  const family = variants<Record<string, never>, U>(name, make);
+  return () => family({});
+}
+
+/**
+ * Memoise kernels by key. Superseded by {@linkcode variants}; kept while kernel files move over.
  *
  * @example
  * ```ts

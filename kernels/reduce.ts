@@ -10,7 +10,17 @@
  * @module
  */
 import { grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { type VariantParams, variants } from "../engine/kernel.ts";
+import {
+  kahanAdd,
+  LINEAR_ID,
+  linearEntry,
+  NEG_MAX,
+  treeReduce,
+  wgsl,
+  WORKGROUP_ID,
+  workgroupEntry,
+} from "./_wgsl.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { defineOp } from "../engine/autograd.ts";
 import { binary, broadcastTo } from "./elementwise.ts";
@@ -32,76 +42,73 @@ const ROW_CHUNK = 8192;
 /** Elements of R one thread reduces per column when inner > 1. */
 const COL_CHUNK = 512;
 
-const cache = kernelCache<Kernel>();
+/** Parameters of the reduction kernels: the combining operation. */
+interface ReduceParams extends VariantParams {
+  op: "sum" | "max";
+}
+const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
 
 // Rows (inner = 1): workgroup (o, c) reduces x[o, c·chunk .. (c+1)·chunk) into y[o, c].
-function rowKernel(max: boolean): Kernel {
-  const init = max ? "-3.402823e38" : "0.0";
-  return cache(`reduce_rows:${max}`, () =>
-    defineKernel({
-      name: `reduce_rows_${max ? "max" : "sum"}`,
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
+const rowKernel = variants("reduce_rows", (p: ReduceParams) => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
 var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-    @builtin(local_invocation_index) t: u32) {
-  let w = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= p.outer * p.parts) { return; }   // uniform per workgroup
   let o = w / p.parts;
   let c = w % p.parts;
   let start = c * p.chunk;
   let end = min(start + p.chunk, p.r);
   let base = o * p.r;
-  var acc = ${init};
+  var acc = ${INIT(p)};
   var comp = 0.0;
   for (var k = start + t; k < end; k += ${WG}u) {
     let v = x[base + k];
-    ${max ? "acc = max(acc, v);" : "let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;"}
+#if ${p.op === "max"}
+    acc = max(acc, v);
+#else
+    ${kahanAdd("acc", "comp", "v")}
+#endif
   }
   sh[t] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] = ${max ? "max(sh[t], sh[t + s])" : "sh[t] + sh[t + s]"}; }
-    workgroupBarrier();
-  }
+  ${treeReduce("sh", WG, (a, b) => (p.op === "max" ? `max(${a}, ${b})` : `${a} + ${b}`))}
   if (t == 0u) { y[w] = sh[0] * p.scale; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // Columns (inner > 1): thread (o, c, i) reduces x[o, c·chunk.., i] over its chunk into y[o, c, i].
-function colKernel(max: boolean): Kernel {
-  const init = max ? "-3.402823e38" : "0.0";
-  return cache(`reduce_cols:${max}`, () =>
-    defineKernel({
-      name: `reduce_cols_${max ? "max" : "sum"}`,
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let id = g.x + g.y * (nwg.x * WG_X);
-  if (id >= p.outer * p.parts * p.inner) { return; }
-  let i = id % p.inner;
-  let oc = id / p.inner;
+const colKernel = variants("reduce_cols", (p: ReduceParams) => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.outer * p.parts * p.inner) { return; }
+  let j = i % p.inner;
+  let oc = i / p.inner;
   let c = oc % p.parts;
   let o = oc / p.parts;
   let start = c * p.chunk;
   let end = min(start + p.chunk, p.r);
-  var acc = ${init};
+  var acc = ${INIT(p)};
   var comp = 0.0;
-  var idx = (o * p.r + start) * p.inner + i;
+  var idx = (o * p.r + start) * p.inner + j;
   for (var k = start; k < end; k++) {
     let v = x[idx];
     idx += p.inner;
-    ${max ? "acc = max(acc, v);" : "let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;"}
+#if ${p.op === "max"}
+    acc = max(acc, v);
+#else
+    ${kahanAdd("acc", "comp", "v")}
+#endif
   }
-  y[id] = acc * p.scale;
+  y[i] = acc * p.scale;
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 /** Normalise axes to sorted unique non-negative indices; throws a `RangeError` naming the op. */
 export function normAxes(op: string, rank: number, axes?: number | readonly number[]): number[] {
@@ -130,14 +137,14 @@ function reduceRun(x: Tensor, outer: number, r: number, inner: number, max: bool
     const last = parts === 1;
     const out = e.empty([outer * parts * inner], max ? "max" : "sum");
     if (rows) {
-      e.run(rowKernel(max), {
+      e.run(rowKernel({ op: max ? "max" : "sum" }), {
         bindings: [cur, out],
         uniforms: { outer, r: curR, chunk, parts, scale: last ? scale : 1 },
         workgroups: grid(outer * parts, 1),
         info: `[${outer},${curR}]→[${outer},${parts}]`,
       });
     } else {
-      e.run(colKernel(max), {
+      e.run(colKernel({ op: max ? "max" : "sum" }), {
         bindings: [cur, out],
         uniforms: { outer, r: curR, inner, chunk, parts, scale: last ? scale : 1 },
         workgroups: grid(outer * parts * inner, WG),

@@ -1,0 +1,61 @@
+/**
+ * WGSL snippets every kernel family shares, and the `wgsl` template tag (`wgsl-preprocessor`) through which
+ * one source declares all its variants with `#if ${cond}` / `#elif ${cond}` / `#else` / `#endif`.
+ *
+ * @example
+ * ```ts
+ * const body = wgsl`
+ * ${linearEntry(128)} {
+ *   ${LINEAR_ID}
+ *   if (i >= p.n) { return; }
+ * #if ${true}
+ *   y[i] = x[i];
+ * #endif
+ * }`;
+ * ```
+ * @module
+ */
+import { wgsl as preprocess } from "wgsl-preprocessor";
+
+/** Template tag: WGSL with `#if ${cond}` / `#elif ${cond}` / `#else` / `#endif` resolved at build time. */
+export const wgsl: (strings: TemplateStringsArray, ...values: unknown[]) => string = preprocess;
+
+/**
+ * Entry point of a kernel that runs one invocation per element over a 2-D grid of workgroups (the x count
+ * may be capped at 65 535); use with {@linkcode LINEAR_ID}.
+ */
+export const linearEntry = (wg: number) =>
+  `@compute @workgroup_size(${wg}) fn main(@builtin(global_invocation_id) g: vec3u,
+    @builtin(num_workgroups) nwg: vec3u)`;
+
+/** The element index `i` of this invocation under {@linkcode linearEntry}. */
+export const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
+
+/**
+ * Entry point of a kernel where each workgroup owns one unit of work (a row, a channel chunk) over a 2-D
+ * grid of workgroups; `t` is the invocation's index in the workgroup. Use with {@linkcode WORKGROUP_ID}.
+ */
+export const workgroupEntry = (wg: number) =>
+  `@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
+    @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) t: u32)`;
+
+/** The workgroup's linear index `w` under {@linkcode workgroupEntry}. */
+export const WORKGROUP_ID = "let w = wid.x + wid.y * nwg.x;";
+
+/** Compensated (Kahan) `acc += v` with the running compensation `comp` (both `var` f32). */
+export const kahanAdd = (acc: string, comp: string, v: string) =>
+  `{ let ky = (${v}) - ${comp}; let kt = ${acc} + ky; ${comp} = (kt - ${acc}) - ky; ${acc} = kt; }`;
+
+/**
+ * Tree reduction of the workgroup array `sh` (length `wg`, a power of two) with `combine(a, b)`; afterwards
+ * `sh[0]` holds the result. Every invocation must reach it (it has barriers).
+ */
+export const treeReduce = (sh: string, wg: number, combine: (a: string, b: string) => string) =>
+  `workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (t < s) { ${sh}[t] = ${combine(`${sh}[t]`, `${sh}[t + s]`)}; }
+    workgroupBarrier();
+  }`;
+
+/** WGSL literal of the most negative finite f32 (the identity of `max`). */
+export const NEG_MAX = "-3.402823e38";
