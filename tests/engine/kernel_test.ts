@@ -1,4 +1,5 @@
-import { assertEquals, assertStrictEquals } from "node:assert";
+import { strictEqual as assertStrictEquals } from "node:assert";
+import { assertEquals } from "../helpers.ts";
 import { single, variants } from "../../engine/kernel.ts";
 import { wgsl } from "../../kernels/_wgsl.ts";
 
