@@ -15,7 +15,7 @@
 import type { Engine } from "../engine/engine.ts";
 import { UsageError } from "./errors.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { mean } from "../kernels/reduce.ts";
+import { mean } from "../ops/reduce.ts";
 import type { HE2Gene } from "../model/mod.ts";
 import {
   centerBox,

@@ -17,13 +17,18 @@
  * use the same split. All outputs and gradients are new tensors (overwrite); nothing accumulates (`+=`),
  * except the running statistics, which are updated in place.
  *
+ * A batch larger than one storage binding runs as several runs of whole samples (kernels/_ranges.ts): each
+ * run writes its own columns of the partials, and the finalize pass merges them with each run's counts.
+ * The differentiable `batchNorm2d` (autograd) is in ops/batchnorm.ts.
+ *
  * @module
  */
 import { checkNCHW } from "./check.ts";
 import { grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { defineOp, isRecording, needsGrad } from "../engine/autograd.ts";
+import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
+import { bindElements, rowRuns } from "./_ranges.ts";
 
 /** Host-side state of one batch-norm layer: PyTorch's `num_batches_tracked`. */
 export interface BatchNormState {
@@ -31,7 +36,7 @@ export interface BatchNormState {
   numBatchesTracked: number;
 }
 
-/** Options of {@linkcode batchNorm2d}. */
+/** Options of {@linkcode batchNorm2dForward} (and of the differentiable `batchNorm2d` in ops/). */
 export interface BatchNorm2dOptions {
   /** γ, shape [C] (state_dict key `weight`). */
   weight: Tensor;
@@ -66,40 +71,43 @@ export interface BatchNorm2dInferenceOptions {
 const WG = 256;
 /** Values of one channel that one workgroup of the statistics passes reduces. */
 const CHUNK = 4096;
-const cache = kernelCache<Kernel>();
 
-// Workgroup id over a 2-D grid (C·P may exceed 65535 workgroups).
-const WG_ENTRY = `@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u,
-    @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) t: u32)`;
-const ENTRY = `@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
-    @builtin(num_workgroups) nwg: vec3u)`;
-const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
+// Every kernel over x sees one run of whole samples (kernels/_ranges.ts): x[off + j] is value j of the run,
+// so the channel of j is (j / HW) % C; a tensor that fits one binding is one run with off = 0.
 
-// x: (N, C, HW) → part: (C, P, 2) = (mean, M2) of values [q·chunk, (q+1)·chunk) of channel c, where
-// value k of a channel is x[k / HW, c, k % HW]. Workgroup w = c·P + q; each thread runs Welford over its
-// strided values, then the workgroup merges (n, mean, M2) triples pairwise.
-function statsKernel(): Kernel {
-  return cache("stats", () =>
-    defineKernel({
-      name: "batchnorm_stats",
-      bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
-      uniforms: { c: "u32", hw: "u32", m: "u32", chunk: "u32", parts: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
+// x: (n, C, HW) → part: (C, P, 2) = (mean, M2) of values [q·chunk, (q+1)·chunk) of channel c within the
+// run, where value k of a channel is x[off + ((k / HW)·C + c)·HW + k % HW]. Workgroup w = c·parts + q; each
+// thread runs Welford over its strided values, then the workgroup merges (n, mean, M2) triples pairwise.
+// The run's parts go to columns qbase.. of the (C, ptotal, 2) partials of all runs.
+const statsKernel = single("batchnorm_stats", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
+  uniforms: {
+    c: "u32",
+    hw: "u32",
+    m: "u32",
+    chunk: "u32",
+    parts: "u32",
+    off: "u32",
+    qbase: "u32",
+    ptotal: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
 var<workgroup> sn: array<f32, ${WG}>;
 var<workgroup> smean: array<f32, ${WG}>;
 var<workgroup> sm2: array<f32, ${WG}>;
-${WG_ENTRY} {
-  let w = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= p.c * p.parts) { return; }   // uniform per workgroup
   let ch = w / p.parts;
-  let start = (w % p.parts) * p.chunk;
+  let q = w % p.parts;
+  let start = q * p.chunk;
   let end = min(start + p.chunk, p.m);
   var n = 0.0;
   var mean = 0.0;
   var m2 = 0.0;
   for (var k = start + t; k < end; k += ${WG}u) {
-    let v = x[((k / p.hw) * p.c + ch) * p.hw + k % p.hw];
+    let v = x[p.off + ((k / p.hw) * p.c + ch) * p.hw + k % p.hw];
     n += 1.0;
     let d = v - mean;
     mean += d / n;
@@ -122,31 +130,37 @@ ${WG_ENTRY} {
     workgroupBarrier();
   }
   if (t == 0u) {
-    part[2u * w] = smean[0];
-    part[2u * w + 1u] = sm2[0];
+    let j = 2u * (ch * p.ptotal + p.qbase + q);
+    part[j] = smean[0];
+    part[j + 1u] = sm2[0];
   }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // part: (C, P, 2) → mean, rstd: (C); with `update`, running_mean / running_var (C) are blended in place:
-// r ← (1 − momentum)·r + momentum·batch, with the unbiased variance M2 / (M − 1).
-function finalizeKernel(update: boolean): Kernel {
-  const running = update
-    ? [{ name: "rmean", access: "read_write" }, { name: "rvar", access: "read_write" }] as const
-    : [];
-  return cache(`finalize:${update}`, () =>
-    defineKernel({
-      name: `batchnorm_finalize${update ? "_update" : ""}`,
-      bindings: [
-        { name: "part", access: "read" },
-        { name: "mean", access: "read_write" },
-        { name: "rstd", access: "read_write" },
-        ...running,
-      ],
-      uniforms: { c: "u32", m: "u32", chunk: "u32", parts: "u32", eps: "f32", momentum: "f32" },
-      workgroupSize: [64],
-      body: String.raw`
+// r ← (1 − momentum)·r + momentum·batch, with the unbiased variance M2 / (M − 1). Part q belongs to run
+// q / prun; every run but the last holds mrun values per channel (one run: prun = P, mrun = M).
+const finalizeKernel = variants("batchnorm_finalize", (p: { update: boolean }) => ({
+  bindings: [
+    { name: "part", access: "read" },
+    { name: "mean", access: "read_write" },
+    { name: "rstd", access: "read_write" },
+    ...(p.update
+      ? [{ name: "rmean", access: "read_write" }, { name: "rvar", access: "read_write" }] as const
+      : []),
+  ],
+  uniforms: {
+    c: "u32",
+    m: "u32",
+    chunk: "u32",
+    parts: "u32",
+    mrun: "u32",
+    prun: "u32",
+    eps: "f32",
+    momentum: "f32",
+  },
+  workgroupSize: [64],
+  body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
   let ch = g.x;
   if (ch >= p.c) { return; }
@@ -154,7 +168,8 @@ function finalizeKernel(update: boolean): Kernel {
   var mu = 0.0;
   var m2 = 0.0;
   for (var q = 0u; q < p.parts; q++) {
-    let nb = f32(min(p.chunk, p.m - q * p.chunk));
+    let mr = min(p.mrun, p.m - (q / p.prun) * p.mrun);
+    let nb = f32(min(p.chunk, mr - (q % p.prun) * p.chunk));
     let j = 2u * (ch * p.parts + q);
     let nn = n + nb;
     let d = part[j] - mu;
@@ -165,132 +180,125 @@ function finalizeKernel(update: boolean): Kernel {
   }
   mean[ch] = mu;
   rstd[ch] = 1.0 / sqrt(m2 / f32(p.m) + p.eps);
-  ${
-        update
-          ? `// NOTE: PyTorch's running_var is unbiased (M − 1); the normalisation above is not.
+#if ${p.update}
+  // NOTE: PyTorch's running_var is unbiased (M − 1); the normalisation above is not.
   rmean[ch] = (1.0 - p.momentum) * rmean[ch] + p.momentum * mu;
-  rvar[ch] = (1.0 - p.momentum) * rvar[ch] + p.momentum * (m2 / (f32(p.m) - 1.0));`
-          : ""
-      }
+  rvar[ch] = (1.0 - p.momentum) * rvar[ch] + p.momentum * (m2 / (f32(p.m) - 1.0));
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // running_mean, running_var: (C) → mean, rstd: (C) for eval mode.
-function runningStatsKernel(): Kernel {
-  return cache("running", () =>
-    defineKernel({
-      name: "batchnorm_running_stats",
-      bindings: [
-        { name: "rmean", access: "read" },
-        { name: "rvar", access: "read" },
-        { name: "mean", access: "read_write" },
-        { name: "rstd", access: "read_write" },
-      ],
-      uniforms: { c: "u32", eps: "f32" },
-      workgroupSize: [64],
-      body: String.raw`
+const runningStatsKernel = single("batchnorm_running_stats", () => ({
+  bindings: [
+    { name: "rmean", access: "read" },
+    { name: "rvar", access: "read" },
+    { name: "mean", access: "read_write" },
+    { name: "rstd", access: "read_write" },
+  ],
+  uniforms: { c: "u32", eps: "f32" },
+  workgroupSize: [64],
+  body: String.raw`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
   let ch = g.x;
   if (ch >= p.c) { return; }
   mean[ch] = rmean[ch];
   rstd[ch] = 1.0 / sqrt(rvar[ch] + p.eps);
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (N, C, HW).
-// With `fromVar` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path).
-function applyKernel(fromVar: boolean, relu: boolean): Kernel {
-  return cache(`apply:${fromVar}:${relu}`, () =>
-    defineKernel({
-      name: `batchnorm_apply${fromVar ? "_running" : ""}${relu ? "_relu" : ""}`,
-      bindings: [
-        { name: "x", access: "read" },
-        { name: "mean", access: "read" },
-        { name: fromVar ? "rvar" : "rstd", access: "read" },
-        { name: "gamma", access: "read" },
-        { name: "beta", access: "read" },
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements of one run.
+// With `running` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path).
+const applyKernel = variants("batchnorm_apply", (p: { running: boolean; relu: boolean }) => ({
+  bindings: [
+    { name: "x", access: "read" },
+    { name: "mean", access: "read" },
+    { name: p.running ? "rvar" : "rstd", access: "read" },
+    { name: "gamma", access: "read" },
+    { name: "beta", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   let ch = (i / p.hw) % p.c;
-  let inv = ${fromVar ? "1.0 / sqrt(rvar[ch] + p.eps)" : "rstd[ch]"};
-  let v = (x[i] - mean[ch]) * inv * gamma[ch] + beta[ch];
-  y[i] = ${relu ? "max(v, 0.0)" : "v"};
+#if ${p.running}
+  let inv = 1.0 / sqrt(rvar[ch] + p.eps);
+#else
+  let inv = rstd[ch];
+#endif
+  let v = (x[p.off + i] - mean[ch]) * inv * gamma[ch] + beta[ch];
+#if ${p.relu}
+  y[p.off + i] = max(v, 0.0);
+#else
+  y[p.off + i] = v;
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// dy, x: (N, C, HW) → part: (C, P, 2) = (Σ dy, Σ dy·x̂) over values [q·chunk, (q+1)·chunk) of channel c.
-function backwardSumsKernel(): Kernel {
-  return cache("bwd_sums", () =>
-    defineKernel({
-      name: "batchnorm_backward_sums",
-      bindings: [
-        { name: "dy", access: "read" },
-        { name: "x", access: "read" },
-        { name: "mean", access: "read" },
-        { name: "rstd", access: "read" },
-        { name: "part", access: "read_write" },
-      ],
-      uniforms: { c: "u32", hw: "u32", m: "u32", chunk: "u32", parts: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-var<workgroup> sdy: array<f32, ${WG}>;
-var<workgroup> sdyx: array<f32, ${WG}>;
-${WG_ENTRY} {
-  let w = wid.x + wid.y * nwg.x;
+// dy, x: (n, C, HW) → part: (C, P, 2) = (Σ dy, Σ dy·x̂) over values [q·chunk, (q+1)·chunk) of channel c
+// within the run (indexed as in batchnorm_stats), into columns qbase.. of the partials of all runs.
+const backwardSumsKernel = single("batchnorm_backward_sums", () => ({
+  bindings: [
+    { name: "dy", access: "read" },
+    { name: "x", access: "read" },
+    { name: "mean", access: "read" },
+    { name: "rstd", access: "read" },
+    { name: "part", access: "read_write" },
+  ],
+  uniforms: {
+    c: "u32",
+    hw: "u32",
+    m: "u32",
+    chunk: "u32",
+    parts: "u32",
+    off: "u32",
+    qbase: "u32",
+    ptotal: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+var<workgroup> sh: array<vec2f, ${WG}>;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= p.c * p.parts) { return; }   // uniform per workgroup
   let ch = w / p.parts;
-  let start = (w % p.parts) * p.chunk;
+  let q = w % p.parts;
+  let start = q * p.chunk;
   let end = min(start + p.chunk, p.m);
   let mu = mean[ch];
   let r = rstd[ch];
   var a = 0.0;
   var b = 0.0;
   for (var k = start + t; k < end; k += ${WG}u) {
-    let j = ((k / p.hw) * p.c + ch) * p.hw + k % p.hw;
+    let j = p.off + ((k / p.hw) * p.c + ch) * p.hw + k % p.hw;
     let g = dy[j];
     a += g;
     b += g * (x[j] - mu) * r;
   }
-  sdy[t] = a;
-  sdyx[t] = b;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      sdy[t] += sdy[t + s];
-      sdyx[t] += sdyx[t + s];
-    }
-    workgroupBarrier();
-  }
+  sh[t] = vec2f(a, b);
+  ${treeReduce("sh", WG, (u, v) => `${u} + ${v}`)}
   if (t == 0u) {
-    part[2u * w] = sdy[0];
-    part[2u * w + 1u] = sdyx[0];
+    let j = 2u * (ch * p.ptotal + p.qbase + q);
+    part[j] = sh[0].x;
+    part[j + 1u] = sh[0].y;
   }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // part: (C, P, 2) → dbias = Σ dy, dweight = Σ dy·x̂: (C). Compensated across parts.
-function backwardFinalizeKernel(): Kernel {
-  return cache("bwd_finalize", () =>
-    defineKernel({
-      name: "batchnorm_backward_finalize",
-      bindings: [
-        { name: "part", access: "read" },
-        { name: "dweight", access: "read_write" },
-        { name: "dbias", access: "read_write" },
-      ],
-      uniforms: { c: "u32", parts: "u32" },
-      workgroupSize: [64],
-      body: String.raw`
+const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
+  bindings: [
+    { name: "part", access: "read" },
+    { name: "dweight", access: "read_write" },
+    { name: "dbias", access: "read_write" },
+  ],
+  uniforms: { c: "u32", parts: "u32" },
+  workgroupSize: [64],
+  body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
   let ch = g.x;
   if (ch >= p.c) { return; }
@@ -298,49 +306,42 @@ function backwardFinalizeKernel(): Kernel {
   var comp = vec2f(0.0);
   for (var q = 0u; q < p.parts; q++) {
     let j = 2u * (ch * p.parts + q);
-    let y = vec2f(part[j], part[j + 1u]) - comp;
-    let s = a + y;
-    comp = (s - a) - y;
-    a = s;
+    ${kahanAdd("a", "comp", "vec2f(part[j], part[j + 1u])")}
   }
   dbias[ch] = a.x;
   dweight[ch] = a.y;
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// dx: (N, C, HW). Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: dx = γ·rstd·dy.
-function backwardInputKernel(training: boolean): Kernel {
-  return cache(`bwd_dx:${training}`, () =>
-    defineKernel({
-      name: `batchnorm_backward_input${training ? "" : "_eval"}`,
-      bindings: [
-        { name: "dy", access: "read" },
-        { name: "x", access: "read" },
-        { name: "mean", access: "read" },
-        { name: "rstd", access: "read" },
-        { name: "gamma", access: "read" },
-        { name: "dweight", access: "read" },
-        { name: "dbias", access: "read" },
-        { name: "dx", access: "read_write" },
-      ],
-      uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// dx: (n, C, HW), n elements of one run. Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
+const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boolean }) => ({
+  bindings: [
+    { name: "dy", access: "read" },
+    { name: "x", access: "read" },
+    { name: "mean", access: "read" },
+    { name: "rstd", access: "read" },
+    { name: "gamma", access: "read" },
+    { name: "dweight", access: "read" },
+    { name: "dbias", access: "read" },
+    { name: "dx", access: "read_write" },
+  ],
+  uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   let ch = (i / p.hw) % p.c;
   let r = rstd[ch];
-  ${
-        training
-          ? `let xhat = (x[i] - mean[ch]) * r;
-  dx[i] = gamma[ch] * r * (dy[i] - (dbias[ch] + xhat * dweight[ch]) / f32(p.m));`
-          : `dx[i] = gamma[ch] * r * dy[i];`
-      }
+  let j = p.off + i;
+#if ${p.eval}
+  dx[j] = gamma[ch] * r * dy[j];
+#else
+  let xhat = (x[j] - mean[ch]) * r;
+  dx[j] = gamma[ch] * r * (dy[j] - (dbias[ch] + xhat * dweight[ch]) / f32(p.m));
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // ---------------------------------------------------------------- launchers
 
@@ -370,8 +371,29 @@ export interface BatchNorm2dForward {
 }
 
 /**
+ * Runs of whole samples that fit one storage binding, and the per-channel partials of the statistics
+ * passes: run r writes `parts[r]` columns from `qbase[r]`; every run but the last holds `mrun` values per
+ * channel in `prun` parts.
+ */
+function sampleRuns(op: string, x: Tensor) {
+  const [n, c, h, w] = x.shape;
+  const hw = h * w;
+  const runs = rowRuns(x.engine, op, n, [c * hw], "sample").map((r) => {
+    const m = r.count * hw;
+    return { ...r, m, parts: Math.ceil(m / CHUNK), qbase: 0 };
+  });
+  let q = 0;
+  for (const r of runs) {
+    r.qbase = q;
+    q += r.parts;
+  }
+  return { runs, sample: c * hw, mrun: runs[0].m, prun: runs[0].parts, ptotal: q };
+}
+
+/**
  * Batch-norm forward without autograd: returns the output with the saved `mean` and `rstd`. In training
  * mode the running statistics (when given) are updated in place and `state.numBatchesTracked` counts up.
+ * A batch larger than one storage binding runs as several runs of whole samples.
  *
  * @example
  * ```ts
@@ -394,40 +416,43 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
   const hw = h * w;
   const m = n * hw;
   const e = x.engine;
+  if (training && m <= 1) {
+    throw new RangeError(
+      `Cannot ${op} in training mode: expected more than 1 value per channel, current value is ` +
+        `input shape [${x.shape}] (${m} per channel)`,
+    );
+  }
+  const { runs, sample, mrun, prun, ptotal } = sampleRuns(op, x);
   const mean = e.empty([c], "batchnorm mean");
   const rstd = e.empty([c], "batchnorm rstd");
   if (training) {
-    if (m <= 1) {
-      mean.dispose();
-      rstd.dispose();
-      throw new RangeError(
-        `Cannot ${op} in training mode: expected more than 1 value per channel, current value is ` +
-          `input shape [${x.shape}] (${m} per channel)`,
-      );
-    }
     let momentum = options.momentum === undefined ? 0.1 : options.momentum;
     if (hasRunning) {
       if (state) state.numBatchesTracked += 1;
       if (momentum === null) {
         if (!state) {
+          mean.dispose();
+          rstd.dispose();
           throw new TypeError(`Cannot ${op} with momentum null (cumulative average): a state is required`);
         }
         momentum = 1 / state.numBatchesTracked;
       }
     }
-    const parts = Math.ceil(m / CHUNK);
-    const part = e.empty([c, parts, 2], "batchnorm partials");
-    e.run(statsKernel(), {
-      bindings: [x, part],
-      uniforms: { c, hw, m, chunk: CHUNK, parts },
-      workgroups: grid(c * parts, 1),
-      info: `[${x.shape}]→[${c},${parts},2]`,
-    });
-    e.run(finalizeKernel(hasRunning), {
+    const part = e.empty([c, ptotal, 2], "batchnorm partials");
+    for (const r of runs) {
+      const { binding, off } = bindElements(x, r.start * sample, r.count * sample);
+      e.run(statsKernel(), {
+        bindings: [binding, part],
+        uniforms: { c, hw, m: r.m, chunk: CHUNK, parts: r.parts, off, qbase: r.qbase, ptotal },
+        workgroups: grid(c * r.parts, 1),
+        info: `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`,
+      });
+    }
+    e.run(finalizeKernel({ update: hasRunning }), {
       bindings: hasRunning ? [part, mean, rstd, runningMean!, runningVar!] : [part, mean, rstd],
-      uniforms: { c, m, chunk: CHUNK, parts, eps, momentum: momentum ?? 0 },
+      uniforms: { c, m, chunk: CHUNK, parts: ptotal, mrun, prun, eps, momentum: momentum ?? 0 },
       workgroups: grid(c, 64),
-      info: `[${c},${parts},2]→[${c}]`,
+      info: `[${c},${ptotal},2]→[${c}]`,
     });
     part.dispose();
   } else if (c > 0) {
@@ -439,12 +464,15 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
     });
   }
   const y = e.empty(x.shape, "batchnorm");
-  if (x.size > 0) {
-    e.run(applyKernel(false, false), {
-      bindings: [x, mean, rstd, weight, bias, y],
-      uniforms: { n: x.size, c, hw, eps },
-      workgroups: grid(x.size, WG),
-      info: `[${x.shape}]`,
+  for (const r of runs) {
+    const size = r.count * sample;
+    if (size === 0) continue;
+    const bx = bindElements(x, r.start * sample, size);
+    e.run(applyKernel({ running: false, relu: false }), {
+      bindings: [bx.binding, mean, rstd, weight, bias, bindElements(y, r.start * sample, size).binding],
+      uniforms: { n: size, c, hw, eps, off: bx.off },
+      workgroups: grid(size, WG),
+      info: `[${x.shape}] n ${r.start}+${r.count}`,
     });
   }
   return { y, mean, rstd };
@@ -462,7 +490,7 @@ export interface BatchNorm2dGrads {
 
 /**
  * Batch-norm backward from the statistics saved by {@linkcode batchNorm2dForward}. All three gradients are
- * new tensors.
+ * new tensors. A batch larger than one storage binding runs as several runs of whole samples.
  *
  * @example
  * ```ts
@@ -482,78 +510,55 @@ export function batchNorm2dBackward(
   const hw = h * w;
   const m = n * hw;
   const e = x.engine;
+  const { runs, sample, ptotal } = sampleRuns(op, x);
   const dweight = e.zeros([c], "batchnorm dweight");
   const dbias = e.zeros([c], "batchnorm dbias");
   const dx = e.empty(x.shape, "batchnorm dx");
   if (m === 0) return { dx, dweight, dbias };
-  const parts = Math.ceil(m / CHUNK);
-  const part = e.empty([c, parts, 2], "batchnorm backward partials");
-  e.run(backwardSumsKernel(), {
-    bindings: [dy, x, saved.mean, saved.rstd, part],
-    uniforms: { c, hw, m, chunk: CHUNK, parts },
-    workgroups: grid(c * parts, 1),
-    info: `[${x.shape}]→[${c},${parts},2]`,
-  });
+  const part = e.empty([c, ptotal, 2], "batchnorm backward partials");
+  for (const r of runs) {
+    const bx = bindElements(x, r.start * sample, r.count * sample);
+    const bdy = bindElements(dy, r.start * sample, r.count * sample);
+    e.run(backwardSumsKernel(), {
+      bindings: [bdy.binding, bx.binding, saved.mean, saved.rstd, part],
+      uniforms: { c, hw, m: r.m, chunk: CHUNK, parts: r.parts, off: bx.off, qbase: r.qbase, ptotal },
+      workgroups: grid(c * r.parts, 1),
+      info: `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`,
+    });
+  }
   e.run(backwardFinalizeKernel(), {
     bindings: [part, dweight, dbias],
-    uniforms: { c, parts },
+    uniforms: { c, parts: ptotal },
     workgroups: grid(c, 64),
-    info: `[${c},${parts},2]→[${c}]`,
+    info: `[${c},${ptotal},2]→[${c}]`,
   });
   part.dispose();
-  e.run(backwardInputKernel(saved.training), {
-    bindings: [dy, x, saved.mean, saved.rstd, saved.weight, dweight, dbias, dx],
-    uniforms: { n: x.size, c, hw, m },
-    workgroups: grid(x.size, WG),
-    info: `[${x.shape}]`,
-  });
+  for (const r of runs) {
+    const size = r.count * sample;
+    if (size === 0) continue;
+    const bx = bindElements(x, r.start * sample, size);
+    e.run(backwardInputKernel({ eval: !saved.training }), {
+      bindings: [
+        bindElements(dy, r.start * sample, size).binding,
+        bx.binding,
+        saved.mean,
+        saved.rstd,
+        saved.weight,
+        dweight,
+        dbias,
+        bindElements(dx, r.start * sample, size).binding,
+      ],
+      uniforms: { n: size, c, hw, m, off: bx.off },
+      workgroups: grid(size, WG),
+      info: `[${x.shape}] n ${r.start}+${r.count}`,
+    });
+  }
   return { dx, dweight, dbias };
 }
 
-type BnOptions = Omit<BatchNorm2dOptions, "weight" | "bias">;
-
-const batchNormOp = defineOp<[Tensor, Tensor, Tensor], BnOptions, { mean: Tensor; rstd: Tensor }>({
-  name: "batchNorm2d",
-  forward: ([x, weight, bias], o) => {
-    const { y, mean, rstd } = batchNorm2dForward(x, { ...o, weight, bias });
-    // The tape keeps its own references to what it saves; nothing to keep when nothing is recorded.
-    if (!(isRecording() && [x, weight, bias].some(needsGrad))) {
-      mean.dispose();
-      rstd.dispose();
-    }
-    return { output: y, saved: { mean, rstd } };
-  },
-  backward: (gy, { mean, rstd }, [x, weight], o) => {
-    const { dx, dweight, dbias } = batchNorm2dBackward(gy, x, {
-      weight,
-      mean,
-      rstd,
-      training: o.training ?? false,
-    });
-    return [dx, dweight, dbias];
-  },
-});
-
 /**
- * `torch.nn.functional.batch_norm` for (N, C, H, W) inputs; differentiable in `x`, `weight` and `bias`.
- * In training mode the batch statistics normalise and the running statistics (when given) are updated in
- * place with `momentum`, using the unbiased variance; a channel with a single value throws a `RangeError`
- * as PyTorch does. The saved statistics belong to the current scope (and the tape keeps its own copy).
- *
- * @example
- * ```ts
- * const state = { numBatchesTracked: 0 };
- * const y = batchNorm2d(x, { weight, bias, runningMean, runningVar, training: true, state });
- * const z = batchNorm2d(x, { weight, bias, runningMean, runningVar }); // eval mode
- * ```
- */
-export function batchNorm2d(x: Tensor, options: BatchNorm2dOptions): Tensor {
-  const { weight, bias, ...rest } = options;
-  return batchNormOp([x, weight, bias], rest);
-}
-
-/**
- * Eval-mode batch norm in one dispatch, optionally fused with ReLU; no autograd, no saved statistics.
+ * Eval-mode batch norm in one dispatch (one per run of samples when the batch exceeds one storage
+ * binding), optionally fused with ReLU; no autograd, no saved statistics.
  *
  * @example
  * ```ts
@@ -569,13 +574,25 @@ export function batchNorm2dInference(x: Tensor, options: BatchNorm2dInferenceOpt
   checkChannels(op, x, "runningMean", runningMean);
   checkChannels(op, x, "runningVar", runningVar);
   const e = x.engine;
-  const y = e.empty(x.shape, options.relu ? "batchnorm_relu" : "batchnorm");
-  if (x.size > 0) {
-    e.run(applyKernel(true, options.relu ?? false), {
-      bindings: [x, runningMean, runningVar, weight, bias, y],
-      uniforms: { n: x.size, c, hw: h * w, eps: options.eps ?? 1e-5 },
-      workgroups: grid(x.size, WG),
-      info: `[${x.shape}]`,
+  const relu = options.relu ?? false;
+  const y = e.empty(x.shape, relu ? "batchnorm_relu" : "batchnorm");
+  const { runs, sample } = sampleRuns(op, x);
+  for (const r of runs) {
+    const size = r.count * sample;
+    if (size === 0) continue;
+    const bx = bindElements(x, r.start * sample, size);
+    e.run(applyKernel({ running: true, relu }), {
+      bindings: [
+        bx.binding,
+        runningMean,
+        runningVar,
+        weight,
+        bias,
+        bindElements(y, r.start * sample, size).binding,
+      ],
+      uniforms: { n: size, c, hw: h * w, eps: options.eps ?? 1e-5, off: bx.off },
+      workgroups: grid(size, WG),
+      info: `[${x.shape}] n ${r.start}+${r.count}`,
     });
   }
   return y;

@@ -5,19 +5,13 @@
  */
 import { Tensor } from "../engine/tensor.ts";
 
-/** Check an NCHW input that must fit one storage binding; returns [N, C, H, W]. Errors name the op. */
+/** Check an NCHW input; returns [N, C, H, W]. Errors name the op. */
 export function checkNCHW(op: string, x: Tensor): [number, number, number, number] {
   if (!(x instanceof Tensor)) {
     throw new TypeError(`Cannot ${op}: expected a Tensor, current value is ${typeof x}`);
   }
   if (x.rank !== 4) {
     throw new RangeError(`Cannot ${op}: expected input of shape [N, C, H, W], current value is [${x.shape}]`);
-  }
-  if (x.bytes > x.engine.maxBinding) {
-    throw new RangeError(
-      `Cannot ${op} input of shape [${x.shape}]: ${x.bytes} bytes exceed one storage binding ` +
-        `(${x.engine.maxBinding}); use a smaller batch`,
-    );
   }
   const [n, c, h, w] = x.shape;
   return [n, c, h, w];

@@ -9,17 +9,20 @@
  * position sums dy over the windows that contain it and whose argmax it is, so overlapping windows need
  * no float atomics. Global average backward broadcasts dy / (H·W).
  *
- * All outputs and gradients are new tensors (overwrite); nothing accumulates.
+ * All outputs and gradients are new tensors (overwrite); nothing accumulates. Tensors larger than one
+ * storage binding run as several runs of whole planes (kernels/_ranges.ts). The differentiable
+ * `maxPool2d` and `globalAvgPool2d` (autograd) are in ops/pool.ts.
  *
  * @module
  */
 import { checkNCHW } from "./check.ts";
 import { grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single, variants } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { defineOp, isRecording, needsGrad } from "../engine/autograd.ts";
+import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
+import { bindElements, rowRuns } from "./_ranges.ts";
 
-/** Options of {@linkcode maxPool2d}: a number means the same value for height and width. */
+/** Options of {@linkcode maxPool2dForward} (and `maxPool2d` in ops/): a number means the same value for height and width. */
 export interface MaxPool2dOptions {
   kernelSize: number | readonly [number, number];
   /** Default: `kernelSize`. */
@@ -28,7 +31,7 @@ export interface MaxPool2dOptions {
   padding?: number | readonly [number, number];
 }
 
-/** Options of {@linkcode globalAvgPool2d}. */
+/** Options of {@linkcode globalAvgPool2dForward} (and `globalAvgPool2d` in ops/). */
 export interface GlobalAvgPool2dOptions {
   /** Return [N, C, 1, 1] instead of [N, C] (default false). */
   keepDims?: boolean;
@@ -48,10 +51,6 @@ export interface PoolGeometry {
 }
 
 const WG = 256;
-const cache = kernelCache<Kernel>();
-const ENTRY = `@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
-    @builtin(num_workgroups) nwg: vec3u)`;
-const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
 
 const GEOMETRY = {
   h: "u32",
@@ -66,22 +65,22 @@ const GEOMETRY = {
   pw: "u32",
 } as const;
 
-// x: (N·C, H, W) → y: (N·C, Ho, Wo) and, with `indices`, idx: (N·C, Ho, Wo) = f32(argmax h·W + w).
+// Every kernel sees one run of whole planes (kernels/_ranges.ts): input plane j of the run starts at
+// x[xoff + j·H·W], output plane j at y[yoff + j·Ho·Wo]; a tensor that fits one binding is one run, offsets 0.
+
+// x: (planes, H, W) → y: (planes, Ho, Wo) and, with `indices`, idx: (planes, Ho, Wo) = f32(argmax h·W + w).
 // One thread per output. Windows are clipped to the input (−∞ padding); every window holds an input
 // value because padding ≤ kernel / 2.
-function maxForwardKernel(indices: boolean): Kernel {
-  return cache(`max:${indices}`, () =>
-    defineKernel({
-      name: `maxpool2d${indices ? "_indices" : ""}`,
-      bindings: [
-        { name: "x", access: "read" },
-        { name: "y", access: "read_write" },
-        ...(indices ? [{ name: "idx", access: "read_write" } as const] : []),
-      ],
-      uniforms: { n: "u32", ...GEOMETRY },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+const maxForwardKernel = variants("maxpool2d", (p: { indices: boolean }) => ({
+  bindings: [
+    { name: "x", access: "read" },
+    { name: "y", access: "read_write" },
+    ...(p.indices ? [{ name: "idx", access: "read_write" } as const] : []),
+  ],
+  uniforms: { n: "u32", ...GEOMETRY, xoff: "u32", yoff: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   let ow = i % p.wo;
@@ -93,7 +92,7 @@ ${ENTRY} {
   let w1 = u32(min(w0 + i32(p.kw), i32(p.w)));
   let hs = u32(max(h0, 0));
   let ws = u32(max(w0, 0));
-  let base = plane * p.h * p.w;
+  let base = p.xoff + plane * p.h * p.w;
   var arg = hs * p.w + ws;
   var best = x[base + arg];
   for (var hh = hs; hh < h1; hh++) {
@@ -106,32 +105,30 @@ ${ENTRY} {
       }
     }
   }
-  y[i] = best;
-  ${indices ? "idx[i] = f32(arg);" : ""}
+  y[p.yoff + i] = best;
+#if ${p.indices}
+  idx[p.yoff + i] = f32(arg);
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// dy, idx: (N·C, Ho, Wo) → dx: (N·C, H, W). One thread per input position (h, w); it visits the windows
-// that contain it, oh ∈ [⌈(h + ph − kh + 1) / sh⌉, ⌊(h + ph) / sh⌋] ∩ [0, Ho) (likewise ow), in output
-// order, and sums dy where the window's argmax is (h, w).
-function maxBackwardKernel(): Kernel {
-  return cache("max_bwd", () =>
-    defineKernel({
-      name: "maxpool2d_backward",
-      bindings: [
-        { name: "dy", access: "read" },
-        { name: "idx", access: "read" },
-        { name: "dx", access: "read_write" },
-      ],
-      uniforms: { n: "u32", ...GEOMETRY },
-      workgroupSize: [WG],
-      body: String.raw`
+// dy, idx: (planes, Ho, Wo) → dx: (planes, H, W). One thread per input position (h, w); it visits the
+// windows that contain it, oh ∈ [⌈(h + ph − kh + 1) / sh⌉, ⌊(h + ph) / sh⌋] ∩ [0, Ho) (likewise ow), in
+// output order, and sums dy where the window's argmax is (h, w).
+const maxBackwardKernel = single("maxpool2d_backward", () => ({
+  bindings: [
+    { name: "dy", access: "read" },
+    { name: "idx", access: "read" },
+    { name: "dx", access: "read_write" },
+  ],
+  uniforms: { n: "u32", ...GEOMETRY, xoff: "u32", yoff: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
 fn first_window(pos: u32, pad: u32, k: u32, s: u32) -> u32 {
   let a = i32(pos + pad) - i32(k) + 1;
   return select(0u, (u32(a) + s - 1u) / s, a > 0);
 }
-${ENTRY} {
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   let xw = i % p.w;
@@ -145,65 +142,51 @@ ${ENTRY} {
   var acc = 0.0;
   for (var oh = oh0; oh < oh1; oh++) {
     for (var ow = ow0; ow < ow1; ow++) {
-      let o = (plane * p.ho + oh) * p.wo + ow;
+      let o = p.yoff + (plane * p.ho + oh) * p.wo + ow;
       if (u32(idx[o]) == me) { acc += dy[o]; }
     }
   }
-  dx[i] = acc;
+  dx[p.xoff + i] = acc;
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// x: (R, L) → y: (R) = mean over L, one workgroup of 64 per row: strided compensated sums, then a tree.
-function avgForwardKernel(): Kernel {
-  return cache("avg", () =>
-    defineKernel({
-      name: "global_avgpool2d",
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { rows: "u32", len: "u32", scale: "f32" },
-      workgroupSize: [64],
-      body: String.raw`
-var<workgroup> sh: array<f32, 64>;
-@compute @workgroup_size(64) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-    @builtin(local_invocation_index) t: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= p.rows) { return; }   // uniform per workgroup
-  let base = row * p.len;
+const AVG_WG = 64;
+
+// x: (rows, L) → y: (rows) = mean over L, one workgroup of 64 per row: strided compensated sums, then a
+// tree.
+const avgForwardKernel = single("global_avgpool2d", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { rows: "u32", len: "u32", scale: "f32", xoff: "u32", yoff: "u32" },
+  workgroupSize: [AVG_WG],
+  body: wgsl`
+var<workgroup> sh: array<f32, ${AVG_WG}>;
+${workgroupEntry(AVG_WG)} {
+  ${WORKGROUP_ID}
+  if (w >= p.rows) { return; }   // uniform per workgroup
+  let base = p.xoff + w * p.len;
   var acc = 0.0;
   var comp = 0.0;
-  for (var k = t; k < p.len; k += 64u) {
-    let yk = x[base + k] - comp;
-    let tk = acc + yk;
-    comp = (tk - acc) - yk;
-    acc = tk;
+  for (var k = t; k < p.len; k += ${AVG_WG}u) {
+    ${kahanAdd("acc", "comp", "x[base + k]")}
   }
   sh[t] = acc;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] += sh[t + s]; }
-    workgroupBarrier();
-  }
-  if (t == 0u) { y[row] = sh[0] * p.scale; }
+  ${treeReduce("sh", AVG_WG, (a, b) => `${a} + ${b}`)}
+  if (t == 0u) { y[p.yoff + w] = sh[0] * p.scale; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// dy: (R) → dx: (R, L) = dy / L.
-function avgBackwardKernel(): Kernel {
-  return cache("avg_bwd", () =>
-    defineKernel({
-      name: "global_avgpool2d_backward",
-      bindings: [{ name: "dy", access: "read" }, { name: "dx", access: "read_write" }],
-      uniforms: { n: "u32", len: "u32", scale: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// dy: (rows) → dx: (rows, L) = dy / L.
+const avgBackwardKernel = single("global_avgpool2d_backward", () => ({
+  bindings: [{ name: "dy", access: "read" }, { name: "dx", access: "read_write" }],
+  uniforms: { n: "u32", len: "u32", scale: "f32", xoff: "u32", yoff: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-  dx[i] = dy[i / p.len] * p.scale;
+  dx[p.xoff + i] = dy[p.yoff + i / p.len] * p.scale;
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // ---------------------------------------------------------------- launchers
 
@@ -254,7 +237,8 @@ export function maxPool2dGeometry(h: number, w: number, options: MaxPool2dOption
 
 /**
  * Max-pool forward without autograd. With `indices` it also returns the argmax of each window (index in
- * the input plane, h·W + w, as f32) for {@linkcode maxPool2dBackward}.
+ * the input plane, h·W + w, as f32) for {@linkcode maxPool2dBackward}. Tensors larger than one storage
+ * binding run as several runs of whole planes.
  *
  * @example
  * ```ts
@@ -266,18 +250,29 @@ export function maxPool2dForward(
   options: MaxPool2dOptions,
   indices = false,
 ): { y: Tensor; indices: Tensor | null } {
-  const [n, c, h, w] = checkInput("maxPool2d", x);
+  const op = "maxPool2d";
+  const [n, c, h, w] = checkInput(op, x);
   const geo = maxPool2dGeometry(h, w, options);
   const e = x.engine;
   const shape = [n, c, geo.ho, geo.wo];
+  const inPlane = h * w, outPlane = geo.ho * geo.wo;
+  const runs = rowRuns(e, op, n * c, [inPlane, outPlane], "plane");
   const y = e.empty(shape, "maxpool2d");
   const idx = indices ? e.empty(shape, "maxpool2d indices") : null;
-  if (y.size > 0) {
-    e.run(maxForwardKernel(indices), {
-      bindings: idx ? [x, y, idx] : [x, y],
-      uniforms: { n: y.size, h, w, ...geo },
-      workgroups: grid(y.size, WG),
-      info: `[${x.shape}]→[${shape}] k${geo.kh}x${geo.kw} s${geo.sh}x${geo.sw} p${geo.ph}x${geo.pw}`,
+  for (const r of runs) {
+    const size = r.count * outPlane;
+    if (size === 0) continue;
+    const bx = bindElements(x, r.start * inPlane, r.count * inPlane);
+    const by = bindElements(y, r.start * outPlane, size);
+    e.run(maxForwardKernel({ indices }), {
+      bindings: idx ? [bx.binding, by.binding, bindElements(idx, r.start * outPlane, size).binding] : [
+        bx.binding,
+        by.binding,
+      ],
+      uniforms: { n: size, h, w, ...geo, xoff: bx.off, yoff: by.off },
+      workgroups: grid(size, WG),
+      info: `[${x.shape}]→[${shape}] k${geo.kh}x${geo.kw} s${geo.sh}x${geo.sw} p${geo.ph}x${geo.pw}` +
+        (runs.length > 1 ? ` planes ${r.start}+${r.count}` : ""),
     });
   }
   return { y, indices: idx };
@@ -306,39 +301,26 @@ export function maxPool2dBackward(
     );
   }
   const e = dy.engine;
+  const inPlane = h * w, outPlane = geo.ho * geo.wo;
+  const runs = rowRuns(e, "maxPool2d backward", n * c, [inPlane, outPlane], "plane");
   const dx = e.empty(xShape, "maxpool2d dx");
-  if (dx.size > 0) {
+  for (const r of runs) {
+    const size = r.count * inPlane;
+    if (size === 0) continue;
+    const bdy = bindElements(dy, r.start * outPlane, r.count * outPlane);
+    const bdx = bindElements(dx, r.start * inPlane, size);
     e.run(maxBackwardKernel(), {
-      bindings: [dy, indices, dx],
-      uniforms: { n: dx.size, h, w, ...geo },
-      workgroups: grid(dx.size, WG),
-      info: `[${dy.shape}]→[${xShape}]`,
+      bindings: [
+        bdy.binding,
+        bindElements(indices, r.start * outPlane, r.count * outPlane).binding,
+        bdx.binding,
+      ],
+      uniforms: { n: size, h, w, ...geo, xoff: bdx.off, yoff: bdy.off },
+      workgroups: grid(size, WG),
+      info: `[${dy.shape}]→[${xShape}]` + (runs.length > 1 ? ` planes ${r.start}+${r.count}` : ""),
     });
   }
   return dx;
-}
-
-const maxPoolOp = defineOp<[Tensor], MaxPool2dOptions, Tensor | null>({
-  name: "maxPool2d",
-  forward: ([x], o) => {
-    // Indices are only computed (and kept) when the op will be recorded.
-    const { y, indices } = maxPool2dForward(x, o, isRecording() && needsGrad(x));
-    return { output: y, saved: indices };
-  },
-  backward: (gy, indices, [x], o) => [maxPool2dBackward(gy, indices!, x.shape, o)],
-});
-
-/**
- * `torch.nn.functional.max_pool2d` (dilation 1, floor mode); differentiable. The saved indices belong to
- * the current scope (the tape keeps its own reference).
- *
- * @example
- * ```ts
- * const y = maxPool2d(x, { kernelSize: 3, stride: 2, padding: 1 }); // [N, 64, 112, 112] → [N, 64, 56, 56]
- * ```
- */
-export function maxPool2d(x: Tensor, options: MaxPool2dOptions): Tensor {
-  return maxPoolOp([x], options);
 }
 
 /**
@@ -350,18 +332,23 @@ export function maxPool2d(x: Tensor, options: MaxPool2dOptions): Tensor {
  * ```
  */
 export function globalAvgPool2dForward(x: Tensor, options: GlobalAvgPool2dOptions = {}): Tensor {
-  const [n, c, h, w] = checkInput("globalAvgPool2d", x);
+  const op = "globalAvgPool2d";
+  const [n, c, h, w] = checkInput(op, x);
   const e = x.engine;
   const len = h * w;
   const shape = options.keepDims ? [n, c, 1, 1] : [n, c];
   if (len === 0) return e.tensor(new Float32Array(n * c).fill(NaN), shape);
+  const runs = rowRuns(e, op, n * c, [len, 1], "plane");
   const y = e.empty(shape, "avgpool2d");
-  if (n * c > 0) {
+  for (const r of runs) {
+    if (r.count === 0) continue;
+    const bx = bindElements(x, r.start * len, r.count * len);
+    const by = bindElements(y, r.start, r.count);
     e.run(avgForwardKernel(), {
-      bindings: [x, y],
-      uniforms: { rows: n * c, len, scale: 1 / len },
-      workgroups: grid(n * c, 1),
-      info: `[${x.shape}]→[${shape}]`,
+      bindings: [bx.binding, by.binding],
+      uniforms: { rows: r.count, len, scale: 1 / len, xoff: bx.off, yoff: by.off },
+      workgroups: grid(r.count, 1),
+      info: `[${x.shape}]→[${shape}]` + (runs.length > 1 ? ` rows ${r.start}+${r.count}` : ""),
     });
   }
   return y;
@@ -381,35 +368,22 @@ export function globalAvgPool2dBackward(dy: Tensor, xShape: readonly number[]): 
     throw new RangeError(`Cannot globalAvgPool2d backward: dy has shape [${dy.shape}], input [${xShape}]`);
   }
   const e = dy.engine;
+  const len = h * w;
+  const runs = rowRuns(e, "globalAvgPool2d backward", n * c, [len, 1], "plane");
   const dx = e.empty(xShape, "avgpool2d dx");
-  if (dx.size > 0) {
+  for (const r of runs) {
+    const size = r.count * len;
+    if (size === 0) continue;
+    const bdy = bindElements(dy, r.start, r.count);
+    const bdx = bindElements(dx, r.start * len, size);
     e.run(avgBackwardKernel(), {
-      bindings: [dy, dx],
-      uniforms: { n: dx.size, len: h * w, scale: 1 / (h * w) },
-      workgroups: grid(dx.size, WG),
-      info: `[${dy.shape}]→[${xShape}]`,
+      bindings: [bdy.binding, bdx.binding],
+      uniforms: { n: size, len, scale: 1 / len, xoff: bdx.off, yoff: bdy.off },
+      workgroups: grid(size, WG),
+      info: `[${dy.shape}]→[${xShape}]` + (runs.length > 1 ? ` rows ${r.start}+${r.count}` : ""),
     });
   }
   return dx;
-}
-
-const avgPoolOp = defineOp<[Tensor], GlobalAvgPool2dOptions, void>({
-  name: "globalAvgPool2d",
-  forward: ([x], o) => ({ output: globalAvgPool2dForward(x, o), saved: undefined }),
-  backward: (gy, _s, [x]) => [globalAvgPool2dBackward(gy, x.shape)],
-});
-
-/**
- * `torch.nn.AdaptiveAvgPool2d((1, 1))` followed by a flatten: [N, C, H, W] → [N, C] (or [N, C, 1, 1] with
- * `keepDims`); differentiable.
- *
- * @example
- * ```ts
- * const features = globalAvgPool2d(x); // [N, 2048, 7, 7] → [N, 2048]
- * ```
- */
-export function globalAvgPool2d(x: Tensor, options: GlobalAvgPool2dOptions = {}): Tensor {
-  return avgPoolOp([x], options);
 }
 
 // ---------------------------------------------------------------- CPU references
@@ -479,15 +453,3 @@ export function globalAvgPool2dBackwardCpu(dy: Float32Array, xShape: readonly nu
   const len = xShape[2] * xShape[3];
   return Float32Array.from({ length: dy.length * len }, (_, i) => dy[Math.floor(i / len)] / len);
 }
-
-/**
- * Global average pool, [N, C, H, W] → [N, C] (PyTorch's `adaptive_avg_pool2d(x, 1)` then flatten);
- * differentiable. An alias of {@linkcode globalAvgPool2d}.
- *
- * @example
- * ```ts
- * const features = globalAvgPool(x); // (N, 2048, 7, 7) → (N, 2048)
- * ```
- */
-export const globalAvgPool = (x: Tensor, options: GlobalAvgPool2dOptions = {}): Tensor =>
-  globalAvgPool2d(x, options);

@@ -1,5 +1,5 @@
 /**
- * Reductions over chosen axes: sum, mean, max.
+ * Reductions over chosen axes: sum, mean, max, and the backward of sum and mean.
  *
  * The input is viewed as `[outer, R, inner]` (R = the product of a contiguous run of reduced axes);
  * non-adjacent axes are reduced one run at a time. Each pass splits R into chunks, one workgroup slice
@@ -7,10 +7,16 @@
  * is compensated (Kahan), across threads it is a tree: 10⁷ elements sum to float32 accuracy.
  * Outputs are new tensors (overwrite).
  *
+ * A tensor larger than one storage binding is reduced in contiguous pieces along its first axis (of size
+ * > 1) that each fit one binding (kernels/_ranges.ts): pieces of a kept axis are copied into the output,
+ * pieces of a reduced axis are stacked and reduced once more; when one slice of a reduced axis is itself
+ * too large and nothing else is reduced, the slices are gathered block by block with buffer copies.
+ * The differentiable `sum` / `mean` and `max` are in ops/reduce.ts.
+ *
  * @module
  */
 import { grid } from "../engine/engine.ts";
-import { type VariantParams, variants } from "../engine/kernel.ts";
+import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import {
   kahanAdd,
   LINEAR_ID,
@@ -22,8 +28,8 @@ import {
   workgroupEntry,
 } from "./_wgsl.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { defineOp } from "../engine/autograd.ts";
-import { binary, broadcastTo } from "./elementwise.ts";
+import type { Engine } from "../engine/engine.ts";
+import { alignElements, bindElements, bindingElements } from "./_ranges.ts";
 
 /** Reduction kinds. */
 export type ReduceOp = "sum" | "mean" | "max";
@@ -48,10 +54,10 @@ interface ReduceParams extends VariantParams {
 }
 const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
 
-// Rows (inner = 1): workgroup (o, c) reduces x[o, c·chunk .. (c+1)·chunk) into y[o, c].
+// Rows (inner = 1): workgroup (o, c) reduces x[xoff + o·r + c·chunk ..] (≤ chunk values) into y[o, c].
 const rowKernel = variants("reduce_rows", (p: ReduceParams) => ({
   bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-  uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+  uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32", xoff: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 var<workgroup> sh: array<f32, ${WG}>;
@@ -62,7 +68,7 @@ ${workgroupEntry(WG)} {
   let c = w % p.parts;
   let start = c * p.chunk;
   let end = min(start + p.chunk, p.r);
-  let base = o * p.r;
+  let base = p.xoff + o * p.r;
   var acc = ${INIT(p)};
   var comp = 0.0;
   for (var k = start + t; k < end; k += ${WG}u) {
@@ -79,10 +85,11 @@ ${workgroupEntry(WG)} {
 }`,
 }));
 
-// Columns (inner > 1): thread (o, c, i) reduces x[o, c·chunk.., i] over its chunk into y[o, c, i].
+// Columns (inner > 1): thread (o, c, i) reduces x[xoff + (o·r + c·chunk ..)·inner + i] over its chunk into
+// y[o, c, i].
 const colKernel = variants("reduce_cols", (p: ReduceParams) => ({
   bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-  uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32" },
+  uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32", xoff: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
@@ -96,7 +103,7 @@ ${linearEntry(WG)} {
   let end = min(start + p.chunk, p.r);
   var acc = ${INIT(p)};
   var comp = 0.0;
-  var idx = (o * p.r + start) * p.inner + j;
+  var idx = p.xoff + (o * p.r + start) * p.inner + j;
   for (var k = start; k < end; k++) {
     let v = x[idx];
     idx += p.inner;
@@ -107,6 +114,35 @@ ${linearEntry(WG)} {
 #endif
   }
   y[i] = acc * p.scale;
+}`,
+}));
+
+// Backward of sum / mean: dx[xoff + i] = dy[yoff + Σ_d idx_d(i)·sy_d]·scale, where idx(i) is the multi-index
+// of i in `shape` and sy the strides of dy with 0 on the reduced axes (a broadcast back).
+const backwardKernel = single("reduce_backward", () => ({
+  bindings: [{ name: "dy", access: "read" }, { name: "dx", access: "read_write" }],
+  uniforms: {
+    shape: "u32x8",
+    sy: "u32x8",
+    rank: "u32",
+    n: "u32",
+    scale: "f32",
+    xoff: "u32",
+    yoff: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  var rem = i;
+  var o = 0u;
+  for (var d = i32(p.rank) - 1; d >= 0; d--) {
+    let dim = p_shape(u32(d));
+    o += (rem % dim) * p_sy(u32(d));
+    rem = rem / dim;
+  }
+  dx[p.xoff + i] = dy[p.yoff + o] * p.scale;
 }`,
 }));
 
@@ -125,10 +161,29 @@ export function normAxes(op: string, rank: number, axes?: number | readonly numb
   return [...out].sort((x, y) => x - y);
 }
 
-// One reduction of [outer, r, inner] → [outer, inner], in passes.
-function reduceRun(x: Tensor, outer: number, r: number, inner: number, max: boolean, scale: number): Tensor {
-  const e = x.engine;
-  let cur = x;
+/** A contiguous run of a tensor's elements from `offset`, seen with `shape` (a piece of a larger tensor). */
+interface View {
+  tensor: Tensor;
+  offset: number;
+  shape: readonly number[];
+}
+
+/** Whether `v` fits one storage binding (from the aligned element at or before its first). */
+function fits(e: Engine, v: View): boolean {
+  const n = shapeSize(v.shape);
+  if (v.offset === 0 && n === v.tensor.size && v.tensor.bytes <= e.maxBinding) return true;
+  return (v.offset % alignElements(e)) + n <= bindingElements(e);
+}
+
+/** Elements a piece may hold so that it fits one binding wherever it starts. */
+const room = (e: Engine) => bindingElements(e) - (alignElements(e) - 1);
+
+const withDim = (shape: readonly number[], a: number, d: number) => shape.map((s, i) => (i === a ? d : s));
+
+// One reduction of [outer, r, inner] → [outer, inner], in passes; the first pass reads the view `x`.
+function reduceRun(x: View, outer: number, r: number, inner: number, max: boolean, scale: number): Tensor {
+  const e = x.tensor.engine;
+  let cur: Tensor | null = null;
   let curR = r;
   for (;;) {
     const rows = inner === 1;
@@ -136,26 +191,124 @@ function reduceRun(x: Tensor, outer: number, r: number, inner: number, max: bool
     const parts = Math.max(1, Math.ceil(curR / chunk));
     const last = parts === 1;
     const out = e.empty([outer * parts * inner], max ? "max" : "sum");
+    const { binding, off } = cur
+      ? { binding: cur, off: 0 }
+      : bindElements(x.tensor, x.offset, outer * r * inner);
     if (rows) {
       e.run(rowKernel({ op: max ? "max" : "sum" }), {
-        bindings: [cur, out],
-        uniforms: { outer, r: curR, chunk, parts, scale: last ? scale : 1 },
+        bindings: [binding, out],
+        uniforms: { outer, r: curR, chunk, parts, scale: last ? scale : 1, xoff: off },
         workgroups: grid(outer * parts, 1),
         info: `[${outer},${curR}]→[${outer},${parts}]`,
       });
     } else {
       e.run(colKernel({ op: max ? "max" : "sum" }), {
-        bindings: [cur, out],
-        uniforms: { outer, r: curR, inner, chunk, parts, scale: last ? scale : 1 },
+        bindings: [binding, out],
+        uniforms: { outer, r: curR, inner, chunk, parts, scale: last ? scale : 1, xoff: off },
         workgroups: grid(outer * parts * inner, WG),
         info: `[${outer},${curR},${inner}]→[${outer},${parts},${inner}]`,
       });
     }
-    if (cur !== x) cur.dispose();
+    cur?.dispose();
     cur = out;
     curR = parts;
     if (last) return cur;
   }
+}
+
+/**
+ * Reduce the view `v` over `axes` (sorted) with `op`, the result multiplied by `extra`; returns a new
+ * tensor of `v`'s shape with the reduced axes kept as 1.
+ */
+function reduceView(e: Engine, v: View, axes: readonly number[], op: ReduceOp, extra: number): Tensor {
+  const outShape = v.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+  if (fits(e, v)) {
+    // Group the reduced axes into contiguous runs, reduce from the last run to the first.
+    const runs: [number, number][] = [];
+    for (const a of axes) {
+      const last = runs[runs.length - 1];
+      if (last && last[1] === a) last[1] = a + 1;
+      else runs.push([a, a + 1]);
+    }
+    if (runs.length === 0) {
+      const copy = e.empty(outShape, "reduce");
+      e.copy(v.tensor, copy, { srcOffset: v.offset, size: copy.size });
+      return copy;
+    }
+    let cur: View = v;
+    const shape = [...v.shape];
+    for (let ri = runs.length - 1; ri >= 0; ri--) {
+      const [s, t] = runs[ri];
+      const outer = shapeSize(shape.slice(0, s));
+      const r = shapeSize(shape.slice(s, t));
+      const inner = shapeSize(shape.slice(t));
+      const scale = (op === "mean" ? 1 / r : 1) * (ri === 0 ? extra : 1);
+      const next = reduceRun(cur, outer, r, inner, op === "max", scale);
+      if (cur !== v) cur.tensor.dispose();
+      for (let i = s; i < t; i++) shape[i] = 1;
+      cur = { tensor: next, offset: 0, shape: [...shape] };
+    }
+    const result = cur.tensor.reshape(outShape);
+    cur.tensor.dispose();
+    return result;
+  }
+  // Too large for one binding: pieces along the first axis a of size > 1 (the axes before it are 1, so a
+  // piece is contiguous).
+  const a = v.shape.findIndex((d) => d > 1);
+  const d = v.shape[a];
+  const slice = shapeSize(v.shape.slice(a + 1));
+  const k = Math.max(1, Math.floor(room(e) / slice));
+  const pieces: View[] = [];
+  for (let i0 = 0; i0 < d; i0 += k) {
+    const ki = Math.min(k, d - i0);
+    pieces.push({ tensor: v.tensor, offset: v.offset + i0 * slice, shape: withDim(v.shape, a, ki) });
+  }
+  if (!axes.includes(a)) {
+    // A kept axis: each piece's result is a slice of the output.
+    const out = e.empty(outShape, "reduce");
+    const outSlice = shapeSize(outShape.slice(a + 1));
+    let at = 0;
+    for (const piece of pieces) {
+      const part = reduceView(e, piece, axes, op, extra);
+      e.copy(part, out, { dstOffset: at * outSlice });
+      at += piece.shape[a];
+      part.dispose();
+    }
+    return out;
+  }
+  const partial: "sum" | "max" = op === "max" ? "max" : "sum";
+  const total = axes.reduce((p, i) => p * v.shape[i], 1);
+  const scale = op === "mean" ? extra / total : extra;
+  const restReduced = axes.some((i) => i > a && v.shape[i] > 1);
+  if (k > 1 || restReduced) {
+    // A reduced axis: stack the pieces' results along a and reduce that (it shrinks every time).
+    const pieceSize = shapeSize(outShape);
+    const stack = e.empty(withDim(outShape, a, pieces.length), "reduce partials");
+    pieces.forEach((piece, i) => {
+      const part = reduceView(e, piece, axes, partial, 1);
+      e.copy(part, stack, { dstOffset: i * pieceSize });
+      part.dispose();
+    });
+    const out = reduceView(e, { tensor: stack, offset: 0, shape: stack.shape }, [a], partial, scale);
+    stack.dispose();
+    return out;
+  }
+  // Only a is reduced and one slice of it exceeds a binding: gather blocks of all d slices with buffer
+  // copies, [d, block], and reduce each over its first axis.
+  const out = e.empty(outShape, "reduce");
+  const block = Math.max(1, Math.floor(room(e) / d));
+  for (let j0 = 0; j0 < slice; j0 += block) {
+    const jn = Math.min(block, slice - j0);
+    const tmp = e.empty([d, jn], "reduce gather");
+    for (let i = 0; i < d; i++) {
+      e.copy(v.tensor, tmp, { srcOffset: v.offset + i * slice + j0, dstOffset: i * jn, size: jn });
+    }
+    const part = reduceView(e, { tensor: tmp, offset: 0, shape: tmp.shape }, [0], partial, scale);
+    e.copy(part, out, { dstOffset: j0 });
+    tmp.dispose();
+    part.dispose();
+  }
+  return out;
 }
 
 /**
@@ -170,8 +323,9 @@ export function reduce(op: ReduceOp, x: Tensor, options: ReduceOptions = {}): Te
   if (!(x instanceof Tensor)) throw new TypeError(`Cannot ${op}: expected a Tensor`);
   const e = x.engine;
   const axes = normAxes(op, x.rank, options.axes);
-  const outShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
-  const finalShape = options.keepDims ? outShape : x.shape.filter((_, i) => !axes.includes(i));
+  const finalShape = options.keepDims
+    ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
+    : x.shape.filter((_, i) => !axes.includes(i));
   const rTotal = axes.reduce((p, a) => p * x.shape[a], 1);
   if (x.size === 0 || rTotal === 0) {
     // Reducing nothing: sum → 0, mean → NaN, max → -Infinity (as NumPy/PyTorch would error or give these).
@@ -179,63 +333,88 @@ export function reduce(op: ReduceOp, x: Tensor, options: ReduceOptions = {}): Te
     const fill = op === "sum" ? 0 : op === "mean" ? NaN : -Infinity;
     return e.tensor(new Float32Array(n).fill(fill), finalShape);
   }
-  if (x.bytes > e.maxBinding) {
-    throw new RangeError(
-      `Cannot ${op} a tensor of shape [${x.shape}]: ${x.bytes} bytes exceed one storage binding ` +
-        `(${e.maxBinding}); reduce a smaller batch`,
-    );
-  }
-  const max = op === "max";
-  // Group the reduced axes into contiguous runs, reduce from the last run to the first.
-  const runs: [number, number][] = [];
-  for (const a of axes) {
-    const last = runs[runs.length - 1];
-    if (last && last[1] === a) last[1] = a + 1;
-    else runs.push([a, a + 1]);
-  }
-  let cur = x;
-  const shape = [...x.shape];
-  for (let ri = runs.length - 1; ri >= 0; ri--) {
-    const [s, t] = runs[ri];
-    const outer = shapeSize(shape.slice(0, s));
-    const r = shapeSize(shape.slice(s, t));
-    const inner = shapeSize(shape.slice(t));
-    const scale = op === "mean" ? 1 / r : 1;
-    const next = reduceRun(cur, outer, r, inner, max, scale);
-    if (cur !== x) cur.dispose();
-    cur = next;
-    for (let i = s; i < t; i++) shape[i] = 1;
-  }
-  const result = cur.reshape(finalShape);
-  cur.dispose();
+  const out = reduceView(e, { tensor: x, offset: 0, shape: x.shape }, axes, op, 1);
+  const result = out.reshape(finalShape);
+  out.dispose();
   return result;
 }
 
-// sum / mean backward: dx = broadcast(dy with the reduced axes kept) (÷ R for mean).
-function reduceOp(op: "sum" | "mean") {
-  return defineOp<[Tensor], ReduceOptions, void>({
-    name: op,
-    forward: ([x], o) => ({ output: reduce(op, x, o), saved: undefined }),
-    backward: (gy, _s, [x], o) => {
-      const axes = normAxes(op, x.rank, o.axes);
-      const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
-      return [x.engine.scope(() => {
-        const g = broadcastTo(gy.reshape(kept), x.shape);
-        if (op === "sum") return g;
-        const r = axes.reduce((p, a) => p * x.shape[a], 1);
-        return binary("mul", g, 1 / r);
-      })];
-    },
-  });
+/**
+ * Backward of `reduce("sum" | "mean", x, options)`: dx = dy broadcast back over the reduced axes (÷ R for
+ * the mean), a new tensor of shape `xShape`. `dy` has the reduced shape (with or without the kept axes).
+ *
+ * @example
+ * ```ts
+ * const dx = reduceBackward("mean", dy, x.shape, { axes: [0, 2, 3] });
+ * ```
+ */
+export function reduceBackward(
+  op: "sum" | "mean",
+  dy: Tensor,
+  xShape: readonly number[],
+  options: ReduceOptions = {},
+): Tensor {
+  const axes = normAxes(op, xShape.length, options.axes);
+  const kept = xShape.map((d, i) => (axes.includes(i) ? 1 : d));
+  if (dy.size !== shapeSize(kept)) {
+    throw new RangeError(
+      `Cannot ${op} backward: dy has shape [${dy.shape}], expected [${kept}] for input [${xShape}]`,
+    );
+  }
+  if (xShape.length > 8) throw new RangeError(`Cannot ${op} backward: rank ${xShape.length} > 8`);
+  const e = dy.engine;
+  const dx = e.empty(xShape, `${op} backward`);
+  if (dx.size === 0) return dx;
+  const r = axes.reduce((p, a) => p * xShape[a], 1);
+  const scale = op === "mean" ? 1 / r : 1;
+  backwardView(
+    e,
+    { tensor: dx, offset: 0, shape: xShape },
+    { tensor: dy, offset: 0, shape: kept },
+    axes,
+    scale,
+  );
+  return dx;
 }
-const sumOp = reduceOp("sum"), meanOp = reduceOp("mean");
 
-/** Sum over axes (all by default); differentiable. @example `const total = sum(x); const rows = sum(x, { axes: 1 });` */
-export const sum = (x: Tensor, options: ReduceOptions = {}): Tensor => sumOp([x], options);
-/** Mean over axes; differentiable. @example `const m = mean(x, { axes: [0, 2, 3] });` */
-export const mean = (x: Tensor, options: ReduceOptions = {}): Tensor => meanOp([x], options);
-/** Maximum over axes (no gradient). @example `const m = max(x, { axes: -1 });` */
-export const max = (x: Tensor, options?: ReduceOptions): Tensor => reduce("max", x, options);
+// dx view ← dy view broadcast over `axes`; split along the first axis of size > 1 until both fit a binding.
+function backwardView(e: Engine, dx: View, dy: View, axes: readonly number[], scale: number): void {
+  if (fits(e, dx) && fits(e, dy)) {
+    const n = shapeSize(dx.shape);
+    const strides: number[] = [];
+    let s = 1;
+    for (let i = dy.shape.length - 1; i >= 0; i--) {
+      strides[i] = axes.includes(i) ? 0 : s;
+      s *= dy.shape[i];
+    }
+    const bx = bindElements(dx.tensor, dx.offset, n);
+    const by = bindElements(dy.tensor, dy.offset, shapeSize(dy.shape));
+    e.run(backwardKernel(), {
+      bindings: [by.binding, bx.binding],
+      uniforms: { shape: dx.shape, sy: strides, rank: dx.shape.length, n, scale, xoff: bx.off, yoff: by.off },
+      workgroups: grid(n, WG),
+      info: `[${dy.shape}]→[${dx.shape}]`,
+    });
+    return;
+  }
+  const a = dx.shape.findIndex((d) => d > 1);
+  const d = dx.shape[a];
+  const reduced = axes.includes(a);
+  const sliceX = shapeSize(dx.shape.slice(a + 1));
+  const sliceY = shapeSize(dy.shape.slice(a + 1));
+  // A reduced axis leaves dy whole: while dy does not fit, go one slice at a time to reach a kept axis.
+  const k = reduced && !fits(e, dy)
+    ? 1
+    : Math.max(1, Math.min(d - 1, Math.floor(room(e) / Math.max(sliceX, reduced ? 1 : sliceY))));
+  for (let i0 = 0; i0 < d; i0 += k) {
+    const ki = Math.min(k, d - i0);
+    const dxPiece = { tensor: dx.tensor, offset: dx.offset + i0 * sliceX, shape: withDim(dx.shape, a, ki) };
+    const dyPiece = reduced
+      ? dy
+      : { tensor: dy.tensor, offset: dy.offset + i0 * sliceY, shape: withDim(dy.shape, a, ki) };
+    backwardView(e, dxPiece, dyPiece, axes, scale);
+  }
+}
 
 /** CPU reference of {@linkcode reduce}, in float64. */
 export function reduceCpu(

@@ -21,8 +21,10 @@ import { mulberry32 } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { add as addOp, relu } from "../kernels/elementwise.ts";
 import { conv2d, conv2dForward, releaseConv2dWeight } from "../kernels/conv2d.ts";
-import { batchNorm2d, type BatchNormState } from "../kernels/batchnorm.ts";
-import { globalAvgPool, globalAvgPool2dForward, maxPool2d, maxPool2dForward } from "../kernels/pool.ts";
+import type { BatchNormState } from "../kernels/batchnorm.ts";
+import { batchNorm2d } from "../ops/batchnorm.ts";
+import { globalAvgPool2dForward, maxPool2dForward } from "../kernels/pool.ts";
+import { globalAvgPool, maxPool2d } from "../ops/pool.ts";
 
 /** A ResNet architecture. */
 export interface ResNetConfig {

@@ -37,6 +37,19 @@ export function gpuTest(name: string, fn: (e: Engine) => Promise<void> | void): 
   });
 }
 
+/**
+ * A separate engine on which one storage binding holds only `maxBinding` bytes, with binding offsets
+ * aligned to `offsetAlign` bytes. WebGPU cannot request limits below its defaults (128 MiB, 256 B), so the
+ * engine's own limits are lowered: the kernels split larger tensors into binding ranges as they do beyond
+ * 128 MiB, and a tensor that a kernel binds whole anyway fails `engine.run`. Cheap tests of those paths.
+ */
+export async function smallBindingEngine(maxBinding = 4 << 20, offsetAlign = 256): Promise<Engine> {
+  const e = await createEngine();
+  Object.defineProperty(e, "maxBinding", { value: Math.min(maxBinding, e.maxBinding) });
+  Object.defineProperty(e, "offsetAlign", { value: Math.max(offsetAlign, e.offsetAlign) });
+  return e;
+}
+
 /** Deterministic pseudo-random numbers (mulberry32) in [lo, hi). */
 export function rand(n: number, seed = 1, lo = -1, hi = 1): Float32Array {
   let s = seed >>> 0;

@@ -1,5 +1,5 @@
+import { batchNorm2d } from "../../ops/batchnorm.ts";
 import {
-  batchNorm2d,
   batchNorm2dBackward,
   batchNorm2dBackwardCpu,
   batchNorm2dCpu,
@@ -9,7 +9,7 @@ import {
 } from "../../kernels/batchnorm.ts";
 import { mul } from "../../kernels/elementwise.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
-import { sum } from "../../kernels/reduce.ts";
+import { sum } from "../../ops/reduce.ts";
 import {
   assertClose,
   assertEquals,

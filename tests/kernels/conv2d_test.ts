@@ -10,7 +10,7 @@ import {
   releaseConv2dWeight,
 } from "../../kernels/conv2d.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
-import { sum } from "../../kernels/reduce.ts";
+import { sum } from "../../ops/reduce.ts";
 import { CONV_CASES, type ConvCase } from "../../kernels/selftest.ts";
 import {
   assertClose,

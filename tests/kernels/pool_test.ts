@@ -1,9 +1,8 @@
+import { globalAvgPool2d, maxPool2d } from "../../ops/pool.ts";
 import {
-  globalAvgPool2d,
   globalAvgPool2dBackward,
   globalAvgPool2dBackwardCpu,
   globalAvgPool2dCpu,
-  maxPool2d,
   maxPool2dBackward,
   maxPool2dBackwardCpu,
   maxPool2dCpu,
@@ -12,7 +11,7 @@ import {
   type MaxPool2dOptions,
 } from "../../kernels/pool.ts";
 import { mul } from "../../kernels/elementwise.ts";
-import { sum } from "../../kernels/reduce.ts";
+import { sum } from "../../ops/reduce.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import {
   assertClose,

@@ -1,4 +1,5 @@
-import { max, mean, reduce, reduceCpu, type ReduceOp, sum } from "../../kernels/reduce.ts";
+import { reduce, reduceCpu, type ReduceOp } from "../../kernels/reduce.ts";
+import { max, mean, sum } from "../../ops/reduce.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 
 const CASES: [number[], number | number[] | undefined][] = [
