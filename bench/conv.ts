@@ -22,7 +22,7 @@ import {
   conv2dForward,
   type Conv2dGeometry,
   conv2dGeometry,
-} from "../kernels/conv2d.ts";
+} from "../kernels/conv2d/mod.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { ConvPass, TfjsPeer } from "./peer_tfjs.ts";
 

@@ -8,7 +8,7 @@ export * from "./batchnorm.ts";
 export * from "./pool.ts";
 export * from "./loss.ts";
 export * from "./optim.ts";
-export * from "./conv2d.ts";
+export * from "./conv2d/mod.ts";
 export * from "./matmul.ts";
 export * from "./tolerance.ts";
 export * from "./selftest.ts";

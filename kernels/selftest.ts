@@ -1,7 +1,7 @@
 /**
  * Self-test of every kernel on the adapter at hand: each op family's kernels, forward and backward, and
- * every variant this adapter can run (matmul register blocks and workgroup tiles, both conv2d paths and
- * their block sizes), on small seeded shapes with ragged edges (1, 7, 33, … — not multiples of any tile),
+ * every variant this adapter can run (matmul register blocks and workgroup tiles, every conv2d strategy
+ * and block size), on small seeded shapes with ragged edges (1, 7, 33, … — not multiples of any tile),
  * against the CPU references beside each kernel, with the test suite's tolerances (kernels/tolerance.ts).
  * It mirrors tests/kernels/*_test.ts; `he2gene selftest` (cli/selftest.ts) prints it, and it imports only
  * `engine/` and `kernels/` so a web page can run it too.
@@ -45,8 +45,8 @@ import {
   conv2dBackwardWeight,
   conv2dCpu,
   conv2dForward,
-  conv2dTiles,
-} from "./conv2d.ts";
+  withConv2dVariant,
+} from "./conv2d/mod.ts";
 import {
   batchNorm2dBackward,
   batchNorm2dBackwardCpu,
@@ -699,9 +699,9 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
 
 /** [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of any register tile. */
 export type ConvCase = [number, number, number, number, number, number, number, number];
-/** The conv2d geometries (also tests/kernels/conv2d_test.ts's); the last two take the 1×1 matmul path. */
+/** The conv2d geometries (also tests/kernels/conv2d_test.ts's); the last two: `blocked`'s matmul path. */
 export const CONV_CASES: readonly ConvCase[] = [
-  [1, 1, 1, 1, 1, 1, 1, 0], // 1×1 GEMM, scalar path
+  [1, 1, 1, 1, 1, 1, 1, 0], // 1×1 GEMM, scalar path (implicit_gemm)
   [2, 3, 7, 9, 5, 3, 1, 1],
   [3, 5, 13, 13, 17, 3, 2, 1],
   [2, 17, 9, 7, 3, 1, 1, 0], // 1×1 GEMM, scalar path (H·W = 63)
@@ -714,7 +714,7 @@ export const CONV_CASES: readonly ConvCase[] = [
   [1, 3, 9, 9, 2, 3, 2, 0], // (H − K) odd at stride 2: the last row gets no gradient
   [1, 2, 1, 1, 3, 7, 2, 3], // taps entirely outside the input
   [2, 3, 8, 8, 5, 3, 3, 1], // stride 3
-  [2, 8, 4, 6, 12, 1, 1, 0], // 1×1 with H·W, Cin, Cout multiples of 4: matmul on the register path
+  [2, 8, 4, 6, 12, 1, 1, 0], // 1×1 with H·W, Cin, Cout multiples of 4: matmul in `blocked`
   [1, 4, 3, 4, 8, 1, 1, 0],
 ];
 const CONV_SHAPE = "15 geometries: 1×1, 3×3, 7×7; stride 1/2/3; padding 0–3";
@@ -739,51 +739,28 @@ function convData(cc: ConvCase, seed: number) {
   };
 }
 
-type ConvSetting = Partial<typeof conv2dTiles>;
-
-/**
- * Run `fn` with `conv2dTiles` changed by `setting`, restoring every field afterwards. `fn` only records
- * dispatches and starts readbacks (synchronously), so the setting cannot leak into other checks.
- */
-function withTiles<T>(setting: ConvSetting, fn: () => T): T {
-  const saved = structuredClone(conv2dTiles);
-  Object.assign(conv2dTiles, setting);
-  try {
-    return fn();
-  } finally {
-    Object.assign(conv2dTiles, saved);
-  }
-}
-
 function conv2dCases(quick: boolean): Case[] {
   const cases: Case[] = [];
-  // A block size compiles one kernel per row-block height (4, 8, 16, 32: by Cout, or Cin for dx) and pass:
-  // ~3 s each at 16 and ~15–50 s at 32 on llvmpipe the first time. `subset` (indices into CONV_CASES)
-  // keeps the geometries whose M fills the block (Cout 17 for y and dw, Cin 17 for dx): one kernel each.
+  // Every strategy and block size, forced for all three passes (kernels/conv2d/mod.ts). A block size
+  // compiles one kernel per row-block height (4, 8, 16, 32: by Cout, or Cin for dx) and pass: ~3 s each at
+  // 16 and ~15–50 s at 32 on llvmpipe the first time. `subset` (indices into CONV_CASES) keeps the
+  // geometries whose M fills the block (Cout 17 for y and dw, Cin 17 for dx): one kernel each.
   type Subset = { quickOnly?: boolean; y: number[]; dx: number[]; dw: number[] };
-  const settings: { name: string; setting: ConvSetting; slow?: boolean; subset?: Subset }[] = [
-    { name: "reg (auto blocks)", setting: { path: "reg" } },
-    { name: "reg 8, split-K", setting: { path: "reg", reg: 8, dwMinGroups: 1 << 20 } },
+  const variants: { variant: string; slow?: boolean; subset?: Subset }[] = [
+    { variant: "blocked" },
+    { variant: "blocked/t8/split1048576" },
     {
-      name: "reg 16, no 1×1 matmul",
-      setting: { path: "reg", reg: 16, dwMinGroups: 1, matmul1x1: false },
+      variant: "blocked/t16/split1/nomatmul",
       subset: { quickOnly: true, y: [2, 13], dx: [2, 13], dw: [2, 13] },
     },
-    { name: "reg 32", setting: { path: "reg", reg: 32 }, slow: true, subset: { y: [2], dx: [3], dw: [2] } },
-    { name: "tiled 8×8", setting: { path: "tiled", fwd: [8, 8], gemm: [8, 8], dx: [8, 8], dw: [8, 8] } },
-    { name: "tiled 4×4", setting: { path: "tiled", fwd: [4, 4], gemm: [4, 4], dx: [4, 4], dw: [4, 4] } },
-    {
-      name: "tiled 4×8",
-      setting: { path: "tiled", fwd: [4, 8], gemm: [4, 8], dx: [4, 8], dw: [4, 8] },
-      slow: true,
-    },
-    {
-      name: "tiled 8×4, one dw split",
-      setting: { path: "tiled", fwd: [8, 4], gemm: [8, 4], dx: [8, 4], dw: [8, 4], dwTarget: 1 },
-      slow: true,
-    },
+    { variant: "blocked/t32", slow: true, subset: { y: [2], dx: [3], dw: [2] } },
+    { variant: "implicit_gemm" },
+    { variant: "implicit_gemm/4x4" },
+    { variant: "implicit_gemm/4x8", slow: true },
+    { variant: "implicit_gemm/8x4/split1", slow: true },
+    { variant: "direct" },
   ];
-  for (const { name, setting, slow, subset } of settings) {
+  for (const { variant, slow, subset } of variants) {
     if (slow && quick) continue;
     const use = subset && (quick || !subset.quickOnly) ? subset : null;
     const pick = (which: "y" | "dx" | "dw") => {
@@ -792,13 +769,15 @@ function conv2dCases(quick: boolean): Case[] {
       return { geometries, shape };
     };
     const fwd = pick("y");
+    // `run` only records dispatches and starts readbacks (synchronously), so the forced variant cannot
+    // leak into other checks.
     cases.push({
       family: "conv2d",
       op: "conv2d",
-      variant: name,
+      variant,
       shape: fwd.shape,
       run: (e, c) =>
-        withTiles(setting, () => {
+        withConv2dVariant(variant, () => {
           for (const [i, cc] of fwd.geometries) {
             const d = convData(cc, 10 * i + 1);
             const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), d.o);
@@ -813,10 +792,10 @@ function conv2dCases(quick: boolean): Case[] {
       cases.push({
         family: "conv2d",
         op,
-        variant: name,
+        variant,
         shape: pick(which).shape,
         run: (e, c) =>
-          withTiles(setting, () => {
+          withConv2dVariant(variant, () => {
             for (const [i, cc] of pick(which).geometries) {
               const d = convData(cc, 10 * i + 2);
               const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, d.o);
@@ -832,15 +811,15 @@ function conv2dCases(quick: boolean): Case[] {
       });
     }
   }
-  // The fused epilogue (bias, residual, ReLU) on both paths.
-  for (const path of ["reg", "tiled"] as const) {
+  // The fused epilogue (bias, residual, ReLU) of every strategy.
+  for (const strategy of ["blocked", "implicit_gemm", "direct"] as const) {
     cases.push({
       family: "conv2d",
       op: "conv2d",
-      variant: `${path}, bias / residual / relu`,
+      variant: `${strategy} + bias/res/relu`,
       shape: "x[3,5,13,13] w3×3 s2, x[3,5,4,5] 1×1, x[1,3,13,13] w7×7 s2",
       run: (e, c) =>
-        withTiles({ path }, () => {
+        withConv2dVariant(strategy, () => {
           for (const cc of [CONV_CASES[2], CONV_CASES[4], CONV_CASES[6]]) {
             const d = convData(cc, 5);
             for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
@@ -1359,7 +1338,7 @@ function checkNames(engine: Engine, what: string, names: readonly string[]): voi
 /**
  * Run every kernel, forward and backward, in every variant this adapter can run, against its CPU
  * reference; returns one result per (op, variant). A check that throws is a failed result (its `detail`
- * holds the message), and the run goes on. `conv2dTiles` is restored after each conv check.
+ * holds the message), and the run goes on. Forced conv2d variants end with each conv check.
  *
  * @example
  * ```ts

@@ -5,3 +5,4 @@
 export * from "./reduce.ts";
 export * from "./batchnorm.ts";
 export * from "./pool.ts";
+export * from "./conv2d.ts";

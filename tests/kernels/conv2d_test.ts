@@ -1,14 +1,19 @@
 import {
-  conv2d,
   conv2dBackwardBias,
   conv2dBackwardCpu,
   conv2dBackwardInput,
   conv2dBackwardWeight,
+  conv2dCandidates,
   conv2dCpu,
   conv2dForward,
-  conv2dTiles,
+  conv2dGeometry,
+  conv2dShapeClass,
   releaseConv2dWeight,
-} from "../../kernels/conv2d.ts";
+  withConv2dVariant,
+} from "../../kernels/conv2d/mod.ts";
+import { conv2d } from "../../ops/conv2d.ts";
+import { useTuning, withVariant } from "../../kernels/tuning.ts";
+import type { Engine } from "../../engine/engine.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../ops/reduce.ts";
 import { CONV_CASES, type ConvCase } from "../../kernels/selftest.ts";
@@ -33,7 +38,7 @@ const abs = (a: Float32Array) => a.map(Math.abs);
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
 // [N, Cin, H, W, Cout, K, stride, padding]: awkward sizes, not multiples of any register tile, shared with
-// the self-test. Its last two (1×1, multiples of 4) are for the register path's matmul shortcut only.
+// the self-test. Its last two (1×1, multiples of 4) are for the `blocked` strategy's matmul shortcut only.
 type Case = ConvCase;
 const CASES: readonly Case[] = CONV_CASES.slice(0, -2);
 
@@ -97,15 +102,12 @@ gpuTest("conv2d weight gradient is the same with one split and with many", async
   const x = e.tensor(d.x, d.xShape), dy = e.tensor(d.dy, d.yShape);
   const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
   const scale = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
-  const saved = conv2dTiles.dwTarget;
-  try {
+  for (const strategy of ["implicit_gemm", "blocked"]) {
     for (const target of [1, 64 * 9 * 4, 1 << 20]) {
-      conv2dTiles.dwTarget = target;
-      const dw = conv2dBackwardWeight(x, dy, d.wShape, o);
-      assertClose(await dw.toArray(), want.dw, TOL, `dw with dwTarget ${target}`, scale.dw);
+      const variant = `${strategy}/split${target}`;
+      const dw = withVariant("conv2d.dw", variant, () => conv2dBackwardWeight(x, dy, d.wShape, o));
+      assertClose(await dw.toArray(), want.dw, TOL, `dw with ${variant}`, scale.dw);
     }
-  } finally {
-    conv2dTiles.dwTarget = saved;
   }
 });
 
@@ -122,38 +124,49 @@ gpuTest("conv2d matches the reference at a ResNet layer shape (64 → 64, 3×3, 
   assertClose(await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(), g.dw, TOL, "dw", gs.dw);
 });
 
-gpuTest("conv2d fused epilogue (bias, residual, ReLU) matches the reference", async (e) => {
-  for (const c of [CASES[2], CASES[4], CASES[6]]) {
-    const d = caseData(c, 5);
-    for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
-      const o = { stride: d.stride, padding: d.padding };
-      const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), {
-        ...o,
-        bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
-        residual: residual ? e.tensor(d.r, d.yShape) : null,
-        relu: !!relu,
-      });
-      const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
-        ...o,
-        bias: bias ? d.b : undefined,
-        residual: residual ? d.r : undefined,
-        relu: !!relu,
-      });
-      const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, {
-        ...o,
-        bias: bias ? abs(d.b) : undefined,
-        residual: residual ? abs(d.r) : undefined,
-      }).data;
-      assertClose(
-        await y.toArray(),
-        want.data,
-        TOL,
-        `${d.label} bias ${bias} res ${residual} relu ${relu}`,
-        scale,
-      );
+gpuTest("conv2d fused epilogue (bias, residual, ReLU) matches the reference in every strategy", async (e) => {
+  for (const strategy of ["blocked", "implicit_gemm", "direct"]) {
+    for (const c of [CASES[2], CASES[4], CASES[6]]) {
+      await checkEpilogue(e, strategy, c);
     }
   }
 });
+
+async function checkEpilogue(e: Engine, strategy: string, c: Case): Promise<void> {
+  const d = caseData(c, 5);
+  for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
+    const o = { stride: d.stride, padding: d.padding };
+    const y = withVariant(
+      "conv2d.fwd",
+      strategy,
+      () =>
+        conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), {
+          ...o,
+          bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
+          residual: residual ? e.tensor(d.r, d.yShape) : null,
+          relu: !!relu,
+        }),
+    );
+    const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
+      ...o,
+      bias: bias ? d.b : undefined,
+      residual: residual ? d.r : undefined,
+      relu: !!relu,
+    });
+    const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, {
+      ...o,
+      bias: bias ? abs(d.b) : undefined,
+      residual: residual ? abs(d.r) : undefined,
+    }).data;
+    assertClose(
+      await y.toArray(),
+      want.data,
+      TOL,
+      `${d.label} ${strategy} bias ${bias} res ${residual} relu ${relu}`,
+      scale,
+    );
+  }
+}
 
 gpuTest("conv2d backward matches finite differences at stride 1 and 2", async (e) => {
   for (
@@ -287,81 +300,55 @@ gpuTest("conv2d rejects wrong ranks, channel mismatches and bad options, naming 
   );
 });
 
-gpuTest("conv2d GPU (tiled) kernels give the reference results with other register tiles", async (e) => {
-  const saved = structuredClone(conv2dTiles);
-  try {
-    for (const [tm, tn] of [[8, 8], [4, 4], [4, 8], [8, 4]] as [number, number][]) {
-      Object.assign(conv2dTiles, {
-        path: "tiled",
-        fwd: [tm, tn],
-        gemm: [tm, tn],
-        dx: [tm, tn],
-        dw: [tm, tn],
-      });
-      for (const c of [CASES[2], CASES[3], CASES[4], CASES[6], CASES[12]]) {
-        const d = caseData(c, 51);
-        const o = { stride: d.stride, padding: d.padding };
-        const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
-        const what = `${d.label} tiles ${tm}x${tn}`;
-        const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
-        const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
-        assertClose(await conv2dForward(x, w, o).toArray(), want.data, TOL, `forward ${what}`, scale);
-        const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
-        const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
-        assertClose(await conv2dBackwardInput(dy, w, d.xShape, o).toArray(), g.dx, TOL, `dx ${what}`, gs.dx);
-        assertClose(await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(), g.dw, TOL, `dw ${what}`, gs.dw);
-      }
+/** Forward, dx and dw of `c` with all three passes forced to `variant`, against the float64 reference. */
+async function checkVariant(e: Engine, variant: string, c: Case, seed: number): Promise<void> {
+  const d = caseData(c, seed);
+  const o = { stride: d.stride, padding: d.padding };
+  await e.scope(async () => {
+    const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+    const what = `${d.label} ${variant}`;
+    const [y, dx, dw] = withConv2dVariant(variant, () => [
+      conv2dForward(x, w, o),
+      conv2dBackwardInput(dy, w, d.xShape, o),
+      conv2dBackwardWeight(x, dy, d.wShape, o),
+    ]);
+    const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
+    const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
+    assertEquals([...y.shape], want.shape, `forward ${what}`);
+    assertClose(await y.toArray(), want.data, TOL, `forward ${what}`, scale);
+    const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+    const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+    assertClose(await dx.toArray(), g.dx, TOL, `dx ${what}`, gs.dx);
+    assertClose(await dw.toArray(), g.dw, TOL, `dw ${what}`, gs.dw);
+  });
+}
+
+gpuTest("conv2d implicit_gemm kernels give the reference results with other register tiles", async (e) => {
+  for (
+    const variant of ["implicit_gemm/8x8", "implicit_gemm/4x4", "implicit_gemm/4x8", "implicit_gemm/8x4"]
+  ) {
+    for (const c of [CASES[2], CASES[3], CASES[4], CASES[6], CASES[12]]) {
+      await checkVariant(e, variant, c, 51);
     }
-  } finally {
-    Object.assign(conv2dTiles, saved);
   }
 });
 
+gpuTest("conv2d direct strategy matches the reference on every geometry, forward and backward", async (e) => {
+  for (const [ci, c] of CONV_CASES.entries()) await checkVariant(e, "direct", c, 80 + ci);
+});
+
 gpuTest(
-  "conv2d register-blocked path matches the reference with 8- and 16-wide blocks and split K",
+  "conv2d blocked strategy matches the reference with 8- and 16-wide blocks and split K",
   async (e) => {
-    const saved = structuredClone(conv2dTiles);
-    // 1×1 stride-1 shapes with H·W, Cin and Cout multiples of 4 run through matmul unless matmul1x1 is off.
-    const cases: readonly Case[] = CONV_CASES;
-    try {
-      for (
-        const [reg, dwMinGroups, matmul1x1] of [[8, 1, true], [16, 1 << 20, false], [
-          8,
-          1 << 20,
-          false,
-        ]] as const
-      ) {
-        Object.assign(conv2dTiles, { path: "reg", reg, dwMinGroups, matmul1x1 });
-        for (const [ci, c] of cases.entries()) {
-          const d = caseData(c, 60 + ci);
-          const o = { stride: d.stride, padding: d.padding };
-          await e.scope(async () => {
-            const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
-            const what = `${d.label} reg ${reg} dwMinGroups ${dwMinGroups} matmul1x1 ${matmul1x1}`;
-            const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, o);
-            const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, o).data;
-            assertClose(await conv2dForward(x, w, o).toArray(), want.data, TOL, `forward ${what}`, scale);
-            const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
-            const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
-            assertClose(
-              await conv2dBackwardInput(dy, w, d.xShape, o).toArray(),
-              g.dx,
-              TOL,
-              `dx ${what}`,
-              gs.dx,
-            );
-            assertClose(
-              await conv2dBackwardWeight(x, dy, d.wShape, o).toArray(),
-              g.dw,
-              TOL,
-              `dw ${what}`,
-              gs.dw,
-            );
-          });
-        }
-      }
-    } finally {
-      Object.assign(conv2dTiles, saved);
+    // 1×1 stride-1 shapes with H·W, Cin and Cout multiples of 4 run through matmul unless `nomatmul`.
+    for (
+      const variant of [
+        "blocked/t8/split1",
+        "blocked/t16/split1048576/nomatmul",
+        "blocked/t8/split1048576/nomatmul",
+      ]
+    ) {
+      for (const [ci, c] of CONV_CASES.entries()) await checkVariant(e, variant, c, 60 + ci);
     }
   },
 );
@@ -369,10 +356,8 @@ gpuTest(
 gpuTest(
   "a constant weight's packed layout is reused across calls and batch sizes, and released",
   async (e) => {
-    for (const path of ["reg", "tiled"] as const) {
-      const saved = conv2dTiles.path;
-      conv2dTiles.path = path;
-      try {
+    for (const path of ["blocked", "implicit_gemm"]) {
+      await withVariant("conv2d.fwd", path, async () => {
         const w = e.tensor(rand(6 * 5 * 3 * 3, 3), [6, 5, 3, 3]).keep();
         const b = e.tensor(rand(6, 4), [6]).keep();
         const live: number[] = [];
@@ -393,9 +378,148 @@ gpuTest(
         assertEquals(e.pool.stats().inUse, before - 1, `${path}: the one cached layout is freed`);
         w.dispose();
         b.dispose();
-      } finally {
-        conv2dTiles.path = saved;
-      }
+      });
     }
+  },
+);
+
+/**
+ * The names of the kernels `fn` dispatches (from the engine's trace), e.g. `conv2d_direct_fwd`; the trace
+ * is printed through console.error, captured here.
+ */
+function dispatched(e: Engine, fn: () => void): string[] {
+  const lines: string[] = [];
+  const [trace, print] = [e.trace, console.error];
+  e.trace = true;
+  console.error = (...args: unknown[]) => void lines.push(args.join(" "));
+  try {
+    e.scope(fn);
+  } finally {
+    e.trace = trace;
+    console.error = print;
+  }
+  return lines.map((l) => /dispatch (\S+)/.exec(l)?.[1] ?? l);
+}
+
+gpuTest("conv2d runs the tuning table's variant for its shape class, and a forced variant over it", (e) => {
+  const d = caseData(CASES[1], 71);
+  const o = { stride: d.stride, padding: d.padding };
+  const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+  const g = conv2dGeometry(d.xShape, d.wShape, o);
+  const shapeClass = conv2dShapeClass(g);
+  assertEquals(shapeClass, "k3s1 c4-8 hw16");
+  const fwd = () => void conv2dForward(x, w, o);
+  const dx = () => void conv2dBackwardInput(dy, w, d.xShape, o);
+  const has = (names: string[], prefix: string) => names.some((n) => n.startsWith(prefix));
+  // Default: blocked on software adapters, implicit_gemm on GPUs.
+  const byDefault = e.adapterInfo.software ? "conv2d_blocked_fwd" : "conv2d_fwd_tm8_tn8";
+  assertEquals(has(dispatched(e, fwd), byDefault), true, `default ${dispatched(e, fwd)}`);
+  try {
+    useTuning(e, {
+      entries: {
+        [`conv2d.fwd|${shapeClass}`]: "direct",
+        [`conv2d.dx|${shapeClass}`]: "implicit_gemm/4x4",
+        "conv2d.fwd|k7s2 c4-64 hw256": "implicit_gemm/4x8",
+      },
+    });
+    assertEquals(dispatched(e, fwd), ["conv2d_direct_fwd"]);
+    assertEquals(has(dispatched(e, dx), "conv2d_dx_tm4_tn4"), true, `dx ${dispatched(e, dx)}`);
+    const forced = withVariant("conv2d.fwd", "implicit_gemm", () => dispatched(e, fwd));
+    assertEquals(has(forced, "conv2d_fwd_tm8_tn8"), true, `forced ${forced}`);
+    // A table entry that names no variant is an error, naming the entry.
+    useTuning(e, { entries: { [`conv2d.fwd|${shapeClass}`]: "winograd/f4" } });
+    assertThrows(
+      fwd,
+      RangeError,
+      `with variant "winograd/f4" (tuning table entry "conv2d.fwd|${shapeClass}")`,
+    );
+  } finally {
+    useTuning(e, null);
+  }
+});
+
+gpuTest("a forced conv2d variant that cannot run throws, naming the variant and the geometry", (e) => {
+  const d = caseData(CASES[1], 72);
+  const o = { stride: d.stride, padding: d.padding };
+  const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+  const geometry = "x[2,3,7,9] w[5,3,3,3] s1 p1";
+  for (
+    const [variant, why] of [
+      ["winograd", 'unknown strategy "winograd" (the strategies are blocked, implicit_gemm, direct)'],
+      ["blocked/t12", 'unknown parameter "t12" (blocked takes t8, t16, t32, split<N>, nomatmul)'],
+      ["implicit_gemm/6x8", '"6x8": TM must be 4, 8, 12 or 16 and TN 1 to 16'],
+      ["implicit_gemm/split0", '"split0": the split target must be ≥ 1'],
+      ["direct/t8", 'unknown parameter "t8" (direct takes none)'],
+    ]
+  ) {
+    assertThrows(
+      () => withVariant("conv2d.fwd", variant, () => conv2dForward(x, w, o)),
+      RangeError,
+      `Cannot conv2d ${geometry} with variant "${variant}": ${why}`,
+    );
+  }
+  assertThrows(
+    () => withVariant("conv2d.dx", "direct/t8", () => conv2dBackwardInput(dy, w, d.xShape, o)),
+    RangeError,
+    `Cannot conv2d backward (input) ${geometry} with variant "direct/t8"`,
+  );
+  assertThrows(
+    () => withVariant("conv2d.dw", "blocked/t64", () => conv2dBackwardWeight(x, dy, d.wShape, o)),
+    RangeError,
+    `Cannot conv2d backward (weight) ${geometry} with variant "blocked/t64"`,
+  );
+});
+
+/** ResNet-50's convolutions on a 224² input (torchvision v1.5: the stride on the 3×3): [Cin, H, Cout, K, s]. */
+function resnet50Convs(): [number, number, number, number, number][] {
+  const convs: [number, number, number, number, number][] = [[3, 224, 64, 7, 2]];
+  let cin = 64, h = 56;
+  for (const [planes, blocks, stride] of [[64, 3, 1], [128, 4, 2], [256, 6, 2], [512, 3, 2]]) {
+    for (let b = 0; b < blocks; b++) {
+      const s = b === 0 ? stride : 1;
+      convs.push([cin, h, planes, 1, 1], [planes, h, planes, 3, s]);
+      if (b === 0) convs.push([cin, h, planes * 4, 1, s]); // downsample
+      h = Math.ceil(h / s);
+      convs.push([planes, h, planes * 4, 1, 1]);
+      cin = planes * 4;
+    }
+  }
+  return convs;
+}
+
+gpuTest(
+  "conv2d shape classes group ResNet-50's 53 convolutions into 23, and every strategy is a candidate",
+  (e) => {
+    const convs = resnet50Convs();
+    assertEquals(convs.length, 53);
+    const classes = new Set(
+      convs.map(([cin, h, cout, k, s]) =>
+        conv2dShapeClass(
+          conv2dGeometry([8, cin, h, h], [cout, cin, k, k], { stride: s, padding: (k - 1) / 2 }),
+        )
+      ),
+    );
+    assertEquals(classes.size, 23, [...classes].join("; "));
+    assertEquals(classes.has("k7s2 c4-64 hw256"), true);
+    assertEquals(classes.has("k3s2 c128-128 hw64"), true);
+    const g = conv2dGeometry([2, 64, 56, 56], [64, 64, 3, 3], { padding: 1 });
+    for (const op of ["conv2d.fwd", "conv2d.dx", "conv2d.dw"] as const) {
+      assertEquals(conv2dCandidates(e, op, g), [
+        "blocked",
+        "blocked/t8",
+        "blocked/t16",
+        "blocked/t32",
+        "implicit_gemm",
+        "implicit_gemm/4x4",
+        "implicit_gemm/4x8",
+        "implicit_gemm/8x4",
+        "direct",
+      ]);
+    }
+    assertThrows(
+      () => conv2dCandidates(e, "conv2d.bias" as "conv2d.fwd", g),
+      RangeError,
+      'Cannot list conv2d candidates for "conv2d.bias"',
+    );
   },
 );

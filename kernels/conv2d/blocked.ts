@@ -1,0 +1,742 @@
+/**
+ * The "blocked" strategy: every pass as a register-blocked GEMM in the style of kernels/matmul.ts, without
+ * workgroup memory; the default on software adapters (llvmpipe), 3–5× faster there than `implicit_gemm`.
+ * Variant ids: `blocked` (block size T by problem size: 32 for big products, 16 and 8 below),
+ * `blocked/t8`, `blocked/t16`, `blocked/t32` (T forced), plus `/split<N>` (the weight gradient splits K
+ * until at least N workgroups run; default 16) and `/nomatmul` (1×1 stride-1 convolutions through this
+ * strategy's own kernels instead of `matmulForward`).
+ *
+ * Each invocation owns a T×T block of the output, both operands are read as vec4 along K (or along the
+ * output columns), K advances by 4 per loop step with the 4 FMAs of one accumulator back to back,
+ * out-of-range rows and columns are clamped (no branches in the K loop) and only stores are guarded. On
+ * llvmpipe a storage load costs ~200 instructions whatever its width, so FMAs per load is what counts: a
+ * T×T block does 4·T² FMAs per 2·T vec4 loads. To make K contiguous, activations are first copied to a
+ * zero-padded channels-last layout (N, H+2p, W+2p, C⁴), C⁴ = C rounded up to 4 (conv1: 3 → 4), and weights
+ * to (rows, KH, KW, C⁴): for fixed (n, kh) the KW·C⁴ values of one output position are contiguous.
+ *
+ *   forward: y[n, co, oh, ow] = Σ_kh Σ_(kw,ci) A[co, kh, kw, ci] · xp[n, oh·s + kh, ow·s + kw, ci]
+ *   input gradient: one such stride-1 correlation per stride phase (ih mod s, iw mod s) over the padded
+ *     channels-last dy, with the phase's taps of w flipped and transposed (rows = ci, K = (th, tw, co)), so
+ *     no FMA multiplies an inserted zero; each phase stores its strided subset of dx.
+ *   weight gradient: dw[co, (kh, kw, ci)] = Σ_k dyᵀ[co, k] · xp[P(k) + Q(kh, kw, ci)], k = (n, oh, ow): dyᵀ
+ *     is read as vec4 along k, xp as vec4 along ci (the output columns), P(k) comes from a small table;
+ *     split-K over k when the output has few blocks, partials summed by `reduce`.
+ *
+ * 1×1 stride-1 convolutions whose H·W, Cin and Cout are multiples of 4 run through `matmulForward` on the
+ * NCHW tensors (no copies; the forward only without an epilogue). The forward's epilogue (bias, residual,
+ * ReLU) is selected by uniforms rather than compiled in: each T×T variant costs seconds (T = 16) to a
+ * minute (T = 32) of compilation on llvmpipe, so one kernel per block serves every epilogue.
+ *
+ * @module
+ */
+import { type Engine, grid } from "../../engine/engine.ts";
+import { single, type VariantParams, variants } from "../../engine/kernel.ts";
+import type { Tensor } from "../../engine/tensor.ts";
+import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
+import { matmulForward } from "../matmul.ts";
+import { reduce } from "../reduce.ts";
+import {
+  type Conv2dCall,
+  type Conv2dGeometry,
+  type Conv2dOptions,
+  type Conv2dStrategy,
+  each,
+  each2,
+  groups,
+  isGemm,
+  packedWeight,
+  splitParam,
+  WG,
+} from "./common.ts";
+
+/** Parameters of a `blocked` variant. */
+export interface BlockedConfig {
+  /** Block size T (8, 16 or 32); undefined: by problem size. */
+  block?: 8 | 16 | 32;
+  /** Weight gradient: split K until at least this many workgroups run. */
+  dwMinGroups: number;
+  /** Run 1×1 stride-1 convolutions (no epilogue) through `matmulForward`. */
+  matmul1x1: boolean;
+}
+
+/** Invocations per workgroup of the register-blocked kernels. */
+const RWG = 8;
+
+const c4 = (c: number) => Math.ceil(c / 4) * 4;
+
+// ------------------------------------------------------------------------------------------ layouts
+
+// x: (N, C, H, W) → xp: (N, HP, WP, C⁴) as vec4, x at offset (pt, pl), zeros elsewhere.
+const nhwcKernel = single("conv2d_nhwc", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "xp", access: "read_write", type: "vec4<f32>" }],
+  uniforms: {
+    c: "u32",
+    h: "u32",
+    w: "u32",
+    hp: "u32",
+    wp: "u32",
+    c4q: "u32",
+    pt: "u32",
+    pl: "u32",
+    total: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.total) { return; }
+  let cq = i % p.c4q;
+  var t = i / p.c4q;
+  let iw = i32(t % p.wp) - i32(p.pl);
+  t = t / p.wp;
+  let ih = i32(t % p.hp) - i32(p.pt);
+  let n = t / p.hp;
+  let inside = ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w);
+  let last = arrayLength(&x) - 1u;
+  var v = vec4<f32>(0.0);
+  for (var s = 0u; s < 4u; s++) {
+    let c = cq * 4u + s;
+    let idx = ((n * p.c + c) * p.h + u32(ih)) * p.w + u32(iw);
+    v[s] = select(0.0, x[min(idx, last)], inside && c < p.c);
+  }
+  xp[i] = v;
+}`,
+}));
+
+/** Copy a (N, C, H, W) tensor to (N, H + pt + pb, W + pl + pr, C⁴), zero-padded. */
+function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number): Tensor {
+  const e = x.engine;
+  const [n, c, h, w] = x.shape;
+  const hp = h + pt + pb, wp = w + pl + pr, c4q = c4(c) / 4;
+  const total = n * hp * wp * c4q;
+  const xp = e.empty([n, hp, wp, 4 * c4q], "conv2d channels-last");
+  e.run(nhwcKernel(), {
+    bindings: [x, xp],
+    uniforms: { c, h, w, hp, wp, c4q, pt, pl, total },
+    workgroups: grid(total, WG),
+    info: `[${x.shape}] → [${xp.shape}]`,
+  });
+  return xp;
+}
+
+// w: (Cout, Cin, KH, KW) → a: (M, T1, T2, C⁴) as vec4, zero-padded along c; one vec4 per invocation.
+//   Forward (swap 0): m = co, c = ci, kh = t1, kw = t2.
+//   Input gradient (swap 1, flip 1): m = ci, c = co, kh = kh0 + s·(T1 − 1 − t1), kw = kw0 + s·(T2 − 1 − t2).
+const packAKernel = single("conv2d_pack_a", () => ({
+  bindings: [{ name: "w", access: "read" }, { name: "a", access: "read_write", type: "vec4<f32>" }],
+  uniforms: {
+    cout: "u32",
+    cin: "u32",
+    kh: "u32",
+    kw: "u32",
+    kh0: "u32",
+    kw0: "u32",
+    s: "u32",
+    t1: "u32",
+    t2: "u32",
+    cq: "u32",
+    swap: "u32",
+    flip: "u32",
+    total: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
+    @builtin(num_workgroups) nwg: vec3u) {
+  // g.y = row m, g.x = (t1, t2, c/4) within the row: two divisions per vec4.
+  let i = g.x;
+  if (i >= p.total) { return; }
+  let m = g.y;
+  let tap = i / p.cq;
+  let c4 = (i - tap * p.cq) * 4u;
+  let t1 = tap / p.t2;
+  let t2 = tap - t1 * p.t2;
+  let kh = p.kh0 + p.s * select(t1, p.t1 - 1u - t1, p.flip == 1u);
+  let kw = p.kw0 + p.s * select(t2, p.t2 - 1u - t2, p.flip == 1u);
+  let kk = p.kh * p.kw;
+  // w index = (co·Cin + ci)·KK + kh·KW + kw; c steps by Cin·KK (swap) or KK.
+  let sw = p.swap == 1u;
+  let nc = select(p.cin, p.cout, sw);
+  let step = select(kk, p.cin * kk, sw);
+  let base = select(m * p.cin * kk, m * kk, sw) + kh * p.kw + kw;
+  let last = arrayLength(&w) - 1u;
+  var v = vec4<f32>(0.0);
+  for (var s = 0u; s < 4u; s++) {
+    v[s] = select(0.0, w[min(base + (c4 + s) * step, last)], c4 + s < nc);
+  }
+  a[m * p.total + i] = v;
+}`,
+}));
+
+function packA(
+  w: Tensor,
+  g: Conv2dGeometry,
+  o: { swap: boolean; kh0: number; kw0: number; t1: number; t2: number },
+  call: Conv2dCall,
+): Tensor {
+  const e = w.engine;
+  const rows = o.swap ? g.cin : g.cout, cp = c4(o.swap ? g.cout : g.cin);
+  const total = o.t1 * o.t2 * cp / 4; // vec4 per row
+  // A phase without taps still binds a (never read) buffer.
+  const a = e.empty([Math.max(4 * rows * total, 4)], "conv2d packed w");
+  if (total === 0) return a;
+  e.run(packAKernel(), {
+    bindings: [w, a],
+    uniforms: {
+      cout: g.cout,
+      cin: g.cin,
+      kh: g.kh,
+      kw: g.kw,
+      kh0: o.kh0,
+      kw0: o.kw0,
+      s: o.swap ? g.stride : 1,
+      t1: o.t1,
+      t2: o.t2,
+      cq: cp / 4,
+      swap: o.swap ? 1 : 0,
+      flip: o.swap ? 1 : 0,
+      total,
+    },
+    workgroups: groups(e, call, Math.ceil(total / WG), rows),
+    info: `[${w.shape}] → [${rows},${o.t1},${o.t2},${cp}]`,
+  });
+  return a;
+}
+
+// dy: (N, Cout, OHW) → dyᵀ: (Cout, K⁴), K⁴ = N·OHW rounded up to 4, zeros past N·OHW.
+const dyTKernel = single("conv2d_dyt", () => ({
+  bindings: [{ name: "dy", access: "read" }, { name: "dyt", access: "read_write" }],
+  uniforms: { cout: "u32", ohw: "u32", nk: "u32", kp: "u32", total: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.total) { return; }
+  let k = i % p.kp;
+  let co = i / p.kp;
+  let idx = (k / p.ohw * p.cout + co) * p.ohw + k % p.ohw;
+  dyt[i] = select(0.0, dy[min(idx, arrayLength(&dy) - 1u)], k < p.nk);
+}`,
+}));
+
+// P[k], k < K⁴: ((n·HP + oh·s)·WP + ow·s)·C⁴/4 for k = (n, oh, ow) < N·OH·OW, else 0 (vec4 offsets into xp).
+// P[K⁴ + k4]: offset of dy's vec4 k4 in A: dy itself, (n·Cout·OHW + oh·OW + ow)/4 with k = 4·k4, when
+// OHW % 4 = 0 (`direct`), else k4 in the copy dyᵀ.
+const pTableKernel = single("conv2d_ptable", () => ({
+  bindings: [{ name: "P", access: "read_write", type: "u32" }],
+  uniforms: {
+    nk: "u32",
+    ohw: "u32",
+    ow: "u32",
+    hp: "u32",
+    wp: "u32",
+    s: "u32",
+    c4q: "u32",
+    kp: "u32",
+    cout: "u32",
+    direct: "u32",
+    total: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.total) { return; }
+  if (i >= p.kp) {
+    let k = 4u * (i - p.kp);
+    P[i] = select(k / 4u, (k / p.ohw * p.cout * p.ohw + k % p.ohw) / 4u, p.direct == 1u);
+    return;
+  }
+  let q = i % p.ohw;
+  let v = ((i / p.ohw * p.hp + q / p.ow * p.s) * p.wp + q % p.ow * p.s) * p.c4q;
+  P[i] = select(0u, v, i < p.nk);
+}`,
+}));
+
+// ------------------------------------------------------------------------------------------ GEMM kernels
+
+interface BlockParams extends VariantParams {
+  tm: number;
+  tn: number;
+}
+
+// Row and column of the block owned by an invocation: lanes along rows (rmul = RWG, rl = 1) or along
+// columns (cmul = RWG, cl = 1), chosen by the host as in chooseMatmulKernel.
+const LANES = { rmul: "u32", rl: "u32", cmul: "u32", cl: "u32" } as const;
+const blockStart = (tm: number, tn: number) =>
+  `  let row0 = (wid.y * p.rmul + lid.x * p.rl) * ${tm}u;
+  let col0 = (wid.x * p.cmul + lid.x * p.cl) * ${tn}u;`;
+
+// The 4 FMAs of one accumulator back to back ("ijk"): c += a[0..3] · b[0..3].
+const fma4 = (
+  tm: number,
+  tn: number,
+  a: (i: number, s: number) => string,
+  b: (j: number, s: number) => string,
+) =>
+  each2(tm, tn, (i, j) => {
+    let v = `c${i}_${j}`;
+    for (let s = 0; s < 4; s++) v = `fma(${a(i, s)}, ${b(j, s)}, ${v})`;
+    return `      c${i}_${j} = ${v};`;
+  });
+
+// out[n, m, i·os + rh, j·os + rw] = epi(Σ_kh Σ_t A[m, kh, t] · B[n, i·sh + offh + kh, j·sh + offw, t])
+//   A: (M, KH, ROWQ) vec4, B: (N, HP, WP, C⁴) vec4, t runs over the ROWQ = KW·C⁴/4 vec4 of one tap row.
+// Columns c = (n, i, j) of the GEMM, N = batch·OHW. The epilogue's parts are switched by uniforms.
+const fwdKernel = variants("conv2d_blocked_fwd", ({ tm, tn }: BlockParams) => ({
+  bindings: [
+    { name: "A", access: "read", type: "vec4<f32>" },
+    { name: "B", access: "read", type: "vec4<f32>" },
+    { name: "bias", access: "read" },
+    { name: "res", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: {
+    M: "u32",
+    N: "u32",
+    ohw: "u32",
+    ow: "u32",
+    hp: "u32",
+    wp: "u32",
+    c4q: "u32",
+    sh: "u32",
+    offh: "u32",
+    offw: "u32",
+    kh: "u32",
+    rowq: "u32",
+    oplane: "u32",
+    outw: "u32",
+    os: "u32",
+    rh: "u32",
+    rw: "u32",
+    hasBias: "u32",
+    hasRes: "u32",
+    relu: "u32",
+    ...LANES,
+  },
+  workgroupSize: [RWG],
+  body: wgsl`
+@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+    @builtin(local_invocation_id) lid: vec3u) {
+${blockStart(tm, tn)}
+  let ka4 = p.kh * p.rowq;
+${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u) * ka4;`)}
+${
+    each(tn, (j) =>
+      `  let q${j} = min(col0 + ${j}u, p.N - 1u) % p.ohw;
+  let b${j} = ((min(col0 + ${j}u, p.N - 1u) / p.ohw * p.hp + q${j} / p.ow * p.sh + p.offh) * p.wp + q${j} % p.ow * p.sh + p.offw) * p.c4q;`)
+  }
+${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
+  var ab = 0u;
+  var bb = 0u;
+  for (var kh = 0u; kh < p.kh; kh++) {
+    for (var k = 0u; k < p.rowq; k++) {
+${each(tm, (i) => `      let av${i} = A[a${i} + ab + k];`)}
+${each(tn, (j) => `      let bv${j} = B[b${j} + bb + k];`)}
+${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${j}[${s}]`)}
+    }
+    ab += p.rowq;
+    bb += p.wp * p.c4q;
+  }
+${
+    each(tm, (i) =>
+      `  var bi${i} = 0.0;
+  if (p.hasBias != 0u) { bi${i} = bias[min(row0 + ${i}u, p.M - 1u)]; }`)
+  }
+${
+    each(tn, (j) =>
+      `  if (col0 + ${j}u < p.N) {
+    let n = (col0 + ${j}u) / p.ohw;
+    let q = (col0 + ${j}u) % p.ohw;
+    let o = n * p.M * p.oplane + (q / p.ow * p.os + p.rh) * p.outw + q % p.ow * p.os + p.rw;
+${
+        each(tm, (i) =>
+          `    if (row0 + ${i}u < p.M) {
+      let oi = o + (row0 + ${i}u) * p.oplane;
+      var v = c${i}_${j} + bi${i};
+      if (p.hasRes != 0u) { v += res[oi]; }
+      if (p.relu != 0u) { v = max(v, 0.0); }
+      y[oi] = v;
+    }`)
+      }
+  }`)
+  }
+}`,
+}));
+
+// part[z, m, c, tap] = Σ_{k in split z} A[m, k] · xp[P[k] + Q(tap, c)]
+//   A = dyᵀ: (Cout, K⁴) vec4 along k = (n, oh, ow); xp: (N, HP, WP, C⁴) vec4 along c; column group
+//   g = (tap, c/4), Q = (kh·WP + kw)·C⁴/4 + c/4; P[k] = ((n·HP + oh·s)·WP + ow·s)·C⁴/4 (0 past the end).
+const dwKernel = variants("conv2d_blocked_dw", ({ tm, tn }: BlockParams) => {
+  const tq = tn / 4;
+  return {
+    bindings: [
+      { name: "A", access: "read", type: "vec4<f32>" },
+      { name: "B", access: "read", type: "vec4<f32>" },
+      { name: "P", access: "read", type: "u32" },
+      { name: "part", access: "read_write" },
+    ],
+    uniforms: {
+      M: "u32",
+      k4: "u32",
+      kp: "u32",
+      lda: "u32",
+      nq: "u32",
+      c4q: "u32",
+      cin: "u32",
+      kw: "u32",
+      kk: "u32",
+      wp: "u32",
+      chunk: "u32",
+      ...LANES,
+    },
+    workgroupSize: [RWG],
+    body: wgsl`
+@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+    @builtin(local_invocation_id) lid: vec3u) {
+${blockStart(tm, tn)}
+${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u) * p.lda;`)}
+${
+      each(tq, (q) =>
+        `  let g${q} = min(col0 / 4u + ${q}u, p.nq - 1u);
+  let b${q} = ((g${q} / p.c4q) / p.kw * p.wp + (g${q} / p.c4q) % p.kw) * p.c4q + g${q} % p.c4q;`)
+    }
+${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
+  let k1 = min(p.k4, (wid.z + 1u) * p.chunk);
+  for (var k = wid.z * p.chunk; k < k1; k++) {
+      let ao = P[p.kp + k];
+${each(tm, (i) => `      let av${i} = A[a${i} + ao];`)}
+${each(4, (s) => `      let p${s} = P[4u * k + ${s}u];`)}
+${each(4, (s) => each(tq, (q) => `      let bv${s}_${q} = B[p${s} + b${q}];`))}
+${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${s}_${j >> 2}[${j & 3}]`)}
+  }
+  let zb = wid.z * p.M * p.cin * p.kk;
+${
+      each(tn, (j) =>
+        `  {
+    let gq = col0 / 4u + ${j >> 2}u;
+    let ci = gq % p.c4q * 4u + ${j & 3}u;
+    if (gq < p.nq && ci < p.cin) {
+      let o = zb + ci * p.kk + gq / p.c4q;
+${each(tm, (i) => `      if (row0 + ${i}u < p.M) { part[o + (row0 + ${i}u) * p.cin * p.kk] = c${i}_${j}; }`)}
+    }
+  }`)
+    }
+}`,
+  };
+});
+
+/**
+ * Block (TM rows × TN columns per invocation) and lane mapping of a register-blocked GEMM of M×N×K:
+ * T×T with T forced by the variant, else 32×32 for big products (~15 s to compile on llvmpipe the first
+ * time), 16×16 and 8×8 below; fewer rows when M is small (the input gradient of conv1 has M = 3).
+ */
+function chooseBlock(
+  m: number,
+  n: number,
+  k: number,
+  c: BlockedConfig,
+): { tm: number; tn: number; cols: boolean } {
+  const flops = 2 * m * n * k;
+  const t = c.block ?? (flops >= 2 ** 27 ? 32 : flops >= 2 ** 22 ? 16 : 8);
+  const tm = Math.min(t, Math.max(4, 2 ** Math.ceil(Math.log2(m)))), tn = t;
+  // Pad less: RWG invocations × tm rows (lanes along rows) or × tn columns.
+  const padRows = Math.ceil(m / (RWG * tm)) * RWG * tm * Math.ceil(n / tn) * tn;
+  const padCols = Math.ceil(m / tm) * tm * Math.ceil(n / (RWG * tn)) * RWG * tn;
+  return { tm, tn, cols: padCols < padRows };
+}
+
+function lanes(
+  e: Engine,
+  call: Conv2dCall,
+  m: number,
+  n: number,
+  b: { tm: number; tn: number; cols: boolean },
+  z = 1,
+) {
+  const { tm, tn, cols } = b;
+  const uniforms = cols ? { rmul: 1, rl: 0, cmul: RWG, cl: 1 } : { rmul: RWG, rl: 1, cmul: 1, cl: 0 };
+  const workgroups = cols
+    ? groups(e, call, Math.ceil(n / (tn * RWG)), Math.ceil(m / tm), z)
+    : groups(e, call, Math.ceil(n / tn), Math.ceil(m / (tm * RWG)), z);
+  return { uniforms, workgroups };
+}
+
+/**
+ * A 1×1 stride-1 convolution whose operands the register-blocked matmul reads as vec4 without copies
+ * (H·W, Cin and Cout multiples of 4): it runs as `matmulForward` on the NCHW tensors.
+ */
+const plainGemm = (g: Conv2dGeometry, c: BlockedConfig) =>
+  isGemm(g) && c.matmul1x1 && (g.h * g.w) % 4 === 0 && g.cin % 4 === 0 && g.cout % 4 === 0;
+
+// ------------------------------------------------------------------------------------------ passes
+
+function forward(
+  x: Tensor,
+  w: Tensor,
+  g: Conv2dGeometry,
+  o: Conv2dOptions,
+  c: BlockedConfig,
+  call: Conv2dCall,
+): Tensor {
+  const e = x.engine;
+  const outShape = [g.n, g.cout, g.oh, g.ow];
+  if (plainGemm(g, c) && !o.bias && !o.residual && !o.relu) {
+    // y[n] = W · x[n]: (Cout, Cin) · (Cin, H·W), no copies.
+    return e.scope(() =>
+      matmulForward(w.reshape([g.cout, g.cin]), x.reshape([g.n, g.cin, g.h * g.w])).reshape(outShape)
+    );
+  }
+  const y = e.empty(outShape, "conv2d");
+  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
+  const { t: a, temporary } = packedWeight(
+    w,
+    o.constantWeight,
+    "blocked",
+    () => packA(w, g, { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw }, call),
+  );
+  const cp = c4(g.cin), N = g.n * g.oh * g.ow;
+  const blk = chooseBlock(g.cout, N, g.kh * g.kw * cp, c);
+  const l = lanes(e, call, g.cout, N, blk);
+  e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
+    bindings: [a, xp, o.bias ?? e.placeholder(), o.residual ?? e.placeholder(), y],
+    uniforms: {
+      M: g.cout,
+      N,
+      ohw: g.oh * g.ow,
+      ow: g.ow,
+      hp: g.h + 2 * g.pad,
+      wp: g.w + 2 * g.pad,
+      c4q: cp / 4,
+      sh: g.stride,
+      offh: 0,
+      offw: 0,
+      kh: g.kh,
+      rowq: g.kw * cp / 4,
+      oplane: g.oh * g.ow,
+      outw: g.ow,
+      os: 1,
+      rh: 0,
+      rw: 0,
+      hasBias: o.bias ? 1 : 0,
+      hasRes: o.residual ? 1 : 0,
+      relu: o.relu ? 1 : 0,
+      ...l.uniforms,
+    },
+    workgroups: l.workgroups,
+    info: `${call.info} ${call.variant} ${blk.tm}×${blk.tn}`,
+  });
+  xp.dispose();
+  if (temporary) a.dispose();
+  return y;
+}
+
+/** Taps of one stride phase along one axis: first tap k0, count T, and the row offset ch. */
+function phase(r: number, s: number, p: number, k: number) {
+  const k0 = (r + p) % s;
+  const taps = k0 < k ? Math.ceil((k - k0) / s) : 0;
+  return { k0, taps, ch: (r + p - k0) / s };
+}
+
+/** Input gradient: one stride-1 correlation per stride phase. */
+function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfig, call: Conv2dCall): Tensor {
+  const e = dy.engine;
+  const xShape = [g.n, g.cin, g.h, g.w];
+  if (plainGemm(g, c)) {
+    // dx[n] = Wᵀ · dy[n]: (Cin, Cout) · (Cout, H·W).
+    return e.scope(() =>
+      matmulForward(w.reshape([g.cout, g.cin]), dy.reshape([g.n, g.cout, g.h * g.w]), { transposeA: true })
+        .reshape(xShape)
+    );
+  }
+  const dx = e.empty(xShape, "conv2d dx");
+  const s = g.stride;
+  // Phase r covers rows i·s + r, i < ceil((H − r)/s); it reads dy rows i + ch − taps + 1 … i + ch.
+  const pads = (size: number, out: number, k: number) => {
+    let lo = 0, hi = 0;
+    for (let r = 0; r < s && r < size; r++) {
+      const ph = phase(r, s, g.pad, k);
+      if (ph.taps === 0) continue;
+      lo = Math.max(lo, ph.taps - 1 - ph.ch);
+      hi = Math.max(hi, Math.ceil((size - r) / s) - 1 + ph.ch - (out - 1));
+    }
+    return [lo, hi];
+  };
+  const [pt, pb] = pads(g.h, g.oh, g.kh), [pl, pr] = pads(g.w, g.ow, g.kw);
+  const dyp = toNhwc(dy, pt, pb, pl, pr);
+  const cp = c4(g.cout);
+  for (let rh = 0; rh < s && rh < g.h; rh++) {
+    for (let rw = 0; rw < s && rw < g.w; rw++) {
+      const ph = phase(rh, s, g.pad, g.kh), pw = phase(rw, s, g.pad, g.kw);
+      const hi = Math.ceil((g.h - rh) / s), wi = Math.ceil((g.w - rw) / s);
+      const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
+      const N = g.n * hi * wi;
+      const blk = chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c);
+      const l = lanes(e, call, g.cin, N, blk);
+      e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
+        bindings: [a, dyp, e.placeholder(), e.placeholder(), dx],
+        uniforms: {
+          M: g.cin,
+          N,
+          ohw: hi * wi,
+          ow: wi,
+          hp: g.oh + pt + pb,
+          wp: g.ow + pl + pr,
+          c4q: cp / 4,
+          sh: 1,
+          offh: ph.ch - ph.taps + 1 + pt,
+          offw: pw.ch - pw.taps + 1 + pl,
+          kh: ph.taps,
+          rowq: pw.taps * cp / 4,
+          oplane: g.h * g.w,
+          outw: g.w,
+          os: s,
+          rh,
+          rw,
+          hasBias: 0,
+          hasRes: 0,
+          relu: 0,
+          ...l.uniforms,
+        },
+        workgroups: l.workgroups,
+        info: `${call.info} phase (${rh},${rw}) ${call.variant} ${blk.tm}×${blk.tn}`,
+      });
+      a.dispose();
+    }
+  }
+  dyp.dispose();
+  return dx;
+}
+
+/** Weight gradient (split-K when the output has few blocks). */
+function backwardWeight(
+  x: Tensor,
+  dy: Tensor,
+  g: Conv2dGeometry,
+  c: BlockedConfig,
+  call: Conv2dCall,
+): Tensor {
+  const e = x.engine;
+  const wShape = [g.cout, g.cin, g.kh, g.kw];
+  if (plainGemm(g, c)) {
+    // dw = Σ_n dy[n] · x[n]ᵀ: (Cout, H·W) · (H·W, Cin) per image, then the sum over n.
+    return e.scope(() => {
+      const per = matmulForward(dy.reshape([g.n, g.cout, g.h * g.w]), x.reshape([g.n, g.cin, g.h * g.w]), {
+        transposeB: true,
+      });
+      return (g.n === 1 ? per : reduce("sum", per, { axes: 0 })).reshape(wShape);
+    });
+  }
+  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
+  const cp = c4(g.cin), hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
+  const nk = g.n * g.oh * g.ow, kp = c4(nk);
+  // A = dy read in place when each image's OH·OW is a multiple of 4, else the copy dyᵀ (Cout, K⁴).
+  const direct = (g.oh * g.ow) % 4 === 0;
+  let dyt: Tensor | null = null;
+  if (!direct) {
+    dyt = e.empty([g.cout, kp], "conv2d dyᵀ");
+    e.run(dyTKernel(), {
+      bindings: [dy, dyt],
+      uniforms: { cout: g.cout, ohw: g.oh * g.ow, nk, kp, total: g.cout * kp },
+      workgroups: grid(g.cout * kp, WG),
+      info: `[${dy.shape}] → [${dyt.shape}]`,
+    });
+  }
+  const ptab = e.empty([kp + kp / 4], "conv2d dw offsets");
+  e.run(pTableKernel(), {
+    bindings: [ptab],
+    uniforms: {
+      nk,
+      ohw: g.oh * g.ow,
+      ow: g.ow,
+      hp,
+      wp,
+      s: g.stride,
+      c4q: cp / 4,
+      kp,
+      cout: g.cout,
+      direct: direct ? 1 : 0,
+      total: kp + kp / 4,
+    },
+    workgroups: grid(kp + kp / 4, WG),
+    info: `${kp} + ${kp / 4} offsets`,
+  });
+  const kk = g.kh * g.kw, nq = kk * cp / 4, ncol = 4 * nq, k4 = kp / 4;
+  const blk = chooseBlock(g.cout, ncol, kp, c);
+  const { tm, tn } = blk;
+  const wgs = blk.cols
+    ? Math.ceil(ncol / (tn * RWG)) * Math.ceil(g.cout / tm)
+    : Math.ceil(ncol / tn) * Math.ceil(g.cout / (tm * RWG));
+  // Split K until there are ≥ dwMinGroups workgroups, keeping ≥ 64 steps per split and the partials small.
+  const wSize = g.cout * g.cin * kk;
+  let splits = Math.min(
+    Math.ceil(c.dwMinGroups / wgs),
+    Math.ceil(k4 / 64),
+    Math.max(1, Math.floor((64 << 20) / (4 * wSize))),
+  );
+  splits = Math.max(1, splits);
+  const chunk = Math.ceil(k4 / splits);
+  splits = Math.ceil(k4 / chunk);
+  const part = e.empty([splits, ...wShape], "conv2d dw partials");
+  const l = lanes(e, call, g.cout, ncol, blk, splits);
+  e.run(dwKernel({ tm, tn }), {
+    bindings: [dyt ?? dy, xp, ptab, part],
+    uniforms: {
+      M: g.cout,
+      k4,
+      kp,
+      lda: direct ? g.oh * g.ow / 4 : k4,
+      nq,
+      c4q: cp / 4,
+      cin: g.cin,
+      kw: g.kw,
+      kk,
+      wp,
+      chunk,
+      ...l.uniforms,
+    },
+    workgroups: l.workgroups,
+    info: `${call.info} ${call.variant} ${blk.tm}×${blk.tn} splits ${splits}`,
+  });
+  xp.dispose();
+  dyt?.dispose();
+  ptab.dispose();
+  if (splits === 1) {
+    const dw = part.reshape(wShape);
+    part.dispose();
+    return dw;
+  }
+  const dw = reduce("sum", part, { axes: 0 });
+  part.dispose();
+  return dw;
+}
+
+// ------------------------------------------------------------------------------------------ strategy
+
+/**
+ * The `blocked` strategy (see the module comment); params `t8` / `t16` / `t32`, `split<N>`, `nomatmul`.
+ *
+ * @example
+ * ```ts
+ * const c = blocked.config(["t16", "nomatmul"]); // { block: 16, dwMinGroups: 16, matmul1x1: false }
+ * ```
+ */
+export const blocked: Conv2dStrategy<BlockedConfig> = {
+  config(params) {
+    const c: BlockedConfig = { dwMinGroups: 16, matmul1x1: true };
+    for (const part of params) {
+      const split = splitParam(part);
+      if (part === "t8" || part === "t16" || part === "t32") c.block = Number(part.slice(1)) as 8 | 16 | 32;
+      else if (part === "nomatmul") c.matmul1x1 = false;
+      else if (split !== undefined) c.dwMinGroups = split;
+      else {throw new RangeError(
+          `unknown parameter "${part}" (blocked takes t8, t16, t32, split<N>, nomatmul)`,
+        );}
+    }
+    return c;
+  },
+  unsupported: () => null,
+  forward,
+  backwardInput,
+  backwardWeight,
+};

@@ -1,0 +1,296 @@
+/**
+ * 2-D convolution (NCHW, float32, groups 1, dilation 1, symmetric padding) with PyTorch semantics
+ * (`torch.nn.functional.conv2d`): OH = ⌊(H + 2p − KH) / s⌋ + 1. The launchers here validate the shapes and
+ * hand each pass to one strategy, chosen per call:
+ *
+ * - `blocked` (blocked.ts): register-blocked T×T GEMMs on zero-padded channels-last copies, no workgroup
+ *   memory; 1×1 stride-1 convolutions through `matmulForward`. The default on software adapters
+ *   (llvmpipe, `engine.adapterInfo.software`). Variants `blocked` (T by problem size), `blocked/t8`,
+ *   `blocked/t16`, `blocked/t32`.
+ * - `implicit_gemm` (implicit_gemm.ts): implicit GEMMs with TM×TN register blocks in 64-invocation
+ *   workgroups, stride phases for the input gradient, split-K for the weight gradient. The default on GPUs.
+ *   Variants `implicit_gemm` (8×8), `implicit_gemm/<TM>x<TN>`.
+ * - `direct` (direct.ts): one output element per invocation; runs every geometry (the fallback).
+ *
+ * Both GEMM strategies also take `/split<N>` (the weight gradient's split-K target) and `blocked` takes
+ * `/nomatmul`; see their modules. Which variant runs is
+ * `chosenVariant(engine, "conv2d.fwd" | "conv2d.dx" | "conv2d.dw", conv2dShapeClass(g))` (kernels/tuning.ts):
+ * a variant forced with `withVariant` (or {@linkcode withConv2dVariant} for all three passes), else the
+ * engine's tuning table, else the default for the adapter's kind. A forced variant that cannot run a
+ * geometry throws a RangeError naming the variant and the geometry; a table entry that cannot (its shape
+ * class is coarser than one geometry) gives way to the default.
+ *
+ * Every output is a new tensor (overwrite); the differentiable `conv2d` and its gradient rule are in
+ * ops/conv2d.ts. Tensors must fit one storage binding (128 MiB on llvmpipe); a larger one throws a
+ * RangeError from `engine.run` (use a smaller batch).
+ *
+ * @module
+ */
+import type { Engine } from "../../engine/engine.ts";
+import { Tensor } from "../../engine/tensor.ts";
+import { reduce } from "../reduce.ts";
+import { chosenVariant, tuningKey, tuningOf, withVariant } from "../tuning.ts";
+import {
+  checkDy,
+  type Conv2dCall,
+  type Conv2dGeometry,
+  conv2dGeometry,
+  type Conv2dOptions,
+  type Conv2dPass,
+  type Conv2dStrategy,
+  geometryLabel,
+} from "./common.ts";
+import { blocked } from "./blocked.ts";
+import { implicitGemm } from "./implicit_gemm.ts";
+import { direct } from "./direct.ts";
+
+export { type Conv2dGeometry, conv2dGeometry, type Conv2dOptions, releaseConv2dWeight } from "./common.ts";
+export { conv2dBackwardCpu, conv2dCpu } from "./reference.ts";
+
+/** The strategies by name: the first part of a variant id. */
+const STRATEGIES = {
+  blocked,
+  implicit_gemm: implicitGemm,
+  direct,
+  // winograd: kernels/conv2d/winograd.ts registers here; its `unsupported` names the geometries it cannot
+  // run (e.g. other than 3×3 stride 1), and CANDIDATES below lists its variants.
+} satisfies Record<string, Conv2dStrategy<unknown>>;
+
+/** The tuning-table ops of the three passes. */
+export type Conv2dTuningOp = "conv2d.fwd" | "conv2d.dx" | "conv2d.dw";
+
+const PASS: Record<Conv2dTuningOp, Conv2dPass> = {
+  "conv2d.fwd": "fwd",
+  "conv2d.dx": "dx",
+  "conv2d.dw": "dw",
+};
+const TUNING_OP: Record<Conv2dPass, Conv2dTuningOp> = { fwd: "conv2d.fwd", dx: "conv2d.dx", dw: "conv2d.dw" };
+/** The pass as error messages name it. */
+const OP_NAME: Record<Conv2dPass, string> = {
+  fwd: "conv2d",
+  dx: "conv2d backward (input)",
+  dw: "conv2d backward (weight)",
+};
+
+/** The variants {@linkcode conv2dCandidates} offers (where they can run). */
+const CANDIDATES = [
+  "blocked",
+  "blocked/t8",
+  "blocked/t16",
+  "blocked/t32",
+  "implicit_gemm",
+  "implicit_gemm/4x4",
+  "implicit_gemm/4x8",
+  "implicit_gemm/8x4",
+  "direct",
+] as const;
+
+interface Variant {
+  id: string;
+  strategy: Conv2dStrategy<unknown>;
+  config: unknown;
+}
+
+/** Parse a variant id `<strategy>[/<param>…]`; throws a RangeError saying what is wrong. */
+function parseVariant(id: string): Variant {
+  const [name, ...params] = id.split("/");
+  if (!Object.hasOwn(STRATEGIES, name)) {
+    throw new RangeError(
+      `unknown strategy "${name}" (the strategies are ${Object.keys(STRATEGIES).join(", ")})`,
+    );
+  }
+  const strategy: Conv2dStrategy<unknown> = STRATEGIES[name as keyof typeof STRATEGIES];
+  return { id, strategy, config: strategy.config(params) };
+}
+
+/** The built-in choice: `blocked` on software adapters, `implicit_gemm` on GPUs (`direct` if neither can). */
+function defaultVariant(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant {
+  const v = parseVariant(e.adapterInfo.software ? "blocked" : "implicit_gemm");
+  return v.strategy.unsupported(e, pass, g, v.config) === null ? v : parseVariant("direct");
+}
+
+/** The variant that runs `pass` at `g` on `e`: forced, else the tuning table's, else the default. */
+function resolve(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant {
+  const op = TUNING_OP[pass];
+  const shapeClass = conv2dShapeClass(g);
+  const id = chosenVariant(e, op, shapeClass);
+  if (id === undefined) return defaultVariant(e, pass, g);
+  // A forced variant equal to the table's entry is treated as the table's.
+  const key = tuningKey(op, shapeClass);
+  const fromTable = tuningOf(e)?.entries[key] === id;
+  const refuse = (why: string) =>
+    new RangeError(
+      `Cannot ${OP_NAME[pass]} ${geometryLabel(g)} with variant "${id}"` +
+        `${fromTable ? ` (tuning table entry "${key}")` : ""}: ${why}`,
+    );
+  let v: Variant;
+  try {
+    v = parseVariant(id);
+  } catch (err) {
+    throw refuse((err as Error).message);
+  }
+  const why = v.strategy.unsupported(e, pass, g, v.config);
+  if (why === null) return v;
+  if (fromTable) return defaultVariant(e, pass, g);
+  throw refuse(why);
+}
+
+const call = (v: Variant, pass: Conv2dPass, info: string): Conv2dCall => ({
+  op: OP_NAME[pass],
+  variant: v.id,
+  info,
+});
+
+/**
+ * The shape class of a convolution in the tuning table: kernel and stride exactly, channels in and out and
+ * the larger spatial side rounded up to powers of two, e.g. `k3s1 c64-64 hw64` (batch and padding left
+ * out). ResNet-50's 53 convolutions at 224² fall into 23 classes.
+ *
+ * @example
+ * ```ts
+ * conv2dShapeClass(conv2dGeometry([8, 64, 56, 56], [64, 64, 3, 3], { padding: 1 })); // "k3s1 c64-64 hw64"
+ * ```
+ */
+export function conv2dShapeClass(g: Conv2dGeometry): string {
+  const pow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(v, 1)));
+  const k = g.kh === g.kw ? `${g.kh}` : `${g.kh}x${g.kw}`;
+  return `k${k}s${g.stride} c${pow2(g.cin)}-${pow2(g.cout)} hw${pow2(Math.max(g.h, g.w))}`;
+}
+
+/**
+ * The variants that can run `op` at geometry `g` on `engine`: the candidates `he2gene tune` times (every
+ * strategy; the block sizes of `blocked`; four register blocks of `implicit_gemm`).
+ *
+ * @example
+ * ```ts
+ * const ids = conv2dCandidates(engine, "conv2d.fwd", conv2dGeometry(x.shape, w.shape, { padding: 1 }));
+ * // ["blocked", "blocked/t8", …, "direct"]
+ * ```
+ */
+export function conv2dCandidates(engine: Engine, op: Conv2dTuningOp, g: Conv2dGeometry): string[] {
+  if (!Object.hasOwn(PASS, op)) {
+    throw new RangeError(
+      `Cannot list conv2d candidates for "${op}": the ops are ${Object.keys(PASS).join(", ")}`,
+    );
+  }
+  const pass = PASS[op];
+  return CANDIDATES.filter((id) => {
+    const v = parseVariant(id);
+    return v.strategy.unsupported(engine, pass, g, v.config) === null;
+  });
+}
+
+/**
+ * Run `fn` with all three conv2d passes forced to `variant` (see `withVariant` in kernels/tuning.ts).
+ *
+ * @example
+ * ```ts
+ * const dw = withConv2dVariant("blocked/t16", () => conv2dBackwardWeight(x, dy, w.shape, { padding: 1 }));
+ * ```
+ */
+export function withConv2dVariant<T>(variant: string, fn: () => T): T {
+  return withVariant(
+    "conv2d.fwd",
+    variant,
+    () => withVariant("conv2d.dx", variant, () => withVariant("conv2d.dw", variant, fn)),
+  );
+}
+
+// ------------------------------------------------------------------------------------------ launchers
+
+/**
+ * Convolution forward with the fused epilogue, not recorded on the tape (use `conv2d` from ops/ for
+ * training).
+ *
+ * @example
+ * ```ts
+ * const y = conv2dForward(x, w, { stride: 2, padding: 3 }); // x: [N,3,224,224], w: [64,3,7,7]
+ * ```
+ */
+export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {}): Tensor {
+  if (!(x instanceof Tensor) || !(w instanceof Tensor)) {
+    throw new TypeError("Cannot conv2d: input and weight must be Tensors");
+  }
+  const g = conv2dGeometry(x.shape, w.shape, options);
+  const outShape = [g.n, g.cout, g.oh, g.ow];
+  const { bias, residual } = options;
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== g.cout)) {
+    throw new RangeError(
+      `Cannot conv2d with weight of shape [${w.shape}] and bias of shape [${bias.shape}]: bias must be [${g.cout}]`,
+    );
+  }
+  if (residual && (residual.rank !== 4 || residual.shape.some((d, i) => d !== outShape[i]))) {
+    throw new RangeError(
+      `Cannot conv2d input of shape [${x.shape}] with residual of shape [${residual.shape}]: ` +
+        `the output has shape [${outShape}]`,
+    );
+  }
+  const e = x.engine;
+  if (outShape.includes(0)) return e.empty(outShape, "conv2d");
+  const v = resolve(e, "fwd", g);
+  const info = `[${x.shape}]*[${w.shape}] s${g.stride} p${g.pad}`;
+  return v.strategy.forward(x, w, g, options, v.config, call(v, "fwd", info));
+}
+
+/**
+ * Gradient of the convolution's input: dx of shape `xShape` from dy (a transposed convolution).
+ *
+ * @example
+ * ```ts
+ * const dx = conv2dBackwardInput(dy, w, x.shape, { stride: 2, padding: 1 });
+ * ```
+ */
+export function conv2dBackwardInput(
+  dy: Tensor,
+  w: Tensor,
+  xShape: readonly number[],
+  options: { stride?: number; padding?: number } = {},
+): Tensor {
+  const g = conv2dGeometry(xShape, w.shape, options, "conv2d backward (input)");
+  checkDy(dy, g);
+  const e = dy.engine;
+  if (xShape.includes(0)) return e.empty(xShape, "conv2d dx");
+  if (g.cout === 0 || dy.size === 0) return e.zeros(xShape, "conv2d dx");
+  const v = resolve(e, "dx", g);
+  const info = `dy[${dy.shape}]*[${w.shape}]→[${xShape}] s${g.stride} p${g.pad}`;
+  return v.strategy.backwardInput(dy, w, g, v.config, call(v, "dx", info));
+}
+
+/**
+ * Gradient of the convolution's weight from x and dy.
+ *
+ * @example
+ * ```ts
+ * const dw = conv2dBackwardWeight(x, dy, w.shape, { stride: 1, padding: 1 });
+ * ```
+ */
+export function conv2dBackwardWeight(
+  x: Tensor,
+  dy: Tensor,
+  wShape: readonly number[],
+  options: { stride?: number; padding?: number } = {},
+): Tensor {
+  const g = conv2dGeometry(x.shape, wShape, options, "conv2d backward (weight)");
+  checkDy(dy, g);
+  const e = x.engine;
+  if (wShape.includes(0)) return e.empty(wShape, "conv2d dw");
+  if (g.n * g.oh === 0 || g.ow === 0) return e.zeros(wShape, "conv2d dw");
+  const v = resolve(e, "dw", g);
+  const info = `x[${x.shape}] dy[${dy.shape}]→[${wShape}] s${g.stride} p${g.pad}`;
+  return v.strategy.backwardWeight(x, dy, g, v.config, call(v, "dw", info));
+}
+
+/**
+ * Gradient of the bias: the sum of dy over N, H and W.
+ *
+ * @example
+ * ```ts
+ * const db = conv2dBackwardBias(dy); // [Cout]
+ * ```
+ */
+export function conv2dBackwardBias(dy: Tensor): Tensor {
+  if (dy.rank !== 4) {
+    throw new TypeError(`Cannot conv2d backward (bias) of dy with shape [${dy.shape}]: dy must have rank 4`);
+  }
+  return reduce("sum", dy, { axes: [0, 2, 3] });
+}
