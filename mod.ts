@@ -12,3 +12,4 @@
  */
 export * from "./engine/mod.ts";
 export * from "./kernels/mod.ts";
+export * from "./ops/mod.ts";

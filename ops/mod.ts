@@ -1,0 +1,8 @@
+/**
+ * Differentiable ops: each declares its forward and its gradient rule with `defineOp` (engine/autograd.ts)
+ * and runs the launchers of `kernels/`. One file per op family.
+ * @module
+ */
+export * from "./elementwise.ts";
+export * from "./loss.ts";
+export * from "./matmul.ts";
