@@ -125,7 +125,7 @@ async function hostCost(
   e: Engine,
   peer: { tf?: unknown } | null,
 ): Promise<{ oursUs: number; peerUs?: number }> {
-  const { add } = await import("../kernels/elementwise.ts");
+  const { add } = await import("../ops/elementwise.ts");
   const x = e.tensor(new Float32Array(256), [256]);
   const once = () =>
     e.scope(() => {

@@ -6,7 +6,8 @@
  * - Outside {@linkcode noGrad}, every op whose inputs need gradients appends a node to the active tape:
  *   an explicit {@linkcode Tape} inside `tape.record(fn)`, else the implicit default tape. As in PyTorch,
  *   `await backward(loss)` (or `loss.backward()`) walks the nodes in reverse, sums gradients of tensors
- *   used more than once, adds each leaf's gradient to its `.grad`, and consumes the graph.
+ *   used more than once (with the engine's own add kernel: the engine knows no ops), adds each leaf's
+ *   gradient to its `.grad`, and consumes the graph.
  *   `tape.backward(loss)` returns the gradients as a map instead.
  * - Saved tensors and recorded outputs are retained by the tape (a second reference to the same storage),
  *   so scopes may release their own handles; `tape.dispose()` frees them.
@@ -14,8 +15,10 @@
  *
  * @module
  */
+import { grid, type TensorRange } from "./engine.ts";
+import { single } from "./kernel.ts";
 import { checkNumerics, noteOutput } from "./numerics.ts";
-import { setBackwardHook, Tensor } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
 
 /** A recorded op application. */
 interface Node {
@@ -207,7 +210,7 @@ export class Tape {
         }
         if (g.shape.length !== inp.shape.length) g = reshapeOwned(g, inp.shape);
         const prev = grads.get(inp);
-        grads.set(inp, prev ? addInPlace(prev, g) : g);
+        grads.set(inp, prev ? addOwned(prev, g) : g);
       });
       if (node.output !== root || !seed) gy.dispose();
       grads.delete(node.output);
@@ -235,22 +238,53 @@ export class Tape {
   }
 }
 
-// Hooks filled in by kernels/ (the engine knows no kernels): gradient accumulation needs an add.
-let addImpl: ((a: Tensor, b: Tensor) => Tensor) | null = null;
+// ---------------------------------------------------------------- gradient accumulation
 
-/** @internal Register the add used to accumulate gradients (kernels/elementwise.ts does this). */
-export function setGradientAdd(fn: (a: Tensor, b: Tensor) => Tensor): void {
-  addImpl = fn;
-}
+const WG = 128;
 
-function addInPlace(a: Tensor, b: Tensor): Tensor {
-  if (!addImpl) {
-    throw new Error("Cannot accumulate gradients: no add kernel registered (import kernels/mod.ts)");
+// y[i] = a[i] + b[i]: the sum of two gradients of one tensor (the engine's own kernel: it knows no ops).
+// a, b, y: [n] (the same range of each)
+const gradAddKernel = single("grad_add", () => ({
+  bindings: [
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { n: "u32" },
+  workgroupSize: [WG],
+  body: `
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = g.x + g.y * (nwg.x * WG_X);
+  if (i >= p.n) { return; }
+  y[i] = a[i] + b[i];
+}`,
+}));
+
+/**
+ * `a + b` into a new tensor of `a`'s shape (the sizes are equal), then releases `a` and `b`. Tensors larger
+ * than one storage binding are added in aligned element ranges, one dispatch per range.
+ */
+function addOwned(a: Tensor, b: Tensor): Tensor {
+  const e = a.engine;
+  const y = e.empty(a.shape, "grad");
+  const n = y.size;
+  const align = e.offsetAlign / 4;
+  const per = Math.floor(e.maxBinding / 4 / align) * align;
+  const whole = n <= per;
+  const k = gradAddKernel();
+  for (let s = 0; s < n; s += per) {
+    const c = Math.min(per, n - s);
+    const bind = (t: Tensor): Tensor | TensorRange => (whole ? t : { tensor: t, offset: s, size: c });
+    e.run(k, {
+      bindings: [bind(a), bind(b), bind(y)],
+      uniforms: { n: c },
+      workgroups: grid(c, WG),
+      info: `[${a.shape}]`,
+    });
   }
-  const s = addImpl(a, b);
   a.dispose();
   b.dispose();
-  return s;
+  return y;
 }
 
 function reshapeOwned(g: Tensor, shape: readonly number[]): Tensor {
@@ -284,7 +318,7 @@ export async function backward(loss: Tensor, seed?: Tensor): Promise<void> {
     const grads = tape.backward(loss, seed);
     for (const [leaf, g] of grads) {
       if (leaf.grad && !leaf.grad.disposed) {
-        const sum = addInPlace(leaf.grad, g);
+        const sum = addOwned(leaf.grad, g);
         leaf.grad = sum.keep();
       } else {
         leaf.grad = g.keep();
@@ -316,5 +350,3 @@ export function zeroGrad(params: Iterable<Tensor>): void {
     p.grad = null;
   }
 }
-
-setBackwardHook(backward);

@@ -4,6 +4,8 @@
  *
  * @module
  */
+// A cycle (autograd imports Tensor): safe, since neither module uses the other at import time.
+import { backward as backpropagate } from "./autograd.ts";
 import type { Engine } from "./engine.ts";
 import type { PooledBuffer } from "./pool.ts";
 
@@ -22,12 +24,6 @@ export interface Storage {
 }
 
 let nextTensorId = 1;
-let backwardHook: ((t: Tensor) => Promise<void>) | null = null;
-
-/** @internal Installed by engine/autograd.ts (the tensor module knows no autograd). */
-export function setBackwardHook(fn: (t: Tensor) => Promise<void>): void {
-  backwardHook = fn;
-}
 
 /** Product of a shape's dimensions (1 for a scalar). */
 export function shapeSize(shape: readonly number[]): number {
@@ -137,8 +133,7 @@ export class Tensor {
    * on gets `.grad` (accumulated, as in PyTorch). Consumes the recorded graph.
    */
   backward(): Promise<void> {
-    if (!backwardHook) throw new Error("Cannot back-propagate: engine/autograd.ts is not loaded");
-    return backwardHook(this);
+    return backpropagate(this);
   }
 
   /** Exclude this tensor from the enclosing scopes' cleanup. Returns the tensor. */

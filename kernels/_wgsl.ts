@@ -22,7 +22,8 @@ export const wgsl: (strings: TemplateStringsArray, ...values: unknown[]) => stri
 
 /**
  * Entry point of a kernel that runs one invocation per element over a 2-D grid of workgroups (the x count
- * may be capped at 65 535); use with {@linkcode LINEAR_ID}.
+ * may be capped at 65 535); use with {@linkcode LINEAR_ID}. Its builtins are named `g` and `nwg`, so no
+ * binding may take those names (they would be shadowed inside `main`).
  */
 export const linearEntry = (wg: number) =>
   `@compute @workgroup_size(${wg}) fn main(@builtin(global_invocation_id) g: vec3u,
@@ -34,6 +35,7 @@ export const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
 /**
  * Entry point of a kernel where each workgroup owns one unit of work (a row, a channel chunk) over a 2-D
  * grid of workgroups; `t` is the invocation's index in the workgroup. Use with {@linkcode WORKGROUP_ID}.
+ * Its builtins are named `wid`, `nwg` and `t`, so no binding may take those names.
  */
 export const workgroupEntry = (wg: number) =>
   `@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
@@ -59,3 +61,34 @@ export const treeReduce = (sh: string, wg: number, combine: (a: string, b: strin
 
 /** WGSL literal of the most negative finite f32 (the identity of `max`). */
 export const NEG_MAX = "-3.402823e38";
+
+/**
+ * Statements of a partial-sum pass (under {@linkcode workgroupEntry} and {@linkcode WORKGROUP_ID}, with
+ * `var<workgroup> sh: array<f32, wg>` declared): workgroup `w` sums `v` — defined by `term`, WGSL statements
+ * that read the element index `i` — over `i ∈ [w·chunk, min((w+1)·chunk, n))`, compensated (Kahan) within
+ * each invocation and a tree across them. Afterwards `sh[0]` holds the workgroup's partial sum.
+ */
+export const chunkSum = (wg: number, chunk: number, n: string, term: string) =>
+  `let end = min((w + 1u) * ${chunk}u, ${n});
+  var acc = 0.0;
+  var comp = 0.0;
+  for (var i = w * ${chunk}u + t; i < end; i += ${wg}u) {
+    ${term}
+    ${kahanAdd("acc", "comp", "v")}
+  }
+  sh[t] = acc;
+  ${treeReduce("sh", wg, (a, b) => `${a} + ${b}`)}`;
+
+/**
+ * Statements of a final pass that one workgroup runs (with `var<workgroup> sh: array<f32, wg>` declared):
+ * sums `value` (a WGSL expression of the index `k`) over `k ∈ [0, count)`, strided across the invocations,
+ * compensated (Kahan) within each and a tree across them. Afterwards `sh[0]` holds the total.
+ */
+export const stridedSum = (wg: number, count: string, value: string) =>
+  `var acc = 0.0;
+  var comp = 0.0;
+  for (var k = t; k < ${count}; k += ${wg}u) {
+    ${kahanAdd("acc", "comp", value)}
+  }
+  sh[t] = acc;
+  ${treeReduce("sh", wg, (a, b) => `${a} + ${b}`)}`;

@@ -1,6 +1,8 @@
 /**
- * Elementwise ops: unary (relu, sigmoid, exp, log, sqrt, neg, abs, tanh) and binary (add, sub, mul, div,
- * maximum, minimum) with NumPy broadcasting, and their scalar forms (`add(x, 2)`).
+ * Elementwise kernels: unary (relu, sigmoid, exp, log, sqrt, neg, abs, tanh), binary (add, sub, mul, div,
+ * maximum, minimum and the backward helpers) with NumPy broadcasting, their scalar forms, and
+ * `broadcastTo`; launchers and CPU references. The differentiable ops (`add`, `relu`, …) and their gradient
+ * rules are in `ops/elementwise.ts`.
  *
  * Tensors larger than one storage binding are processed in element ranges: the output and every operand
  * of the output's shape are bound range by range; broadcast operands must fit in one binding.
@@ -9,10 +11,9 @@
  * @module
  */
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { defineOp, setGradientAdd } from "../engine/autograd.ts";
-import { reduce } from "./reduce.ts";
+import { LINEAR_ID, linearEntry, wgsl } from "./_wgsl.ts";
 
 /** Unary op names. */
 export type UnaryOp = "relu" | "sigmoid" | "exp" | "log" | "sqrt" | "neg" | "abs" | "tanh";
@@ -78,76 +79,66 @@ const BINARY_CPU: Record<BinaryOp, (u: number, v: number) => number> = {
 };
 
 const WG = 128;
-// Linear thread id over a 2-D dispatch grid (x may be capped at 65535 workgroups).
-const LINEAR_ID = "let i = g.x + g.y * (nwg.x * WG_X);";
-const ENTRY =
-  `@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u)`;
 
-const cache = kernelCache<Kernel>();
-
-// out[i] = f(x[i])
-function unaryKernel(op: UnaryOp): Kernel {
-  return cache(`unary:${op}`, () =>
-    defineKernel({
-      name: `unary_${op}`,
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { n: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// y[i] = f(x[i])   x, y: [n]
+const unaryKernel = variants("unary", (p: { op: UnaryOp }) => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { n: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   let v = x[i];
-  y[i] = ${UNARY_WGSL[op]};
+  y[i] = ${UNARY_WGSL[p.op]};
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// out[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)
-function scalarKernel(op: BinaryOp, reversed: boolean): Kernel {
-  return cache(`scalar:${op}:${reversed}`, () =>
-    defineKernel({
-      name: `scalar_${op}${reversed ? "_rev" : ""}`,
-      bindings: [{ name: "a", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { n: "u32", s: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// y[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)   a, y: [n]
+const scalarKernel = variants("scalar", (p: { op: BinaryOp; rev: boolean }) => ({
+  bindings: [{ name: "a", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { n: "u32", s: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-  let u = ${reversed ? "p.s" : "a[i]"};
-  let v = ${reversed ? "a[i]" : "p.s"};
-  y[i] = ${BINARY_WGSL[op]};
+#if ${p.rev}
+  let u = p.s;
+  let v = a[i];
+#else
+  let u = a[i];
+  let v = p.s;
+#endif
+  y[i] = ${BINARY_WGSL[p.op]};
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// out[i] = a[ia] ∘ b[ib]; ia, ib from the output index through broadcast strides (0 on broadcast dims).
-// Same-shape operands skip the index arithmetic.
-function binaryKernel(op: BinaryOp, general: boolean): Kernel {
-  return cache(`binary:${op}:${general}`, () =>
-    defineKernel({
-      name: `binary_${op}${general ? "_bcast" : ""}`,
-      bindings: [{ name: "a", access: "read" }, { name: "b", access: "read" }, {
-        name: "y",
-        access: "read_write",
-      }],
-      uniforms: {
-        shape: "u32x8",
-        sa: "u32x8",
-        sb: "u32x8",
-        n: "u32",
-        rank: "u32",
-        base: "u32",
-        abase: "u32",
-        bbase: "u32",
-      },
-      workgroupSize: [WG],
-      body: general
-        ? String.raw`
-${ENTRY} {
+// y[i] = a[ia] ∘ b[ib]; with `bcast`, ia and ib come from the output index through broadcast strides (0 on
+// broadcast dims); same-shape operands skip the index arithmetic. y: [n] (a range starting at element `base`
+// of the output); a, b: whole, or ranges starting at elements abase, bbase.
+const binaryKernel = variants("binary", (p: { op: BinaryOp; bcast: boolean }) => ({
+  bindings: [
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: {
+    shape: "u32x8",
+    sa: "u32x8",
+    sb: "u32x8",
+    n: "u32",
+    rank: "u32",
+    base: "u32",
+    abase: "u32",
+    bbase: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
+#if ${p.bcast}
   var rem = i + p.base;
   var ia = 0u;
   var ib = 0u;
@@ -160,29 +151,21 @@ ${ENTRY} {
   }
   let u = a[ia - p.abase];
   let v = b[ib - p.bbase];
-  y[i] = ${BINARY_WGSL[op]};
-}`
-        : String.raw`
-${ENTRY} {
-  ${LINEAR_ID}
-  if (i >= p.n) { return; }
+#else
   let u = a[i];
   let v = b[i];
-  y[i] = ${BINARY_WGSL[op]};
+#endif
+  y[i] = ${BINARY_WGSL[p.op]};
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
-// y[i] = x[ix]: broadcast x to the output shape (strides 0 on stretched axes).
-function expandKernel(): Kernel {
-  return cache("expand", () =>
-    defineKernel({
-      name: "expand",
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { shape: "u32x8", sx: "u32x8", n: "u32", rank: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${ENTRY} {
+// y[i] = x[ix]: broadcast x to the output shape (strides 0 on stretched axes).   y: [n]
+const expandKernel = single("expand", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { shape: "u32x8", sx: "u32x8", n: "u32", rank: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
   var rem = i;
@@ -194,8 +177,7 @@ ${ENTRY} {
   }
   y[i] = x[ix];
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 /**
  * Broadcast `x` to `shape` (NumPy rules), materialised.
@@ -255,7 +237,7 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   const e = x.engine;
   const y = e.empty(x.shape, op);
   const parts = chunks(e, x.size);
-  const k = unaryKernel(op);
+  const k = unaryKernel({ op });
   for (const [s, c] of parts) {
     if (c === 0) continue;
     const whole = parts.length === 1;
@@ -314,7 +296,7 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   if (typeof b === "number") {
     const y = e.empty(a.shape, op);
     const parts = chunks(e, a.size);
-    const k = scalarKernel(op, reversed);
+    const k = scalarKernel({ op, rev: reversed });
     for (const [s, c] of parts) {
       if (c === 0) continue;
       const whole = parts.length === 1;
@@ -342,7 +324,7 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   const sameB = shapeSize(b.shape) === n && b.shape.length <= shape.length &&
     b.shape.every((d, i) => d === shape[shape.length - b.shape.length + i]);
   const general = !(sameA && sameB);
-  const k = binaryKernel(op, general);
+  const k = binaryKernel({ op, bcast: general });
   const sa = broadcastStrides(a.shape, shape);
   const sb = broadcastStrides(b.shape, shape);
   const whole = parts.length === 1;
@@ -378,129 +360,6 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   }
   return y;
 }
-
-/** Sum `g` down to `shape` (undo broadcasting): reduce leading and stretched axes. */
-export function unbroadcast(g: Tensor, shape: readonly number[]): Tensor {
-  // Same shape: a second reference to the same storage (no copy).
-  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g.reshape(shape);
-  const lead = g.rank - shape.length;
-  const axes: number[] = [];
-  for (let i = 0; i < g.rank; i++) {
-    if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
-  }
-  const s = reduce("sum", g, { axes, keepDims: true });
-  const r = s.reshape(shape);
-  s.dispose();
-  return r;
-}
-
-type BinIn = [Tensor, Tensor | null];
-interface BinOpts {
-  scalar?: number;
-}
-
-function binaryOp(op: "add" | "sub" | "mul" | "div") {
-  return defineOp<BinIn, BinOpts, void>({
-    name: op,
-    forward: ([a, b], o) => ({ output: binary(op, a, b ?? o.scalar!), saved: undefined }),
-    backward: (gy, _s, [a, b], o) => {
-      const e = gy.engine;
-      return e.scope(() => {
-        const bv: Tensor | number = b ?? o.scalar!;
-        let ga: Tensor, gb: Tensor | null = null;
-        switch (op) {
-          case "add":
-            ga = unbroadcast(gy, a.shape);
-            if (b) gb = unbroadcast(gy, b.shape);
-            break;
-          case "sub":
-            ga = unbroadcast(gy, a.shape);
-            if (b) gb = unbroadcast(unary("neg", gy), b.shape);
-            break;
-          case "mul":
-            ga = unbroadcast(binary("mul", gy, bv), a.shape);
-            if (b) gb = unbroadcast(binary("mul", gy, a), b.shape);
-            break;
-          case "div":
-            ga = unbroadcast(binary("div", gy, bv), a.shape);
-            // d(a/b)/db = -a / b²
-            if (b) {
-              gb = unbroadcast(
-                unary("neg", binary("div", binary("mul", gy, a), binary("mul", b, b))),
-                b.shape,
-              );
-            }
-            break;
-        }
-        return [ga!, gb];
-      });
-    },
-  });
-}
-
-const addOp = binaryOp("add"), subOp = binaryOp("sub"), mulOp = binaryOp("mul"), divOp = binaryOp("div");
-const call = (f: ReturnType<typeof binaryOp>, a: Tensor, b: Tensor | number) =>
-  typeof b === "number" ? f([a, null], { scalar: b }) : f([a, b], {});
-
-/** `a + b` with broadcasting (b may be a number); differentiable. @example `const y = add(x, bias);` */
-export const add = (a: Tensor, b: Tensor | number): Tensor => call(addOp, a, b);
-/** `a - b` with broadcasting; differentiable. @example `const d = sub(x, 1);` */
-export const sub = (a: Tensor, b: Tensor | number): Tensor => call(subOp, a, b);
-/** `a * b` with broadcasting; differentiable. @example `const y = mul(x, 0.5);` */
-export const mul = (a: Tensor, b: Tensor | number): Tensor => call(mulOp, a, b);
-/** `a / b` with broadcasting; differentiable. @example `const y = div(x, std);` */
-export const div = (a: Tensor, b: Tensor | number): Tensor => call(divOp, a, b);
-/** Elementwise maximum (no gradient). @example `const y = maximum(x, 0);` */
-export const maximum = (a: Tensor, b: Tensor | number): Tensor => binary("maximum", a, b);
-/** Elementwise minimum (no gradient). @example `const y = minimum(x, 1);` */
-export const minimum = (a: Tensor, b: Tensor | number): Tensor => binary("minimum", a, b);
-
-// Unary backward: which binary op of (dy, saved) gives dx, and whether the saved value is x or y.
-const UNARY_GRAD: Record<UnaryOp, { save: "x" | "y"; grad: (gy: Tensor, v: Tensor) => Tensor }> = {
-  relu: { save: "x", grad: (gy, x) => binary("relu_grad", gy, x) },
-  sigmoid: { save: "y", grad: (gy, y) => binary("sigmoid_grad", gy, y) },
-  exp: { save: "y", grad: (gy, y) => binary("mul", gy, y) },
-  log: { save: "x", grad: (gy, x) => binary("div", gy, x) },
-  sqrt: { save: "y", grad: (gy, y) => binary("mul", binary("div", gy, y), 0.5) },
-  neg: { save: "x", grad: (gy) => unary("neg", gy) },
-  abs: { save: "x", grad: (gy, x) => binary("sign_mul", gy, x) },
-  tanh: { save: "y", grad: (gy, y) => binary("tanh_grad", gy, y) },
-};
-
-function unaryOp(op: UnaryOp) {
-  return defineOp<[Tensor], void, Tensor>({
-    name: op,
-    forward: ([x]) => {
-      const y = unary(op, x);
-      return { output: y, saved: UNARY_GRAD[op].save === "x" ? x : y };
-    },
-    backward: (gy, v) => [gy.engine.scope(() => UNARY_GRAD[op].grad(gy, v))],
-  });
-}
-
-const UNARY_OPS = Object.fromEntries(
-  (Object.keys(UNARY_GRAD) as UnaryOp[]).map((op) => [op, unaryOp(op)]),
-) as Record<UnaryOp, (inputs: [Tensor], options: void) => Tensor>;
-
-/** max(x, 0); differentiable. @example `const y = relu(x);` */
-export const relu = (x: Tensor): Tensor => UNARY_OPS.relu([x]);
-/** 1 / (1 + e^-x), computed without overflow; differentiable. @example `const p = sigmoid(logits);` */
-export const sigmoid = (x: Tensor): Tensor => UNARY_OPS.sigmoid([x]);
-/** e^x; differentiable. @example `const y = exp(x);` */
-export const exp = (x: Tensor): Tensor => UNARY_OPS.exp([x]);
-/** Natural log; differentiable. @example `const y = log(x);` */
-export const log = (x: Tensor): Tensor => UNARY_OPS.log([x]);
-/** Square root; differentiable. @example `const y = sqrt(x);` */
-export const sqrt = (x: Tensor): Tensor => UNARY_OPS.sqrt([x]);
-/** -x; differentiable. @example `const y = neg(x);` */
-export const neg = (x: Tensor): Tensor => UNARY_OPS.neg([x]);
-/** |x|; differentiable. @example `const y = abs(x);` */
-export const abs = (x: Tensor): Tensor => UNARY_OPS.abs([x]);
-/** tanh(x); differentiable. @example `const y = tanh(x);` */
-export const tanh = (x: Tensor): Tensor => UNARY_OPS.tanh([x]);
-
-// Gradients of tensors used twice are summed with this add.
-setGradientAdd((a, b) => binary("add", a, b));
 
 // ---------------------------------------------------------------- CPU references (float64 arithmetic)
 

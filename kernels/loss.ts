@@ -1,6 +1,8 @@
 /**
- * Losses: mean squared error, binary cross-entropy on probabilities, and the masked row MSE of
- * HE2Gene-Spat's spatial constraint. Each returns a scalar tensor `[]` that stays on the GPU.
+ * Loss kernels: mean squared error, binary cross-entropy on probabilities, and the masked row MSE of
+ * HE2Gene-Spat's spatial constraint; launchers (`lossForward`, `lossBackward`) and CPU references. Each
+ * loss is a scalar tensor `[]` that stays on the GPU. The differentiable `mseLoss`, `bceLoss` and
+ * `maskedMseLoss` are in `ops/loss.ts`.
  *
  * Forward is two dispatches: workgroup `w` sums the per-element terms of `[w·CHUNK, (w+1)·CHUNK)`
  * (compensated per thread, a tree across the 256 threads) into `part[w]`; one workgroup then sums the
@@ -16,19 +18,29 @@
  * @module
  */
 import { grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { defineOp, needsGrad } from "../engine/autograd.ts";
+import {
+  chunkSum,
+  LINEAR_ID,
+  linearEntry,
+  stridedSum,
+  treeReduce,
+  wgsl,
+  WORKGROUP_ID,
+  workgroupEntry,
+} from "./_wgsl.ts";
 
 /** Loss kinds with a GPU kernel. */
 export type LossKind = "mse" | "bce" | "masked_mse";
+
+/** The public op of each kind, named in error messages. */
+const OP_NAME: Record<LossKind, string> = { mse: "mseLoss", bce: "bceLoss", masked_mse: "maskedMseLoss" };
 
 const WG = 256;
 /** Elements one workgroup of the partial pass sums (32 per thread). */
 const CHUNK = 8192;
 const EW = 128;
-
-const cache = kernelCache<Kernel>();
 
 // Clamped logs of BCE. WGSL leaves log(0) undefined, so 0 is mapped to the clamp explicitly; log1p(x) uses
 // Goldberg's trick log(u)·x/(u − 1), u = 1 + x, which keeps the relative accuracy for small |x|.
@@ -52,110 +64,74 @@ const TERM: Record<LossKind, string> = {
   masked_mse: "let d = select(0.0, a[i] - b[i], m[i / p.g] != 0.0); let v = d * d;",
 };
 
+// shc[0] = rows r with m[r] ≠ 0 (after the statements; every invocation of the workgroup runs them).
+const COUNT_HELD = `var cnt = 0.0;
+  for (var r = t; r < p.rows; r += ${WG}u) { cnt += select(0.0, 1.0, m[r] != 0.0); }
+  shc[t] = cnt;
+  ${treeReduce("shc", WG, (x, y) => `${x} + ${y}`)}`;
+
 // part[w] = Σ term(i) over i ∈ [w·CHUNK, min((w+1)·CHUNK, n)).   a, b: [n]; m: [n / g]; part: [parts]
-function partialKernel(kind: LossKind): Kernel {
-  const masked = kind === "masked_mse";
-  return cache(`partial:${kind}`, () =>
-    defineKernel({
-      name: `loss_${kind}_partial`,
-      bindings: [
-        { name: "a", access: "read" },
-        { name: "b", access: "read" },
-        ...(masked ? [{ name: "m", access: "read" as const }] : []),
-        { name: "part", access: "read_write" },
-      ],
-      uniforms: { n: "u32", parts: "u32", g: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-${kind === "bce" ? BCE_FNS : ""}
+const partialKernel = variants("loss_partial", (p: { kind: LossKind }) => ({
+  bindings: [
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    ...(p.kind === "masked_mse" ? [{ name: "m", access: "read" as const }] : []),
+    { name: "part", access: "read_write" },
+  ],
+  uniforms: { n: "u32", parts: "u32", g: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
+#if ${p.kind === "bce"}
+${BCE_FNS}
+#endif
 var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let w = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= p.parts) { return; }   // uniform per workgroup
-  let end = min((w + 1u) * ${CHUNK}u, p.n);
-  var acc = 0.0;
-  var comp = 0.0;
-  for (var i = w * ${CHUNK}u + t; i < end; i += ${WG}u) {
-    ${TERM[kind]}
-    let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
-  }
-  sh[t] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] = sh[t] + sh[t + s]; }
-    workgroupBarrier();
-  }
+  ${chunkSum(WG, CHUNK, "p.n", TERM[p.kind])}
   if (t == 0u) { part[w] = sh[0]; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // y[0] = Σ part · scale. For the masked loss scale = 1 / (rows held · g), or 0 when no row holds.
 // part: [parts]; m: [rows]; y: [1]
-function finalKernel(masked: boolean): Kernel {
-  return cache(`final:${masked}`, () =>
-    defineKernel({
-      name: `loss_${masked ? "masked_" : ""}final`,
-      bindings: [
-        { name: "part", access: "read" },
-        ...(masked ? [{ name: "m", access: "read" as const }] : []),
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: { parts: "u32", rows: "u32", g: "u32", scale: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
+const finalKernel = variants("loss_final", (p: { masked: boolean }) => ({
+  bindings: [
+    { name: "part", access: "read" },
+    ...(p.masked ? [{ name: "m", access: "read" as const }] : []),
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { parts: "u32", rows: "u32", g: "u32", scale: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
 var<workgroup> sh: array<f32, ${WG}>;
+#if ${p.masked}
 var<workgroup> shc: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32) {
-  var acc = 0.0;
-  var comp = 0.0;
-  for (var k = t; k < p.parts; k += ${WG}u) {
-    let yk = part[k] - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
-  }
-  var cnt = 0.0;
-  ${masked ? `for (var r = t; r < p.rows; r += ${WG}u) { cnt += select(0.0, 1.0, m[r] != 0.0); }` : ""}
-  sh[t] = acc;
-  shc[t] = cnt;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] = sh[t] + sh[t + s]; shc[t] = shc[t] + shc[t + s]; }
-    workgroupBarrier();
-  }
-  if (t == 0u) {
-    ${
-        masked
-          ? "let c = shc[0]; y[0] = select(0.0, sh[0] / (c * f32(p.g)), c > 0.0);"
-          : "y[0] = sh[0] * p.scale;"
-      }
-  }
+#endif
+${workgroupEntry(WG)} {
+  ${stridedSum(WG, "p.parts", "part[k]")}
+#if ${p.masked}
+  ${COUNT_HELD}
+  if (t == 0u) { let c = shc[0]; y[0] = select(0.0, sh[0] / (c * f32(p.g)), c > 0.0); }
+#else
+  if (t == 0u) { y[0] = sh[0] * p.scale; }
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // s[0] = 1 / (rows held · g), or 0 when none holds (the masked loss's mean factor, for backward).
-function maskScaleKernel(): Kernel {
-  return cache("mask_scale", () =>
-    defineKernel({
-      name: "loss_mask_scale",
-      bindings: [{ name: "m", access: "read" }, { name: "s", access: "read_write" }],
-      uniforms: { rows: "u32", g: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
+// m: [rows]; s: [1]
+const maskScaleKernel = single("loss_mask_scale", () => ({
+  bindings: [{ name: "m", access: "read" }, { name: "s", access: "read_write" }],
+  uniforms: { rows: "u32", g: "u32" },
+  workgroupSize: [WG],
+  body: wgsl`
 var<workgroup> shc: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32) {
-  var cnt = 0.0;
-  for (var r = t; r < p.rows; r += ${WG}u) { cnt += select(0.0, 1.0, m[r] != 0.0); }
-  shc[t] = cnt;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k >>= 1u) {
-    if (t < k) { shc[t] = shc[t] + shc[t + k]; }
-    workgroupBarrier();
-  }
+${workgroupEntry(WG)} {
+  ${COUNT_HELD}
   if (t == 0u) { let c = shc[0]; s[0] = select(0.0, 1.0 / (c * f32(p.g)), c > 0.0); }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // d loss / d a and (optionally) d loss / d b, scaled by gy[0] and the mean factor.
 const GRAD: Record<LossKind, { a: string; b: string }> = {
@@ -174,37 +150,43 @@ const GRAD: Record<LossKind, { a: string; b: string }> = {
   },
 };
 
-// ga[i] = gy[0]·scale·∂term/∂a; gb[i] likewise (when withB). a, b, ga, gb: [n]; m: [n / g]; s: [1]
-function backwardKernel(kind: LossKind, withB: boolean): Kernel {
-  const masked = kind === "masked_mse";
-  return cache(`backward:${kind}:${withB}`, () =>
-    defineKernel({
-      name: `loss_${kind}_backward${withB ? "_ab" : ""}`,
-      bindings: [
-        { name: "a", access: "read" },
-        { name: "b", access: "read" },
-        ...(masked ? [{ name: "m", access: "read" as const }, { name: "s", access: "read" as const }] : []),
-        { name: "gy", access: "read" },
-        { name: "ga", access: "read_write" },
-        ...(withB ? [{ name: "gb", access: "read_write" as const }] : []),
-      ],
-      uniforms: { n: "u32", g: "u32", scale: "f32" },
-      workgroupSize: [EW],
-      body: String.raw`
-${kind === "bce" ? BCE_FNS : ""}
-@compute @workgroup_size(${EW}) fn main(@builtin(global_invocation_id) gid: vec3u,
-    @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG_X);
+// ga[i] = gy[0]·scale·∂term/∂a; gb[i] likewise (with `target`). a, b, ga, gb: [n]; m: [n / g]; s: [1]
+const backwardKernel = variants("loss_backward", (p: { kind: LossKind; target: boolean }) => {
+  const masked = p.kind === "masked_mse";
+  return {
+    bindings: [
+      { name: "a", access: "read" },
+      { name: "b", access: "read" },
+      ...(masked ? [{ name: "m", access: "read" as const }, { name: "s", access: "read" as const }] : []),
+      { name: "gy", access: "read" },
+      { name: "ga", access: "read_write" },
+      ...(p.target ? [{ name: "gb", access: "read_write" as const }] : []),
+    ],
+    uniforms: { n: "u32", g: "u32", scale: "f32" },
+    workgroupSize: [EW],
+    body: wgsl`
+#if ${p.kind === "bce"}
+${BCE_FNS}
+#endif
+${linearEntry(EW)} {
+  ${LINEAR_ID}
   if (i >= p.n) { return; }
-  let c = gy[0] * ${masked ? "s[0]" : "p.scale"};
-  ${GRAD[kind].a}
+#if ${masked}
+  let c = gy[0] * s[0];
+#else
+  let c = gy[0] * p.scale;
+#endif
+  ${GRAD[p.kind].a}
   ga[i] = c * k;
-  ${withB ? `gb[i] = c * (${GRAD[kind].b});` : ""}
+#if ${p.target}
+  gb[i] = c * (${GRAD[p.kind].b});
+#endif
 }`,
-    }) as unknown as Kernel);
-}
+  };
+});
 
-function checkPair(op: string, a: Tensor, b: Tensor): void {
+function checkInputs(kind: LossKind, a: Tensor, b: Tensor, mask?: Tensor): void {
+  const op = OP_NAME[kind];
   if (!(a instanceof Tensor) || !(b instanceof Tensor)) {
     throw new TypeError(`Cannot compute ${op}: inputs must be Tensors`);
   }
@@ -219,10 +201,32 @@ function checkPair(op: string, a: Tensor, b: Tensor): void {
         `(${a.engine.maxBinding}); use a smaller batch`,
     );
   }
+  if (kind === "masked_mse" && (a.rank !== 2 || !mask || mask.size !== a.shape[0])) {
+    throw new RangeError(
+      `Cannot compute ${op}: prediction has shape [${a.shape}] and mask [${mask?.shape}]; ` +
+        `expected [B, G] and [B]`,
+    );
+  }
 }
 
-// Partial pass + final pass. `mask` only for the masked loss (rows = mask.size, g = columns).
-function lossForward(kind: LossKind, a: Tensor, b: Tensor, mask?: Tensor): Tensor {
+/**
+ * The mean loss of `kind` over `[pred, target]` as a scalar tensor `[]` (no autograd; see `ops/loss.ts`): a
+ * partial pass, then a final pass. `mask` ([B], the rows whose value ≠ 0 count) only for `masked_mse`, with
+ * `pred` of shape [B, G].
+ * Throws a `TypeError` / `RangeError` naming the op and the shapes.
+ *
+ * @example
+ * ```ts
+ * const loss = lossForward("bce", [prob, target]); // [B, G], [B, G] → []
+ * ```
+ */
+export function lossForward(
+  kind: LossKind,
+  [a, b]: readonly [Tensor, Tensor],
+  options: { mask?: Tensor } = {},
+): Tensor {
+  const { mask } = options;
+  checkInputs(kind, a, b, mask);
   const e = a.engine;
   const n = a.size;
   const rows = mask?.size ?? 0;
@@ -230,14 +234,14 @@ function lossForward(kind: LossKind, a: Tensor, b: Tensor, mask?: Tensor): Tenso
   if (n === 0) return e.tensor([mask ? 0 : NaN], []); // PyTorch: mean of nothing is NaN
   const parts = Math.ceil(n / CHUNK);
   const part = e.empty([parts], `${kind} partials`);
-  e.run(partialKernel(kind), {
+  e.run(partialKernel({ kind }), {
     bindings: mask ? [a, b, mask, part] : [a, b, part],
     uniforms: { n, parts, g },
     workgroups: grid(parts, 1),
     info: `[${a.shape}]→[${parts}]`,
   });
   const y = e.empty([], kind);
-  e.run(finalKernel(!!mask), {
+  e.run(finalKernel({ masked: !!mask }), {
     bindings: mask ? [part, mask, y] : [part, y],
     uniforms: { parts, rows, g, scale: 1 / n },
     workgroups: [1],
@@ -247,18 +251,34 @@ function lossForward(kind: LossKind, a: Tensor, b: Tensor, mask?: Tensor): Tenso
   return y;
 }
 
-function lossBackward(
+/** Options for {@linkcode lossBackward}. */
+export interface LossBackwardOptions {
+  /** Also compute the gradient of the target (default false: `null`). */
+  target?: boolean;
+  /** The mask of `masked_mse`. */
+  mask?: Tensor;
+}
+
+/**
+ * Gradients `[d loss / d pred, d loss / d target | null]` of {@linkcode lossForward} given the output
+ * gradient `gy` ([] or [1], read on the GPU); new tensors.
+ *
+ * @example
+ * ```ts
+ * const [gp, gt] = lossBackward("mse", gy, [pred, target], { target: true });
+ * ```
+ */
+export function lossBackward(
   kind: LossKind,
   gy: Tensor,
-  a: Tensor,
-  b: Tensor,
-  withB: boolean,
-  mask?: Tensor,
+  [a, b]: readonly [Tensor, Tensor],
+  options: LossBackwardOptions = {},
 ): [Tensor, Tensor | null] {
+  const { mask, target = false } = options;
   const e = a.engine;
   const n = a.size;
   const ga = e.empty(a.shape, `${kind} grad`);
-  const gb = withB ? e.empty(b.shape, `${kind} grad`) : null;
+  const gb = target ? e.empty(b.shape, `${kind} grad`) : null;
   if (n === 0) return [ga, gb];
   const g = mask ? n / mask.size : 1;
   let s: Tensor | null = null;
@@ -271,7 +291,7 @@ function lossBackward(
       info: `[${mask.size}]`,
     });
   }
-  e.run(backwardKernel(kind, withB), {
+  e.run(backwardKernel({ kind, target }), {
     bindings: [a, b, ...(mask ? [mask, s!] : []), gy, ga, ...(gb ? [gb] : [])],
     uniforms: { n, g, scale: 1 / n },
     workgroups: grid(n, EW),
@@ -280,85 +300,6 @@ function lossBackward(
   s?.dispose();
   return [ga, gb];
 }
-
-const mseOp = defineOp<[Tensor, Tensor], void, void>({
-  name: "mse_loss",
-  forward: ([p, t]) => {
-    checkPair("mseLoss", p, t);
-    return { output: lossForward("mse", p, t), saved: undefined };
-  },
-  backward: (gy, _s, [p, t]) => {
-    const [gp, gt] = lossBackward("mse", gy, p, t, needsGrad(t));
-    return [gp, gt];
-  },
-});
-
-const bceOp = defineOp<[Tensor, Tensor], void, void>({
-  name: "bce_loss",
-  forward: ([p, t]) => {
-    checkPair("bceLoss", p, t);
-    return { output: lossForward("bce", p, t), saved: undefined };
-  },
-  backward: (gy, _s, [p, t]) => {
-    const [gp, gt] = lossBackward("bce", gy, p, t, needsGrad(t));
-    return [gp, gt];
-  },
-});
-
-const maskedOp = defineOp<[Tensor, Tensor, Tensor], void, void>({
-  name: "masked_mse_loss",
-  forward: ([p, t, m]) => {
-    checkPair("maskedMseLoss", p, t);
-    if (p.rank !== 2 || m.size !== p.shape[0]) {
-      throw new RangeError(
-        `Cannot compute maskedMseLoss: prediction has shape [${p.shape}] and mask [${m.shape}]; ` +
-          `expected [B, G] and [B]`,
-      );
-    }
-    return { output: lossForward("masked_mse", p, t, m), saved: undefined };
-  },
-  backward: (gy, _s, [p, t, m]) => {
-    const [gp, gt] = lossBackward("masked_mse", gy, p, t, needsGrad(t), m);
-    return [gp, gt, null];
-  },
-});
-
-/**
- * Mean squared error over all elements (PyTorch `MSELoss()`); a scalar tensor `[]`. Differentiable in
- * both inputs.
- *
- * @example
- * ```ts
- * const loss = mseLoss(pred, target); // pred, target: [B, G] → []
- * ```
- */
-export const mseLoss = (pred: Tensor, target: Tensor): Tensor => mseOp([pred, target]);
-
-/**
- * Binary cross-entropy on probabilities (PyTorch `BCELoss()`): logs clamped at −100, so `p` = 0 or 1
- * gives a finite loss and gradient. Differentiable in both inputs (the target's gradient is that of the
- * clamped forward, `max(log1p(−p), −100) − max(log p, −100)`, over N).
- *
- * @example
- * ```ts
- * const loss = bceLoss(sigmoid(logits), labels); // [B, G] → []
- * ```
- */
-export const bceLoss = (prob: Tensor, target: Tensor): Tensor => bceOp([prob, target]);
-
-/**
- * Mean squared error over the rows `b` with `mask[b] ≠ 0`:
- * `Σ_{b held} Σ_g (pred − target)² / (rows held · G)`, and 0 (with zero gradients) when no row holds.
- * HE2Gene-Spat's spatial constraint: `pred` are a spot's predicted target genes, `target` the mean
- * prediction of its same-label neighbours; both receive gradients, the mask none.
- *
- * @example
- * ```ts
- * const loss = maskedMseLoss(pred, neighbourMean, hasNeighbours); // [B, G], [B, G], [B] → []
- * ```
- */
-export const maskedMseLoss = (pred: Tensor, target: Tensor, mask: Tensor): Tensor =>
-  maskedOp([pred, target, mask]);
 
 // ---------------------------------------------------------------- CPU references (float64)
 
@@ -371,7 +312,7 @@ export interface LossCpu {
   gradTarget: Float64Array;
 }
 
-/** CPU reference of {@linkcode mseLoss}, forward and backward, in float64. */
+/** CPU reference of `mseLoss` (ops/loss.ts), forward and backward, in float64. */
 export function mseLossCpu(p: ArrayLike<number>, t: ArrayLike<number>): LossCpu {
   const n = p.length;
   const grad = new Float64Array(n), gradTarget = new Float64Array(n);
@@ -385,7 +326,7 @@ export function mseLossCpu(p: ArrayLike<number>, t: ArrayLike<number>): LossCpu 
   return { loss: s / n, grad, gradTarget };
 }
 
-/** CPU reference of {@linkcode bceLoss}, forward and backward, in float64. */
+/** CPU reference of `bceLoss` (ops/loss.ts), forward and backward, in float64. */
 export function bceLossCpu(p: ArrayLike<number>, t: ArrayLike<number>): LossCpu {
   const n = p.length;
   const grad = new Float64Array(n), gradTarget = new Float64Array(n);
@@ -400,7 +341,7 @@ export function bceLossCpu(p: ArrayLike<number>, t: ArrayLike<number>): LossCpu 
   return { loss: s / n, grad, gradTarget };
 }
 
-/** CPU reference of {@linkcode maskedMseLoss} (`p`, `t`: [rows, g] row-major; `m`: [rows]), in float64. */
+/** CPU reference of `maskedMseLoss` (ops/loss.ts; `p`, `t`: [rows, g] row-major; `m`: [rows]), in float64. */
 export function maskedMseLossCpu(p: ArrayLike<number>, t: ArrayLike<number>, m: ArrayLike<number>): LossCpu {
   const rows = m.length, n = p.length, g = rows ? n / rows : 0;
   let held = 0;

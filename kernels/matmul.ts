@@ -1,11 +1,14 @@
 /**
- * Matrix multiply: C = act(op(A) · op(B) + bias), batched, with either operand transposed.
+ * Matrix multiply kernels: C = act(op(A) · op(B) + bias), batched, with either operand transposed; the
+ * launcher `matmulForward`, the kernel choice and the CPU reference. The differentiable `matmul` and
+ * `linear` (and the matmul gradient rule) are in `ops/matmul.ts`.
  *
  *   A: (…, M, K)  or (…, K, M) with `transposeA`
  *   B: (…, K, N)  or (…, N, K) with `transposeB` (PyTorch Linear weight layout [out, in])
  *   bias: (N,)     C: (…, M, N)
  *
- * Two kernel families, chosen per adapter by {@linkcode chooseMatmulKernel}:
+ * Two kernel families, chosen per adapter by {@linkcode chooseMatmulKernel} (the tuning table first, see
+ * `kernels/tuning.ts`; each configuration has a variant id such as `reg/32x32/rows` or `tiled/64x64`):
  * - `reg`: register-blocked, no workgroup memory. Each invocation owns a TM×TN block of C (up to 32×32),
  *   reads A and B as vec4 where the layout allows, unrolls K by 4 and emits the FMAs of one accumulator
  *   back to back. On llvmpipe every storage load costs ~200 instructions (a per-lane loop), so FMAs per
@@ -18,21 +21,22 @@
  * stays within `maxStorageBufferBindingSize` (the 2048 × 19 699 auxiliary head is 161 MB, more than
  * llvmpipe's 128 MiB).
  *
- * Backward (dA, dB, dbias) overwrites fresh tensors; nothing accumulates in place.
- *
  * @module
  */
-import { defineOp } from "../engine/autograd.ts";
 import type { Engine, TensorRange } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
+import { wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
-import { reduce } from "./reduce.ts";
+import { chosenVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
 export type Activation = "none" | "relu" | "sigmoid";
 
-/** Options for {@linkcode matmul}. */
+/**
+ * Options for {@linkcode matmulForward} (and `matmul` in `ops/matmul.ts`). The kernel is the tuning
+ * table's choice; tests and benchmarks force one with `withVariant("matmul", id, fn)` (`kernels/tuning.ts`).
+ */
 export interface MatmulOptions {
   transposeA?: boolean;
   transposeB?: boolean;
@@ -40,8 +44,6 @@ export interface MatmulOptions {
   bias?: Tensor;
   /** Applied after the bias. */
   activation?: Activation;
-  /** Force a kernel configuration (tests and benchmarks); default: {@linkcode chooseMatmulKernel}. */
-  kernel?: MatmulConfig;
 }
 
 /** A register-blocked kernel configuration. */
@@ -72,10 +74,13 @@ export type MatmulConfig = RegConfig | TiledConfig;
 
 const KU = 4;
 
-interface Variant {
-  transB: boolean;
+/** Parameters of one matmul kernel: the configuration (its variant id) and the operand layout. */
+interface MatmulParams extends VariantParams {
+  /** Canonical variant id of the configuration, e.g. `reg/16x16/cols` (see {@linkcode matmulVariantId}). */
+  cfg: string;
   vecA: boolean;
   vecB: boolean;
+  transB: boolean;
   bias: boolean;
   act: Activation;
 }
@@ -101,7 +106,7 @@ const UNIFORMS = {
   acc: "u32", // 1: C += result (later split-K blocks)
 } as const;
 
-const BINDINGS = (v: Variant) =>
+const BINDINGS = (v: MatmulParams) =>
   [
     { name: "A", access: "read", type: v.vecA ? "vec4<f32>" : "f32" },
     { name: "B", access: "read", type: v.vecB ? "vec4<f32>" : "f32" },
@@ -114,7 +119,7 @@ const BINDINGS = (v: Variant) =>
 // C block (TM × TN) per invocation:
 //   for k in 0..K step 4: load TM A values (vec4 along K) and TN B values (vec4 along N or K),
 //   c[i][j] += a[i][k..k+3] · b[k..k+3][j], the 4 FMAs of one accumulator back to back.
-function genReg(c: RegConfig, v: Variant): string {
+function genReg(c: RegConfig, v: MatmulParams): string {
   const { tm: TM, tn: TN, wg: WG } = c;
   const { transB: tB, vecA: vA, vecB: vB } = v;
   const L: string[] = [];
@@ -223,11 +228,11 @@ function genReg(c: RegConfig, v: Variant): string {
 // ---------------------------------------------------------------- tiled kernel
 
 // Workgroup tile BM × BN, K step BK; A and B tiles staged in workgroup memory, zero-filled outside.
-function genTiled(c: TiledConfig, v: Variant): string {
+function genTiled(c: TiledConfig, v: MatmulParams): string {
   const { tm: TM, tn: TN, wx: WX, wy: WY, bk: BK } = c;
   const BM = WY * TM, BN = WX * TN, NT = WX * WY;
   const store = ACT_WGSL[v.act](v.bias ? "acc[i][j] + bias[p.biasOff + gn]" : "acc[i][j]");
-  return String.raw`
+  return wgsl`
 var<workgroup> As: array<f32, ${BK * BM}>; // [BK][BM]
 var<workgroup> Bs: array<f32, ${BK * BN}>; // [BK][BN]
 @compute @workgroup_size(${WX}, ${WY}, 1)
@@ -251,17 +256,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       As[kk * ${BM}u + r] = x;
     }
     for (var e = li; e < ${BN * BK}u; e += ${NT}u) {
-${
-    v.transB
-      ? `      let cc = e / ${BK}u; let kk = e % ${BK}u;
+#if ${v.transB}
+      let cc = e / ${BK}u; let kk = e % ${BK}u;
       let gn = n0 + cc; let gk = k0 + kk;
       var x = 0.0;
-      if (gn < N && gk < K) { x = B[bBase + gn * K + gk]; }`
-      : `      let kk = e / ${BN}u; let cc = e % ${BN}u;
+      if (gn < N && gk < K) { x = B[bBase + gn * K + gk]; }
+#else
+      let kk = e / ${BN}u; let cc = e % ${BN}u;
       let gn = n0 + cc; let gk = k0 + kk;
       var x = 0.0;
-      if (gn < N && gk < K) { x = B[bBase + gk * N + gn]; }`
-  }
+      if (gn < N && gk < K) { x = B[bBase + gk * N + gn]; }
+#endif
       Bs[kk * ${BN}u + cc] = x;
     }
     workgroupBarrier();
@@ -288,38 +293,128 @@ ${
 }`;
 }
 
-const cache = kernelCache<Kernel>();
+// ---------------------------------------------------------------- variants and the kernel choice
 
-function configName(c: MatmulConfig): string {
-  return c.kind === "reg"
-    ? `reg${c.tm}x${c.tn}_wg${c.wg}_${c.lanes}`
-    : `tiled${c.wy * c.tm}x${c.wx * c.tn}_t${c.tm}x${c.tn}_bk${c.bk}`;
+/** Register-block sizes that have a kernel (TM = TN). */
+const REG_TILES = [8, 16, 32] as const;
+/** Invocations per workgroup of the register-blocked kernels. */
+const REG_WG = 8;
+/** The workgroup-memory tiled kernel: 64 × 64 tiles, 4 × 4 per invocation, 16 × 16 invocations, K step 16. */
+const TILED: TiledConfig = { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 };
+
+/**
+ * The variant id of a configuration: `reg/<TM>x<TN>/<lanes>` or `tiled/<BM>x<BN>`.
+ *
+ * @example
+ * ```ts
+ * matmulVariantId({ kind: "reg", tm: 16, tn: 16, wg: 8, lanes: "cols" }); // "reg/16x16/cols"
+ * ```
+ */
+export function matmulVariantId(c: MatmulConfig): string {
+  return c.kind === "reg" ? `reg/${c.tm}x${c.tn}/${c.lanes}` : `tiled/${c.wy * c.tm}x${c.wx * c.tn}`;
 }
 
-function matmulKernel(c: MatmulConfig, v: Variant): Kernel {
-  const name =
-    `matmul_${configName(c)}_${v.vecA ? "vA" : "sA"}${v.vecB ? "vB" : "sB"}${v.transB ? "_tB" : ""}` +
-    `${v.bias ? "_bias" : ""}${v.act === "none" ? "" : "_" + v.act}`;
-  return cache(name, () =>
-    defineKernel({
-      name,
-      bindings: BINDINGS(v),
-      uniforms: UNIFORMS,
-      workgroupSize: c.kind === "reg" ? [c.wg] : [c.wx, c.wy],
-      body: c.kind === "reg" ? genReg(c, v) : genTiled(c, v),
-    }) as unknown as Kernel);
+// Lanes along the dimension that pads less: WG invocations × t rows ("rows") or × t columns ("cols").
+function lanesFor(m: number, n: number, t: number): RegConfig["lanes"] {
+  const padRows = Math.ceil(m / (REG_WG * t)) * REG_WG * t * Math.ceil(n / t) * t;
+  const padCols = Math.ceil(m / t) * t * Math.ceil(n / (REG_WG * t)) * REG_WG * t;
+  return padCols < padRows ? "cols" : "rows";
 }
 
-function workgroups(c: MatmulConfig, m: number, n: number, batch: number): [number, number, number] {
-  if (c.kind === "tiled") return [Math.ceil(n / (c.wx * c.tn)), Math.ceil(m / (c.wy * c.tm)), batch];
-  if (c.lanes === "rows") return [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), batch];
-  return [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), batch];
+// The configuration of a variant id (lanes: as given, else for an m × n product), or a message why not.
+function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
+  const reg = /^reg\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
+  if (reg) {
+    const tm = Number(reg[1]), tn = Number(reg[2]);
+    if (tm !== tn || !(REG_TILES as readonly number[]).includes(tm)) {
+      return `register blocks are ${REG_TILES.map((t) => `${t}x${t}`).join(", ")}`;
+    }
+    const lanes = (reg[3] as RegConfig["lanes"] | undefined) ?? lanesFor(m, n, tm);
+    return { kind: "reg", tm, tn, wg: REG_WG, lanes };
+  }
+  if (id === matmulVariantId(TILED)) return TILED;
+  return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32) and tiled/64x64";
+}
+
+// Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
+function cannotRun(engine: Engine, c: MatmulConfig): string | null {
+  if (c.kind === "reg") return null;
+  const invocations = c.wx * c.wy, bytes = 4 * c.bk * (c.wy * c.tm + c.wx * c.tn);
+  const l = engine.limits;
+  if (
+    l.maxComputeInvocationsPerWorkgroup < invocations || l.maxComputeWorkgroupSizeX < c.wx ||
+    l.maxComputeWorkgroupSizeY < c.wy || l.maxComputeWorkgroupStorageSize < bytes
+  ) {
+    return `it needs ${c.wx}×${c.wy} invocations and ${bytes} bytes of workgroup memory per workgroup; ` +
+      `the adapter allows ${l.maxComputeInvocationsPerWorkgroup} invocations and ` +
+      `${l.maxComputeWorkgroupStorageSize} bytes`;
+  }
+  return null;
 }
 
 /**
- * The kernel table. Software adapters (llvmpipe): register-blocked; 32×32 blocks for big products
- * (first compile ~15 s on llvmpipe, cached by Mesa afterwards), 16×16 and 8×8 for smaller ones, which
- * compile in ~1 s; lanes along the dimension that pads less. Hardware adapters: 64×64 workgroup tiles.
+ * The configuration of variant `id` for an m × n product on `engine`: `reg/<t>x<t>` (t = 8, 16, 32; lanes
+ * along the dimension that pads less), `reg/<t>x<t>/rows` or `/cols`, or `tiled/64x64`. Throws a
+ * `RangeError` naming the variant when it is unknown or cannot run on this adapter.
+ *
+ * @example
+ * ```ts
+ * const cfg = matmulVariant(engine, "reg/16x16", 300, 260); // { kind: "reg", tm: 16, …, lanes: "rows" }
+ * ```
+ */
+export function matmulVariant(engine: Engine, id: string, m: number, n: number): MatmulConfig {
+  const c = parseVariant(id, m, n);
+  if (typeof c === "string") throw new RangeError(`Cannot use matmul variant "${id}": ${c}`);
+  const why = cannotRun(engine, c);
+  if (why) throw new RangeError(`Cannot use matmul variant "${id}" on this adapter: ${why}`);
+  return c;
+}
+
+/**
+ * The shape class of an m × n × k product in the tuning table: each dimension rounded up to a power of two,
+ * e.g. `m4096 n64 k1024`.
+ *
+ * @example
+ * ```ts
+ * matmulShapeClass(3136, 64, 576); // "m4096 n64 k1024"
+ * ```
+ */
+export function matmulShapeClass(m: number, n: number, k: number): string {
+  const p2 = (x: number) => (x <= 1 ? x : 2 ** Math.ceil(Math.log2(x)));
+  return `m${p2(m)} n${p2(n)} k${p2(k)}`;
+}
+
+/**
+ * The variant ids that can compute an m × n × k product on `engine` (what `he2gene tune` times): every
+ * register block with both lane mappings, except blocks at least twice the size of C in both dimensions
+ * (8×8 always), and the tiled kernel where the adapter's limits allow it. Empty when no kernel runs (an
+ * empty C, or K = 0).
+ *
+ * @example
+ * ```ts
+ * for (const id of matmulCandidates(engine, 3136, 64, 576)) withVariant("matmul", id, () => time(id));
+ * ```
+ */
+export function matmulCandidates(engine: Engine, m: number, n: number, k: number): string[] {
+  if (m === 0 || n === 0 || k === 0) return [];
+  const out: string[] = [];
+  for (const t of REG_TILES) {
+    if (t > REG_TILES[0] && t >= 2 * Math.max(m, n)) continue;
+    for (const lanes of ["rows", "cols"] as const) {
+      out.push(matmulVariantId({ kind: "reg", tm: t, tn: t, wg: REG_WG, lanes }));
+    }
+  }
+  if (!cannotRun(engine, TILED)) out.push(matmulVariantId(TILED));
+  return out;
+}
+
+/**
+ * The kernel for an m × n × k product on `engine`: the tuning table's variant for
+ * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
+ * table. Software adapters (llvmpipe): register-blocked; 32×32 blocks for big products (first compile
+ * ~15 s on llvmpipe, cached by Mesa afterwards), 16×16 and 8×8 for smaller ones, which compile in ~1 s;
+ * lanes along the dimension that pads less. Hardware adapters: 64×64 workgroup tiles. A variant that is
+ * unknown or cannot run throws a `RangeError` naming it.
  *
  * @example
  * ```ts
@@ -327,13 +422,29 @@ function workgroups(c: MatmulConfig, m: number, n: number, batch: number): [numb
  * ```
  */
 export function chooseMatmulKernel(engine: Engine, m: number, n: number, k: number): MatmulConfig {
-  if (!engine.adapterInfo.software) return { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 };
+  const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
+  if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
+  if (!engine.adapterInfo.software) return TILED;
   const flops = 2 * m * n * k;
   const t = flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8;
-  // Pad less: 8 invocations × t rows (rows) or × t columns (cols).
-  const padRows = Math.ceil(m / (8 * t)) * 8 * t * Math.ceil(n / t) * t;
-  const padCols = Math.ceil(m / t) * t * Math.ceil(n / (8 * t)) * 8 * t;
-  return { kind: "reg", tm: t, tn: t, wg: 8, lanes: padCols < padRows ? "cols" : "rows" };
+  return { kind: "reg", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
+}
+
+// One kernel per (configuration, layout, epilogue).
+const matmulKernel = variants("matmul", (p: MatmulParams) => {
+  const c = parseVariant(p.cfg, 0, 0) as MatmulConfig; // canonical ids only (matmulVariantId)
+  return {
+    bindings: BINDINGS(p),
+    uniforms: UNIFORMS,
+    workgroupSize: c.kind === "reg" ? [c.wg] : [c.wx, c.wy],
+    body: c.kind === "reg" ? genReg(c, p) : genTiled(c, p),
+  };
+});
+
+function workgroups(c: MatmulConfig, m: number, n: number, batch: number): [number, number, number] {
+  if (c.kind === "tiled") return [Math.ceil(n / (c.wx * c.tn)), Math.ceil(m / (c.wy * c.tm)), batch];
+  if (c.lanes === "rows") return [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), batch];
+  return [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), batch];
 }
 
 // ---------------------------------------------------------------- launcher (no autograd)
@@ -369,25 +480,13 @@ function dims(op: string, a: Tensor, b: Tensor, o: MatmulOptions) {
   return { m, n, k: ka, batchShape, batch: shapeSize(batchShape) };
 }
 
-/** Batched transpose of the last two dimensions (materialised). */
-export function transpose(x: Tensor): Tensor {
-  if (x.rank < 2) throw new TypeError(`Cannot transpose a tensor of shape [${x.shape}]: rank < 2`);
-  const e = x.engine;
-  const [r, c] = x.shape.slice(-2);
-  const batch = shapeSize(x.shape.slice(0, -2));
-  const y = e.empty([...x.shape.slice(0, -2), c, r], "transpose");
-  if (y.size === 0) return y;
-  if (x.bytes > e.maxBinding) {
-    throw new RangeError(`Cannot transpose [${x.shape}]: larger than one storage binding`);
-  }
-  const k = cache("transpose", () =>
-    defineKernel({
-      name: "transpose",
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { r: "u32", c: "u32" },
-      workgroupSize: [16, 16],
-      // y[b, j, i] = x[b, i, j]; a 16×16 tile through workgroup memory keeps both sides coalesced.
-      body: String.raw`
+// y[b, j, i] = x[b, i, j]; a 16×16 tile through workgroup memory keeps both sides coalesced.
+// x: [batch, r, c]; y: [batch, c, r]
+const transposeKernel = single("transpose", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { r: "u32", c: "u32" },
+  workgroupSize: [16, 16],
+  body: `
 var<workgroup> tile: array<f32, 272>; // 16 × 17 (padded)
 @compute @workgroup_size(16, 16) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) l: vec3u) {
   let base = wid.z * p.r * p.c;
@@ -399,8 +498,20 @@ var<workgroup> tile: array<f32, 272>; // 16 × 17 (padded)
   let oj = wid.y * 16u + l.x;
   if (oi < p.c && oj < p.r) { y[base + oi * p.r + oj] = tile[l.x * 17u + l.y]; }
 }`,
-    }) as unknown as Kernel);
-  e.run(k, {
+}));
+
+/** Batched transpose of the last two dimensions (materialised). */
+export function transpose(x: Tensor): Tensor {
+  if (x.rank < 2) throw new TypeError(`Cannot transpose a tensor of shape [${x.shape}]: rank < 2`);
+  const e = x.engine;
+  const [r, c] = x.shape.slice(-2);
+  const batch = shapeSize(x.shape.slice(0, -2));
+  const y = e.empty([...x.shape.slice(0, -2), c, r], "transpose");
+  if (y.size === 0) return y;
+  if (x.bytes > e.maxBinding) {
+    throw new RangeError(`Cannot transpose [${x.shape}]: larger than one storage binding`);
+  }
+  e.run(transposeKernel(), {
     bindings: [x, y],
     uniforms: { r, c },
     workgroups: [Math.ceil(c / 16), Math.ceil(r / 16), batch],
@@ -419,7 +530,13 @@ function alignedBlock(e: Engine, rowElems: number[], maxRows: number): number {
 }
 
 /**
- * `act(op(A)·op(B) + bias)` without recording for autograd. See {@linkcode matmul}.
+ * `act(op(A)·op(B) + bias)` without recording for autograd (the differentiable form is `matmul` in
+ * `ops/matmul.ts`): A (…, M, K), B (…, K, N) (either transposed), batch dimensions equal or one operand 2-D.
+ *
+ * @example
+ * ```ts
+ * const y = matmulForward(x, w, { transposeB: true, bias: b, activation: "relu" });
+ * ```
  */
 export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   const e = a.engine;
@@ -457,17 +574,17 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
         `(${e.maxBinding} bytes) in a layout that cannot be split; use a smaller batch size`,
     );
   }
-  const cfg = o.kernel ?? chooseMatmulKernel(e, M, n, k);
+  const cfg = chooseMatmulKernel(e, M, n, k);
   const reg = cfg.kind === "reg";
   const epilogue = !splitK; // with split-K, bias and activation are applied after the last block
-  const variant: Variant = {
-    transB: tB,
+  const kernel = matmulKernel({
+    cfg: matmulVariantId(cfg),
     vecA: reg && k % 4 === 0,
     vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
+    transB: tB,
     bias: epilogue && !!o.bias,
     act: epilogue ? o.activation ?? "none" : "none",
-  };
-  const kernel = matmulKernel(cfg, variant);
+  });
   const sa = aBatched && !fold ? m * k : 0;
   const sb = bBatched ? k * n : 0;
   const sc = fold ? 0 : m * n;
@@ -535,88 +652,6 @@ function epilogueOnly(z: Tensor, o: MatmulOptions): Tensor {
     y = t;
   }
   return y;
-}
-
-// ---------------------------------------------------------------- autograd
-
-interface MmOpts {
-  transposeA: boolean;
-  transposeB: boolean;
-  activation: Activation;
-  kernel?: MatmulConfig;
-}
-
-const matmulOp = defineOp<[Tensor, Tensor, Tensor | null], MmOpts, Tensor | null>({
-  name: "matmul",
-  forward: ([a, b, bias], o) => {
-    const y = matmulForward(a, b, { ...o, bias: bias ?? undefined });
-    return { output: y, saved: o.activation === "none" ? null : y };
-  },
-  // C = op(A)·op(B):  dA = dC·op(B)ᵀ (or its transpose when A is stored transposed),
-  //                   dB = op(A)ᵀ·dC (or its transpose), dbias = Σ_rows dC.
-  backward: (gy, y, [a, b, bias], o) => {
-    const e = gy.engine;
-    return e.scope(() => {
-      const g = o.activation === "relu"
-        ? binary("relu_grad", gy, y!)
-        : o.activation === "sigmoid"
-        ? binary("sigmoid_grad", gy, y!)
-        : gy;
-      const tA = o.transposeA, tB = o.transposeB;
-      const aB = a.rank > 2, bB = b.rank > 2;
-      // dA
-      let da = tA
-        ? matmulForward(b, g, { transposeA: tB, transposeB: true }) // (K, M) = op(B)·dCᵀ
-        : matmulForward(g, b, { transposeB: !tB }); // (M, K) = dC·op(B)ᵀ
-      if (!aB && bB) da = reduce("sum", da, { axes: [...Array(da.rank - 2).keys()] }); // A was broadcast
-      // dB
-      let db: Tensor;
-      if (bB || !aB) {
-        db = tB
-          ? matmulForward(g, a, { transposeA: true, transposeB: tA }) // (N, K) = dCᵀ·op(A)
-          : matmulForward(a, g, { transposeA: !tA }); // (K, N) = op(A)ᵀ·dC
-      } else {
-        // B was broadcast over A's batch: fold the batch into the rows of A and dC.
-        const rows = shapeSize(a.shape.slice(0, -2));
-        const a2 = tA ? transpose(a) : a;
-        const af = a2.reshape([rows * a2.shape[a2.rank - 2], a2.shape[a2.rank - 1]]);
-        const gf = g.reshape([rows * g.shape[g.rank - 2], g.shape[g.rank - 1]]);
-        db = tB ? matmulForward(gf, af, { transposeA: true }) : matmulForward(af, gf, { transposeA: true });
-      }
-      const dbias = bias ? reduce("sum", g, { axes: [...Array(g.rank - 1).keys()] }) : null;
-      return [da, db, dbias];
-    });
-  },
-});
-
-/**
- * Differentiable `act(op(A)·op(B) + bias)`, batched: A (…, M, K), B (…, K, N) (either transposed),
- * batch dimensions equal or one operand 2-D.
- *
- * @example
- * ```ts
- * const y = matmul(x, w, { transposeB: true, bias: b }); // a Linear layer: x (B, in), w (out, in)
- * ```
- */
-export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
-  return matmulOp([a, b, options.bias ?? null], {
-    transposeA: !!options.transposeA,
-    transposeB: !!options.transposeB,
-    activation: options.activation ?? "none",
-    kernel: options.kernel,
-  });
-}
-
-/**
- * A Linear layer as PyTorch's: `x · Wᵀ + b`, W of shape [out, in].
- *
- * @example
- * ```ts
- * const logits = linear(features, weight, bias); // (B, 2048) → (B, 250)
- * ```
- */
-export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
-  return matmul(x, weight, { transposeB: true, bias });
 }
 
 // ---------------------------------------------------------------- CPU reference (float64)

@@ -1,5 +1,6 @@
 /**
- * Kernels: WGSL, launchers and CPU references, one file per op family.
+ * Kernels: WGSL, launchers and CPU references, one file per op family, and the tuning table that picks
+ * among a family's variants. The differentiable ops built on them are in `ops/`.
  * @module
  */
 export * from "./elementwise.ts";
@@ -11,4 +12,5 @@ export * from "./optim.ts";
 export * from "./conv2d/mod.ts";
 export * from "./matmul.ts";
 export * from "./tolerance.ts";
+export * from "./tuning.ts";
 export * from "./selftest.ts";

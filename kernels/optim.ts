@@ -17,120 +17,83 @@
  */
 import { zeroGrad } from "../engine/autograd.ts";
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single } from "../engine/kernel.ts";
 import { shapeSize, type Tensor } from "../engine/tensor.ts";
+import { chunkSum, LINEAR_ID, linearEntry, stridedSum, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 
 const WG = 256;
 /** Elements one workgroup of the sum-of-squares pass reduces (32 per thread). */
 const CHUNK = 8192;
 const EW = 128;
 
-const cache = kernelCache<Kernel>();
-
 // part[base + w] = Σ x[i]² over i ∈ [w·CHUNK, min((w+1)·CHUNK, n)) of this (range of a) gradient.
 // x: [n] (a range); part: [total partials]
-function sumSquaresKernel(): Kernel {
-  return cache("sumsq", () =>
-    defineKernel({
-      name: "grad_sumsq_partial",
-      bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
-      uniforms: { n: "u32", parts: "u32", base: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
+const sumSquaresKernel = single("grad_sumsq_partial", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
+  uniforms: { n: "u32", parts: "u32", base: "u32" },
+  workgroupSize: [WG],
+  body: `
 var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let w = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= p.parts) { return; }   // uniform per workgroup
-  let end = min((w + 1u) * ${CHUNK}u, p.n);
-  var acc = 0.0;
-  var comp = 0.0;
-  for (var i = w * ${CHUNK}u + t; i < end; i += ${WG}u) {
-    let v = x[i] * x[i];
-    let yk = v - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
-  }
-  sh[t] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] = sh[t] + sh[t + s]; }
-    workgroupBarrier();
-  }
+  ${chunkSum(WG, CHUNK, "p.n", "let v = x[i] * x[i];")}
   if (t == 0u) { part[p.base + w] = sh[0]; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // norm[0] = √Σ part; scale[0] = min(1, maxNorm / (norm + 1e-6)).   part: [parts]; norm, scale: [1]
-function normKernel(): Kernel {
-  return cache("norm", () =>
-    defineKernel({
-      name: "grad_norm_final",
-      bindings: [
-        { name: "part", access: "read" },
-        { name: "norm", access: "read_write" },
-        { name: "scale", access: "read_write" },
-      ],
-      uniforms: { parts: "u32", maxNorm: "f32" },
-      workgroupSize: [WG],
-      body: String.raw`
+const normKernel = single("grad_norm_final", () => ({
+  bindings: [
+    { name: "part", access: "read" },
+    { name: "norm", access: "read_write" },
+    { name: "scale", access: "read_write" },
+  ],
+  uniforms: { parts: "u32", maxNorm: "f32" },
+  workgroupSize: [WG],
+  body: `
 var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) t: u32) {
-  var acc = 0.0;
-  var comp = 0.0;
-  for (var k = t; k < p.parts; k += ${WG}u) {
-    let yk = part[k] - comp; let tk = acc + yk; comp = (tk - acc) - yk; acc = tk;
-  }
-  sh[t] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) { sh[t] = sh[t] + sh[t + s]; }
-    workgroupBarrier();
-  }
+${workgroupEntry(WG)} {
+  ${stridedSum(WG, "p.parts", "part[k]")}
   if (t == 0u) {
     let total = sqrt(sh[0]);
     norm[0] = total;
     scale[0] = min(1.0, p.maxNorm / (total + 1e-6));
   }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // Adam, in place, following torch's _single_tensor_adam (lerp for m, addcmul for v, addcdiv for θ):
 //   g ← g·clip + wd·θ;  m ← m + (1 − β1)(g − m);  v ← β2·v + (1 − β2)·g²
 //   θ ← θ − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)
-// th, g, m, v: [n] (the same range of each); hp: [params, 2] = (lr / (1 − β1ᵗ), √(1 − β2ᵗ)) per parameter;
-// cs: [1] the clip factor.
-function adamKernel(): Kernel {
-  return cache("adam", () =>
-    defineKernel({
-      name: "adam_step",
-      bindings: [
-        { name: "th", access: "read_write" },
-        { name: "g", access: "read" },
-        { name: "m", access: "read_write" },
-        { name: "v", access: "read_write" },
-        { name: "hp", access: "read" },
-        { name: "cs", access: "read" },
-      ],
-      uniforms: { n: "u32", row: "u32", omb1: "f32", b2: "f32", omb2: "f32", eps: "f32", wd: "f32" },
-      workgroupSize: [EW],
-      body: String.raw`
-@compute @workgroup_size(${EW}) fn main(@builtin(global_invocation_id) gid: vec3u,
-    @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * WG_X);
+// th, gr (the gradient), m, v: [n] (the same range of each); hp: [params, 2] = (lr / (1 − β1ᵗ), √(1 − β2ᵗ))
+// per parameter; cs: [1] the clip factor.
+const adamKernel = single("adam_step", () => ({
+  bindings: [
+    { name: "th", access: "read_write" },
+    { name: "gr", access: "read" },
+    { name: "m", access: "read_write" },
+    { name: "v", access: "read_write" },
+    { name: "hp", access: "read" },
+    { name: "cs", access: "read" },
+  ],
+  uniforms: { n: "u32", row: "u32", omb1: "f32", b2: "f32", omb2: "f32", eps: "f32", wd: "f32" },
+  workgroupSize: [EW],
+  body: `
+${linearEntry(EW)} {
+  ${LINEAR_ID}
   if (i >= p.n) { return; }
   let stepSize = hp[2u * p.row];
   let bc2Sqrt = hp[2u * p.row + 1u];
   let theta = th[i];
-  let gi = g[i] * cs[0] + p.wd * theta;
+  let gi = gr[i] * cs[0] + p.wd * theta;
   let mi = m[i] + p.omb1 * (gi - m[i]);
   let vi = p.b2 * v[i] + p.omb2 * gi * gi;
   m[i] = mi;
   v[i] = vi;
   th[i] = theta - stepSize * (mi / (sqrt(vi) / bc2Sqrt + p.eps));
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 /**
  * Element ranges `[start, count]` that each fit one storage binding and start at an aligned offset;

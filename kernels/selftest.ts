@@ -4,7 +4,7 @@
  * and block size), on small seeded shapes with ragged edges (1, 7, 33, … — not multiples of any tile),
  * against the CPU references beside each kernel, with the test suite's tolerances (kernels/tolerance.ts).
  * It mirrors tests/kernels/*_test.ts; `he2gene selftest` (cli/selftest.ts) prints it, and it imports only
- * `engine/` and `kernels/` so a web page can run it too.
+ * `engine/`, `kernels/` and `ops/` so a web page can run it too.
  *
  * The `fault` option (the CLI's `HE2GENE_SELFTEST_FAULT=<op>`) is a test hook: every GPU result of the
  * named ops is made wrong on the GPU (`+ 1` with the engine's own add before readback), so a test can
@@ -16,28 +16,12 @@ import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { noGrad, requiresGrad, Tape } from "../engine/autograd.ts";
 import { mulberry32 } from "../engine/random.ts";
-import {
-  abs,
-  add,
-  binary,
-  binaryCpu,
-  type BinaryOp,
-  div,
-  exp,
-  log,
-  mul,
-  neg,
-  relu,
-  sigmoid,
-  sqrt,
-  sub,
-  tanh,
-  unary,
-  unaryCpu,
-  type UnaryOp,
-} from "./elementwise.ts";
+import { binary, binaryCpu, type BinaryOp, unary, unaryCpu, type UnaryOp } from "./elementwise.ts";
+import { abs, add, div, exp, log, mul, neg, relu, sigmoid, sqrt, sub, tanh } from "../ops/elementwise.ts";
 import { reduce, reduceBackward, reduceCpu, type ReduceOp } from "./reduce.ts";
-import { type Activation, matmul, type MatmulConfig, matmulCpu, matmulForward, transpose } from "./matmul.ts";
+import { type Activation, matmulCandidates, matmulCpu, matmulForward, transpose } from "./matmul.ts";
+import { matmul } from "../ops/matmul.ts";
+import { withVariant } from "./tuning.ts";
 import {
   conv2dBackwardBias,
   conv2dBackwardCpu,
@@ -66,7 +50,8 @@ import {
   maxPool2dGeometry,
   type MaxPool2dOptions,
 } from "./pool.ts";
-import { bceLoss, bceLossCpu, maskedMseLoss, maskedMseLossCpu, mseLoss, mseLossCpu } from "./loss.ts";
+import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "./loss.ts";
+import { bceLoss, maskedMseLoss, mseLoss } from "../ops/loss.ts";
 import { Adam, type AdamCpuState, adamStepCpu, gradNorm, gradNormCpu } from "./optim.ts";
 import { compareClose, type Comparison, lossGradTolerance, TOL, type Tolerance } from "./tolerance.ts";
 
@@ -534,7 +519,7 @@ function mmLabel(s: MmCase): string {
 }
 
 /** One matmul on the GPU against matmulCpu (as tests/kernels/matmul_test.ts `check`). */
-function mmCheck(e: Engine, c: Checker, s: MmCase, kernel?: MatmulConfig): void {
+function mmCheck(e: Engine, c: Checker, s: MmCase): void {
   const aShape = [...(s.batchA ?? []), ...(s.tA ? [s.k, s.m] : [s.m, s.k])];
   const bShape = [...(s.batchB ?? []), ...(s.tB ? [s.n, s.k] : [s.k, s.n])];
   const na = prod(aShape), nb = prod(bShape);
@@ -545,17 +530,11 @@ function mmCheck(e: Engine, c: Checker, s: MmCase, kernel?: MatmulConfig): void 
   const y = matmulForward(e.tensor(a, aShape), e.tensor(b, bShape), {
     ...o,
     bias: bias ? e.tensor(bias, [s.n]) : undefined,
-    kernel,
   });
   c.shape(mmLabel(s), y.shape, want.shape);
   // Sigmoid is scaled by its slope ≤ 1/4, so the same scale bounds its error.
   c.close(mmLabel(s), c.read(y), want.data, TOL.matmul, want.scale);
 }
-
-const kernelName = (k: MatmulConfig) =>
-  k.kind === "reg"
-    ? `reg ${k.tm}×${k.tn} ${k.lanes}`
-    : `tiled ${k.wy * k.tm}×${k.wx * k.tn} (${k.tm}×${k.tn}/thread)`;
 
 function matmulCases(e: Engine, quick: boolean): Case[] {
   const shapes: MmCase[] = [
@@ -567,13 +546,16 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     { m: 5, k: 1000, n: 3 },
     { m: 64, k: 64, n: 64 },
   ];
-  const mm = (variant: string, shape: string, list: MmCase[], kernel?: MatmulConfig): Case => ({
+  // `id`: the matmul variant forced for the whole check (else the adapter's choice for each shape).
+  const mm = (variant: string, shape: string, list: MmCase[], id?: string): Case => ({
     family: "matmul",
     op: "matmul",
     variant,
     shape,
     run: (e, c) => {
-      for (const s of list) mmCheck(e, c, s, kernel);
+      const all = () => list.forEach((s) => mmCheck(e, c, s));
+      if (id) withVariant("matmul", id, all);
+      else all();
     },
   });
   const cases: Case[] = [
@@ -599,46 +581,32 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
       ]),
     ),
   ];
-  // Every kernel of the table, forced: register blocks 8/16/32 with both lane mappings, and the tiled
-  // kernel where the adapter's limits allow its 16×16 workgroup and 8 KiB of workgroup memory.
-  const configs: MatmulConfig[] = [
-    { kind: "reg", tm: 8, tn: 8, wg: 8, lanes: "rows" },
-    { kind: "reg", tm: 8, tn: 8, wg: 8, lanes: "cols" },
-    { kind: "reg", tm: 16, tn: 16, wg: 8, lanes: "rows" },
-    { kind: "reg", tm: 16, tn: 16, wg: 8, lanes: "cols" },
-  ];
-  if (!quick) {
-    configs.push(
-      { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "rows" },
-      { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "cols" },
-    );
-  }
+  // Every variant, forced: register blocks 8/16/32 with both lane mappings, and the tiled kernel where the
+  // adapter's limits allow its 16×16 workgroup and 8 KiB of workgroup memory (matmulCandidates).
   // On llvmpipe behind OpenGL the tiled kernel takes ~100 s to compile the first time (0.6 s through
-  // Vulkan); software adapters never choose it, so --quick leaves it out there.
+  // Vulkan); software adapters never choose it, so --quick leaves it out there, and the 32×32 blocks
+  // (~15 s each to compile).
   const slowTiled = e.adapterInfo.software && /^gl/.test(e.adapterInfo.backend);
-  if (
-    !(quick && slowTiled) &&
-    e.limits.maxComputeInvocationsPerWorkgroup >= 256 && e.limits.maxComputeWorkgroupStorageSize >= 8192
-  ) {
-    configs.push({ kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 });
-  }
-  for (const cfg of configs) {
-    const vec: MmCase = { m: 300, k: 36, n: 260 }; // vec4 A and B, partial blocks
-    const scalar: MmCase = { m: 129, k: 33, n: 77 }; // scalar A and B
-    const epilogue: MmCase = {
-      m: 65,
-      k: 40,
-      n: 30,
-      tB: true,
-      bias: true,
-      act: "relu",
-      batchA: [2],
-      batchB: [2],
-    };
+  const vec: MmCase = { m: 300, k: 36, n: 260 }; // vec4 A and B, partial blocks
+  const scalar: MmCase = { m: 129, k: 33, n: 77 }; // scalar A and B
+  const epilogue: MmCase = {
+    m: 65,
+    k: 40,
+    n: 30,
+    tB: true,
+    bias: true,
+    act: "relu",
+    batchA: [2],
+    batchB: [2],
+  };
+  const ids = matmulCandidates(e, vec.m, vec.n, vec.k).filter((id) =>
+    !quick || !(id.startsWith("reg/32x32") || (id.startsWith("tiled/") && slowTiled))
+  );
+  for (const id of ids) {
     // Each (layout, epilogue) is a kernel of its own: ~3 s to compile at 16×16 on llvmpipe, ~15 s at 32×32.
-    let list = cfg.kind === "tiled" || cfg.tm < 32 ? [vec, scalar, epilogue] : [vec];
-    if (quick && cfg.kind === "reg" && cfg.tm === 16) list = [cfg.lanes === "rows" ? vec : scalar];
-    cases.push(mm(kernelName(cfg), list.map(mmLabel).join(", "), list, cfg));
+    let list = id.startsWith("reg/32x32") ? [vec] : [vec, scalar, epilogue];
+    if (quick && id.startsWith("reg/16x16")) list = [id.endsWith("/rows") ? vec : scalar];
+    cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
   cases.push({
     family: "matmul",

@@ -14,8 +14,9 @@
 import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { noGrad } from "../engine/autograd.ts";
-import { sigmoid } from "../kernels/elementwise.ts";
-import { linear, matmulForward } from "../kernels/matmul.ts";
+import { matmulForward } from "../kernels/matmul.ts";
+import { sigmoid } from "../ops/elementwise.ts";
+import { linear } from "../ops/matmul.ts";
 import {
   BACKBONES,
   type BnStates,

@@ -1,6 +1,6 @@
 /**
- * Networks built from kernels: the ResNet backbone and the HE2Gene heads. Imports `engine/` and
- * `kernels/` only.
+ * Networks built from ops and kernels: the ResNet backbone and the HE2Gene heads. Imports `engine/`,
+ * `kernels/` and `ops/` only.
  *
  * @module
  */

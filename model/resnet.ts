@@ -19,7 +19,7 @@
 import type { Engine } from "../engine/engine.ts";
 import { mulberry32 } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { add as addOp, relu } from "../kernels/elementwise.ts";
+import { add as addOp, relu } from "../ops/elementwise.ts";
 import { conv2dForward, releaseConv2dWeight } from "../kernels/conv2d/mod.ts";
 import { conv2d } from "../ops/conv2d.ts";
 import type { BatchNormState } from "../kernels/batchnorm.ts";

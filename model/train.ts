@@ -15,9 +15,9 @@
 import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { backward, clearGraph, noGrad } from "../engine/autograd.ts";
-import { add, mul } from "../kernels/elementwise.ts";
-import { matmul } from "../kernels/matmul.ts";
-import { bceLoss, maskedMseLoss, mseLoss } from "../kernels/loss.ts";
+import { add, mul } from "../ops/elementwise.ts";
+import { matmul } from "../ops/matmul.ts";
+import { bceLoss, maskedMseLoss, mseLoss } from "../ops/loss.ts";
 import { Adam, StepLR } from "../kernels/optim.ts";
 import type { HE2Gene } from "./he2gene.ts";
 

@@ -15,8 +15,9 @@
  * @module
  */
 import { type Engine, grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { LINEAR_ID, linearEntry } from "../kernels/_wgsl.ts";
 import type { RgbImage } from "./decode.ts";
 import { bilinearCoeffs, checkBox, type CropBox, PRECISION_BITS, resizeCpu } from "./resample.ts";
 
@@ -26,7 +27,6 @@ export const HE2GENE_MEAN = [0.5319, 0.5080, 0.6824] as const;
 export const HE2GENE_STD = [0.2442, 0.2063, 0.1633] as const;
 
 const WG = 64;
-const cache = kernelCache<Kernel>();
 
 /**
  * Pack decoded images of one size for {@linkcode resizeNormalize}: `[M, H, W]`, one f32 per pixel
@@ -88,40 +88,37 @@ function resolveSize(size: ResizeOptions["size"]): [number, number] {
 
 // y[n, c, oy, ox] = (clip8(Σ_ky wv[ky] · clip8(Σ_kx wh[kx] · crop[n][vs + ky][hs + kx][c])) / 255 − mean[c]) / std[c]
 // src: [M, H, W] packed RGB; items: [N, 3] (image, left, top); cf: bounds and weights (see coeffTable).
-function resizeKernel(): Kernel {
-  return cache("resize_bilinear", () =>
-    defineKernel({
-      name: "resize_bilinear_pil",
-      bindings: [
-        { name: "src", access: "read" },
-        { name: "items", access: "read" },
-        { name: "cf", access: "read" },
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: {
-        n: "u32",
-        srcW: "u32",
-        srcH: "u32",
-        outW: "u32",
-        outH: "u32",
-        kh: "u32",
-        kv: "u32",
-        m0: "f32",
-        m1: "f32",
-        m2: "f32",
-        s0: "f32",
-        s1: "f32",
-        s2: "f32",
-      },
-      workgroupSize: [WG],
-      body: String.raw`
+const resizeKernel = single("resize_bilinear_pil", () => ({
+  bindings: [
+    { name: "src", access: "read" },
+    { name: "items", access: "read" },
+    { name: "cf", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: {
+    n: "u32",
+    srcW: "u32",
+    srcH: "u32",
+    outW: "u32",
+    outH: "u32",
+    kh: "u32",
+    kv: "u32",
+    m0: "f32",
+    m1: "f32",
+    m2: "f32",
+    s0: "f32",
+    s1: "f32",
+    s2: "f32",
+  },
+  workgroupSize: [WG],
+  body: String.raw`
 const HALF: i32 = ${1 << (PRECISION_BITS - 1)};
 // PIL's clip8: ≤ 0 → 0, ≥ 256·2^22 → 255, else v >> 22.
 fn clip8(v: vec3<i32>) -> vec3<i32> {
   return clamp(v >> vec3<u32>(${PRECISION_BITS}u), vec3<i32>(0), vec3<i32>(255));
 }
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = g.x + g.y * (nwg.x * WG_X);
+${linearEntry(WG)} {
+  ${LINEAR_ID}
   if (i >= p.n * p.outH * p.outW) { return; }
   let ox = i % p.outW;
   let t = i / p.outW;
@@ -163,8 +160,7 @@ fn clip8(v: vec3<i32>) -> vec3<i32> {
   y[base + hw] = (o.y / 255.0 - p.m1) / p.s1;
   y[base + 2u * hw] = (o.z / 255.0 - p.m2) / p.s2;
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // Coefficient tables, cached per engine and geometry (they never change).
 const tables = new WeakMap<Engine, Map<string, { t: Tensor; kh: number; kv: number }>>();
@@ -323,33 +319,29 @@ export const DIHEDRAL_NAMES = [
 ] as const;
 
 // y[nc, i, j] = x[nc, a, b] with (a, b) from the inverse of rot90 ∘ vflip ∘ hflip.
-function dihedralKernel(): Kernel {
-  return cache("dihedral", () =>
-    defineKernel({
-      name: "dihedral",
-      bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { n: "u32", h: "u32", w: "u32", k: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let idx = g.x + g.y * (nwg.x * WG_X);
-  if (idx >= p.n) { return; }
+const dihedralKernel = single("dihedral", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { n: "u32", h: "u32", w: "u32", k: "u32" },
+  workgroupSize: [WG],
+  body: String.raw`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
   let rot = (p.k & 4u) != 0u;
   let wo = select(p.w, p.h, rot); // output width
-  let j = idx % wo;
-  let t = idx / wo;
+  let col = i % wo;
+  let t = i / wo;
   let ho = select(p.h, p.w, rot);
-  let i = t % ho;
+  let row = t % ho;
   let nc = t / ho;
-  // Undo rot90: out[i][j] = in[j][W − 1 − i].
-  var a = select(i, j, rot);
-  var b = select(j, p.w - 1u - i, rot);
+  // Undo rot90: out[row][col] = in[col][W − 1 − row].
+  var a = select(row, col, rot);
+  var b = select(col, p.w - 1u - row, rot);
   if ((p.k & 2u) != 0u) { a = p.h - 1u - a; }
   if ((p.k & 1u) != 0u) { b = p.w - 1u - b; }
-  y[idx] = x[(nc * p.h + a) * p.w + b];
+  y[i] = x[(nc * p.h + a) * p.w + b];
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 function checkDihedral(shape: readonly number[], k: number): void {
   if (shape.length !== 4) {
@@ -385,34 +377,30 @@ export function dihedral(x: Tensor, k: number): Tensor {
 }
 
 // Per-sample symmetry: k of sample n from ks[n] (square images, so shapes do not change).
-function dihedralEachKernel(): Kernel {
-  return cache("dihedral_each", () =>
-    defineKernel({
-      name: "dihedral_each",
-      bindings: [{ name: "x", access: "read" }, { name: "ks", access: "read" }, {
-        name: "y",
-        access: "read_write",
-      }],
-      uniforms: { n: "u32", s: "u32", c: "u32" },
-      workgroupSize: [WG],
-      body: String.raw`
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let idx = g.x + g.y * (nwg.x * WG_X);
-  if (idx >= p.n) { return; }
-  let j = idx % p.s;
-  let t = idx / p.s;
-  let i = t % p.s;
+const dihedralEachKernel = single("dihedral_each", () => ({
+  bindings: [{ name: "x", access: "read" }, { name: "ks", access: "read" }, {
+    name: "y",
+    access: "read_write",
+  }],
+  uniforms: { n: "u32", s: "u32", c: "u32" },
+  workgroupSize: [WG],
+  body: String.raw`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.n) { return; }
+  let col = i % p.s;
+  let t = i / p.s;
+  let row = t % p.s;
   let nc = t / p.s;
   let k = u32(ks[nc / p.c]);
   let rot = (k & 4u) != 0u;
-  var a = select(i, j, rot);
-  var b = select(j, p.s - 1u - i, rot);
+  var a = select(row, col, rot);
+  var b = select(col, p.s - 1u - row, rot);
   if ((k & 2u) != 0u) { a = p.s - 1u - a; }
   if ((k & 1u) != 0u) { b = p.s - 1u - b; }
-  y[idx] = x[(nc * p.s + a) * p.s + b];
+  y[i] = x[(nc * p.s + a) * p.s + b];
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 /**
  * Apply symmetry `ks[n]` to sample `n` of a square NCHW batch (random flips and 90° rotations for

@@ -40,7 +40,8 @@
  * @module
  */
 import { type Engine, grid } from "../engine/engine.ts";
-import { defineKernel, type Kernel, kernelCache } from "../engine/kernel.ts";
+import { single } from "../engine/kernel.ts";
+import { LINEAR_ID, linearEntry, WORKGROUP_ID, workgroupEntry } from "../kernels/_wgsl.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { RgbImage } from "./decode.ts";
 import { uploadImages } from "./resize.ts";
@@ -105,7 +106,6 @@ export interface ReinhardOptions {
 const IO = 240, ALPHA = 1, BETA = 0.15;
 const BINS = 4096;
 const WG = 256;
-const cache = kernelCache<Kernel>();
 
 function resolve(o: MacenkoOptions, n: number) {
   return {
@@ -333,19 +333,27 @@ fn unpack(v: f32) -> vec3<f32> {
 }
 fn pack(c: vec3<f32>) -> f32 { return c.x + 256.0 * c.y + 65536.0 * c.z; }`;
 
+// Tree sum of `rows` per-invocation sums held in sh[k·WG + t] (k < rows); afterwards sh[k·WG] holds sum k.
+const sumRows = (rows: number) =>
+  `for (var k = 0u; k < ${rows}u; k++) { sh[k * ${WG}u + t] = a[k]; }
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      for (var k = 0u; k < ${rows}u; k++) { sh[k * ${WG}u + t] += sh[k * ${WG}u + t + s]; }
+    }
+    workgroupBarrier();
+  }`;
+
 // src: [M, n] packed → y: [M, 10] = (count, Σod, Σod·odᵀ upper triangle) over pixels with od ≥ beta.
-function momentsKernel(): Kernel {
-  return cache("stain_od_moments", () =>
-    defineKernel({
-      name: "stain_od_moments",
-      bindings: [{ name: "src", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { m: "u32", n: "u32", io: "f32", beta: "f32" },
-      workgroupSize: [WG],
-      body: WGSL_COMMON + String.raw`
+const momentsKernel = single("stain_od_moments", () => ({
+  bindings: [{ name: "src", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { m: "u32", n: "u32", io: "f32", beta: "f32" },
+  workgroupSize: [WG],
+  body: WGSL_COMMON + String.raw`
 var<workgroup> sh: array<f32, ${WG * 10}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-    @builtin(local_invocation_index) t: u32) {
-  let img = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
+  let img = w;
   if (img >= p.m) { return; }   // uniform per workgroup
   var a: array<f32, 10>;
   for (var i = t; i < p.n; i += ${WG}u) {
@@ -356,18 +364,10 @@ var<workgroup> sh: array<f32, ${WG * 10}>;
       a[7] += o.y * o.y; a[8] += o.y * o.z; a[9] += o.z * o.z;
     }
   }
-  for (var k = 0u; k < 10u; k++) { sh[k * ${WG}u + t] = a[k]; }
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      for (var k = 0u; k < 10u; k++) { sh[k * ${WG}u + t] += sh[k * ${WG}u + t + s]; }
-    }
-    workgroupBarrier();
-  }
+  ${sumRows(10)}
   if (t < 10u) { y[img * 10u + t] = sh[t * ${WG}u]; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // One workgroup per (image, target): a histogram of BINS bins of per-pixel values.
 // src: [M, n] packed; prm: [M, 16] = (a (3), b (3), lo₀, scale₀, bin₀, lo₁, scale₁, bin₁, 0…);
@@ -376,23 +376,19 @@ var<workgroup> sh: array<f32, ${WG * 10}>;
 // mode 1 (concentrations): value = od·a (target 0) or od·b (target 1) over all pixels.
 // t = (value − lo)·scale; pass A (bin < 0) counts floor(t) (clamped), pass B counts, among values with
 // floor(t) = bin, the sub-bin floor((t − bin)·BINS).
-function histKernel(): Kernel {
-  return cache("stain_hist", () =>
-    defineKernel({
-      name: "stain_hist",
-      bindings: [
-        { name: "src", access: "read" },
-        { name: "prm", access: "read" },
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: { m: "u32", n: "u32", io: "f32", beta: "f32", mode: "u32" },
-      workgroupSize: [WG],
-      body: WGSL_COMMON + String.raw`
+const histKernel = single("stain_hist", () => ({
+  bindings: [
+    { name: "src", access: "read" },
+    { name: "prm", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { m: "u32", n: "u32", io: "f32", beta: "f32", mode: "u32" },
+  workgroupSize: [WG],
+  body: WGSL_COMMON + String.raw`
 const BINS: u32 = ${BINS}u;
 var<workgroup> h: array<atomic<u32>, ${BINS}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-    @builtin(local_invocation_index) t: u32) {
-  let w = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
   if (w >= 2u * p.m) { return; }   // uniform per workgroup
   let img = w / 2u;
   let tg = w % 2u;
@@ -428,36 +424,32 @@ var<workgroup> h: array<atomic<u32>, ${BINS}>;
   workgroupBarrier();
   for (var i = t; i < BINS; i += ${WG}u) { y[w * BINS + i] = f32(atomicLoad(&h[i])); }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // src, y: [M, n] packed; prm: [M, 8] = (pinv row 0 (3), pinv row 1 (3), scale₀, scale₁); a scale₀ ≤ 0
 // means "copy unchanged" (a flag, not NaN: WGSL may fold NaN comparisons away).
 // y = clip(round(Io·exp(−(H·c₀ + E·c₁))), 0, 255) with c = (pinv·od) ⊙ scale.
-function recomposeKernel(): Kernel {
-  return cache("macenko_recompose", () =>
-    defineKernel({
-      name: "macenko_recompose",
-      bindings: [
-        { name: "src", access: "read" },
-        { name: "prm", access: "read" },
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: {
-        total: "u32",
-        n: "u32",
-        io: "f32",
-        h0: "f32",
-        h1: "f32",
-        h2: "f32",
-        e0: "f32",
-        e1: "f32",
-        e2: "f32",
-      },
-      workgroupSize: [64],
-      body: WGSL_COMMON + String.raw`
-@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = g.x + g.y * (nwg.x * WG_X);
+const recomposeKernel = single("macenko_recompose", () => ({
+  bindings: [
+    { name: "src", access: "read" },
+    { name: "prm", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: {
+    total: "u32",
+    n: "u32",
+    io: "f32",
+    h0: "f32",
+    h1: "f32",
+    h2: "f32",
+    e0: "f32",
+    e1: "f32",
+    e2: "f32",
+  },
+  workgroupSize: [64],
+  body: WGSL_COMMON + String.raw`
+${linearEntry(64)} {
+  ${LINEAR_ID}
   if (i >= p.total) { return; }
   let q = (i / p.n) * 8u;
   let s0 = prm[q + 6u];
@@ -468,8 +460,7 @@ function recomposeKernel(): Kernel {
   let od = vec3<f32>(p.h0, p.h1, p.h2) * c0 + vec3<f32>(p.e0, p.e1, p.e2) * c1;
   y[i] = pack(clamp(round(p.io * exp(-od)), vec3<f32>(0.0), vec3<f32>(255.0)));
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // ------------------------------------------------------------------------- GPU percentile search
 
@@ -856,18 +847,15 @@ fn lab2rgb(lab: vec3<f32>) -> vec3<f32> {
 }`;
 
 // src: [M, n] packed → y: [M, 8] = (tissue count, Σ(L − 50), Σa, Σb, Σ(L − 50)², Σa², Σb², 0).
-function labStatsKernel(): Kernel {
-  return cache("reinhard_stats", () =>
-    defineKernel({
-      name: "reinhard_stats",
-      bindings: [{ name: "src", access: "read" }, { name: "y", access: "read_write" }],
-      uniforms: { m: "u32", n: "u32", odMax: "f32" },
-      workgroupSize: [WG],
-      body: WGSL_COMMON + WGSL_LAB + String.raw`
+const labStatsKernel = single("reinhard_stats", () => ({
+  bindings: [{ name: "src", access: "read" }, { name: "y", access: "read_write" }],
+  uniforms: { m: "u32", n: "u32", odMax: "f32" },
+  workgroupSize: [WG],
+  body: WGSL_COMMON + WGSL_LAB + String.raw`
 var<workgroup> sh: array<f32, ${WG * 7}>;
-@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-    @builtin(local_invocation_index) t: u32) {
-  let img = wid.x + wid.y * nwg.x;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
+  let img = w;
   if (img >= p.m) { return; }   // uniform per workgroup
   var a: array<f32, 7>;
   for (var i = t; i < p.n; i += ${WG}u) {
@@ -877,35 +865,24 @@ var<workgroup> sh: array<f32, ${WG * 7}>;
     a[1] += lab.x; a[2] += lab.y; a[3] += lab.z;
     a[4] += lab.x * lab.x; a[5] += lab.y * lab.y; a[6] += lab.z * lab.z;
   }
-  for (var k = 0u; k < 7u; k++) { sh[k * ${WG}u + t] = a[k]; }
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      for (var k = 0u; k < 7u; k++) { sh[k * ${WG}u + t] += sh[k * ${WG}u + t + s]; }
-    }
-    workgroupBarrier();
-  }
+  ${sumRows(7)}
   if (t < 7u) { y[img * 8u + t] = sh[t * ${WG}u]; }
   if (t == 7u) { y[img * 8u + 7u] = 0.0; }
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 // src, y: [M, n] packed; prm: [M, 8] = (gain (3), offset (3), copy flag, 0): lab' = lab ⊙ gain + offset.
-function reinhardKernel(): Kernel {
-  return cache("reinhard_apply", () =>
-    defineKernel({
-      name: "reinhard_apply",
-      bindings: [
-        { name: "src", access: "read" },
-        { name: "prm", access: "read" },
-        { name: "y", access: "read_write" },
-      ],
-      uniforms: { total: "u32", n: "u32" },
-      workgroupSize: [64],
-      body: WGSL_COMMON + WGSL_LAB + String.raw`
-@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = g.x + g.y * (nwg.x * WG_X);
+const reinhardKernel = single("reinhard_apply", () => ({
+  bindings: [
+    { name: "src", access: "read" },
+    { name: "prm", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { total: "u32", n: "u32" },
+  workgroupSize: [64],
+  body: WGSL_COMMON + WGSL_LAB + String.raw`
+${linearEntry(64)} {
+  ${LINEAR_ID}
   if (i >= p.total) { return; }
   let q = (i / p.n) * 8u;
   if (prm[q + 6u] > 0.5) { y[i] = src[i]; return; }
@@ -914,8 +891,7 @@ function reinhardKernel(): Kernel {
   let off = vec3<f32>(prm[q + 3u], prm[q + 4u], prm[q + 5u]);
   y[i] = pack(lab2rgb(lab * gain + off));
 }`,
-    }) as unknown as Kernel);
-}
+}));
 
 /**
  * Reinhard-normalise a batch of packed images on the GPU: per-image LAB statistics from a GPU reduction,

@@ -153,7 +153,7 @@ gpuTest("HE2GENE_TRACE prints each dispatch with kernel, shapes and workgroups",
     console.error = log;
   }
   assertEquals(
-    lines.some((l) => l.includes("binary_add") && l.includes("[2,3]") && l.includes("wg=1x1x1")),
+    lines.some((l) => l.includes("binary_opadd") && l.includes("[2,3]") && l.includes("wg=1x1x1")),
     true,
   );
 });

@@ -7,7 +7,7 @@ import {
   batchNorm2dInference,
   type BatchNormState,
 } from "../../kernels/batchnorm.ts";
-import { mul } from "../../kernels/elementwise.ts";
+import { mul } from "../../ops/elementwise.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../ops/reduce.ts";
 import {

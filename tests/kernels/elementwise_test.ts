@@ -1,15 +1,12 @@
 import {
-  add,
   binary,
   binaryCpu,
   type BinaryOp,
-  div,
-  mul,
-  sub,
   unary,
   unaryCpu,
   type UnaryOp,
 } from "../../kernels/elementwise.ts";
+import { add, div, mul, sub } from "../../ops/elementwise.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 
 const UNARY: UnaryOp[] = ["relu", "sigmoid", "exp", "log", "sqrt", "neg", "abs", "tanh"];

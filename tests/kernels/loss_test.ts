@@ -1,12 +1,6 @@
-import {
-  bceLoss,
-  bceLossCpu,
-  maskedMseLoss,
-  maskedMseLossCpu,
-  mseLoss,
-  mseLossCpu,
-} from "../../kernels/loss.ts";
-import { sigmoid } from "../../kernels/elementwise.ts";
+import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "../../kernels/loss.ts";
+import { bceLoss, maskedMseLoss, mseLoss } from "../../ops/loss.ts";
+import { sigmoid } from "../../ops/elementwise.ts";
 import { requiresGrad, Tape, type Tensor } from "../../mod.ts";
 import type { Engine } from "../../engine/engine.ts";
 import {

@@ -1,20 +1,24 @@
 import {
   type Activation,
   chooseMatmulKernel,
-  linear,
-  matmul,
-  type MatmulConfig,
+  matmulCandidates,
   matmulCpu,
   matmulForward,
+  matmulShapeClass,
+  matmulVariant,
+  matmulVariantId,
   transpose,
 } from "../../kernels/matmul.ts";
+import { useTuning, withVariant } from "../../kernels/tuning.ts";
+import { linear, matmul } from "../../ops/matmul.ts";
 import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 import type { Engine } from "../../mod.ts";
 import type { MmCase } from "../../kernels/selftest.ts";
 
 type Case = MmCase;
 
-async function check(e: Engine, c: Case, kernel?: MatmulConfig) {
+// `variant`: a matmul variant id forced while the product is recorded (else the adapter's choice).
+async function check(e: Engine, c: Case, variant?: string) {
   const aShape = [...(c.batchA ?? []), ...(c.tA ? [c.k, c.m] : [c.m, c.k])];
   const bShape = [...(c.batchB ?? []), ...(c.tB ? [c.n, c.k] : [c.k, c.n])];
   const na = aShape.reduce((p, d) => p * d, 1), nb = bShape.reduce((p, d) => p * d, 1);
@@ -28,14 +32,10 @@ async function check(e: Engine, c: Case, kernel?: MatmulConfig) {
   });
   const ta = e.tensor(a, aShape), tb = e.tensor(b, bShape);
   const tbias = bias ? e.tensor(bias, [c.n]) : undefined;
-  const y = matmulForward(ta, tb, {
-    transposeA: c.tA,
-    transposeB: c.tB,
-    bias: tbias,
-    activation: c.act,
-    kernel,
-  });
-  const what = `matmul ${JSON.stringify(c)} ${kernel ? JSON.stringify(kernel) : "auto"}`;
+  const run = () =>
+    matmulForward(ta, tb, { transposeA: c.tA, transposeB: c.tB, bias: tbias, activation: c.act });
+  const y = variant ? withVariant("matmul", variant, run) : run();
+  const what = `matmul ${JSON.stringify(c)} ${variant ?? "auto"}`;
   assertEquals([...y.shape], want.shape, what);
   // Sigmoid is scaled by its slope ≤ 1/4, so the same scale bounds its error.
   assertClose(await y.toArray(), want.data, TOL.matmul, what, want.scale);
@@ -79,21 +79,15 @@ gpuTest("the fused bias + activation epilogue matches the reference", async (e) 
 });
 
 gpuTest("every kernel of the table is correct: register blocks 8/16/32 (rows, cols) and tiled", async (e) => {
-  const configs: MatmulConfig[] = [
-    { kind: "reg", tm: 8, tn: 8, wg: 8, lanes: "rows" },
-    { kind: "reg", tm: 16, tn: 16, wg: 8, lanes: "cols" },
-    { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "rows" },
-    { kind: "reg", tm: 32, tn: 32, wg: 8, lanes: "cols" },
-    { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 },
-  ];
-  for (const cfg of configs) {
-    await check(e, { m: 300, k: 36, n: 260 }, cfg); // vec4 A and B, partial blocks
-    if (cfg.kind === "tiled" || cfg.tm < 32) {
-      await check(e, { m: 129, k: 33, n: 77 }, cfg); // scalar A and B
+  const variants = ["reg/8x8/rows", "reg/16x16/cols", "reg/32x32/rows", "reg/32x32/cols", "tiled/64x64"];
+  for (const id of variants) {
+    await check(e, { m: 300, k: 36, n: 260 }, id); // vec4 A and B, partial blocks
+    if (!id.startsWith("reg/32x32")) {
+      await check(e, { m: 129, k: 33, n: 77 }, id); // scalar A and B
       await check(
         e,
         { m: 65, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] },
-        cfg,
+        id,
       );
     }
   }
@@ -191,7 +185,7 @@ gpuTest("mismatched shapes throw errors that name the op and both shapes", (e) =
   );
 });
 
-gpuTest("the kernel table picks register blocks on software adapters and tiles on hardware", (e) => {
+gpuTest("the built-in table picks register blocks on software adapters and tiles on hardware", (e) => {
   const c = chooseMatmulKernel(e, 1024, 1024, 1024);
   assertEquals(c.kind, e.adapterInfo.software ? "reg" : "tiled");
   if (c.kind === "reg") {
@@ -226,3 +220,64 @@ gpuTest(
     }
   },
 );
+
+gpuTest("variant ids name every configuration and parse back to it", (e) => {
+  for (const id of matmulCandidates(e, 300, 260, 36)) {
+    assertEquals(matmulVariantId(matmulVariant(e, id, 300, 260)), id);
+  }
+  assertEquals(matmulCandidates(e, 300, 260, 36).slice(0, 6), [
+    "reg/8x8/rows",
+    "reg/8x8/cols",
+    "reg/16x16/rows",
+    "reg/16x16/cols",
+    "reg/32x32/rows",
+    "reg/32x32/cols",
+  ]);
+  // Without lanes, the lanes are those of the built-in choice (the dimension that pads less).
+  assertEquals((matmulVariant(e, "reg/32x32", 12544, 64) as { lanes: string }).lanes, "rows");
+  assertEquals((matmulVariant(e, "reg/8x8", 8, 1000) as { lanes: string }).lanes, "cols");
+  // Blocks twice the size of C in both dimensions are no candidates; nothing runs without work.
+  assertEquals(matmulCandidates(e, 5, 7, 3).filter((id) => id.startsWith("reg/")), [
+    "reg/8x8/rows",
+    "reg/8x8/cols",
+  ]);
+  assertEquals(matmulCandidates(e, 0, 7, 3), []);
+  assertEquals(matmulShapeClass(3136, 64, 576), "m4096 n64 k1024");
+  assertEquals(matmulShapeClass(1, 0, 3), "m1 n0 k4");
+});
+
+gpuTest("the tuning table and forced variants choose the matmul kernel", async (e) => {
+  const software = e.adapterInfo.software;
+  const builtIn = matmulVariantId(chooseMatmulKernel(e, 300, 260, 36));
+  assertEquals(builtIn, software ? "reg/16x16/rows" : "tiled/64x64");
+  try {
+    useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: "reg/16x16/cols" } });
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), "reg/16x16/cols");
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 290, 257, 33)), "reg/16x16/cols"); // same class
+    // Another shape class keeps the built-in choice.
+    assertEquals(
+      matmulVariantId(chooseMatmulKernel(e, 30, 260, 36)),
+      software ? "reg/8x8/cols" : "tiled/64x64",
+    );
+    // A forced variant wins over the table, and the result is still right.
+    withVariant("matmul", "reg/8x8/cols", () => {
+      assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), "reg/8x8/cols");
+    });
+    await check(e, { m: 300, k: 36, n: 260 });
+  } finally {
+    useTuning(e, null);
+  }
+  assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), builtIn);
+});
+
+gpuTest("forcing a matmul variant that does not exist throws naming it", (e) => {
+  const a = e.tensor(rand(6, 1), [2, 3]), b = e.tensor(rand(12, 2), [3, 4]);
+  for (const id of ["reg/7x7", "reg/16x8", "tiled/32x32", "winograd", "reg/16x16/diagonal"]) {
+    assertThrows(
+      () => withVariant("matmul", id, () => matmul(a, b)),
+      RangeError,
+      `Cannot use matmul variant "${id}"`,
+    );
+  }
+  assertThrows(() => matmulVariant(e, "reg/7x7", 2, 4), RangeError, "8x8, 16x16, 32x32");
+});

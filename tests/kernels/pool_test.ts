@@ -10,7 +10,7 @@ import {
   maxPool2dGeometry,
   type MaxPool2dOptions,
 } from "../../kernels/pool.ts";
-import { mul } from "../../kernels/elementwise.ts";
+import { mul } from "../../ops/elementwise.ts";
 import { sum } from "../../ops/reduce.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import {
