@@ -23,7 +23,7 @@ import {
   conv2dBackwardWeight,
   conv2dForward,
   conv2dGeometry,
-} from "../kernels/conv2d.ts";
+} from "../kernels/conv2d/mod.ts";
 import {
   winogradBackwardInput,
   winogradBackwardWeight,

@@ -18,6 +18,7 @@ import { runExtractPatches } from "./extract_patches.ts";
 import { PREDICT_SLIDE_USAGE, runPredictSlide } from "./predict_slide.ts";
 import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
 import { runSelftestCli, SELFTEST_USAGE } from "./selftest.ts";
+import { runTuneCli, TUNE_USAGE } from "./tune.ts";
 
 export { Interrupted, UsageError };
 
@@ -59,13 +60,18 @@ const COMMANDS: Record<string, Command> = {
     usage: SELFTEST_USAGE,
     run: (args) => runSelftestCli(args),
   },
+  tune: {
+    summary: "time every correct kernel variant on ResNet-50's shapes and store the fastest for this adapter",
+    usage: TUNE_USAGE,
+    run: (args) => runTuneCli(args),
+  },
   "predict-patches": {
     interruptible: true,
     summary:
       "predict gene expression and tumour status for a folder of spot patches (HE2Gene's patch_pred.py)",
     usage:
       "predict-patches DIR --weights CKPT [--out ./output] [--batch-size 4] [--tta single|tta|grid|grid_tta]\n" +
-      "       [--target-genes FILE] [--aux-genes FILE] [--quiet]\n\n" +
+      "       [--target-genes FILE] [--aux-genes FILE] [--tune cached|auto|off] [--quiet]\n\n" +
       "  DIR             patches named {section}_{x}_{y}.{tif,png,jpg}\n" +
       "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors\n" +
       "  --out           output folder (default ./output): target_count_pred.csv, aux_count_pred.csv,\n" +
@@ -73,7 +79,9 @@ const COMMANDS: Record<string, Command> = {
       "  --batch-size    patches per GPU batch (default 4; × 8 views with tta)\n" +
       "  --tta           single | tta (8 symmetries, default) | grid (150/75/225 px crops) | grid_tta\n" +
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
-      "  --aux-genes     likewise for the auxiliary head",
+      "  --aux-genes     likewise for the auxiliary head\n" +
+      "  --tune          kernel variants: cached (this adapter's table from `he2gene tune` if there is one,\n" +
+      "                  else built-in defaults; default) | auto (tune first when there is none) | off",
     run: (args) => runPredictPatches(args),
   },
   "predict-slide": {

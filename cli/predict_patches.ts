@@ -25,6 +25,7 @@ import { readGeneList } from "../slide/genes.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
+import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
 
 export { type Tta, viewBoxes };
@@ -39,6 +40,8 @@ export interface PredictPatchesOptions {
   targetGenes?: string;
   auxGenes?: string;
   quiet?: boolean;
+  /** Kernel variants (`--tune`; default cached). Ignored when `engine` is given (its table stays). */
+  tune?: TuneMode;
   engine?: Engine;
 }
 
@@ -78,6 +81,10 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
   await prepareOutputDir(o.out);
 
   const engine = o.engine ?? await createEngine();
+  if (!o.engine) {
+    const said = await prepareTuning(engine, o.tune ?? "cached", (s) => !o.quiet && console.error(s));
+    if (!o.quiet) console.error(said);
+  }
   const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
   try {
     const nT = model.config.targetGenes, nA = model.config.auxGenes;
@@ -239,6 +246,7 @@ export async function runPredictPatches(args: string[]): Promise<void> {
     targetGenes: values["target-genes"],
     auxGenes: values["aux-genes"],
     quiet: values.quiet,
+    tune: parseTuneMode(values.tune),
   });
   console.log(
     `${p.names.length} patches (${tta}) in ${

@@ -46,6 +46,7 @@ import { parseSpots, readSpotFile } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
 import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
+import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type StainTarget, type Tta } from "./views.ts";
 
 /** One spot or tile: its name, grid position, level-0 centre and the level-0 square it is predicted from. */
@@ -97,6 +98,8 @@ export interface PredictSlideOptions {
   /** Microns per pixel at level 0, overriding the file's. */
   mpp?: number;
   quiet?: boolean;
+  /** Kernel variants (`--tune`; default cached). Ignored when `engine` is given (its table stays). */
+  tune?: TuneMode;
   engine?: Engine;
   /**
    * When given, filled with wall-clock milliseconds per stage (added to what is there), see
@@ -409,6 +412,10 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
     await prepareOutputDir(o.out);
 
     const engine = o.engine ?? await createEngine();
+    if (!o.engine) {
+      const said = await prepareTuning(engine, o.tune ?? "cached", (s) => !o.quiet && console.error(s));
+      if (!o.quiet) console.error(said);
+    }
     let stainTarget: StainTarget | undefined;
     if (stain === "reinhard") {
       if (!o.stainRef) throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
@@ -593,7 +600,7 @@ export const PREDICT_SLIDE_USAGE =
   "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX]\n" +
   "       [--min-tissue 0.5] [--max-tiles 100000]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
-  "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--quiet]\n\n" +
+  "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--tune cached|auto|off] [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
   "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
@@ -610,6 +617,8 @@ export const PREDICT_SLIDE_USAGE =
   "  --stain       stain normalisation on the GPU (default none); reinhard needs --stain-ref\n" +
   "  --section     name prefix (default: the spot file's or slide's name up to the first _ or .)\n" +
   "  --mpp         microns per pixel at level 0 (overrides the file's)\n" +
+  "  --tune        kernel variants: cached (this adapter's table from `he2gene tune` if there is one, else\n" +
+  "                built-in defaults; default) | auto (tune first when there is none) | off (built-in defaults)\n" +
   "  --out         target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz (with\n" +
   "                pixel [P,2] and grid [P,2]); --h5ad adds predictions.h5ad (target genes) and\n" +
   "                predictions_aux.h5ad (aux genes)\n" +
@@ -699,6 +708,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     noAuxCsv: v["no-aux-csv"],
     mpp: positiveNumber(v.mpp, "--mpp"),
     quiet: v.quiet,
+    tune: parseTuneMode(v.tune),
   });
   console.log(
     `${p.names.length} ${p.mode} (${tta}, ${p.patchPx} px) in ${

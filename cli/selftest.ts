@@ -10,7 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { createEngine } from "../mod.ts";
-import { runSelftest, type SelftestResult } from "../kernels/selftest.ts";
+import { runSelftest, type SelftestResult } from "../ops/selftest.ts";
 
 /** Usage of `he2gene selftest`. */
 export const SELFTEST_USAGE = "selftest [--quick] [--json] [--only OP,…]\n\n" +

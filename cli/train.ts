@@ -38,6 +38,7 @@ import { log1pNormalize, readGeneList, selectTargetGenes } from "../slide/genes.
 import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
+import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { Interrupted, UsageError } from "./errors.ts";
 import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
 
@@ -64,6 +65,8 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
   --seed 0 --out ./runs/he2gene
   --resume               continue the run in --out from its checkpoint (also after Ctrl-C)
   --force                replace the previous run in --out (without it, a fresh run there is refused)
+  --tune cached          kernel variants: cached (this adapter's table from \`he2gene tune\`, else built-in
+                         defaults) | auto (tune first when there is none) | off (built-in defaults)
   --quiet
 
 Numbers: --batch-size, --epochs, --patience, --step-size, --n-target, --crop-size are positive integers,
@@ -389,11 +392,13 @@ export async function runTrain(args: string[]): Promise<void> {
       resume: { type: "boolean", default: false },
       force: { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
+      tune: { type: "string", default: "cached" },
     },
     strict: true,
   });
   // Every option is checked before anything is read or created.
   if (!v.dataset || !v.root) throw new UsageError("--dataset and --root are required");
+  const tuneMode = parseTuneMode(v.tune);
   if (!["her2st", "hbcis", "visium"].includes(v.dataset)) {
     throw new UsageError(`--dataset must be her2st, hbcis or visium, current value is ${v.dataset}`);
   }
@@ -501,7 +506,7 @@ export async function runTrain(args: string[]): Promise<void> {
           `continue it, --force to replace it, or choose another --out`,
       );
     }
-    await train(v as TrainValues, o, list, say, check, () => sigint, earlier);
+    await train({ ...v, tuneMode } as TrainValues, o, list, say, check, () => sigint, earlier);
     ok = true;
   } finally {
     release();
@@ -529,6 +534,8 @@ interface TrainValues {
   resume: boolean;
   force: boolean;
   quiet: boolean;
+  /** `--tune`, checked. */
+  tuneMode: TuneMode;
 }
 
 /** The run itself, under the folder's lock. */
@@ -666,6 +673,8 @@ async function train(
   const init = v.init ? (await readCheckpoint(v.init)).tensors : undefined;
   const engine = await createEngine();
   try {
+    const said = await prepareTuning(engine, v.tuneMode, (s) => !v.quiet && console.error(s));
+    if (!v.quiet) console.error(said);
     if (stain !== "none") {
       const target = v["stain-ref"]
         ? (stain === "macenko" ? fitMacenko : fitReinhard)(

@@ -178,6 +178,7 @@ export const PREDICT_OPTIONS = {
   "target-genes": { type: "string" },
   "aux-genes": { type: "string" },
   quiet: { type: "boolean", default: false },
+  tune: { type: "string", default: "cached" },
 } as const;
 
 /** Check the shared options: `--weights` given, `--tta` known, `--batch-size` a positive integer. */

@@ -16,6 +16,10 @@ export interface AdapterDescription {
   name: string;
   /** Vendor string or PCI id reported by the adapter. */
   vendor: string;
+  /** Architecture reported by the adapter (may be empty). */
+  architecture: string;
+  /** Device string or id reported by the adapter (may be empty). */
+  device: string;
   /** Backend requested through `DENO_WEBGPU_BACKEND`, or `auto` when the runtime chose. */
   backend: string;
   /** True for CPU (software) adapters such as llvmpipe. */
@@ -142,6 +146,8 @@ export async function createDevice(
   const description: AdapterDescription = {
     name,
     vendor: info.vendor,
+    architecture: info.architecture ?? "",
+    device: info.device ?? "",
     backend: envGet("DENO_WEBGPU_BACKEND") ?? inferBackend(info),
     software,
     features: [...device.features].sort(),

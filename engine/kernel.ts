@@ -233,25 +233,3 @@ export function single<U extends Record<string, UniformType>>(
   const family = variants<Record<string, never>, U>(name, make);
   return () => family({});
 }
-
-/**
- * Memoise kernels by key. Superseded by {@linkcode variants}; kept while kernel files move over.
- *
- * @example
- * ```ts
- * const cache = kernelCache();
- * const k = cache("relu", () => defineKernel({ name: "relu", bindings: [], uniforms: {}, workgroupSize: [1],
- *   body: "@compute @workgroup_size(1) fn main() {}" }));
- * ```
- */
-export function kernelCache<K extends Kernel>(): (key: string, make: () => K) => K {
-  const map = new Map<string, K>();
-  return (key, make) => {
-    let k = map.get(key);
-    if (!k) {
-      k = make();
-      map.set(key, k);
-    }
-    return k;
-  };
-}

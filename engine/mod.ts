@@ -4,7 +4,16 @@
  */
 export { createEngine, Engine, type EngineOptions, GPUFailure, grid, type TensorRange } from "./engine.ts";
 export { type AdapterDescription, createDevice, type DeviceOptions, NoAdapterError } from "./device.ts";
-export { type BindingDecl, defineKernel, type Kernel, kernelCache, type UniformType } from "./kernel.ts";
+export {
+  type BindingDecl,
+  defineKernel,
+  type Kernel,
+  type KernelFamily,
+  single,
+  type UniformType,
+  type VariantParams,
+  variants,
+} from "./kernel.ts";
 export { BufferPool, type PoolStats, sizeClass } from "./pool.ts";
 export { type DType, shapeSize, Tensor } from "./tensor.ts";
 export {

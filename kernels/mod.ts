@@ -13,4 +13,3 @@ export * from "./conv2d/mod.ts";
 export * from "./matmul.ts";
 export * from "./tolerance.ts";
 export * from "./tuning.ts";
-export * from "./selftest.ts";

@@ -10,3 +10,4 @@ export * from "./matmul.ts";
 export * from "./conv2d.ts";
 export * from "./batchnorm.ts";
 export * from "./pool.ts";
+export * from "./selftest.ts";

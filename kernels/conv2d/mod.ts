@@ -10,6 +10,8 @@
  * - `implicit_gemm` (implicit_gemm.ts): implicit GEMMs with TM×TN register blocks in 64-invocation
  *   workgroups, stride phases for the input gradient, split-K for the weight gradient. The default on GPUs.
  *   Variants `implicit_gemm` (8×8), `implicit_gemm/<TM>x<TN>`.
+ * - `winograd` (winograd.ts): Winograd F(4×4, 3×3) or F(2×2, 3×3) over batched GEMMs for stride-1 3×3
+ *   convolutions (4× / 2.25× fewer multiplications). Variants `winograd` (F4), `winograd/f4`, `winograd/f2`.
  * - `direct` (direct.ts): one output element per invocation; runs every geometry (the fallback).
  *
  * Both GEMM strategies also take `/split<N>` (the weight gradient's split-K target) and `blocked` takes
@@ -43,6 +45,7 @@ import {
 import { blocked } from "./blocked.ts";
 import { implicitGemm } from "./implicit_gemm.ts";
 import { direct } from "./direct.ts";
+import { winograd } from "./winograd.ts";
 
 export { type Conv2dGeometry, conv2dGeometry, type Conv2dOptions, releaseConv2dWeight } from "./common.ts";
 export { conv2dBackwardCpu, conv2dCpu } from "./reference.ts";
@@ -52,8 +55,7 @@ const STRATEGIES = {
   blocked,
   implicit_gemm: implicitGemm,
   direct,
-  // winograd: kernels/conv2d/winograd.ts registers here; its `unsupported` names the geometries it cannot
-  // run (e.g. other than 3×3 stride 1), and CANDIDATES below lists its variants.
+  winograd,
 } satisfies Record<string, Conv2dStrategy<unknown>>;
 
 /** The tuning-table ops of the three passes. */
@@ -82,6 +84,8 @@ const CANDIDATES = [
   "implicit_gemm/4x4",
   "implicit_gemm/4x8",
   "implicit_gemm/8x4",
+  "winograd/f4",
+  "winograd/f2",
   "direct",
 ] as const;
 

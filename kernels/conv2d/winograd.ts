@@ -39,7 +39,13 @@ import { type VariantParams, variants } from "../../engine/kernel.ts";
 import { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward } from "../matmul.ts";
-import type { Conv2dGeometry, Conv2dOptions } from "../conv2d.ts";
+import {
+  type Conv2dGeometry,
+  type Conv2dOptions,
+  type Conv2dStrategy,
+  packedWeight,
+  releaseConv2dWeight,
+} from "./common.ts";
 
 /** Output tile size m of F(m×m, 3×3). */
 export type WinogradTile = 2 | 4;
@@ -495,13 +501,12 @@ function transformWeight(
   return u;
 }
 
-// Transformed constant weights (Conv2dOptions.constantWeight), by tile size.
-const transformed = new WeakMap<Tensor, Map<WinogradTile, Tensor>>();
-
-/** Free the Winograd transforms cached for a constant weight (call before disposing it). */
+/**
+ * Free the Winograd transforms cached for a constant weight (call before disposing it). They live in the
+ * packed-weight cache of every strategy, so this is `releaseConv2dWeight`.
+ */
 export function releaseWinogradWeight(w: Tensor): void {
-  for (const t of transformed.get(w)?.values() ?? []) t.dispose();
-  transformed.delete(w);
+  releaseConv2dWeight(w);
 }
 
 /** V (α², TP, C⁴) of images n0..n0+nc of `x` (N, C, H, W) at padding `pad` (TP ≥ T, a multiple of 4). */
@@ -557,18 +562,13 @@ function forwardCore(
   const sp = c4(geo.s), rp = c4(geo.r);
   const { tilesW, tilesHW } = tiling(m, geo.oh, geo.ow);
   const per = imagesPerChunk(e, op, cfg, geo.n, tilesHW, Math.max(sp, rp));
-  let u: Tensor, temporary = true;
-  if (o.constantWeight && !flip) {
-    let byTile = transformed.get(w);
-    if (!byTile) transformed.set(w, byTile = new Map());
-    let t = byTile.get(m);
-    if (!t || t.disposed) {
-      t = transformWeight(w, m, geo.r, geo.s, flip, op).keep();
-      byTile.set(m, t);
-    }
-    u = t;
-    temporary = false;
-  } else u = transformWeight(w, m, geo.r, geo.s, flip, op);
+  // Transformed constant weights (Conv2dOptions.constantWeight) are cached per tile size.
+  const { t: u, temporary } = packedWeight(
+    w,
+    o.constantWeight && !flip,
+    `winograd/f${m}`,
+    () => transformWeight(w, m, geo.r, geo.s, flip, op),
+  );
   const epi = { bias: !!o.bias, residual: !!o.residual, relu: !!o.relu };
   const out = outputKernel({ m, ...epi });
   for (let n0 = 0; n0 < geo.n; n0 += per) {
@@ -746,3 +746,23 @@ export function winogradBackwardWeight(
   }
   return dw;
 }
+
+/**
+ * The `winograd` strategy of kernels/conv2d/mod.ts: variants `winograd` (F(4×4, 3×3)), `winograd/f4`,
+ * `winograd/f2`; stride-1 3×3 convolutions with padding ≤ 2 only.
+ */
+export const winograd: Conv2dStrategy<WinogradConfig> = {
+  config(params) {
+    const c: WinogradConfig = {};
+    for (const p of params) {
+      if (p === "f2" || p === "f4") c.tile = p === "f2" ? 2 : 4;
+      else throw new RangeError(`unknown parameter "${p}" (winograd takes f2 or f4)`);
+    }
+    return c;
+  },
+  unsupported: (_e, _pass, g) =>
+    winogradSupports(g) ? null : "Winograd runs only 3×3 stride-1 convolutions with padding ≤ 2",
+  forward: (x, w, g, o, c) => winogradForward(x, w, g, o, c),
+  backwardInput: (dy, w, g, c) => winogradBackwardInput(dy, w, g, c),
+  backwardWeight: (x, dy, g, c) => winogradBackwardWeight(x, dy, g, c),
+};

@@ -4,7 +4,7 @@
  */
 import { runCli } from "../bad_inputs/harness.ts";
 import { assertEquals, engine } from "../helpers.ts";
-import { SELFTEST_FAMILIES, selftestOps, type SelftestResult } from "../../kernels/selftest.ts";
+import { SELFTEST_FAMILIES, selftestOps, type SelftestResult } from "../../ops/selftest.ts";
 
 const FAULT = "HE2GENE_SELFTEST_FAULT";
 

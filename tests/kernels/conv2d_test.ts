@@ -16,7 +16,7 @@ import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import type { Engine } from "../../engine/engine.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../ops/reduce.ts";
-import { CONV_CASES, type ConvCase } from "../../kernels/selftest.ts";
+import { CONV_CASES, type ConvCase } from "../../ops/selftest.ts";
 import {
   assertClose,
   assertEquals,
@@ -426,13 +426,25 @@ gpuTest("conv2d runs the tuning table's variant for its shape class, and a force
     assertEquals(has(dispatched(e, dx), "conv2d_dx_tm4_tn4"), true, `dx ${dispatched(e, dx)}`);
     const forced = withVariant("conv2d.fwd", "implicit_gemm", () => dispatched(e, fwd));
     assertEquals(has(forced, "conv2d_fwd_tm8_tn8"), true, `forced ${forced}`);
-    // A table entry that names no variant is an error, naming the entry.
     useTuning(e, { entries: { [`conv2d.fwd|${shapeClass}`]: "winograd/f4" } });
+    assertEquals(has(dispatched(e, fwd), "winograd_input"), true, `winograd ${dispatched(e, fwd)}`);
+    // A table entry that names no variant is an error, naming the entry.
+    useTuning(e, { entries: { [`conv2d.fwd|${shapeClass}`]: "winograd/f3" } });
     assertThrows(
       fwd,
       RangeError,
-      `with variant "winograd/f4" (tuning table entry "conv2d.fwd|${shapeClass}")`,
+      `with variant "winograd/f3" (tuning table entry "conv2d.fwd|${shapeClass}")`,
     );
+    // An entry whose variant cannot run this geometry (a class is coarser than one geometry) gives way to
+    // the default: Winograd for a stride-2 3×3 class.
+    const d2 = caseData(CASES[2], 73);
+    const o2 = { stride: d2.stride, padding: d2.padding };
+    const g2 = conv2dGeometry(d2.xShape, d2.wShape, o2);
+    assertEquals(g2.stride, 2);
+    useTuning(e, { entries: { [`conv2d.fwd|${conv2dShapeClass(g2)}`]: "winograd" } });
+    const x2 = e.tensor(d2.x, d2.xShape), w2 = e.tensor(d2.w, d2.wShape);
+    const fell = dispatched(e, () => void conv2dForward(x2, w2, o2));
+    assertEquals(has(fell, byDefault), true, `fallback ${fell}`);
   } finally {
     useTuning(e, null);
   }
@@ -445,7 +457,8 @@ gpuTest("a forced conv2d variant that cannot run throws, naming the variant and 
   const geometry = "x[2,3,7,9] w[5,3,3,3] s1 p1";
   for (
     const [variant, why] of [
-      ["winograd", 'unknown strategy "winograd" (the strategies are blocked, implicit_gemm, direct)'],
+      ["fft", 'unknown strategy "fft" (the strategies are blocked, implicit_gemm, direct, winograd)'],
+      ["winograd/f3", 'unknown parameter "f3" (winograd takes f2 or f4)'],
       ["blocked/t12", 'unknown parameter "t12" (blocked takes t8, t16, t32, split<N>, nomatmul)'],
       ["implicit_gemm/6x8", '"6x8": TM must be 4, 8, 12 or 16 and TN 1 to 16'],
       ["implicit_gemm/split0", '"split0": the split target must be ≥ 1'],
@@ -458,6 +471,18 @@ gpuTest("a forced conv2d variant that cannot run throws, naming the variant and 
       `Cannot conv2d ${geometry} with variant "${variant}": ${why}`,
     );
   }
+  const d3 = caseData(CASES[2], 74);
+  const o3 = { stride: d3.stride, padding: d3.padding };
+  assertThrows(
+    () =>
+      withVariant(
+        "conv2d.fwd",
+        "winograd",
+        () => conv2dForward(e.tensor(d3.x, d3.xShape), e.tensor(d3.w, d3.wShape), o3),
+      ),
+    RangeError,
+    `with variant "winograd": Winograd runs only 3×3 stride-1 convolutions with padding ≤ 2`,
+  );
   assertThrows(
     () => withVariant("conv2d.dx", "direct/t8", () => conv2dBackwardInput(dy, w, d.xShape, o)),
     RangeError,
@@ -513,8 +538,15 @@ gpuTest(
         "implicit_gemm/4x4",
         "implicit_gemm/4x8",
         "implicit_gemm/8x4",
+        "winograd/f4",
+        "winograd/f2",
         "direct",
       ]);
+    }
+    // Winograd only where it runs: not for a 1×1 or a strided 3×3 convolution.
+    for (const [k, s] of [[1, 1], [3, 2]]) {
+      const g1 = conv2dGeometry([2, 64, 56, 56], [64, 64, k, k], { stride: s, padding: (k - 1) / 2 });
+      assertEquals(conv2dCandidates(e, "conv2d.fwd", g1).some((v) => v.startsWith("winograd")), false);
     }
     assertThrows(
       () => conv2dCandidates(e, "conv2d.bias" as "conv2d.fwd", g),

@@ -13,7 +13,7 @@ import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import { linear, matmul } from "../../ops/matmul.ts";
 import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
 import type { Engine } from "../../mod.ts";
-import type { MmCase } from "../../kernels/selftest.ts";
+import type { MmCase } from "../../ops/selftest.ts";
 
 type Case = MmCase;
 

@@ -1,4 +1,4 @@
-import { conv2dBackwardCpu, conv2dCpu, conv2dGeometry } from "../../kernels/conv2d.ts";
+import { conv2dBackwardCpu, conv2dCpu, conv2dGeometry } from "../../kernels/conv2d/mod.ts";
 import {
   releaseWinogradWeight,
   WINOGRAD_MATRICES,

@@ -16,12 +16,12 @@ import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { noGrad, requiresGrad, Tape } from "../engine/autograd.ts";
 import { mulberry32 } from "../engine/random.ts";
-import { binary, binaryCpu, type BinaryOp, unary, unaryCpu, type UnaryOp } from "./elementwise.ts";
-import { abs, add, div, exp, log, mul, neg, relu, sigmoid, sqrt, sub, tanh } from "../ops/elementwise.ts";
-import { reduce, reduceBackward, reduceCpu, type ReduceOp } from "./reduce.ts";
-import { type Activation, matmulCandidates, matmulCpu, matmulForward, transpose } from "./matmul.ts";
-import { matmul } from "../ops/matmul.ts";
-import { withVariant } from "./tuning.ts";
+import { binary, binaryCpu, type BinaryOp, unary, unaryCpu, type UnaryOp } from "../kernels/elementwise.ts";
+import { abs, add, div, exp, log, mul, neg, relu, sigmoid, sqrt, sub, tanh } from "./elementwise.ts";
+import { reduce, reduceBackward, reduceCpu, type ReduceOp } from "../kernels/reduce.ts";
+import { type Activation, matmulCandidates, matmulCpu, matmulForward, transpose } from "../kernels/matmul.ts";
+import { matmul } from "./matmul.ts";
+import { withVariant } from "../kernels/tuning.ts";
 import {
   conv2dBackwardBias,
   conv2dBackwardCpu,
@@ -30,14 +30,14 @@ import {
   conv2dCpu,
   conv2dForward,
   withConv2dVariant,
-} from "./conv2d/mod.ts";
+} from "../kernels/conv2d/mod.ts";
 import {
   batchNorm2dBackward,
   batchNorm2dBackwardCpu,
   batchNorm2dCpu,
   batchNorm2dForward,
   batchNorm2dInference,
-} from "./batchnorm.ts";
+} from "../kernels/batchnorm.ts";
 import {
   globalAvgPool2dBackward,
   globalAvgPool2dBackwardCpu,
@@ -49,11 +49,17 @@ import {
   maxPool2dForward,
   maxPool2dGeometry,
   type MaxPool2dOptions,
-} from "./pool.ts";
-import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "./loss.ts";
-import { bceLoss, maskedMseLoss, mseLoss } from "../ops/loss.ts";
-import { Adam, type AdamCpuState, adamStepCpu, gradNorm, gradNormCpu } from "./optim.ts";
-import { compareClose, type Comparison, lossGradTolerance, TOL, type Tolerance } from "./tolerance.ts";
+} from "../kernels/pool.ts";
+import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "../kernels/loss.ts";
+import { bceLoss, maskedMseLoss, mseLoss } from "./loss.ts";
+import { Adam, type AdamCpuState, adamStepCpu, gradNorm, gradNormCpu } from "../kernels/optim.ts";
+import {
+  compareClose,
+  type Comparison,
+  lossGradTolerance,
+  TOL,
+  type Tolerance,
+} from "../kernels/tolerance.ts";
 
 /**
  * The op families the self-test covers, in the order it runs them.
@@ -685,6 +691,8 @@ export const CONV_CASES: readonly ConvCase[] = [
   [2, 8, 4, 6, 12, 1, 1, 0], // 1×1 with H·W, Cin, Cout multiples of 4: matmul in `blocked`
   [1, 4, 3, 4, 8, 1, 1, 0],
 ];
+/** The stride-1 3×3 geometries of {@linkcode CONV_CASES} (those Winograd runs). */
+const WINOGRAD_CASES = [1, 8, 9];
 const CONV_SHAPE = "15 geometries: 1×1, 3×3, 7×7; stride 1/2/3; padding 0–3";
 
 function convData(cc: ConvCase, seed: number) {
@@ -727,6 +735,9 @@ function conv2dCases(quick: boolean): Case[] {
     { variant: "implicit_gemm/4x8", slow: true },
     { variant: "implicit_gemm/8x4/split1", slow: true },
     { variant: "direct" },
+    // Winograd runs the stride-1 3×3 geometries only.
+    { variant: "winograd/f4", subset: { y: WINOGRAD_CASES, dx: WINOGRAD_CASES, dw: WINOGRAD_CASES } },
+    { variant: "winograd/f2", subset: { y: WINOGRAD_CASES, dx: WINOGRAD_CASES, dw: WINOGRAD_CASES } },
   ];
   for (const { variant, slow, subset } of variants) {
     if (slow && quick) continue;
@@ -780,15 +791,20 @@ function conv2dCases(quick: boolean): Case[] {
     }
   }
   // The fused epilogue (bias, residual, ReLU) of every strategy.
-  for (const strategy of ["blocked", "implicit_gemm", "direct"] as const) {
+  for (const strategy of ["blocked", "implicit_gemm", "direct", "winograd"] as const) {
+    const wino = strategy === "winograd";
     cases.push({
       family: "conv2d",
       op: "conv2d",
       variant: `${strategy} + bias/res/relu`,
-      shape: "x[3,5,13,13] w3×3 s2, x[3,5,4,5] 1×1, x[1,3,13,13] w7×7 s2",
+      shape: wino
+        ? "x[2,3,7,9] w3×3 s1, x[2,5,1,7] w3×3 s1"
+        : "x[3,5,13,13] w3×3 s2, x[3,5,4,5] 1×1, x[1,3,13,13] w7×7 s2",
       run: (e, c) =>
         withConv2dVariant(strategy, () => {
-          for (const cc of [CONV_CASES[2], CONV_CASES[4], CONV_CASES[6]]) {
+          for (
+            const cc of wino ? [CONV_CASES[1], CONV_CASES[9]] : [CONV_CASES[2], CONV_CASES[4], CONV_CASES[6]]
+          ) {
             const d = convData(cc, 5);
             for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
               const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), {

@@ -1,0 +1,70 @@
+/**
+ * The adapter's measured arithmetic peak: a kernel of independent FMA chains held in registers (no memory
+ * traffic but one store per invocation), timed like every other figure. The bench prints each result also
+ * as a fraction of this peak.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import { variants } from "../engine/kernel.ts";
+import { wgsl } from "../kernels/_wgsl.ts";
+
+const WG = 64;
+/** Independent accumulators per invocation (enough to hide FMA latency). */
+const CHAINS = 8;
+
+const fmaKernel = variants("peak_fma", (p: { iters: number }) => ({
+  bindings: [{ name: "y", access: "read_write" }],
+  uniforms: { a: "f32", b: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u,
+    @builtin(num_workgroups) nwg: vec3u) {
+  let i = g.x + g.y * (nwg.x * WG_X);
+  var v = vec4f(f32(i) * 1e-9, 0.1, 0.2, 0.3);
+  var w = vec4f(0.4, 0.5, 0.6, f32(i) * 1e-9);
+  let a = vec4f(p.a);
+  let b = vec4f(p.b);
+  for (var k = 0u; k < ${p.iters}u; k++) {
+    v = fma(v, a, b);
+    w = fma(w, a, b);
+  }
+  y[i] = v.x + v.y + v.z + v.w + w.x + w.y + w.z + w.w;
+}`,
+}));
+
+/**
+ * Measured FMA throughput in GFLOP/s (an FMA counts as 2 FLOPs): the median of `reps` timed dispatches of
+ * `invocations` invocations after one warm-up.
+ */
+export async function measurePeak(
+  e: Engine,
+  o: { invocations?: number; iters?: number; reps?: number } = {},
+) {
+  const invocations = o.invocations ?? (e.adapterInfo.software ? 1 << 16 : 1 << 22);
+  const iters = o.iters ?? (e.adapterInfo.software ? 4096 : 8192);
+  const reps = o.reps ?? 3;
+  const y = e.empty([invocations], "peak");
+  const k = fmaKernel({ iters });
+  const x = Math.min(invocations / WG, 65535);
+  const run = () =>
+    e.run(k, {
+      bindings: [y],
+      uniforms: { a: 0.999, b: 1e-3 },
+      workgroups: [x, Math.ceil(invocations / WG / x), 1],
+    });
+  run();
+  await e.sync();
+  const ms: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    run();
+    await e.sync();
+    ms.push(performance.now() - t0);
+  }
+  y.dispose();
+  ms.sort((a, b) => a - b);
+  const t = ms[Math.floor(ms.length / 2)];
+  const flops = invocations * iters * CHAINS * 2;
+  return { gflops: flops / (t * 1e6), ms: t };
+}

@@ -1,0 +1,297 @@
+/**
+ * Autotuning: time every correct variant of each tunable op (conv2d forward / input gradient / weight
+ * gradient, matmul) on the shapes ResNet-50 inference and training use on this adapter, and pick the fastest
+ * per (op, shape class). The result is a {@linkcode TuningTable} that `kernels/tuning.ts` applies; `cli/tune.ts`
+ * stores it per adapter.
+ *
+ * A candidate counts only if its output on the real shape agrees with the op's default variant within the
+ * test suite's tolerance (`TOL.conv2d` / `TOL.matmul`, against the scale Σ|a||b| of the same product on
+ * absolute values); the self-test has already checked each variant against the CPU reference on ragged
+ * shapes. A candidate replaces the default only when it is faster by more than {@linkcode TUNE_MARGIN}, so
+ * that timing noise never makes the tuned choice slower than the fixed one.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { mulberry32 } from "../engine/random.ts";
+import {
+  conv2dBackwardInput,
+  conv2dBackwardWeight,
+  conv2dCandidates,
+  conv2dForward,
+  type Conv2dGeometry,
+  conv2dShapeClass,
+} from "../kernels/conv2d/mod.ts";
+import { matmulCandidates, matmulForward, matmulShapeClass } from "../kernels/matmul.ts";
+import { unary } from "../kernels/elementwise.ts";
+import { TOL, type Tolerance } from "../kernels/tolerance.ts";
+import { tuningKey, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
+import { layout, RESNET50, type ResNetConfig } from "./resnet.ts";
+
+/** A candidate must beat the default by this fraction of the default's time to replace it. */
+export const TUNE_MARGIN = 0.05;
+
+/** One tunable op on one shape. */
+export interface TuneCase {
+  /** Op name as the tuning table knows it (`conv2d.fwd`, `conv2d.dx`, `conv2d.dw`, `matmul`). */
+  op: string;
+  shapeClass: string;
+  /** Human-readable shape. */
+  label: string;
+  /** FLOPs of one call (for GFLOP/s). */
+  flops: number;
+  candidates: string[];
+  /** Inputs made once; `run` records one call and returns its output. */
+  setup(e: Engine): { run: () => Tensor; scale: () => Tensor; inputs: Tensor[] };
+  tol: Tolerance;
+}
+
+/** The time of one candidate, or why it was not counted. */
+export interface TuneTiming {
+  variant: string;
+  ms?: number;
+  gflops?: number;
+  error?: string;
+}
+
+/** What tuning found for one case. */
+export interface TuneResult {
+  op: string;
+  shapeClass: string;
+  label: string;
+  default: TuneTiming;
+  chosen: string;
+  timings: TuneTiming[];
+}
+
+/** Options of {@linkcode tune}. */
+export interface TuneOptions {
+  /** Batch of the inference shapes (default 8). */
+  batchSize?: number;
+  /** Batch of the training shapes (default 2; 0 skips training ops). */
+  trainBatchSize?: number;
+  /** Image side (default 224). */
+  imageSize?: number;
+  /** One shape per op and class, fewer repetitions (default false). */
+  quick?: boolean;
+  /** Only ops whose name starts with one of these. */
+  only?: readonly string[];
+  /** Matmul shapes [M, N, K] instead of the heads' and the benchmark's (tests). */
+  matmulShapes?: [number, number, number][];
+  /** Called after each case. */
+  onProgress?: (done: number, total: number, r: TuneResult) => void;
+}
+
+/** Conv geometries of a ResNet at `batch` × 3 × size × size, in network order (duplicates removed). */
+export function resnetConvGeometries(c: ResNetConfig, batch: number, size: number): Conv2dGeometry[] {
+  const out = (s: number, k: number, st: number, p: number) => Math.floor((s + 2 * p - k) / st) + 1;
+  const geoms: Conv2dGeometry[] = [];
+  const seen = new Set<string>();
+  const add = (cin: number, h: number, cout: number, k: number, stride: number, pad: number) => {
+    const oh = out(h, k, stride, pad);
+    const g = { n: batch, cin, h, w: h, cout, kh: k, kw: k, stride, pad, oh, ow: oh };
+    const key = JSON.stringify(g);
+    if (!seen.has(key)) geoms.push(g);
+    seen.add(key);
+    return oh;
+  };
+  const { stem, blocks } = layout(c);
+  let h = add(stem.cin, size, stem.cout, stem.k, stem.stride, stem.pad);
+  h = out(h, 3, 2, 1); // max pool
+  for (const b of blocks) {
+    const h0 = h;
+    for (const cv of b.convs) h = add(cv.cin, h, cv.cout, cv.k, cv.stride, cv.pad);
+    if (b.downsample) add(b.downsample.cin, h0, b.downsample.cout, b.downsample.k, b.downsample.stride, 0);
+  }
+  return geoms;
+}
+
+function randomTensor(e: Engine, shape: number[], seed: number): Tensor {
+  const rnd = mulberry32(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = rnd() * 2 - 1;
+  return e.tensor(a, shape);
+}
+
+const absT = (t: Tensor) => unary("abs", t);
+
+function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneCase[] {
+  const cases: TuneCase[] = [];
+  const seen = new Set<string>();
+  for (const g of geoms) {
+    const opts = { stride: g.stride, padding: g.pad };
+    const xs = [g.n, g.cin, g.h, g.w], ws = [g.cout, g.cin, g.kh, g.kw], ys = [g.n, g.cout, g.oh, g.ow];
+    const flops = 2 * g.n * g.cout * g.oh * g.ow * g.cin * g.kh * g.kw;
+    const label = `x[${xs}] w[${ws}] s${g.stride} p${g.pad}`;
+    const ops = training ? ["conv2d.fwd", "conv2d.dx", "conv2d.dw"] : ["conv2d.fwd"];
+    for (const op of ops) {
+      const shapeClass = conv2dShapeClass(g);
+      const key = tuningKey(op, shapeClass);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      cases.push({
+        op,
+        shapeClass,
+        label,
+        flops,
+        tol: TOL.conv2d,
+        candidates: conv2dCandidates(e, op as "conv2d.fwd", g),
+        setup(e) {
+          const x = randomTensor(e, xs, 1), w = randomTensor(e, ws, 2), dy = randomTensor(e, ys, 3);
+          const call = (x: Tensor, w: Tensor, dy: Tensor) =>
+            op === "conv2d.fwd"
+              ? conv2dForward(x, w, opts)
+              : op === "conv2d.dx"
+              ? conv2dBackwardInput(dy, w, xs, opts)
+              : conv2dBackwardWeight(x, dy, ws, opts);
+          return {
+            inputs: [x, w, dy],
+            run: () => call(x, w, dy),
+            scale: () => {
+              const [ax, aw, ady] = [absT(x), absT(w), absT(dy)];
+              const s = call(ax, aw, ady);
+              for (const t of [ax, aw, ady]) t.dispose();
+              return s;
+            },
+          };
+        },
+      });
+    }
+  }
+  return cases;
+}
+
+function matmulCases(e: Engine, shapes: [number, number, number][]): TuneCase[] {
+  const seen = new Set<string>();
+  const cases: TuneCase[] = [];
+  for (const [m, n, k] of shapes) {
+    const shapeClass = matmulShapeClass(m, n, k);
+    if (seen.has(shapeClass)) continue;
+    seen.add(shapeClass);
+    cases.push({
+      op: "matmul",
+      shapeClass,
+      label: `${m}×${k} · ${k}×${n}`,
+      flops: 2 * m * n * k,
+      tol: TOL.matmul,
+      candidates: matmulCandidates(e, m, n, k),
+      setup(e) {
+        const a = randomTensor(e, [m, k], 4), b = randomTensor(e, [k, n], 5);
+        return {
+          inputs: [a, b],
+          run: () => matmulForward(a, b),
+          scale: () => {
+            const [aa, ab] = [absT(a), absT(b)];
+            const s = matmulForward(aa, ab);
+            aa.dispose();
+            ab.dispose();
+            return s;
+          },
+        };
+      },
+    });
+  }
+  return cases;
+}
+
+/** The cases {@linkcode tune} times for these options. */
+export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
+  const batch = o.batchSize ?? 8, trainBatch = o.trainBatchSize ?? 2, size = o.imageSize ?? 224;
+  let cases = convCases(e, resnetConvGeometries(RESNET50, batch, size), false);
+  if (trainBatch > 0) {
+    const train = convCases(e, resnetConvGeometries(RESNET50, trainBatch, size), true);
+    const have = new Set(cases.map((c) => tuningKey(c.op, c.shapeClass)));
+    cases.push(...train.filter((c) => !have.has(tuningKey(c.op, c.shapeClass))));
+  }
+  // HE2Gene's heads (2048 → 250 target and 19 699 auxiliary genes) at both batches, and the benchmark's
+  // square product.
+  const mm: [number, number, number][] = [];
+  for (const b of new Set([batch, trainBatch || batch])) mm.push([b, 250, 2048], [b, 19699, 2048]);
+  cases.push(...matmulCases(e, o.matmulShapes ?? [...mm, [1024, 1024, 1024]]));
+  if (o.only?.length) cases = cases.filter((c) => o.only!.some((p) => c.op.startsWith(p)));
+  return cases;
+}
+
+async function timeRuns(e: Engine, run: () => Tensor, reps: number): Promise<number> {
+  const times: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    const y = run();
+    await e.sync();
+    times.push(performance.now() - t0);
+    y.dispose();
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+/** Largest violation ratio |got − want| / (atol + rtol·scale) (≤ 1 passes). */
+function violation(got: Float32Array, want: Float32Array, scale: Float32Array, tol: Tolerance): number {
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) {
+    const r = Math.abs(got[i] - want[i]) / (tol.atol + tol.rtol * scale[i]);
+    if (!(r <= worst)) worst = Number.isNaN(r) ? Infinity : r;
+  }
+  return worst;
+}
+
+/**
+ * Time the candidates of every case and return the table of winners with every timing. The engine's own
+ * table is set aside while tuning (defaults are timed as built in) and restored afterwards.
+ */
+export async function tune(
+  e: Engine,
+  o: TuneOptions = {},
+): Promise<{ table: TuningTable; results: TuneResult[] }> {
+  const cases = tuneCases(e, o);
+  const reps = o.quick ? 2 : 5;
+  const entries: Record<string, string> = {};
+  const results: TuneResult[] = [];
+  useTuning(e, null);
+  for (const c of cases) {
+    const { run, scale, inputs } = c.setup(e);
+    // The default (no variant forced): the reference output and the time to beat.
+    const ref = run();
+    const want = await ref.toArray();
+    ref.dispose();
+    const s = scale();
+    const sc = await s.toArray();
+    s.dispose();
+    const defMs = await timeRuns(e, run, reps);
+    const def: TuneTiming = { variant: "default", ms: defMs, gflops: c.flops / defMs / 1e6 };
+    const timings: TuneTiming[] = [];
+    let best = { variant: "", ms: defMs * (1 - TUNE_MARGIN) };
+    for (const v of c.candidates) {
+      try {
+        const ms = await withVariant(c.op, v, async () => {
+          const y = run(); // compiles on first use
+          const got = await y.toArray();
+          y.dispose();
+          const bad = violation(got, want, sc, c.tol);
+          if (bad > 1) throw new Error(`differs from the default by ${bad.toFixed(1)}× the tolerance`);
+          return await timeRuns(e, run, reps);
+        });
+        timings.push({ variant: v, ms, gflops: c.flops / ms / 1e6 });
+        if (ms < best.ms) best = { variant: v, ms };
+      } catch (err) {
+        timings.push({ variant: v, error: (err as Error).message });
+      }
+    }
+    for (const t of inputs) t.dispose();
+    const chosen = best.variant || "default";
+    if (best.variant) entries[tuningKey(c.op, c.shapeClass)] = best.variant;
+    const r: TuneResult = {
+      op: c.op,
+      shapeClass: c.shapeClass,
+      label: c.label,
+      default: def,
+      chosen,
+      timings,
+    };
+    results.push(r);
+    o.onProgress?.(results.length, cases.length, r);
+  }
+  return { table: { entries }, results };
+}

@@ -1,0 +1,168 @@
+/**
+ * `he2gene tune` and the tuning cache: tune() times every candidate and only lets a faster one replace the
+ * default; the table is stored per adapter under $XDG_CACHE_HOME/he2gene atomically; prediction's
+ * `--tune cached|auto|off` loads it, ignores a malformed or foreign one with a warning, and the ops then
+ * run the stored choice.
+ */
+import { runCli, tempDir } from "../bad_inputs/harness.ts";
+import { UsageError } from "../../cli/errors.ts";
+import { assertEquals, assertThrows, engine } from "../helpers.ts";
+import { resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
+import { RESNET50 } from "../../model/resnet.ts";
+import { conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
+import { matmulCandidates, matmulShapeClass } from "../../kernels/matmul.ts";
+import { chosenVariant, tuningKey, useTuning, withVariant } from "../../kernels/tuning.ts";
+import {
+  HE2GENE_VERSION,
+  loadTuning,
+  parseTuneMode,
+  prepareTuning,
+  saveTuning,
+  type StoredTuning,
+  tuningPath,
+} from "../../cli/tune.ts";
+
+function cliTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, sanitizeOps: false, sanitizeResources: false, fn });
+}
+
+async function withCache<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await tempDir("tune");
+  const before = Deno.env.get("XDG_CACHE_HOME");
+  Deno.env.set("XDG_CACHE_HOME", dir);
+  try {
+    return await fn(dir);
+  } finally {
+    if (before === undefined) Deno.env.delete("XDG_CACHE_HOME");
+    else Deno.env.set("XDG_CACHE_HOME", before);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+cliTest(
+  "tune times every matmul candidate and keeps the default unless one is faster by the margin",
+  async () => {
+    const e = await engine();
+    // Small enough that only the 8×8 register blocks (and the tiled kernel) are candidates: cheap to compile.
+    const [m, n, k] = [5, 6, 20];
+    const { table, results } = await tune(e, { only: ["matmul"], matmulShapes: [[m, n, k]], quick: true });
+    assertEquals(results.length, 1);
+    const r = results[0];
+    assertEquals(r.shapeClass, matmulShapeClass(m, n, k));
+    assertEquals(r.timings.map((t) => t.variant), matmulCandidates(e, m, n, k));
+    for (const t of r.timings) assertEquals(t.error, undefined, `${t.variant} failed: ${t.error}`);
+    const key = tuningKey("matmul", r.shapeClass);
+    if (r.chosen === "default") {
+      assertEquals(table.entries[key], undefined);
+    } else {
+      assertEquals(table.entries[key], r.chosen);
+      const best = r.timings.find((t) => t.variant === r.chosen)!;
+      if (!(best.ms! < r.default.ms! * (1 - TUNE_MARGIN))) throw new Error("chosen variant is not faster");
+    }
+  },
+);
+
+cliTest(
+  "tune covers ResNet-50: every conv shape class of inference and training, the heads, 1024³",
+  async () => {
+    const e = await engine();
+    const cases = tuneCases(e, { batchSize: 8, trainBatchSize: 2 });
+    const count = (op: string) => cases.filter((c) => c.op === op).length;
+    const geoms = resnetConvGeometries(RESNET50, 8, 224);
+    assertEquals(geoms.length, 23, "distinct conv geometries of ResNet-50 (53 convolutions)");
+    assertEquals(new Set(geoms.map(conv2dShapeClass)).size, count("conv2d.fwd"));
+    assertEquals(count("conv2d.dx"), count("conv2d.fwd"));
+    assertEquals(count("conv2d.dw"), count("conv2d.fwd"));
+    assertEquals(count("matmul") >= 3, true);
+    for (const c of cases) {
+      if (c.candidates.length < 2) throw new Error(`${c.op} ${c.label}: fewer than 2 candidates`);
+    }
+    const wino = cases.filter((c) => c.candidates.includes("winograd/f4")).map((c) => c.label);
+    assertEquals(wino.every((l) => l.includes(",3,3] s1")), true, wino.join("; "));
+  },
+);
+
+cliTest("a stored table is applied per op and shape class; withVariant overrides it", async () => {
+  const e = await engine();
+  const cls = matmulShapeClass(64, 64, 64);
+  const [first, second] = matmulCandidates(e, 64, 64, 64);
+  useTuning(e, { entries: { [tuningKey("matmul", cls)]: first } });
+  try {
+    assertEquals(chosenVariant(e, "matmul", cls), first);
+    assertEquals(chosenVariant(e, "matmul", "other class"), undefined);
+    withVariant("matmul", second, () => assertEquals(chosenVariant(e, "matmul", cls), second));
+    assertEquals(chosenVariant(e, "matmul", cls), first);
+  } finally {
+    useTuning(e, null);
+  }
+  assertEquals(chosenVariant(e, "matmul", cls), undefined);
+});
+
+cliTest(
+  "the cache: keyed by adapter and version, atomic, malformed or foreign files ignored with a warning",
+  async () => {
+    const e = await engine();
+    await withCache(async (dir) => {
+      const path = tuningPath(e)!;
+      assertEquals(path.startsWith(`${dir}/he2gene/tuning-`), true, path);
+      assertEquals(await loadTuning(e), null);
+      const entries = {
+        [tuningKey("matmul", matmulShapeClass(64, 64, 64))]: matmulCandidates(e, 64, 64, 64)[0],
+      };
+      const a = e.adapterInfo;
+      const t: StoredTuning = {
+        version: HE2GENE_VERSION,
+        adapter: {
+          name: a.name,
+          vendor: a.vendor,
+          architecture: a.architecture,
+          device: a.device,
+          backend: a.backend,
+        },
+        created: new Date().toISOString(),
+        options: { batchSize: 8, trainBatchSize: 2, quick: true },
+        entries,
+      };
+      assertEquals(await saveTuning(e, t), path);
+      assertEquals([...Deno.readDirSync(`${dir}/he2gene`)].map((f) => f.name), [path.split("/").pop()]);
+      assertEquals((await loadTuning(e))?.entries, entries);
+      const said: string[] = [];
+      assertEquals(
+        (await prepareTuning(e, "cached", (s) => said.push(s))).includes("tuned table (1 choices)"),
+        true,
+      );
+      assertEquals(
+        chosenVariant(e, "matmul", matmulShapeClass(64, 64, 64)),
+        entries[Object.keys(entries)[0]],
+      );
+      assertEquals((await prepareTuning(e, "off")).includes("built-in defaults"), true);
+      assertEquals(chosenVariant(e, "matmul", matmulShapeClass(64, 64, 64)), undefined);
+
+      // Another version: ignored, with a warning naming the file.
+      await Deno.writeTextFile(path, JSON.stringify({ ...t, version: "0.0.0-other" }));
+      const w1: string[] = [];
+      assertEquals(await loadTuning(e, (s) => w1.push(s)), null);
+      assertEquals(
+        w1.length === 1 && w1[0].includes(path) && w1[0].includes("another adapter or he2gene version"),
+        true,
+      );
+      // Malformed JSON: ignored, with a warning.
+      await Deno.writeTextFile(path, "{ not json");
+      const w2: string[] = [];
+      assertEquals(await loadTuning(e, (s) => w2.push(s)), null);
+      assertEquals(w2.length === 1 && w2[0].includes("is not a tuning table"), true, w2.join("\n"));
+      const w3: string[] = [];
+      assertEquals((await prepareTuning(e, "cached", (s) => w3.push(s))).includes("built-in defaults"), true);
+    });
+    useTuning(e, null);
+  },
+);
+
+cliTest("--tune is checked; tune --only refuses unknown ops (exit 2, naming the option)", async () => {
+  assertEquals(parseTuneMode(undefined), "cached");
+  assertEquals(parseTuneMode("auto"), "auto");
+  assertThrows(() => parseTuneMode("fast"), UsageError, "--tune must be cached, auto or off");
+  const r = await runCli(["tune", "--only", "softmax"]);
+  assertEquals(r.code, 2, r.stderr);
+  assertEquals(r.stderr.includes('--only: unknown op "softmax"'), true, r.stderr);
+});
