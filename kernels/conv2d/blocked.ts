@@ -20,7 +20,8 @@
  *     no FMA multiplies an inserted zero; each phase stores its strided subset of dx.
  *   weight gradient: dw[co, (kh, kw, ci)] = Σ_k dyᵀ[co, k] · xp[P(k) + Q(kh, kw, ci)], k = (n, oh, ow): dyᵀ
  *     is read as vec4 along k, xp as vec4 along ci (the output columns), P(k) comes from a small table;
- *     split-K over k when the output has few blocks, partials summed by `reduce`.
+ *     split-K over k when the output has few blocks (or one split would loop more than
+ *     MAX_LOOP_STEPS times), partials summed by `reduce`.
  *
  * 1×1 stride-1 convolutions whose H·W, Cin and Cout are multiples of 4 run through `matmulForward` on the
  * NCHW tensors (no copies; the forward only without an epilogue). The forward's epilogue (bias, residual,
@@ -37,13 +38,17 @@ import { matmulForward } from "../matmul.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
+  type Conv2dFootprint,
   type Conv2dGeometry,
   type Conv2dOptions,
+  type Conv2dPass,
   type Conv2dStrategy,
   each,
   each2,
   groups,
+  ioElements,
   isGemm,
+  MAX_LOOP_STEPS,
   packedWeight,
   splitParam,
   WG,
@@ -446,6 +451,19 @@ function chooseBlock(
   return { tm, tn, cols: padCols < padRows };
 }
 
+/** Workgroups (x, y, z) of an M×N register-blocked GEMM: lanes along columns or rows, z splits. */
+function laneGroups(
+  m: number,
+  n: number,
+  b: { tm: number; tn: number; cols: boolean },
+  z = 1,
+): [number, number, number] {
+  const { tm, tn, cols } = b;
+  return cols
+    ? [Math.ceil(n / (tn * RWG)), Math.ceil(m / tm), z]
+    : [Math.ceil(n / tn), Math.ceil(m / (tm * RWG)), z];
+}
+
 function lanes(
   e: Engine,
   call: Conv2dCall,
@@ -454,12 +472,8 @@ function lanes(
   b: { tm: number; tn: number; cols: boolean },
   z = 1,
 ) {
-  const { tm, tn, cols } = b;
-  const uniforms = cols ? { rmul: 1, rl: 0, cmul: RWG, cl: 1 } : { rmul: RWG, rl: 1, cmul: 1, cl: 0 };
-  const workgroups = cols
-    ? groups(e, call, Math.ceil(n / (tn * RWG)), Math.ceil(m / tm), z)
-    : groups(e, call, Math.ceil(n / tn), Math.ceil(m / (tm * RWG)), z);
-  return { uniforms, workgroups };
+  const uniforms = b.cols ? { rmul: 1, rl: 0, cmul: RWG, cl: 1 } : { rmul: RWG, rl: 1, cmul: 1, cl: 0 };
+  return { uniforms, workgroups: groups(e, call, ...laneGroups(m, n, b, z)) };
 }
 
 /**
@@ -538,6 +552,38 @@ function phase(r: number, s: number, p: number, k: number) {
   return { k0, taps, ch: (r + p - k0) / s };
 }
 
+/**
+ * Zero padding (top, bottom, left, right) of the channels-last dy of the input gradient: phase r covers
+ * rows i·s + r, i < ⌈(H − r)/s⌉, and reads dy rows i + ch − taps + 1 … i + ch.
+ */
+function dxPads(g: Conv2dGeometry): [number, number, number, number] {
+  const s = g.stride;
+  const pads = (size: number, out: number, k: number) => {
+    let lo = 0, hi = 0;
+    for (let r = 0; r < s && r < size; r++) {
+      const ph = phase(r, s, g.pad, k);
+      if (ph.taps === 0) continue;
+      lo = Math.max(lo, ph.taps - 1 - ph.ch);
+      hi = Math.max(hi, Math.ceil((size - r) / s) - 1 + ph.ch - (out - 1));
+    }
+    return [lo, hi];
+  };
+  return [...pads(g.h, g.oh, g.kh), ...pads(g.w, g.ow, g.kw)] as [number, number, number, number];
+}
+
+/** The stride phases (rh, rw) of the input gradient: their taps and the rows × columns of dx they cover. */
+function dxPhases(g: Conv2dGeometry) {
+  const s = g.stride;
+  const out = [];
+  for (let rh = 0; rh < s && rh < g.h; rh++) {
+    for (let rw = 0; rw < s && rw < g.w; rw++) {
+      const ph = phase(rh, s, g.pad, g.kh), pw = phase(rw, s, g.pad, g.kw);
+      out.push({ rh, rw, ph, pw, hi: Math.ceil((g.h - rh) / s), wi: Math.ceil((g.w - rw) / s) });
+    }
+  }
+  return out;
+}
+
 /** Input gradient: one stride-1 correlation per stride phase. */
 function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfig, call: Conv2dCall): Tensor {
   const e = dy.engine;
@@ -551,61 +597,71 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfi
   }
   const dx = e.empty(xShape, "conv2d dx");
   const s = g.stride;
-  // Phase r covers rows i·s + r, i < ceil((H − r)/s); it reads dy rows i + ch − taps + 1 … i + ch.
-  const pads = (size: number, out: number, k: number) => {
-    let lo = 0, hi = 0;
-    for (let r = 0; r < s && r < size; r++) {
-      const ph = phase(r, s, g.pad, k);
-      if (ph.taps === 0) continue;
-      lo = Math.max(lo, ph.taps - 1 - ph.ch);
-      hi = Math.max(hi, Math.ceil((size - r) / s) - 1 + ph.ch - (out - 1));
-    }
-    return [lo, hi];
-  };
-  const [pt, pb] = pads(g.h, g.oh, g.kh), [pl, pr] = pads(g.w, g.ow, g.kw);
+  const [pt, pb, pl, pr] = dxPads(g);
   const dyp = toNhwc(dy, pt, pb, pl, pr);
   const cp = c4(g.cout);
-  for (let rh = 0; rh < s && rh < g.h; rh++) {
-    for (let rw = 0; rw < s && rw < g.w; rw++) {
-      const ph = phase(rh, s, g.pad, g.kh), pw = phase(rw, s, g.pad, g.kw);
-      const hi = Math.ceil((g.h - rh) / s), wi = Math.ceil((g.w - rw) / s);
-      const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
-      const N = g.n * hi * wi;
-      const blk = chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c);
-      const l = lanes(e, call, g.cin, N, blk);
-      e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
-        bindings: [a, dyp, e.placeholder(), e.placeholder(), dx],
-        uniforms: {
-          M: g.cin,
-          N,
-          ohw: hi * wi,
-          ow: wi,
-          hp: g.oh + pt + pb,
-          wp: g.ow + pl + pr,
-          c4q: cp / 4,
-          sh: 1,
-          offh: ph.ch - ph.taps + 1 + pt,
-          offw: pw.ch - pw.taps + 1 + pl,
-          kh: ph.taps,
-          rowq: pw.taps * cp / 4,
-          oplane: g.h * g.w,
-          outw: g.w,
-          os: s,
-          rh,
-          rw,
-          hasBias: 0,
-          hasRes: 0,
-          relu: 0,
-          ...l.uniforms,
-        },
-        workgroups: l.workgroups,
-        info: `${call.info} phase (${rh},${rw}) ${call.variant} ${blk.tm}×${blk.tn}`,
-      });
-      a.dispose();
-    }
+  for (const { rh, rw, ph, pw, hi, wi } of dxPhases(g)) {
+    const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
+    const N = g.n * hi * wi;
+    const blk = chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c);
+    const l = lanes(e, call, g.cin, N, blk);
+    e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
+      bindings: [a, dyp, e.placeholder(), e.placeholder(), dx],
+      uniforms: {
+        M: g.cin,
+        N,
+        ohw: hi * wi,
+        ow: wi,
+        hp: g.oh + pt + pb,
+        wp: g.ow + pl + pr,
+        c4q: cp / 4,
+        sh: 1,
+        offh: ph.ch - ph.taps + 1 + pt,
+        offw: pw.ch - pw.taps + 1 + pl,
+        kh: ph.taps,
+        rowq: pw.taps * cp / 4,
+        oplane: g.h * g.w,
+        outw: g.w,
+        os: s,
+        rh,
+        rw,
+        hasBias: 0,
+        hasRes: 0,
+        relu: 0,
+        ...l.uniforms,
+      },
+      workgroups: l.workgroups,
+      info: `${call.info} phase (${rh},${rw}) ${call.variant} ${blk.tm}×${blk.tn}`,
+    });
+    a.dispose();
   }
   dyp.dispose();
   return dx;
+}
+
+/**
+ * The weight gradient's GEMM: K = N·OH·OW (K⁴ rounded up to 4; dy read in place when OH·OW % 4 = 0, else
+ * copied to dyᵀ), the block, and the split of K: until there are ≥ dwMinGroups workgroups, keeping ≥ 64
+ * steps per split and the partials within 64 MiB and one binding, but no split longer than MAX_LOOP_STEPS
+ * (the footprint then counts the partials).
+ */
+function dwPlan(e: Engine, g: Conv2dGeometry, c: BlockedConfig) {
+  const cp = c4(g.cin);
+  const nk = g.n * g.oh * g.ow, kp = c4(nk);
+  const direct = (g.oh * g.ow) % 4 === 0;
+  const kk = g.kh * g.kw, nq = kk * cp / 4, ncol = 4 * nq, k4 = kp / 4;
+  const blk = chooseBlock(g.cout, ncol, kp, c);
+  const [gx, gy] = laneGroups(g.cout, ncol, blk);
+  const wSize = g.cout * g.cin * kk;
+  let splits = Math.min(
+    Math.ceil(c.dwMinGroups / (gx * gy)),
+    Math.ceil(k4 / 64),
+    Math.max(1, Math.floor(Math.min(64 << 20, e.maxBinding) / (4 * wSize))),
+  );
+  splits = Math.max(1, splits, Math.ceil(k4 / MAX_LOOP_STEPS));
+  const chunk = Math.ceil(k4 / splits);
+  splits = Math.ceil(k4 / chunk);
+  return { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk, wSize };
 }
 
 /** Weight gradient (split-K when the output has few blocks). */
@@ -629,9 +685,7 @@ function backwardWeight(
   }
   const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
   const cp = c4(g.cin), hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
-  const nk = g.n * g.oh * g.ow, kp = c4(nk);
-  // A = dy read in place when each image's OH·OW is a multiple of 4, else the copy dyᵀ (Cout, K⁴).
-  const direct = (g.oh * g.ow) % 4 === 0;
+  const { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk } = dwPlan(e, g, c);
   let dyt: Tensor | null = null;
   if (!direct) {
     dyt = e.empty([g.cout, kp], "conv2d dyᵀ");
@@ -661,22 +715,7 @@ function backwardWeight(
     workgroups: grid(kp + kp / 4, WG),
     info: `${kp} + ${kp / 4} offsets`,
   });
-  const kk = g.kh * g.kw, nq = kk * cp / 4, ncol = 4 * nq, k4 = kp / 4;
-  const blk = chooseBlock(g.cout, ncol, kp, c);
   const { tm, tn } = blk;
-  const wgs = blk.cols
-    ? Math.ceil(ncol / (tn * RWG)) * Math.ceil(g.cout / tm)
-    : Math.ceil(ncol / tn) * Math.ceil(g.cout / (tm * RWG));
-  // Split K until there are ≥ dwMinGroups workgroups, keeping ≥ 64 steps per split and the partials small.
-  const wSize = g.cout * g.cin * kk;
-  let splits = Math.min(
-    Math.ceil(c.dwMinGroups / wgs),
-    Math.ceil(k4 / 64),
-    Math.max(1, Math.floor((64 << 20) / (4 * wSize))),
-  );
-  splits = Math.max(1, splits);
-  const chunk = Math.ceil(k4 / splits);
-  splits = Math.ceil(k4 / chunk);
   const part = e.empty([splits, ...wShape], "conv2d dw partials");
   const l = lanes(e, call, g.cout, ncol, blk, splits);
   e.run(dwKernel({ tm, tn }), {
@@ -711,6 +750,46 @@ function backwardWeight(
   return dw;
 }
 
+// ------------------------------------------------------------------------------------------ footprint
+
+/**
+ * The largest binding and workgroup count of a pass: x, y, w (ioElements), the channels-last copies (x
+ * padded by p, dy by the phases' pads), the packed weight, the weight gradient's dyᵀ, offset table and
+ * partials, and for 1×1 convolutions through `matmulForward` the per-image weight gradients; along z the
+ * split K, or the batch of `matmulForward`.
+ */
+function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: BlockedConfig): Conv2dFootprint {
+  const io = ioElements(g);
+  const gemmBatch = plainGemm(g, c) ? g.n : 0;
+  if (pass === "fwd") {
+    const cp = c4(g.cin), N = g.n * g.oh * g.ow;
+    const xp = g.n * (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * cp;
+    const blk = chooseBlock(g.cout, N, g.kh * g.kw * cp, c);
+    return {
+      elements: Math.max(io, xp, g.cout * g.kh * g.kw * cp),
+      groups: Math.max(...laneGroups(g.cout, N, blk), gemmBatch),
+    };
+  }
+  if (pass === "dx") {
+    const cp = c4(g.cout), [pt, pb, pl, pr] = dxPads(g);
+    const dyp = g.n * (g.oh + pt + pb) * (g.ow + pl + pr) * cp;
+    let most = gemmBatch;
+    for (const { ph, pw, hi, wi } of dxPhases(g)) {
+      const N = g.n * hi * wi;
+      most = Math.max(most, ...laneGroups(g.cin, N, chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c)));
+    }
+    return { elements: Math.max(io, dyp, g.cin * g.kh * g.kw * cp), groups: most };
+  }
+  // The matmul path's per-image weight gradients (N, Cout, Cin), or the GEMM's operands and partials.
+  if (gemmBatch) return { elements: Math.max(io, g.n * g.cout * g.cin), groups: g.n };
+  const d = dwPlan(e, g, c);
+  const xp = g.n * (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * c4(g.cin);
+  return {
+    elements: Math.max(io, xp, d.direct ? 0 : g.cout * d.kp, d.kp + d.kp / 4, d.splits * d.wSize),
+    groups: Math.max(...laneGroups(g.cout, d.ncol, d.blk, d.splits)),
+  };
+}
+
 // ------------------------------------------------------------------------------------------ strategy
 
 /**
@@ -736,6 +815,7 @@ export const blocked: Conv2dStrategy<BlockedConfig> = {
     return c;
   },
   unsupported: () => null,
+  footprint,
   forward,
   backwardInput,
   backwardWeight,

@@ -126,6 +126,20 @@ export interface Conv2dCall {
 }
 
 /**
+ * What one launch of a pass needs of the device, for kernels/conv2d/mod.ts to split a batch that does not
+ * fit into chunks of whole images that do.
+ */
+export interface Conv2dFootprint {
+  /**
+   * The most f32 elements one storage binding holds: the inputs, the output and every intermediate the
+   * strategy makes (channels-last copies, packed weights, partial sums, transforms not chunked inside).
+   */
+  elements: number;
+  /** The most workgroups of one dispatch along one dimension (0: all dispatches go through `grid`). */
+  groups: number;
+}
+
+/**
  * A convolution strategy: its three passes on validated, non-empty inputs, each returning a new tensor.
  * A variant id is `<strategy>[/<param>…]`; `config` parses the params (throwing a RangeError that says
  * what it accepts) and `unsupported` says why a geometry cannot run (null: it can).
@@ -135,6 +149,11 @@ export interface Conv2dStrategy<C> {
   config(params: readonly string[]): C;
   /** Why this variant cannot run `pass` at `g` on `e`, or null. */
   unsupported(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: C): string | null;
+  /**
+   * What `pass` at `g` (batch `g.n`) needs, never less than it binds and dispatches, so that the launchers
+   * can split a batch that exceeds the device's limits.
+   */
+  footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: C): Conv2dFootprint;
   /** y = epilogue(conv(x, w)) of shape (N, Cout, OH, OW). */
   forward(x: Tensor, w: Tensor, g: Conv2dGeometry, o: Conv2dOptions, c: C, call: Conv2dCall): Tensor;
   /** dx of shape (N, Cin, H, W) from dy (N, Cout, OH, OW). */
@@ -142,6 +161,20 @@ export interface Conv2dStrategy<C> {
   /** dw of shape (Cout, Cin, KH, KW) from x and dy. */
   backwardWeight(x: Tensor, dy: Tensor, g: Conv2dGeometry, c: C, call: Conv2dCall): Tensor;
 }
+
+/**
+ * The most elements of the tensors a launcher is given or returns: x (or dx), y (or dy, the residual) and
+ * w (or dw); the bias is smaller than w.
+ */
+export const ioElements = (g: Conv2dGeometry) =>
+  Math.max(g.n * g.cin * g.h * g.w, g.n * g.cout * g.oh * g.ow, g.cout * g.cin * g.kh * g.kw);
+
+/**
+ * The most loop iterations one invocation runs: llvmpipe (Mesa's gallivm) ends the loops of an invocation
+ * once they have iterated 65 535 times in all, silently (`LP_MAX_TGSI_LOOP_ITERATIONS`, a guard against
+ * infinite loops). The weight gradients, which sum over N·OH·OW, split their sums to stay at half of that.
+ */
+export const MAX_LOOP_STEPS = 1 << 15;
 
 /** Parse a `split<N>` param (N ≥ 1), or return undefined when `part` is not one. */
 export function splitParam(part: string): number | undefined {

@@ -1,7 +1,7 @@
 /**
  * The "direct" strategy: one output element per invocation, straight from the definition — the fallback
  * that runs every geometry, and a tuning candidate (variant id `direct`, no params). No packing, no
- * copies, no workspace: each pass reads the NCHW tensors as they are.
+ * copies: each pass reads the NCHW tensors as they are.
  *
  *   forward:  y[n, co, oh, ow] = epi(Σ_(kh, kw, ci) x[n, ci, oh·s − p + kh, ow·s − p + kw] · w[co, ci, kh, kw])
  *   input gradient:  dx[n, ci, ih, iw] = Σ_(kh, kw, co) dy[n, co, oh, ow] · w[co, ci, kh, kw]
@@ -11,6 +11,8 @@
  *
  * The weight gradient sums N·OH·OW products per invocation (10⁵ and more at ResNet sizes), so it is
  * compensated (Kahan); the others sum Cin·KH·KW or Cout·KH·KW, as the other strategies do, with FMAs.
+ * Where one invocation would loop more than `MAX_LOOP_STEPS` times (llvmpipe cuts longer loops short),
+ * the weight gradient splits the rows (n, oh) and sums the partials with `reduce`.
  *
  * @module
  */
@@ -18,6 +20,7 @@ import { grid } from "../../engine/engine.ts";
 import { single, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
+import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
   type Conv2dGeometry,
@@ -30,6 +33,8 @@ import {
   epilogueTensors,
   GEOM,
   geomUniforms,
+  ioElements,
+  MAX_LOOP_STEPS,
   WG,
 } from "./common.ts";
 
@@ -120,15 +125,16 @@ ${linearEntry(WG)} {
 }`,
 }));
 
-// x: (N, Cin, H, W), dy: (N, Cout, OH, OW) → dw: (Cout, Cin, KH, KW)
-// Invocation i = ((co·Cin + ci)·KH + kh)·KW + kw, Kahan-summed over (n, oh, ow).
+// x: (N, Cin, H, W), dy: (N, Cout, OH, OW) → part: (S, Cout, Cin, KH, KW)
+// Invocation i = s·Cout·Cin·KH·KW + ((co·Cin + ci)·KH + kh)·KW + kw, Kahan-summed over the rows (n, oh) of
+// split s (all of them when S = 1) and their ow.
 const dwKernel = single("conv2d_direct_dw", () => ({
   bindings: [
     { name: "x", access: "read" },
     { name: "dy", access: "read" },
-    { name: "dw", access: "read_write" },
+    { name: "part", access: "read_write" },
   ],
-  uniforms: { ...GEOM, total: "u32" },
+  uniforms: { ...GEOM, chunk: "u32", total: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
@@ -139,25 +145,38 @@ ${linearEntry(WG)} {
   let kh = t % p.kh;
   t = t / p.kh;
   let ci = t % p.cin;
-  let co = t / p.cin;
+  t = t / p.cin;
+  let co = t % p.cout;
+  let split = t / p.cout;
   var acc = 0.0;
   var comp = 0.0;
-  for (var n = 0u; n < p.batch; n++) {
-    for (var oh = 0u; oh < p.hout; oh++) {
-      let ih = i32(oh * p.stride + kh) - i32(p.pad);
-      if (ih < 0 || ih >= i32(p.hin)) { continue; }
-      let xrow = ((n * p.cin + ci) * p.hin + u32(ih)) * p.win;
-      let dyrow = ((n * p.cout + co) * p.hout + oh) * p.wout;
-      for (var ow = 0u; ow < p.wout; ow++) {
-        let iw = i32(ow * p.stride + kw) - i32(p.pad);
-        if (iw < 0 || iw >= i32(p.win)) { continue; }
-        ${kahanAdd("acc", "comp", "dy[dyrow + ow] * x[xrow + u32(iw)]")}
-      }
+  let r1 = min(p.batch * p.hout, (split + 1u) * p.chunk);
+  for (var r = split * p.chunk; r < r1; r++) {
+    let n = r / p.hout;
+    let oh = r % p.hout;
+    let ih = i32(oh * p.stride + kh) - i32(p.pad);
+    if (ih < 0 || ih >= i32(p.hin)) { continue; }
+    let xrow = ((n * p.cin + ci) * p.hin + u32(ih)) * p.win;
+    let dyrow = ((n * p.cout + co) * p.hout + oh) * p.wout;
+    for (var ow = 0u; ow < p.wout; ow++) {
+      let iw = i32(ow * p.stride + kw) - i32(p.pad);
+      if (iw < 0 || iw >= i32(p.win)) { continue; }
+      ${kahanAdd("acc", "comp", "dy[dyrow + ow] * x[xrow + u32(iw)]")}
     }
   }
-  dw[i] = acc;
+  part[i] = acc;
 }`,
 }));
+
+/**
+ * Splits of the weight gradient's rows (n, oh): one unless an invocation would loop more than
+ * MAX_LOOP_STEPS times over rows and columns; rows per split.
+ */
+function dwSplits(g: Conv2dGeometry): { splits: number; chunk: number } {
+  const rows = g.n * g.oh;
+  const chunk = Math.ceil(rows / Math.ceil(rows / Math.max(1, Math.floor(MAX_LOOP_STEPS / (g.ow + 1)))));
+  return { splits: Math.ceil(rows / chunk), chunk };
+}
 
 function forward(
   x: Tensor,
@@ -192,13 +211,22 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, _c: null, call:
 
 function backwardWeight(x: Tensor, dy: Tensor, g: Conv2dGeometry, _c: null, call: Conv2dCall): Tensor {
   const e = x.engine;
-  const dw = e.empty([g.cout, g.cin, g.kh, g.kw], "conv2d dw");
+  const wShape = [g.cout, g.cin, g.kh, g.kw];
+  const { splits, chunk } = dwSplits(g);
+  const part = e.empty([splits, ...wShape], "conv2d dw");
   e.run(dwKernel(), {
-    bindings: [x, dy, dw],
-    uniforms: { ...geomUniforms(g), total: dw.size },
-    workgroups: grid(dw.size, WG),
-    info: `${call.info} ${call.variant}`,
+    bindings: [x, dy, part],
+    uniforms: { ...geomUniforms(g), chunk, total: part.size },
+    workgroups: grid(part.size, WG),
+    info: `${call.info} ${call.variant}${splits > 1 ? ` splits ${splits}` : ""}`,
   });
+  if (splits === 1) {
+    const dw = part.reshape(wShape);
+    part.dispose();
+    return dw;
+  }
+  const dw = reduce("sum", part, { axes: 0 });
+  part.dispose();
   return dw;
 }
 
@@ -216,6 +244,12 @@ export const direct: Conv2dStrategy<null> = {
     return null;
   },
   unsupported: () => null,
+  // Each pass binds x (or dx), y (or dy, the residual) and w (or dw), the weight gradient its partials
+  // (one per split of a long sum); `grid` dispatches.
+  footprint: (_e, pass, g) => ({
+    elements: Math.max(ioElements(g), pass === "dw" ? dwSplits(g).splits * g.cout * g.cin * g.kh * g.kw : 0),
+    groups: 0,
+  }),
   forward,
   backwardInput,
   backwardWeight,

@@ -21,15 +21,17 @@
  *
  * @module
  */
-import { grid } from "../../engine/engine.ts";
+import { type Engine, grid } from "../../engine/engine.ts";
 import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
+  type Conv2dFootprint,
   type Conv2dGeometry,
   type Conv2dOptions,
+  type Conv2dPass,
   type Conv2dStrategy,
   each,
   each2,
@@ -41,7 +43,9 @@ import {
   GEOM,
   geomUniforms,
   groups,
+  ioElements,
   isGemm,
+  MAX_LOOP_STEPS,
   packedWeight,
   splitParam,
   WG,
@@ -446,6 +450,23 @@ ${
 }`,
 }));
 
+/**
+ * Splits of the weight gradient's K = N·OH rows (with a narrower ci tile when Cin is small, conv1, so that
+ * few lanes multiply padding): about dwTarget invocations, each split keeping ≥ 2 rows and the partials
+ * under 64 MiB and within one binding, but enough that no invocation loops more than MAX_LOOP_STEPS times
+ * over rows and columns (the footprint then counts the partials).
+ */
+function dwSplits(e: Engine, g: Conv2dGeometry, c: ImplicitGemmConfig): { splits: number; chunk: number } {
+  const rows = g.n * g.oh;
+  const wSize = g.cout * g.cin * g.kh * g.kw;
+  const perSplit = Math.ceil(g.cout / c.tm) * Math.ceil(g.cin / Math.min(c.tn, g.cin)) * g.kh * g.kw;
+  let splits = Math.max(1, Math.min(Math.ceil(c.dwTarget / perSplit), Math.ceil(rows / 2)));
+  splits = Math.max(1, Math.min(splits, Math.floor(Math.min(64 << 20, e.maxBinding) / (4 * wSize)), 65535));
+  splits = Math.max(splits, Math.ceil(rows / Math.max(1, Math.floor(MAX_LOOP_STEPS / (g.ow + 1)))));
+  const chunk = Math.ceil(rows / splits);
+  return { splits: Math.ceil(rows / chunk), chunk };
+}
+
 function backwardWeight(
   x: Tensor,
   dy: Tensor,
@@ -455,18 +476,10 @@ function backwardWeight(
 ): Tensor {
   const e = x.engine;
   const wShape = [g.cout, g.cin, g.kh, g.kw];
-  const wSize = g.cout * g.cin * g.kh * g.kw;
-  const rows = g.n * g.oh;
-  // A narrower ci tile when Cin is small (conv1), so that few lanes multiply padding.
   const [tm, tn] = [c.tm, Math.min(c.tn, g.cin)];
   const mb = Math.ceil(g.cout / tm), cb = Math.ceil(g.cin / tn);
   const perSplit = mb * cb * g.kh * g.kw;
-  // Split K = N·OH rows so that there are about dwTarget invocations, each split keeping ≥ 2 rows,
-  // and the partials stay under 64 MiB.
-  let splits = Math.max(1, Math.min(Math.ceil(c.dwTarget / perSplit), Math.ceil(rows / 2)));
-  splits = Math.max(1, Math.min(splits, Math.floor((64 << 20) / (4 * wSize)), 65535));
-  const chunk = Math.ceil(rows / splits);
-  splits = Math.ceil(rows / chunk);
+  const { splits, chunk } = dwSplits(e, g, c);
   const part = e.empty([splits, ...wShape], "conv2d dw partials");
   e.run(dwKernel({ tm, tn }), {
     bindings: [x, dy, part],
@@ -482,6 +495,43 @@ function backwardWeight(
   const dw = reduce("sum", part, { axes: 0 });
   part.dispose();
   return dw;
+}
+
+// ------------------------------------------------------------------------------------------ footprint
+
+/** Elements of a packed weight (KH·KW, A, BP): BP = B rounded up to the row tile TM. */
+const packedElements = (g: Conv2dGeometry, a: number, b: number, tm: number) =>
+  g.kh * g.kw * a * Math.max(1, Math.ceil(b / tm)) * tm;
+
+/**
+ * The largest binding and workgroup count of a pass: x, y, w (ioElements), the packed weight (the input
+ * gradient's 4-row tile for Cin ≤ 4 packs less than TM rows) and the weight gradient's partials. Along x,
+ * the forward and the GEMMs take TN·64 columns per workgroup, the input gradient 64 (n, ih, phase, column
+ * block) rows; along y the weight gradient runs its splits.
+ */
+function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: ImplicitGemmConfig): Conv2dFootprint {
+  const io = ioElements(g);
+  if (pass === "fwd") {
+    return {
+      elements: Math.max(io, packedElements(g, g.cin, g.cout, c.tm)),
+      groups: Math.max(Math.ceil(g.n * g.oh * g.ow / (c.tn * WG)), Math.ceil(g.cout / c.tm)),
+    };
+  }
+  if (pass === "dx") {
+    const cols = isGemm(g)
+      ? Math.ceil(g.n * g.h * g.w / (c.tn * WG))
+      : Math.ceil(g.n * g.h * g.stride * Math.ceil(Math.ceil(g.w / g.stride) / c.tn) / WG);
+    return {
+      elements: Math.max(io, packedElements(g, g.cout, g.cin, c.tm)),
+      groups: Math.max(cols, Math.ceil(g.cin / 4)),
+    };
+  }
+  const perSplit = Math.ceil(g.cout / c.tm) * Math.ceil(g.cin / Math.min(c.tn, g.cin)) * g.kh * g.kw;
+  const { splits } = dwSplits(e, g, c);
+  return {
+    elements: Math.max(io, splits * g.cout * g.cin * g.kh * g.kw),
+    groups: Math.max(Math.ceil(perSplit / WG), splits),
+  };
 }
 
 // ------------------------------------------------------------------------------------------ strategy
@@ -518,6 +568,7 @@ export const implicitGemm: Conv2dStrategy<ImplicitGemmConfig> = {
     return c;
   },
   unsupported: () => null,
+  footprint,
   forward,
   backwardInput,
   backwardWeight,

@@ -23,13 +23,25 @@
  * class is coarser than one geometry) gives way to the default.
  *
  * Every output is a new tensor (overwrite); the differentiable `conv2d` and its gradient rule are in
- * ops/conv2d.ts. Tensors must fit one storage binding (128 MiB on llvmpipe); a larger one throws a
- * RangeError from `engine.run` (use a smaller batch).
+ * ops/conv2d.ts.
+ *
+ * Batches beyond one storage binding (128 MiB on llvmpipe): each strategy states the largest binding and
+ * workgroup count a pass needs at a batch size (`footprint`: its inputs, output and every intermediate —
+ * channels-last copies, packed weights, dyᵀ, per-image GEMM results; Winograd chunks its transforms
+ * itself). When the whole batch fits, the pass runs once on the tensors as given, exactly as before. When
+ * not, the batch runs in the fewest equal chunks of whole images that fit (the last may be smaller): each
+ * chunk's x, dy and residual are copied into pooled temporaries (a buffer copy costs next to nothing beside
+ * a convolution, and keeps every kernel and its numbers as they are, instead of teaching each kernel a
+ * binding offset), its y or dx is copied into place, and the chunks' weight gradients are summed by
+ * `reduce`. Any batch that fits `maxBufferSize` runs; a RangeError names the pass, the geometry and the
+ * variant when a single image does not fit.
  *
  * @module
  */
 import type { Engine } from "../../engine/engine.ts";
+import { fmtBytes } from "../../engine/pool.ts";
 import { Tensor } from "../../engine/tensor.ts";
+import { bindingElements } from "../_ranges.ts";
 import { reduce } from "../reduce.ts";
 import { chosenVariant, tuningKey, tuningOf, withVariant } from "../tuning.ts";
 import {
@@ -200,6 +212,60 @@ export function withConv2dVariant<T>(variant: string, fn: () => T): T {
   );
 }
 
+// ------------------------------------------------------------------------------------ chunks of images
+
+/**
+ * Images per launch of `pass`: the whole batch when its footprint fits the device (one launch), else the
+ * size of the fewest equal chunks that fit (checked for the last, smaller one too). Throws a RangeError
+ * when one image does not fit.
+ */
+function imagesPerLaunch(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, v: Variant): number {
+  const cap = bindingElements(e), maxGroups = e.limits.maxComputeWorkgroupsPerDimension;
+  const need = (n: number) => v.strategy.footprint(e, pass, { ...g, n }, v.config);
+  const fits = (n: number) => {
+    const f = need(n);
+    return f.elements <= cap && f.groups <= maxGroups;
+  };
+  if (fits(g.n)) return g.n;
+  const one = need(1);
+  if (one.elements > cap || one.groups > maxGroups) {
+    const why = one.elements > cap
+      ? `a binding of ${fmtBytes(4 * one.elements)}, more than maxStorageBufferBindingSize ` +
+        `(${fmtBytes(e.maxBinding)})`
+      : `${one.groups} workgroups along one dimension, more than the device's ${maxGroups}`;
+    throw new RangeError(
+      `Cannot ${OP_NAME[pass]} ${geometryLabel(g)} with variant "${v.id}": one image needs ${why}`,
+    );
+  }
+  for (let k = 2;; k++) {
+    const size = Math.ceil(g.n / k), last = g.n - (Math.ceil(g.n / size) - 1) * size;
+    if (fits(size) && fits(last)) return size;
+  }
+}
+
+/** Images `n0 … n0 + count` of a (N, …) tensor, copied into a new one. */
+function images(t: Tensor, n0: number, count: number): Tensor {
+  const e = t.engine, per = t.size / t.shape[0];
+  const out = e.empty([count, ...t.shape.slice(1)], "conv2d chunk");
+  e.copy(t, out, { srcOffset: n0 * per, size: count * per });
+  return out;
+}
+
+/** A (N, …) output of shape `shape` assembled from `launch(n0, count)` on chunks of `per` images. */
+function stitched(
+  e: Engine,
+  shape: readonly number[],
+  per: number,
+  launch: (n0: number, count: number) => Tensor,
+): Tensor {
+  const out = e.empty(shape, "conv2d");
+  const n = shape[0], perImage = out.size / n;
+  for (let n0 = 0; n0 < n; n0 += per) {
+    e.scope(() => e.copy(launch(n0, Math.min(per, n - n0)), out, { dstOffset: n0 * perImage }));
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------ launchers
 
 /**
@@ -233,7 +299,17 @@ export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {})
   if (outShape.includes(0)) return e.empty(outShape, "conv2d");
   const v = resolve(e, "fwd", g);
   const info = `[${x.shape}]*[${w.shape}] s${g.stride} p${g.pad}`;
-  return v.strategy.forward(x, w, g, options, v.config, call(v, "fwd", info));
+  const per = imagesPerLaunch(e, "fwd", g, v);
+  if (per === g.n) return v.strategy.forward(x, w, g, options, v.config, call(v, "fwd", info));
+  return stitched(e, outShape, per, (n0, nc) =>
+    v.strategy.forward(
+      images(x, n0, nc),
+      w,
+      { ...g, n: nc },
+      { ...options, residual: residual ? images(residual, n0, nc) : null },
+      v.config,
+      call(v, "fwd", `${info} images ${n0}+${nc}`),
+    ));
 }
 
 /**
@@ -257,7 +333,16 @@ export function conv2dBackwardInput(
   if (g.cout === 0 || dy.size === 0) return e.zeros(xShape, "conv2d dx");
   const v = resolve(e, "dx", g);
   const info = `dy[${dy.shape}]*[${w.shape}]→[${xShape}] s${g.stride} p${g.pad}`;
-  return v.strategy.backwardInput(dy, w, g, v.config, call(v, "dx", info));
+  const per = imagesPerLaunch(e, "dx", g, v);
+  if (per === g.n) return v.strategy.backwardInput(dy, w, g, v.config, call(v, "dx", info));
+  return stitched(e, xShape, per, (n0, nc) =>
+    v.strategy.backwardInput(
+      images(dy, n0, nc),
+      w,
+      { ...g, n: nc },
+      v.config,
+      call(v, "dx", `${info} images ${n0}+${nc}`),
+    ));
 }
 
 /**
@@ -281,7 +366,27 @@ export function conv2dBackwardWeight(
   if (g.n * g.oh === 0 || g.ow === 0) return e.zeros(wShape, "conv2d dw");
   const v = resolve(e, "dw", g);
   const info = `x[${x.shape}] dy[${dy.shape}]→[${wShape}] s${g.stride} p${g.pad}`;
-  return v.strategy.backwardWeight(x, dy, g, v.config, call(v, "dw", info));
+  const per = imagesPerLaunch(e, "dw", g, v);
+  if (per === g.n) return v.strategy.backwardWeight(x, dy, g, v.config, call(v, "dw", info));
+  // dw = Σ over the chunks of their weight gradients: stacked (S, Cout, Cin, KH, KW), then summed.
+  const chunks = Math.ceil(g.n / per), size = wShape.reduce((a, b) => a * b, 1);
+  const parts = e.empty([chunks, ...wShape], "conv2d dw chunks");
+  for (let k = 0; k < chunks; k++) {
+    const n0 = k * per, nc = Math.min(per, g.n - n0);
+    e.scope(() => {
+      const dw = v.strategy.backwardWeight(
+        images(x, n0, nc),
+        images(dy, n0, nc),
+        { ...g, n: nc },
+        v.config,
+        call(v, "dw", `${info} images ${n0}+${nc}`),
+      );
+      e.copy(dw, parts, { dstOffset: k * size });
+    });
+  }
+  const dw = reduce("sum", parts, { axes: 0 });
+  parts.dispose();
+  return dw;
 }
 
 /**

@@ -43,6 +43,7 @@ import {
   type Conv2dGeometry,
   type Conv2dOptions,
   type Conv2dStrategy,
+  ioElements,
   packedWeight,
   releaseConv2dWeight,
 } from "./common.ts";
@@ -701,10 +702,13 @@ export function winogradBackwardWeight(
   for (let n0 = 0; n0 < g.n; n0 += per) {
     const nc = Math.min(per, g.n - n0), t = nc * tilesHW;
     // Split the sum over tiles (the GEMMs' K) into runs of ~SPLIT_TILES (long K runs are slow on llvmpipe),
-    // keeping the partials P within 64 MiB.
+    // keeping the partials P within 64 MiB and one binding.
     const splits = Math.max(
       1,
-      Math.min(Math.round(t / SPLIT_TILES), Math.floor((64 << 20) / (4 * a2 * rp * cp))),
+      Math.min(
+        Math.round(t / SPLIT_TILES),
+        Math.floor(Math.min(64 << 20, e.maxBinding) / (4 * a2 * rp * cp)),
+      ),
     );
     const tk = c4(Math.ceil(t / splits)), tp = splits * tk;
     e.scope(() => {
@@ -762,6 +766,13 @@ export const winograd: Conv2dStrategy<WinogradConfig> = {
   },
   unsupported: (_e, _pass, g) =>
     winogradSupports(g) ? null : "Winograd runs only 3×3 stride-1 convolutions with padding ≤ 2",
+  // x, y, dy, dx and the residual are bound whole; the transforms V, M, Z and P run in chunks of images
+  // that fit (imagesPerChunk), U is one (α², R⁴, S⁴) tensor. Every dispatch goes through `grid`.
+  footprint: (_e, pass, g, c) => {
+    const a2 = (tileOf(c) + 2) ** 2;
+    const u = pass === "dw" ? 0 : a2 * c4(g.cin) * c4(g.cout);
+    return { elements: Math.max(ioElements(g), u), groups: 0 };
+  },
   forward: (x, w, g, o, c) => winogradForward(x, w, g, o, c),
   backwardInput: (dy, w, g, c) => winogradBackwardInput(dy, w, g, c),
   backwardWeight: (x, dy, g, c) => winogradBackwardWeight(x, dy, g, c),

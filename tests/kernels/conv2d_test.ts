@@ -111,6 +111,20 @@ gpuTest("conv2d weight gradient is the same with one split and with many", async
   }
 });
 
+gpuTest("conv2d weight gradient sums every term of a long K in every strategy", async (e) => {
+  // K = N·OH·OW = 264 500: one invocation summing it all would loop more than 65 535 times, after which
+  // llvmpipe silently leaves the loop (MAX_LOOP_STEPS in kernels/conv2d/common.ts); split1 asks for one split.
+  const d = caseData([5, 4, 230, 230, 4, 3, 1, 1], 9);
+  const o = { stride: d.stride, padding: d.padding };
+  const x = e.tensor(d.x, d.xShape), dy = e.tensor(d.dy, d.yShape);
+  const want = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, o);
+  const scale = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), o);
+  for (const variant of ["blocked/split1", "implicit_gemm/split1", "direct", "winograd"]) {
+    const dw = withVariant("conv2d.dw", variant, () => conv2dBackwardWeight(x, dy, d.wShape, o));
+    assertClose(await dw.toArray(), want.dw, TOL, `dw with ${variant}`, scale.dw);
+  }
+});
+
 gpuTest("conv2d matches the reference at a ResNet layer shape (64 → 64, 3×3, 14×14)", async (e) => {
   const d = caseData([2, 64, 14, 14, 64, 3, 1, 1], 3);
   const o = { stride: 1, padding: 1 };
