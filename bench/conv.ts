@@ -6,7 +6,8 @@
  * For each layer and pass: the median after one warm-up of
  * - wall: the op plus the readback of its result (what a caller waits for),
  * - gpu: the dispatches alone, from timestamp queries (`engine.timeGpu`; tfjs: `tf.time().kernelMs`);
- * GFLOP/s = 2·N·Cout·OH·OW·Cin·KH·KW / wall, the same for every pass. The peer computes the same thing in
+ * GFLOP/s = 2·N·Cout·OH·OW·Cin·KH·KW / wall, the same for every pass, also as a percentage of the
+ * adapter's measured FMA peak (bench/peak.ts). The peer computes the same thing in
  * NHWC / HWIO: the inputs are transposed on the CPU before upload, and the checksums (sums of the
  * results, exact for these inputs) must agree. tfjs's passes slower than 2 s at warm-up are repeated once.
  *
@@ -24,6 +25,7 @@ import {
   conv2dGeometry,
 } from "../kernels/conv2d/mod.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { fmtPct, measurePeak, pctOfPeak } from "./peak.ts";
 import type { ConvPass, TfjsPeer } from "./peer_tfjs.ts";
 
 /** One layer shape: input Cin×H×H, Cout k×k filters. */
@@ -69,9 +71,12 @@ export interface ConvRow {
   oursWallMs: number;
   oursGpuMs: number;
   oursGflops: number;
+  /** GFLOP/s as a percentage of the measured peak (when given). */
+  oursPctPeak?: number;
   peerWallMs?: number;
   peerGpuMs?: number;
   peerGflops?: number;
+  peerPctPeak?: number;
   /** Repetitions the peer ran (fewer when it is slow). */
   peerReps?: number;
   /** Peer time ÷ ours (> 1: we are faster). */
@@ -154,14 +159,15 @@ const ratio = (x: number | undefined) => (x === undefined || !Number.isFinite(x)
  *
  * @example
  * ```ts
- * const rows = await benchConv(engine, peer, { quick: false, reps: 3, log: console.log });
+ * const rows = await benchConv(engine, peer, { quick: false, reps: 3, log: console.log, peakGflops: 48 });
  * ```
  */
 export async function benchConv(
   engine: Engine,
   peer: TfjsPeer | null,
-  opts: { quick: boolean; reps: number; log: (s: string) => void },
+  opts: { quick: boolean; reps: number; log: (s: string) => void; peakGflops?: number },
 ): Promise<ConvRow[]> {
+  const pct = (gflops: number) => opts.peakGflops ? pctOfPeak(gflops, opts.peakGflops) : undefined;
   const { log } = opts;
   const rows: ConvRow[] = [];
   for (const l of LAYERS.filter((l) => !opts.quick || QUICK.has(l.name))) {
@@ -195,6 +201,7 @@ export async function benchConv(
         oursWallMs: ours.wallMs,
         oursGpuMs: ours.gpuMs,
         oursGflops: flops / (ours.wallMs * 1e6),
+        oursPctPeak: pct(flops / (ours.wallMs * 1e6)),
         checksumOurs: ours.checksum,
       };
       if (peer) {
@@ -203,6 +210,7 @@ export async function benchConv(
         row.peerWallMs = p.wallMs;
         row.peerGpuMs = p.gpuMs;
         row.peerGflops = flops / (p.wallMs * 1e6);
+        row.peerPctPeak = p.errors.length ? undefined : pct(row.peerGflops);
         row.peerReps = p.reps;
         row.ratioWall = p.errors.length ? undefined : p.wallMs / ours.wallMs;
         row.ratioGpu = p.errors.length ? undefined : p.gpuMs / ours.gpuMs;
@@ -219,6 +227,7 @@ export async function benchConv(
 
 /** Print rows as a table like bench/main.ts's matmul table. */
 export function printConvTable(rows: ConvRow[], log: (s: string) => void): void {
+  const pct = rows.some((r) => r.oursPctPeak !== undefined);
   const head = [
     "layer",
     "pass",
@@ -226,9 +235,11 @@ export function printConvTable(rows: ConvRow[], log: (s: string) => void): void 
     "GFLOP",
     "ours ms",
     "GFLOP/s",
+    ...(pct ? ["% peak"] : []),
     "gpu ms",
     "peer ms",
     "GFLOP/s",
+    ...(pct ? ["% peak"] : []),
     "gpu ms",
     "reps",
     "ours/peer",
@@ -242,9 +253,11 @@ export function printConvTable(rows: ConvRow[], log: (s: string) => void): void 
     f2(r.gflop),
     f1(r.oursWallMs),
     f2(r.oursGflops),
+    ...(pct ? [fmtPct(r.oursPctPeak)] : []),
     f1(r.oursGpuMs),
     f1(r.peerWallMs),
     f2(r.peerGflops),
+    ...(pct ? [fmtPct(r.peerPctPeak)] : []),
     f1(r.peerGpuMs),
     r.peerReps === undefined ? "–" : String(r.peerReps),
     ratio(r.ratioWall),
@@ -289,11 +302,16 @@ if (import.meta.main) {
     // deno-lint-ignore no-explicit-any
     peer = await createTfjsPeer(e.device, (e.device as any).adapterInfo ?? { vendor: "", architecture: "" });
   }
-  console.log(`adapter: ${e.adapterInfo.name}${e.adapterInfo.software ? " (software)" : ""}; batch ${BATCH}`);
+  const peak = await measurePeak(e);
+  console.log(
+    `adapter: ${e.adapterInfo.name}${e.adapterInfo.software ? " (software)" : ""}; batch ${BATCH}; ` +
+      `peak ${peak.gflops.toFixed(1)} GFLOP/s (FMA kernel)`,
+  );
   await benchConv(e, peer, {
     quick: values.quick,
     reps: values.reps ? Number(values.reps) : values.quick ? 2 : 3,
     log: console.log,
+    peakGflops: peak.gflops,
   });
   peer?.dispose();
   e.destroy();

@@ -7,19 +7,36 @@
  * the same for the peer, and the ratio ours / peer (> 1: we are faster).
  *
  * Then conv2d forward, dX and dW on ResNet-50 layer shapes against tfjs's conv2d /
- * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts).
+ * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts), ResNet-50 + heads inference and training
+ * against the same networks in tfjs, every layer's variant and speed (bench/layers.ts), slide I/O.
+ *
+ * First the adapter's FMA peak is measured (bench/peak.ts); every GFLOP/s figure is also shown as a
+ * percentage of it ("% peak").
+ *
+ * Kernel variants (`--tune`): the suites run with the built-in defaults (no tuning table). With a tuning
+ * table for this adapter — the one `he2gene tune` stored (`cached`, the default) or one made now if there is
+ * none (`auto`; tuning takes a long time on llvmpipe) — the resnet, train and layers suites also time every
+ * network pass, step or call with the table, in turns with the defaults (default first, then ABBA, so that a
+ * drift in speed over the run falls on both alike), and the matmul suite times the table's kernel where it
+ * differs: "default" and "tuned" side by side, with the ratio default ÷ tuned (≥ 1: the table is no
+ * slower). `--tune default` skips that.
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet,slide,train,slide-predict` (default all; slide-predict takes ~2 min, 32 spots
- *   with `--quick`),
- * `--no-peer`, `--reps N`, `--data DIR` (the shared data folder; default `../shared/data` beside the project).
+ * `--suite matmul,conv,resnet,layers,slide,train,slide-predict` (default all; slide-predict takes ~2 min, 32
+ *   spots with `--quick`),
+ * `--tune default|cached|auto` (default cached), `--no-peer`, `--reps N`, `--data DIR` (the shared data
+ * folder; default `../shared/data` beside the project).
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
-import { chooseMatmulKernel, matmulForward } from "../kernels/matmul.ts";
+import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/matmul.ts";
+import { tuningOf, type TuningTable, useTuning } from "../kernels/tuning.ts";
+import { loadTuning, prepareTuning, tuningDir, tuningPath } from "../cli/tune.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
+import { benchLayers, type LayerRow, type LayerTotal, printLayersTable } from "./layers.ts";
+import { fmtPct, measurePeak, pctOfPeak } from "./peak.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 import { benchSlide, printSlideTable, type SlideRow } from "./slide.ts";
@@ -53,7 +70,11 @@ const SHAPES: Shape[] = [
     note: "32×2048 · (19699×2048)ᵀ, 161 MB weight",
   },
 ];
-const SUITES = ["matmul", "conv", "resnet", "slide", "train", "slide-predict"];
+const SUITES = ["matmul", "conv", "resnet", "layers", "slide", "train", "slide-predict"];
+/** The suites that also time the tuning table's variants. */
+const TUNED_SUITES = ["matmul", "resnet", "layers", "train"];
+const TUNE_MODES = ["default", "cached", "auto"] as const;
+type BenchTuneMode = (typeof TUNE_MODES)[number];
 const QUICK = new Set(["256³", "512³", "1024³", "layer1 3×3", "aux head"]);
 
 function median(xs: number[]): number {
@@ -76,13 +97,22 @@ interface Row {
   k: number;
   n: number;
   transposeB: boolean;
+  /** The default kernel's variant id (no tuning table). */
   kernel: string;
   oursWallMs: number;
   oursGpuMs: number;
   oursGflops: number;
+  oursPctPeak: number;
+  /** The tuning table's kernel (when a table is in use), its time and speed, and default ÷ tuned time. */
+  tunedKernel?: string;
+  tunedWallMs?: number;
+  tunedGflops?: number;
+  tunedPctPeak?: number;
+  tunedRatio?: number;
   peerWallMs?: number;
   peerGpuMs?: number;
   peerGflops?: number;
+  peerPctPeak?: number;
   ratioWall?: number;
   ratioGpu?: number;
   checksumOurs: number;
@@ -178,6 +208,136 @@ const gf = (s: Shape, ms: number) => (2 * s.m * s.n * s.k) / (ms * 1e6);
 const f1 = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(1));
 const f2 = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "–" : x.toFixed(2));
 
+const ratio = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "–" : `${x.toFixed(2)}×`);
+
+/** The tuning table the bench compares with the built-in defaults, and a line saying where it came from. */
+interface BenchTuning {
+  mode: BenchTuneMode;
+  table: TuningTable | null;
+  path: string | null;
+  choices: number;
+  note: string;
+}
+
+/**
+ * The table for `--tune`: none (`default`), the stored one (`cached`), or the stored one else a new one
+ * (`auto`: `prepareTuning`, which times every candidate and stores the result; checks first that the cache
+ * folder is writable, so that a long tuning run does not end in a permission error). Leaves the engine on
+ * its built-in defaults.
+ */
+async function benchTuning(e: Engine, mode: BenchTuneMode, log: (s: string) => void): Promise<BenchTuning> {
+  const path = tuningPath(e);
+  if (mode === "default") {
+    return {
+      mode,
+      table: null,
+      path,
+      choices: 0,
+      note: "kernel variants: built-in defaults only (--tune default)",
+    };
+  }
+  let table: TuningTable | null;
+  if (mode === "auto") {
+    const dir = tuningDir();
+    if (!dir) {
+      throw new Error("Cannot use --tune auto: neither XDG_CACHE_HOME nor HOME is set (no tuning cache)");
+    }
+    const { state } = await Deno.permissions.request({ name: "write", path: dir });
+    if (state !== "granted") {
+      throw new Error(
+        `Cannot use --tune auto: no write permission for the tuning cache ${dir} (--allow-write=${dir})`,
+      );
+    }
+    await prepareTuning(e, "auto", log);
+    table = tuningOf(e) ?? null;
+  } else table = await loadTuning(e, log);
+  useTuning(e, null);
+  const choices = table ? Object.keys(table.entries).length : 0;
+  if (!table) {
+    return {
+      mode,
+      table,
+      path,
+      choices,
+      note: `kernel variants: no tuning table for this adapter (${path ?? "no cache folder"}), so built-in ` +
+        "defaults only; `he2gene tune` or `--tune auto` makes one",
+    };
+  }
+  if (choices === 0) {
+    return {
+      mode,
+      table: null,
+      path,
+      choices,
+      note: `kernel variants: the tuning table ${path} keeps every built-in default, so defaults only`,
+    };
+  }
+  return {
+    mode,
+    table,
+    path,
+    choices,
+    note: `kernel variants: built-in defaults, then the tuning table (${choices} choices) from ${path} ` +
+      `for the ${TUNED_SUITES.join(", ")} suites`,
+  };
+}
+
+/** One of issue 13's speed goals on llvmpipe, with what this run measured. */
+interface Goal {
+  goal: string;
+  unit: string;
+  /** "≤": lower is better. */
+  sense: "≤" | "≥";
+  target: number;
+  default?: number;
+  tuned?: number;
+  met?: boolean;
+}
+
+function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
+  const out: Goal[] = [];
+  const add = (g: Omit<Goal, "met">) => {
+    const best = [g.default, g.tuned].filter((x): x is number => x !== undefined && Number.isFinite(x));
+    if (best.length === 0) return;
+    const v = g.sense === "≤" ? Math.min(...best) : Math.max(...best);
+    out.push({ ...g, met: g.sense === "≤" ? v <= g.target : v >= g.target });
+  };
+  const inf = resnet.find((r) => r.batch === 8);
+  if (inf) {
+    add({
+      goal: "ResNet-50 + heads inference, batch 8",
+      unit: "s/image",
+      sense: "≤",
+      target: 0.35,
+      default: inf.oursSPerImage,
+      tuned: inf.tunedSPerImage,
+    });
+  }
+  const step = train.find((r) => r.backbone === "resnet50" && r.batch === 2);
+  if (step) {
+    add({
+      goal: "ResNet-50 training step, batch 2",
+      unit: "s/step",
+      sense: "≤",
+      target: 3.5,
+      default: step.oursSPerStep,
+      tuned: step.tunedSPerStep,
+    });
+  }
+  const mm = rows.find((r) => r.m === 1024 && r.k === 1024 && r.n === 1024 && !r.transposeB);
+  if (mm) {
+    add({
+      goal: "matmul 1024³",
+      unit: "GFLOP/s",
+      sense: "≥",
+      target: 40,
+      default: mm.oursGflops,
+      tuned: mm.tunedGflops,
+    });
+  }
+  return out;
+}
+
 /** Run the benchmark with CLI-style arguments. */
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -190,12 +350,19 @@ export async function main(args: string[]): Promise<void> {
       reps: { type: "string" },
       suite: { type: "string", default: SUITES.join(",") },
       data: { type: "string" },
+      tune: { type: "string", default: "cached" },
     },
     strict: true,
   });
   const log = (s: string) => (values.json ? console.error(s) : console.log(s));
-  const e = await createEngine();
-  const info = e.adapterInfo;
+  const tuneMode = values.tune as BenchTuneMode;
+  if (!TUNE_MODES.includes(tuneMode)) {
+    throw new Error(`--tune must be ${TUNE_MODES.join(", ")}, current value is ${values.tune}`);
+  }
+  const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
+  for (const name of suites) {
+    if (!SUITES.includes(name)) throw new Error(`unknown suite "${name}" (${SUITES.join(", ")})`);
+  }
   const wanted = values.shapes?.split(",").map((x) => x.trim());
   const shapes = SHAPES.filter((
     s,
@@ -205,11 +372,34 @@ export async function main(args: string[]): Promise<void> {
       `no shape matches --shapes ${values.shapes}; names: ${SHAPES.map((s) => s.name).join(", ")}`,
     );
   }
+  const e = await createEngine();
+  useTuning(e, null);
+  const info = e.adapterInfo;
   const reps = values.reps ? Number(values.reps) : values.quick ? 3 : 5;
   log(`adapter: ${info.name}${info.software ? " (software)" : ""}, backend: ${info.backend}`);
   log(
     `timestamps: ${e.device.features.has("timestamp-query") ? "yes" : "no"}; median of ${reps} after warm-up`,
   );
+  const peak = await measurePeak(e);
+  log(
+    `peak: ${
+      peak.gflops.toFixed(1)
+    } GFLOP/s (FMA-throughput kernel, bench/peak.ts); "% peak" is relative to it`,
+  );
+  const tuning: BenchTuning = TUNED_SUITES.some((s) => suites.has(s))
+    ? await benchTuning(e, tuneMode, log)
+    : { mode: tuneMode, table: null, path: null, choices: 0, note: "kernel variants: built-in defaults" };
+  log(tuning.note);
+  const table = tuning.table;
+  // Run `f` with the tuning table, then back to the built-in defaults.
+  const withTable = async <T>(f: () => Promise<T>): Promise<T> => {
+    useTuning(e, table);
+    try {
+      return await f();
+    } finally {
+      useTuning(e, null);
+    }
+  };
   let peer: TfjsPeer | null = null;
   if (!values["no-peer"]) {
     const { createTfjsPeer } = await import("./peer_tfjs.ts");
@@ -217,19 +407,12 @@ export async function main(args: string[]): Promise<void> {
     peer = await createTfjsPeer(e.device, { vendor: info.vendor, architecture: "" } as GPUAdapterInfo);
     log(`peer: ${peer.name} on the same device`);
   }
-  const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
-  for (const name of suites) {
-    if (!SUITES.includes(name)) throw new Error(`unknown suite "${name}" (${SUITES.join(", ")})`);
-  }
   const rows: Row[] = [];
   for (const s of suites.has("matmul") ? shapes : []) {
     const a = fill(s.m * s.k, 1), b = fill(s.k * s.n, 2);
     const big = 2 * s.m * s.n * s.k > 2 ** 33;
     const r = big ? Math.max(1, Math.min(reps, 2)) : reps;
-    const cfg = chooseMatmulKernel(e, s.m, s.n, s.k);
-    const kernel = cfg.kind === "reg"
-      ? `reg ${cfg.tm}×${cfg.tn} ${cfg.lanes}`
-      : `tiled ${cfg.wy * cfg.tm}×${cfg.wx * cfg.tn}`;
+    const kernel = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k));
     log(`… ${s.name} (${s.m}×${s.k}×${s.n}${s.transposeB ? ", Bᵀ" : ""}) with ${kernel}`);
     const ours = await timeOurs(e, a, b, s, 1, r);
     const row: Row = {
@@ -242,8 +425,23 @@ export async function main(args: string[]): Promise<void> {
       oursWallMs: ours.wallMs,
       oursGpuMs: ours.gpuMs,
       oursGflops: gf(s, ours.wallMs),
+      oursPctPeak: pctOfPeak(gf(s, ours.wallMs), peak.gflops),
       checksumOurs: ours.checksum,
     };
+    if (table) {
+      // The table's kernel is timed only where it differs from the default (the same kernel otherwise).
+      const tuned = await withTable(async () => {
+        const id = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k));
+        if (id === kernel) return { id, wallMs: ours.wallMs };
+        log(`  … tuned: ${id}`);
+        return { id, wallMs: (await timeOurs(e, a, b, s, 1, r)).wallMs };
+      });
+      row.tunedKernel = tuned.id;
+      row.tunedWallMs = tuned.wallMs;
+      row.tunedGflops = gf(s, tuned.wallMs);
+      row.tunedPctPeak = pctOfPeak(row.tunedGflops, peak.gflops);
+      row.tunedRatio = ours.wallMs / tuned.wallMs;
+    }
     if (peer) {
       const p = await peer.timeMatmul(a, b, s.m, s.k, s.n, {
         transposeB: !!s.transposeB,
@@ -253,7 +451,8 @@ export async function main(args: string[]): Promise<void> {
       row.peerWallMs = p.wallMs;
       row.peerGpuMs = p.gpuMs;
       row.peerGflops = gf(s, p.wallMs);
-      // A peer that raised a GPU error computed nothing useful (tfjs returns zeros): no ratio.
+      // A peer that raised a GPU error computed nothing useful (tfjs returns zeros): no ratio, no % peak.
+      row.peerPctPeak = p.errors.length ? undefined : pctOfPeak(row.peerGflops, peak.gflops);
       row.ratioWall = p.errors.length ? undefined : p.wallMs / ours.wallMs;
       row.ratioGpu = p.errors.length ? undefined : p.gpuMs / ours.gpuMs;
       row.checksumPeer = p.checksum;
@@ -262,20 +461,31 @@ export async function main(args: string[]): Promise<void> {
     rows.push(row);
   }
   const host = await hostCost(e, peer);
+  const suiteOpts = { quick: values.quick ?? false, reps: Math.min(reps, 3), log };
   let convRows: ConvRow[] = [];
   if (suites.has("conv")) {
     log("\nconv2d (ResNet-50 layer shapes, batch 2) …");
-    convRows = await benchConv(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+    convRows = await benchConv(e, peer, { ...suiteOpts, peakGflops: peak.gflops });
   }
   let resnetRows: ResNetRow[] = [];
   if (suites.has("resnet")) {
     log("\nResNet-50 + HE2Gene heads, inference …");
-    resnetRows = await benchResNet(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+    resnetRows = await benchResNet(e, peer, { ...suiteOpts, table });
+  }
+  let layerRows: LayerRow[] = [];
+  let layerTotals: LayerTotal[] = [];
+  if (suites.has("layers")) {
+    log("\nResNet-50 layers: each conv geometry and head matmul, default variant and tuned …");
+    ({ rows: layerRows, totals: layerTotals } = await benchLayers(e, {
+      ...suiteOpts,
+      peakGflops: peak.gflops,
+      table,
+    }));
   }
   let trainRows: TrainRow[] = [];
   if (suites.has("train")) {
     log("\nHE2Gene training step …");
-    trainRows = await benchTrain(e, peer, { quick: values.quick ?? false, reps: Math.min(reps, 3), log });
+    trainRows = await benchTrain(e, peer, { ...suiteOpts, table });
   }
   let slideRows: SlideRow[] = [];
   if (suites.has("slide")) {
@@ -297,50 +507,77 @@ export async function main(args: string[]): Promise<void> {
     });
   }
   peer?.dispose();
+  // The peak again: a CPU shared with other processes at the start would make every "% peak" too high.
+  const peakEnd = await measurePeak(e);
+  const peakNote = peakEnd.gflops > 1.1 * peak.gflops
+    ? `warning: the peak measured at the end is ${peakEnd.gflops.toFixed(1)} GFLOP/s, ` +
+      `${((peakEnd.gflops / peak.gflops - 1) * 100).toFixed(0)}% above the one at the start: the adapter ` +
+      `(CPU) was busy then, and the "% peak" figures are too high`
+    : null;
+  if (peakNote && values.json) console.error(peakNote);
+  const goalRows = goals(rows, resnetRows, trainRows);
   if (values.json) {
+    const { table: _table, ...tuningInfo } = tuning;
     console.log(
       JSON.stringify(
         {
           adapter: info,
           date: new Date().toISOString(),
+          peak,
+          peakEnd,
+          tuning: { ...tuningInfo, entries: table?.entries },
           rows,
           hostCost: host,
           conv: convRows,
           resnet: resnetRows,
+          layers: { rows: layerRows, totals: layerTotals },
           slide: slideRows,
           train: trainRows,
           predictSlide: predictSlideRows,
+          goals: goalRows,
         },
         null,
         2,
       ),
     );
   } else {
+    console.log(`\npeak: ${peak.gflops.toFixed(1)} GFLOP/s (FMA-throughput kernel); ${tuning.note}`);
+    if (peakNote) console.log(peakNote);
+    const tuned = rows.some((r) => r.tunedKernel !== undefined);
     const head = [
       "shape",
       "M×K×N",
       "kernel",
       "ours ms",
       "GFLOP/s",
+      "% peak",
       "gpu ms",
+      ...(tuned ? ["tuned kernel", "GFLOP/s", "% peak", "default/tuned"] : []),
       "peer ms",
       "GFLOP/s",
+      "% peak",
       "gpu ms",
       "ours/peer",
       "gpu ratio",
       "check",
     ];
+    const left = new Set([0, 1, 2, ...(tuned ? [7] : [])]);
     const lines = rows.map((r) => [
       r.shape,
       `${r.m}×${r.k}×${r.n}${r.transposeB ? "ᵀ" : ""}`,
       r.kernel,
       f1(r.oursWallMs),
       f2(r.oursGflops),
+      fmtPct(r.oursPctPeak),
       f1(r.oursGpuMs),
+      ...(tuned
+        ? [r.tunedKernel ?? "–", f2(r.tunedGflops), fmtPct(r.tunedPctPeak), ratio(r.tunedRatio)]
+        : []),
       f1(r.peerWallMs),
       f2(r.peerGflops),
+      fmtPct(r.peerPctPeak),
       f1(r.peerGpuMs),
-      r.ratioWall === undefined ? "–" : `${r.ratioWall.toFixed(2)}×`,
+      ratio(r.ratioWall),
       r.ratioGpu === undefined || !Number.isFinite(r.ratioGpu) ? "–" : `${r.ratioGpu.toFixed(2)}×`,
       r.checksumPeer === undefined
         ? "–"
@@ -352,13 +589,19 @@ export async function main(args: string[]): Promise<void> {
     ]);
     const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
     const fmt = (l: string[]) =>
-      l.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
-    console.log("\n" + fmt(head));
-    console.log(widths.map((w) => "-".repeat(w)).join("  "));
-    for (const l of lines) console.log(fmt(l));
-    console.log(
-      "\nours/peer = peer wall time ÷ ours (matmul + readback; > 1 means he2gene is faster); gpu = kernel time from timestamps.",
-    );
+      l.map((c, i) => (left.has(i) ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+    if (rows.length) {
+      console.log("\n" + fmt(head));
+      console.log(widths.map((w) => "-".repeat(w)).join("  "));
+      for (const l of lines) console.log(fmt(l));
+      console.log(
+        "\nours/peer = peer wall time ÷ ours (matmul + readback; > 1 means he2gene is faster); gpu = kernel time " +
+          "from timestamps; kernel: the built-in default's variant" +
+          (tuned
+            ? "; tuned: the tuning table's (timed only where it differs), default/tuned = time ratio."
+            : "."),
+      );
+    }
     console.log(
       `\nhost cost per op (recording ${HOST_OPS} small adds, no GPU wait): ours ${
         host.oursUs.toFixed(1)
@@ -371,12 +614,16 @@ export async function main(args: string[]): Promise<void> {
       }
     }
     if (convRows.length) {
-      console.log("\nconv2d, batch 2:");
+      console.log("\nconv2d, batch 2 (built-in default variants; the layers suite shows the tuned ones):");
       printConvTable(convRows, console.log);
     }
     if (resnetRows.length) {
       console.log("\nResNet-50 + heads (250 target, 19 699 aux, tumour), inference, seconds per image:");
       printResNetTable(resnetRows, console.log);
+    }
+    if (layerRows.length) {
+      console.log("\nResNet-50 layers, per call (inference at batch 8, training at batch 2):");
+      printLayersTable(layerRows, layerTotals, console.log);
     }
     if (trainRows.length) {
       console.log("\nHE2Gene training step (forward, backward, clip 1.0, Adam + L2 1e-4), seconds per step:");
@@ -389,6 +636,18 @@ export async function main(args: string[]): Promise<void> {
     if (predictSlideRows.length) {
       console.log("\npredict-slide, her2st C2, spots per second by stage:");
       printPredictSlideTable(predictSlideRows, console.log);
+    }
+    if (goalRows.length) {
+      console.log("\nspeed goals on llvmpipe (issue 13; the better of default and tuned counts):");
+      for (const g of goalRows) {
+        const v = (
+          x: number | undefined,
+        ) => (x === undefined ? "–" : x.toFixed(g.unit === "GFLOP/s" ? 1 : 3));
+        console.log(
+          `  ${g.goal}: ${g.sense} ${g.target} ${g.unit}; default ${v(g.default)}, tuned ${v(g.tuned)}: ` +
+            `${g.met ? "met" : "NOT met"}`,
+        );
+      }
     }
   }
   e.destroy();

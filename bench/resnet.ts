@@ -7,17 +7,26 @@
  *
  * Times are wall clock from the upload of the batch to the readback of all three outputs, median after a
  * warm-up (the first run compiles shaders). Peak GPU memory is our buffer pool's peak for the batch.
+ * With a tuning table (`opts.table`), each repetition runs the network twice, with the built-in kernel
+ * variants ("ours") and with the table ("tuned"), in alternating order (ABBA), so that a drift in speed
+ * over the run (other processes, memory) falls on both alike; the peak memory then covers both.
  *
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
+import { type TuningTable, useTuning } from "../kernels/tuning.ts";
 import { HE2Gene, layout, RESNET50 } from "../model/mod.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 
 /** One row of the table. */
 export interface ResNetRow {
   batch: number;
+  /** Seconds per image (with a table: the built-in kernel variants). */
   oursSPerImage: number;
+  /** Seconds per image with the tuning table, and oursSPerImage ÷ that (> 1: the table is faster). */
+  tunedSPerImage?: number;
+  tunedRatio?: number;
+  tunedChecksum?: number;
   peerSPerImage?: number;
   ratio?: number;
   peakMiB: number;
@@ -37,11 +46,14 @@ function input(batch: number): Float32Array {
   return x;
 }
 
-/** Run the ResNet-50 benchmark. */
+/**
+ * Run the ResNet-50 benchmark. With `opts.table`, also time the network with that tuning table (the engine
+ * is left on its built-in defaults afterwards); without, the engine's current setting is used.
+ */
 export async function benchResNet(
   e: Engine,
   peer: TfjsPeer | null,
-  opts: { quick: boolean; reps: number; log: (s: string) => void },
+  opts: { quick: boolean; reps: number; log: (s: string) => void; table?: TuningTable | null },
 ): Promise<ResNetRow[]> {
   const model = HE2Gene.init(
     e,
@@ -54,25 +66,39 @@ export async function benchResNet(
   for (const batch of opts.quick ? [1] : [1, 8]) {
     opts.log(`… ResNet-50 + heads, batch ${batch}`);
     const x = input(batch);
-    const ours: number[] = [];
-    let checksumOurs = NaN;
+    // Mode 0: as the engine is (the built-in defaults in bench/main.ts); mode 1: the tuning table.
+    const modes = opts.table ? [0, 1] : [0];
+    const times: number[][] = modes.map(() => []);
+    const checksums: number[] = modes.map(() => NaN);
     e.pool.resetPeak();
-    for (let i = 0; i < 1 + opts.reps; i++) {
-      const t0 = performance.now();
-      const outs = await e.scope(async () => {
-        const p = model.predict(e.tensor(x, [batch, 3, 224, 224]));
-        return await Promise.all([p.target.toArray(), p.aux.toArray(), p.tumorProb.toArray()]);
-      });
-      const t1 = performance.now();
-      if (i > 0) ours.push((t1 - t0) / 1000 / batch);
-      checksumOurs = outs[0].reduce((a, b) => a + b, 0);
+    try {
+      for (let i = 0; i < 1 + opts.reps; i++) {
+        for (const m of i % 2 ? [...modes].reverse() : modes) {
+          if (opts.table) useTuning(e, m ? opts.table : null);
+          const t0 = performance.now();
+          const outs = await e.scope(async () => {
+            const p = model.predict(e.tensor(x, [batch, 3, 224, 224]));
+            return await Promise.all([p.target.toArray(), p.aux.toArray(), p.tumorProb.toArray()]);
+          });
+          const t1 = performance.now();
+          if (i > 0) times[m].push((t1 - t0) / 1000 / batch);
+          checksums[m] = outs[0].reduce((a, b) => a + b, 0);
+        }
+      }
+    } finally {
+      if (opts.table) useTuning(e, null);
     }
     const row: ResNetRow = {
       batch,
-      oursSPerImage: median(ours),
+      oursSPerImage: median(times[0]),
       peakMiB: e.pool.stats().peakInUseBytes / 2 ** 20,
-      checksumOurs,
+      checksumOurs: checksums[0],
     };
+    if (opts.table) {
+      row.tunedSPerImage = median(times[1]);
+      row.tunedRatio = row.oursSPerImage / row.tunedSPerImage;
+      row.tunedChecksum = checksums[1];
+    }
     if (peerNet) {
       const times: number[] = [];
       let checksum = NaN;
@@ -175,16 +201,28 @@ function buildPeer(
 
 /** Print the ResNet table. */
 export function printResNetTable(rows: ResNetRow[], log: (s: string) => void): void {
-  log("batch  ours s/img  tfjs s/img  ours/tfjs  peak GPU MiB (ours)  target checksum ours / tfjs");
+  const tuned = rows.some((r) => r.tunedSPerImage !== undefined);
+  log(
+    "batch  ours s/img" + (tuned ? "  tuned s/img  default/tuned" : "") +
+      "  tfjs s/img  ours/tfjs  peak GPU MiB (ours)  target checksum ours / tfjs" + (tuned ? " (tuned)" : ""),
+  );
   for (const r of rows) {
+    const t = tuned
+      ? `  ${(r.tunedSPerImage?.toFixed(3) ?? "–").padStart(11)}  ${
+        (r.tunedRatio ? r.tunedRatio.toFixed(2) + "×" : "–").padStart(13)
+      }`
+      : "";
     log(
-      `${String(r.batch).padStart(5)}  ${r.oursSPerImage.toFixed(3).padStart(10)}  ` +
+      `${String(r.batch).padStart(5)}  ${r.oursSPerImage.toFixed(3).padStart(10)}${t}  ` +
         `${(r.peerSPerImage?.toFixed(3) ?? "–").padStart(10)}  ${
           (r.ratio ? r.ratio.toFixed(2) + "×" : "–").padStart(9)
         }  ` +
         `${r.peakMiB.toFixed(0).padStart(19)}  ${r.checksumOurs.toFixed(3)} / ${
           r.checksumPeer?.toFixed(3) ?? "–"
-        }`,
+        }${tuned ? ` (${r.tunedChecksum?.toFixed(3) ?? "–"})` : ""}`,
     );
+  }
+  if (tuned) {
+    log("ours: built-in kernel variants; tuned: the tuning table's; default/tuned > 1: the table is faster.");
   }
 }

@@ -23,6 +23,11 @@
  * Peak GPU memory is our buffer pool's peak (`pool.stats().peakInUseBytes` after `resetPeak()`), model,
  * gradients and Adam state included.
  *
+ * With a tuning table (`opts.table`), our steps alternate between the built-in kernel variants ("ours") and
+ * the table ("tuned") on the same trainer, in ABBA order (a warm-up step each, default first so that the
+ * first-step loss is still the one from the initial weights), so that a drift in speed over the run falls
+ * on both alike; the peak memory then covers both.
+ *
  * Alone: `deno run -A bench/train.ts [--quick] [--no-peer] [--reps N] [--json]`; `--check` compares the
  * first three losses of both steps on the tiny backbone at 64×64 (seconds).
  *
@@ -47,6 +52,7 @@ import {
   uniform,
   type Variant,
 } from "../model/mod.ts";
+import { type TuningTable, useTuning } from "../kernels/tuning.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 
 /** One row of the table. */
@@ -69,6 +75,9 @@ export interface TrainRow {
   oursFirstS: number;
   /** Median seconds per step after the warm-up. */
   oursSPerStep: number;
+  /** With a tuning table: median seconds per step with it, and oursSPerStep ÷ that (> 1: it is faster). */
+  tunedSPerStep?: number;
+  tunedRatio?: number;
   /** Centre spots per second. */
   oursSpotsPerS: number;
   /** Our pool's peak bytes in use during the row, MiB. */
@@ -89,7 +98,7 @@ export interface TrainRow {
   peerErrors?: string[];
 }
 
-type Opts = { quick: boolean; reps: number; log: (s: string) => void };
+type Opts = { quick: boolean; reps: number; log: (s: string) => void; table?: TuningTable | null };
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -127,7 +136,10 @@ function synthBatch(b: number, n: number, size: number, g: number, a: number, se
   return { b, n, size, x, target, aux, tumor, nbr };
 }
 
-/** Our side: warm-up + reps `Trainer.step`s on one batch. */
+/**
+ * Our side: warm-up + reps `Trainer.step`s on one batch; with `table`, as many again with that tuning table,
+ * interleaved (ABBA), and the engine left on its built-in defaults.
+ */
 async function timeOurs(
   e: Engine,
   backbone: ResNetConfig,
@@ -136,12 +148,14 @@ async function timeOurs(
   hb: HostBatch,
   reps: number,
   sd: boolean,
+  table?: TuningTable | null,
 ): Promise<{
   first: number;
   times: number[];
   losses: StepLosses[];
   peakMiB: number;
   stateDict?: Map<string, HostTensor>;
+  tunedTimes?: number[];
 }> {
   const model = HE2Gene.init(
     e,
@@ -153,33 +167,39 @@ async function timeOurs(
   const trainer = new Trainer(e, model, cfg);
   const g = hb.target.length / hb.b, a = hb.aux.length / hb.b;
   e.pool.resetPeak();
-  const times: number[] = [];
+  // Mode 0: as the engine is (the built-in defaults in bench/main.ts); mode 1: the tuning table.
+  const modes = table ? [0, 1] : [0];
+  const times: number[][] = modes.map(() => []);
   const losses: StepLosses[] = [];
   let first = NaN;
   try {
     for (let i = 0; i < 1 + reps; i++) {
-      const t0 = performance.now();
-      const x = e.tensor(hb.x, [hb.n, 3, hb.size, hb.size]);
-      const target = e.tensor(hb.target, [hb.b, g]);
-      const aux = e.tensor(hb.aux, [hb.b, a]);
-      let l: StepLosses;
-      try {
-        l = await trainer.step({ x, b: hb.b, target, aux, tumor: hb.tumor, nbr: hb.nbr });
-      } finally {
-        for (const t of [x, target, aux] as Tensor[]) t.dispose();
+      for (const m of i % 2 ? [...modes].reverse() : modes) {
+        if (table) useTuning(e, m ? table : null);
+        const t0 = performance.now();
+        const x = e.tensor(hb.x, [hb.n, 3, hb.size, hb.size]);
+        const target = e.tensor(hb.target, [hb.b, g]);
+        const aux = e.tensor(hb.aux, [hb.b, a]);
+        let l: StepLosses;
+        try {
+          l = await trainer.step({ x, b: hb.b, target, aux, tumor: hb.tumor, nbr: hb.nbr });
+        } finally {
+          for (const t of [x, target, aux] as Tensor[]) t.dispose();
+        }
+        const s = (performance.now() - t0) / 1000;
+        if (i === 0 && m === 0) first = s;
+        else if (i > 0) times[m].push(s);
+        losses.push(l);
       }
-      const s = (performance.now() - t0) / 1000;
-      if (i === 0) first = s;
-      else times.push(s);
-      losses.push(l);
     }
   } finally {
+    if (table) useTuning(e, null);
     trainer.dispose();
     model.dispose();
   }
   const peakMiB = e.pool.stats().peakInUseBytes / 2 ** 20;
   e.pool.trim();
-  return { first, times, losses, peakMiB, stateDict };
+  return { first, times: times[0], losses, peakMiB, stateDict, tunedTimes: table ? times[1] : undefined };
 }
 
 // deno-lint-ignore no-explicit-any
@@ -525,7 +545,17 @@ async function timePeer(
   return { first, times, losses, errors };
 }
 
-/** Run the training benchmark. */
+// The row's tuned fields from timeOurs's result (none without a table).
+function tunedFields(ours: { times: number[]; tunedTimes?: number[] }): Partial<TrainRow> {
+  if (!ours.tunedTimes) return {};
+  const t = median(ours.tunedTimes);
+  return { tunedSPerStep: t, tunedRatio: median(ours.times) / t };
+}
+
+/**
+ * Run the training benchmark; with `opts.table`, our steps alternate with that tuning table (the engine is
+ * left on its built-in defaults afterwards).
+ */
 export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Opts): Promise<TrainRow[]> {
   const rows: TrainRow[] = [];
   const base: TrainConfig = { ...DEFAULT_TRAIN };
@@ -538,7 +568,7 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
     let ours: Awaited<ReturnType<typeof timeOurs>>;
     let oursError: string | undefined;
     try {
-      ours = await timeOurs(engine, RESNET50, "base", base, hb, reps, peer !== null);
+      ours = await timeOurs(engine, RESNET50, "base", base, hb, reps, peer !== null, opts.table);
     } catch (err) {
       // On llvmpipe (128 MiB bindings) the aux head's backward dX = dY·W reads the 161 MB weight as an
       // untransposed B, which matmul cannot split: fall back to the largest aux head that fits one binding,
@@ -551,7 +581,7 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
         `  falling back to ${auxGenes} aux genes (largest multiple of 1000 whose weight fits one binding)`,
       );
       hb = synthBatch(batch, batch, 224, 250, auxGenes, 100 + batch);
-      ours = await timeOurs(engine, RESNET50, "base", base, hb, reps, peer !== null);
+      ours = await timeOurs(engine, RESNET50, "base", base, hb, reps, peer !== null, opts.table);
     }
     const row: TrainRow = {
       name: "resnet50 base",
@@ -568,10 +598,12 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
       peakMiB: ours.peakMiB,
       oursLoss: ours.losses[0].total,
       oursFinite: ours.losses.every((l) => Number.isFinite(l.total)),
+      ...tunedFields(ours),
     };
     opts.log(
-      `  ours: first ${ours.first.toFixed(1)} s, then ${row.oursSPerStep.toFixed(2)} s/step; ` +
-        `loss ${ours.losses.map((l) => l.total.toFixed(4)).join(", ")}`,
+      `  ours: first ${ours.first.toFixed(1)} s, then ${row.oursSPerStep.toFixed(2)} s/step` +
+        (row.tunedSPerStep === undefined ? "" : ` (tuned ${row.tunedSPerStep.toFixed(2)} s/step)`) +
+        `; loss ${ours.losses.map((l) => l.total.toFixed(4)).join(", ")}`,
     );
     if (peer && ours.stateDict) {
       const peerReps = opts.quick ? 1 : Math.min(reps, 2);
@@ -608,7 +640,7 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
       const hb = synthBatch(batch, images, 224, 250, 19699, 200 + images);
       let ours: Awaited<ReturnType<typeof timeOurs>>;
       try {
-        ours = await timeOurs(engine, TINY, variant, cfg, hb, reps, false);
+        ours = await timeOurs(engine, TINY, variant, cfg, hb, reps, false, opts.table);
       } catch (err) {
         if (!(err instanceof RangeError) || batch === 1) throw err;
         oursError ??= `batch ${batch}: ${err.message.split("\n")[0]}`;
@@ -630,10 +662,12 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
         peakMiB: ours.peakMiB,
         oursLoss: ours.losses[0].total,
         oursFinite: ours.losses.every((l) => Number.isFinite(l.total)),
+        ...tunedFields(ours),
       });
       opts.log(
         `  first ${ours.first.toFixed(1)} s, then ${median(ours.times).toFixed(2)} s/step ` +
-          `(${(batch / median(ours.times)).toFixed(1)} spots/s); ` +
+          `(${(batch / median(ours.times)).toFixed(1)} spots/s)` +
+          (ours.tunedTimes ? `, tuned ${median(ours.tunedTimes).toFixed(2)} s/step` : "") + "; " +
           `loss ${ours.losses.map((l) => l.total.toFixed(4)).join(", ")}`,
       );
       break;
@@ -649,6 +683,7 @@ const fx = (
 
 /** Print the training table. */
 export function printTrainTable(rows: TrainRow[], log: (s: string) => void): void {
+  const tuned = rows.some((r) => r.tunedSPerStep !== undefined);
   const head = [
     "network",
     "aux",
@@ -657,6 +692,7 @@ export function printTrainTable(rows: TrainRow[], log: (s: string) => void): voi
     "ours 1st s",
     "ours s/step",
     "spots/s",
+    ...(tuned ? ["tuned s/step", "default/tuned"] : []),
     "peak MiB",
     "tfjs 1st s",
     "tfjs s/step",
@@ -672,6 +708,7 @@ export function printTrainTable(rows: TrainRow[], log: (s: string) => void): voi
     fx(r.oursFirstS, 1),
     fx(r.oursSPerStep, 2),
     fx(r.oursSpotsPerS, 2),
+    ...(tuned ? [fx(r.tunedSPerStep, 2), r.tunedRatio !== undefined ? `${fx(r.tunedRatio, 2)}×` : "–"] : []),
     fx(r.peakMiB, 0),
     fx(r.peerFirstS, 1),
     fx(r.peerSPerStep, 2),
@@ -688,7 +725,10 @@ export function printTrainTable(rows: TrainRow[], log: (s: string) => void): voi
   log(
     "s/step: median after one warm-up step (1st: the warm-up, shader compilation included); spots/s: centre " +
       "spots per second (Spat also runs each spot's 8 neighbours through the backbone). tfjs gets the aux head " +
-      "split in two halves (its 161 MB weight exceeds the 128 MiB binding on llvmpipe, where tfjs returns zeros).",
+      "split in two halves (its 161 MB weight exceeds the 128 MiB binding on llvmpipe, where tfjs returns zeros)." +
+      (tuned
+        ? " ours: built-in kernel variants; tuned: the tuning table's (default/tuned > 1: the table is faster)."
+        : ""),
   );
   for (const r of rows) {
     if (r.lossRelDiff !== undefined) {

@@ -403,3 +403,22 @@ export function conv2dBackwardBias(dy: Tensor): Tensor {
   }
   return reduce("sum", dy, { axes: [0, 2, 3] });
 }
+
+/**
+ * The variant `op` runs at geometry `g` on `engine` now: a forced one, else the tuning table's (where it can
+ * run `g`), else the built-in default for the adapter's kind. For reports such as the benchmark's.
+ *
+ * @example
+ * ```ts
+ * const g = conv2dGeometry([8, 64, 56, 56], [64, 64, 3, 3], { padding: 1 });
+ * conv2dVariantFor(engine, "conv2d.fwd", g); // "blocked" on llvmpipe without a tuning table
+ * ```
+ */
+export function conv2dVariantFor(engine: Engine, op: Conv2dTuningOp, g: Conv2dGeometry): string {
+  if (!Object.hasOwn(PASS, op)) {
+    throw new RangeError(
+      `Cannot name the conv2d variant for "${op}": the ops are ${Object.keys(PASS).join(", ")}`,
+    );
+  }
+  return resolve(engine, PASS[op], g).id;
+}
