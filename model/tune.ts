@@ -22,11 +22,18 @@ import {
   conv2dForward,
   type Conv2dGeometry,
   conv2dShapeClass,
+  conv2dVariantFor,
 } from "../kernels/conv2d/mod.ts";
-import { matmulCandidates, matmulForward, matmulShapeClass } from "../kernels/matmul.ts";
+import {
+  chooseMatmulKernel,
+  matmulCandidates,
+  matmulForward,
+  matmulShapeClass,
+  matmulVariantId,
+} from "../kernels/matmul.ts";
 import { unary } from "../kernels/elementwise.ts";
 import { TOL, type Tolerance } from "../kernels/tolerance.ts";
-import { tuningKey, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
+import { tuningKey, tuningOf, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
 import { layout, RESNET50, type ResNetConfig } from "./resnet.ts";
 
 /** A candidate must beat the default by this fraction of the default's time to replace it. */
@@ -42,6 +49,8 @@ export interface TuneCase {
   /** FLOPs of one call (for GFLOP/s). */
   flops: number;
   candidates: string[];
+  /** The variant the op runs without a table or a forced variant (not timed again as a candidate). */
+  defaultVariant: string;
   /** Inputs made once; `run` records one call and returns its output. */
   setup(e: Engine): { run: () => Tensor; scale: () => Tensor; inputs: Tensor[] };
   tol: Tolerance;
@@ -63,6 +72,8 @@ export interface TuneResult {
   default: TuneTiming;
   chosen: string;
   timings: TuneTiming[];
+  /** The fastest candidate and the default timed alternately; the candidate is chosen only if it still wins. */
+  confirmed?: { defaultMs: number; variantMs: number };
 }
 
 /** Options of {@linkcode tune}. */
@@ -78,7 +89,7 @@ export interface TuneOptions {
   /** Only ops whose name starts with one of these. */
   only?: readonly string[];
   /** Matmul shapes [M, N, K] instead of the heads' and the benchmark's (tests). */
-  matmulShapes?: [number, number, number][];
+  matmulShapes?: MatmulShape[];
   /** Called after each case. */
   onProgress?: (done: number, total: number, r: TuneResult) => void;
 }
@@ -138,6 +149,7 @@ function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneC
         flops,
         tol: TOL.conv2d,
         candidates: conv2dCandidates(e, op as "conv2d.fwd", g),
+        defaultVariant: conv2dVariantFor(e, op as "conv2d.fwd", g),
         setup(e) {
           const x = randomTensor(e, xs, 1), w = randomTensor(e, ws, 2), dy = randomTensor(e, ys, 3);
           const call = (x: Tensor, w: Tensor, dy: Tensor) =>
@@ -163,28 +175,32 @@ function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneC
   return cases;
 }
 
-function matmulCases(e: Engine, shapes: [number, number, number][]): TuneCase[] {
+/** A matmul shape [M, N, K], with B transposed (stored N × K, as a linear layer's weight) when `true`. */
+export type MatmulShape = [number, number, number] | [number, number, number, boolean];
+
+function matmulCases(e: Engine, shapes: MatmulShape[]): TuneCase[] {
   const seen = new Set<string>();
   const cases: TuneCase[] = [];
-  for (const [m, n, k] of shapes) {
+  for (const [m, n, k, transposeB = false] of shapes) {
     const shapeClass = matmulShapeClass(m, n, k);
     if (seen.has(shapeClass)) continue;
     seen.add(shapeClass);
     cases.push({
       op: "matmul",
       shapeClass,
-      label: `${m}×${k} · ${k}×${n}`,
+      label: transposeB ? `${m}×${k} · (${n}×${k})ᵀ` : `${m}×${k} · ${k}×${n}`,
       flops: 2 * m * n * k,
       tol: TOL.matmul,
       candidates: matmulCandidates(e, m, n, k),
+      defaultVariant: matmulVariantId(chooseMatmulKernel(e, m, n, k)),
       setup(e) {
-        const a = randomTensor(e, [m, k], 4), b = randomTensor(e, [k, n], 5);
+        const a = randomTensor(e, [m, k], 4), b = randomTensor(e, transposeB ? [n, k] : [k, n], 5);
         return {
           inputs: [a, b],
-          run: () => matmulForward(a, b),
+          run: () => matmulForward(a, b, { transposeB }),
           scale: () => {
             const [aa, ab] = [absT(a), absT(b)];
-            const s = matmulForward(aa, ab);
+            const s = matmulForward(aa, ab, { transposeB });
             aa.dispose();
             ab.dispose();
             return s;
@@ -207,8 +223,10 @@ export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   }
   // HE2Gene's heads (2048 → 250 target and 19 699 auxiliary genes) at both batches, and the benchmark's
   // square product.
-  const mm: [number, number, number][] = [];
-  for (const b of new Set([batch, trainBatch || batch])) mm.push([b, 250, 2048], [b, 19699, 2048]);
+  const mm: MatmulShape[] = [];
+  for (const b of new Set([batch, trainBatch || batch])) {
+    mm.push([b, 250, 2048, true], [b, 19699, 2048, true]);
+  }
   cases.push(...matmulCases(e, o.matmulShapes ?? [...mm, [1024, 1024, 1024]]));
   if (o.only?.length) cases = cases.filter((c) => o.only!.some((p) => c.op.startsWith(p)));
   return cases;
@@ -245,11 +263,42 @@ export async function tune(
   e: Engine,
   o: TuneOptions = {},
 ): Promise<{ table: TuningTable; results: TuneResult[] }> {
+  const before = tuningOf(e);
+  useTuning(e, null);
+  try {
+    return await tuneAll(e, o);
+  } finally {
+    useTuning(e, before ?? null);
+  }
+}
+
+/** Median time of `run` with and without `variant` forced, alternating the two (ABBA…) against drift. */
+async function timePair(
+  e: Engine,
+  op: string,
+  variant: string,
+  run: () => Tensor,
+  reps: number,
+): Promise<{ defaultMs: number; variantMs: number }> {
+  const d: number[] = [], v: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const order = r % 2 === 0 ? [false, true] : [true, false];
+    for (const forced of order) {
+      const ms = forced
+        ? await withVariant(op, variant, () => timeRuns(e, run, 1))
+        : await timeRuns(e, run, 1);
+      (forced ? v : d).push(ms);
+    }
+  }
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  return { defaultMs: med(d), variantMs: med(v) };
+}
+
+async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable; results: TuneResult[] }> {
   const cases = tuneCases(e, o);
   const reps = o.quick ? 2 : 5;
   const entries: Record<string, string> = {};
   const results: TuneResult[] = [];
-  useTuning(e, null);
   for (const c of cases) {
     const { run, scale, inputs } = c.setup(e);
     // The default (no variant forced): the reference output and the time to beat.
@@ -264,6 +313,7 @@ export async function tune(
     const timings: TuneTiming[] = [];
     let best = { variant: "", ms: defMs * (1 - TUNE_MARGIN) };
     for (const v of c.candidates) {
+      if (v === c.defaultVariant) continue; // timed above as the default
       try {
         const ms = await withVariant(c.op, v, async () => {
           const y = run(); // compiles on first use
@@ -279,6 +329,12 @@ export async function tune(
         timings.push({ variant: v, error: (err as Error).message });
       }
     }
+    // Confirm a winner against the default, timed alternately (a one-off measurement can be noise).
+    let confirmed: TuneResult["confirmed"];
+    if (best.variant) {
+      confirmed = await timePair(e, c.op, best.variant, run, Math.max(3, reps));
+      if (!(confirmed.variantMs < confirmed.defaultMs * (1 - TUNE_MARGIN))) best.variant = "";
+    }
     for (const t of inputs) t.dispose();
     const chosen = best.variant || "default";
     if (best.variant) entries[tuningKey(c.op, c.shapeClass)] = best.variant;
@@ -289,6 +345,7 @@ export async function tune(
       default: def,
       chosen,
       timings,
+      confirmed,
     };
     results.push(r);
     o.onProgress?.(results.length, cases.length, r);

@@ -10,7 +10,12 @@ import { assertEquals, assertThrows, engine } from "../helpers.ts";
 import { resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
 import { RESNET50 } from "../../model/resnet.ts";
 import { conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
-import { matmulCandidates, matmulShapeClass } from "../../kernels/matmul.ts";
+import {
+  chooseMatmulKernel,
+  matmulCandidates,
+  matmulShapeClass,
+  matmulVariantId,
+} from "../../kernels/matmul.ts";
 import { chosenVariant, tuningKey, useTuning, withVariant } from "../../kernels/tuning.ts";
 import {
   HE2GENE_VERSION,
@@ -49,7 +54,9 @@ cliTest(
     assertEquals(results.length, 1);
     const r = results[0];
     assertEquals(r.shapeClass, matmulShapeClass(m, n, k));
-    assertEquals(r.timings.map((t) => t.variant), matmulCandidates(e, m, n, k));
+    // Every candidate but the default itself (timed as "default").
+    const def = matmulVariantId(chooseMatmulKernel(e, m, n, k));
+    assertEquals(r.timings.map((t) => t.variant), matmulCandidates(e, m, n, k).filter((v) => v !== def));
     for (const t of r.timings) assertEquals(t.error, undefined, `${t.variant} failed: ${t.error}`);
     const key = tuningKey("matmul", r.shapeClass);
     if (r.chosen === "default") {
@@ -58,6 +65,9 @@ cliTest(
       assertEquals(table.entries[key], r.chosen);
       const best = r.timings.find((t) => t.variant === r.chosen)!;
       if (!(best.ms! < r.default.ms! * (1 - TUNE_MARGIN))) throw new Error("chosen variant is not faster");
+      // …and still faster when timed alternately with the default.
+      const c = r.confirmed!;
+      if (!(c.variantMs < c.defaultMs * (1 - TUNE_MARGIN))) throw new Error("chosen without confirmation");
     }
   },
 );
