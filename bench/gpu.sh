@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # he2gene on a real GPU machine without network (issue 13, item 7): unpack what ../shared/tools/gpu/prep.sh
-# packed into .gpu/ (Deno, the Vulkan loader), then print the adapter, run the kernel self-test, tune (once
-# `he2gene tune` exists) and the benchmark (matmul, ResNet-50 inference, a training step), each step timed
+# packed into .gpu/ (Deno, the Vulkan loader), then print the adapter, run the kernel self-test, tune and
+# the benchmark (matmul, conv layers, ResNet-50 inference at batch 1/8/32, a training step at 2/32), each step timed
 # and logged; a failing step does not stop the next ones; a summary ends the run.
 #
 # Usage (from the project's root, with .gpu/ and node_modules/ copied along with the working tree):
@@ -95,15 +95,13 @@ if grep -qi "software adapter" "$logs/info.log"; then
   echo "gpu.sh: warning: the adapter is a software one (llvmpipe?), not the GPU: check VK_DRIVER_FILES" >&2
 fi
 run_step selftest deno task he2gene selftest "${q[@]}"
-# `he2gene tune` is issue 13 item 4: run it once the CLI has it.
-if deno task he2gene --help 2>/dev/null | grep -qE '^  tune '; then
-  run_step tune deno task he2gene tune "${q[@]}"
-else
-  echo
-  echo "=== tune: skipped (this version of he2gene has no 'tune' command)"
-fi
+run_step tune deno task he2gene tune "${q[@]}"
+# ResNet-50 inference at batch 1/8/32 and a training step at batch 32 (issue 13, item 7), defaults and the
+# table just tuned side by side; the layers suite shows each conv's variant and GFLOP/s.
+batches=(--resnet-batches 1,8,32 --train-batches 2,32)
+((quick)) && batches=(--resnet-batches 1,32 --train-batches 32)
 # shellcheck disable=SC2086 # HE2GENE_GPU_BENCH_ARGS is a list of words
-run_step bench deno task bench --suite matmul,resnet,train --reps 3 "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
+run_step bench deno task bench --suite matmul,layers,resnet,train --reps 3 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
 
 # ------------------------------------------------------------------------------------ summary
 echo

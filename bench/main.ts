@@ -25,7 +25,8 @@
  * `--suite matmul,conv,resnet,layers,slide,train,slide-predict` (default all; slide-predict takes ~2 min, 32
  *   spots with `--quick`),
  * `--tune default|cached|auto` (default cached), `--no-peer`, `--reps N`, `--data DIR` (the shared data
- * folder; default `../shared/data` beside the project).
+ * folder; default `../shared/data` beside the project), `--resnet-batches 1,8,32` and `--train-batches 2,32`
+ * (the batches of the resnet and train suites; default 1,8 and 2,8).
  *
  * @module
  */
@@ -351,6 +352,8 @@ export async function main(args: string[]): Promise<void> {
       suite: { type: "string", default: SUITES.join(",") },
       data: { type: "string" },
       tune: { type: "string", default: "cached" },
+      "resnet-batches": { type: "string" },
+      "train-batches": { type: "string" },
     },
     strict: true,
   });
@@ -461,6 +464,16 @@ export async function main(args: string[]): Promise<void> {
     rows.push(row);
   }
   const host = await hostCost(e, peer);
+  const batchList = (name: string, v: string | undefined) => {
+    if (v === undefined) return undefined;
+    const list = v.split(",").map((x) => Number(x.trim()));
+    if (!list.length || list.some((b) => !Number.isInteger(b) || b < 1)) {
+      throw new Error(`--${name} must be positive integers separated by commas, current value is ${v}`);
+    }
+    return list;
+  };
+  const resnetBatches = batchList("resnet-batches", values["resnet-batches"]);
+  const trainBatches = batchList("train-batches", values["train-batches"]);
   const suiteOpts = { quick: values.quick ?? false, reps: Math.min(reps, 3), log };
   let convRows: ConvRow[] = [];
   if (suites.has("conv")) {
@@ -470,7 +483,7 @@ export async function main(args: string[]): Promise<void> {
   let resnetRows: ResNetRow[] = [];
   if (suites.has("resnet")) {
     log("\nResNet-50 + HE2Gene heads, inference …");
-    resnetRows = await benchResNet(e, peer, { ...suiteOpts, table });
+    resnetRows = await benchResNet(e, peer, { ...suiteOpts, table, batches: resnetBatches });
   }
   let layerRows: LayerRow[] = [];
   let layerTotals: LayerTotal[] = [];
@@ -485,7 +498,7 @@ export async function main(args: string[]): Promise<void> {
   let trainRows: TrainRow[] = [];
   if (suites.has("train")) {
     log("\nHE2Gene training step …");
-    trainRows = await benchTrain(e, peer, { ...suiteOpts, table });
+    trainRows = await benchTrain(e, peer, { ...suiteOpts, table, batches: trainBatches });
   }
   let slideRows: SlideRow[] = [];
   if (suites.has("slide")) {

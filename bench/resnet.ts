@@ -53,7 +53,14 @@ function input(batch: number): Float32Array {
 export async function benchResNet(
   e: Engine,
   peer: TfjsPeer | null,
-  opts: { quick: boolean; reps: number; log: (s: string) => void; table?: TuningTable | null },
+  opts: {
+    quick: boolean;
+    reps: number;
+    log: (s: string) => void;
+    table?: TuningTable | null;
+    /** Batches to time (default 1 and 8; 1 with --quick). */
+    batches?: number[];
+  },
 ): Promise<ResNetRow[]> {
   const model = HE2Gene.init(
     e,
@@ -63,7 +70,7 @@ export async function benchResNet(
   const sd = await model.stateDict();
   const rows: ResNetRow[] = [];
   const peerNet = peer ? buildPeer(peer, sd) : null;
-  for (const batch of opts.quick ? [1] : [1, 8]) {
+  for (const batch of opts.batches ?? (opts.quick ? [1] : [1, 8])) {
     opts.log(`… ResNet-50 + heads, batch ${batch}`);
     const x = input(batch);
     // Mode 0: as the engine is (the built-in defaults in bench/main.ts); mode 1: the tuning table.

@@ -98,7 +98,14 @@ export interface TrainRow {
   peerErrors?: string[];
 }
 
-type Opts = { quick: boolean; reps: number; log: (s: string) => void; table?: TuningTable | null };
+type Opts = {
+  quick: boolean;
+  reps: number;
+  log: (s: string) => void;
+  table?: TuningTable | null;
+  /** ResNet-50 batches to time (default 2 and 8; 2 with --quick). */
+  batches?: number[];
+};
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -561,7 +568,7 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
   const base: TrainConfig = { ...DEFAULT_TRAIN };
   const reps = Math.max(1, opts.reps);
   // 1 + 2: ResNet-50, ours and tfjs.
-  for (const batch of opts.quick ? [2] : [2, 8]) {
+  for (const batch of opts.batches ?? (opts.quick ? [2] : [2, 8])) {
     opts.log(`… ResNet-50 + heads, training step, batch ${batch}`);
     let auxGenes = 19699;
     let hb = synthBatch(batch, batch, 224, 250, auxGenes, 100 + batch);
