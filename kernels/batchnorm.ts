@@ -72,6 +72,18 @@ const WG = 256;
 /** Values of one channel that one workgroup of the statistics passes reduces. */
 const CHUNK = 4096;
 
+/** Uniforms of the two per-channel partial-sum passes (statistics, backward sums). */
+const CHANNEL_PARTS = {
+  c: "u32",
+  hw: "u32",
+  m: "u32",
+  chunk: "u32",
+  parts: "u32",
+  off: "u32",
+  qbase: "u32",
+  ptotal: "u32",
+} as const;
+
 // Every kernel over x sees one run of whole samples (kernels/_ranges.ts): x[off + j] is value j of the run,
 // so the channel of j is (j / HW) % C; a tensor that fits one binding is one run with off = 0.
 
@@ -81,16 +93,7 @@ const CHUNK = 4096;
 // The run's parts go to columns qbase.. of the (C, ptotal, 2) partials of all runs.
 const statsKernel = single("batchnorm_stats", () => ({
   bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
-  uniforms: {
-    c: "u32",
-    hw: "u32",
-    m: "u32",
-    chunk: "u32",
-    parts: "u32",
-    off: "u32",
-    qbase: "u32",
-    ptotal: "u32",
-  },
+  uniforms: CHANNEL_PARTS,
   workgroupSize: [WG],
   body: wgsl`
 var<workgroup> sn: array<f32, ${WG}>;
@@ -249,16 +252,7 @@ const backwardSumsKernel = single("batchnorm_backward_sums", () => ({
     { name: "rstd", access: "read" },
     { name: "part", access: "read_write" },
   ],
-  uniforms: {
-    c: "u32",
-    hw: "u32",
-    m: "u32",
-    chunk: "u32",
-    parts: "u32",
-    off: "u32",
-    qbase: "u32",
-    ptotal: "u32",
-  },
+  uniforms: CHANNEL_PARTS,
   workgroupSize: [WG],
   body: wgsl`
 var<workgroup> sh: array<vec2f, ${WG}>;

@@ -214,3 +214,23 @@ export async function tinyCheckpoint(
   model.dispose();
   return path;
 }
+
+/**
+ * ((i·a + b) mod 2³² >> 8) / 2²⁴ − 0.5 for i < n: inputs that numpy and TypeScript compute exactly (each a
+ * multiple of 2⁻²⁴), as the fixture scripts in tests/fixtures/big_tensors/ do.
+ */
+export function hashed(n: number, a: number, b: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = (((Math.imul(i, a | 0) + b) >>> 0) >>> 8) / 16777216 - 0.5;
+  return out;
+}
+
+/** The values of `t` at `indices` (buffer copies of single elements, one readback). */
+export async function valuesAt(t: Tensor, indices: readonly number[]): Promise<Float32Array> {
+  const e = t.engine;
+  const out = e.empty([indices.length], "values at");
+  indices.forEach((i, k) => e.copy(t, out, { srcOffset: i, dstOffset: k, size: 1 }));
+  const v = await out.toArray();
+  out.dispose();
+  return v;
+}

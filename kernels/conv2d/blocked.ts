@@ -51,6 +51,7 @@ import {
   MAX_LOOP_STEPS,
   packedWeight,
   splitParam,
+  sumSplits,
   WG,
 } from "./common.ts";
 
@@ -740,14 +741,7 @@ function backwardWeight(
   xp.dispose();
   dyt?.dispose();
   ptab.dispose();
-  if (splits === 1) {
-    const dw = part.reshape(wShape);
-    part.dispose();
-    return dw;
-  }
-  const dw = reduce("sum", part, { axes: 0 });
-  part.dispose();
-  return dw;
+  return sumSplits(part, wShape);
 }
 
 // ------------------------------------------------------------------------------------------ footprint

@@ -11,6 +11,7 @@ import type { Engine } from "../../engine/engine.ts";
 import type { BindingDecl, VariantParams } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { wgsl } from "../_wgsl.ts";
+import { reduce } from "../reduce.ts";
 
 /** Options of `conv2d` and {@linkcode Conv2dStrategy.forward}. */
 export interface Conv2dOptions {
@@ -326,4 +327,14 @@ export function packedWeight(
 export function releaseConv2dWeight(w: Tensor): void {
   for (const t of packedCache.get(w)?.values() ?? []) t.dispose();
   packedCache.delete(w);
+}
+
+/**
+ * The weight gradient from split-K partials `part` of shape [S, ...wShape]: their sum over S (a reshape when
+ * S = 1). Consumes `part`.
+ */
+export function sumSplits(part: Tensor, wShape: readonly number[]): Tensor {
+  const dw = part.shape[0] === 1 ? part.reshape(wShape) : reduce("sum", part, { axes: 0 });
+  part.dispose();
+  return dw;
 }

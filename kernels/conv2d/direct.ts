@@ -20,7 +20,6 @@ import { grid } from "../../engine/engine.ts";
 import { single, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
-import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
   type Conv2dGeometry,
@@ -35,6 +34,7 @@ import {
   geomUniforms,
   ioElements,
   MAX_LOOP_STEPS,
+  sumSplits,
   WG,
 } from "./common.ts";
 
@@ -220,14 +220,7 @@ function backwardWeight(x: Tensor, dy: Tensor, g: Conv2dGeometry, _c: null, call
     workgroups: grid(part.size, WG),
     info: `${call.info} ${call.variant}${splits > 1 ? ` splits ${splits}` : ""}`,
   });
-  if (splits === 1) {
-    const dw = part.reshape(wShape);
-    part.dispose();
-    return dw;
-  }
-  const dw = reduce("sum", part, { axes: 0 });
-  part.dispose();
-  return dw;
+  return sumSplits(part, wShape);
 }
 
 /**

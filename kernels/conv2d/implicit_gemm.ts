@@ -25,7 +25,6 @@ import { type Engine, grid } from "../../engine/engine.ts";
 import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
-import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
   type Conv2dFootprint,
@@ -48,6 +47,7 @@ import {
   MAX_LOOP_STEPS,
   packedWeight,
   splitParam,
+  sumSplits,
   WG,
 } from "./common.ts";
 
@@ -487,14 +487,7 @@ function backwardWeight(
     workgroups: groups(e, call, Math.ceil(perSplit / WG), splits),
     info: `${call.info} ${call.variant} splits ${splits}`,
   });
-  if (splits === 1) {
-    const dw = part.reshape(wShape);
-    part.dispose();
-    return dw;
-  }
-  const dw = reduce("sum", part, { axes: 0 });
-  part.dispose();
-  return dw;
+  return sumSplits(part, wShape);
 }
 
 // ------------------------------------------------------------------------------------------ footprint

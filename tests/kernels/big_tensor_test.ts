@@ -34,10 +34,12 @@ import {
   assertEquals,
   assertThrows,
   gpuTest,
+  hashed,
   rand,
   smallBindingEngine,
   TOL,
   type Tolerance,
+  valuesAt,
 } from "../helpers.ts";
 
 const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
@@ -250,23 +252,6 @@ interface Fixture {
     dx: number[];
   };
   maxpool: { channel_sum_y: number[]; y: number[]; indices: number[]; dx: number[] };
-}
-
-/** ((i·a + b) mod 2³² >> 8) / 2²⁴ − 0.5, exactly as make.py computes it (a multiple of 2⁻²⁴). */
-function hashed(n: number, a: number, b: number): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (((Math.imul(i, a | 0) + b) >>> 0) >>> 8) / 16777216 - 0.5;
-  return out;
-}
-
-/** The values of `t` at `indices` (buffer copies of single elements, one readback). */
-async function valuesAt(t: Tensor, indices: readonly number[]): Promise<Float32Array> {
-  const e = t.engine;
-  const out = e.empty([indices.length], "values at");
-  indices.forEach((i, k) => e.copy(t, out, { srcOffset: i, dstOffset: k, size: 1 }));
-  const v = await out.toArray();
-  out.dispose();
-  return v;
 }
 
 function close(
