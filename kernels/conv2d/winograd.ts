@@ -45,7 +45,6 @@ import {
   type Conv2dStrategy,
   ioElements,
   packedWeight,
-  releaseConv2dWeight,
 } from "./common.ts";
 
 /** Output tile size m of F(m×m, 3×3). */
@@ -500,14 +499,6 @@ function transformWeight(
     info: `[${w.shape}]${flip ? " flipped" : ""} → [${u.shape}]`,
   });
   return u;
-}
-
-/**
- * Free the Winograd transforms cached for a constant weight (call before disposing it). They live in the
- * packed-weight cache of every strategy, so this is `releaseConv2dWeight`.
- */
-export function releaseWinogradWeight(w: Tensor): void {
-  releaseConv2dWeight(w);
 }
 
 /** V (α², TP, C⁴) of images n0..n0+nc of `x` (N, C, H, W) at padding `pad` (TP ≥ T, a multiple of 4). */

@@ -1,6 +1,10 @@
-import { conv2dBackwardCpu, conv2dCpu, conv2dGeometry } from "../../kernels/conv2d/mod.ts";
 import {
-  releaseWinogradWeight,
+  conv2dBackwardCpu,
+  conv2dCpu,
+  conv2dGeometry,
+  releaseConv2dWeight,
+} from "../../kernels/conv2d/mod.ts";
+import {
   WINOGRAD_MATRICES,
   winogradBackwardInput,
   winogradBackwardWeight,
@@ -243,7 +247,7 @@ gpuTest(
     }
     // One cached transform per tile size.
     const before = e.pool.stats().inUse;
-    releaseWinogradWeight(w);
+    releaseConv2dWeight(w);
     assertEquals(e.pool.stats().inUse, before - TILES.length, "the cached transforms are freed");
     w.dispose();
     b.dispose();
