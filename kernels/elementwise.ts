@@ -80,48 +80,84 @@ const BINARY_CPU: Record<BinaryOp, (u: number, v: number) => number> = {
 
 const WG = 128;
 
-// y[i] = f(x[i])   x, y: [n]
-const unaryKernel = variants("unary", (p: { op: UnaryOp }) => ({
-  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+/** The vec4 element type of a binding with `vec`, else f32. */
+const elem = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
+
+/**
+ * WGSL statements that set `y[i]` from the scalar expression `expr` of the operands `u`/`v`: each operand is
+ * `[wgsl, perElement]`, a per-element read such as `a[i]` (`true`) or a scalar such as a uniform (`false`).
+ * Once, or with `vec` once per component of the vec4 reads (the same scalar arithmetic, so results are
+ * bit-identical; on llvmpipe a vec4 load costs about what a scalar load does, so 4 elements per invocation
+ * cut the loads 4×).
+ */
+function perElement(
+  vec: boolean,
+  expr: string,
+  operands: Record<"u" | "v", [string, boolean] | null>,
+): string {
+  const ops = Object.entries(operands).filter((o): o is [string, [string, boolean]] => o[1] !== null);
+  if (!vec) return `${ops.map(([n, [src]]) => `let ${n} = ${src}; `).join("")}y[i] = ${expr};`;
+  const lines = ops.map(([n, [src]]) => `let ${n.toUpperCase()} = ${src};`);
+  lines.push("var r: vec4f;");
+  for (const c of "xyzw") {
+    const lets = ops.map(([n, [, per]]) => `let ${n} = ${n.toUpperCase()}${per ? `.${c}` : ""}; `).join("");
+    lines.push(`{ ${lets}r.${c} = ${expr}; }`);
+  }
+  lines.push("y[i] = r;");
+  return lines.join("\n  ");
+}
+
+/** Whether `n` elements can go as vec4s (n % 4 == 0; range starts are multiples of the offset alignment). */
+const canVec = (n: number) => n % 4 === 0;
+
+// y[i] = f(x[i])   x, y: [n] (vec4s with `vec`)
+const unaryKernel = variants("unary", (p: { op: UnaryOp; vec: boolean }) => ({
+  bindings: [{ name: "x", access: "read", type: elem(p.vec) }, {
+    name: "y",
+    access: "read_write",
+    type: elem(p.vec),
+  }],
   uniforms: { n: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-  let v = x[i];
-  y[i] = ${UNARY_WGSL[p.op]};
+  ${perElement(p.vec, UNARY_WGSL[p.op], { u: null, v: ["x[i]", true] })}
 }`,
 }));
 
-// y[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)   a, y: [n]
-const scalarKernel = variants("scalar", (p: { op: BinaryOp; rev: boolean }) => ({
-  bindings: [{ name: "a", access: "read" }, { name: "y", access: "read_write" }],
+// y[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)   a, y: [n] (vec4s with `vec`)
+const scalarKernel = variants("scalar", (p: { op: BinaryOp; rev: boolean; vec: boolean }) => ({
+  bindings: [{ name: "a", access: "read", type: elem(p.vec) }, {
+    name: "y",
+    access: "read_write",
+    type: elem(p.vec),
+  }],
   uniforms: { n: "u32", s: "f32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-#if ${p.rev}
-  let u = p.s;
-  let v = a[i];
-#else
-  let u = a[i];
-  let v = p.s;
-#endif
-  y[i] = ${BINARY_WGSL[p.op]};
+  ${
+    perElement(
+      p.vec,
+      BINARY_WGSL[p.op],
+      p.rev ? { u: ["p.s", false], v: ["a[i]", true] } : { u: ["a[i]", true], v: ["p.s", false] },
+    )
+  }
 }`,
 }));
 
 // y[i] = a[ia] ∘ b[ib]; with `bcast`, ia and ib come from the output index through broadcast strides (0 on
-// broadcast dims); same-shape operands skip the index arithmetic. y: [n] (a range starting at element `base`
+// broadcast dims); same-shape operands skip the index arithmetic, and with `vec` (not with `bcast`) go as vec4s. y: [n] (a range starting at element `base`
 // of the output); a, b: whole, or ranges starting at elements abase, bbase.
-const binaryKernel = variants("binary", (p: { op: BinaryOp; bcast: boolean }) => ({
+const binaryKernel = variants("binary", (p: { op: BinaryOp; bcast: boolean; vec: boolean }) => ({
   bindings: [
-    { name: "a", access: "read" },
-    { name: "b", access: "read" },
-    { name: "y", access: "read_write" },
+    { name: "a", access: "read", type: elem(p.vec) },
+    { name: "b", access: "read", type: elem(p.vec) },
+    { name: "y", access: "read_write", type: elem(p.vec) },
   ],
   uniforms: {
     shape: "u32x8",
@@ -151,11 +187,10 @@ ${linearEntry(WG)} {
   }
   let u = a[ia - p.abase];
   let v = b[ib - p.bbase];
-#else
-  let u = a[i];
-  let v = b[i];
-#endif
   y[i] = ${BINARY_WGSL[p.op]};
+#else
+  ${perElement(p.vec, BINARY_WGSL[p.op], { u: ["a[i]", true], v: ["b[i]", true] })}
+#endif
 }`,
 }));
 
@@ -237,14 +272,16 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   const e = x.engine;
   const y = e.empty(x.shape, op);
   const parts = chunks(e, x.size);
-  const k = unaryKernel({ op });
+  const vec = canVec(x.size);
+  const k = unaryKernel({ op, vec });
   for (const [s, c] of parts) {
     if (c === 0) continue;
     const whole = parts.length === 1;
+    const n = vec ? c / 4 : c;
     e.run(k, {
       bindings: [range(x, s, c, whole), range(y, s, c, whole)],
-      uniforms: { n: c },
-      workgroups: grid(c, WG),
+      uniforms: { n },
+      workgroups: grid(n, WG),
       info: `[${x.shape}]`,
     });
   }
@@ -296,14 +333,16 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   if (typeof b === "number") {
     const y = e.empty(a.shape, op);
     const parts = chunks(e, a.size);
-    const k = scalarKernel({ op, rev: reversed });
+    const vec = canVec(a.size);
+    const k = scalarKernel({ op, rev: reversed, vec });
     for (const [s, c] of parts) {
       if (c === 0) continue;
       const whole = parts.length === 1;
+      const n = vec ? c / 4 : c;
       e.run(k, {
         bindings: [range(a, s, c, whole), range(y, s, c, whole)],
-        uniforms: { n: c, s: b },
-        workgroups: grid(c, WG),
+        uniforms: { n, s: b },
+        workgroups: grid(n, WG),
         info: `[${a.shape}] ${op} ${b}`,
       });
     }
@@ -324,7 +363,8 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   const sameB = shapeSize(b.shape) === n && b.shape.length <= shape.length &&
     b.shape.every((d, i) => d === shape[shape.length - b.shape.length + i]);
   const general = !(sameA && sameB);
-  const k = binaryKernel({ op, bcast: general });
+  const vec = !general && canVec(n);
+  const k = binaryKernel({ op, bcast: general, vec });
   const sa = broadcastStrides(a.shape, shape);
   const sb = broadcastStrides(b.shape, shape);
   const whole = parts.length === 1;
@@ -348,13 +388,13 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
         shape,
         sa,
         sb,
-        n: c,
+        n: vec ? c / 4 : c,
         rank: shape.length,
         base: s,
         abase: whole || !sameA ? 0 : s,
         bbase: whole || !sameB ? 0 : s,
       },
-      workgroups: grid(c, WG),
+      workgroups: grid(vec ? c / 4 : c, WG),
       info: `[${a.shape}] ${op} [${b.shape}]`,
     });
   }

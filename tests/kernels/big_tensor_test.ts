@@ -9,7 +9,6 @@
  *   tests/fixtures/big_tensors/make.py.
  */
 import type { Engine } from "../../engine/engine.ts";
-import type { Tensor } from "../../engine/tensor.ts";
 import {
   batchNorm2dBackward,
   batchNorm2dBackwardCpu,

@@ -76,6 +76,39 @@ gpuTest("elementwise ops on 10⁷ elements use a 2-D dispatch grid and stay corr
   }
 });
 
+gpuTest("the vec4 kernels (sizes a multiple of 4) are bit-identical to the scalar ones", async (e) => {
+  // 1000 elements go 4 per invocation, 1001 one per invocation; the first 1000 see the same data.
+  const [x, z] = [rand(1001, 5, -30, 30), rand(1001, 6, 0.01, 50)];
+  const firstOf = async (f: (n: number) => ReturnType<typeof unary>) => {
+    const [v, s] = [f(1000), f(1001)];
+    const out = [await v.toArray(), (await s.toArray()).subarray(0, 1000)];
+    v.dispose();
+    s.dispose();
+    return out;
+  };
+  const tensors = new Map<string, ReturnType<typeof unary>>();
+  const t = (name: string, a: Float32Array, n: number) => {
+    const key = `${name}${n}`;
+    if (!tensors.has(key)) tensors.set(key, e.tensor(a.subarray(0, n), [n]));
+    return tensors.get(key)!;
+  };
+  for (const op of UNARY) {
+    const src = op === "log" || op === "sqrt" ? z : x;
+    const [v, s] = await firstOf((n) => unary(op, t(op === "log" || op === "sqrt" ? "z" : "x", src, n)));
+    assertEquals(v, s, `unary ${op}`);
+  }
+  const ops: BinaryOp[] = [...BINARY, "relu_grad", "sigmoid_grad", "tanh_grad", "sign_mul"];
+  for (const op of ops) {
+    const [v, s] = await firstOf((n) => binary(op, t("x", x, n), t("z", z, n)));
+    assertEquals(v, s, `binary ${op}`);
+    const [vs, ss] = await firstOf((n) => binary(op, t("x", x, n), 0.75));
+    assertEquals(vs, ss, `${op} with a scalar`);
+    const [vr, sr] = await firstOf((n) => binary(op, t("z", z, n), -1.5, true));
+    assertEquals(vr, sr, `${op} with a scalar, reversed`);
+  }
+  for (const v of tensors.values()) v.dispose();
+});
+
 gpuTest("mismatched shapes throw a RangeError naming the op and both shapes", (e) => {
   const a = e.tensor(new Float32Array(6), [2, 3]);
   const b = e.tensor(new Float32Array(4), [4]);

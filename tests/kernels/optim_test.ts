@@ -117,6 +117,34 @@ gpuTest(
   },
 );
 
+gpuTest("Adam's vec4 path (size a multiple of 4) is bit-identical to the scalar path", async (e) => {
+  // 1000 elements go through the vec4 kernel, 1001 through the scalar one; the first 1000 see the same data.
+  const x = rand(1001, 11);
+  const pv = new Map([["w", e.tensor(x.subarray(0, 1000), [1000])]]);
+  const ps = new Map([["w", e.tensor(x, [1001])]]);
+  const opts = { lr: 1e-2, weightDecay: 0.01 };
+  const [av, as] = [new Adam(pv, opts), new Adam(ps, opts)];
+  for (let s = 0; s < 3; s++) {
+    const g = rand(1001, 60 + s, -1, 1);
+    const gv = new Map([["w", e.tensor(g.subarray(0, 1000), [1000])]]);
+    const gs = new Map([["w", e.tensor(g, [1001])]]);
+    av.step(gv);
+    as.step(gs);
+    for (const t of [...gv.values(), ...gs.values()]) t.dispose();
+  }
+  const [tv, ts] = [await pv.get("w")!.toArray(), await ps.get("w")!.toArray()];
+  assertEquals(tv, ts.subarray(0, 1000));
+  const [sv, ss] = [await av.stateDict(), await as.stateDict()];
+  assertEquals(sv.get("w.exp_avg_sq")!.data, ss.get("w.exp_avg_sq")!.data.subarray(0, 1000));
+  // The norms' partial sums differ only in order: vec4 sums of squares against scalar ones.
+  const g = rand(1000, 77, -1, 1);
+  const gt = e.tensor(g, [1000]);
+  const { norm, scale } = gradNorm([gt], 1);
+  const got = (await norm.toArray())[0];
+  assertClose(new Float32Array([got]), new Float32Array([gradNormCpu([g], 1).norm]), NORM, "vec4 norm");
+  for (const t of [gt, norm, scale, ...pv.values(), ...ps.values()]) t.dispose();
+});
+
 gpuTest("a restored optimizer continues exactly like the saved one", async (e) => {
   const shape = [33, 7];
   const n = size(shape);
