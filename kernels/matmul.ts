@@ -9,9 +9,9 @@
  *
  * Two kernel families, chosen per adapter by {@linkcode chooseMatmulKernel} (the tuning table first, see
  * `kernels/tuning.ts`; each configuration has a variant id such as `reg/32x32/rows` or `tiled/64x64`):
- * - `reg`: register-blocked, no workgroup memory. Each invocation owns a TM×TN block of C (up to 32×32),
- *   reads A and B as vec4 where the layout allows, unrolls K by 4 and emits the FMAs of one accumulator
- *   back to back. On llvmpipe every storage load costs ~200 instructions (a per-lane loop), so FMAs per
+ * - `reg`: register-blocked, no workgroup memory. Each invocation owns a TM×TN block of C (up to 32×32;
+ *   1, 2 or 4 × 32 or 64 for products of few rows), reads A and B as vec4 where the layout allows, unrolls
+ *   K by 4 and emits the FMAs of one accumulator back to back. On llvmpipe every storage load costs ~200 instructions (a per-lane loop), so FMAs per
  *   load is what counts: 32×32 blocks reach ~25 GFLOP/s there, 8× a shared-memory kernel.
  * - `tiled`: 64×64 workgroup tiles staged through workgroup memory, 4×4 per thread: the usual winner on
  *   real GPUs.
@@ -295,8 +295,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
 
 // ---------------------------------------------------------------- variants and the kernel choice
 
-/** Register-block sizes that have a kernel (TM = TN). */
+/** Square register-block sizes that have a kernel (TM = TN). */
 const REG_TILES = [8, 16, 32] as const;
+/**
+ * Skinny register blocks TM × TN for products with few rows (a linear layer at a small batch: 2 × 2048 ·
+ * 2048 × 19 699): a square block would compute mostly clamped rows there.
+ */
+const SKINNY_M = [1, 2, 4] as const, SKINNY_N = [32, 64] as const;
+const isSkinny = (tm: number, tn: number) =>
+  (SKINNY_M as readonly number[]).includes(tm) && (SKINNY_N as readonly number[]).includes(tn);
 /** Invocations per workgroup of the register-blocked kernels. */
 const REG_WG = 8;
 /** The workgroup-memory tiled kernel: 64 × 64 tiles, 4 × 4 per invocation, 16 × 16 invocations, K step 16. */
@@ -326,14 +333,16 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const reg = /^reg\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
   if (reg) {
     const tm = Number(reg[1]), tn = Number(reg[2]);
-    if (tm !== tn || !(REG_TILES as readonly number[]).includes(tm)) {
-      return `register blocks are ${REG_TILES.map((t) => `${t}x${t}`).join(", ")}`;
+    if (!(tm === tn && (REG_TILES as readonly number[]).includes(tm)) && !isSkinny(tm, tn)) {
+      return `register blocks are ${REG_TILES.map((t) => `${t}x${t}`).join(", ")} and ` +
+        `${SKINNY_M.join("|")}x${SKINNY_N.join("|")}`;
     }
     const lanes = (reg[3] as RegConfig["lanes"] | undefined) ?? lanesFor(m, n, tm);
     return { kind: "reg", tm, tn, wg: REG_WG, lanes };
   }
   if (id === matmulVariantId(TILED)) return TILED;
-  return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32) and tiled/64x64";
+  return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32), reg/<1|2|4>x<32|64>[/rows|/cols] " +
+    "and tiled/64x64";
 }
 
 // Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
@@ -404,6 +413,10 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
       out.push(matmulVariantId({ kind: "reg", tm: t, tn: t, wg: REG_WG, lanes }));
     }
   }
+  if (m <= SKINNY_M[SKINNY_M.length - 1]) {
+    const tm = SKINNY_M.find((t) => t >= m)!;
+    for (const tn of SKINNY_N) out.push(matmulVariantId({ kind: "reg", tm, tn, wg: REG_WG, lanes: "cols" }));
+  }
   if (!cannotRun(engine, TILED)) out.push(matmulVariantId(TILED));
   return out;
 }
@@ -413,7 +426,8 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
  * table. Software adapters (llvmpipe): register-blocked; 32×32 blocks for big products (first compile
  * ~15 s on llvmpipe, cached by Mesa afterwards), 16×16 and 8×8 for smaller ones, which compile in ~1 s;
- * lanes along the dimension that pads less. Hardware adapters: 64×64 workgroup tiles. A variant that is
+ * lanes along the dimension that pads less; 1, 2 or 4 × 32 blocks with lanes along N for ≤ 4 rows.
+ * Hardware adapters: 64×64 workgroup tiles. A variant that is
  * unknown or cannot run throws a `RangeError` naming it.
  *
  * @example
@@ -425,6 +439,10 @@ export function chooseMatmulKernel(engine: Engine, m: number, n: number, k: numb
   const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
   if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
   if (!engine.adapterInfo.software) return TILED;
+  // A few rows (a head at batch ≤ 4): a skinny block, lanes along N (twice as fast as 16×16 on llvmpipe
+  // for 2 × 2048 · 2048 × 19 699 and its input gradient).
+  const skinny = SKINNY_M.find((t) => t >= m);
+  if (skinny !== undefined) return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   const flops = 2 * m * n * k;
   const t = flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8;
   return { kind: "reg", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };

@@ -614,6 +614,13 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     if (quick && id.startsWith("reg/16x16")) list = [id.endsWith("/rows") ? vec : scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
+  // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns) are candidates for products of ≤ 4 rows.
+  for (const m of [1, 2, 3]) {
+    for (const id of matmulCandidates(e, m, vec.n, vec.k).filter((id) => /^reg\/[124]x/.test(id))) {
+      const list = [{ ...vec, m }, { ...scalar, m }, { ...epilogue, m }];
+      cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
+    }
+  }
   cases.push({
     family: "matmul",
     op: "matmul_backward",

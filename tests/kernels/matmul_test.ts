@@ -93,6 +93,22 @@ gpuTest("every kernel of the table is correct: register blocks 8/16/32 (rows, co
   }
 });
 
+gpuTest("the skinny register blocks (1, 2, 4 × 32, 64) are correct on few-row products", async (e) => {
+  for (const m of [1, 2, 3, 4]) {
+    const ids = matmulCandidates(e, m, 260, 36).filter((id) => /^reg\/[124]x/.test(id));
+    assertEquals(ids.length, 2, `skinny candidates for ${m} rows`);
+    for (const id of ids) {
+      await check(e, { m, k: 36, n: 260 }, id); // vec4 A and B, a partial column block
+      await check(e, { m, k: 33, n: 77 }, id); // scalar A and B
+      await check(e, { m, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] }, id);
+    }
+  }
+  // The built-in choice for a head at batch 2 on a software adapter.
+  if (e.adapterInfo.software) {
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 2, 19699, 2048)), "reg/2x32/cols");
+  }
+});
+
 gpuTest("empty dimensions: M = 0 gives an empty result, K = 0 gives act(bias)", async (e) => {
   const y0 = matmul(e.tensor(new Float32Array(0), [0, 4]), e.tensor(rand(12, 1), [4, 3]));
   assertEquals([...y0.shape], [0, 3]);
