@@ -80,6 +80,8 @@ interface MatmulParams extends VariantParams {
   cfg: string;
   vecA: boolean;
   vecB: boolean;
+  /** C read and written as vec4 (register blocks, N and every offset a multiple of 4). */
+  vecC: boolean;
   transB: boolean;
   bias: boolean;
   act: Activation;
@@ -111,7 +113,7 @@ const BINDINGS = (v: MatmulParams) =>
     { name: "A", access: "read", type: v.vecA ? "vec4<f32>" : "f32" },
     { name: "B", access: "read", type: v.vecB ? "vec4<f32>" : "f32" },
     { name: "bias", access: "read" },
-    { name: "C", access: "read_write" },
+    { name: "C", access: "read_write", type: v.vecC ? "vec4<f32>" : "f32" },
   ] as const;
 
 // ---------------------------------------------------------------- register-blocked kernel
@@ -211,13 +213,26 @@ function genReg(c: RegConfig, v: MatmulParams): string {
   if (v.bias) {
     for (let j = 0; j < TN; j++) L.push(`  let bias${j} = bias[p.biasOff + min(col0 + ${j}u, N - 1u)];`);
   }
+  const val = (i: number, j: number) => ACT_WGSL[v.act](v.bias ? `c${i}_${j} + bias${j}` : `c${i}_${j}`);
   for (let i = 0; i < TM; i++) {
     L.push(`  if (row0 + ${i}u < M) {`, `    let r = ${cBase} + (row0 + ${i}u) * p.ldc + col0;`);
-    for (let j = 0; j < TN; j++) {
-      const val = ACT_WGSL[v.act](v.bias ? `c${i}_${j} + bias${j}` : `c${i}_${j}`);
-      L.push(
-        `    if (col0 + ${j}u < N) { C[r + ${j}u] = select(${val}, C[r + ${j}u] + ${val}, p.acc == 1u); }`,
-      );
+    if (v.vecC) {
+      // C as vec4s: N, ldc, the offsets and col0 are multiples of 4, so a group is all in or all out.
+      for (let j = 0; j < TN; j += 4) {
+        const vv = `vec4f(${[0, 1, 2, 3].map((d) => val(i, j + d)).join(", ")})`;
+        L.push(
+          `    if (col0 + ${j}u < N) { let q = (r + ${j}u) / 4u; let cv = ${vv}; ` +
+            `C[q] = select(cv, C[q] + cv, p.acc == 1u); }`,
+        );
+      }
+    } else {
+      for (let j = 0; j < TN; j++) {
+        L.push(
+          `    if (col0 + ${j}u < N) { C[r + ${j}u] = select(${val(i, j)}, C[r + ${j}u] + ${
+            val(i, j)
+          }, p.acc == 1u); }`,
+        );
+      }
     }
     L.push(`  }`);
   }
@@ -599,6 +614,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     cfg: matmulVariantId(cfg),
     vecA: reg && k % 4 === 0,
     vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
+    vecC: reg && n % 4 === 0 && (!splitN || alignedBlock(e, [k], n) % 4 === 0),
     transB: tB,
     bias: epilogue && !!o.bias,
     act: epilogue ? o.activation ?? "none" : "none",

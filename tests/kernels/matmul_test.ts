@@ -109,6 +109,37 @@ gpuTest("the skinny register blocks (1, 2, 4 × 32, 64) are correct on few-row p
   }
 });
 
+gpuTest("vec4 loads and stores (N a multiple of 4) give the same bits as scalar ones", async (e) => {
+  // B with 260 columns goes through vec4 B loads and vec4 C stores; with a 261st column, scalar ones. The
+  // sums run in the same order, so the first 260 columns agree bit for bit, with bias and ReLU too.
+  const [m, k] = [37, 36];
+  const a = e.tensor(rand(m * k, 1, -1, 1), [m, k]);
+  const b261 = rand(k * 261, 2, -1, 1), b260 = new Float32Array(k * 260);
+  for (let r = 0; r < k; r++) b260.set(b261.subarray(r * 261, r * 261 + 260), r * 260);
+  const bias = rand(261, 3, -1, 1);
+  const [tb260, tb261] = [e.tensor(b260, [k, 260]), e.tensor(b261, [k, 261])];
+  const [bias260, bias261] = [e.tensor(bias.subarray(0, 260), [260]), e.tensor(bias, [261])];
+  for (const id of ["reg/8x8/rows", "reg/16x16/cols", "reg/4x32/cols"]) {
+    const y260 = withVariant(
+      "matmul",
+      id,
+      () => matmulForward(a, tb260, { bias: bias260, activation: "relu" }),
+    );
+    const y261 = withVariant(
+      "matmul",
+      id,
+      () => matmulForward(a, tb261, { bias: bias261, activation: "relu" }),
+    );
+    const [v, s] = [await y260.toArray(), await y261.toArray()];
+    const first = new Float32Array(m * 260);
+    for (let r = 0; r < m; r++) first.set(s.subarray(r * 261, r * 261 + 260), r * 260);
+    assertEquals(v, first, id);
+    y260.dispose();
+    y261.dispose();
+  }
+  for (const t of [a, tb260, tb261, bias260, bias261]) t.dispose();
+});
+
 gpuTest("empty dimensions: M = 0 gives an empty result, K = 0 gives act(bias)", async (e) => {
   const y0 = matmul(e.tensor(new Float32Array(0), [0, 4]), e.tensor(rand(12, 1), [4, 3]));
   assertEquals([...y0.shape], [0, 3]);
