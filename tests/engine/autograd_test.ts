@@ -51,27 +51,32 @@ gpuTest("no-grad mode records nothing and a tape leaks nothing after dispose", a
   y.dispose();
 });
 
-gpuTest("gradients of a tensor used more than once are summed, also past one storage binding", async (e) => {
-  for (const n of [7, Math.floor(e.maxBinding / 4) + 1_000_003]) { // small, and just over one binding
-    const step = n > 7 ? 9973 : 1;
-    const dy = new Float32Array(n);
-    for (let i = 0; i < n; i += step) dy[i] = (i % 1000) - 499.75;
-    dy[n - 1] = 3.5;
-    const x = requiresGrad(e.tensor(new Float32Array(n), [n]));
-    const seed = e.tensor(dy, [n]);
-    const tape = new Tape();
-    const y = tape.record(() => add(add(x, x), x)); // dy/dx = 3: three gradients summed
-    const g = tape.backward(y, seed).get(x)!;
-    tape.dispose();
-    assertEquals(g.shape, [n]);
-    const got = await g.toArray();
-    for (let i = 0; i < n; i += step) {
-      if (got[i] !== 3 * dy[i]) throw new Error(`dx[${i}] = ${got[i]}, expected ${3 * dy[i]} (n = ${n})`);
+gpuTest(
+  "gradients of a tensor used more than once are summed (scalar and vec4), also past one binding",
+  async (e) => {
+    // Small and just over one binding, each with a size that is a multiple of 4 (vec4 kernel) and one not.
+    const big = Math.floor(e.maxBinding / 4) + 1_000_003;
+    for (const n of [7, 8, big, big + 1]) {
+      const step = n > 8 ? 9973 : 1;
+      const dy = new Float32Array(n);
+      for (let i = 0; i < n; i += step) dy[i] = (i % 1000) - 499.75;
+      dy[n - 1] = 3.5;
+      const x = requiresGrad(e.tensor(new Float32Array(n), [n]));
+      const seed = e.tensor(dy, [n]);
+      const tape = new Tape();
+      const y = tape.record(() => add(add(x, x), x)); // dy/dx = 3: three gradients summed
+      const g = tape.backward(y, seed).get(x)!;
+      tape.dispose();
+      assertEquals(g.shape, [n]);
+      const got = await g.toArray();
+      for (let i = 0; i < n; i += step) {
+        if (got[i] !== 3 * dy[i]) throw new Error(`dx[${i}] = ${got[i]}, expected ${3 * dy[i]} (n = ${n})`);
+      }
+      assertEquals(got[n - 1], 3 * dy[n - 1]);
+      for (const t of [g, y, seed, x]) t.dispose();
     }
-    assertEquals(got[n - 1], 3 * dy[n - 1]);
-    for (const t of [g, y, seed, x]) t.dispose();
-  }
-});
+  },
+);
 
 gpuTest("backward(loss) fills .grad of leaves like PyTorch, accumulating until zeroGrad", async (e) => {
   const { backward, Adam, linear, mseLoss } = await import("../../mod.ts");
