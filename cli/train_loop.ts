@@ -73,6 +73,8 @@ export interface TrainOptions {
    */
   interrupt?: () => boolean;
   quiet?: boolean;
+  /** Activation checkpointing of the backbone (less memory, a recomputed forward; the same numbers). */
+  checkpoint?: boolean;
   /** Normalisation constants (default HE2Gene's). */
   mean?: [number, number, number];
   std?: [number, number, number];
@@ -297,7 +299,7 @@ export async function trainModel(
     }
     await Deno.writeTextFile(logPath, "");
   }
-  const trainer = new Trainer(engine, model, cfg);
+  const trainer = new Trainer(engine, model, cfg, { checkpoint: o.checkpoint });
   if (optState) trainer.opt.loadStateDict(optState);
 
   const nbr = neighbours(train);

@@ -334,6 +334,75 @@ export async function backward(loss: Tensor, seed?: Tensor): Promise<void> {
   }
 }
 
+let recomputeDepth = 0;
+
+/**
+ * True while {@linkcode checkpoint} recomputes a segment during backward: ops with side effects on state
+ * (batch norm's running statistics) must not apply them a second time.
+ */
+export function isRecomputing(): boolean {
+  return recomputeDepth > 0;
+}
+
+/**
+ * Activation checkpointing (PyTorch's `torch.utils.checkpoint`): run `fn(inputs)` without recording its
+ * intermediates, and record one node whose backward runs `fn` again on a tape of its own and
+ * back-propagates through it. Memory then holds only the segment's inputs and output until backward, at
+ * the price of a second forward of the segment. `params` are the leaves `fn` reads besides `inputs` (they
+ * receive gradients through this node). `fn` must compute the same thing both times (deterministic
+ * kernels; state updates are skipped while {@linkcode isRecomputing}).
+ *
+ * @example
+ * ```ts
+ * const y = checkpoint(([x]) => block(x), [x], blockParams);
+ * ```
+ */
+export function checkpoint(
+  fn: (inputs: readonly Tensor[]) => Tensor,
+  inputs: Tensor[],
+  params: Tensor[],
+): Tensor {
+  const all = [...inputs, ...params];
+  if (noGradDepth > 0 || !all.some(needsGrad)) return fn(inputs);
+  return checkpointOp(all, { fn, count: inputs.length, params });
+}
+
+const checkpointOp = defineOp<
+  Tensor[],
+  { fn: (inputs: readonly Tensor[]) => Tensor; count: number; params: Tensor[] },
+  void
+>({
+  name: "checkpoint",
+  forward: (all, o) => ({ output: noGrad(() => o.fn(all.slice(0, o.count))), saved: undefined }),
+  backward: (gy, _saved, all, o) => {
+    // Recompute on a tape of our own, recording (backward itself runs under noGrad), with each input as a
+    // leaf of its own that shares the input's storage.
+    const leaves = all.slice(0, o.count).map((t) => requiresGrad(t.reshape(t.shape)));
+    const inner = new Tape();
+    const [depth, outer] = [noGradDepth, current];
+    noGradDepth = 0;
+    current = null;
+    recomputeDepth++;
+    let out: Tensor;
+    try {
+      out = inner.record(() => o.fn(leaves));
+    } finally {
+      noGradDepth = depth;
+      current = outer;
+      recomputeDepth--;
+    }
+    try {
+      const grads = inner.backward(out, gy);
+      // Keyed as `fn` used them: our leaves, and the caller's parameters (not the tape's aliases in `all`).
+      return [...leaves, ...o.params].map((t) => grads.get(t) ?? null);
+    } finally {
+      inner.dispose();
+      out.dispose();
+      for (const l of leaves) l.dispose();
+    }
+  },
+});
+
 /** Drop the implicit graph recorded so far (e.g. after a forward pass whose loss is not needed). */
 export function clearGraph(): void {
   implicit?.dispose();

@@ -219,9 +219,9 @@ export class HE2Gene {
 
   /**
    * The differentiable forward pass (training: batch statistics, running ones updated; eval: running).
-   * x: (N, 3, H, W) normalised.
+   * x: (N, 3, H, W) normalised. `checkpoint`: activation checkpointing of the backbone (`resnetForward`).
    */
-  forward(x: Tensor, options: { training: boolean }): HE2GeneOutput {
+  forward(x: Tensor, options: { training: boolean; checkpoint?: boolean }): HE2GeneOutput {
     const features = resnetForward(this.config.backbone, this.#backbone(), this.bnStates, x, options);
     const t = this.#head("target"), a = this.#head("aux"), m = this.#head("tumor");
     const logit = linear(features, m.w, m.b);

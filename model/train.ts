@@ -75,7 +75,16 @@ export class Trainer {
   readonly opt: Adam;
   readonly schedule: StepLR;
 
-  constructor(readonly engine: Engine, readonly model: HE2Gene, readonly cfg: TrainConfig) {
+  /**
+   * `options.checkpoint`: checkpoint the backbone's stem and residual blocks (`resnetForward`): the same
+   * numbers for a fraction of the activation memory, at the price of recomputing each block in backward.
+   */
+  constructor(
+    readonly engine: Engine,
+    readonly model: HE2Gene,
+    readonly cfg: TrainConfig,
+    readonly options: { checkpoint?: boolean } = {},
+  ) {
     const params = new Map([...model.params].filter(([, t]) => t.requiresGrad));
     this.opt = new Adam(params, { lr: cfg.lr, weightDecay: cfg.weightDecay });
     this.schedule = new StepLR(this.opt, { stepSize: cfg.stepSize, gamma: cfg.gamma });
@@ -88,7 +97,7 @@ export class Trainer {
     const n = batch.x.shape[0];
     const cfg = this.cfg;
     const parts = e.scope(() => {
-      const out = this.model.forward(batch.x, { training: true });
+      const out = this.model.forward(batch.x, { training: true, checkpoint: this.options.checkpoint });
       // Centre rows of the outputs: Sc (B, B+M) one-hot.
       const sc = new Float32Array(b * n);
       for (let i = 0; i < b; i++) sc[i * n + i] = 1;

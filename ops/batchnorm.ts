@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { defineOp, isRecording, needsGrad } from "../engine/autograd.ts";
+import { defineOp, isRecomputing, isRecording, needsGrad } from "../engine/autograd.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { batchNorm2dBackward, batchNorm2dForward, type BatchNorm2dOptions } from "../kernels/batchnorm.ts";
 
@@ -48,5 +48,15 @@ const batchNormOp = defineOp<[Tensor, Tensor, Tensor], BnOptions, { mean: Tensor
  */
 export function batchNorm2d(x: Tensor, options: BatchNorm2dOptions): Tensor {
   const { weight, bias, ...rest } = options;
+  if (isRecomputing()) {
+    // A checkpointed segment run again for backward: the first forward already updated the running
+    // statistics; the batch statistics are recomputed identically.
+    return batchNormOp([x, weight, bias], {
+      ...rest,
+      runningMean: undefined,
+      runningVar: undefined,
+      state: undefined,
+    });
+  }
   return batchNormOp([x, weight, bias], rest);
 }
