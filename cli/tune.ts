@@ -26,13 +26,15 @@ export const HE2GENE_VERSION: string = denoJson.version;
 /** Usage of `he2gene tune`. */
 export const TUNE_USAGE =
   "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--json]\n\n" +
-  "  times every variant of conv2d (forward, input and weight gradients) and matmul that is correct on this\n" +
-  "  adapter, on ResNet-50's shapes, and stores the fastest per shape class in $XDG_CACHE_HOME/he2gene/\n" +
+  "  times every variant of conv2d (forward, input and weight gradients), matmul and, at the training batch,\n" +
+  "  batch norm that is correct on this adapter, on ResNet-50's shapes, and stores the fastest per shape\n" +
+  "  class in $XDG_CACHE_HOME/he2gene/\n" +
   "  (default ~/.cache/he2gene/); predict-patches, predict-slide and train use it from then on\n\n" +
   "  --quick             fewer repetitions (2 instead of 5)\n" +
   "  --batch-size        batch of the inference shapes (default 8)\n" +
   "  --train-batch-size  batch of the training shapes (default 2; 0 skips the gradients)\n" +
-  "  --only              only ops starting with these names (conv2d.fwd, conv2d.dx, conv2d.dw, matmul)\n" +
+  "  --only              only ops starting with these names (conv2d.fwd, conv2d.dx, conv2d.dw, matmul,\n" +
+  "                      batchnorm.stats, batchnorm.sums, batchnorm.apply, batchnorm.dx)\n" +
   "  --json              print the results as JSON";
 
 /** A stored table: the table plus what it was measured on. */
@@ -234,10 +236,19 @@ export async function runTuneCli(args: string[]): Promise<void> {
   const batchSize = int("batch-size", values["batch-size"]!, 1);
   const trainBatchSize = int("train-batch-size", values["train-batch-size"]!, 0);
   const only = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
-  const known = ["conv2d.fwd", "conv2d.dx", "conv2d.dw", "matmul", "conv2d"];
+  const known = [
+    "conv2d.fwd",
+    "conv2d.dx",
+    "conv2d.dw",
+    "matmul",
+    "batchnorm.stats",
+    "batchnorm.sums",
+    "batchnorm.apply",
+    "batchnorm.dx",
+  ];
   for (const o of only ?? []) {
     if (!known.some((k) => k.startsWith(o))) {
-      throw new UsageError(`--only: unknown op "${o}" (tunable: conv2d.fwd, conv2d.dx, conv2d.dw, matmul)`);
+      throw new UsageError(`--only: unknown op "${o}" (tunable: ${known.join(", ")})`);
     }
   }
   const e = await createEngine();
@@ -246,7 +257,7 @@ export async function runTuneCli(args: string[]): Promise<void> {
     if (!values.json) {
       console.log(`adapter: ${a.name}${a.software ? " (software)" : ""}, backend: ${a.backend}`);
       console.log(
-        `${"op".padEnd(11)} ${"shape".padEnd(40)} ${"default ms".padStart(10)} ${"chosen".padEnd(22)} ` +
+        `${"op".padEnd(15)} ${"shape".padEnd(40)} ${"default ms".padStart(10)} ${"chosen".padEnd(22)} ` +
           `${"ms".padStart(8)} ${"GFLOP/s".padStart(8)}`,
       );
     }
@@ -256,7 +267,7 @@ export async function runTuneCli(args: string[]): Promise<void> {
       if (values.json) return;
       const best = r.timings.find((x) => x.variant === r.chosen) ?? r.default;
       console.log(
-        `${r.op.padEnd(11)} ${r.label.padEnd(40)} ${ms(r.default.ms).padStart(10)} ${r.chosen.padEnd(22)} ` +
+        `${r.op.padEnd(15)} ${r.label.padEnd(40)} ${ms(r.default.ms).padStart(10)} ${r.chosen.padEnd(22)} ` +
           `${ms(best.ms).padStart(8)} ${(best.gflops ?? 0).toFixed(1).padStart(8)}`,
       );
       for (const x of r.timings) if (x.error) console.log(`    ${x.variant}: not used (${x.error})`);

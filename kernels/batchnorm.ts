@@ -12,10 +12,23 @@
  *   dx = (γ·rstd/M)·(M·dy − Σdy − x̂·Σ(dy·x̂))             (training, M = N·H·W)
  *   dx = γ·rstd·dy                                          (eval: the statistics are constants)
  *
- * Per-channel statistics take two passes: workgroup (c, part) merges Welford triples of ≤ 4096 values in
- * a tree (Chan et al.'s pairwise update), then one thread per channel merges the parts. Backward's sums
- * use the same split. All outputs and gradients are new tensors (overwrite); nothing accumulates (`+=`),
- * except the running statistics, which are updated in place.
+ * Per-channel statistics take two passes: partial Welford triples over chunks of each channel's values,
+ * then one thread per channel merges the parts (Chan et al.'s pairwise update). Backward's sums (Σdy,
+ * Σdy·x̂) use the same split. The partial-sum passes have two strategies, chosen per call through the
+ * tuning table (kernels/tuning.ts; ops `batchnorm.stats`, `batchnorm.sums`, shape class
+ * {@linkcode batchNormShapeClass}):
+ *
+ * - `tree`: workgroup (c, part) of 256 invocations reduces 4096 values through workgroup memory, with
+ *   barriers. The default on GPUs.
+ * - `serial/<chunk>`: one invocation per (c, part), no workgroup memory and no barriers, walking its chunk
+ *   sample by sample, with vec4 loads when the layout allows. The default on software adapters (llvmpipe,
+ *   where each invocation-varying load is a per-lane loop and each barrier switches coroutines).
+ *
+ * The elementwise passes (`batchnorm.apply`: y from x; `batchnorm.dx`: dx) have a `scalar` variant (one
+ * value per invocation, the default on GPUs) and a `vec4` one (four values of one channel per invocation,
+ * where H·W and the binding offsets are multiples of 4, else scalar; bitwise the same results; the default
+ * on software adapters). All outputs and gradients are new tensors (overwrite); nothing accumulates
+ * (`+=`), except the running statistics, which are updated in place.
  *
  * A batch larger than one storage binding runs as several runs of whole samples (kernels/_ranges.ts): each
  * run writes its own columns of the partials, and the finalize pass merges them with each run's counts.
@@ -24,11 +37,12 @@
  * @module
  */
 import { checkNCHW } from "./check.ts";
-import { grid } from "../engine/engine.ts";
+import { type Engine, grid } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
+import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
 
 /** Host-side state of one batch-norm layer: PyTorch's `num_batches_tracked`. */
 export interface BatchNormState {
@@ -69,8 +83,10 @@ export interface BatchNorm2dInferenceOptions {
 }
 
 const WG = 256;
-/** Values of one channel that one workgroup of the statistics passes reduces. */
+/** Values of one channel that one workgroup of the `tree` partial-sum passes reduces. */
 const CHUNK = 4096;
+/** Invocations per workgroup of the `serial` partial-sum passes (each works alone). */
+const SERIAL_WG = 64;
 
 /** Uniforms of the two per-channel partial-sum passes (statistics, backward sums). */
 const CHANNEL_PARTS = {
@@ -140,6 +156,117 @@ ${workgroupEntry(WG)} {
 }`,
 }));
 
+/**
+ * WGSL of the `serial` partial-sum passes (under {@linkcode linearEntry}): invocation i = c·parts + q of
+ * one run owns values [start, end) = [q·chunk, min((q+1)·chunk, m)) of channel `ch`.
+ */
+const SERIAL_CHUNK = `if (i >= p.c * p.parts) { return; }
+  let ch = i / p.parts;
+  let q = i % p.parts;
+  let start = q * p.chunk;
+  let end = min(start + p.chunk, p.m);`;
+
+/** Steps of one block of {@linkcode serialWalk}'s blocked form. */
+const SERIAL_BLOCK = 16;
+
+/**
+ * WGSL that walks the chunk of {@linkcode SERIAL_CHUNK} sample by sample, each sample's part a contiguous
+ * run of x (no division per value), running `body` with `at`, the index of the current value, or of the
+ * current vec4 with `vec4` (then H·W, off and chunk are multiples of 4). With `block`, the steps of each
+ * sample go in blocks of {@linkcode SERIAL_BLOCK}, `block.open` before and `block.close` after each: sums
+ * in two levels (a block's partial sum, then the sum of those), whose float32 error grows with
+ * 16 + steps/16 rather than with the steps.
+ */
+const serialWalk = (vec4: boolean, body: string, block?: { open: string; close: string }) => {
+  const at = `let at = base${vec4 ? " / 4u" : ""} + j;`;
+  const steps = `let steps = len${vec4 ? " / 4u" : ""};`;
+  const loop = block
+    ? `for (var j0 = 0u; j0 < steps; j0 += ${SERIAL_BLOCK}u) {
+      ${block.open}
+      for (var j = j0; j < min(j0 + ${SERIAL_BLOCK}u, steps); j++) {
+        ${at}
+        ${body}
+      }
+      ${block.close}
+    }`
+    : `for (var j = 0u; j < steps; j++) {
+      ${at}
+      ${body}
+    }`;
+  return `var b = start / p.hw;      // sample of value k
+  var s = start - b * p.hw;  // its position in the sample
+  var k = start;
+  loop {
+    if (k >= end) { break; }
+    let len = min(p.hw - s, end - k);
+    let base = p.off + (b * p.c + ch) * p.hw + s;
+    ${steps}
+    ${loop}
+    k += len;
+    b += 1u;
+    s = 0u;
+  }`;
+};
+
+// x: (n, C, HW) → part: (C, P, 2) as batchnorm_stats, one invocation per (c, q) without workgroup memory
+// (serialWalk). Welford over the chunk's values shifted by its first value (the shifted mean is of the
+// order of the spread, so its rounding does not grow with the mean: values around 50 keep their variance);
+// with `vec4` four streams of equal count over the vec4's lanes (one division per vec4), merged pairwise at
+// the end with Chan et al.'s M2 = M2a + M2b + d²·na·nb/(na + nb).
+const statsSerialKernel = variants("batchnorm_stats_serial", (p: { vec4: boolean }) => {
+  const t = p.vec4 ? "vec4f" : "f32";
+  return {
+    bindings: [
+      { name: "x", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
+      { name: "part", access: "read_write" },
+    ],
+    uniforms: CHANNEL_PARTS,
+    workgroupSize: [SERIAL_WG],
+    body: wgsl`
+${linearEntry(SERIAL_WG)} {
+  ${LINEAR_ID}
+  ${SERIAL_CHUNK}
+  let first = p.off + ((start / p.hw) * p.c + ch) * p.hw + start % p.hw;
+#if ${p.vec4}
+  let shift = x[first / 4u].x;
+#else
+  let shift = x[first];
+#endif
+  var n = 0.0;
+  var mean = ${t}(0.0);
+  var m2 = ${t}(0.0);
+  ${
+      serialWalk(
+        p.vec4,
+        `let v = x[at] - shift;
+      n += 1.0;
+      let d = v - mean;
+      mean += d ${p.vec4 ? "* (1.0 / n)" : "/ n"};
+      m2 += d * (v - mean);`,
+      )
+    }
+#if ${p.vec4}
+  // Lanes (x, y) and (z, w) hold n values each, then the two pairs 2n each.
+  let d1 = mean.y - mean.x;
+  let d2 = mean.w - mean.z;
+  let ma = mean.x + 0.5 * d1;
+  let mb = mean.z + 0.5 * d2;
+  let m2a = m2.x + m2.y + d1 * d1 * (0.5 * n);
+  let m2b = m2.z + m2.w + d2 * d2 * (0.5 * n);
+  let d = mb - ma;
+  let mu = ma + 0.5 * d;
+  let sq = m2a + m2b + d * d * n;
+#else
+  let mu = mean;
+  let sq = m2;
+#endif
+  let j = 2u * (ch * p.ptotal + p.qbase + q);
+  part[j] = shift + mu;
+  part[j + 1u] = sq;
+}`,
+  };
+});
+
 // part: (C, P, 2) → mean, rstd: (C); with `update`, running_mean / running_var (C) are blended in place:
 // r ← (1 − momentum)·r + momentum·batch, with the unbiased variance M2 / (M − 1). Part q belongs to run
 // q / prun; every run but the last holds mrun values per channel (one run: prun = P, mrun = M).
@@ -167,6 +294,9 @@ const finalizeKernel = variants("batchnorm_finalize", (p: { update: boolean }) =
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
   let ch = g.x;
   if (ch >= p.c) { return; }
+  // The parts' means relative to the first one's: merging many parts then rounds at the scale of their
+  // spread, not of the mean (values around 50 in hundreds of parts).
+  let shift = part[2u * ch * p.parts];
   var n = 0.0;
   var mu = 0.0;
   var m2 = 0.0;
@@ -175,17 +305,17 @@ const finalizeKernel = variants("batchnorm_finalize", (p: { update: boolean }) =
     let nb = f32(min(p.chunk, mr - (q % p.prun) * p.chunk));
     let j = 2u * (ch * p.parts + q);
     let nn = n + nb;
-    let d = part[j] - mu;
+    let d = (part[j] - shift) - mu;
     let f = nb / nn;
     mu += d * f;
     m2 += part[j + 1u] + d * d * n * f;
     n = nn;
   }
-  mean[ch] = mu;
+  mean[ch] = shift + mu;
   rstd[ch] = 1.0 / sqrt(m2 / f32(p.m) + p.eps);
 #if ${p.update}
   // NOTE: PyTorch's running_var is unbiased (M − 1); the normalisation above is not.
-  rmean[ch] = (1.0 - p.momentum) * rmean[ch] + p.momentum * mu;
+  rmean[ch] = (1.0 - p.momentum) * rmean[ch] + p.momentum * (shift + mu);
   rvar[ch] = (1.0 - p.momentum) * rvar[ch] + p.momentum * (m2 / (f32(p.m) - 1.0));
 #endif
 }`,
@@ -211,33 +341,42 @@ const runningStatsKernel = single("batchnorm_running_stats", () => ({
 }));
 
 // y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements of one run.
-// With `running` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path).
-const applyKernel = variants("batchnorm_apply", (p: { running: boolean; relu: boolean }) => ({
+// With `running` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path). With `vec4`
+// each invocation does four consecutive values of one channel (HW, n and off multiples of 4), with the same
+// operations in the same order per value: the results equal the scalar kernel's bit for bit.
+const applyKernel = variants("batchnorm_apply", (p: { running: boolean; relu: boolean; vec4: boolean }) => ({
   bindings: [
-    { name: "x", access: "read" },
+    { name: "x", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
     { name: "mean", access: "read" },
     { name: p.running ? "rvar" : "rstd", access: "read" },
     { name: "gamma", access: "read" },
     { name: "beta", access: "read" },
-    { name: "y", access: "read_write" },
+    { name: "y", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
   uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
+#if ${p.vec4}
+  if (i >= p.n / 4u) { return; }
+  let ch = (4u * i / p.hw) % p.c;
+  let j = p.off / 4u + i;
+#else
   if (i >= p.n) { return; }
   let ch = (i / p.hw) % p.c;
+  let j = p.off + i;
+#endif
 #if ${p.running}
   let inv = 1.0 / sqrt(rvar[ch] + p.eps);
 #else
   let inv = rstd[ch];
 #endif
-  let v = (x[p.off + i] - mean[ch]) * inv * gamma[ch] + beta[ch];
+  let v = (x[j] - mean[ch]) * inv * gamma[ch] + beta[ch];
 #if ${p.relu}
-  y[p.off + i] = max(v, 0.0);
+  y[j] = max(v, ${p.vec4 ? "vec4f" : "f32"}(0.0));
 #else
-  y[p.off + i] = v;
+  y[j] = v;
 #endif
 }`,
 }));
@@ -283,7 +422,57 @@ ${workgroupEntry(WG)} {
 }`,
 }));
 
-// part: (C, P, 2) → dbias = Σ dy, dweight = Σ dy·x̂: (C). Compensated across parts.
+// dy, x: (n, C, HW) → part as batchnorm_backward_sums, one invocation per (c, q) without workgroup memory
+// (serialWalk): Σ dy and Σ dy·(x − mean) per lane in two levels (blocks, then their sum), times rstd at
+// the end. NOTE: not Kahan: llvmpipe's compiler folds its compensation ((a + y) − a) − y to 0.
+const backwardSumsSerialKernel = variants("batchnorm_backward_sums_serial", (p: { vec4: boolean }) => {
+  const t = p.vec4 ? "vec4f" : "f32";
+  return {
+    bindings: [
+      { name: "dy", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
+      { name: "x", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
+      { name: "mean", access: "read" },
+      { name: "rstd", access: "read" },
+      { name: "part", access: "read_write" },
+    ],
+    uniforms: CHANNEL_PARTS,
+    workgroupSize: [SERIAL_WG],
+    body: wgsl`
+${linearEntry(SERIAL_WG)} {
+  ${LINEAR_ID}
+  ${SERIAL_CHUNK}
+  let mu = mean[ch];
+  var a = ${t}(0.0);
+  var bs = ${t}(0.0);
+  ${
+      serialWalk(
+        p.vec4,
+        `let g = dy[at];
+        ia += g;
+        ib += g * (x[at] - mu);`,
+        {
+          open: `var ia = ${t}(0.0);
+      var ib = ${t}(0.0);`,
+          close: `a += ia;
+      bs += ib;`,
+        },
+      )
+    }
+  let j = 2u * (ch * p.ptotal + p.qbase + q);
+#if ${p.vec4}
+  part[j] = (a.x + a.y) + (a.z + a.w);
+  part[j + 1u] = ((bs.x + bs.y) + (bs.z + bs.w)) * rstd[ch];
+#else
+  part[j] = a;
+  part[j + 1u] = bs * rstd[ch];
+#endif
+}`,
+  };
+});
+
+// part: (C, P, 2) → dbias = Σ dy, dweight = Σ dy·x̂: (C). Across parts in two levels (blocks of 16 parts,
+// then their compensated sum): Kahan alone is not enough where the compiler folds its compensation
+// (llvmpipe), and hundreds of parts (large batches) would otherwise sum one by one.
 const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
   bindings: [
     { name: "part", access: "read" },
@@ -298,9 +487,13 @@ const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
   if (ch >= p.c) { return; }
   var a = vec2f(0.0);
   var comp = vec2f(0.0);
-  for (var q = 0u; q < p.parts; q++) {
-    let j = 2u * (ch * p.parts + q);
-    ${kahanAdd("a", "comp", "vec2f(part[j], part[j + 1u])")}
+  for (var q0 = 0u; q0 < p.parts; q0 += 16u) {
+    var blk = vec2f(0.0);
+    for (var q = q0; q < min(q0 + 16u, p.parts); q++) {
+      let j = 2u * (ch * p.parts + q);
+      blk += vec2f(part[j], part[j + 1u]);
+    }
+    ${kahanAdd("a", "comp", "blk")}
   }
   dbias[ch] = a.x;
   dweight[ch] = a.y;
@@ -308,26 +501,33 @@ const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
 }));
 
 // dx: (n, C, HW), n elements of one run. Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
-const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boolean }) => ({
+// With `vec4`, four consecutive values of one channel per invocation, bit for bit as the scalar kernel.
+const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boolean; vec4: boolean }) => ({
   bindings: [
-    { name: "dy", access: "read" },
-    { name: "x", access: "read" },
+    { name: "dy", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
+    { name: "x", access: "read", type: p.vec4 ? "vec4<f32>" : "f32" },
     { name: "mean", access: "read" },
     { name: "rstd", access: "read" },
     { name: "gamma", access: "read" },
     { name: "dweight", access: "read" },
     { name: "dbias", access: "read" },
-    { name: "dx", access: "read_write" },
+    { name: "dx", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
   uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
+#if ${p.vec4}
+  if (i >= p.n / 4u) { return; }
+  let ch = (4u * i / p.hw) % p.c;
+  let j = p.off / 4u + i;
+#else
   if (i >= p.n) { return; }
   let ch = (i / p.hw) % p.c;
-  let r = rstd[ch];
   let j = p.off + i;
+#endif
+  let r = rstd[ch];
 #if ${p.eval}
   dx[j] = gamma[ch] * r * dy[j];
 #else
@@ -336,6 +536,141 @@ ${linearEntry(WG)} {
 #endif
 }`,
 }));
+
+// ---------------------------------------------------------------- variants
+
+/**
+ * The tuning-table ops of batch norm: the two per-channel partial-sum passes (`tree`, `serial/<chunk>`)
+ * and the two elementwise passes (`scalar`, `vec4`).
+ */
+export type BatchNormTuningOp = "batchnorm.stats" | "batchnorm.sums" | "batchnorm.apply" | "batchnorm.dx";
+
+/** Each op as error messages name it. */
+const OP_NAME: Record<BatchNormTuningOp, string> = {
+  "batchnorm.stats": "batchNorm2d (statistics)",
+  "batchnorm.sums": "batchNorm2d backward (Σdy, Σdy·x̂)",
+  "batchnorm.apply": "batchNorm2d (normalise)",
+  "batchnorm.dx": "batchNorm2d backward (input)",
+};
+
+/** Chunks of the `serial` candidates that {@linkcode batchNormCandidates} offers. */
+const SERIAL_CHUNKS = [256, 512, 1024, 2048] as const;
+/** Largest chunk of `serial/<chunk>`: one invocation's loops stay far below llvmpipe's 65 535 iterations. */
+const SERIAL_MAX_CHUNK = 16384;
+/**
+ * The chunk of `serial` (and the default on software adapters): the fastest candidate on llvmpipe (2 cores)
+ * over ResNet-50's 53 batch norms at batch 2 and 8, by a few per cent (GPU time of the statistics and
+ * backward-sum passes at batch 2, ±10 % run to run: ≈ 25 + 36 ms; 1024: 27 + 38 ms; 256: 39 + 60 ms; tree:
+ * 740 + 500 ms).
+ */
+const SERIAL_DEFAULT = 2048;
+
+/** A partial-sum pass: the workgroup tree, or one invocation per chunk of `chunk` values. */
+interface Partials {
+  serial: boolean;
+  chunk: number;
+}
+
+/** The variant `id` of `op`: a {@linkcode Partials} or (elementwise ops) whether it is `vec4`; or why not. */
+function parseVariant(op: BatchNormTuningOp, id: string): Partials | boolean | string {
+  if (op === "batchnorm.apply" || op === "batchnorm.dx") {
+    if (id === "scalar" || id === "vec4") return id === "vec4";
+    return "the variants are scalar and vec4";
+  }
+  if (id === "tree") return { serial: false, chunk: CHUNK };
+  const [name, arg, ...rest] = id.split("/");
+  if (name !== "serial" || rest.length > 0) return "the variants are tree and serial[/<chunk>]";
+  const chunk = arg === undefined ? SERIAL_DEFAULT : Number(arg);
+  if (!Number.isInteger(chunk) || chunk < 4 || chunk > SERIAL_MAX_CHUNK || chunk % 4 !== 0) {
+    return `the chunk of serial must be a multiple of 4 in [4, ${SERIAL_MAX_CHUNK}], current value is ${arg}`;
+  }
+  return { serial: true, chunk };
+}
+
+/** The built-in choice: `serial` and `vec4` on software adapters (llvmpipe), `tree` and `scalar` on GPUs. */
+function defaultVariant(e: Engine, op: BatchNormTuningOp): string {
+  const software = e.adapterInfo.software;
+  if (op === "batchnorm.stats" || op === "batchnorm.sums") {
+    return software ? `serial/${SERIAL_DEFAULT}` : "tree";
+  }
+  return software ? "vec4" : "scalar";
+}
+
+function checkOp(op: string, what: string): asserts op is BatchNormTuningOp {
+  if (!Object.hasOwn(OP_NAME, op)) {
+    throw new RangeError(`Cannot ${what} for "${op}": the ops are ${Object.keys(OP_NAME).join(", ")}`);
+  }
+}
+
+/**
+ * The variant id `op` runs for input `shape` on `e`: a forced one, else the tuning table's, else the
+ * default. A forced id that does not parse throws a RangeError naming it; a table's gives way to the default.
+ */
+function resolve(e: Engine, op: BatchNormTuningOp, shape: readonly number[]): string {
+  const [n, c, h, w] = shape;
+  const shapeClass = batchNormShapeClass(c, n * h * w);
+  const id = chosenVariant(e, op, shapeClass);
+  if (id === undefined) return defaultVariant(e, op);
+  const why = parseVariant(op, id);
+  if (typeof why !== "string") return id;
+  const key = tuningKey(op, shapeClass);
+  if (tuningOf(e)?.entries[key] === id) return defaultVariant(e, op);
+  throw new RangeError(`Cannot ${OP_NAME[op]} of shape [${shape}] with variant "${id}": ${why}`);
+}
+
+const partialsOf = (e: Engine, op: "batchnorm.stats" | "batchnorm.sums", shape: readonly number[]) =>
+  parseVariant(op, resolve(e, op, shape)) as Partials;
+const vec4Of = (e: Engine, op: "batchnorm.apply" | "batchnorm.dx", shape: readonly number[]) =>
+  parseVariant(op, resolve(e, op, shape)) === true;
+
+/**
+ * The shape class of a batch norm in the tuning table: the channels and the values per channel
+ * (M = N·H·W) rounded up to powers of two, e.g. `c64 m32768` for [2, 64, 112, 112].
+ *
+ * @example
+ * ```ts
+ * batchNormShapeClass(2048, 2 * 7 * 7); // "c2048 m128"
+ * ```
+ */
+export function batchNormShapeClass(c: number, m: number): string {
+  const pow2 = (v: number) => 2 ** Math.ceil(Math.log2(Math.max(v, 1)));
+  return `c${pow2(c)} m${pow2(m)}`;
+}
+
+/**
+ * The variants `he2gene tune` times for `op` on an input of `shape` (N, C, H, W): for the partial-sum
+ * passes `tree` and `serial/<chunk>` (256 … 2048, those that split a channel differently), for the
+ * elementwise passes `scalar` and, where H·W is a multiple of 4, `vec4`.
+ *
+ * @example
+ * ```ts
+ * batchNormCandidates("batchnorm.stats", [2, 2048, 7, 7]); // ["tree", "serial/256"]
+ * ```
+ */
+export function batchNormCandidates(op: BatchNormTuningOp, shape: readonly number[]): string[] {
+  checkOp(op, "list batch-norm candidates");
+  const [n, , h, w] = shape;
+  if (op === "batchnorm.apply" || op === "batchnorm.dx") {
+    return (h * w) % 4 === 0 ? ["scalar", "vec4"] : ["scalar"];
+  }
+  const m = n * h * w;
+  const serial = SERIAL_CHUNKS.filter((_, i) => i === 0 || m > SERIAL_CHUNKS[i - 1]);
+  return ["tree", ...serial.map((k) => `serial/${k}`)];
+}
+
+/**
+ * The variant `op` runs for an input of `shape` on `engine` now: a forced one, else the tuning table's,
+ * else the built-in default for the adapter's kind.
+ *
+ * @example
+ * ```ts
+ * batchNormVariantFor(engine, "batchnorm.stats", [2, 64, 112, 112]); // "serial/2048" on llvmpipe
+ * ```
+ */
+export function batchNormVariantFor(engine: Engine, op: BatchNormTuningOp, shape: readonly number[]): string {
+  checkOp(op, "name the batch-norm variant");
+  return resolve(engine, op, shape);
+}
 
 // ---------------------------------------------------------------- launchers
 
@@ -365,16 +700,16 @@ export interface BatchNorm2dForward {
 }
 
 /**
- * Runs of whole samples that fit one storage binding, and the per-channel partials of the statistics
- * passes: run r writes `parts[r]` columns from `qbase[r]`; every run but the last holds `mrun` values per
- * channel in `prun` parts.
+ * Runs of whole samples that fit one storage binding, and the per-channel partials of the partial-sum
+ * passes in chunks of `chunk` values: run r writes `parts[r]` columns from `qbase[r]`; every run but the
+ * last holds `mrun` values per channel in `prun` parts.
  */
-function sampleRuns(op: string, x: Tensor) {
+function sampleRuns(op: string, x: Tensor, chunk = CHUNK) {
   const [n, c, h, w] = x.shape;
   const hw = h * w;
   const runs = rowRuns(x.engine, op, n, [c * hw], "sample").map((r) => {
     const m = r.count * hw;
-    return { ...r, m, parts: Math.ceil(m / CHUNK), qbase: 0 };
+    return { ...r, m, parts: Math.ceil(m / chunk), qbase: 0 };
   });
   let q = 0;
   for (const r of runs) {
@@ -382,6 +717,86 @@ function sampleRuns(op: string, x: Tensor) {
     q += r.parts;
   }
   return { runs, sample: c * hw, mrun: runs[0].m, prun: runs[0].parts, ptotal: q };
+}
+
+/** Whether a vec4 kernel may bind these runs: H·W and every binding's element offset multiples of 4. */
+const vec4Fits = (hw: number, ...offs: number[]) => hw % 4 === 0 && offs.every((o) => o % 4 === 0);
+
+/** Running statistics that a training forward updates in place, and the weight of the new batch. */
+interface RunningUpdate {
+  runningMean: Tensor;
+  runningVar: Tensor;
+  momentum: number;
+}
+
+/**
+ * The batch statistics of x (N, C, H, W) into `mean` and `rstd` (C): the partial-sum pass of the variant
+ * chosen for `batchnorm.stats`, then the finalize pass (which blends the running statistics with `update`).
+ */
+function runStatistics(
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  eps: number,
+  update: RunningUpdate | null,
+): void {
+  const [n, c, h, w] = x.shape;
+  const hw = h * w, e = x.engine;
+  const cfg = partialsOf(e, "batchnorm.stats", x.shape);
+  const { chunk } = cfg;
+  const { runs, sample, mrun, prun, ptotal } = sampleRuns("batchNorm2d", x, chunk);
+  const part = e.empty([c, ptotal, 2], "batchnorm partials");
+  for (const r of runs) {
+    const { binding, off } = bindElements(x, r.start * sample, r.count * sample);
+    const uniforms = { c, hw, m: r.m, chunk, parts: r.parts, off, qbase: r.qbase, ptotal };
+    const info = `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`;
+    if (cfg.serial) {
+      e.run(statsSerialKernel({ vec4: vec4Fits(hw, off) }), {
+        bindings: [binding, part],
+        uniforms,
+        workgroups: grid(c * r.parts, SERIAL_WG),
+        info: `${info} chunk ${chunk}`,
+      });
+    } else {
+      e.run(statsKernel(), { bindings: [binding, part], uniforms, workgroups: grid(c * r.parts, 1), info });
+    }
+  }
+  e.run(finalizeKernel({ update: update !== null }), {
+    bindings: update ? [part, mean, rstd, update.runningMean, update.runningVar] : [part, mean, rstd],
+    uniforms: { c, m: n * hw, chunk, parts: ptotal, mrun, prun, eps, momentum: update?.momentum ?? 0 },
+    workgroups: grid(c, 64),
+    info: `[${c},${ptotal},2]→[${c}]`,
+  });
+  part.dispose();
+}
+
+/** The training-mode batch statistics of x (N, C, H, W), each (C): mean and 1/√(biased var + eps). */
+export interface BatchNorm2dStatistics {
+  mean: Tensor;
+  rstd: Tensor;
+}
+
+/**
+ * The batch statistics that training-mode {@linkcode batchNorm2dForward} normalises with, alone: no output,
+ * no running statistics (the pass `he2gene tune` times for `batchnorm.stats`).
+ *
+ * @example
+ * ```ts
+ * const { mean, rstd } = batchNorm2dStatistics(x); // x: [N, C, H, W] → [C], [C]
+ * ```
+ */
+export function batchNorm2dStatistics(x: Tensor, options: { eps?: number } = {}): BatchNorm2dStatistics {
+  const op = "batchNorm2d statistics";
+  const [n, c, h, w] = checkInput(op, x);
+  if (n * h * w <= 1) {
+    throw new RangeError(
+      `Cannot ${op}: expected more than 1 value per channel, current value is input shape [${x.shape}]`,
+    );
+  }
+  const e = x.engine;
+  const mean = e.empty([c], "batchnorm mean"), rstd = e.empty([c], "batchnorm rstd");
+  runStatistics(x, mean, rstd, options.eps ?? 1e-5, null);
+  return { mean, rstd };
 }
 
 /**
@@ -416,7 +831,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
         `input shape [${x.shape}] (${m} per channel)`,
     );
   }
-  const { runs, sample, mrun, prun, ptotal } = sampleRuns(op, x);
+  const vec4 = vec4Of(e, "batchnorm.apply", x.shape);
   const mean = e.empty([c], "batchnorm mean");
   const rstd = e.empty([c], "batchnorm rstd");
   if (training) {
@@ -432,23 +847,10 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
         momentum = 1 / state.numBatchesTracked;
       }
     }
-    const part = e.empty([c, ptotal, 2], "batchnorm partials");
-    for (const r of runs) {
-      const { binding, off } = bindElements(x, r.start * sample, r.count * sample);
-      e.run(statsKernel(), {
-        bindings: [binding, part],
-        uniforms: { c, hw, m: r.m, chunk: CHUNK, parts: r.parts, off, qbase: r.qbase, ptotal },
-        workgroups: grid(c * r.parts, 1),
-        info: `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`,
-      });
-    }
-    e.run(finalizeKernel({ update: hasRunning }), {
-      bindings: hasRunning ? [part, mean, rstd, runningMean!, runningVar!] : [part, mean, rstd],
-      uniforms: { c, m, chunk: CHUNK, parts: ptotal, mrun, prun, eps, momentum: momentum ?? 0 },
-      workgroups: grid(c, 64),
-      info: `[${c},${ptotal},2]→[${c}]`,
-    });
-    part.dispose();
+    const update = hasRunning
+      ? { runningMean: runningMean!, runningVar: runningVar!, momentum: momentum ?? 0 }
+      : null;
+    runStatistics(x, mean, rstd, eps, update);
   } else if (c > 0) {
     e.run(runningStatsKernel(), {
       bindings: [runningMean!, runningVar!, mean, rstd],
@@ -458,14 +860,16 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
     });
   }
   const y = e.empty(x.shape, "batchnorm");
+  const { runs, sample } = sampleRuns(op, x);
   for (const r of runs) {
     const size = r.count * sample;
     if (size === 0) continue;
-    const bx = bindElements(x, r.start * sample, size);
-    e.run(applyKernel({ running: false, relu: false }), {
-      bindings: [bx.binding, mean, rstd, weight, bias, bindElements(y, r.start * sample, size).binding],
+    const bx = bindElements(x, r.start * sample, size), by = bindElements(y, r.start * sample, size);
+    const v4 = vec4 && vec4Fits(hw, bx.off, by.off);
+    e.run(applyKernel({ running: false, relu: false, vec4: v4 }), {
+      bindings: [bx.binding, mean, rstd, weight, bias, by.binding],
       uniforms: { n: size, c, hw, eps, off: bx.off },
-      workgroups: grid(size, WG),
+      workgroups: grid(v4 ? size / 4 : size, WG),
       info: `[${x.shape}] n ${r.start}+${r.count}`,
     });
   }
@@ -482,43 +886,66 @@ export interface BatchNorm2dGrads {
   dbias: Tensor;
 }
 
+/** What backward reads: γ and the statistics saved by {@linkcode batchNorm2dForward}. */
+export interface BatchNorm2dSaved {
+  /** γ, (C). */
+  weight: Tensor;
+  /** (C). */
+  mean: Tensor;
+  /** (C). */
+  rstd: Tensor;
+  /** The forward's mode: training normalised with the batch statistics (dx then depends on them). */
+  training: boolean;
+}
+
+function checkBackward(op: string, dy: Tensor, x: Tensor): number[] {
+  const shape = checkInput(op, x);
+  if (!(dy instanceof Tensor) || dy.size !== x.size) {
+    throw new RangeError(`Cannot ${op}: dy has shape [${dy?.shape}], input has [${x.shape}]`);
+  }
+  return shape;
+}
+
 /**
- * Batch-norm backward from the statistics saved by {@linkcode batchNorm2dForward}. All three gradients are
- * new tensors. A batch larger than one storage binding runs as several runs of whole samples.
+ * The gradients of γ and β alone, dweight = Σ dy·x̂ and dbias = Σ dy (C), from x, dy and the saved
+ * statistics (the pass `he2gene tune` times for `batchnorm.sums`).
  *
  * @example
  * ```ts
- * const { dx, dweight, dbias } = batchNorm2dBackward(dy, x, { weight, mean, rstd, training: true });
+ * const { dweight, dbias } = batchNorm2dParamGrads(dy, x, { mean, rstd });
  * ```
  */
-export function batchNorm2dBackward(
+export function batchNorm2dParamGrads(
   dy: Tensor,
   x: Tensor,
-  saved: { weight: Tensor; mean: Tensor; rstd: Tensor; training: boolean },
-): BatchNorm2dGrads {
+  saved: { mean: Tensor; rstd: Tensor },
+): { dweight: Tensor; dbias: Tensor } {
   const op = "batchNorm2d backward";
-  const [n, c, h, w] = checkInput(op, x);
-  if (dy.size !== x.size) {
-    throw new RangeError(`Cannot ${op}: dy has shape [${dy.shape}], input has [${x.shape}]`);
-  }
-  const hw = h * w;
-  const m = n * hw;
-  const e = x.engine;
-  const { runs, sample, ptotal } = sampleRuns(op, x);
+  const [n, c, h, w] = checkBackward(op, dy, x);
+  const hw = h * w, e = x.engine;
   const dweight = e.zeros([c], "batchnorm dweight");
   const dbias = e.zeros([c], "batchnorm dbias");
-  const dx = e.empty(x.shape, "batchnorm dx");
-  if (m === 0) return { dx, dweight, dbias };
+  if (n * hw === 0) return { dweight, dbias };
+  const cfg = partialsOf(e, "batchnorm.sums", x.shape);
+  const { chunk } = cfg;
+  const { runs, sample, ptotal } = sampleRuns(op, x, chunk);
   const part = e.empty([c, ptotal, 2], "batchnorm backward partials");
   for (const r of runs) {
     const bx = bindElements(x, r.start * sample, r.count * sample);
     const bdy = bindElements(dy, r.start * sample, r.count * sample);
-    e.run(backwardSumsKernel(), {
-      bindings: [bdy.binding, bx.binding, saved.mean, saved.rstd, part],
-      uniforms: { c, hw, m: r.m, chunk: CHUNK, parts: r.parts, off: bx.off, qbase: r.qbase, ptotal },
-      workgroups: grid(c * r.parts, 1),
-      info: `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`,
-    });
+    const bindings = [bdy.binding, bx.binding, saved.mean, saved.rstd, part];
+    const uniforms = { c, hw, m: r.m, chunk, parts: r.parts, off: bx.off, qbase: r.qbase, ptotal };
+    const info = `[${x.shape}] n ${r.start}+${r.count}→[${c},${ptotal},2]`;
+    if (cfg.serial) {
+      e.run(backwardSumsSerialKernel({ vec4: vec4Fits(hw, bx.off, bdy.off) }), {
+        bindings,
+        uniforms,
+        workgroups: grid(c * r.parts, SERIAL_WG),
+        info: `${info} chunk ${chunk}`,
+      });
+    } else {
+      e.run(backwardSumsKernel(), { bindings, uniforms, workgroups: grid(c * r.parts, 1), info });
+    }
   }
   e.run(backwardFinalizeKernel(), {
     bindings: [part, dweight, dbias],
@@ -527,26 +954,70 @@ export function batchNorm2dBackward(
     info: `[${c},${ptotal},2]→[${c}]`,
   });
   part.dispose();
+  return { dweight, dbias };
+}
+
+/**
+ * The gradient of x alone, from dy, x, the saved statistics and the sums of
+ * {@linkcode batchNorm2dParamGrads} (read in training mode only): the pass `he2gene tune` times for
+ * `batchnorm.dx`.
+ *
+ * @example
+ * ```ts
+ * const { dweight, dbias } = batchNorm2dParamGrads(dy, x, { mean, rstd });
+ * const dx = batchNorm2dBackwardInput(dy, x, { weight, mean, rstd, training: true, dweight, dbias });
+ * ```
+ */
+export function batchNorm2dBackwardInput(
+  dy: Tensor,
+  x: Tensor,
+  saved: BatchNorm2dSaved & { dweight: Tensor; dbias: Tensor },
+): Tensor {
+  const op = "batchNorm2d backward (input)";
+  const [n, c, h, w] = checkBackward(op, dy, x);
+  const hw = h * w, m = n * hw, e = x.engine;
+  const dx = e.empty(x.shape, "batchnorm dx");
+  if (m === 0) return dx;
+  const vec4 = vec4Of(e, "batchnorm.dx", x.shape);
+  const { runs, sample } = sampleRuns(op, x);
   for (const r of runs) {
     const size = r.count * sample;
     if (size === 0) continue;
-    const bx = bindElements(x, r.start * sample, size);
-    e.run(backwardInputKernel({ eval: !saved.training }), {
+    const [bdy, bx, bdx] = [dy, x, dx].map((t) => bindElements(t, r.start * sample, size));
+    const v4 = vec4 && vec4Fits(hw, bdy.off, bx.off, bdx.off);
+    e.run(backwardInputKernel({ eval: !saved.training, vec4: v4 }), {
       bindings: [
-        bindElements(dy, r.start * sample, size).binding,
+        bdy.binding,
         bx.binding,
         saved.mean,
         saved.rstd,
         saved.weight,
-        dweight,
-        dbias,
-        bindElements(dx, r.start * sample, size).binding,
+        saved.dweight,
+        saved.dbias,
+        bdx.binding,
       ],
       uniforms: { n: size, c, hw, m, off: bx.off },
-      workgroups: grid(size, WG),
+      workgroups: grid(v4 ? size / 4 : size, WG),
       info: `[${x.shape}] n ${r.start}+${r.count}`,
     });
   }
+  return dx;
+}
+
+/**
+ * Batch-norm backward from the statistics saved by {@linkcode batchNorm2dForward}: the sums of
+ * {@linkcode batchNorm2dParamGrads}, then {@linkcode batchNorm2dBackwardInput}. All three gradients are new
+ * tensors. A batch larger than one storage binding runs as several runs of whole samples.
+ *
+ * @example
+ * ```ts
+ * const { dx, dweight, dbias } = batchNorm2dBackward(dy, x, { weight, mean, rstd, training: true });
+ * ```
+ */
+export function batchNorm2dBackward(dy: Tensor, x: Tensor, saved: BatchNorm2dSaved): BatchNorm2dGrads {
+  checkBackward("batchNorm2d backward", dy, x);
+  const { dweight, dbias } = batchNorm2dParamGrads(dy, x, saved);
+  const dx = batchNorm2dBackwardInput(dy, x, { ...saved, dweight, dbias });
   return { dx, dweight, dbias };
 }
 
@@ -569,23 +1040,19 @@ export function batchNorm2dInference(x: Tensor, options: BatchNorm2dInferenceOpt
   checkChannels(op, x, "runningVar", runningVar);
   const e = x.engine;
   const relu = options.relu ?? false;
+  const hw = h * w;
+  const vec4 = vec4Of(e, "batchnorm.apply", x.shape);
   const y = e.empty(x.shape, relu ? "batchnorm_relu" : "batchnorm");
   const { runs, sample } = sampleRuns(op, x);
   for (const r of runs) {
     const size = r.count * sample;
     if (size === 0) continue;
-    const bx = bindElements(x, r.start * sample, size);
-    e.run(applyKernel({ running: true, relu }), {
-      bindings: [
-        bx.binding,
-        runningMean,
-        runningVar,
-        weight,
-        bias,
-        bindElements(y, r.start * sample, size).binding,
-      ],
-      uniforms: { n: size, c, hw: h * w, eps: options.eps ?? 1e-5, off: bx.off },
-      workgroups: grid(size, WG),
+    const bx = bindElements(x, r.start * sample, size), by = bindElements(y, r.start * sample, size);
+    const v4 = vec4 && vec4Fits(hw, bx.off, by.off);
+    e.run(applyKernel({ running: true, relu, vec4: v4 }), {
+      bindings: [bx.binding, runningMean, runningVar, weight, bias, by.binding],
+      uniforms: { n: size, c, hw, eps: options.eps ?? 1e-5, off: bx.off },
+      workgroups: grid(v4 ? size / 4 : size, WG),
       info: `[${x.shape}] n ${r.start}+${r.count}`,
     });
   }

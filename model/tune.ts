@@ -1,13 +1,13 @@
 /**
  * Autotuning: time every correct variant of each tunable op (conv2d forward / input gradient / weight
- * gradient, matmul) on the shapes ResNet-50 inference and training use on this adapter, and pick the fastest
- * per (op, shape class). The result is a {@linkcode TuningTable} that `kernels/tuning.ts` applies; `cli/tune.ts`
+ * gradient, matmul, and in training batch norm's four passes) on the shapes ResNet-50 inference and training
+ * use on this adapter, and pick the fastest per (op, shape class). The result is a {@linkcode TuningTable} that `kernels/tuning.ts` applies; `cli/tune.ts`
  * stores it per adapter.
  *
  * A candidate counts only if its output on the real shape agrees with the op's default variant within the
  * test suite's tolerance (`TOL.conv2d` / `TOL.matmul`, against the scale Σ|a||b| of the same product on
- * absolute values); the self-test has already checked each variant against the CPU reference on ragged
- * shapes. A candidate replaces the default only when it is faster by more than {@linkcode TUNE_MARGIN}, so
+ * absolute values; `TOL.batchNorm`, against |default|); the self-test has already checked each variant
+ * against the CPU reference on ragged shapes. A candidate replaces the default only when it is faster by more than {@linkcode TUNE_MARGIN}, so
  * that timing noise never makes the tuned choice slower than the fixed one.
  *
  * @module
@@ -31,6 +31,16 @@ import {
   matmulShapeClass,
   matmulVariantId,
 } from "../kernels/matmul.ts";
+import {
+  batchNorm2dBackwardInput,
+  batchNorm2dForward,
+  batchNorm2dParamGrads,
+  batchNorm2dStatistics,
+  batchNormCandidates,
+  batchNormShapeClass,
+  type BatchNormTuningOp,
+  batchNormVariantFor,
+} from "../kernels/batchnorm.ts";
 import { unary } from "../kernels/elementwise.ts";
 import { TOL, type Tolerance } from "../kernels/tolerance.ts";
 import { tuningKey, tuningOf, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
@@ -41,7 +51,7 @@ export const TUNE_MARGIN = 0.05;
 
 /** One tunable op on one shape. */
 export interface TuneCase {
-  /** Op name as the tuning table knows it (`conv2d.fwd`, `conv2d.dx`, `conv2d.dw`, `matmul`). */
+  /** Op name as the tuning table knows it (`conv2d.fwd`, `conv2d.dx`, `conv2d.dw`, `matmul`, `batchnorm.*`). */
   op: string;
   shapeClass: string;
   /** Human-readable shape. */
@@ -51,9 +61,13 @@ export interface TuneCase {
   candidates: string[];
   /** The variant the op runs without a table or a forced variant (not timed again as a candidate). */
   defaultVariant: string;
-  /** Inputs made once; `run` records one call and returns its output. */
-  setup(e: Engine): { run: () => Tensor; scale: () => Tensor; inputs: Tensor[] };
-  tol: Tolerance;
+  /**
+   * Inputs made once; `run` records one call and returns its output; `scale` the `s` of the tolerance per
+   * output value (Σ|a||b| for products), |default output| when absent.
+   */
+  setup(e: Engine): { run: () => Tensor; scale?: () => Tensor; inputs: Tensor[] };
+  /** One tolerance, or one per equal part of the output (batch norm's statistics: mean, then rstd). */
+  tol: Tolerance | readonly Tolerance[];
 }
 
 /** The time of one candidate, or why it was not counted. */
@@ -212,6 +226,89 @@ function matmulCases(e: Engine, shapes: MatmulShape[]): TuneCase[] {
   return cases;
 }
 
+/** The input shapes of a ResNet's batch norms (each conv's output) at `batch` × 3 × size², duplicates removed. */
+export function resnetBatchNormShapes(c: ResNetConfig, batch: number, size: number): number[][] {
+  const shapes = new Map<string, number[]>();
+  for (const g of resnetConvGeometries(c, batch, size)) {
+    const s = [g.n, g.cout, g.oh, g.ow];
+    shapes.set(`${s}`, s);
+  }
+  return [...shapes.values()];
+}
+
+/** Arithmetic per value of each batch-norm pass (for the GFLOP/s column). */
+const BN_FLOPS: Record<BatchNormTuningOp, number> = {
+  "batchnorm.stats": 6,
+  "batchnorm.sums": 4,
+  "batchnorm.apply": 4,
+  "batchnorm.dx": 8,
+};
+
+function batchNormCases(e: Engine, shapes: number[][]): TuneCase[] {
+  const cases: TuneCase[] = [];
+  const seen = new Set<string>();
+  for (const shape of shapes) {
+    const [n, c, h, w] = shape;
+    for (const op of Object.keys(BN_FLOPS) as BatchNormTuningOp[]) {
+      const shapeClass = batchNormShapeClass(c, n * h * w);
+      const key = tuningKey(op, shapeClass);
+      const candidates = batchNormCandidates(op, shape);
+      if (seen.has(key) || candidates.length < 2) continue; // vec4 needs H·W % 4 = 0
+      seen.add(key);
+      cases.push({
+        op,
+        shapeClass,
+        label: `x[${shape}]`,
+        flops: BN_FLOPS[op] * n * c * h * w,
+        // stats returns (mean; rstd), sums (dweight; dbias).
+        tol: op === "batchnorm.stats"
+          ? [TOL.batchNorm.stats, TOL.batchNorm.rstd]
+          : op === "batchnorm.apply"
+          ? TOL.batchNorm.forward
+          : TOL.batchNorm.grad,
+        candidates,
+        defaultVariant: batchNormVariantFor(e, op, shape),
+        setup(e) {
+          const x = randomTensor(e, shape, 6), dy = randomTensor(e, shape, 7);
+          const weight = randomTensor(e, [c], 8), bias = randomTensor(e, [c], 9);
+          // The statistics and sums that the later passes read, from the default variants.
+          const { mean, rstd } = batchNorm2dStatistics(x);
+          const { dweight, dbias } = batchNorm2dParamGrads(dy, x, { mean, rstd });
+          const stacked = (a: Tensor, b: Tensor) => {
+            const out = e.empty([2, c], "tune stacked");
+            e.copy(a, out);
+            e.copy(b, out, { dstOffset: c });
+            a.dispose();
+            b.dispose();
+            return out;
+          };
+          const run = {
+            "batchnorm.stats": () => {
+              const s = batchNorm2dStatistics(x);
+              return stacked(s.mean, s.rstd);
+            },
+            "batchnorm.sums": () => {
+              const g = batchNorm2dParamGrads(dy, x, { mean, rstd });
+              return stacked(g.dweight, g.dbias);
+            },
+            // Eval mode: the normalise pass that training runs, after a one-dispatch copy of the statistics.
+            "batchnorm.apply": () => {
+              const f = batchNorm2dForward(x, { weight, bias, runningMean: mean, runningVar: rstd });
+              f.mean.dispose();
+              f.rstd.dispose();
+              return f.y;
+            },
+            "batchnorm.dx": () =>
+              batchNorm2dBackwardInput(dy, x, { weight, mean, rstd, dweight, dbias, training: true }),
+          }[op];
+          return { inputs: [x, dy, weight, bias, mean, rstd, dweight, dbias], run };
+        },
+      });
+    }
+  }
+  return cases;
+}
+
 /** The cases {@linkcode tune} times for these options. */
 export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   const batch = o.batchSize ?? 8, trainBatch = o.trainBatchSize ?? 2, size = o.imageSize ?? 224;
@@ -220,6 +317,7 @@ export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
     const train = convCases(e, resnetConvGeometries(RESNET50, trainBatch, size), true);
     const have = new Set(cases.map((c) => tuningKey(c.op, c.shapeClass)));
     cases.push(...train.filter((c) => !have.has(tuningKey(c.op, c.shapeClass))));
+    cases.push(...batchNormCases(e, resnetBatchNormShapes(RESNET50, trainBatch, size)));
   }
   // HE2Gene's heads (2048 → 250 target and 19 699 auxiliary genes) at both batches, and the benchmark's
   // square product.
@@ -245,11 +343,22 @@ async function timeRuns(e: Engine, run: () => Tensor, reps: number): Promise<num
   return times[Math.floor(times.length / 2)];
 }
 
-/** Largest violation ratio |got − want| / (atol + rtol·scale) (≤ 1 passes). */
-function violation(got: Float32Array, want: Float32Array, scale: Float32Array, tol: Tolerance): number {
+/**
+ * Largest violation ratio |got − want| / (atol + rtol·s) (≤ 1 passes), s = `scale` or |want|; with several
+ * tolerances, one per equal part of the output.
+ */
+function violation(
+  got: Float32Array,
+  want: Float32Array,
+  scale: Float32Array | null,
+  tol: Tolerance | readonly Tolerance[],
+): number {
+  const tols: readonly Tolerance[] = "rtol" in tol ? [tol] : tol;
+  const part = got.length / tols.length;
   let worst = 0;
   for (let i = 0; i < got.length; i++) {
-    const r = Math.abs(got[i] - want[i]) / (tol.atol + tol.rtol * scale[i]);
+    const t = tols[Math.floor(i / part)];
+    const r = Math.abs(got[i] - want[i]) / (t.atol + t.rtol * (scale ? scale[i] : Math.abs(want[i])));
     if (!(r <= worst)) worst = Number.isNaN(r) ? Infinity : r;
   }
   return worst;
@@ -305,9 +414,9 @@ async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable;
     const ref = run();
     const want = await ref.toArray();
     ref.dispose();
-    const s = scale();
-    const sc = await s.toArray();
-    s.dispose();
+    const s = scale?.();
+    const sc = s ? await s.toArray() : null;
+    s?.dispose();
     const defMs = await timeRuns(e, run, reps);
     const def: TuneTiming = { variant: "default", ms: defMs, gflops: c.flops / defMs / 1e6 };
     const timings: TuneTiming[] = [];

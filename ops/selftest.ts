@@ -855,7 +855,10 @@ function conv2dCases(quick: boolean): Case[] {
 // ------------------------------------------------------------------------------------------ batch norm
 
 function batchNormCases(quick: boolean): Case[] {
-  // [N, C, H, W] with awkward sizes; the largest splits each channel into 7 workgroups of the stats pass.
+  // [N, C, H, W] with awkward sizes. H·W % 4 ≠ 0 (scalar loads) and = 0 ([3,5,12,12], [3,2,36,36]: vec4
+  // loads); [3,5,12,12] leaves a remainder of a 256-value chunk; [3,2,36,36] and [2,2,45,45] split each
+  // channel into 2–16 parts of 256 … 2048 values, chunks that straddle samples; the largest splits each
+  // channel into 7 workgroups of the tree pass.
   const shapes = [
     [1, 1, 1, 2],
     [2, 3, 1, 1],
@@ -863,131 +866,162 @@ function batchNormCases(quick: boolean): Case[] {
     [1, 3, 7, 9],
     [2, 17, 13, 13],
     [3, 17, 9, 7],
+    [3, 5, 12, 12],
+    [3, 2, 36, 36],
+    [2, 2, 45, 45],
     ...(quick ? [] : [[2, 3, 112, 112]]),
   ];
-  const shapeText = quick ? "[1,1,1,2] … [2,17,13,13], [3,17,9,7]" : "[1,1,1,2] … [3,17,9,7], [2,3,112,112]";
+  const shapeText = quick
+    ? "[1,1,1,2] … [3,17,9,7], [3,5,12,12], [3,2,36,36], [2,2,45,45]"
+    : "[1,1,1,2] … [2,2,45,45], [2,3,112,112]";
   const params = (c: number, seed: number) => ({
     w: rnd(c, seed, 0.5, 1.5),
     b: rnd(c, seed + 1, -1, 1),
     rm: rnd(c, seed + 2, -0.5, 0.5),
     rv: rnd(c, seed + 3, 0.5, 2),
   });
+  // The variants (kernels/batchnorm.ts): `partials` for the statistics and Σdy, Σdy·x̂ passes, `elementwise`
+  // for the normalise and input-gradient passes; null keeps the adapter's default. `run` only records
+  // dispatches and starts readbacks (synchronously), so the forced variants cannot leak into other checks.
+  const forced = (partials: string | null, elementwise: string, fn: () => void) => {
+    const ops = [["batchnorm.apply", elementwise], ["batchnorm.dx", elementwise]];
+    if (partials !== null) ops.push(["batchnorm.stats", partials], ["batchnorm.sums", partials]);
+    ops.reduceRight((inner, [op, id]) => () => withVariant(op, id, inner), fn)();
+  };
+  // Every partial-sum variant in training mode, each elementwise one with both partial-sum strategies and
+  // in eval mode (which has no partial sums in forward).
+  const pairs = [
+    ["tree", "scalar"],
+    ["tree", "vec4"],
+    ["serial/256", "vec4"],
+    ["serial/512", "vec4"],
+    ["serial/1024", "vec4"],
+    ["serial/2048", "scalar"],
+  ];
+  const modes: { training: boolean; partials: string | null; elementwise: string }[] = [
+    ...pairs.map(([partials, elementwise]) => ({ training: true, partials, elementwise })),
+    { training: false, partials: null, elementwise: "scalar" },
+    { training: false, partials: null, elementwise: "vec4" },
+  ];
   const cases: Case[] = [];
-  for (const training of [true, false]) {
+  for (const { training, partials, elementwise } of modes) {
     const mode = training ? "training" : "eval";
+    const variant = [mode, partials, elementwise].filter((v) => v !== null).join(", ");
     cases.push({
       family: "batchnorm",
       op: "batch_norm",
-      variant: mode,
+      variant,
       shape: shapeText,
-      run: (e, c) => {
-        for (const shape of shapes) {
-          const ch = shape[1];
-          // An offset of 50 makes a naive Σx² variance lose all precision; Welford must not.
-          const x = rnd(prod(shape), prod(shape), 49, 51);
-          const p = params(ch, 2);
-          const want = batchNorm2dCpu(x, shape, {
-            weight: p.w,
-            bias: p.b,
-            runningMean: p.rm,
-            runningVar: p.rv,
-            training,
-          });
-          const runningMean = e.tensor(p.rm, [ch]), runningVar = e.tensor(p.rv, [ch]);
-          const got = batchNorm2dForward(e.tensor(x, shape), {
-            weight: e.tensor(p.w, [ch]),
-            bias: e.tensor(p.b, [ch]),
-            runningMean,
-            runningVar,
-            training,
-          });
-          const what = `${fmt(shape)} ${mode}`;
-          c.close(`y ${what}`, c.read(got.y), want.y, TOL.batchNorm.forward);
-          c.close(`mean ${what}`, c.read(got.mean), want.mean, TOL.batchNorm.stats);
-          c.close(`rstd ${what}`, c.read(got.rstd), want.rstd, TOL.batchNorm.rstd);
-          const rm = training ? want.runningMean! : p.rm, rv = training ? want.runningVar! : p.rv;
-          c.close(`running_mean ${what}`, c.read(runningMean), rm, TOL.batchNorm.stats);
-          c.close(`running_var ${what}`, c.read(runningVar), rv, TOL.batchNorm.stats);
-        }
-      },
+      run: (e, c) =>
+        forced(partials, elementwise, () => {
+          for (const shape of shapes) {
+            const ch = shape[1];
+            // An offset of 50 makes a naive Σx² variance lose all precision; Welford must not.
+            const x = rnd(prod(shape), prod(shape), 49, 51);
+            const p = params(ch, 2);
+            const want = batchNorm2dCpu(x, shape, {
+              weight: p.w,
+              bias: p.b,
+              runningMean: p.rm,
+              runningVar: p.rv,
+              training,
+            });
+            const runningMean = e.tensor(p.rm, [ch]), runningVar = e.tensor(p.rv, [ch]);
+            const got = batchNorm2dForward(e.tensor(x, shape), {
+              weight: e.tensor(p.w, [ch]),
+              bias: e.tensor(p.b, [ch]),
+              runningMean,
+              runningVar,
+              training,
+            });
+            const what = `${fmt(shape)} ${mode}`;
+            c.close(`y ${what}`, c.read(got.y), want.y, TOL.batchNorm.forward);
+            c.close(`mean ${what}`, c.read(got.mean), want.mean, TOL.batchNorm.stats);
+            c.close(`rstd ${what}`, c.read(got.rstd), want.rstd, TOL.batchNorm.rstd);
+            const rm = training ? want.runningMean! : p.rm, rv = training ? want.runningVar! : p.rv;
+            c.close(`running_mean ${what}`, c.read(runningMean), rm, TOL.batchNorm.stats);
+            c.close(`running_var ${what}`, c.read(runningVar), rv, TOL.batchNorm.stats);
+          }
+        }),
     });
-  }
-  for (const training of [true, false]) {
-    const mode = training ? "training" : "eval";
     cases.push({
       family: "batchnorm",
       op: "batch_norm_backward",
-      variant: mode,
+      variant,
       shape: shapeText,
-      run: (e, c) => {
-        for (const shape of shapes) {
-          const ch = shape[1];
-          const x = rnd(prod(shape), prod(shape) + 1, -2, 2), dy = rnd(prod(shape), prod(shape) + 2);
-          const p = params(ch, 6);
-          const xt = e.tensor(x, shape), wt = e.tensor(p.w, [ch]);
-          const fwd = batchNorm2dForward(xt, {
-            weight: wt,
-            bias: e.tensor(p.b, [ch]),
-            runningMean: e.tensor(p.rm, [ch]),
-            runningVar: e.tensor(p.rv, [ch]),
-            training,
-          });
-          const ref = batchNorm2dCpu(x, shape, {
-            weight: p.w,
-            bias: p.b,
-            runningMean: p.rm,
-            runningVar: p.rv,
-            training,
-          });
-          const want = batchNorm2dBackwardCpu(dy, x, shape, {
-            weight: p.w,
-            mean: ref.mean,
-            rstd: ref.rstd,
-            training,
-          });
-          const got = batchNorm2dBackward(e.tensor(dy, shape), xt, {
-            weight: wt,
-            mean: fwd.mean,
-            rstd: fwd.rstd,
-            training,
-          });
-          const what = `${fmt(shape)} ${mode}`;
-          c.close(`dx ${what}`, c.read(got.dx), want.dx, TOL.batchNorm.grad);
-          c.close(`dweight ${what}`, c.read(got.dweight), want.dweight, TOL.batchNorm.grad);
-          c.close(`dbias ${what}`, c.read(got.dbias), want.dbias, TOL.batchNorm.grad);
-        }
-      },
+      run: (e, c) =>
+        forced(partials, elementwise, () => {
+          for (const shape of shapes) {
+            const ch = shape[1];
+            const x = rnd(prod(shape), prod(shape) + 1, -2, 2), dy = rnd(prod(shape), prod(shape) + 2);
+            const p = params(ch, 6);
+            const xt = e.tensor(x, shape), wt = e.tensor(p.w, [ch]);
+            const fwd = batchNorm2dForward(xt, {
+              weight: wt,
+              bias: e.tensor(p.b, [ch]),
+              runningMean: e.tensor(p.rm, [ch]),
+              runningVar: e.tensor(p.rv, [ch]),
+              training,
+            });
+            const ref = batchNorm2dCpu(x, shape, {
+              weight: p.w,
+              bias: p.b,
+              runningMean: p.rm,
+              runningVar: p.rv,
+              training,
+            });
+            const want = batchNorm2dBackwardCpu(dy, x, shape, {
+              weight: p.w,
+              mean: ref.mean,
+              rstd: ref.rstd,
+              training,
+            });
+            const got = batchNorm2dBackward(e.tensor(dy, shape), xt, {
+              weight: wt,
+              mean: fwd.mean,
+              rstd: fwd.rstd,
+              training,
+            });
+            const what = `${fmt(shape)} ${mode}`;
+            c.close(`dx ${what}`, c.read(got.dx), want.dx, TOL.batchNorm.grad);
+            c.close(`dweight ${what}`, c.read(got.dweight), want.dweight, TOL.batchNorm.grad);
+            c.close(`dbias ${what}`, c.read(got.dbias), want.dbias, TOL.batchNorm.grad);
+          }
+        }),
     });
   }
   for (const relu of [false, true]) {
-    cases.push({
-      family: "batchnorm",
-      op: "batch_norm_inference",
-      variant: relu ? "fused, relu" : "fused",
-      shape: "[1,1,1,1], [2,3,7,9], [3,17,13,13]",
-      run: (e, c) => {
-        for (const shape of [[1, 1, 1, 1], [2, 3, 7, 9], [3, 17, 13, 13]]) {
-          const ch = shape[1];
-          const x = rnd(prod(shape), 31, -3, 3);
-          const p = params(ch, 32);
-          const want =
-            batchNorm2dCpu(x, shape, { weight: p.w, bias: p.b, runningMean: p.rm, runningVar: p.rv }).y;
-          const y = batchNorm2dInference(e.tensor(x, shape), {
-            weight: e.tensor(p.w, [ch]),
-            bias: e.tensor(p.b, [ch]),
-            runningMean: e.tensor(p.rm, [ch]),
-            runningVar: e.tensor(p.rv, [ch]),
-            relu,
-          });
-          c.close(
-            `${fmt(shape)}`,
-            c.read(y),
-            relu ? want.map((v) => Math.max(v, 0)) : want,
-            TOL.batchNorm.forward,
-          );
-        }
-      },
-    });
+    for (const elementwise of ["scalar", "vec4"]) {
+      cases.push({
+        family: "batchnorm",
+        op: "batch_norm_inference",
+        variant: `fused${relu ? ", relu" : ""}, ${elementwise}`,
+        shape: "[1,1,1,1], [2,3,7,9], [3,17,13,13], [2,3,4,6]",
+        run: (e, c) =>
+          forced(null, elementwise, () => {
+            for (const shape of [[1, 1, 1, 1], [2, 3, 7, 9], [3, 17, 13, 13], [2, 3, 4, 6]]) {
+              const ch = shape[1];
+              const x = rnd(prod(shape), 31, -3, 3);
+              const p = params(ch, 32);
+              const want =
+                batchNorm2dCpu(x, shape, { weight: p.w, bias: p.b, runningMean: p.rm, runningVar: p.rv }).y;
+              const y = batchNorm2dInference(e.tensor(x, shape), {
+                weight: e.tensor(p.w, [ch]),
+                bias: e.tensor(p.b, [ch]),
+                runningMean: e.tensor(p.rm, [ch]),
+                runningVar: e.tensor(p.rv, [ch]),
+                relu,
+              });
+              c.close(
+                `${fmt(shape)}`,
+                c.read(y),
+                relu ? want.map((v) => Math.max(v, 0)) : want,
+                TOL.batchNorm.forward,
+              );
+            }
+          }),
+      });
+    }
   }
   return cases;
 }

@@ -1,3 +1,4 @@
+import type { Engine } from "../../engine/engine.ts";
 import { batchNorm2d } from "../../ops/batchnorm.ts";
 import {
   batchNorm2dBackward,
@@ -5,8 +6,13 @@ import {
   batchNorm2dCpu,
   batchNorm2dForward,
   batchNorm2dInference,
+  batchNorm2dStatistics,
+  batchNormCandidates,
+  batchNormShapeClass,
   type BatchNormState,
+  batchNormVariantFor,
 } from "../../kernels/batchnorm.ts";
+import { tuningKey, useTuning, withVariant } from "../../kernels/tuning.ts";
 import { mul } from "../../ops/elementwise.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../ops/reduce.ts";
@@ -17,6 +23,7 @@ import {
   assertThrows,
   gpuTest,
   rand,
+  smallBindingEngine,
   TOL as SHARED_TOL,
 } from "../helpers.ts";
 
@@ -239,4 +246,218 @@ gpuTest("a recorded batchNorm2d releases every buffer once the tape and scope ar
   // Not recorded: the saved statistics are released at once.
   noGrad(() => batchNorm2d(x, { weight: w, bias: b, runningMean: rm, runningVar: rv })).dispose();
   assertEquals(e.stats().inUse, before);
+});
+
+// ------------------------------------------------------------------ variants (kernels/tuning.ts)
+
+/** Both partial-sum passes (statistics, Σdy and Σdy·x̂) forced to `variant` while `fn` runs. */
+const withPartials = <T>(variant: string, fn: () => T): T =>
+  withVariant("batchnorm.stats", variant, () => withVariant("batchnorm.sums", variant, fn));
+/** Both elementwise passes (normalise, input gradient) forced to `variant` while `fn` runs. */
+const withElementwise = <T>(variant: string, fn: () => T): T =>
+  withVariant("batchnorm.apply", variant, () => withVariant("batchnorm.dx", variant, fn));
+
+/**
+ * Training forward (y, mean, rstd, running statistics) and backward (dx, dweight, dbias) on `shape` against
+ * the float64 reference: x around 50 for the forward (Welford must keep the variance), around 0 for
+ * backward (as above).
+ */
+async function checkTraining(e: Engine, shape: number[], what: string): Promise<void> {
+  const c = shape[1], n = size(shape);
+  const x = rand(n, n + 3, 49, 51), x0 = rand(n, n + 4, -2, 2), dy = rand(n, n + 5);
+  const w = rand(c, 51, 0.5, 1.5), b = rand(c, 52), rm = rand(c, 53, -0.5, 0.5), rv = rand(c, 54, 0.5, 2);
+  const wt = e.tensor(w, [c]), bt = e.tensor(b, [c]);
+  const runningMean = e.tensor(rm, [c]), runningVar = e.tensor(rv, [c]);
+  const got = batchNorm2dForward(e.tensor(x, shape), {
+    weight: wt,
+    bias: bt,
+    runningMean,
+    runningVar,
+    training: true,
+  });
+  const want = batchNorm2dCpu(x, shape, {
+    weight: w,
+    bias: b,
+    runningMean: rm,
+    runningVar: rv,
+    training: true,
+  });
+  assertClose(await got.y.toArray(), want.y, TOL.forward, `y ${what}`);
+  assertClose(await got.mean.toArray(), want.mean, TOL.stats, `mean ${what}`);
+  assertClose(await got.rstd.toArray(), want.rstd, TOL.rstd, `rstd ${what}`);
+  assertClose(await runningMean.toArray(), want.runningMean!, TOL.stats, `running_mean ${what}`);
+  assertClose(await runningVar.toArray(), want.runningVar!, TOL.stats, `running_var ${what}`);
+  const x0t = e.tensor(x0, shape);
+  const fwd = batchNorm2dForward(x0t, { weight: wt, bias: bt, training: true });
+  const ref = batchNorm2dCpu(x0, shape, { weight: w, bias: b, training: true });
+  const grads = batchNorm2dBackward(e.tensor(dy, shape), x0t, { weight: wt, ...fwd, training: true });
+  const wantGrads = batchNorm2dBackwardCpu(dy, x0, shape, { weight: w, ...ref, training: true });
+  assertClose(await grads.dx.toArray(), wantGrads.dx, TOL.grad, `dx ${what}`);
+  assertClose(await grads.dweight.toArray(), wantGrads.dweight, TOL.grad, `dweight ${what}`);
+  assertClose(await grads.dbias.toArray(), wantGrads.dbias, TOL.grad, `dbias ${what}`);
+}
+
+// Variants of the partial-sum passes: `serial/8` splits even the small shapes into many parts per channel,
+// with chunks that straddle samples; 256 leaves a remainder on [3,5,12,12] (432 values) and [2,17,13,13].
+const PARTIALS = ["tree", "serial/8", "serial/256", "serial/1024", "serial/2048"];
+// H·W % 4 = 0 (vec4 loads in the serial passes) besides the ragged SHAPES (scalar loads).
+const VEC_SHAPES = [[2, 3, 2, 2], [3, 5, 12, 12], [1, 2, 4, 9]];
+
+gpuTest("every partial-sum variant (tree, serial/<chunk>) matches the float64 reference", async (e) => {
+  for (const variant of PARTIALS) {
+    for (const shape of [...SHAPES, ...VEC_SHAPES]) {
+      await withPartials(variant, () => checkTraining(e, shape, `[${shape}] ${variant}`));
+    }
+  }
+});
+
+/** The first index where `a` and `b` differ in their bits, or -1. */
+function firstBitDifference(a: Float32Array, b: Float32Array): number {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length),
+    ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  if (ua.length !== ub.length) return 0;
+  return ua.findIndex((v, i) => v !== ub[i]);
+}
+
+gpuTest(
+  "the vec4 normalise and input-gradient kernels equal the scalar ones bit for bit (scalar where H·W % 4 ≠ 0)",
+  async (e) => {
+    for (const shape of [...VEC_SHAPES, [2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2]]) {
+      const c = shape[1], n = size(shape);
+      const x = rand(n, 61, -3, 3), dy = rand(n, 62);
+      const w = rand(c, 63, 0.5, 1.5), b = rand(c, 64), rm = rand(c, 65, -0.5, 0.5), rv = rand(c, 66, 0.5, 2);
+      const p = { weight: e.tensor(w, [c]), bias: e.tensor(b, [c]) };
+      const running = { runningMean: e.tensor(rm, [c]), runningVar: e.tensor(rv, [c]) };
+      const xt = e.tensor(x, shape), dyt = e.tensor(dy, shape);
+      const outputs: Record<string, Float32Array>[] = [];
+      for (const variant of ["scalar", "vec4"]) {
+        const out: Record<string, Float32Array> = {};
+        await withElementwise(variant, async () => {
+          for (const training of [true, false]) {
+            const f = batchNorm2dForward(xt, { ...p, ...running, training, momentum: 0 });
+            const g = batchNorm2dBackward(dyt, xt, {
+              weight: p.weight,
+              mean: f.mean,
+              rstd: f.rstd,
+              training,
+            });
+            out[`y ${training}`] = await f.y.toArray();
+            out[`dx ${training}`] = await g.dx.toArray();
+          }
+          out["fused relu"] = await batchNorm2dInference(xt, { ...p, ...running, relu: true }).toArray();
+        });
+        outputs.push(out);
+      }
+      const [scalar, vec4] = outputs;
+      for (const k of Object.keys(scalar)) {
+        const at = firstBitDifference(vec4[k], scalar[k]);
+        assertEquals(at, -1, `${k} [${shape}]: vec4 ${vec4[k][at]} ≠ scalar ${scalar[k][at]} at ${at}`);
+      }
+      const want = batchNorm2dCpu(x, shape, { weight: w, bias: b, training: true });
+      assertClose(vec4["y true"], want.y, TOL.forward, `y [${shape}]`);
+      const wantDx = batchNorm2dBackwardCpu(dy, x, shape, { weight: w, ...want, training: true }).dx;
+      assertClose(vec4["dx true"], wantDx, TOL.grad, `dx [${shape}]`);
+    }
+  },
+);
+
+let small: Promise<Engine> | null = null;
+
+Deno.test({
+  name: "every variant beyond one storage binding (ragged runs of samples, vec4 runs off the alignment)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    // A 2 MiB binding: [14, 31, 36, 36] runs as 13 + 1 samples, the second run 48 values past a 256 B
+    // boundary (vec4 loads from a range); [8, 29, 49, 57] (H·W odd: scalar loads) as 6 + 2 samples, 30
+    // values past one.
+    const e = await (small ??= smallBindingEngine(2 << 20, 256));
+    await e.scope(async () => {
+      for (const shape of [[14, 31, 36, 36], [8, 29, 49, 57]]) {
+        assertEquals(size(shape) * 4 > e.maxBinding, true);
+        for (
+          const [partials, elementwise] of [["tree", "scalar"], ["serial/256", "vec4"], [
+            "serial/2048",
+            "scalar",
+          ]]
+        ) {
+          await withPartials(
+            partials,
+            () =>
+              withElementwise(
+                elementwise,
+                () => checkTraining(e, shape, `[${shape}] ${partials} ${elementwise}`),
+              ),
+          );
+        }
+      }
+    });
+    e.checkError();
+  },
+});
+
+gpuTest("batch norm's variants: a default per adapter kind, the tuning table's choice, checked ids", (e) => {
+  const shape = [2, 64, 56, 56], cls = batchNormShapeClass(64, 2 * 56 * 56);
+  assertEquals(cls, "c64 m8192");
+  assertEquals(batchNormShapeClass(2048, 2 * 7 * 7), "c2048 m128");
+  const sw = e.adapterInfo.software;
+  assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), sw ? "serial/2048" : "tree");
+  assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048" : "tree");
+  assertEquals(batchNormVariantFor(e, "batchnorm.apply", shape), sw ? "vec4" : "scalar");
+  assertEquals(batchNormVariantFor(e, "batchnorm.dx", shape), sw ? "vec4" : "scalar");
+  assertEquals(batchNormCandidates("batchnorm.stats", shape), [
+    "tree",
+    "serial/256",
+    "serial/512",
+    "serial/1024",
+    "serial/2048",
+  ]);
+  assertEquals(batchNormCandidates("batchnorm.sums", [2, 2048, 7, 7]), ["tree", "serial/256"]);
+  assertEquals(batchNormCandidates("batchnorm.sums", [2, 1024, 14, 14]), [
+    "tree",
+    "serial/256",
+    "serial/512",
+  ]);
+  assertEquals(batchNormCandidates("batchnorm.apply", shape), ["scalar", "vec4"]);
+  assertEquals(batchNormCandidates("batchnorm.dx", [2, 2048, 7, 7]), ["scalar"]);
+  useTuning(e, {
+    entries: {
+      [tuningKey("batchnorm.stats", cls)]: "serial/512",
+      [tuningKey("batchnorm.sums", cls)]: "no such variant",
+    },
+  });
+  try {
+    assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), "serial/512");
+    assertEquals(batchNormVariantFor(e, "batchnorm.stats", [2, 64, 7, 7]), sw ? "serial/2048" : "tree");
+    // A table entry that is not a variant gives way to the default; a forced variant wins over the table.
+    assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048" : "tree");
+    withVariant(
+      "batchnorm.stats",
+      "tree",
+      () => assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), "tree"),
+    );
+  } finally {
+    useTuning(e, null);
+  }
+  const x = e.tensor(rand(24, 71), [2, 3, 2, 2]), g = e.tensor(rand(3, 72), [3]);
+  assertThrows(
+    () => withVariant("batchnorm.stats", "serial/6", () => batchNorm2dStatistics(x)),
+    RangeError,
+    'Cannot batchNorm2d (statistics) of shape [2,3,2,2] with variant "serial/6": the chunk of serial must be a multiple of 4',
+  );
+  assertThrows(
+    () =>
+      withVariant(
+        "batchnorm.apply",
+        "vec8",
+        () => batchNorm2dForward(x, { weight: g, bias: g, training: true }),
+      ),
+    RangeError,
+    "the variants are scalar and vec4",
+  );
+  assertThrows(
+    () => batchNormCandidates("batchnorm.mean" as "batchnorm.stats", shape),
+    RangeError,
+    "the ops are",
+  );
 });
