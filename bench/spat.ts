@@ -63,7 +63,7 @@ for (let s = 0; s < steps; s++) {
   const st = e.pool.stats();
   console.log(
     `step ${s + 1}: ${sec.toFixed(1)} s (${(sec / n).toFixed(2)} s per image), peak GPU memory ` +
-      `${mib(st.peakInUseBytes)} MiB; loss ${l.total.toFixed(4)} (target ${l.target.toFixed(4)}, ` +
+      `${mib(st.peakInUseBytes)} MiB in use (the pool holds ${mib(st.totalBytes)} MiB); loss ${l.total.toFixed(4)} (target ${l.target.toFixed(4)}, ` +
       `aux ${l.aux.toFixed(4)}, tumour ${l.tumor.toFixed(4)}, spatial ${l.spat.toFixed(4)})`,
   );
   for (const t of [x, target, auxT]) t.dispose();

@@ -45,6 +45,8 @@ export interface EngineOptions extends DeviceOptions {
   trace?: boolean;
   /** Submit after this many recorded dispatches (default 256). */
   autoFlush?: number;
+  /** Free bytes the buffer pool may keep when it has to create a buffer (default 256 MiB). */
+  poolSlackBytes?: number;
 }
 
 function envFlag(name: string): boolean {
@@ -123,7 +125,15 @@ export class Engine {
     this.limits = device.limits;
     this.maxBinding = device.limits.maxStorageBufferBindingSize;
     this.offsetAlign = device.limits.minStorageBufferOffsetAlignment;
-    this.pool = new BufferPool(device, device.limits.maxBufferSize);
+    // Before the pool destroys free buffers: submit the work that may use them, and forget the bind groups
+    // that name them (their ids never come back).
+    this.pool = new BufferPool(device, device.limits.maxBufferSize, {
+      slackBytes: options.poolSlackBytes,
+      beforeDestroy: () => {
+        this.flush();
+        this.#bindGroups.clear();
+      },
+    });
     this.trace = options.trace ?? envFlag("HE2GENE_TRACE");
     this.autoFlush = options.autoFlush ?? 256;
     device.addEventListener("uncapturederror", (ev) => {

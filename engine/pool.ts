@@ -64,7 +64,16 @@ export class BufferPool {
     totalBytes: 0,
   };
 
-  constructor(readonly device: GPUDevice, readonly maxBufferSize: number) {}
+  /**
+   * `options.beforeDestroy` runs before free buffers are destroyed (the engine submits recorded work that
+   * may still use them); `options.slackBytes` (default 256 MiB): free bytes the pool may keep when it has to
+   * create a buffer.
+   */
+  constructor(
+    readonly device: GPUDevice,
+    readonly maxBufferSize: number,
+    readonly options: { beforeDestroy?: () => void; slackBytes?: number } = {},
+  ) {}
 
   /** Get a buffer of at least `bytes` bytes with exactly `usage`. */
   acquire(bytes: number, usage: number, label: string): PooledBuffer {
@@ -84,6 +93,10 @@ export class BufferPool {
       s.freeBytes -= pb.bytes;
       pb.buffer.label = label;
     } else {
+      // A miss while free lists hold other sizes: destroy the largest free buffers first, so that a run
+      // whose shapes change (a checkpointed block recomputed in backward, stage after stage) holds about its
+      // peak in use rather than the sum of every size's peak.
+      if (s.freeBytes > (this.options.slackBytes ?? 256 * 2 ** 20)) this.#shrink();
       const buffer = this.device.createBuffer({ label, size, usage });
       pb = { buffer, id: this.#nextId++, bytes: size, usage };
       s.created++;
@@ -106,6 +119,27 @@ export class BufferPool {
     s.inUseBytes -= pb.bytes;
     s.free++;
     s.freeBytes += pb.bytes;
+  }
+
+  // Destroy free buffers, largest first, until at most the slack is left free.
+  #shrink(): void {
+    const slack = this.options.slackBytes ?? 256 * 2 ** 20;
+    this.options.beforeDestroy?.();
+    const all = [...this.#free.values()].flat().sort((a, b) => b.bytes - a.bytes);
+    const gone = new Set<PooledBuffer>();
+    for (const pb of all) {
+      if (this.#stats.freeBytes <= slack) break;
+      pb.buffer.destroy();
+      gone.add(pb);
+      this.#stats.totalBytes -= pb.bytes;
+      this.#stats.free--;
+      this.#stats.freeBytes -= pb.bytes;
+    }
+    for (const [key, list] of this.#free) {
+      const keep = list.filter((pb) => !gone.has(pb));
+      if (keep.length) this.#free.set(key, keep);
+      else this.#free.delete(key);
+    }
   }
 
   /** Destroy every free buffer (those in use are kept). */
