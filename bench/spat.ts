@@ -61,10 +61,13 @@ for (let s = 0; s < steps; s++) {
   const l = await trainer.step({ x, b, target, aux: auxT, tumor, nbr });
   const sec = (performance.now() - t0) / 1000;
   const st = e.pool.stats();
+  const losses = `loss ${l.total.toFixed(4)} (target ${l.target.toFixed(4)}, aux ${l.aux.toFixed(4)}, ` +
+    `tumour ${l.tumor.toFixed(4)}, spatial ${l.spat.toFixed(4)})`;
+  const held = mib(st.totalBytes), rss = mib(Deno.memoryUsage().rss);
   console.log(
-    `step ${s + 1}: ${sec.toFixed(1)} s (${(sec / n).toFixed(2)} s per image), peak GPU memory ` +
-      `${mib(st.peakInUseBytes)} MiB in use (the pool holds ${mib(st.totalBytes)} MiB); loss ${l.total.toFixed(4)} (target ${l.target.toFixed(4)}, ` +
-      `aux ${l.aux.toFixed(4)}, tumour ${l.tumor.toFixed(4)}, spatial ${l.spat.toFixed(4)})`,
+    `step ${s + 1}: ${sec.toFixed(1)} s (${(sec / n).toFixed(2)} s per image); GPU memory: peak ` +
+      `${mib(st.peakInUseBytes)} MiB in use, the pool now holds ${held} MiB; process resident ${rss} MiB; ` +
+      losses,
   );
   for (const t of [x, target, auxT]) t.dispose();
 }
