@@ -3,7 +3,11 @@
  * original's hyper-parameters as defaults. Patches are cut from the slides once (`--crop-size` px around
  * each spot, top-left = ⌊px⌋ − crop/2 as the original) and kept in memory; see cli/train_loop.ts for the
  * loop, checkpoints and resume. At the end the best model predicts the validation spots and
- * `val_predictions.npz` + `val_truth.npz` are written for `he2gene evaluate`.
+ * `val_predictions.npz` + `val_truth.npz` are written for `he2gene evaluate`. With `--test-sections`, those
+ * sections are held out of training, validation and the choice of target genes, and the best model's
+ * predictions of their spots, their truth and the mean-expression baseline's predictions (each gene's mean
+ * over the training spots) are written too: `test_predictions.npz`, `test_truth.npz`, `test_baseline.npz`
+ * (leave-one-section-out cross-validation, as the workflow's `cv` target runs it).
  *
  * Every option is checked before anything is read (numbers: exit 2 naming the option). `--out` is locked
  * for the run (`--out/.lock`: pid, host, start time; created atomically): a second run into it exits 1
@@ -17,7 +21,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
-import { BACKBONES, type HE2Gene, type Variant } from "../model/mod.ts";
+import { BACKBONES, type HE2Gene, meanExpressionBaseline, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
@@ -35,7 +39,7 @@ import {
   type SpatialDataset,
 } from "../slide/datasets/mod.ts";
 import { log1pNormalize, readGeneList, selectTargetGenes } from "../slide/genes.ts";
-import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
+import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
@@ -45,8 +49,10 @@ import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
 /** The usage text (every option with its default). */
 export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [options]
 
-  --train-sections A,B   sections to train on (default: all but the validation ones)
+  --train-sections A,B   sections to train on (default: all but the validation and test ones)
   --val-sections C       validation sections (default: a seeded 90/10 random split of the training spots)
+  --test-sections D      held-out sections: neither trained nor validated on; the best model predicts them
+                         (test_predictions.npz, test_truth.npz, and test_baseline.npz: the training mean)
   --variant base|spat    HE2Gene-Base, or -Spat with the spatial constraint (default base)
   --backbone NAME        resnet50 | resnet18 | tiny (default resnet50)
   --init CKPT            start from HE2Gene's .pt / our .safetensors (full model) — fine-tuning
@@ -319,6 +325,9 @@ const RUN_FILES = [
   "log.jsonl",
   "val_predictions.npz",
   "val_truth.npz",
+  "test_predictions.npz",
+  "test_truth.npz",
+  "test_baseline.npz",
 ];
 
 /** Files of an earlier run in `dir` (an empty log.jsonl, left by a run that failed at once, is none). */
@@ -333,6 +342,11 @@ async function previousRun(dir: string): Promise<string[]> {
     }
   }
   return found;
+}
+
+/** A comma-separated section list (absent: none). */
+function sectionList(v: string | undefined): string[] {
+  return v?.split(",").map((s) => s.trim()) ?? [];
 }
 
 async function loadDataset(kind: string, root: string): Promise<SpatialDataset> {
@@ -369,6 +383,7 @@ export async function runTrain(args: string[]): Promise<void> {
       root: { type: "string" },
       "train-sections": { type: "string" },
       "val-sections": { type: "string" },
+      "test-sections": { type: "string" },
       variant: { type: "string", default: "base" },
       backbone: { type: "string", default: "resnet50" },
       init: { type: "string" },
@@ -424,6 +439,16 @@ export async function runTrain(args: string[]): Promise<void> {
     throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
   }
   if (!v.out?.trim()) throw new UsageError("--out must name a folder, current value is empty");
+  const held = sectionList(v["test-sections"]);
+  for (const flag of ["train-sections", "val-sections"] as const) {
+    const both = sectionList(v[flag]).filter((s) => held.includes(s));
+    if (both.length) {
+      throw new UsageError(
+        `--test-sections are held out of training and validation, but ${both.join(", ")} ` +
+          `${both.length === 1 ? "is" : "are"} also in --${flag}`,
+      );
+    }
+  }
   if (v.resume && v.force) {
     throw new UsageError("--resume continues the run in --out and --force replaces it: give one of them");
   }
@@ -527,6 +552,7 @@ interface TrainValues {
   root: string;
   "train-sections"?: string;
   "val-sections"?: string;
+  "test-sections"?: string;
   variant: Variant;
   backbone: string;
   init?: string;
@@ -568,10 +594,11 @@ async function train(
   check();
   for (const w of ds.warnings ?? []) say(`warning: ${w.message}`);
   const ids = ds.sections.map((s) => s.id);
-  const valIds = v["val-sections"]?.split(",").map((s) => s.trim()) ?? [];
+  const valIds = sectionList(v["val-sections"]);
+  const testIds = sectionList(v["test-sections"]);
   const trainIds = v["train-sections"]?.split(",").map((s) => s.trim()) ??
-    ids.filter((s) => !valIds.includes(s));
-  for (const s of [...valIds, ...trainIds]) {
+    ids.filter((s) => !valIds.includes(s) && !testIds.includes(s));
+  for (const s of [...valIds, ...trainIds, ...testIds]) {
     if (!ids.includes(s)) throw new Error(`Section ${s} is not in ${v.root} (sections: ${ids.join(", ")})`);
   }
   // Genes: enough targets and auxiliaries, before any patch is cut.
@@ -605,11 +632,15 @@ async function train(
   }
 
   // Patches, normalised expression, labels.
-  say(`cutting ${crop}px patches from ${trainIds.length + valIds.length} section(s) …`);
+  say(`cutting ${crop}px patches from ${trainIds.length + valIds.length + testIds.length} section(s) …`);
+  // The held-out spots apart, so that the seeded split below is the one of a run without them.
   const spots: { sec: Section; i: number; patch: RgbImage }[] = [];
-  for (const sec of ds.sections.filter((s) => trainIds.includes(s.id) || valIds.includes(s.id))) {
+  const testSpots: typeof spots = [];
+  for (const sec of ds.sections) {
+    const held = testIds.includes(sec.id);
+    if (!held && !trainIds.includes(sec.id) && !valIds.includes(sec.id)) continue;
     const patches = await cutPatches(sec, crop, check);
-    sec.spots.forEach((_, i) => spots.push({ sec, i, patch: patches[i] }));
+    sec.spots.forEach((_, i) => (held ? testSpots : spots).push({ sec, i, patch: patches[i] }));
   }
   const isVal = (sp: { sec: Section }, k: number) =>
     valIds.length ? valIds.includes(sp.sec.id) : ((Math.imul(k + 1, 0x9e3779b1) >>> 0) ^ seed) % 10 === 0;
@@ -649,6 +680,7 @@ async function train(
     };
   };
   const train = table(trainSpots), val = table(valSpots);
+  const test = testSpots.length ? table(testSpots) : null;
   const unlabelled = [...train.tumor].filter((t) => t < 0).length;
   if (unlabelled) say(`note: ${unlabelled} training spots have no tumour label; the tumour loss skips them`);
   let mean: [number, number, number] | undefined, std: [number, number, number] | undefined;
@@ -687,7 +719,7 @@ async function train(
         )
         : MACENKO_DEFAULT_TARGET;
       let skipped = 0;
-      for (const t of [train, val]) {
+      for (const t of test ? [train, val, test] : [train, val]) {
         // Patches of one size are normalised together (in chunks that fit one storage binding).
         for (let i0 = 0; i0 < t.patches.length; i0 += 512) {
           check();
@@ -736,10 +768,13 @@ async function train(
       if (interrupted()) {
         throw new Interrupted(
           `training had finished (checkpoint saved in ${v.out}) but val_predictions.npz and val_truth.npz ` +
-            `were not written: run again with --resume to write them`,
+            `${
+              test ? "and the test_*.npz files " : ""
+            }were not written: run again with --resume to write them`,
         );
       }
       await writeValidation(v.out, model, val, { batchSize, imageSize, mean, std });
+      if (test) await writeTest(v.out, model, test, train, { batchSize, imageSize, mean, std });
     } finally {
       model.dispose();
     }
@@ -747,7 +782,12 @@ async function train(
       `${history.length} epochs; best epoch ${best.epoch} (validation target MSE ${
         best.valMse.toFixed(4)
       }). ` +
-        `Files in ${v.out}: best.safetensors, checkpoint.safetensors, log.jsonl, val_predictions.npz, val_truth.npz.\n` +
+        `Files in ${v.out}: best.safetensors, checkpoint.safetensors, log.jsonl, val_predictions.npz, val_truth.npz` +
+        `${
+          test
+            ? `, test_predictions.npz, test_truth.npz, test_baseline.npz (${test.names.length} held-out spots)`
+            : ""
+        }.\n` +
         `Score: deno task he2gene evaluate ${join(v.out, "val_predictions.npz")} --truth ${
           join(v.out, "val_truth.npz")
         } ` +
@@ -758,48 +798,79 @@ async function train(
   }
 }
 
+/** Predictions of a spot table in the npz format `he2gene evaluate` reads (as `predictions.npz`). */
+function predictionsNpz(
+  t: SpotTable,
+  p: { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array },
+): Uint8Array {
+  const V = t.names.length;
+  return encodeNpz({
+    target: { dtype: "f4", shape: [V, t.targetGenes.length], data: p.target },
+    aux: { dtype: "f4", shape: [V, t.auxGenes.length], data: p.aux },
+    ...(p.tumorProb ? { tumor_prob: { dtype: "f4" as const, shape: [V], data: p.tumorProb } } : {}),
+    names: { dtype: "U", shape: [V], data: t.names },
+    target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
+    aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
+  });
+}
+
+/** The truth of a spot table for `he2gene evaluate`: target then aux genes, tumour 1 / 0 / NaN (unknown). */
+function truthNpz(t: SpotTable): Uint8Array {
+  const V = t.names.length, nT = t.targetGenes.length, nA = t.auxGenes.length, G = nT + nA;
+  const truth = new Float32Array(V * G);
+  for (let s = 0; s < V; s++) {
+    truth.set(t.target.subarray(s * nT, (s + 1) * nT), s * G);
+    truth.set(t.aux.subarray(s * nA, (s + 1) * nA), s * G + nT);
+  }
+  return encodeNpz({
+    target: { dtype: "f4", shape: [V, G], data: truth },
+    names: { dtype: "U", shape: [V], data: t.names },
+    genes: { dtype: "U", shape: [G], data: [...t.targetGenes, ...t.auxGenes] },
+    tumor: { dtype: "f4", shape: [V], data: Float32Array.from(t.tumor, (v) => (v < 0 ? NaN : v)) },
+  });
+}
+
 /** The best model's predictions of the validation spots and their truth, for `he2gene evaluate`. */
 async function writeValidation(
   out: string,
   model: HE2Gene,
   val: SpotTable,
-  o: {
-    batchSize: number;
-    imageSize: number;
-    mean?: [number, number, number];
-    std?: [number, number, number];
-  },
+  o: PredictTableOptions,
 ): Promise<void> {
   const p = await predictTable(model, val, { ...o, batchSize: Math.min(o.batchSize, 64) });
-  const V = val.names.length;
-  const arr = (data: Float32Array, w: number) => ({ dtype: "f4" as const, shape: [V, w], data });
-  await writeAtomic(
-    join(out, "val_predictions.npz"),
-    encodeNpz({
-      target: arr(p.target, val.targetGenes.length),
-      aux: arr(p.aux, val.auxGenes.length),
-      tumor_prob: { dtype: "f4", shape: [V], data: p.tumorProb },
-      names: { dtype: "U", shape: [V], data: val.names },
-      target_genes: { dtype: "U", shape: [val.targetGenes.length], data: val.targetGenes },
-      aux_genes: { dtype: "U", shape: [val.auxGenes.length], data: val.auxGenes },
-    }),
-  );
-  const G = val.targetGenes.length + val.auxGenes.length;
-  const truth = new Float32Array(V * G);
-  for (let s = 0; s < V; s++) {
-    truth.set(val.target.subarray(s * val.targetGenes.length, (s + 1) * val.targetGenes.length), s * G);
-    truth.set(
-      val.aux.subarray(s * val.auxGenes.length, (s + 1) * val.auxGenes.length),
-      s * G + val.targetGenes.length,
-    );
-  }
-  await writeAtomic(
-    join(out, "val_truth.npz"),
-    encodeNpz({
-      target: arr(truth, G),
-      names: { dtype: "U", shape: [V], data: val.names },
-      genes: { dtype: "U", shape: [G], data: [...val.targetGenes, ...val.auxGenes] },
-      tumor: { dtype: "f4", shape: [V], data: Float32Array.from(val.tumor, (t) => (t < 0 ? NaN : t)) },
-    }),
-  );
+  await writeAtomic(join(out, "val_predictions.npz"), predictionsNpz(val, p));
+  await writeAtomic(join(out, "val_truth.npz"), truthNpz(val));
+}
+
+/**
+ * The held-out sections: the best model's predictions, their truth, and the mean-expression baseline's
+ * predictions (every spot gets each gene's mean over the training spots; no tumour score), written
+ * together (`test_predictions.npz`, `test_truth.npz`, `test_baseline.npz`).
+ */
+async function writeTest(
+  out: string,
+  model: HE2Gene,
+  test: SpotTable,
+  train: SpotTable,
+  o: PredictTableOptions,
+): Promise<void> {
+  const p = await predictTable(model, test, { ...o, batchSize: Math.min(o.batchSize, 64) });
+  const N = train.names.length, V = test.names.length;
+  const baseline = {
+    target: meanExpressionBaseline(train.target, N, train.targetGenes.length).predict(V),
+    aux: meanExpressionBaseline(train.aux, N, train.auxGenes.length).predict(V),
+  };
+  await writeFilesAtomic(out, [
+    ["test_predictions.npz", predictionsNpz(test, p)],
+    ["test_truth.npz", truthNpz(test)],
+    ["test_baseline.npz", predictionsNpz(test, baseline)],
+  ]);
+}
+
+/** How the validation and test spots are predicted: as in training. */
+interface PredictTableOptions {
+  batchSize: number;
+  imageSize: number;
+  mean?: [number, number, number];
+  std?: [number, number, number];
 }

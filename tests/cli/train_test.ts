@@ -1,9 +1,13 @@
 import { join } from "node:path";
-import { Interrupted } from "../../cli/errors.ts";
+import { gzipSync } from "node:zlib";
+import { Interrupted, UsageError } from "../../cli/errors.ts";
+import { runTrain } from "../../cli/train.ts";
+import { readNpz } from "../../slide/npy.ts";
+import { encodePng } from "../../slide/png.ts";
 import { type SpotTable, trainModel } from "../../cli/train_loop.ts";
 import { TINY } from "../../model/mod.ts";
 import { cropPatch, log1pNormalize, syntheticSection } from "../../slide/mod.ts";
-import { assertEquals, assertRejects, engine } from "../helpers.ts";
+import { assertEquals, assertRejects, engine, rand } from "../helpers.ts";
 
 function tables() {
   const sec = syntheticSection({ rows: 6, cols: 6, spacing: 24, genes: 6, seed: 5 });
@@ -176,6 +180,125 @@ Deno.test({
       });
       assertEquals(r.history.length === 1 && Number.isFinite(r.history[0].trainLoss), true);
       r.model.dispose();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/**
+ * A her2st-layout folder of three sections X1–X3 (a 3 × 3 grid of spots each on a 120 px image, 5 genes of
+ * seeded counts, expression-cluster tumour labels); returns the root, and the counts and tumour label of
+ * each spot by name.
+ */
+async function tinyHer2st(
+  dir: string,
+): Promise<{ root: string; counts: Map<string, number[]>; tumor: Map<string, number> }> {
+  const genes = ["G0", "G1", "G2", "G3", "G4"];
+  const counts = new Map<string, number[]>(), tumor = new Map<string, number>();
+  const write = async (path: string, data: string | Uint8Array) => {
+    await Deno.mkdir(join(dir, path, ".."), { recursive: true });
+    await (typeof data === "string"
+      ? Deno.writeTextFile(join(dir, path), data)
+      : Deno.writeFile(join(dir, path), data));
+  };
+  const gz = (s: string) => gzipSync(new TextEncoder().encode(s));
+  for (const [k, s] of ["X1", "X2", "X3"].entries()) {
+    const px = Uint8Array.from(rand(120 * 120 * 3, 10 + k, 0, 255), (v) => v);
+    await write(`data/ST-imgs/X/${s}/${s}.jpg`, encodePng(120, 120, px)); // read by its signature
+    const spots = [], rows = [], labels = [];
+    const c = rand(9 * genes.length, 20 + k, 0, 30);
+    for (let i = 0; i < 9; i++) {
+      const [x, y] = [1 + (i % 3), 1 + Math.floor(i / 3)];
+      spots.push(`${x}\t${y}\t${x}\t${y}\t${20 + 40 * (i % 3)}\t${20 + 40 * Math.floor(i / 3)}\t1`);
+      const row = Array.from(c.subarray(i * genes.length, (i + 1) * genes.length), Math.floor);
+      counts.set(`${s}_${x}_${y}`, row);
+      tumor.set(`${s}_${x}_${y}`, i % 2); // cluster 1 is "cancer cells"
+      rows.push(`${x}x${y}\t${row.join("\t")}`);
+      labels.push(`${x}x${y}\tX\t${i % 2}\t${x}\t${y}`);
+    }
+    await write(
+      `data/ST-spotfiles/${s}_selection.tsv`,
+      `x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected\n${spots.join("\n")}\n`,
+    );
+    await write(`data/ST-cnts/${s}.tsv.gz`, gz(`\t${genes.join("\t")}\n${rows.join("\n")}\n`));
+    await write(
+      `res/ST-cluster/lbl/${s}-cluster-annotation.tsv.gz`,
+      gz(`\tpatient_id\tlabel\tx\ty\n${labels.join("\n")}\n`),
+    );
+  }
+  await write(
+    "res/ST-cluster/motivation.csv",
+    "patient,cluster,annotated as\nX,0,stroma\nX,1,cancer cells\n",
+  );
+  return { root: dir, counts, tumor };
+}
+
+Deno.test({
+  name:
+    "train --test-sections holds a section out and writes its predictions, truth and training-mean baseline",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-train-test-" });
+    try {
+      const { root, counts, tumor } = await tinyHer2st(join(dir, "her2st"));
+      const out = join(dir, "run");
+      const args = ["--dataset", "her2st", "--root", root, "--backbone", "tiny", "--epochs", "1"];
+      const small = ["--crop-size", "24", "--image-size", "32", "--batch-size", "4", "--n-target", "2"];
+      // A held-out section may be neither trained nor validated on (exit 2, before anything is read).
+      await assertRejects(
+        () => runTrain([...args, "--train-sections", "X1,X3", "--test-sections", "X3", "--out", out]),
+        UsageError,
+        "X3 is also in --train-sections",
+      );
+      await assertRejects(
+        () => runTrain([...args, "--val-sections", "X3", "--test-sections", "X3", "--out", out]),
+        UsageError,
+        "X3 is also in --val-sections",
+      );
+      await runTrain([
+        ...args,
+        ...small,
+        "--val-sections",
+        "X2",
+        "--test-sections",
+        "X3",
+        "--out",
+        out,
+        "--quiet",
+      ]);
+      const pred = await readNpz(join(out, "test_predictions.npz"));
+      const truth = await readNpz(join(out, "test_truth.npz"));
+      const base = await readNpz(join(out, "test_baseline.npz"));
+      const names = pred.names.data as string[];
+      assertEquals(names, [...counts.keys()].filter((n) => n.startsWith("X3_")));
+      assertEquals(truth.names.data, names);
+      assertEquals(base.names.data, names);
+      assertEquals(pred.target.shape, [9, 2]);
+      assertEquals(pred.aux.shape, [9, 3]);
+      assertEquals(Array.from(pred.target.data as Float32Array).every(Number.isFinite), true);
+      assertEquals(pred.tumor_prob.shape, [9]);
+      assertEquals(base.tumor_prob, undefined);
+      // The truth: log1p-normalised counts of the held-out spots, target then aux genes; tumour from clusters.
+      const order = [...(pred.target_genes.data as string[]), ...(pred.aux_genes.data as string[])];
+      const at = order.map((g) => Number(g.slice(1)));
+      const norm = (row: number[]) => log1pNormalize(Float32Array.from(row));
+      assertEquals(truth.genes.data, order);
+      assertEquals(
+        Array.from(truth.target.data as Float32Array),
+        names.flatMap((n) => at.map((g) => norm(counts.get(n)!)[g])),
+      );
+      assertEquals(Array.from(truth.tumor.data as Float32Array), names.map((n) => tumor.get(n)));
+      // The baseline: every held-out spot gets each gene's mean over the training section X1 (not X2, not X3).
+      const train = [...counts.keys()].filter((n) => n.startsWith("X1_"));
+      const mean = at.map((g) =>
+        Math.fround(train.reduce((s, n) => s + norm(counts.get(n)!)[g], 0) / train.length)
+      );
+      const nT = pred.target_genes.shape[0];
+      // (float64 sums over the spots in order, as the baseline's, so float32 results agree exactly)
+      assertEquals(Array.from(base.target.data as Float32Array), names.flatMap(() => mean.slice(0, nT)));
+      assertEquals(Array.from(base.aux.data as Float32Array), names.flatMap(() => mean.slice(nT)));
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
