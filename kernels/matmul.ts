@@ -607,6 +607,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
         `(${e.maxBinding} bytes) in a layout that cannot be split; use a smaller batch size`,
     );
   }
+  const nBlock = splitN ? alignedBlock(e, [k], n) : n;
   const cfg = chooseMatmulKernel(e, M, n, k);
   const reg = cfg.kind === "reg";
   const epilogue = !splitK; // with split-K, bias and activation are applied after the last block
@@ -614,7 +615,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     cfg: matmulVariantId(cfg),
     vecA: reg && k % 4 === 0,
     vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
-    vecC: reg && n % 4 === 0 && (!splitN || alignedBlock(e, [k], n) % 4 === 0),
+    vecC: reg && n % 4 === 0 && nBlock % 4 === 0,
     transB: tB,
     bias: epilogue && !!o.bias,
     act: epilogue ? o.activation ?? "none" : "none",
@@ -623,7 +624,6 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
   const sb = bBatched ? k * n : 0;
   const sc = fold ? 0 : m * n;
   const mBlock = splitM ? alignedBlock(e, [k, n], M) : M;
-  const nBlock = splitN ? alignedBlock(e, [k], n) : n;
   let kBlock = k;
   if (splitK) {
     kBlock = alignedBlock(e, [n], k);
