@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # he2gene on a real GPU machine without network (issue 13, item 7): unpack what ../shared/tools/gpu/prep.sh
 # packed into .gpu/ (Deno, the Vulkan loader), then print the adapter, run the kernel self-test, tune and
-# the benchmark (matmul, conv layers, ResNet-50 inference at batch 1/8/32, a training step at 2/32), each step timed
-# and logged; a failing step does not stop the next ones; a summary ends the run.
+# the benchmark (matmul, conv layers, ResNet-50 inference at batch 1/8/32, a training step at 2/32), and
+# PyTorch's figures for the same work on the same GPU (bench/peer_torch.py, where python3 has torch), each step
+# timed and logged; a failing step does not stop the next ones; a summary ends the run.
 #
-# Usage (from the project's root, with .gpu/ and node_modules/ copied along with the working tree):
-#   bash bench/gpu.sh [--quick]
-#     --quick   selftest --quick, bench --quick (fewer shapes and repetitions)
+# Usage (from the project's root, with .gpu/ copied along with the working tree):
+#   bash bench/gpu.sh --pack          here, before the run: prep.sh, then a slimmed copy of node_modules/
+#                                     (no source maps or unused bundles: 88 → 16 MB) in .gpu/node_modules, so
+#                                     that .gpu/ alone (about 47 MB) travels: carry [".gpu"]
+#   bash bench/gpu.sh [--quick] [--budget S]
+#     --quick     selftest --quick, tune --quick, bench --quick (fewer shapes and repetitions)
+#     --tune-quick  tune --quick alone (the full selftest and benchmark)
+#     --budget S  the whole run should end within S seconds: each step's timeout is cut so that the later
+#                 steps keep their share (selftest ≤ 20 %, PyTorch ≤ 20 %, tune ≤ 30 % of what is left)
 # Environment:
 #   HE2GENE_GPU_SKIP_UNPACK=1   use the deno on PATH and the installed Vulkan loader (no .gpu/ needed;
 #                               e.g. to try the script on a machine without a GPU)
@@ -18,24 +25,70 @@
 # Exit status: 0 when every step passed, 1 otherwise.
 set -uo pipefail
 
-quick=0
-for arg in "$@"; do
-  case $arg in
+quick=0 tune_quick=0 pack=0 budget=0
+while (($#)); do
+  case $1 in
     --quick) quick=1 ;;
+    --tune-quick) tune_quick=1 ;;
+    --pack) pack=1 ;;
+    --budget)
+      budget=${2:-}
+      [[ $budget =~ ^[0-9]+$ ]] || { echo "gpu.sh: --budget needs a number of seconds" >&2; exit 2; }
+      shift
+      ;;
     -h | --help)
-      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "gpu.sh: unknown argument '$arg' (expected --quick)" >&2
+      echo "gpu.sh: unknown argument '$1' (expected --quick, --budget S or --pack)" >&2
       exit 2
       ;;
   esac
+  shift
 done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
 [[ -f deno.json && -f cli/main.ts ]] || { echo "gpu.sh: $root is not the he2gene project" >&2; exit 1; }
+
+# ------------------------------------------------------------------------------------ pack (here)
+if ((pack)); then
+  [[ -d node_modules/.deno ]] || { echo "gpu.sh --pack: no node_modules/.deno: run 'deno install' first" >&2; exit 1; }
+  prep=$root/../shared/tools/gpu/prep.sh
+  [[ -x $prep || -f $prep ]] || { echo "gpu.sh --pack: $prep is missing" >&2; exit 1; }
+  bash "$prep" || exit 1
+  rm -rf .gpu/node_modules.tmp && cp -a node_modules .gpu/node_modules.tmp || exit 1
+  (
+    cd .gpu/node_modules.tmp || exit 1
+    find . -name '*.map' -type f -delete
+    # tfjs: Deno loads each package's "main" bundle (dist/*.node.js) and nothing else from dist/.
+    for d in .deno/@tensorflow+tfjs-*/node_modules/@tensorflow/tfjs-*; do
+      [[ -L $d || ! -f $d/package.json ]] && continue
+      main=$(sed -n 's/^ *"main": *"\(.*\)",*$/\1/p' "$d/package.json" | head -n 1)
+      [[ -n $main && -f $d/$main ]] || continue
+      find "$d/dist" -mindepth 1 -maxdepth 1 ! -name "$(basename "$main")" ! -name package.json -exec rm -rf {} +
+      rm -rf "$d/src" "$d/scripts" "$d/wasm-out"
+    done
+    rm -rf .deno/h5wasm@*/node_modules/h5wasm/dist/iife
+  ) || exit 1
+  rm -rf .gpu/node_modules && mv .gpu/node_modules.tmp .gpu/node_modules
+  # Deno asks the registry for each package's metadata when its cache lacks it, even with node_modules/
+  # complete; the metadata (a few hundred kB) travels so that the machine without network never asks.
+  cache=${DENO_DIR:-$HOME/.cache/deno}/npm
+  rm -rf .gpu/deno_dir && mkdir -p .gpu/deno_dir/npm
+  (cd "$cache" && find . -name registry.json -print0 | xargs -0 cp --parents -t "$root/.gpu/deno_dir/npm") || {
+    echo "gpu.sh --pack: cannot copy the npm metadata from $cache" >&2
+    exit 1
+  }
+  du -sh .gpu/node_modules .gpu
+  echo "gpu.sh --pack: carry [\".gpu\"] and run: bash bench/gpu.sh [--quick] [--budget S]"
+  exit 0
+fi
+if [[ ! -d node_modules && -d .gpu/node_modules ]]; then
+  mv .gpu/node_modules node_modules || exit 1
+  echo "gpu.sh: node_modules/ from .gpu/node_modules (packed by --pack)"
+fi
 
 # ------------------------------------------------------------------------------------ unpack (prep.sh)
 if [[ ${HE2GENE_GPU_SKIP_UNPACK:-0} == 1 ]]; then
@@ -58,6 +111,7 @@ else
   export DENO_WEBGPU_BACKEND=${DENO_WEBGPU_BACKEND:-vulkan}
 fi
 command -v deno > /dev/null || { echo "gpu.sh: no deno on PATH" >&2; exit 1; }
+if [[ -z ${DENO_DIR:-} && -d .gpu/deno_dir ]]; then export DENO_DIR=$root/.gpu/deno_dir; fi
 [[ -d node_modules ]] || echo "gpu.sh: warning: node_modules/ is missing; the benchmark's peer (tfjs-webgpu) and npm imports need it" >&2
 export DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
 
@@ -66,42 +120,71 @@ logs=${HE2GENE_GPU_LOGS:-${OUT:+$OUT/he2gene-gpu}}
 logs=${logs:-/tmp/he2gene-gpu-$stamp}
 mkdir -p "$logs" || exit 1
 step_timeout=${HE2GENE_GPU_STEP_TIMEOUT:-1800}
+t_start=$SECONDS
 echo "gpu.sh: $(date -u), deno $(deno --version | head -n 1 | cut -d' ' -f2), logs in $logs"
 echo "gpu.sh: DENO_WEBGPU_BACKEND=${DENO_WEBGPU_BACKEND:-} VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
 
 # ------------------------------------------------------------------------------------ steps
 names=() codes=() secs=()
 
-# run_step NAME COMMAND…: run with a timeout, output to the terminal and to $logs/NAME.log, record status.
+# step_limit PERCENT: this step's timeout: HE2GENE_GPU_STEP_TIMEOUT, and with --budget at most PERCENT % of
+# the seconds left (at least 20).
+step_limit() {
+  local limit=$step_timeout
+  if ((budget > 0)); then
+    local left=$((budget - (SECONDS - t_start)))
+    local share=$((left * $1 / 100))
+    ((share < 20)) && share=20
+    ((share < limit)) && limit=$share
+  fi
+  echo "$limit"
+}
+
+# run_step NAME PERCENT COMMAND…: run with a timeout, output to the terminal and to $logs/NAME.log, record
+# status.
 run_step() {
-  local name=$1
-  shift
+  local name=$1 limit
+  limit=$(step_limit "$2")
+  shift 2
   echo
-  echo "=== $name: $*"
+  echo "=== $name (at most ${limit}s): $*"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=30 "$step_timeout" "$@" 2>&1 | tee "$logs/$name.log"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
   local rc=${PIPESTATUS[0]}
   local dt=$((SECONDS - t0))
-  ((rc == 124)) && echo "=== $name: timed out after ${step_timeout}s"
+  ((rc == 124)) && echo "=== $name: timed out after ${limit}s"
   echo "=== $name: exit $rc after ${dt}s"
   names+=("$name") codes+=("$rc") secs+=("$dt")
 }
 
 q=()
 ((quick)) && q=(--quick)
+tq=()
 
-run_step info deno task he2gene info
+run_step info 10 deno task he2gene info
 if grep -qi "software adapter" "$logs/info.log"; then
   echo "gpu.sh: warning: the adapter is a software one (llvmpipe?), not the GPU: check VK_DRIVER_FILES" >&2
 fi
-run_step selftest deno task he2gene selftest "${q[@]}"
-run_step tune deno task he2gene tune "${q[@]}"
+run_step selftest 20 deno task he2gene selftest "${q[@]}"
+# PyTorch's figures for the same work on the same GPU (the image's python3, when it has torch with CUDA).
+if python3 -c 'import torch, torchvision, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
+  tb=(--batches 1,8,32 --train-batches 2,32 --tf32)
+  ((quick)) && tb=(--batches 1,32 --train-batches 32 --tf32)
+  run_step pytorch 20 python3 bench/peer_torch.py --device cuda "${tb[@]}"
+else
+  echo "gpu.sh: python3 has no torch with CUDA here: no PyTorch figures"
+fi
+tq=("${q[@]}")
+((tune_quick)) && tq=(--quick)
+run_step tune 30 deno task he2gene tune "${tq[@]}"
+# the table tune stored, beside the logs
+cp "${XDG_CACHE_HOME:-$HOME/.cache}"/he2gene/tuning-*.json "$logs/" 2> /dev/null || true
 # ResNet-50 inference at batch 1/8/32 and a training step at batch 32 (issue 13, item 7), defaults and the
 # table just tuned side by side; the layers suite shows each conv's variant and GFLOP/s.
 batches=(--resnet-batches 1,8,32 --train-batches 2,32)
 ((quick)) && batches=(--resnet-batches 1,32 --train-batches 32)
 # shellcheck disable=SC2086 # HE2GENE_GPU_BENCH_ARGS is a list of words
-run_step bench deno task bench --suite matmul,layers,resnet,train --reps 3 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
+run_step bench 100 deno task bench --suite matmul,layers,resnet,train --reps 3 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
 
 # ------------------------------------------------------------------------------------ summary
 echo
