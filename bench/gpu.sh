@@ -8,10 +8,13 @@
 # Usage (from the project's root, with .gpu/ copied along with the working tree):
 #   bash bench/gpu.sh --pack          here, before the run: prep.sh, then a slimmed copy of node_modules/
 #                                     (no source maps or unused bundles: 88 → 16 MB) in .gpu/node_modules, so
-#                                     that .gpu/ alone (about 47 MB) travels: carry [".gpu"]
+#                                     that .gpu/ alone (about 46 MB, with the glvnd
+#                                     packages NVIDIA's Vulkan driver needs) travels: carry [".gpu"]
 #   bash bench/gpu.sh [--quick] [--budget S]
-#     --quick     selftest --quick, tune --quick, bench --quick (fewer shapes and repetitions)
-#     --tune-quick  tune --quick alone (the full selftest and benchmark)
+#     --quick     tune --quick, bench --quick (fewer shapes and repetitions)
+#     --tune-quick  tune --quick alone (the full benchmark)
+#     --full-selftest  every variant in the self-test (default: selftest --quick, which leaves out the
+#                 llvmpipe-shaped 32×32 register blocks: 15 s each to build on NVIDIA's driver)
 #     --budget S  the whole run should end within S seconds: each step's timeout is cut so that the later
 #                 steps keep their share (selftest ≤ 20 %, PyTorch ≤ 20 %, tune ≤ 30 % of what is left)
 # Environment:
@@ -25,11 +28,12 @@
 # Exit status: 0 when every step passed, 1 otherwise.
 set -uo pipefail
 
-quick=0 tune_quick=0 pack=0 budget=0
+quick=0 tune_quick=0 full_selftest=0 pack=0 budget=0
 while (($#)); do
   case $1 in
     --quick) quick=1 ;;
     --tune-quick) tune_quick=1 ;;
+    --full-selftest) full_selftest=1 ;;
     --pack) pack=1 ;;
     --budget)
       budget=${2:-}
@@ -37,11 +41,11 @@ while (($#)); do
       shift
       ;;
     -h | --help)
-      sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+      awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
       exit 0
       ;;
     *)
-      echo "gpu.sh: unknown argument '$1' (expected --quick, --budget S or --pack)" >&2
+      echo "gpu.sh: unknown argument '$1' (expected --quick, --tune-quick, --full-selftest, --budget S or --pack)" >&2
       exit 2
       ;;
   esac
@@ -58,6 +62,17 @@ if ((pack)); then
   prep=$root/../shared/tools/gpu/prep.sh
   [[ -x $prep || -f $prep ]] || { echo "gpu.sh --pack: $prep is missing" >&2; exit 1; }
   bash "$prep" || exit 1
+  # NVIDIA's Vulkan driver (libGLX_nvidia.so.0) needs libglvnd's dispatch library: without it the loader
+  # reports "Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr'" and there is no adapter (seen
+  # on an H200 machine, 2026-12-04). The glvnd packages travel beside the Vulkan loader.
+  if ! ls .gpu/libglvnd0_*.deb > /dev/null 2>&1; then
+    o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    # shellcheck disable=SC2086 # $o is a list of apt options
+    (cd .gpu && apt-get $o download libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2) || {
+      echo "gpu.sh --pack: cannot download the glvnd packages" >&2
+      exit 1
+    }
+  fi
   rm -rf .gpu/node_modules.tmp && cp -a node_modules .gpu/node_modules.tmp || exit 1
   (
     cd .gpu/node_modules.tmp || exit 1
@@ -165,7 +180,9 @@ run_step info 10 deno task he2gene info
 if grep -qi "software adapter" "$logs/info.log"; then
   echo "gpu.sh: warning: the adapter is a software one (llvmpipe?), not the GPU: check VK_DRIVER_FILES" >&2
 fi
-run_step selftest 20 deno task he2gene selftest "${q[@]}"
+sq=(--quick)
+((full_selftest)) && sq=()
+run_step selftest 20 deno task he2gene selftest "${sq[@]}"
 # PyTorch's figures for the same work on the same GPU (the image's python3, when it has torch with CUDA).
 if python3 -c 'import torch, torchvision, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
   tb=(--batches 1,8,32 --train-batches 2,32 --tf32)
@@ -184,7 +201,9 @@ cp "${XDG_CACHE_HOME:-$HOME/.cache}"/he2gene/tuning-*.json "$logs/" 2> /dev/null
 batches=(--resnet-batches 1,8,32 --train-batches 2,32)
 ((quick)) && batches=(--resnet-batches 1,32 --train-batches 32)
 # shellcheck disable=SC2086 # HE2GENE_GPU_BENCH_ARGS is a list of words
-run_step bench 100 deno task bench --suite matmul,layers,resnet,train --reps 3 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
+# tfjs-webgpu's training step at batch 32 outlasts any device lease (7.5 s a step at batch 2 on an H200): the
+# peer runs up to batch 8.
+run_step bench 100 deno task bench --suite matmul,layers,resnet,train --reps 3 --peer-max-batch 8 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
 
 # ------------------------------------------------------------------------------------ summary
 echo

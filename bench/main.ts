@@ -339,6 +339,26 @@ function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
   return out;
 }
 
+/** `deno task bench --help`. */
+export const BENCH_USAGE = `deno task bench [options]
+
+  Times he2gene's kernels and networks on this adapter against tfjs-webgpu on the same device and prints
+  figures and ratios (see bench/main.ts for what each suite measures).
+
+  --suite LIST            suites, comma-separated (default all): ${SUITES.join(",")}
+  --quick                 fewer shapes and repetitions
+  --reps N                repetitions (median; default 5, 3 with --quick)
+  --shapes LIST           matmul shapes by name
+  --tune MODE             default|cached|auto: kernel variants of the built-in defaults, and also the table
+                          \`he2gene tune\` stored (cached, the default) or one made now (auto)
+  --resnet-batches LIST   batches of the resnet suite (default 1,8)
+  --train-batches LIST    batches of the train suite (default 2,8)
+  --no-peer               no tfjs-webgpu peer
+  --peer-max-batch N      run the peer only at batches up to N (resnet and train suites)
+  --data DIR              the shared data folder (default ../shared/data beside the project)
+  --json                  machine-readable output
+  -h, --help              this text`;
+
 /** Run the benchmark with CLI-style arguments. */
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -354,9 +374,15 @@ export async function main(args: string[]): Promise<void> {
       tune: { type: "string", default: "cached" },
       "resnet-batches": { type: "string" },
       "train-batches": { type: "string" },
+      "peer-max-batch": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
   });
+  if (values.help) {
+    console.log(BENCH_USAGE);
+    return;
+  }
   const log = (s: string) => (values.json ? console.error(s) : console.log(s));
   const tuneMode = values.tune as BenchTuneMode;
   if (!TUNE_MODES.includes(tuneMode)) {
@@ -365,6 +391,12 @@ export async function main(args: string[]): Promise<void> {
   const suites = new Set((values.suite ?? "").split(",").map((x) => x.trim()));
   for (const name of suites) {
     if (!SUITES.includes(name)) throw new Error(`unknown suite "${name}" (${SUITES.join(", ")})`);
+  }
+  const peerMaxBatch = values["peer-max-batch"] === undefined ? undefined : Number(values["peer-max-batch"]);
+  if (peerMaxBatch !== undefined && !(Number.isInteger(peerMaxBatch) && peerMaxBatch >= 1)) {
+    throw new Error(
+      `--peer-max-batch must be a positive integer, current value is ${values["peer-max-batch"]}`,
+    );
   }
   const wanted = values.shapes?.split(",").map((x) => x.trim());
   const shapes = SHAPES.filter((
@@ -464,98 +496,8 @@ export async function main(args: string[]): Promise<void> {
     rows.push(row);
   }
   const host = await hostCost(e, peer);
-  const batchList = (name: string, v: string | undefined) => {
-    if (v === undefined) return undefined;
-    const list = v.split(",").map((x) => Number(x.trim()));
-    if (!list.length || list.some((b) => !Number.isInteger(b) || b < 1)) {
-      throw new Error(`--${name} must be positive integers separated by commas, current value is ${v}`);
-    }
-    return list;
-  };
-  const resnetBatches = batchList("resnet-batches", values["resnet-batches"]);
-  const trainBatches = batchList("train-batches", values["train-batches"]);
-  const suiteOpts = { quick: values.quick ?? false, reps: Math.min(reps, 3), log };
-  let convRows: ConvRow[] = [];
-  if (suites.has("conv")) {
-    log("\nconv2d (ResNet-50 layer shapes, batch 2) …");
-    convRows = await benchConv(e, peer, { ...suiteOpts, peakGflops: peak.gflops });
-  }
-  let resnetRows: ResNetRow[] = [];
-  if (suites.has("resnet")) {
-    log("\nResNet-50 + HE2Gene heads, inference …");
-    resnetRows = await benchResNet(e, peer, { ...suiteOpts, table, batches: resnetBatches });
-  }
-  let layerRows: LayerRow[] = [];
-  let layerTotals: LayerTotal[] = [];
-  if (suites.has("layers")) {
-    log("\nResNet-50 layers: each conv geometry and head matmul, default variant and tuned …");
-    ({ rows: layerRows, totals: layerTotals } = await benchLayers(e, {
-      ...suiteOpts,
-      peakGflops: peak.gflops,
-      table,
-    }));
-  }
-  let trainRows: TrainRow[] = [];
-  if (suites.has("train")) {
-    log("\nHE2Gene training step …");
-    trainRows = await benchTrain(e, peer, { ...suiteOpts, table, batches: trainBatches });
-  }
-  let slideRows: SlideRow[] = [];
-  if (suites.has("slide")) {
-    log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
-    slideRows = await benchSlide(e, {
-      quick: values.quick ?? false,
-      reps: Math.min(reps, 3),
-      log,
-      dataDir: values.data,
-    });
-  }
-  let predictSlideRows: PredictSlideRow[] = [];
-  if (suites.has("slide-predict")) {
-    log("\npredict-slide on her2st C2 (ResNet-50 HE2Gene-Base, --tta single), by stage …");
-    predictSlideRows = await benchPredictSlide(e, {
-      quick: values.quick ?? false,
-      log,
-      dataDir: values.data,
-    });
-  }
-  peer?.dispose();
-  // The peak again: a CPU shared with other processes at the start would make every "% peak" too high.
-  const peakEnd = await measurePeak(e);
-  const peakNote = peakEnd.gflops > 1.1 * peak.gflops
-    ? `warning: the peak measured at the end is ${peakEnd.gflops.toFixed(1)} GFLOP/s, ` +
-      `${((peakEnd.gflops / peak.gflops - 1) * 100).toFixed(0)}% above the one at the start: the adapter ` +
-      `(CPU) was busy then, and the "% peak" figures are too high`
-    : null;
-  if (peakNote && values.json) console.error(peakNote);
-  const goalRows = goals(rows, resnetRows, trainRows);
-  if (values.json) {
-    const { table: _table, ...tuningInfo } = tuning;
-    console.log(
-      JSON.stringify(
-        {
-          adapter: info,
-          date: new Date().toISOString(),
-          peak,
-          peakEnd,
-          tuning: { ...tuningInfo, entries: table?.entries },
-          rows,
-          hostCost: host,
-          conv: convRows,
-          resnet: resnetRows,
-          layers: { rows: layerRows, totals: layerTotals },
-          slide: slideRows,
-          train: trainRows,
-          predictSlide: predictSlideRows,
-          goals: goalRows,
-        },
-        null,
-        2,
-      ),
-    );
-  } else {
-    console.log(`\npeak: ${peak.gflops.toFixed(1)} GFLOP/s (FMA-throughput kernel); ${tuning.note}`);
-    if (peakNote) console.log(peakNote);
+  // Each suite's table is printed as soon as the suite ends (a run cut short keeps what it measured).
+  const printMatmul = () => {
     const tuned = rows.some((r) => r.tunedKernel !== undefined);
     const head = [
       "shape",
@@ -626,32 +568,130 @@ export async function main(args: string[]): Promise<void> {
         console.log(`peer on ${r.shape}: ${r.peerErrors[0]} (tfjs returns zeros here; no ratio)`);
       }
     }
-    if (convRows.length) {
+  };
+  if (!values.json) printMatmul();
+  const batchList = (name: string, v: string | undefined) => {
+    if (v === undefined) return undefined;
+    const list = v.split(",").map((x) => Number(x.trim()));
+    if (!list.length || list.some((b) => !Number.isInteger(b) || b < 1)) {
+      throw new Error(`--${name} must be positive integers separated by commas, current value is ${v}`);
+    }
+    return list;
+  };
+  const resnetBatches = batchList("resnet-batches", values["resnet-batches"]);
+  const trainBatches = batchList("train-batches", values["train-batches"]);
+  const suiteOpts = { quick: values.quick ?? false, reps: Math.min(reps, 3), log, peerMaxBatch };
+  let convRows: ConvRow[] = [];
+  if (suites.has("conv")) {
+    log("\nconv2d (ResNet-50 layer shapes, batch 2) …");
+    convRows = await benchConv(e, peer, { ...suiteOpts, peakGflops: peak.gflops });
+    if (!values.json && convRows.length) {
       console.log("\nconv2d, batch 2 (built-in default variants; the layers suite shows the tuned ones):");
       printConvTable(convRows, console.log);
     }
-    if (resnetRows.length) {
+  }
+  let resnetRows: ResNetRow[] = [];
+  if (suites.has("resnet")) {
+    log("\nResNet-50 + HE2Gene heads, inference …");
+    resnetRows = await benchResNet(e, peer, { ...suiteOpts, table, batches: resnetBatches });
+    if (!values.json && resnetRows.length) {
       console.log("\nResNet-50 + heads (250 target, 19 699 aux, tumour), inference, seconds per image:");
       printResNetTable(resnetRows, console.log);
     }
-    if (layerRows.length) {
+  }
+  let layerRows: LayerRow[] = [];
+  let layerTotals: LayerTotal[] = [];
+  if (suites.has("layers")) {
+    log("\nResNet-50 layers: each conv geometry and head matmul, default variant and tuned …");
+    ({ rows: layerRows, totals: layerTotals } = await benchLayers(e, {
+      ...suiteOpts,
+      peakGflops: peak.gflops,
+      table,
+    }));
+    if (!values.json && layerRows.length) {
       console.log("\nResNet-50 layers, per call (inference at batch 8, training at batch 2):");
       printLayersTable(layerRows, layerTotals, console.log);
     }
-    if (trainRows.length) {
+  }
+  let trainRows: TrainRow[] = [];
+  if (suites.has("train")) {
+    log("\nHE2Gene training step …");
+    trainRows = await benchTrain(e, peer, { ...suiteOpts, table, batches: trainBatches });
+    if (!values.json && trainRows.length) {
       console.log("\nHE2Gene training step (forward, backward, clip 1.0, Adam + L2 1e-4), seconds per step:");
       printTrainTable(trainRows, console.log);
     }
-    if (slideRows.length) {
+  }
+  let slideRows: SlideRow[] = [];
+  if (suites.has("slide")) {
+    log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
+    slideRows = await benchSlide(e, {
+      quick: values.quick ?? false,
+      reps: Math.min(reps, 3),
+      log,
+      dataDir: values.data,
+    });
+    if (!values.json && slideRows.length) {
       console.log("\nslide I/O and stain normalisation (throughput, wall time):");
       printSlideTable(slideRows, console.log);
     }
-    if (predictSlideRows.length) {
+  }
+  let predictSlideRows: PredictSlideRow[] = [];
+  if (suites.has("slide-predict")) {
+    log("\npredict-slide on her2st C2 (ResNet-50 HE2Gene-Base, --tta single), by stage …");
+    predictSlideRows = await benchPredictSlide(e, {
+      quick: values.quick ?? false,
+      log,
+      dataDir: values.data,
+    });
+    if (!values.json && predictSlideRows.length) {
       console.log("\npredict-slide, her2st C2, spots per second by stage:");
       printPredictSlideTable(predictSlideRows, console.log);
     }
+  }
+  peer?.dispose();
+  // The peak again: a CPU shared with other processes at the start would make every "% peak" too high.
+  const peakEnd = await measurePeak(e);
+  const peakNote = peakEnd.gflops > 1.1 * peak.gflops
+    ? `warning: the peak measured at the end is ${peakEnd.gflops.toFixed(1)} GFLOP/s, ` +
+      `${((peakEnd.gflops / peak.gflops - 1) * 100).toFixed(0)}% above the one at the start: the adapter ` +
+      `(CPU) was busy then, and the "% peak" figures are too high`
+    : null;
+  if (peakNote && values.json) console.error(peakNote);
+  const goalRows = goals(rows, resnetRows, trainRows);
+  if (values.json) {
+    const { table: _table, ...tuningInfo } = tuning;
+    console.log(
+      JSON.stringify(
+        {
+          adapter: info,
+          date: new Date().toISOString(),
+          peak,
+          peakEnd,
+          tuning: { ...tuningInfo, entries: table?.entries },
+          rows,
+          hostCost: host,
+          conv: convRows,
+          resnet: resnetRows,
+          layers: { rows: layerRows, totals: layerTotals },
+          slide: slideRows,
+          train: trainRows,
+          predictSlide: predictSlideRows,
+          goals: goalRows,
+        },
+        null,
+        2,
+      ),
+    );
+  } else {
+    console.log(`\npeak: ${peak.gflops.toFixed(1)} GFLOP/s (FMA-throughput kernel); ${tuning.note}`);
+    if (peakNote) console.log(peakNote);
     if (goalRows.length) {
-      console.log("\nspeed goals on llvmpipe (issue 13; the better of default and tuned counts):");
+      console.log(
+        info.software
+          ? "\nspeed goals on llvmpipe (issue 13; the better of default and tuned counts):"
+          : `\nspeed goals set for llvmpipe (issue 13), shown for reference on ${info.name}:`,
+      );
       for (const g of goalRows) {
         const v = (
           x: number | undefined,
@@ -666,4 +706,19 @@ export async function main(args: string[]): Promise<void> {
   e.destroy();
 }
 
-if (import.meta.main) await main(Deno.args);
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (err) {
+    // An option the parser does not know, or a value it refuses: one line, not a stack trace.
+    const msg = (err as Error).message;
+    if (
+      (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS") ||
+      /^--|^unknown suite|^no shape/.test(msg)
+    ) {
+      console.error(`bench: ${msg} (deno task bench --help lists the options)`);
+      Deno.exit(2);
+    }
+    throw err;
+  }
+}

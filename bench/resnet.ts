@@ -60,6 +60,8 @@ export async function benchResNet(
     table?: TuningTable | null;
     /** Batches to time (default 1 and 8; 1 with --quick). */
     batches?: number[];
+    /** The peer runs only at batches up to this (default: all). */
+    peerMaxBatch?: number;
   },
 ): Promise<ResNetRow[]> {
   const model = HE2Gene.init(
@@ -106,7 +108,7 @@ export async function benchResNet(
       row.tunedRatio = row.oursSPerImage / row.tunedSPerImage;
       row.tunedChecksum = checksums[1];
     }
-    if (peerNet) {
+    if (peerNet && batch <= (opts.peerMaxBatch ?? Infinity)) {
       const times: number[] = [];
       let checksum = NaN;
       for (let i = 0; i < 1 + Math.min(opts.reps, 2); i++) {

@@ -105,6 +105,8 @@ type Opts = {
   table?: TuningTable | null;
   /** ResNet-50 batches to time (default 2 and 8; 2 with --quick). */
   batches?: number[];
+  /** The peer runs only at batches up to this (default: all). */
+  peerMaxBatch?: number;
 };
 
 function median(xs: number[]): number {
@@ -612,7 +614,7 @@ export async function benchTrain(engine: Engine, peer: TfjsPeer | null, opts: Op
         (row.tunedSPerStep === undefined ? "" : ` (tuned ${row.tunedSPerStep.toFixed(2)} s/step)`) +
         `; loss ${ours.losses.map((l) => l.total.toFixed(4)).join(", ")}`,
     );
-    if (peer && ours.stateDict) {
+    if (peer && ours.stateDict && batch <= (opts.peerMaxBatch ?? Infinity)) {
       const peerReps = opts.quick ? 1 : Math.min(reps, 2);
       opts.log(`… tfjs-webgpu, batch ${batch} (${1 + peerReps} steps)`);
       const p = await timePeer(peer, engine.device, RESNET50, "base", base, ours.stateDict, hb, peerReps);

@@ -17,7 +17,7 @@ import { UsageError } from "./errors.ts";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import type { TuningTable } from "../kernels/tuning.ts";
 import { useTuning } from "../kernels/tuning.ts";
-import { tune, type TuneOptions, type TuneResult } from "../model/tune.ts";
+import { defaultTuneClock, tune, type TuneClock, type TuneOptions, type TuneResult } from "../model/tune.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
 /** he2gene's version (deno.json), part of every tuning cache key. */
@@ -25,7 +25,7 @@ export const HE2GENE_VERSION: string = denoJson.version;
 
 /** Usage of `he2gene tune`. */
 export const TUNE_USAGE =
-  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--json]\n\n" +
+  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--clock gpu|wall] [--json]\n\n" +
   "  times every variant of conv2d (forward, input and weight gradients), matmul and, at the training batch,\n" +
   "  batch norm that is correct on this adapter, on ResNet-50's shapes, and stores the fastest per shape\n" +
   "  class in $XDG_CACHE_HOME/he2gene/\n" +
@@ -35,6 +35,8 @@ export const TUNE_USAGE =
   "  --train-batch-size  batch of the training shapes (default 2; 0 skips the gradients)\n" +
   "  --only              only ops starting with these names (conv2d.fwd, conv2d.dx, conv2d.dw, matmul,\n" +
   "                      batchnorm.stats, batchnorm.sums, batchnorm.apply, batchnorm.dx)\n" +
+  "  --clock             how each run is timed: gpu (timestamp queries: the kernels alone) or wall (host\n" +
+  "                      clock to completion); default gpu on a hardware adapter, wall on a software one\n" +
   "  --json              print the results as JSON";
 
 /** A stored table: the table plus what it was measured on. */
@@ -42,7 +44,7 @@ export interface StoredTuning extends TuningTable {
   version: string;
   adapter: { name: string; vendor: string; architecture: string; device: string; backend: string };
   created: string;
-  options: { batchSize: number; trainBatchSize: number; quick: boolean };
+  options: { batchSize: number; trainBatchSize: number; quick: boolean; clock?: TuneClock };
 }
 
 /** The adapter identity a table is keyed by. */
@@ -191,7 +193,12 @@ async function runTune(
     version: HE2GENE_VERSION,
     adapter: adapterKey(e),
     created: new Date().toISOString(),
-    options: { batchSize: o.batchSize ?? 8, trainBatchSize: o.trainBatchSize ?? 2, quick: o.quick ?? false },
+    options: {
+      batchSize: o.batchSize ?? 8,
+      trainBatchSize: o.trainBatchSize ?? 2,
+      quick: o.quick ?? false,
+      clock: o.clock ?? defaultTuneClock(e),
+    },
     entries: table.entries,
   };
 }
@@ -222,6 +229,7 @@ export async function runTuneCli(args: string[]): Promise<void> {
       only: { type: "string" },
       "batch-size": { type: "string", default: "8" },
       "train-batch-size": { type: "string", default: "2" },
+      clock: { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -235,6 +243,10 @@ export async function runTuneCli(args: string[]): Promise<void> {
   };
   const batchSize = int("batch-size", values["batch-size"]!, 1);
   const trainBatchSize = int("train-batch-size", values["train-batch-size"]!, 0);
+  const clockArg = values.clock;
+  if (clockArg !== undefined && clockArg !== "gpu" && clockArg !== "wall") {
+    throw new UsageError(`--clock must be gpu or wall, current value is ${clockArg}`);
+  }
   const only = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
   const known = [
     "conv2d.fwd",
@@ -254,24 +266,38 @@ export async function runTuneCli(args: string[]): Promise<void> {
   const e = await createEngine();
   try {
     const a = e.adapterInfo;
+    if (clockArg === "gpu" && !e.device.features.has("timestamp-query")) {
+      throw new UsageError(`--clock gpu needs the timestamp-query feature, which ${a.name} does not have`);
+    }
+    const clock = (clockArg as TuneClock | undefined) ?? defaultTuneClock(e);
     if (!values.json) {
-      console.log(`adapter: ${a.name}${a.software ? " (software)" : ""}, backend: ${a.backend}`);
+      console.log(
+        `adapter: ${a.name}${a.software ? " (software)" : ""}, backend: ${a.backend}, clock: ${
+          clock === "gpu" ? "gpu (timestamp queries)" : "wall"
+        }`,
+      );
       console.log(
         `${"op".padEnd(15)} ${"shape".padEnd(40)} ${"default ms".padStart(10)} ${"chosen".padEnd(22)} ` +
           `${"ms".padStart(8)} ${"GFLOP/s".padStart(8)}`,
       );
     }
     const results: TuneResult[] = [];
-    const t = await runTune(e, { quick: values.quick, batchSize, trainBatchSize, only }, (_d, _n, r) => {
-      results.push(r);
-      if (values.json) return;
-      const best = r.timings.find((x) => x.variant === r.chosen) ?? r.default;
-      console.log(
-        `${r.op.padEnd(15)} ${r.label.padEnd(40)} ${ms(r.default.ms).padStart(10)} ${r.chosen.padEnd(22)} ` +
-          `${ms(best.ms).padStart(8)} ${(best.gflops ?? 0).toFixed(1).padStart(8)}`,
-      );
-      for (const x of r.timings) if (x.error) console.log(`    ${x.variant}: not used (${x.error})`);
-    });
+    const t = await runTune(
+      e,
+      { quick: values.quick, batchSize, trainBatchSize, only, clock },
+      (_d, _n, r) => {
+        results.push(r);
+        if (values.json) return;
+        const best = r.timings.find((x) => x.variant === r.chosen) ?? r.default;
+        console.log(
+          `${r.op.padEnd(15)} ${r.label.padEnd(40)} ${ms(r.default.ms).padStart(10)} ${
+            r.chosen.padEnd(22)
+          } ` +
+            `${ms(best.ms).padStart(8)} ${(best.gflops ?? 0).toFixed(1).padStart(8)}`,
+        );
+        for (const x of r.timings) if (x.error) console.log(`    ${x.variant}: not used (${x.error})`);
+      },
+    );
     const path = await saveTuning(e, t);
     if (values.json) console.log(JSON.stringify({ path, table: t, results }, null, 2));
     else {console.log(

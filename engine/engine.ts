@@ -18,6 +18,8 @@ import { BYTES, checkShape, type DType, type Storage, Tensor } from "./tensor.ts
 const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 const READ_USAGE = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
 const UNIFORM_USAGE = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+/** Compute passes one `timeGpu` call can time (a begin and an end timestamp each). */
+const TIMED_PASSES = 64;
 
 /** A range of a tensor bound to one storage binding (element offsets; offset must respect the alignment). */
 export interface TensorRange {
@@ -531,7 +533,7 @@ export class Engine {
       this.#profiledDispatch(this.#profile.byShape ? line : k.name, pipeline, group, x, y, z);
       return;
     }
-    const pass = this.#pass ??= this.#enc().beginComputePass({ label: "he2gene pass" });
+    const pass = this.#pass ??= this.#beginPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
@@ -642,12 +644,29 @@ export class Engine {
     );
   }
 
+  /** While `timeGpu` runs: its query set, the passes begun so far (each gets a begin/end pair). */
+  #timing: { qs: GPUQuerySet; passes: number } | null = null;
+
+  /** Begin a compute pass; inside `timeGpu`, one with timestamps (until its query set is full). */
+  #beginPass(): GPUComputePassEncoder {
+    const t = this.#timing;
+    if (!t) return this.#enc().beginComputePass({ label: "he2gene pass" });
+    const i = t.passes++;
+    if (i >= TIMED_PASSES) return this.#enc().beginComputePass({ label: "he2gene pass (untimed)" });
+    return this.#enc().beginComputePass({
+      label: "he2gene timed pass",
+      timestampWrites: { querySet: t.qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+    });
+  }
+
   /**
-   * Time the dispatches `fn` records, on the GPU, with timestamp queries (all in one compute pass).
-   * Returns milliseconds, or `null` when the device has no `timestamp-query`.
+   * Time the dispatches `fn` records, on the GPU, with timestamp queries: the sum over the compute passes
+   * `fn` records (a buffer clear or copy between dispatches ends one pass and begins the next; the clears
+   * and copies themselves are not counted). Returns milliseconds, or `null` when the device has no
+   * `timestamp-query` or `fn` recorded more passes than there are queries (64) (`fn` still runs).
    */
   async timeGpu(fn: () => void): Promise<number | null> {
-    if (!this.device.features.has("timestamp-query")) {
+    if (!this.device.features.has("timestamp-query") || this.#profile || this.#timing) {
       fn();
       await this.sync();
       return null;
@@ -656,37 +675,43 @@ export class Engine {
     this.#querySet ??= this.device.createQuerySet({
       label: "he2gene timestamps",
       type: "timestamp",
-      count: 2,
+      count: 2 * TIMED_PASSES,
     });
-    this.#pass = this.#enc().beginComputePass({
-      label: "he2gene timed pass",
-      timestampWrites: { querySet: this.#querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
-    });
+    const timing = this.#timing = { qs: this.#querySet, passes: 0 };
     const saved = this.autoFlush;
     this.autoFlush = Infinity;
     try {
       fn();
+      this.#endPass();
     } finally {
       this.autoFlush = saved;
+      this.#timing = null;
     }
-    this.#endPass();
+    const n = Math.min(timing.passes, TIMED_PASSES);
+    if (n === 0 || timing.passes > TIMED_PASSES) {
+      await this.sync();
+      return n === 0 ? 0 : null;
+    }
+    const bytes = 16 * n;
     const resolve = this.pool.acquire(
-      16,
+      bytes,
       GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
       "timestamps",
     );
-    const staging = this.pool.acquire(16, READ_USAGE, "timestamps readback");
+    const staging = this.pool.acquire(bytes, READ_USAGE, "timestamps readback");
     const enc = this.#enc();
-    enc.resolveQuerySet(this.#querySet, 0, 2, resolve.buffer, 0);
-    enc.copyBufferToBuffer(resolve.buffer, 0, staging.buffer, 0, 16);
+    enc.resolveQuerySet(this.#querySet, 0, 2 * n, resolve.buffer, 0);
+    enc.copyBufferToBuffer(resolve.buffer, 0, staging.buffer, 0, bytes);
     this.flush();
-    await staging.buffer.mapAsync(GPUMapMode.READ, 0, 16);
-    const t = new BigInt64Array(staging.buffer.getMappedRange(0, 16).slice(0));
+    await staging.buffer.mapAsync(GPUMapMode.READ, 0, bytes);
+    const t = new BigInt64Array(staging.buffer.getMappedRange(0, bytes).slice(0));
     staging.buffer.unmap();
     this.pool.release(resolve);
     this.pool.release(staging);
     this.checkError();
-    return Number(t[1] - t[0]) / 1e6;
+    let ns = 0n;
+    for (let i = 0; i < n; i++) ns += t[2 * i + 1] - t[2 * i];
+    return Number(ns) / 1e6;
   }
 
   /** Buffer pool counters (tensors alive, bytes). */

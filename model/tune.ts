@@ -106,6 +106,22 @@ export interface TuneOptions {
   matmulShapes?: MatmulShape[];
   /** Called after each case. */
   onProgress?: (done: number, total: number, r: TuneResult) => void;
+  /**
+   * How a run is timed: "gpu", the dispatches' time from timestamp queries (`Engine.timeGpu`), or "wall",
+   * recording + submission + completion on the host clock. Default: "wall" on a software adapter (the CPU
+   * that records also computes, so host cost is part of a variant's cost) or without `timestamp-query`;
+   * "gpu" on a hardware adapter, where one wait for completion costs ~12 ms in Deno and would swamp every
+   * kernel's time (seen on an NVIDIA H200: every case timed 11–14 ms, whatever the variant).
+   */
+  clock?: TuneClock;
+}
+
+/** See `TuneOptions.clock`. */
+export type TuneClock = "gpu" | "wall";
+
+/** The clock `tune` uses on this engine by default (see `TuneOptions.clock`). */
+export function defaultTuneClock(e: Engine): TuneClock {
+  return !e.adapterInfo.software && e.device.features.has("timestamp-query") ? "gpu" : "wall";
 }
 
 /** Conv geometries of a ResNet at `batch` × 3 × size × size, in network order (duplicates removed). */
@@ -330,14 +346,24 @@ export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   return cases;
 }
 
-async function timeRuns(e: Engine, run: () => Tensor, reps: number): Promise<number> {
+/**
+ * Median milliseconds of `reps` runs on `clock`. A run that records more passes than `timeGpu` can time is
+ * timed on the wall clock instead.
+ */
+async function timeRuns(e: Engine, run: () => Tensor, reps: number, clock: TuneClock): Promise<number> {
   const times: number[] = [];
   for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
-    const y = run();
-    await e.sync();
-    times.push(performance.now() - t0);
-    y.dispose();
+    const out: Tensor[] = [];
+    let ms = clock === "gpu" ? await e.timeGpu(() => void out.push(run())) : null;
+    if (ms === null) {
+      for (const t of out.splice(0)) t.dispose();
+      const t0 = performance.now();
+      out.push(run());
+      await e.sync();
+      ms = performance.now() - t0;
+    }
+    times.push(ms);
+    for (const t of out) t.dispose();
   }
   times.sort((a, b) => a - b);
   return times[Math.floor(times.length / 2)];
@@ -388,14 +414,15 @@ async function timePair(
   variant: string,
   run: () => Tensor,
   reps: number,
+  clock: TuneClock,
 ): Promise<{ defaultMs: number; variantMs: number }> {
   const d: number[] = [], v: number[] = [];
   for (let r = 0; r < reps; r++) {
     const order = r % 2 === 0 ? [false, true] : [true, false];
     for (const forced of order) {
       const ms = forced
-        ? await withVariant(op, variant, () => timeRuns(e, run, 1))
-        : await timeRuns(e, run, 1);
+        ? await withVariant(op, variant, () => timeRuns(e, run, 1, clock))
+        : await timeRuns(e, run, 1, clock);
       (forced ? v : d).push(ms);
     }
   }
@@ -406,6 +433,7 @@ async function timePair(
 async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable; results: TuneResult[] }> {
   const cases = tuneCases(e, o);
   const reps = o.quick ? 2 : 5;
+  const clock = o.clock ?? defaultTuneClock(e);
   const entries: Record<string, string> = {};
   const results: TuneResult[] = [];
   for (const c of cases) {
@@ -417,7 +445,7 @@ async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable;
     const s = scale?.();
     const sc = s ? await s.toArray() : null;
     s?.dispose();
-    const defMs = await timeRuns(e, run, reps);
+    const defMs = await timeRuns(e, run, reps, clock);
     const def: TuneTiming = { variant: "default", ms: defMs, gflops: c.flops / defMs / 1e6 };
     const timings: TuneTiming[] = [];
     let best = { variant: "", ms: defMs * (1 - TUNE_MARGIN) };
@@ -430,7 +458,7 @@ async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable;
           y.dispose();
           const bad = violation(got, want, sc, c.tol);
           if (bad > 1) throw new Error(`differs from the default by ${bad.toFixed(1)}× the tolerance`);
-          return await timeRuns(e, run, reps);
+          return await timeRuns(e, run, reps, clock);
         });
         timings.push({ variant: v, ms, gflops: c.flops / ms / 1e6 });
         if (ms < best.ms) best = { variant: v, ms };
@@ -441,7 +469,7 @@ async function tuneAll(e: Engine, o: TuneOptions): Promise<{ table: TuningTable;
     // Confirm a winner against the default, timed alternately (a one-off measurement can be noise).
     let confirmed: TuneResult["confirmed"];
     if (best.variant) {
-      confirmed = await timePair(e, c.op, best.variant, run, Math.max(3, reps));
+      confirmed = await timePair(e, c.op, best.variant, run, Math.max(3, reps), clock);
       if (!(confirmed.variantMs < confirmed.defaultMs * (1 - TUNE_MARGIN))) best.variant = "";
     }
     for (const t of inputs) t.dispose();

@@ -7,7 +7,7 @@
 import { runCli, tempDir } from "../bad_inputs/harness.ts";
 import { UsageError } from "../../cli/errors.ts";
 import { assertEquals, assertThrows, engine } from "../helpers.ts";
-import { resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
+import { defaultTuneClock, resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
 import { RESNET50 } from "../../model/resnet.ts";
 import { conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
 import {
@@ -71,6 +71,43 @@ cliTest(
     }
   },
 );
+
+cliTest(
+  "tune on the gpu clock times runs with timestamp queries and still keeps the default unless beaten",
+  async () => {
+    const e = await engine();
+    if (!e.device.features.has("timestamp-query")) {
+      console.log("skipped: the adapter has no timestamp-query");
+      return;
+    }
+    // llvmpipe defaults to the wall clock (software adapter); a hardware adapter to the gpu clock.
+    assertEquals(defaultTuneClock(e), e.adapterInfo.software ? "wall" : "gpu");
+    const [m, n, k] = [64, 48, 96];
+    const { results } = await tune(e, {
+      only: ["matmul"],
+      matmulShapes: [[m, n, k]],
+      quick: true,
+      clock: "gpu",
+    });
+    const r = results[0];
+    // Kernel time alone: positive and far below one host wait for completion (≥ 1 ms here).
+    if (!(r.default.ms! > 0 && r.default.ms! < 50)) throw new Error(`default timed ${r.default.ms} ms`);
+    for (const t of r.timings) {
+      assertEquals(t.error, undefined, `${t.variant} failed: ${t.error}`);
+      if (!(t.ms! > 0)) throw new Error(`${t.variant} timed ${t.ms} ms`);
+    }
+    if (r.chosen !== "default") {
+      const c = r.confirmed!;
+      if (!(c.variantMs < c.defaultMs * (1 - TUNE_MARGIN))) throw new Error("chosen without confirmation");
+    }
+  },
+);
+
+cliTest("tune --clock accepts gpu or wall only", async () => {
+  const r = await runCli(["tune", "--clock", "cpu", "--only", "matmul"]);
+  assertEquals(r.code, 2);
+  assertEquals(r.stderr.includes("--clock must be gpu or wall, current value is cpu"), true, r.stderr);
+});
 
 cliTest(
   "tune covers ResNet-50: every conv shape class of inference and training, the heads, 1024³",

@@ -157,3 +157,38 @@ gpuTest("HE2GENE_TRACE prints each dispatch with kernel, shapes and workgroups",
     true,
   );
 });
+
+gpuTest(
+  "timeGpu times every pass a buffer clear splits the work into, and gives up past its query set",
+  async (e) => {
+    if (!e.device.features.has("timestamp-query")) {
+      console.log("skipped: the adapter has no timestamp-query");
+      return;
+    }
+    const x = e.tensor(rand(1 << 16, 5), [1 << 16]);
+    // Two dispatches with a clear between them: two passes, both timed; the results are the ordinary ones.
+    let y = x, z = x;
+    const ms = await e.timeGpu(() => {
+      y = relu(x);
+      const zero = e.zeros([1 << 16]);
+      z = add(y, zero);
+      zero.dispose();
+    });
+    assertEquals(typeof ms, "number");
+    if (!(ms! > 0)) throw new Error(`timeGpu returned ${ms} for two passes of work`);
+    assertEquals(await z.toArray(), await relu(x).toArray());
+    // Nothing recorded: zero milliseconds.
+    assertEquals(await e.timeGpu(() => {}), 0);
+    // More passes than queries (64): null, and the work is still done.
+    const outs: ReturnType<typeof relu>[] = [];
+    const none = await e.timeGpu(() => {
+      for (let i = 0; i < 70; i++) {
+        outs.push(relu(x));
+        e.zeros([4]).dispose();
+      }
+    });
+    assertEquals(none, null);
+    assertEquals(await outs[69].toArray(), await relu(x).toArray());
+    for (const t of [x, y, z, ...outs]) t.dispose();
+  },
+);
