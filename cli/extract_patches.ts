@@ -8,8 +8,14 @@
  * `x,y,pixel_x,pixel_y`. A spot file that lists a spot twice (two rows at one array position, or one
  * Visium barcode on two rows) is refused naming the rows, as is one without spots to use, with the reason
  * (empty, a header only, no spot selected / in tissue). Patches: `--crop-size` px (default 150) with
- * top-left = ⌊px⌋ − size/2 as the original, or `--crop-um` microns (needs the slide's resolution).
- * Optional `--stain macenko|reinhard`.
+ * top-left = ⌊px⌋ − size/2 as the original, or `--crop-um` microns (needs the slide's resolution: the
+ * file's, `--mpp`, or a Visium image's scale factors). Optional `--stain macenko|reinhard`.
+ *
+ * Visium straight from Space Ranger: on `tissue_hires_image.png` / `tissue_lowres_image.png`, the
+ * full-resolution positions of `tissue_positions(_list).csv` are scaled by `tissue_{hires,lowres}_scalef`
+ * of `scalefactors_json.json` (found beside the image, or `--scalefactors FILE`), and `--crop-size` is in
+ * full-resolution pixels (the patch side in the image is `crop-size × scalef`, rounded), so the patches cover
+ * what they cover on the full-resolution image (see {@linkcode spotLayout}).
  *
  * All or nothing: the patches are written into a temporary folder and moved into `--out` once every one
  * is written, so a failure (a full disk, Ctrl-C) leaves `--out` as it was and no folder the run made.
@@ -28,7 +34,8 @@ import {
   type StainMethod,
 } from "../slide/stain.ts";
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
-import { openSlide } from "../slide/wsi.ts";
+import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
+import { type VisiumImage, visiumImage, visiumImageKind } from "../slide/datasets/visium.ts";
 import { makeDirs, removeCreatedDirs, renameAll } from "../slide/npz.ts";
 import { checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
@@ -70,7 +77,7 @@ export function parseSpots(text: string, file: string): SpotRow[] {
         : `Cannot read spots from ${file}: ${why}, so there is no spot to use`,
     );
   };
-  if (col(["pixel_x"]) >= 0) {
+  if (spotFileFormat(text) === "pixel") {
     // her2st selection file or x,y,pixel_x,pixel_y CSV.
     const [ix, iy, ipx, ipy, isel] = [
       col(["x"]),
@@ -125,6 +132,113 @@ export function parseSpots(text: string, file: string): SpotRow[] {
   }
   refuseDuplicateSpots(file, ids);
   return rows;
+}
+
+/**
+ * What a spot file's coordinates are: `pixel` (a her2st selection file or a CSV with `pixel_x`, `pixel_y`:
+ * pixels of the image they go with) or `visium` (`tissue_positions(_list).csv`: full-resolution pixels).
+ */
+export function spotFileFormat(text: string): "pixel" | "visium" {
+  const first = text.split(/\r?\n/).find((l) => l.trim().length > 0) ?? "";
+  const head = first.split(first.includes("\t") ? "\t" : ",").map((s) => s.trim().replace(/^"|"$/g, ""));
+  return head.includes("pixel_x") ? "pixel" : "visium";
+}
+
+/**
+ * The error for a slide without microns per pixel when `what` (`100 µm tiles`, `50 µm patches`) needs
+ * them: pass `pxFlag` (a size in pixels) or `--mpp`.
+ */
+export function noResolution(path: string, what: string, pxFlag: string): Error {
+  return new Error(
+    `${path} does not record its resolution, so ${what} have no size in pixels: pass ${pxFlag} or --mpp`,
+  );
+}
+
+/** Spots placed on a slide: see {@linkcode spotLayout}. */
+export interface SpotLayout {
+  /** The spots, `px` / `py` in the slide's level-0 pixels. */
+  spots: SpotRow[];
+  /** Patch side in the slide's level-0 pixels. */
+  size: number;
+  /** µm per level-0 pixel: `--mpp`, the file's, else a Visium image's scale factors; null when none says. */
+  mpp: SlideMpp | null;
+  /** The Visium image the positions were scaled onto (null: the positions are the slide's pixels). */
+  visium: VisiumImage | null;
+  /** One line for the console on how the spots were placed, or null. */
+  note: string | null;
+}
+
+/**
+ * Place a spot file's spots (`file.spots`, parsed from `file.text`) on a slide (opened with `--mpp`
+ * applied) and size their patches: `cropUm` µm (needs the resolution), else `cropSize` px (default 150).
+ * Visium positions
+ * (full-resolution pixels) on Space Ranger's `tissue_hires_image.png` / `tissue_lowres_image.png` are
+ * multiplied by its scale factor from `scalefactors_json.json` (beside the image, or `o.scalefactors`), and
+ * `cropSize` is then in full-resolution pixels too: the patch side in the image is `round(cropSize ×
+ * scalef)`. Such an image with Visium positions and no scale-factor file is an error (its spots would land
+ * at the wrong places); spot files in the image's pixels (her2st, `pixel_x` CSV) are never scaled.
+ *
+ * @example
+ * ```ts ignore
+ * const slide = await openSlide("spatial/tissue_lowres_image.png");
+ * const path = "spatial/tissue_positions_list.csv", text = await readSpotFile(path);
+ * const l = await spotLayout(slide, { path, text, spots: parseSpots(text, path) }, {});
+ * // l.spots[i].px = pxl_col_in_fullres × 0.045, l.size = round(150 × 0.045) = 7
+ * ```
+ */
+export async function spotLayout(
+  slide: Slide,
+  file: { path: string; text: string; spots: SpotRow[] },
+  o: { cropSize?: number; cropUm?: number; scalefactors?: string },
+): Promise<SpotLayout> {
+  const { path: spotsPath, spots } = file;
+  const fullres = spotFileFormat(file.text) === "visium";
+  const visium = await visiumImage(slide.path, { scalefactors: o.scalefactors });
+  const kind = visiumImageKind(slide.path);
+  if (fullres && kind && !visium) {
+    throw new Error(
+      `${spotsPath} gives full-resolution positions and ${slide.path} is Space Ranger's ${kind} image: the ` +
+        `scale between them is tissue_${kind}_scalef in scalefactors_json.json, which is not beside the ` +
+        `image; pass --scalefactors FILE`,
+    );
+  }
+  const scaled = fullres && visium !== null;
+  const scale = scaled ? visium.scale : 1;
+  const mpp = slide.resolution ?? visium?.mpp ?? null;
+  const cropSize = o.cropSize ?? 150;
+  let size: number;
+  if (o.cropUm !== undefined) {
+    if (!mpp) throw noResolution(slide.path, `${o.cropUm} µm patches`, "--crop-size");
+    size = Math.round(o.cropUm / mpp.x);
+  } else {
+    size = Math.round(cropSize * scale);
+  }
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(
+      o.cropUm !== undefined
+        ? `--crop-um ${o.cropUm} is ${size} px at ${mpp!.x} µm/px (from ${mpp!.detail}); use a larger ` +
+          `--crop-um`
+        : scaled
+        ? `--crop-size ${cropSize} full-resolution px is ${size} px of ${slide.path} (× ${scale}); use a ` +
+          `larger --crop-size`
+        : `The crop size must be a positive integer, current value is ${size}`,
+    );
+  }
+  let note: string | null = null;
+  if (scaled) {
+    const k = `tissue_${visium!.kind}_scalef`;
+    const spot = visium!.spotDiameter === null ? "" : `; a spot is ${visium!.spotDiameter.toFixed(1)} px`;
+    note = `Visium ${visium!.kind} image: full-resolution positions × ${k} ${scale} (` +
+      `${visium!.scalefactors.file}); patches of ${size} px` +
+      `${o.cropUm === undefined ? ` (${cropSize} full-resolution px)` : ` (${o.cropUm} µm)`}${spot}`;
+  }
+  return {
+    spots: !scaled ? spots : spots.map((s) => ({ ...s, px: s.px * scale, py: s.py * scale })),
+    size,
+    mpp,
+    visium: scaled ? visium : null,
+    note,
+  };
 }
 
 /** A spot's identity in a spot file: what must be unique, how to name it, and its line. */
@@ -250,6 +364,8 @@ export async function runExtractPatches(args: string[]): Promise<void> {
       section: { type: "string" },
       "crop-size": { type: "string" },
       "crop-um": { type: "string" },
+      mpp: { type: "string" },
+      scalefactors: { type: "string" },
       stain: { type: "string", default: "none" },
       "stain-ref": { type: "string" },
       quiet: { type: "boolean", default: false },
@@ -270,30 +386,43 @@ export async function runExtractPatches(args: string[]): Promise<void> {
     const why = badSection(v.section);
     if (why) throw new UsageError(`--section "${v.section}" cannot start a file name: ${why}`);
   }
+  const cropSize = v["crop-size"] === undefined ? undefined : Number(v["crop-size"]);
+  if (cropSize !== undefined && !(Number.isInteger(cropSize) && cropSize >= 1)) {
+    throw new UsageError(`the crop size must be a positive integer, current value is ${v["crop-size"]}`);
+  }
+  const positive = (flag: string, s: string | undefined) => {
+    if (s === undefined) return undefined;
+    const n = Number(s);
+    if (!(Number.isFinite(n) && n > 0)) {
+      throw new UsageError(`${flag} must be a positive number, current value is ${s}`);
+    }
+    return n;
+  };
+  const cropUm = positive("--crop-um", v["crop-um"]);
+  const mpp = positive("--mpp", v.mpp);
   const slidePath = positionals[0];
   const out = v.out;
-  const spots = await readSpots(v.spots);
+  const spotText = await readSpotFile(v.spots);
+  const spotRows = parseSpots(spotText, v.spots);
   const section = v.section ?? basename(v.spots).split(/[_.]/)[0];
   // Everything that can fail on the inputs fails before anything is written.
   const target = stain === "reinhard"
     ? fitReinhard(decodeImage(await Deno.readFile(v["stain-ref"]!), v["stain-ref"]!))
     : MACENKO_DEFAULT_TARGET;
-  const slide = await openSlide(slidePath);
+  const slide = await openSlide(
+    slidePath,
+    mpp ? { mpp: { x: mpp, y: mpp, source: "option", detail: `--mpp ${mpp}` } } : {},
+  );
   const t0 = performance.now();
   let engine: Engine | null = null;
   try {
-    let size = v["crop-size"] ? Number(v["crop-size"]) : 150;
-    if (v["crop-um"]) {
-      if (!slide.mpp) {
-        throw new Error(
-          `--crop-um needs the resolution of ${slidePath}, which it does not record; use --crop-size`,
-        );
-      }
-      size = Math.round(Number(v["crop-um"]) / slide.mpp);
-    }
-    if (!Number.isInteger(size) || size < 1) {
-      throw new UsageError(`the crop size must be a positive integer, current value is ${size}`);
-    }
+    const layout = await spotLayout(slide, { path: v.spots, text: spotText, spots: spotRows }, {
+      cropSize,
+      cropUm,
+      scalefactors: v.scalefactors,
+    });
+    if (layout.note && !v.quiet) console.error(layout.note);
+    const { spots, size } = layout;
     const [W, H] = [slide.levels[0].width, slide.levels[0].height];
     const outside = spots.filter((s) => s.px < 0 || s.py < 0 || s.px >= W || s.py >= H);
     if (outside.length === spots.length) {

@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { GPUFailure, NoAdapterError } from "../mod.ts";
 import { runDemo } from "./demo.ts";
-import { runInfo } from "./info.ts";
+import { runInfo, runSlideInfo } from "./info.ts";
 import { Interrupted, requestInterrupt, resetInterrupt, UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
 import { runPredictPatches } from "./predict_patches.ts";
@@ -43,15 +43,41 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   info: {
-    summary: "print the adapter, backend, limits and features",
-    usage: "info [--json]",
+    summary: "print the adapter, backend, limits and features; with SLIDE, its levels and µm per pixel",
+    usage: "info [--json]\n" +
+      "       info SLIDE [--mpp MPP] [--scalefactors FILE] [--json]\n\n" +
+      "  SLIDE           SVS / TIFF / BigTIFF / JPEG / PNG: its levels (size, downsample, tile) and microns per\n" +
+      "                  pixel (x, y) with their source, most trusted first: --mpp, the Aperio description's\n" +
+      "                  MPP, TIFF XResolution / YResolution + ResolutionUnit, OME-XML PhysicalSizeX / Y, and\n" +
+      "                  for Space Ranger's tissue_hires/lowres_image.png its scalefactors_json.json\n" +
+      "  --scalefactors  that file when it is not beside the image",
     run: async (args) => {
-      const { values } = parseArgs({
+      const { values, positionals } = parseArgs({
         args,
-        options: { json: { type: "boolean", default: false } },
+        options: {
+          json: { type: "boolean", default: false },
+          mpp: { type: "string" },
+          scalefactors: { type: "string" },
+        },
+        allowPositionals: true,
         strict: true,
       });
-      await runInfo({ json: values.json ?? false });
+      if (positionals.length > 1) throw new UsageError("expected at most one SLIDE");
+      if (positionals.length === 0) {
+        if (values.mpp !== undefined || values.scalefactors !== undefined) {
+          throw new UsageError("--mpp and --scalefactors apply to info SLIDE");
+        }
+        return await runInfo({ json: values.json ?? false });
+      }
+      const mpp = values.mpp === undefined ? undefined : Number(values.mpp);
+      if (mpp !== undefined && !(Number.isFinite(mpp) && mpp > 0)) {
+        throw new UsageError(`--mpp must be a positive number, current value is ${values.mpp}`);
+      }
+      await runSlideInfo(positionals[0], {
+        json: values.json ?? false,
+        mpp,
+        scalefactors: values.scalefactors,
+      });
     },
   },
   selftest: {
@@ -102,12 +128,16 @@ const COMMANDS: Record<string, Command> = {
     summary: "cut one {section}_{x}_{y}.tif patch per spot from a slide (the original's demo-patch format)",
     usage:
       "extract-patches SLIDE --spots FILE --out DIR [--section NAME] [--crop-size 150 | --crop-um UM]\n" +
-      "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--quiet]\n\n" +
+      "       [--mpp MPP] [--scalefactors FILE] [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--quiet]\n\n" +
       "  SLIDE        SVS / TIFF / BigTIFF / JPEG / PNG\n" +
       "  --spots      her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y\n" +
       "  --section    name prefix (default: the spot file's name up to the first _ or .)\n" +
       "  --crop-size  patch side in pixels (default 150; top-left = int(px) - 75 as the original)\n" +
-      "  --crop-um    patch side in micrometres (needs the slide's resolution)\n" +
+      "  --crop-um    patch side in micrometres (needs the slide's resolution: see `info SLIDE`)\n" +
+      "  --mpp        microns per pixel at level 0 (overrides the file's)\n" +
+      "  --scalefactors  Space Ranger's scalefactors_json.json (default: the one beside the image): on\n" +
+      "               tissue_hires/lowres_image.png, Visium positions × its scale factor, --crop-size in\n" +
+      "               full-resolution px (150 → 7 px of a lowres image at scalef 0.045)\n" +
       "  --stain      stain normalisation on the GPU (default none); reinhard needs --stain-ref",
     run: (args) => runExtractPatches(args),
   },

@@ -6,9 +6,13 @@
  * - `--spots FILE` (as `extract-patches`): a her2st `*_selection.tsv`, a Visium `tissue_positions(_list).csv`
  *   or a CSV `x,y,pixel_x,pixel_y`. Each spot's patch is `--crop-size` px (default 150, or `--crop-um`) of
  *   level 0 with top-left `⌊px⌋ − ⌊size/2⌋`, exactly the patch `extract-patches` writes, so the predictions
- *   equal `predict-patches` on that folder. Names: `{section}_{x}_{y}` (array coordinates).
- * - `--tile`: non-overlapping square tiles of `--tile-um` µm (default 100, needs the slide's resolution) or
- *   `--tile-px` px (at least {@linkcode MIN_TILE_PX}) over the tissue found on a low-resolution thumbnail
+ *   equal `predict-patches` on that folder. Names: `{section}_{x}_{y}` (array coordinates). On Space Ranger's
+ *   `tissue_hires_image.png` / `tissue_lowres_image.png`, Visium positions (full-resolution pixels) are scaled
+ *   by `scalefactors_json.json` (beside the image, or `--scalefactors`) and `--crop-size` counts
+ *   full-resolution pixels (see `spotLayout` in cli/extract_patches.ts).
+ * - `--tile`: non-overlapping square tiles of `--tile-um` µm (default 100, needs the slide's resolution:
+ *   `--mpp`, the file's, or a Visium image's scale factors) or `--tile-px` px (at least
+ *   {@linkcode MIN_TILE_PX}; it wins over `--tile-um`) over the tissue found on a low-resolution thumbnail
  *   (saturation + Otsu, see slide/tissue.ts); the tile itself is the patch. Names: `{section}_{col}_{row}`
  *   (grid position). The grid starts at the slide's top-left corner and covers the whole level-0 image
  *   (⌈W / tile⌉ × ⌈H / tile⌉ tiles); where the size is not a multiple of the tile, the last column and row
@@ -38,11 +42,12 @@ import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import { centerBox } from "../slide/resample.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
 import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
-import { openSlide, type Slide } from "../slide/wsi.ts";
+import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
+import { visiumImage } from "../slide/datasets/visium.ts";
 import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
-import { parseSpots, readSpotFile } from "./extract_patches.ts";
+import { noResolution, parseSpots, readSpotFile, spotLayout, type SpotRow } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
 import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
@@ -97,6 +102,11 @@ export interface PredictSlideOptions {
   noAuxCsv?: boolean;
   /** Microns per pixel at level 0, overriding the file's. */
   mpp?: number;
+  /**
+   * Space Ranger's scalefactors_json.json for a hires / lowres image (default: the one beside the image):
+   * scales Visium positions and gives the image's resolution.
+   */
+  scalefactors?: string;
   quiet?: boolean;
   /** Kernel variants (`--tune`; default cached). Ignored when `engine` is given (its table stays). */
   tune?: TuneMode;
@@ -226,13 +236,15 @@ function sectionOf(path: string): string {
   return basename(path).split(/[_.]/)[0];
 }
 
-/** The patches at the spots of a spot file (spots outside the slide are dropped, with a count). */
+/**
+ * The patches at spots (`px`, `py` in the slide's level-0 pixels) of a spot file (spots outside the slide
+ * are dropped, with a count).
+ */
 export function spotPatches(
-  text: string,
+  spots: SpotRow[],
   file: string,
   o: { section: string; size: number; width: number; height: number },
 ): { patches: SlidePatch[]; outside: number } {
-  const spots = parseSpots(text, file);
   const keep = spots.filter((s) => s.px >= 0 && s.py >= 0 && s.px < o.width && s.py < o.height);
   if (spots.length && keep.length === 0) {
     throw new Error(
@@ -334,27 +346,27 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
   const stain = o.stain ?? "none";
   const timings = o.timings;
   let t = performance.now();
-  const slide = await openSlide(path, o.mpp ? { mpp: o.mpp } : {});
+  const slide = await openSlide(
+    path,
+    o.mpp ? { mpp: { x: o.mpp, y: o.mpp, source: "option", detail: `--mpp ${o.mpp}` } } : {},
+  );
   t = addTime(timings, "open", t);
   try {
     const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
     let patches: SlidePatch[];
     let patchPx: number;
+    let mpp: SlideMpp | null;
     if (o.spots) {
-      patchPx = o.cropSize ?? 150;
-      if (o.cropUm !== undefined) {
-        if (!slide.mpp) {
-          throw new Error(
-            `--crop-um needs the resolution of ${path}, which it does not record; use --crop-size`,
-          );
-        }
-        patchPx = Math.round(o.cropUm / slide.mpp);
-      }
-      if (!Number.isInteger(patchPx) || patchPx < 1) {
-        throw new RangeError(`The crop size must be a positive integer, current value is ${patchPx}`);
-      }
       const text = await readSpotFile(o.spots);
-      const res = spotPatches(text, o.spots, {
+      const layout = await spotLayout(slide, { path: o.spots, text, spots: parseSpots(text, o.spots) }, {
+        cropSize: o.cropSize,
+        cropUm: o.cropUm,
+        scalefactors: o.scalefactors,
+      });
+      if (layout.note && !o.quiet) console.error(layout.note);
+      patchPx = layout.size;
+      mpp = layout.mpp;
+      const res = spotPatches(layout.spots, o.spots, {
         section: o.section ?? sectionOf(o.spots),
         size: patchPx,
         width: W0,
@@ -365,21 +377,22 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         console.error(`warning: ${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
       }
     } else {
+      mpp = slide.resolution ?? (await visiumImage(path, { scalefactors: o.scalefactors }))?.mpp ?? null;
       if (o.tilePx !== undefined) patchPx = o.tilePx;
-      else if (slide.mpp) patchPx = Math.round((o.tileUm ?? 100) / slide.mpp);
-      else {
-        throw new Error(
-          `${path} does not record its resolution, so ${
-            o.tileUm ?? 100
-          } µm tiles have no size in pixels: pass --tile-px or --mpp`,
-        );
-      }
+      else if (mpp) patchPx = Math.round((o.tileUm ?? 100) / mpp.x);
+      else throw noResolution(path, `${o.tileUm ?? 100} µm tiles`, "--tile-px");
       if (!Number.isInteger(patchPx) || patchPx < MIN_TILE_PX) {
         throw new RangeError(
           o.tilePx !== undefined
             ? `--tile-px must be an integer ≥ ${MIN_TILE_PX}, current value is ${patchPx}`
-            : `--tile-um ${o.tileUm ?? 100} is ${patchPx} px at ${slide.mpp} µm/px; tiles must be at least ` +
-              `${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
+            : `--tile-um ${o.tileUm ?? 100} is ${patchPx} px at ${mpp!.x} µm/px (from ${mpp!.detail}); ` +
+              `tiles must be at least ${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
+        );
+      }
+      if (o.tilePx === undefined && Math.abs(mpp!.y / mpp!.x - 1) > 0.01 && !o.quiet) {
+        console.error(
+          `warning: ${path} has pixels of ${mpp!.x} × ${mpp!.y} µm (from ${mpp!.detail}): tiles of ` +
+            `${patchPx} px are ${o.tileUm ?? 100} µm wide and ${(patchPx * mpp!.y).toFixed(1)} µm tall`,
         );
       }
       const res = await tilePatches(slide, {
@@ -400,7 +413,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       if (!o.quiet) {
         console.error(
           `${patches.length} of ${res.cols * res.rows} tiles of ${patchPx} px` +
-            `${slide.mpp ? ` (${(patchPx * slide.mpp).toFixed(0)} µm)` : ""} are on tissue`,
+            `${mpp ? ` (${(patchPx * mpp.x).toFixed(0)} µm)` : ""} are on tissue`,
         );
       }
     }
@@ -437,7 +450,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         mode: o.spots ? "spots" : "tiles",
         patchPx,
         slide: path,
-        mpp: slide.mpp,
+        mpp: mpp?.x ?? null,
       };
       patches.forEach((p, i) => {
         out.pixel.set([p.px, p.py], 2 * i);
@@ -599,16 +612,20 @@ export const PREDICT_SLIDE_USAGE =
   "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
   "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX]\n" +
   "       [--min-tissue 0.5] [--max-tiles 100000]\n" +
-  "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP] [--h5ad]\n" +
+  "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP]\n" +
+  "       [--scalefactors FILE] [--h5ad]\n" +
   "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--tune cached|auto|off] [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
   "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
-  "                patches as extract-patches (--crop-size px, default 150, or --crop-um)\n" +
+  "                patches as extract-patches (--crop-size px, default 150, or --crop-um). On Space Ranger's\n" +
+  "                tissue_hires/lowres_image.png, Visium positions × its scale factor, --crop-size in\n" +
+  "                full-resolution px\n" +
   "  --tile        tile the tissue (mask from a thumbnail) with --tile-um (default 100) or --tile-px squares\n" +
-  "                (--tile-px ≥ 32). The grid starts at the slide's top-left corner and covers all of it; when\n" +
-  "                the slide is not a whole number of tiles, the last column / row are full-size tiles reaching\n" +
-  "                past the edge: that part is white background and counts as no tissue for --min-tissue\n" +
+  "                (--tile-px ≥ 32; it wins over --tile-um). The grid starts at the slide's top-left corner and\n" +
+  "                covers all of it; when the slide is not a whole number of tiles, the last column / row are\n" +
+  "                full-size tiles reaching past the edge: that part is white background and counts as no\n" +
+  "                tissue for --min-tissue\n" +
   "  --min-tissue  smallest tissue fraction of a tile (default 0.5)\n" +
   "  --max-tiles   refuse more tiles on tissue than this (default 100000)\n" +
   "  --batch-size  patches read and predicted at a time (default 4; × 8 views with tta)\n" +
@@ -616,7 +633,9 @@ export const PREDICT_SLIDE_USAGE =
   "                patch, centred; context read from the slide) | grid_tta (each window × 8 symmetries)\n" +
   "  --stain       stain normalisation on the GPU (default none); reinhard needs --stain-ref\n" +
   "  --section     name prefix (default: the spot file's or slide's name up to the first _ or .)\n" +
-  "  --mpp         microns per pixel at level 0 (overrides the file's)\n" +
+  "  --mpp         microns per pixel at level 0 (overrides the file's; `info SLIDE` shows what it says)\n" +
+  "  --scalefactors  Space Ranger's scalefactors_json.json for tissue_hires/lowres_image.png (default: the\n" +
+  "                one beside the image): scales Visium positions, and gives the image's µm per pixel\n" +
   "  --tune        kernel variants: cached (this adapter's table from `he2gene tune` if there is one, else\n" +
   "                built-in defaults; default) | auto (tune first when there is none) | off (built-in defaults)\n" +
   "  --out         target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz (with\n" +
@@ -654,6 +673,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
       "stain-ref": { type: "string" },
       section: { type: "string" },
       mpp: { type: "string" },
+      scalefactors: { type: "string" },
       h5ad: { type: "boolean", default: false },
       "no-aux-csv": { type: "boolean", default: false },
     },
@@ -707,6 +727,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     h5ad: v.h5ad,
     noAuxCsv: v["no-aux-csv"],
     mpp: positiveNumber(v.mpp, "--mpp"),
+    scalefactors: v.scalefactors,
     quiet: v.quiet,
     tune: parseTuneMode(v.tune),
   });

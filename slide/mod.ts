@@ -72,12 +72,16 @@ export {
   zScores,
 } from "./png.ts";
 export {
+  aperioMpp,
+  type MppSource,
+  omeMpp,
   openSlide,
   type OpenSlideOptions,
   type Region,
   type Slide,
   SlideError,
   type SlideLevel,
+  type SlideMpp,
 } from "./wsi.ts";
 export {
   applyMacenko,
@@ -105,4 +109,4 @@ export {
   tissueMask,
   tissueTiles,
 } from "./tissue.ts";
-export { encodeRgbTiff } from "./tiff_write.ts";
+export { encodeRgbTiff, type RgbTiffOptions } from "./tiff_write.ts";

@@ -112,6 +112,7 @@ export const TAG = {
   RowsPerStrip: 278,
   StripByteCounts: 279,
   XResolution: 282,
+  YResolution: 283,
   PlanarConfiguration: 284,
   ResolutionUnit: 296,
   Predictor: 317,
@@ -241,7 +242,7 @@ async function readIfd(
 
 function decodeValue(raw: Uint8Array, type: number, count: number, le: boolean): TagValue {
   const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  if (type === 2) return new TextDecoder("latin1").decode(raw).replace(/\0+$/, "");
+  if (type === 2) return asciiText(raw).replace(/\0+$/, "");
   if (type === 1 || type === 7) return raw.slice();
   const out = new Array<number>(count);
   for (let i = 0; i < count; i++) {
@@ -284,6 +285,18 @@ function decodeValue(raw: Uint8Array, type: number, count: number, le: boolean):
     }
   }
   return out;
+}
+
+/**
+ * An ASCII tag's text. TIFF 6.0 says 7-bit ASCII, but OME-XML descriptions are UTF-8 (`µm`), so UTF-8 when
+ * the bytes are valid UTF-8, else Latin-1.
+ */
+function asciiText(raw: Uint8Array): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    return new TextDecoder("latin1").decode(raw);
+  }
 }
 
 /** A numeric tag's values, or undefined. */

@@ -11,8 +11,12 @@
  *   `macro`) and masks (NewSubfileType bit 2) are skipped. `downsample` = level-0 width / level width.
  * - Colour: JPEG tiles with Photometric = RGB (2), as Aperio writes them, are decoded without the YCbCr →
  *   RGB step (converting anyway turns tissue magenta); Photometric = YCbCr (6) converts.
- * - `mpp` is Aperio's `MPP = …` from ImageDescription, else XResolution / ResolutionUnit (inch by default,
- *   as TIFF 6.0 says), else null. JPEG / PNG: null unless given in the options.
+ * - Microns per pixel (`resolution`, x and y, with where they came from), most trusted first: Aperio's
+ *   `MPP = …` in level 0's ImageDescription; XResolution / YResolution with ResolutionUnit 2 (inch, the
+ *   default as TIFF 6.0 says) or 3 (centimetre); OME-XML's first `Pixels` `PhysicalSizeX` / `PhysicalSizeY`
+ *   with their units (default µm; the
+ *   {@link https://www.openmicroscopy.org/Schemas/Documentation/Generated/OME-2016-06/ome.html OME schema});
+ *   else null. JPEG / PNG: null unless given in the options. The `mpp` option overrides all.
  * - JPEG / PNG files open as one level: decoded once (libjpeg-turbo / fast-png), the RGB kept.
  * - JPEG data decode with libjpeg-turbo compiled to WebAssembly (`jpeg.ts`), so pixels equal openslide's
  *   and PIL's.
@@ -70,8 +74,10 @@ export interface Slide {
   readonly format: "tiff" | "jpeg" | "png";
   /** Pyramid levels, level 0 (full resolution) first, decreasing in size. */
   readonly levels: readonly SlideLevel[];
-  /** Microns per pixel at level 0, or null when the file does not say. */
+  /** Microns per pixel at level 0 across (`resolution.x`), or null when the file does not say. */
   readonly mpp: number | null;
+  /** Microns per level-0 pixel across and down, and where they came from; null when the file does not say. */
+  readonly resolution: SlideMpp | null;
   /**
    * Read `w × h` pixels of `level` whose top-left corner is (`x`, `y`) in that level's own pixel
    * coordinates (for a level-0 position `X`, pass `Math.round(X / downsample)`). Pixels past the level's
@@ -82,10 +88,30 @@ export interface Slide {
   close(): void;
 }
 
+/** Where a slide's microns per pixel came from (see {@linkcode SlideMpp}). */
+export type MppSource = "option" | "aperio" | "tiff" | "ome" | "scalefactors";
+
+/** Microns per level-0 pixel across (x) and down (y), and where they came from. */
+export interface SlideMpp {
+  x: number;
+  y: number;
+  /**
+   * `option` (given to {@linkcode openSlide}), `aperio` (ImageDescription `MPP`), `tiff` (X/YResolution and
+   * ResolutionUnit), `ome` (OME-XML PhysicalSizeX/Y), `scalefactors` (a Visium image's scalefactors_json.json,
+   * set by the caller, see slide/datasets/visium.ts).
+   */
+  source: MppSource;
+  /** The source for people, with the values as the file gives them: `the Aperio ImageDescription (MPP = 0.4990)`. */
+  detail: string;
+}
+
 /** Options of {@linkcode openSlide}. */
 export interface OpenSlideOptions {
-  /** Microns per pixel at level 0; overrides what the file says (the only source for JPEG / PNG). */
-  mpp?: number;
+  /**
+   * Microns per pixel at level 0; overrides what the file says (the only source for JPEG / PNG). A number
+   * is square pixels given as an option; a {@linkcode SlideMpp} is kept as it is.
+   */
+  mpp?: number | SlideMpp;
   /** Bytes of decoded tiles to keep (least recently used dropped first). Default 64 MiB. */
   cacheBytes?: number;
 }
@@ -151,7 +177,7 @@ function imageSlide(
     across: 1,
     chunk: () => Promise.resolve(chunk),
   };
-  return makeSlide(path, format, [level], opts.mpp ?? null, () => {
+  return makeSlide(path, format, [level], optionMpp(opts.mpp) ?? null, () => {
     chunk.data = new Uint8Array(0);
   });
 }
@@ -226,22 +252,127 @@ async function openTiff(src: ByteSource, opts: OpenSlideOptions): Promise<Slide>
     across: t.across,
     chunk: (i) => cache.get(`${k}:${i}`, () => readChunk(src, t, k, i, tiff.littleEndian)),
   }));
-  return makeSlide(name, "tiff", levels, opts.mpp ?? tiffMpp(base), () => {
+  return makeSlide(name, "tiff", levels, optionMpp(opts.mpp) ?? tiffMpp(base), () => {
     cache.clear();
     src.close();
   });
 }
 
-/** Microns per pixel from Aperio's `MPP = x` or from XResolution / ResolutionUnit. */
-function tiffMpp(ifd: Ifd): number | null {
-  const m = /\|\s*MPP\s*=\s*([0-9.eE+-]+)/.exec(text(ifd, TAG.ImageDescription));
-  if (m && Number(m[1]) > 0) return Number(m[1]);
+// ------------------------------------------------------------------------------------ microns per pixel
+
+function optionMpp(mpp: number | SlideMpp | undefined): SlideMpp | undefined {
+  if (mpp === undefined || typeof mpp === "object") return mpp;
+  return { x: mpp, y: mpp, source: "option", detail: `the mpp option (${mpp})` };
+}
+
+const positive = (v: number | undefined): v is number => v !== undefined && Number.isFinite(v) && v > 0;
+/** A number as the file gives it, without float noise (28.34000015743831 → 28.34). */
+const shown = (v: number) => String(Number(v.toPrecision(8)));
+
+/**
+ * Microns per pixel from level 0's tags, most trusted first: Aperio's `MPP`, then XResolution /
+ * YResolution + ResolutionUnit, then OME-XML `PhysicalSizeX` / `PhysicalSizeY`.
+ */
+function tiffMpp(ifd: Ifd): SlideMpp | null {
+  const description = text(ifd, TAG.ImageDescription);
+  return aperioMpp(description) ?? resolutionMpp(ifd) ?? omeMpp(description);
+}
+
+/**
+ * Aperio's `MPP = 0.4990` field of an SVS ImageDescription (`header|key = value|…`), square pixels.
+ *
+ * @example
+ * ```ts
+ * import { aperioMpp } from "./wsi.ts";
+ * aperioMpp("Aperio Image Library v10.0.51\r\n46920x33014 …|AppMag = 20|MPP = 0.4990|Left = 25.69");
+ * // { x: 0.499, y: 0.499, source: "aperio", detail: "the Aperio ImageDescription (MPP = 0.4990)" }
+ * ```
+ */
+export function aperioMpp(description: string): SlideMpp | null {
+  const m = /\|\s*MPP\s*=\s*([0-9.eE+-]+)/.exec(description);
+  const v = m ? Number(m[1]) : NaN;
+  if (!positive(v)) return null;
+  return { x: v, y: v, source: "aperio", detail: `the Aperio ImageDescription (MPP = ${m![1]})` };
+}
+
+/** XResolution / YResolution (pixels per unit) with ResolutionUnit 2 (inch, the default) or 3 (cm). */
+function resolutionMpp(ifd: Ifd): SlideMpp | null {
   const xres = nums(ifd, TAG.XResolution)?.[0];
-  const unit = num(ifd, TAG.ResolutionUnit, 2);
-  if (!xres || !(xres > 0) || !Number.isFinite(xres)) return null;
-  if (unit === 2) return 25400 / xres;
-  if (unit === 3) return 10000 / xres;
-  return null;
+  const yres = nums(ifd, TAG.YResolution)?.[0] ?? xres;
+  const unit = num(ifd, TAG.ResolutionUnit, 2); // 1: no absolute unit
+  if (!positive(xres) || !positive(yres) || (unit !== 2 && unit !== 3)) return null;
+  const um = unit === 2 ? 25400 : 10000;
+  const per = unit === 2 ? "inch" : "centimetre";
+  const said = ifd.tags.has(TAG.ResolutionUnit) ? "" : ", no ResolutionUnit: inch as TIFF 6.0 says";
+  return {
+    x: um / xres,
+    y: um / yres,
+    source: "tiff",
+    detail: `the TIFF XResolution / YResolution (${shown(xres)} / ${shown(yres)} pixels per ${per}${said})`,
+  };
+}
+
+/** µm per OME `UnitsLength` symbol (the metric ones, ångström and inch; `pixel` has no length). */
+const OME_UNIT_UM: Record<string, number> = {
+  "pm": 1e-6,
+  "Å": 1e-4,
+  "nm": 1e-3,
+  "µm": 1,
+  "μm": 1, // Greek mu
+  "um": 1,
+  "mm": 1e3,
+  "cm": 1e4,
+  "dm": 1e5,
+  "m": 1e6,
+  "in": 25400,
+};
+
+/**
+ * `PhysicalSizeX` / `PhysicalSizeY` of the first `Pixels` element of an OME-XML document (an OME-TIFF's
+ * ImageDescription), converted from `PhysicalSizeXUnit` / `PhysicalSizeYUnit` (default µm) to µm. A
+ * missing `PhysicalSizeY` is taken equal to X. Null when the text is not OME-XML, has no positive
+ * `PhysicalSizeX`, or gives a unit without a length (`pixel`, `reference frame`).
+ *
+ * @example
+ * ```ts
+ * import { omeMpp } from "./wsi.ts";
+ * omeMpp('<OME><Image><Pixels PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="0.25"/></Image></OME>');
+ * // { x: 0.25, y: 0.25, source: "ome", detail: "OME-XML PhysicalSizeX / PhysicalSizeY (250 nm / 0.25 µm)" }
+ * ```
+ */
+export function omeMpp(xml: string): SlideMpp | null {
+  if (!/<(\w+:)?OME[\s>]/.test(xml)) return null;
+  const pixels = /<(?:\w+:)?Pixels\b([^>]*)>/.exec(xml);
+  if (!pixels) return null;
+  const attrs = new Map<string, string>();
+  for (const m of pixels[1].matchAll(/([\w:]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g)) {
+    attrs.set(m[1], xmlText(m[2] ?? m[3]));
+  }
+  const size = (axis: "X" | "Y") => {
+    const raw = attrs.get(`PhysicalSize${axis}`);
+    const unit = attrs.get(`PhysicalSize${axis}Unit`) ?? "µm";
+    const v = Number(raw), f = OME_UNIT_UM[unit];
+    return raw !== undefined && positive(v) && f !== undefined ? { um: v * f, said: `${raw} ${unit}` } : null;
+  };
+  const x = size("X");
+  if (!x) return null;
+  const y = attrs.has("PhysicalSizeY") ? size("Y") : x;
+  if (!y) return null;
+  return {
+    x: x.um,
+    y: y.um,
+    source: "ome",
+    detail: `OME-XML PhysicalSizeX / PhysicalSizeY (${x.said} / ${y.said})`,
+  };
+}
+
+/** An XML attribute value with its character references and the five predefined entities replaced. */
+function xmlText(s: string): string {
+  const named: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
+  return s.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|\w+);/g, (all, e: string) => {
+    if (e[0] !== "#") return named[e] ?? all;
+    return String.fromCodePoint(e[1] === "x" ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10));
+  });
 }
 
 /** Read a level's layout and refuse what the chunk decoder cannot do, naming the file and IFD. */
@@ -419,7 +550,7 @@ function makeSlide(
   path: string,
   format: Slide["format"],
   levels: Level[],
-  mpp: number | null,
+  resolution: SlideMpp | null,
   onClose: () => void,
 ): Slide {
   let closed = false;
@@ -427,7 +558,8 @@ function makeSlide(
     path,
     format,
     levels: levels.map((l) => l.info),
-    mpp,
+    mpp: resolution?.x ?? null,
+    resolution,
     readRegion(level, x, y, w, h) {
       if (closed) return Promise.reject(new Error(`Cannot read a region: ${path} is closed`));
       if (!Number.isInteger(level) || level < 0 || level >= levels.length) {

@@ -24,8 +24,13 @@ export { type HbcisOptions, readGenes, readHbcis } from "./hbcis.ts";
 export {
   readH5,
   readMex,
+  readScalefactors,
   readVisium,
   VISIUM_SPOT_UM,
   type VisiumCounts,
+  type VisiumImage,
+  visiumImage,
+  visiumImageKind,
   type VisiumOptions,
+  type VisiumScalefactors,
 } from "./visium.ts";

@@ -13,10 +13,13 @@
  * (a hexagonal grid: array_col steps by 2 along a row). The full-resolution image is usually absent, so the
  * section's slide is the hires (or lowres) image and `imageScale` is its scale factor: image pixel =
  * `pixel × imageScale`. Spots are 55 µm across, so full-resolution `mpp = 55 / spot_diameter_fullres`.
+ * {@linkcode visiumImage} gives the same scale for a hires / lowres image on its own (`predict-slide`,
+ * `extract-patches` on `tissue_lowres_image.png` with `tissue_positions.csv`).
  *
  * @module
  */
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import type { SlideMpp } from "../wsi.ts";
 import {
   DatasetError,
   type DatasetWarning,
@@ -120,13 +123,8 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
   if (!sfFile) {
     throw new DatasetError(dir, "expected scalefactors_json.json (in spatial/ or the folder), found none");
   }
-  let sf: Record<string, number>;
-  try {
-    sf = JSON.parse(await readText(sfFile));
-  } catch (e) {
-    throw new DatasetError(sfFile, `expected JSON: ${(e as Error).message}`);
-  }
-  const diameter = sf.spot_diameter_fullres;
+  const sf = await readScalefactors(sfFile);
+  const diameter = sf.spot_diameter_fullres ?? 0;
   const mpp = diameter > 0 ? VISIUM_SPOT_UM / diameter : undefined;
 
   // Image.
@@ -137,7 +135,7 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
     imageScale = 1;
   } else {
     slidePath = await find(`tissue_${image}_image.png`);
-    imageScale = sf[`tissue_${image}_scalef`];
+    imageScale = sf[`tissue_${image}_scalef`] ?? NaN;
     if (!(imageScale > 0)) {
       throw new DatasetError(sfFile, `expected tissue_${image}_scalef > 0, found ${imageScale}`);
     }
@@ -244,6 +242,143 @@ export async function readVisium(dir: string, opts: VisiumOptions = {}): Promise
     labelSource: "none",
   };
   return { name: "visium", sections: [section], genes: counts.genes, geneIds: counts.geneIds, warnings };
+}
+
+// -------------------------------------------------------------------------- a hires / lowres image alone
+
+/** Space Ranger's `scalefactors_json.json`: the keys he2gene uses (each absent when the file lacks it). */
+export interface VisiumScalefactors {
+  /** The file read. */
+  file: string;
+  /** hires image pixels per full-resolution pixel. */
+  tissue_hires_scalef?: number;
+  /** lowres image pixels per full-resolution pixel. */
+  tissue_lowres_scalef?: number;
+  /** A spot's diameter (55 µm) in full-resolution pixels. */
+  spot_diameter_fullres?: number;
+  /** A fiducial's diameter in full-resolution pixels. */
+  fiducial_diameter_fullres?: number;
+}
+
+const SCALEFACTOR_KEYS = [
+  "tissue_hires_scalef",
+  "tissue_lowres_scalef",
+  "spot_diameter_fullres",
+  "fiducial_diameter_fullres",
+] as const;
+
+/**
+ * Read `scalefactors_json.json`. A file that is not a JSON object, or one of the four keys that is not a
+ * finite number, is a {@linkcode DatasetError} naming the file and key; whether a value is usable (> 0) is
+ * for the caller to check.
+ *
+ * @example
+ * ```ts ignore
+ * const sf = await readScalefactors("spatial/scalefactors_json.json");
+ * sf.tissue_lowres_scalef; // 0.045004502
+ * ```
+ */
+export async function readScalefactors(file: string): Promise<VisiumScalefactors> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await readText(file));
+  } catch (e) {
+    if (e instanceof DatasetError) throw e;
+    throw new DatasetError(file, `expected JSON: ${(e as Error).message}`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new DatasetError(file, "expected a JSON object of scale factors");
+  }
+  const out: VisiumScalefactors = { file };
+  for (const key of SCALEFACTOR_KEYS) {
+    const v = (json as Record<string, unknown>)[key];
+    if (v === undefined) continue;
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new DatasetError(file, `expected ${key} to be a number, found ${JSON.stringify(v)}`);
+    }
+    out[key] = v;
+  }
+  return out;
+}
+
+/**
+ * Which of Space Ranger's downscaled images a file is, by its name: `tissue_hires_image.png` (any name with
+ * `hires` as a word, e.g. `S1_tissue_hires_image.png`) → `hires`, likewise `lowres`; else null.
+ */
+export function visiumImageKind(path: string): "hires" | "lowres" | null {
+  const m = /(?:^|[^a-z0-9])(hires|lowres)(?:[^a-z0-9]|$)/i.exec(basename(path));
+  return m ? m[1].toLowerCase() as "hires" | "lowres" : null;
+}
+
+/** A hires / lowres image's place in full-resolution coordinates (see {@linkcode visiumImage}). */
+export interface VisiumImage {
+  kind: "hires" | "lowres";
+  /** Image pixels per full-resolution pixel: `tissue_{kind}_scalef`. */
+  scale: number;
+  scalefactors: VisiumScalefactors;
+  /** The spot diameter in this image's pixels (`spot_diameter_fullres × scale`), when the file gives it. */
+  spotDiameter: number | null;
+  /** µm per image pixel: 55 µm / spot_diameter_fullres / scale (square), when the file gives the diameter. */
+  mpp: SlideMpp | null;
+}
+
+/**
+ * How a Space Ranger hires / lowres image maps to the full-resolution pixels of `tissue_positions.csv`:
+ * image pixel = full-resolution pixel × `tissue_{hires,lowres}_scalef`. The image is recognised by its name
+ * ({@linkcode visiumImageKind}); the scale factors come from `opts.scalefactors` or, when that is not given,
+ * from `scalefactors_json.json` in the image's folder (Space Ranger's `spatial/`). Null for another image
+ * name without `opts.scalefactors` (a full-resolution image: no scaling), or when no scale-factor file is
+ * found. `opts.scalefactors` with an image name that says neither hires nor lowres is an error: which
+ * factor applies cannot be told.
+ *
+ * @example
+ * ```ts ignore
+ * const v = await visiumImage("spatial/tissue_lowres_image.png");
+ * // { kind: "lowres", scale: 0.045004502, spotDiameter: 4.02, mpp: { x: 13.67, … }, … }
+ * ```
+ */
+export async function visiumImage(
+  image: string,
+  opts: { scalefactors?: string } = {},
+): Promise<VisiumImage | null> {
+  const kind = visiumImageKind(image);
+  if (!kind) {
+    if (opts.scalefactors === undefined) return null;
+    throw new DatasetError(
+      image,
+      `expected a name that says hires or lowres (Space Ranger's tissue_hires_image.png, ` +
+        `tissue_lowres_image.png) to tell which scale factor of ${opts.scalefactors} applies; a ` +
+        `full-resolution image needs no scale factors`,
+    );
+  }
+  let file = opts.scalefactors ?? null;
+  if (file === null) {
+    const beside = join(dirname(image), "scalefactors_json.json");
+    if (await exists(beside)) file = beside;
+  }
+  if (file === null) return null;
+  const sf = await readScalefactors(file);
+  const key = `tissue_${kind}_scalef` as const;
+  const scale = sf[key];
+  if (scale === undefined || !(scale > 0)) {
+    throw new DatasetError(file, `expected ${key} > 0 for ${basename(image)}, found ${scale ?? "none"}`);
+  }
+  const d = sf.spot_diameter_fullres;
+  const um = d !== undefined && d > 0 ? VISIUM_SPOT_UM / d / scale : null;
+  return {
+    kind,
+    scale,
+    scalefactors: sf,
+    spotDiameter: d !== undefined && d > 0 ? d * scale : null,
+    mpp: um === null ? null : {
+      x: um,
+      y: um,
+      source: "scalefactors",
+      detail:
+        `${file} (spot_diameter_fullres ${Number(d!.toPrecision(6))} px = ${VISIUM_SPOT_UM} µm, ${key} ` +
+        `${scale})`,
+    },
+  };
 }
 
 async function readCounts(dir: string): Promise<VisiumCounts> {

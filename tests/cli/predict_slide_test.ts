@@ -14,10 +14,13 @@ import { saturation } from "../../slide/tissue.ts";
 import { openSlide } from "../../slide/wsi.ts";
 import { encodePng } from "../../slide/png.ts";
 import { assertEquals, assertRejects, gpuTest, sharedData, tinyCheckpoint } from "../helpers.ts";
+import { encodeRgbTiff } from "../../slide/tiff_write.ts";
+import { visiumSpatial } from "./visium_fixture.ts";
 
 const PYTHON = "/usr/bin/python3";
 const her2st = sharedData("her2st/data");
 const cmu = sharedData("wsi/CMU-1-Small-Region.svs");
+const visium = sharedData("visium");
 
 async function python(code: string): Promise<{ ok: boolean; out: string }> {
   try {
@@ -396,4 +399,117 @@ gpuTest("predict-slide bad input: clear errors, no partial files, and a clean se
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+gpuTest(
+  "predict-slide on Visium's lowres image: tissue_positions × tissue_lowres_scalef, as extract-patches",
+  async (e) => {
+    if (!visium) return console.warn("skipped: needs ../shared/data/visium");
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-visium-" });
+    try {
+      const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
+      const { spatial, spots, scalef } = await visiumSpatial(visium, dir, 12);
+      const image = join(spatial, "tissue_lowres_image.png");
+      const positions = join(spatial, "tissue_positions.csv");
+      // Today's failure: "every spot falls outside". The scale factors are found beside the image.
+      const p = await predictSlide(image, {
+        weights,
+        out: join(dir, "out"),
+        spots: positions,
+        batchSize: 4,
+        tta: "single",
+        quiet: true,
+        engine: e,
+      });
+      assertEquals(p.names, spots.map((s) => `tissue_${s.col}_${s.row}`));
+      assertEquals(p.patchPx, Math.round(150 * scalef));
+      assertEquals(p.mpp, 55 / 89.42751063343188 / scalef);
+      spots.forEach((s, i) => {
+        // The centre is the scaled position; the patch's own centre is within a pixel of it.
+        assertEquals([p.pixel[2 * i], p.pixel[2 * i + 1]], [s.fx * scalef, s.fy * scalef]);
+        const left = Math.floor(s.fx * scalef) - Math.floor(p.patchPx / 2);
+        const top = Math.floor(s.fy * scalef) - Math.floor(p.patchPx / 2);
+        const d = Math.max(
+          Math.abs(left + p.patchPx / 2 - s.fx * scalef),
+          Math.abs(top + p.patchPx / 2 - s.fy * scalef),
+        );
+        if (!(d <= 1)) {
+          throw new Error(`tissue_${s.col}_${s.row}: patch centre ${d} px from the scaled position`);
+        }
+      });
+      // The same numbers as extract-patches (same placement) + predict-patches.
+      const patches = join(dir, "patches");
+      await runExtractPatches([image, "--spots", positions, "--out", patches, "--quiet"]);
+      const ref = await predictPatches(patches, {
+        weights,
+        out: join(dir, "ref"),
+        batchSize: 4,
+        tta: "single",
+        quiet: true,
+        engine: e,
+      });
+      const at = new Map(ref.names.map((n, i) => [n, i]));
+      p.names.forEach((n, i) => {
+        const j = at.get(n)!;
+        assertEquals(
+          Array.from(p.target.subarray(3 * i, 3 * i + 3)),
+          Array.from(ref.target.subarray(3 * j, 3 * j + 3)),
+          n,
+        );
+        assertEquals(p.tumorProb[i], ref.tumorProb[j], n);
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test({
+  name: "predict-slide without mpp asks for --mpp or --tile-px (--crop-size at spots); scale factors give it",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-pslide-mpp-" });
+    try {
+      // The resolution is needed before the checkpoint is read: an empty file stands for it.
+      const weights = join(dir, "w.safetensors");
+      await Deno.writeFile(weights, new Uint8Array(0));
+      const tif = join(dir, "S.tif");
+      await Deno.writeFile(tif, encodeRgbTiff(64, 64, new Uint8Array(64 * 64 * 3).fill(200)));
+      const spots = join(dir, "S_spots.csv");
+      await Deno.writeTextFile(spots, "x,y,pixel_x,pixel_y\n1,1,32,32\n");
+      const out = join(dir, "out");
+      await assertRejects(
+        () => predictSlide(tif, { weights, out, quiet: true }),
+        Error,
+        `${tif} does not record its resolution, so 100 µm tiles have no size in pixels: pass --tile-px or --mpp`,
+      );
+      await assertRejects(
+        () => predictSlide(tif, { weights, out, tileUm: 50, quiet: true }),
+        Error,
+        `${tif} does not record its resolution, so 50 µm tiles have no size in pixels: pass --tile-px or --mpp`,
+      );
+      await assertRejects(
+        () => predictSlide(tif, { weights, out, spots, cropUm: 40, quiet: true }),
+        Error,
+        `${tif} does not record its resolution, so 40 µm patches have no size in pixels: pass --crop-size or --mpp`,
+      );
+      // --mpp gives the size: 100 µm at 5 µm/px is 20 px, under the 32 px floor (named with the source).
+      await assertRejects(
+        () => predictSlide(tif, { weights, out, mpp: 5, quiet: true }),
+        RangeError,
+        "--tile-um 100 is 20 px at 5 µm/px (from --mpp 5)",
+      );
+      await assertRejects(() => Deno.stat(out), Deno.errors.NotFound);
+      if (!visium) return console.warn("skipped the Visium part: needs ../shared/data/visium");
+      // A Visium lowres image's scale factors give its resolution: 100 µm is 7 px there, too small to tile.
+      await assertRejects(
+        () => predictSlide(join(visium, "tissue_lowres_image.png"), { weights, out, quiet: true }),
+        RangeError,
+        "scalefactors_json.json (spot_diameter_fullres 89.4275 px = 55 µm, tissue_lowres_scalef 0.045004502)",
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

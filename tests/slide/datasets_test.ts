@@ -14,7 +14,7 @@ import {
 import { gridNeighbours, log1pNormalize, selectTargetGenes } from "../../slide/genes.ts";
 import { encodeNpz } from "../../slide/npy.ts";
 import { encodePng } from "../../slide/png.ts";
-import { makeUnique } from "../../slide/datasets/visium.ts";
+import { makeUnique, readScalefactors, visiumImage, visiumImageKind } from "../../slide/datasets/visium.ts";
 
 const PY = "/usr/bin/python3";
 
@@ -618,5 +618,72 @@ Deno.test("imageSize reads JPEG and PNG headers without decoding", async () => {
     assertEquals(await imageSize(join(dir, "a.jpg")), [300, 7]);
     await Deno.writeTextFile(join(dir, "b.txt"), "not an image, but long enough to look at");
     assertEquals(await imageSize(join(dir, "b.txt")), null);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Visium: a hires / lowres image on its own (predict-slide, extract-patches)
+
+Deno.test("visium image: the shared lowres / hires images get their scale factor, spot size and mpp", async () => {
+  const dir = sharedData("visium");
+  if (!dir) return;
+  const low = await visiumImage(join(dir, "tissue_lowres_image.png"));
+  assertEquals([low!.kind, low!.scale, low!.scalefactors.file], [
+    "lowres",
+    0.045004502,
+    join(dir, "scalefactors_json.json"),
+  ]);
+  assertEquals(low!.spotDiameter, 89.42751063343188 * 0.045004502);
+  assertEquals(low!.mpp!.source, "scalefactors");
+  assertEquals(low!.mpp!.x, 55 / 89.42751063343188 / 0.045004502);
+  assertEquals(low!.mpp!.y, low!.mpp!.x);
+  assertEquals((await visiumImage(join(dir, "tissue_hires_image.png")))!.scale, 0.150015);
+  // Another image in that folder is a full-resolution image: nothing to scale.
+  assertEquals(await visiumImage(join(dir, "test_img.jpg")), null);
+});
+
+Deno.test("visium image: kind by name, scale factors beside it or given, and errors that name the file", async () => {
+  assertEquals(
+    ["tissue_hires_image.png", "S1_tissue_lowres_image.png", "LOWRES.png", "img.png", "hiresolution.png"]
+      .map((n) => visiumImageKind(join("spatial", n))),
+    ["hires", "lowres", "lowres", null, null],
+  );
+  await withTemp("visium_image_", async (dir) => {
+    const sf = join(dir, "spatial", "scalefactors_json.json");
+    await Deno.mkdir(join(dir, "spatial"));
+    await Deno.writeTextFile(sf, JSON.stringify({ tissue_lowres_scalef: 0.5, spot_diameter_fullres: 11 }));
+    const low = await visiumImage(join(dir, "spatial", "tissue_lowres_image.png"));
+    assertEquals([low!.scale, low!.spotDiameter, low!.mpp!.x], [0.5, 5.5, 10]);
+    // Not beside it: none found, unless given.
+    const away = join(dir, "tissue_lowres_image.png");
+    assertEquals(await visiumImage(away), null);
+    assertEquals((await visiumImage(away, { scalefactors: sf }))!.scale, 0.5);
+    // A name that says neither hires nor lowres: nothing without --scalefactors, an error with it.
+    assertEquals(await visiumImage(join(dir, "spatial", "img.png")), null);
+    await assertRejects(
+      () => visiumImage(join(dir, "img.png"), { scalefactors: sf }),
+      DatasetError,
+      `${join(dir, "img.png")}: expected a name that says hires or lowres`,
+    );
+    // The hires factor is missing; a non-number value; no spot diameter (no mpp); not JSON.
+    await assertRejects(
+      () => visiumImage(join(dir, "spatial", "tissue_hires_image.png")),
+      DatasetError,
+      `${sf}: expected tissue_hires_scalef > 0 for tissue_hires_image.png, found none`,
+    );
+    await Deno.writeTextFile(sf, JSON.stringify({ tissue_lowres_scalef: 0.5, spot_diameter_fullres: "11" }));
+    await assertRejects(
+      () => readScalefactors(sf),
+      DatasetError,
+      'expected spot_diameter_fullres to be a number, found "11"',
+    );
+    await Deno.writeTextFile(sf, JSON.stringify({ tissue_lowres_scalef: 0.25 }));
+    const bare = await visiumImage(join(dir, "spatial", "tissue_lowres_image.png"));
+    assertEquals([bare!.scale, bare!.spotDiameter, bare!.mpp], [0.25, null, null]);
+    await Deno.writeTextFile(sf, "{ tissue_lowres_scalef: 0.5");
+    await assertRejects(() => readScalefactors(sf), DatasetError, `${sf}: expected JSON`);
+    await Deno.writeTextFile(sf, "[0.5]");
+    await assertRejects(() => readScalefactors(sf), DatasetError, "expected a JSON object");
+    await assertRejects(() => readScalefactors(join(dir, "none.json")), DatasetError, "expected a file");
   });
 });

@@ -9,8 +9,10 @@
  */
 import { AssertionError } from "node:assert";
 import { gunzipSync } from "node:zlib";
-import { openSlide, SlideError } from "../../slide/wsi.ts";
+import { aperioMpp, omeMpp, openSlide, SlideError, type SlideMpp } from "../../slide/wsi.ts";
 import { decompress, num, nums, openFileSource, readTiff, undoPredictor } from "../../slide/tiff.ts";
+import { encodeRgbTiff, type RgbTiffOptions } from "../../slide/tiff_write.ts";
+import { decodeImage } from "../../slide/decode.ts";
 import { assertEquals, assertRejects, sharedData } from "../helpers.ts";
 
 /** Mean |ours − libjpeg-turbo| allowed over a crop, in 8-bit levels: none (the same decoder). */
@@ -425,4 +427,141 @@ Deno.test("LZW with the horizontal predictor decodes the SVS label exactly as PI
   } finally {
     src.close();
   }
+});
+
+// ------------------------------------------------------------------------------------ microns per pixel
+
+const APERIO = "Aperio Image Library v12.0.15\r\n46920x33014 [0,100 46000x32914] (256x256) JPEG/RGB Q=70" +
+  "|AppMag = 40|StripeWidth = 2040|ScanScope ID = SS1234|MPP = 0.2520|Left = 25.69|Top = 23.44";
+const OME = (attrs: string) =>
+  `<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">` +
+  `<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="4" SizeY="3" ` +
+  `SizeC="3" SizeZ="1" SizeT="1" ${attrs}><TiffData IFD="0"/></Pixels></Image></OME>`;
+
+/** Write a 4 × 3 RGB TIFF with `opts`, open it, and return its resolution (the pixels must survive). */
+async function mppOf(opts: RgbTiffOptions, open: { mpp?: number } = {}): Promise<SlideMpp | null> {
+  const rgb = Uint8Array.from({ length: 4 * 3 * 3 }, (_, i) => (i * 37) & 255);
+  const bytes = encodeRgbTiff(4, 3, rgb, opts);
+  assertEquals(Array.from(decodeImage(bytes, "mpp.tif").data), Array.from(rgb));
+  const path = await Deno.makeTempFile({ prefix: "he2gene-mpp-", suffix: ".tif" });
+  try {
+    await Deno.writeFile(path, bytes);
+    const slide = await openSlide(path, open);
+    slide.close();
+    assertEquals(slide.mpp, slide.resolution?.x ?? null);
+    return slide.resolution;
+  } finally {
+    await Deno.remove(path);
+  }
+}
+
+const close = (got: SlideMpp | null, x: number, y: number, source: string) => {
+  assert(got !== null, `expected ${x} × ${y} µm from ${source}, got none`);
+  assert(
+    Math.abs(got!.x - x) < 1e-9 * x && Math.abs(got!.y - y) < 1e-9 * y && got!.source === source,
+    `expected ${x} × ${y} µm from ${source}, got ${JSON.stringify(got)}`,
+  );
+};
+
+Deno.test("encodeRgbTiff without options keeps the demo patches' layout: IFD at 8, strip at 140", () => {
+  const bytes = encodeRgbTiff(2, 2, new Uint8Array(12).fill(7));
+  const v = new DataView(bytes.buffer);
+  assertEquals([bytes.length, v.getUint32(4, true), v.getUint16(8, true)], [152, 8, 10]);
+  assertEquals(v.getUint32(8 + 2 + 5 * 12 + 8, true), 140); // StripOffsets, the sixth entry
+  assertEquals(Array.from(bytes.subarray(140)), new Array(12).fill(7));
+});
+
+Deno.test("mpp from TIFF X/YResolution: per centimetre, per inch, inch by default; unit 1 has no length", async () => {
+  assertEquals(await mppOf({}), null);
+  // 40 000 px/cm across, 20 000 down: 0.25 × 0.5 µm.
+  const cm = await mppOf({ resolution: { x: 40000, y: 20000, unit: 3 } });
+  close(cm, 0.25, 0.5, "tiff");
+  assertEquals(cm!.detail, "the TIFF XResolution / YResolution (40000 / 20000 pixels per centimetre)");
+  close(await mppOf({ resolution: { x: 101600, y: 101600, unit: 2 } }), 0.25, 0.25, "tiff");
+  const noUnit = await mppOf({ resolution: { x: 50800, y: 50800 } });
+  close(noUnit, 0.5, 0.5, "tiff");
+  assert(noUnit!.detail.includes("no ResolutionUnit: inch as TIFF 6.0 says"), noUnit!.detail);
+  assertEquals(await mppOf({ resolution: { x: 40000, y: 40000, unit: 1 } }), null);
+  // Non-integer rationals (28.34 px/cm, an image editor's 72 dpi) are written and read exactly.
+  close(await mppOf({ resolution: { x: 28.34, y: 28.34, unit: 3 } }), 10000 / 28.34, 10000 / 28.34, "tiff");
+});
+
+Deno.test("mpp sources in order of trust: Aperio MPP, then TIFF resolution, then OME-XML; the option wins", async () => {
+  const res = { x: 20000, y: 20000, unit: 3 }; // 0.5 µm
+  const aperio = await mppOf({ description: APERIO, resolution: res });
+  close(aperio, 0.252, 0.252, "aperio");
+  assertEquals(aperio!.detail, "the Aperio ImageDescription (MPP = 0.2520)");
+  close(
+    await mppOf({ description: OME('PhysicalSizeX="0.3" PhysicalSizeY="0.3"'), resolution: res }),
+    0.5,
+    0.5,
+    "tiff",
+  );
+  // OME-XML where the TIFF tags say nothing usable (no tags, or ResolutionUnit 1), UTF-8 "µm" included.
+  const ome = await mppOf({
+    description: OME('PhysicalSizeX="0.3" PhysicalSizeXUnit="µm" PhysicalSizeY="400" PhysicalSizeYUnit="nm"'),
+  });
+  close(ome, 0.3, 0.4, "ome");
+  assertEquals(ome!.detail, "OME-XML PhysicalSizeX / PhysicalSizeY (0.3 µm / 400 nm)");
+  close(
+    await mppOf({ description: OME('PhysicalSizeX="0.3"'), resolution: { x: 1, y: 1, unit: 1 } }),
+    0.3,
+    0.3,
+    "ome",
+  );
+  const given = await mppOf({ description: APERIO }, { mpp: 2 });
+  close(given, 2, 2, "option");
+});
+
+Deno.test("aperioMpp reads MPP from an SVS description; none or a non-positive value is null", () => {
+  close(aperioMpp(APERIO), 0.252, 0.252, "aperio");
+  assertEquals(
+    aperioMpp("Aperio Image Library v11.0.37\r\n4443x3567 (256x256) J2K/KDU Q=70|AppMag = 20"),
+    null,
+  );
+  assertEquals(aperioMpp("Aperio Image Library|MPP = 0|AppMag = 20"), null);
+  assertEquals(aperioMpp(""), null);
+});
+
+Deno.test("omeMpp converts PhysicalSizeX/Y units to µm; Y defaults to X; a unit without length is null", () => {
+  close(omeMpp(OME('PhysicalSizeX="0.25"')), 0.25, 0.25, "ome"); // default unit µm, Y as X
+  close(
+    omeMpp(OME('PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="0.00026" PhysicalSizeYUnit="mm"')),
+    0.25,
+    0.26,
+    "ome",
+  );
+  close(
+    omeMpp(
+      OME('PhysicalSizeX="0.5" PhysicalSizeXUnit="&#181;m" PhysicalSizeY="0.5" PhysicalSizeYUnit="\u03bcm"'),
+    ),
+    0.5,
+    0.5,
+    "ome",
+  );
+  close(omeMpp(OME('PhysicalSizeX="2500" PhysicalSizeXUnit="Å"')), 0.25, 0.25, "ome");
+  close(
+    omeMpp(`<ome:OME xmlns:ome="x"><ome:Image><ome:Pixels PhysicalSizeX='0.7'/></ome:Image></ome:OME>`),
+    0.7,
+    0.7,
+    "ome",
+  );
+  assertEquals(omeMpp(OME('PhysicalSizeX="1" PhysicalSizeXUnit="pixel"')), null);
+  assertEquals(
+    omeMpp(OME('PhysicalSizeX="0.25" PhysicalSizeY="1" PhysicalSizeYUnit="reference frame"')),
+    null,
+  );
+  assertEquals(omeMpp(OME('PhysicalSizeX="-1"')), null);
+  assertEquals(omeMpp(OME("")), null);
+  assertEquals(omeMpp('<Pixels PhysicalSizeX="0.25"/>'), null); // not OME-XML
+  assertEquals(omeMpp(APERIO), null);
+});
+
+Deno.test("CMU-1-Small-Region.svs: 0.499 µm per pixel from the Aperio description", async () => {
+  const path = sharedData(manifest.svs.file);
+  if (!path) return;
+  const slide = await openSlide(path);
+  slide.close();
+  close(slide.resolution, 0.499, 0.499, "aperio");
+  assert(slide.resolution!.detail.includes("MPP = 0.4990"), slide.resolution!.detail);
 });
