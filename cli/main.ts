@@ -97,7 +97,7 @@ const COMMANDS: Record<string, Command> = {
       "predict gene expression and tumour status for a folder of spot patches (HE2Gene's patch_pred.py)",
     usage:
       "predict-patches DIR --weights CKPT [--out ./output] [--batch-size 4] [--tta single|tta|grid|grid_tta]\n" +
-      "       [--target-genes FILE] [--aux-genes FILE] [--tune cached|auto|off] [--quiet]\n\n" +
+      "       [--target-genes FILE] [--aux-genes FILE] [--compress] [--tune cached|auto|off] [--quiet]\n\n" +
       "  DIR             patches named {section}_{x}_{y}.{tif,png,jpg}\n" +
       "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors\n" +
       "  --out           output folder (default ./output): target_count_pred.csv, aux_count_pred.csv,\n" +
@@ -106,6 +106,7 @@ const COMMANDS: Record<string, Command> = {
       "  --tta           single | tta (8 symmetries, default) | grid (150/75/225 px crops) | grid_tta\n" +
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +
       "  --aux-genes     likewise for the auxiliary head\n" +
+      "  --compress      deflate predictions.npz's arrays (as np.savez_compressed; default stored, as np.savez)\n" +
       "  --tune          kernel variants: cached (this adapter's table from `he2gene tune` if there is one,\n" +
       "                  else built-in defaults; default) | auto (tune first when there is none) | off",
     run: (args) => runPredictPatches(args),

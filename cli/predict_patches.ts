@@ -40,6 +40,8 @@ export interface PredictPatchesOptions {
   targetGenes?: string;
   auxGenes?: string;
   quiet?: boolean;
+  /** Deflate the members of `predictions.npz` (`np.savez_compressed`); default stored (`np.savez`). */
+  compress?: boolean;
   /** Kernel variants (`--tune`; default cached). Ignored when `engine` is given (its table stays). */
   tune?: TuneMode;
   engine?: Engine;
@@ -144,7 +146,7 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
       checkInterrupt();
     }
     bar.done();
-    await writeOutputs(o.out, out);
+    await writeOutputs(o.out, out, { compress: o.compress });
     return out;
   } finally {
     model.dispose();
@@ -205,8 +207,15 @@ export async function geneNames(
   return Array.from({ length: n }, (_, i) => `${what}_${i}`);
 }
 
-/** Write the three CSVs and `predictions.npz` (temporary names, then renamed together). */
-export async function writeOutputs(dir: string, p: PatchPredictions): Promise<void> {
+/**
+ * Write the three CSVs and `predictions.npz` (temporary names, then renamed together); `compress` deflates
+ * the npz's members.
+ */
+export async function writeOutputs(
+  dir: string,
+  p: PatchPredictions,
+  o: { compress?: boolean } = {},
+): Promise<void> {
   const P = p.names.length;
   const files: [string, string | Uint8Array][] = [
     ["target_count_pred.csv", csvTable(p.names, p.targetGenes, p.target)],
@@ -221,7 +230,7 @@ export async function writeOutputs(dir: string, p: PatchPredictions): Promise<vo
         names: { dtype: "U", shape: [P], data: p.names },
         target_genes: { dtype: "U", shape: [p.targetGenes.length], data: p.targetGenes },
         aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
-      }),
+      }, { compress: o.compress }),
     ],
   ];
   await writeFilesAtomic(dir, files, { signal: interruptSignal() });
@@ -246,6 +255,7 @@ export async function runPredictPatches(args: string[]): Promise<void> {
     targetGenes: values["target-genes"],
     auxGenes: values["aux-genes"],
     quiet: values.quiet,
+    compress: values.compress,
     tune: parseTuneMode(values.tune),
   });
   console.log(

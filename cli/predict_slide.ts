@@ -100,6 +100,8 @@ export interface PredictSlideOptions {
   h5ad?: boolean;
   /** Skip `aux_count_pred.csv` (19 699 columns a row; the aux genes stay in the npz / h5ad). */
   noAuxCsv?: boolean;
+  /** Deflate the members of `predictions.npz` (`np.savez_compressed`); default stored (`np.savez`). */
+  compress?: boolean;
   /** Microns per pixel at level 0, overriding the file's. */
   mpp?: number;
   /**
@@ -519,6 +521,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       if (unformatted) format(...unformatted);
       await writeSlideOutputs(o.out, out, {
         h5ad: o.h5ad,
+        compress: o.compress,
         csv: { target: csv.target.text(), aux: o.noAuxCsv ? null : csv.aux.text(), tumor: csv.tumor.text() },
       });
       addTime(timings, "write", t);
@@ -567,6 +570,8 @@ export async function writeSlideOutputs(
   p: SlidePredictions,
   o: {
     h5ad?: boolean;
+    /** Deflate the npz's members. */
+    compress?: boolean;
     /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them); aux null: none. */
     csv?: { target: string; aux: string | null; tumor: string };
   } = {},
@@ -591,7 +596,7 @@ export async function writeSlideOutputs(
         aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
         pixel: { dtype: "f8", shape: [P, 2], data: p.pixel },
         grid: { dtype: "i4", shape: [P, 2], data: p.grid },
-      }),
+      }, { compress: o.compress }),
     ],
   ];
   if (o.h5ad) {
@@ -614,7 +619,8 @@ export const PREDICT_SLIDE_USAGE =
   "       [--min-tissue 0.5] [--max-tiles 100000]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP]\n" +
   "       [--scalefactors FILE] [--h5ad]\n" +
-  "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--tune cached|auto|off] [--quiet]\n\n" +
+  "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--compress] [--tune cached|auto|off]\n" +
+  "       [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
   "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
@@ -642,7 +648,8 @@ export const PREDICT_SLIDE_USAGE =
   "                pixel [P,2] and grid [P,2]); --h5ad adds predictions.h5ad (target genes) and\n" +
   "                predictions_aux.h5ad (aux genes)\n" +
   "  --no-aux-csv  skip aux_count_pred.csv (19 699 columns a row: about 10 MB per 50 spots, so gigabytes\n" +
-  "                for a whole slide's tiles); the aux genes stay in predictions.npz and the h5ad";
+  "                for a whole slide's tiles); the aux genes stay in predictions.npz and the h5ad\n" +
+  "  --compress    deflate predictions.npz's arrays (as np.savez_compressed; default stored, as np.savez)";
 
 function positiveNumber(v: string | undefined, flag: string, integer = false): number | undefined {
   if (v === undefined) return undefined;
@@ -726,6 +733,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     auxGenes: v["aux-genes"],
     h5ad: v.h5ad,
     noAuxCsv: v["no-aux-csv"],
+    compress: v.compress,
     mpp: positiveNumber(v.mpp, "--mpp"),
     scalefactors: v.scalefactors,
     quiet: v.quiet,

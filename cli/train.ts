@@ -76,6 +76,8 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
                          (HE2Gene-Spat at batch 32 at 224 px: 32 spots + their neighbours, ~290 images)
   --tune cached          kernel variants: cached (this adapter's table from \`he2gene tune\`, else built-in
                          defaults) | auto (tune first when there is none) | off (built-in defaults)
+  --compress             deflate the arrays of the val_*.npz / test_*.npz files (as np.savez_compressed;
+                         default stored, as np.savez)
   --quiet
 
 Numbers: --batch-size, --epochs, --patience, --step-size, --n-target, --crop-size are positive integers,
@@ -412,6 +414,7 @@ export async function runTrain(args: string[]): Promise<void> {
       quiet: { type: "boolean", default: false },
       checkpoint: { type: "boolean", default: false },
       tune: { type: "string", default: "cached" },
+      compress: { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -565,6 +568,7 @@ interface TrainValues {
   force: boolean;
   quiet: boolean;
   checkpoint: boolean;
+  compress: boolean;
   /** `--tune`, checked. */
   tuneMode: TuneMode;
 }
@@ -773,8 +777,9 @@ async function train(
             }were not written: run again with --resume to write them`,
         );
       }
-      await writeValidation(v.out, model, val, { batchSize, imageSize, mean, std });
-      if (test) await writeTest(v.out, model, test, train, { batchSize, imageSize, mean, std });
+      const o = { batchSize, imageSize, mean, std, compress: v.compress };
+      await writeValidation(v.out, model, val, o);
+      if (test) await writeTest(v.out, model, test, train, o);
     } finally {
       model.dispose();
     }
@@ -802,6 +807,7 @@ async function train(
 function predictionsNpz(
   t: SpotTable,
   p: { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array },
+  npz: NpzOptions,
 ): Uint8Array {
   const V = t.names.length;
   return encodeNpz({
@@ -811,11 +817,11 @@ function predictionsNpz(
     names: { dtype: "U", shape: [V], data: t.names },
     target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
     aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
-  });
+  }, { compress: npz.compress });
 }
 
 /** The truth of a spot table for `he2gene evaluate`: target then aux genes, tumour 1 / 0 / NaN (unknown). */
-function truthNpz(t: SpotTable): Uint8Array {
+function truthNpz(t: SpotTable, npz: NpzOptions): Uint8Array {
   const V = t.names.length, nT = t.targetGenes.length, nA = t.auxGenes.length, G = nT + nA;
   const truth = new Float32Array(V * G);
   for (let s = 0; s < V; s++) {
@@ -827,7 +833,12 @@ function truthNpz(t: SpotTable): Uint8Array {
     names: { dtype: "U", shape: [V], data: t.names },
     genes: { dtype: "U", shape: [G], data: [...t.targetGenes, ...t.auxGenes] },
     tumor: { dtype: "f4", shape: [V], data: Float32Array.from(t.tumor, (v) => (v < 0 ? NaN : v)) },
-  });
+  }, { compress: npz.compress });
+}
+
+/** How the npz files are written: `compress` deflates their members (`--compress`). */
+interface NpzOptions {
+  compress?: boolean;
 }
 
 /** The best model's predictions of the validation spots and their truth, for `he2gene evaluate`. */
@@ -835,11 +846,11 @@ async function writeValidation(
   out: string,
   model: HE2Gene,
   val: SpotTable,
-  o: PredictTableOptions,
+  o: PredictTableOptions & NpzOptions,
 ): Promise<void> {
   const p = await predictTable(model, val, { ...o, batchSize: Math.min(o.batchSize, 64) });
-  await writeAtomic(join(out, "val_predictions.npz"), predictionsNpz(val, p));
-  await writeAtomic(join(out, "val_truth.npz"), truthNpz(val));
+  await writeAtomic(join(out, "val_predictions.npz"), predictionsNpz(val, p, o));
+  await writeAtomic(join(out, "val_truth.npz"), truthNpz(val, o));
 }
 
 /**
@@ -852,7 +863,7 @@ async function writeTest(
   model: HE2Gene,
   test: SpotTable,
   train: SpotTable,
-  o: PredictTableOptions,
+  o: PredictTableOptions & NpzOptions,
 ): Promise<void> {
   const p = await predictTable(model, test, { ...o, batchSize: Math.min(o.batchSize, 64) });
   const N = train.names.length, V = test.names.length;
@@ -861,9 +872,9 @@ async function writeTest(
     aux: meanExpressionBaseline(train.aux, N, train.auxGenes.length).predict(V),
   };
   await writeFilesAtomic(out, [
-    ["test_predictions.npz", predictionsNpz(test, p)],
-    ["test_truth.npz", truthNpz(test)],
-    ["test_baseline.npz", predictionsNpz(test, baseline)],
+    ["test_predictions.npz", predictionsNpz(test, p, o)],
+    ["test_truth.npz", truthNpz(test, o)],
+    ["test_baseline.npz", predictionsNpz(test, baseline, o)],
   ]);
 }
 

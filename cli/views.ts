@@ -179,6 +179,7 @@ export const PREDICT_OPTIONS = {
   "aux-genes": { type: "string" },
   quiet: { type: "boolean", default: false },
   tune: { type: "string", default: "cached" },
+  compress: { type: "boolean", default: false },
 } as const;
 
 /** Check the shared options: `--weights` given, `--tta` known, `--batch-size` a positive integer. */

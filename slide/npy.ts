@@ -7,15 +7,16 @@
  * minor version bytes, the header length (u16 for 1.0, u32 for 2.0 / 3.0), a Python dict literal
  * `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }` (latin-1; UTF-8 in 3.0) padded with spaces
  * and a newline so that the data start on a 64-byte boundary, then the data.
- * Zip: https://pkware.cachefly.net/webdocs/casestudies/APPNOTE.TXT (read with `weights/zip.ts`).
+ * Zip: https://pkware.cachefly.net/webdocs/casestudies/APPNOTE.TXT (read with `weights/zip.ts`, written
+ * with fflate's `zipSync`).
  *
  * Numeric arrays read from a file are views of its bytes when aligned (copies otherwise, e.g. a stored NPZ
  * member at an odd offset).
  *
  * @module
  */
-import { crc32, deflateRawSync } from "node:zlib";
-import { openZip } from "../weights/zip.ts";
+import { type Zippable, zipSync } from "fflate";
+import { openZip, readWholeFile } from "../weights/zip.ts";
 import { CheckpointError } from "../weights/errors.ts";
 
 /** An NPY array: a dtype, a C-order shape and the flat data. `b1` is stored as 0 / 1 bytes. */
@@ -206,7 +207,7 @@ export async function readNpy(path: string): Promise<NpyArray> {
 
 /** Read an NPZ file from disk. */
 export async function readNpz(path: string): Promise<Record<string, NpyArray>> {
-  return decodeNpz(await Deno.readFile(path), path);
+  return decodeNpz(await readWholeFile(path), path);
 }
 
 /**
@@ -277,59 +278,41 @@ export function encodeNpy(a: NpyArray, opts: { version?: 1 | 2 | 3 } = {}): Uint
 }
 
 /**
- * A zip of named members, stored (no compression) or deflated (`compress: true`). Sizes must stay below
- * 4 GiB (no ZIP64).
+ * A zip of named members, in the given order, stored (no compression, as `np.savez`) or deflated at level 6
+ * (`compress: true`, as `np.savez_compressed` with zlib's default), by fflate's `zipSync`. Every header's DOS
+ * date and time is 0, as in PyTorch's zips and in he2gene's before fflate, so a stored zip of the same
+ * ASCII-named members is the same bytes; a non-ASCII name gets the UTF-8 flag (bit 11), which the old
+ * writer left out (Python's `zipfile`, hence numpy, then read the name as cp437). No ZIP64: the zip must
+ * stay below 4 GiB and 65535 members.
+ *
+ * @example
+ * ```ts
+ * const zip = encodeZip([["a.npy", encodeNpy({ dtype: "u1", shape: [2], data: new Uint8Array([1, 2]) })]]);
+ * ```
  */
 export function encodeZip(members: [string, Uint8Array][], opts: { compress?: boolean } = {}): Uint8Array {
-  const parts: Uint8Array[] = [];
-  const central: Uint8Array[] = [];
-  let offset = 0;
-  const method = opts.compress ? 8 : 0;
+  // fflate takes the members as an object's keys, which keep their order unless they are array indices.
+  const files: Zippable = {};
   for (const [name, data] of members) {
-    const nm = enc.encode(name);
-    const crc = crc32(data) >>> 0;
-    const packed = method === 8 ? new Uint8Array(deflateRawSync(data)) : data;
-    const local = new Uint8Array(30 + nm.length);
-    const lv = new DataView(local.buffer);
-    lv.setUint32(0, 0x04034b50, true);
-    lv.setUint16(4, 20, true); // version needed
-    lv.setUint16(8, method, true);
-    lv.setUint32(14, crc, true);
-    lv.setUint32(18, packed.length, true);
-    lv.setUint32(22, data.length, true);
-    lv.setUint16(26, nm.length, true);
-    local.set(nm, 30);
-    const cd = new Uint8Array(46 + nm.length);
-    const cv = new DataView(cd.buffer);
-    cv.setUint32(0, 0x02014b50, true);
-    cv.setUint16(4, 20, true);
-    cv.setUint16(6, 20, true);
-    cv.setUint16(10, method, true);
-    cv.setUint32(16, crc, true);
-    cv.setUint32(20, packed.length, true);
-    cv.setUint32(24, data.length, true);
-    cv.setUint16(28, nm.length, true);
-    cv.setUint32(42, offset, true);
-    cd.set(nm, 46);
-    parts.push(local, packed);
-    central.push(cd);
-    offset += local.length + packed.length;
+    if (/^(0|[1-9]\d*)$/.test(name) || name === "__proto__") {
+      throw new RangeError(
+        `Cannot write zip member ${JSON.stringify(name)}: an array index or __proto__ cannot name a member`,
+      );
+    }
+    if (Object.hasOwn(files, name)) {
+      throw new RangeError(`Cannot write zip member ${JSON.stringify(name)}: current name is given twice`);
+    }
+    files[name] = data;
   }
-  const cdSize = central.reduce((s, c) => s + c.length, 0);
-  const end = new Uint8Array(22);
-  const ev = new DataView(end.buffer);
-  ev.setUint32(0, 0x06054b50, true);
-  ev.setUint16(8, members.length, true);
-  ev.setUint16(10, members.length, true);
-  ev.setUint32(12, cdSize, true);
-  ev.setUint32(16, offset, true);
-  const out = new Uint8Array(offset + cdSize + 22);
-  let p = 0;
-  for (const x of [...parts, ...central, end]) {
-    out.set(x, p);
-    p += x.length;
+  if (members.length > 0xffff) {
+    throw new RangeError(`Cannot write zip: current count is ${members.length} members, more than 65535`);
   }
-  return out;
+  // NOTE: fflate writes an invalid Date as DOS date and time 0 (a valid one is at least 1980-01-01, 0x0021).
+  const zip = zipSync(files, { level: opts.compress ? 6 : 0, mtime: new Date(NaN) });
+  if (zip.length > 0xffffffff) {
+    throw new RangeError(`Cannot write zip: current size is ${zip.length} bytes, more than 4 GiB (no ZIP64)`);
+  }
+  return zip;
 }
 
 /**

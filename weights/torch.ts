@@ -17,7 +17,7 @@
 import { asFloat32Entry, type DType, DTYPE_SIZE, numel, type TensorEntry } from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
 import { describe, PyGlobal, unpickle } from "./pickle.ts";
-import { isZip, openZip } from "./zip.ts";
+import { isZip, openZip, readWholeFile } from "./zip.ts";
 
 /** A checkpoint read by {@linkcode readTorch}. */
 export interface TorchCheckpoint {
@@ -149,7 +149,7 @@ function storageLoader(storages: Map<string, Storage>) {
  * ```
  */
 export async function readTorch(path: string, options: ReadTorchOptions = {}): Promise<TorchCheckpoint> {
-  return parseTorch(await Deno.readFile(path), { ...options, file: path });
+  return parseTorch(await readWholeFile(path), { ...options, file: path });
 }
 
 /**

@@ -404,18 +404,28 @@ Deno.test("nonFiniteCells counts NaN and ±Inf per gene and finds the first", ()
 // ---------------------------------------------------------------------------------------------------------
 // Ctrl-C: exit 130, nothing new in --out
 
-/** Run `fn` with Ctrl-C "pressed" while the command reads its `k`-th file (`Deno.readFile`). */
+/**
+ * Run `fn` with Ctrl-C "pressed" while the command reads its `k`-th file (`Deno.readFile`, or `Deno.open`:
+ * checkpoints and NPZ files are read into one buffer of their size).
+ */
 async function withCtrlCWhileReading<T>(k: number, fn: () => Promise<T>): Promise<T> {
-  const orig = Deno.readFile;
+  const [readFile, open] = [Deno.readFile, Deno.open];
   let calls = 0;
-  Deno.readFile = ((path: string | URL, opts?: Deno.ReadFileOptions) => {
+  const count = () => {
     if (++calls === k) requestInterrupt(); // what cli()'s SIGINT listener does on the first Ctrl-C
-    return orig(path, opts);
+  };
+  Deno.readFile = ((path: string | URL, opts?: Deno.ReadFileOptions) => {
+    count();
+    return readFile(path, opts);
   }) as typeof Deno.readFile;
+  Deno.open = ((path: string | URL, opts?: Deno.OpenOptions) => {
+    count();
+    return open(path, opts);
+  }) as typeof Deno.open;
   try {
     return await fn();
   } finally {
-    Deno.readFile = orig;
+    [Deno.readFile, Deno.open] = [readFile, open];
   }
 }
 

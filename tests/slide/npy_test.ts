@@ -5,6 +5,7 @@ import {
   decodeNpz,
   encodeNpy,
   encodeNpz,
+  encodeZip,
   type NpyArray,
   NpyError,
   readNpy,
@@ -12,6 +13,7 @@ import {
   toNumbers,
 } from "../../slide/npy.ts";
 import { csvTable, encodeNpz as encodeNpzFromNpz, fmtFloat32 } from "../../slide/npz.ts";
+import { openZip } from "../../weights/zip.ts";
 
 const PY = "/usr/bin/python3";
 
@@ -82,6 +84,59 @@ Deno.test("npy data start on a 64-byte boundary and numeric arrays are views of 
 
 Deno.test("slide/npz.ts still exports the writer", () => {
   assertEquals(plain(decodeNpz(encodeNpzFromNpz({ a: SAMPLES.f4 })).a), plain(SAMPLES.f4));
+});
+
+Deno.test("a stored npz is byte for byte what he2gene wrote before fflate (np.savez's layout)", async () => {
+  const z = encodeNpz(SAMPLES);
+  // SHA-256 of encodeNpz(SAMPLES) by the hand-written zip writer that fflate replaced (commit 61cc72e).
+  const sha = Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new Uint8Array(z))),
+    (b) => b.toString(16).padStart(2, "0"),
+  );
+  assertEquals([z.length, sha.join("")], [
+    1701,
+    "fdc7ea1f1e451776af76fa8d255b2c53e92f0a2d68bb98fecdf0a50c6425ec6a",
+  ]);
+  const dv = new DataView(z.buffer, z.byteOffset, z.byteLength);
+  for (const e of openZip(z, "s.npz").entries.values()) {
+    // stored, no flags, DOS time and date 0
+    const h = e.headerOffset;
+    assertEquals([e.method, dv.getUint16(h + 6, true), dv.getUint32(h + 10, true)], [0, 0, 0], e.name);
+  }
+});
+
+Deno.test("a compressed npz round-trips: every member deflated, smaller, the same arrays", () => {
+  // Predictions-like: 200 spots × 300 genes of values with two decimals, and the spot names.
+  const P = 200, G = 300;
+  const target = Float32Array.from({ length: P * G }, (_, i) => Math.round(Math.log1p(i % 97) * 100) / 100);
+  const names = Array.from({ length: P }, (_, i) => `C2_${i % 30}_${Math.floor(i / 30)}`);
+  const arrays: Record<string, NpyArray> = {
+    target: { dtype: "f4", shape: [P, G], data: target },
+    names: { dtype: "U", shape: [P], data: names },
+    ...SAMPLES,
+  };
+  const stored = encodeNpz(arrays), packed = encodeNpz(arrays, { compress: true });
+  assertEquals(packed.length < stored.length / 4, true, `${packed.length} of ${stored.length} bytes`);
+  const zip = openZip(packed, "c.npz");
+  assertEquals([...zip.entries.keys()], Object.keys(arrays).map((k) => `${k}.npy`));
+  for (const [name, e] of zip.entries) {
+    assertEquals([e.method, zip.read(name).stored], [8, false], name);
+    assertEquals(zip.read(name).bytes, encodeNpy(arrays[name.slice(0, -4)]), name);
+  }
+  const back = decodeNpz(packed, "c.npz");
+  assertEquals(Object.keys(back), Object.keys(arrays));
+  for (const k of Object.keys(arrays)) assertEquals(plain(back[k]), plain(arrays[k]), k);
+});
+
+Deno.test("encodeZip refuses a name given twice and names that fflate's object keys would reorder", () => {
+  const a = new Uint8Array([1]);
+  assertThrows(
+    () => encodeZip([["a.npy", a], ["a.npy", a]]),
+    RangeError,
+    'member "a.npy": current name is given twice',
+  );
+  assertThrows(() => encodeZip([["b", a], ["0", a]]), RangeError, 'member "0": an array index or __proto__');
+  assertThrows(() => encodeZip([["__proto__", a]]), RangeError, "an array index or __proto__");
 });
 
 Deno.test("bad npy input names the file, the expectation and the byte offset", () => {
@@ -163,6 +218,41 @@ print(json.dumps(r))`);
         assertEquals(g, want, k);
       }
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("numpy opens a compressed npz (zipfile's CRC check passes) and reads a non-ASCII member name", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "npy_compressed_" });
+  try {
+    const P = 50, G = 40;
+    const target = Float32Array.from({ length: P * G }, (_, i) => Math.round(Math.sin(i) * 1000) / 100);
+    const arrays: Record<string, NpyArray> = {
+      target: { dtype: "f4", shape: [P, G], data: target },
+      "gène_λ": SAMPLES.U,
+      i8: SAMPLES.i8,
+    };
+    const path = join(dir, "c.npz");
+    await Deno.writeFile(path, encodeNpz(arrays, { compress: true }));
+    const out = await python(`
+import json, zipfile, numpy as np
+p = ${JSON.stringify(path)}
+z = zipfile.ZipFile(p)
+f = np.load(p)
+print(json.dumps({'bad': z.testzip(), 'methods': sorted({i.compress_type for i in z.infolist()}),
+  'files': f.files, 'shape': list(f['target'].shape), 'target': f['target'].reshape(-1).tolist(),
+  'names': f['gène_λ'].tolist(), 'i8': [str(v) for v in f['i8']]}))`);
+    if (out === null) return;
+    assertEquals(JSON.parse(out), {
+      bad: null,
+      methods: [8],
+      files: ["target", "gène_λ", "i8"],
+      shape: [P, G],
+      target: Array.from(target),
+      names: SAMPLES.U.data,
+      i8: ["-5", "9007199254740993"],
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
