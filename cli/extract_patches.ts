@@ -30,7 +30,7 @@ import {
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { makeDirs, removeCreatedDirs, renameAll } from "../slide/npz.ts";
-import { checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 
 /** A spot to cut: array coordinates and the level-0 pixel centre. */
@@ -272,6 +272,11 @@ export async function runExtractPatches(args: string[]): Promise<void> {
   }
   const slidePath = positionals[0];
   const out = v.out;
+  await checkInputs([
+    ["the slide", slidePath, "file"],
+    ["--spots", v.spots, "file"],
+    ["--stain-ref", v["stain-ref"], "file"],
+  ]);
   const spots = await readSpots(v.spots);
   const section = v.section ?? basename(v.spots).split(/[_.]/)[0];
   // Everything that can fail on the inputs fails before anything is written.
