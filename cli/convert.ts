@@ -22,7 +22,7 @@ import {
   writeSafetensors,
 } from "../weights/mod.ts";
 import { readGeneList } from "../slide/genes.ts";
-import { checkInterrupt, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, UsageError } from "./errors.ts";
 
 /** Head names of the two HE2Gene code bases: (target, auxiliary, tumour). */
 const HEADS = [["fc1", "fc2", "fc3"], ["fc", "fc_aux", "fc_tmr"]] as const;
@@ -203,6 +203,11 @@ export async function runConvert(args: string[]): Promise<void> {
     throw new UsageError(`expected an input .pt and an output .safetensors, got ${positionals.length} paths`);
   }
   const [input, output] = positionals;
+  await checkInputs([
+    ["the checkpoint", input, "file"],
+    ["--target-genes", values["target-genes"], "file"],
+    ["--aux-genes", values["aux-genes"], "file"],
+  ]);
   const summary = await convertCheckpoint(input, output, {
     targetGenes: values["target-genes"],
     auxGenes: values["aux-genes"],

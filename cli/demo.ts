@@ -4,29 +4,72 @@
  * 1. Generate a synthetic spatial section (slide/synthetic.ts): H&E-like tissue with a tumour region whose
  *    morphology differs, counts tied to the morphology, spots on a 16 × 16 grid.
  * 2. Normalise counts (log1p(1e4 · count / spot total)); target genes = the 10 highest by mean, aux = the rest.
- * 3. Train the `tiny` backbone with the spatial constraint (HE2Gene-Spat) on the left 10 columns, validate
- *    on the next 2 (early stopping), predict the right 4 columns held out.
+ * 3. Train the `tiny` backbone with the spatial constraint (HE2Gene-Spat) on the left 10 columns for a fixed
+ *    number of epochs ({@linkcode DEMO_EPOCHS}; no time budget, no early stopping, so the figures and the
+ *    PNG do not depend on the machine's speed), keep the epoch with the best validation MSE on the next 2
+ *    columns, predict the right 4 columns held out. After each epoch it prints the time left for the run.
  * 4. Print the Pearson r reached (and the tumour AUC) next to a mean-expression baseline, write
- *    `predictions.npz` and a gene-map PNG, and say how to run on real data.
+ *    `predictions.npz` and gene-map PNGs into `--out` (default `output/demo`; the training writes
+ *    `best.safetensors`, `checkpoint.safetensors` and `log.jsonl` there too), and say how to run on real data.
  *
  * @module
  */
 import { join } from "node:path";
+import { parseArgs } from "node:util";
 import { createEngine } from "../engine/engine.ts";
 import { TINY } from "../model/resnet.ts";
 import { pearsonPerGene, rocAuc } from "../model/metrics.ts";
 import { cropPatch, syntheticSection } from "../slide/synthetic.ts";
 import { encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { geneMapPng } from "../slide/png.ts";
-import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
+import { type EpochLog, predictTable, type SpotTable, trainModel } from "./train_loop.ts";
+import { fmtTime } from "./progress.ts";
+import { UsageError } from "./errors.ts";
 
-/** Demo options (the CLI uses the defaults). */
+/** Epochs the demo trains: a fixed number, so that what it reports does not depend on the machine. */
+export const DEMO_EPOCHS = 15;
+
+/** Demo options (the CLI's defaults: `output/demo`, {@linkcode DEMO_EPOCHS}). */
 export interface DemoOptions {
   out?: string;
-  /** Seconds of training after which no new epoch starts (default 120). */
-  budgetS?: number;
   epochs?: number;
   quiet?: boolean;
+}
+
+/** The files the demo leaves in its folder (the gene maps are named by the first target gene). */
+export function demoFiles(gene: string): string[] {
+  return [
+    "predictions.npz",
+    `gene_map_${gene}.png`,
+    `gene_map_${gene}_truth.png`,
+    "best.safetensors",
+    "checkpoint.safetensors",
+    "log.jsonl",
+  ];
+}
+
+/** Usage of `demo` (for cli/main.ts). */
+export const DEMO_USAGE = `demo [--out output/demo] [--epochs ${DEMO_EPOCHS}]
+
+  --out     folder of predictions.npz, gene_map_<gene>.png, gene_map_<gene>_truth.png, best.safetensors,
+            checkpoint.safetensors, log.jsonl (default output/demo; \`deno task demo\` may write only under
+            output/, \`deno task he2gene demo --out DIR\` anywhere)
+  --epochs  training epochs (default ${DEMO_EPOCHS}: the README's figures; no time budget, no early stop)`;
+
+/** CLI entry: parse arguments and run. */
+export async function runDemoCli(args: string[]): Promise<void> {
+  const { values: v } = parseArgs({
+    args,
+    options: { out: { type: "string", default: "output/demo" }, epochs: { type: "string" } },
+    strict: true,
+    allowPositionals: false,
+  });
+  const epochs = v.epochs === undefined ? DEMO_EPOCHS : Number(v.epochs);
+  if (!Number.isInteger(epochs) || epochs < 1) {
+    throw new UsageError(`--epochs must be a positive integer, current value is ${v.epochs}`);
+  }
+  if (!v.out.trim()) throw new UsageError("--out must name a folder, current value is empty");
+  await runDemo({ out: v.out, epochs });
 }
 
 const log1p = (counts: Float32Array, spots: number, genes: number) => {
@@ -45,6 +88,7 @@ const log1p = (counts: Float32Array, spots: number, genes: number) => {
 export async function runDemo(o: DemoOptions = {}): Promise<{ pearson: number; auc: number }> {
   const t0 = performance.now();
   const out = o.out ?? "output/demo";
+  const epochs = o.epochs ?? DEMO_EPOCHS;
   const engine = await createEngine();
   const a = engine.adapterInfo;
   const say = (s: string) => o.quiet || console.log(s);
@@ -89,8 +133,23 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ pearson: number; a
   const train = table((c) => c < 10), val = table((c) => c === 10 || c === 11), test = table((c) => c >= 12);
   say(
     `training tiny HE2Gene-Spat on ${train.names.length} spots, validating on ${val.names.length}, ` +
-      `holding out ${test.names.length} (budget ${o.budgetS ?? 120} s) …`,
+      `holding out ${test.names.length}, for ${epochs} epochs …`,
   );
+  // The time left for the whole run after each epoch: the epochs left at the mean time of those done (the
+  // first one apart once there are others: it compiles the kernels); predicting the held-out spots after
+  // them takes about one validation pass, a small part of an epoch.
+  const tTrain = performance.now(), took: number[] = [];
+  const onEpoch = (log: EpochLog) => {
+    took.push((performance.now() - tTrain) / 1000 - took.reduce((a, b) => a + b, 0));
+    const recent = took.length > 1 ? took.slice(1) : took;
+    const per = recent.reduce((a, b) => a + b, 0) / recent.length;
+    const so = fmtTime((performance.now() - t0) / 1000);
+    say(
+      log.epoch < epochs
+        ? `demo: epoch ${log.epoch}/${epochs} done, ${so} so far; ETA ${fmtTime((epochs - log.epoch) * per)}`
+        : `demo: epoch ${log.epoch}/${epochs} done, ${so} so far; predicting the held-out spots …`,
+    );
+  };
 
   const { model, history, best } = await trainModel(engine, train, val, {
     config: { backbone: TINY, variant: "spat", targetGenes: 10, auxGenes: aIdx.length },
@@ -106,14 +165,14 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ pearson: number; a
       spatWeight: 0.01,
     },
     batchSize: 16,
-    epochs: o.epochs ?? 40,
-    patience: 8,
+    epochs,
+    patience: epochs, // no early stop: every run trains all its epochs
     imageSize: 64,
     seed: 1,
     out,
-    timeBudgetS: o.budgetS ?? 120,
     biasFromMeans: true,
     quiet: o.quiet,
+    onEpoch,
   });
   const p = await predictTable(model, test, { batchSize: 32, imageSize: 64 });
   const r = pearsonPerGene(p.target, test.target, test.names.length, 10);
@@ -149,11 +208,16 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ pearson: number; a
     values: col(p.target),
     title: `${test.targetGenes[gene]} predicted`,
     tumor: Array.from(p.tumorProb, (v) => v > 0.5),
+    tumorLegend: "tumour predicted (p > 0.5)",
+    barLabel: "z-score of log1p expression",
   });
   const pngTruth = geneMapPng({
     spots: test.grid.map(([x, y]) => ({ x, y })),
     values: col(test.target),
     title: `${test.targetGenes[gene]} measured`,
+    tumor: Array.from(test.tumor, (v) => v === 1),
+    tumorLegend: "tumour (measured)",
+    barLabel: "z-score of log1p expression",
   });
   await writeAtomic(join(out, `gene_map_${test.targetGenes[gene]}.png`), png);
   await writeAtomic(join(out, `gene_map_${test.targetGenes[gene]}_truth.png`), pngTruth);
@@ -174,12 +238,9 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ pearson: number; a
   );
   say(
     `  MSE ${(mse / n).toFixed(4)} vs ${(mseBase / n).toFixed(4)} for the mean-expression baseline ` +
-      `(whose Pearson r is undefined: it predicts a constant)`,
+      `(each gene's training mean; its Pearson r is undefined: it predicts a constant)`,
   );
-  say(
-    `files: ${out}/predictions.npz, ${out}/gene_map_${test.targetGenes[gene]}.png (+ _truth.png), ` +
-      `${out}/best.safetensors, ${out}/log.jsonl`,
-  );
+  say(`files in ${out}/: ${demoFiles(test.targetGenes[gene]).join(", ")}`);
   say(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s.`);
   say(`
 Real data:

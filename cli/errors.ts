@@ -72,3 +72,33 @@ export function unsafeFileNamePart(name: string): string | null {
   if (/[\x00-\x1f\x7f]/.test(name)) return "it holds a control character";
   return null;
 }
+
+/** What an input path must be: a file, a folder, or either (a file or the folder holding it). */
+export type InputKind = "file" | "folder" | "file or folder";
+
+/**
+ * Check that each given input exists and is of its kind, before any work (the engine, a tuning pass, a
+ * dataset read): the first that is not throws one line naming the option and the path, e.g.
+ * `Cannot read --weights model.pt: no such file` (exit 1). Absent options (`undefined`) are skipped.
+ *
+ * @example
+ * ```ts ignore
+ * await checkInputs([["DIR", dir, "folder"], ["--weights", weights, "file"]]);
+ * ```
+ */
+export async function checkInputs(inputs: [option: string, path: string | undefined, kind: InputKind][]) {
+  for (const [option, path, kind] of inputs) {
+    if (path === undefined) continue;
+    let why: string | null = null;
+    try {
+      const st = await Deno.stat(path);
+      if (kind === "file" && st.isDirectory) why = "it is a folder, not a file";
+      else if (kind === "folder" && !st.isDirectory) why = "it is not a folder";
+    } catch (e) {
+      why = e instanceof Deno.errors.NotFound
+        ? `no such ${kind === "folder" ? "folder" : kind === "file" ? "file" : "file or folder"}`
+        : (e as Error).message;
+    }
+    if (why) throw new Error(`Cannot read ${option} ${path}: ${why}`);
+  }
+}

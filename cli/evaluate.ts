@@ -11,12 +11,16 @@
  * optional tumour CSV (`--truth-tumor`, first column True/False or 0/1). Values are compared as given, in the
  * model's scale (HE2Gene predicts log expression); `--log1p` applies log(1 + x) to the truth first.
  *
- * Spots are joined on names and genes on names (each predicted gene is taken from the target head, else the
- * aux head); what does not join is reported. Pearson r per gene is summarised for the target genes, the aux
- * genes and all of them: mean and median over genes with a defined r (constant columns give NaN and are
- * counted), the mean over the top-k genes by mean true expression, and the mean over a `--genes` list
- * (e.g. the 785 HER2+ HVGs). The tumour ROC AUC uses `tumor_prob` (NPZ) or the 0/1 labels (CSV).
- * `metrics.json` is written atomically into `--out` (default: the predictions' folder).
+ * Spots are joined on names — `{section}_{x}_{y}`, with her2st's `{x}x{y}` count ids read as such
+ * (cli/truth.ts's `canonicalSpotNames`) — and genes on names (each predicted gene is taken from the target
+ * head, else the aux head); what does not join is reported. Pearson r per gene is summarised for the target
+ * genes, the aux genes and all of them: mean and median over genes with a defined r (constant columns give
+ * NaN and are counted), the mean over the top-k genes by mean true expression, and the mean over a
+ * `--genes` list (e.g. the 785 HER2+ HVGs). The MSE (mean over genes of each gene's mean squared error over
+ * the spots) is given over those genes and over the list, beside the mean-expression baseline's: every spot
+ * predicted as its gene's mean over the joined truth spots — the best a constant prediction can do, so its
+ * MSE is the truth's variance; its Pearson r is undefined. The tumour ROC AUC uses `tumor_prob` (NPZ) or the
+ * 0/1 labels (CSV). `metrics.json` is written atomically into `--out` (default: the predictions' folder).
  *
  * @module
  */
@@ -37,7 +41,8 @@ import { type NpyArray, readNpz, toNumbers } from "../slide/npy.ts";
 import { makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { exists } from "../slide/datasets/types.ts";
 import { readGeneList } from "../slide/genes.ts";
-import { checkInterrupt, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, UsageError } from "./errors.ts";
+import { canonicalSpotNames } from "./truth.ts";
 
 /** A block of predicted genes (one head). */
 interface Head {
@@ -73,8 +78,16 @@ export interface EvaluateOptions {
   quiet?: boolean;
 }
 
-/** A summary with its MSE, as written in metrics.json. */
-export type HeadMetrics = PearsonSummary & { mse: number };
+/** MSE of the predictions and of the mean-expression baseline (see the module doc). */
+export interface MseSummary {
+  mse: number;
+  baselineMse: number;
+}
+
+/** A summary with its MSEs (over its genes and over the `--genes` list), as written in metrics.json. */
+export type HeadMetrics = Omit<PearsonSummary, "list"> & MseSummary & {
+  list?: NonNullable<PearsonSummary["list"]> & MseSummary;
+};
 
 /** What `evaluate` computes (metrics.json; NaN is written as null). */
 export interface EvaluateResult {
@@ -99,7 +112,15 @@ export interface EvaluateResult {
   };
   summary: { target?: HeadMetrics; aux?: HeadMetrics; all: HeadMetrics };
   tumor: { auc: number; positives: number; negatives: number; accuracy: number; source: string } | null;
-  perGene: { gene: string[]; head: string[]; r: number[]; mse: number[]; meanExpression: number[] };
+  perGene: {
+    gene: string[];
+    head: string[];
+    r: number[];
+    mse: number[];
+    /** The mean-expression baseline's MSE: the gene's variance over the joined truth spots. */
+    baselineMse: number[];
+    meanExpression: number[];
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -322,6 +343,11 @@ export function scorePredictions(
   truth: SpotTable,
   o: { genes?: string[]; topK?: number; log1p?: boolean } = {},
 ): EvaluateResult {
+  // One naming on both sides ({section}_{x}_{y}; her2st's {x}x{y} ids are read as such).
+  [pred, truth] = [
+    { ...pred, names: canonicalSpotNames(pred.names, truth.names) },
+    { ...truth, names: canonicalSpotNames(truth.names, pred.names) },
+  ];
   const truthSpot = uniqueIndex(truth.names, `${truth.source} (spots)`);
   const predSpot = uniqueIndex(pred.names, `${pred.source} (spots)`);
   const spots = pred.names.filter((n) => truthSpot.has(n));
@@ -360,9 +386,22 @@ export function scorePredictions(
   }
 
   const S = spots.length;
-  const perGene: EvaluateResult["perGene"] = { gene: [], head: [], r: [], mse: [], meanExpression: [] };
+  const perGene: EvaluateResult["perGene"] = {
+    gene: [],
+    head: [],
+    r: [],
+    mse: [],
+    baselineMse: [],
+    meanExpression: [],
+  };
   const summary: Partial<EvaluateResult["summary"]> = {};
-  const all = { r: [] as number[], names: [] as string[], me: [] as number[], mse: [] as number[] };
+  const all = {
+    r: [] as number[],
+    names: [] as string[],
+    me: [] as number[],
+    mse: [] as number[],
+    base: [] as number[],
+  };
   // The joined matrices first: NaN / Inf in them is reported as such, never scored as "constant".
   const joined: { b: (typeof blocks)[number]; p: Float32Array; t: Float32Array }[] = [];
   const log1pBad = { count: 0, first: null as null | { spot: string; gene: string; value: number } };
@@ -414,26 +453,23 @@ export function scorePredictions(
     const r = pearsonPerGene(p, t, S, Gb);
     const me = columnMeans(t, S, Gb);
     const mse = msePerGene(p, t, S, Gb);
-    summary[b.head.name] = {
-      ...summarize(r, { geneNames: b.genes, meanExpression: me, topK: o.topK, genes: o.genes }),
-      mse: nanMean(mse),
-    };
+    const base = msePerGene(meanRows(me, S), t, S, Gb);
+    summary[b.head.name] = headMetrics(r, b.genes, me, mse, base, o);
     for (let g = 0; g < Gb; g++) {
       perGene.gene.push(b.genes[g]);
       perGene.head.push(b.head.name);
       perGene.r.push(r[g]);
       perGene.mse.push(mse[g]);
+      perGene.baselineMse.push(base[g]);
       perGene.meanExpression.push(me[g]);
       all.r.push(r[g]);
       all.names.push(b.genes[g]);
       all.me.push(me[g]);
       all.mse.push(mse[g]);
+      all.base.push(base[g]);
     }
   }
-  summary.all = {
-    ...summarize(all.r, { geneNames: all.names, meanExpression: all.me, topK: o.topK, genes: o.genes }),
-    mse: nanMean(all.mse),
-  };
+  summary.all = headMetrics(all.r, all.names, all.me, all.mse, all.base, o);
 
   let tumor: EvaluateResult["tumor"] = null;
   if (pred.tumor && truth.tumor) {
@@ -480,6 +516,32 @@ export function scorePredictions(
   };
 }
 
+/** `(spots, genes)`: every row the per-gene means `me` (the mean-expression baseline's prediction). */
+function meanRows(me: Float64Array, spots: number): Float64Array {
+  const out = new Float64Array(spots * me.length);
+  for (let s = 0; s < spots; s++) out.set(me, s * me.length);
+  return out;
+}
+
+/** The r summary of some genes with their MSEs and the baseline's, over all of them and over the list. */
+function headMetrics(
+  r: ArrayLike<number>,
+  genes: string[],
+  me: ArrayLike<number>,
+  mse: ArrayLike<number>,
+  base: ArrayLike<number>,
+  o: { genes?: string[]; topK?: number },
+): HeadMetrics {
+  const { list, ...s } = summarize(r, { geneNames: genes, meanExpression: me, topK: o.topK, genes: o.genes });
+  const m: HeadMetrics = { ...s, mse: nanMean(mse), baselineMse: nanMean(base) };
+  if (list && o.genes) {
+    const listed = new Set(o.genes);
+    const idx = genes.flatMap((g, i) => (listed.has(g) ? [i] : []));
+    m.list = { ...list, mse: nanMean(idx.map((i) => mse[i])), baselineMse: nanMean(idx.map((i) => base[i])) };
+  }
+  return m;
+}
+
 /** "holds N values that are not finite (…) in G genes: A (n), B (n), …; the first: spot S, gene A (NaN)", or null. */
 function nonFiniteReport(
   blocks: { genes: string[]; cells: NonFiniteCells }[],
@@ -520,24 +582,26 @@ export function toJson(x: unknown): string {
 
 const f3 = (v: number | undefined) => v === undefined || Number.isNaN(v) ? "—" : v.toFixed(3);
 
-/** The readable table printed by `evaluate`. */
+/**
+ * The readable tables printed by `evaluate` — Pearson r, then MSE, per head — with a legend of their columns
+ * under them, and the tumour AUC.
+ */
 export function formatTable(res: EvaluateResult, topK: number): string {
   const sp = res.spots, ge = res.genes;
+  const heads = (["target", "aux", "all"] as const).filter((k) => res.summary[k]);
+  const row = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(12) : c.padStart(10))).join("");
+  const hasList = res.summary.all.list !== undefined;
   const lines = [
     `spots: ${sp.joined} joined (${sp.predicted} predicted, ${sp.truth} in truth; ` +
     `${sp.onlyPredicted} only predicted, ${sp.onlyTruth} only in truth)`,
     `genes: ${ge.joined} joined (${ge.predicted} predicted, ${ge.truth} in truth; ` +
     `${ge.onlyTruth} in truth not predicted)`,
     "",
-    ["", "genes", "valid", "mean r", "median r", `top-${topK} r`, "list r", "list n", "MSE"]
-      .map((h, i) => i === 0 ? h.padEnd(7) : h.padStart(9)).join(""),
-  ];
-  for (const k of ["target", "aux", "all"] as const) {
-    const s = res.summary[k];
-    if (!s) continue;
-    lines.push(
-      [
-        k.padEnd(7),
+    row(["Pearson r", "genes", "valid", "mean r", "median r", `top-${topK} r`, "list r", "list n"]),
+    ...heads.map((k) => {
+      const s = res.summary[k]!;
+      return row([
+        k,
         String(s.n),
         String(s.valid),
         f3(s.mean),
@@ -545,14 +609,31 @@ export function formatTable(res: EvaluateResult, topK: number): string {
         f3(s.topK?.mean),
         f3(s.list?.mean),
         s.list ? `${s.list.n}/${s.list.listed}` : "—",
-        f3(s.mse),
-      ].map((c, i) => (i === 0 ? c : c.padStart(9))).join(""),
-    );
-  }
+      ]);
+    }),
+    "",
+    row(["MSE", "model", "baseline", "list", "list base"]),
+    ...heads.map((k) => {
+      const s = res.summary[k]!;
+      return row([k, f3(s.mse), f3(s.baselineMse), f3(s.list?.mse), f3(s.list?.baselineMse)]);
+    }),
+  ];
   const nConst = res.summary.all.constant;
   if (nConst > 0) {
     lines.push(`(${nConst} genes have a constant predicted or true column: r undefined, left out)`);
   }
+  lines.push(
+    "",
+    "Columns: genes = genes scored (in both files, by name), valid = those with a defined r (not constant);",
+    "  mean r, median r = over the valid genes of each gene's Pearson r across the joined spots;",
+    `  top-${topK} r = mean r over the ${topK} genes of highest mean measured expression;`,
+    `  list r = mean r over the --genes list; list n = listed genes scored / listed${
+      hasList ? "" : " (no --genes: —)"
+    };`,
+    "  MSE model = mean over genes of each gene's mean squared error across the spots;",
+    "  baseline = the same for the mean-expression baseline (each gene predicted as its mean over these",
+    "  spots: the best constant; its r is undefined); list, list base = both over the --genes list.",
+  );
   if (res.tumor) {
     const t = res.tumor;
     lines.push(
@@ -638,6 +719,13 @@ export async function runEvaluate(args: string[]): Promise<void> {
   if (!Number.isInteger(topK) || topK < 1) {
     throw new UsageError(`--top-k must be a positive integer, current value is ${values["top-k"]}`);
   }
+  await checkInputs([
+    ["the predictions", positionals[0], "file or folder"],
+    ["--truth", values.truth, "file"],
+    ["--truth-csv", values["truth-csv"], "file"],
+    ["--truth-tumor", values["truth-tumor"], "file"],
+    ["--genes", values.genes, "file"],
+  ]);
   const res = await evaluate({
     pred: positionals[0],
     truth: values.truth,

@@ -37,7 +37,7 @@ import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
 import { type VisiumImage, visiumImage, visiumImageKind } from "../slide/datasets/visium.ts";
 import { makeDirs, removeCreatedDirs, renameAll } from "../slide/npz.ts";
-import { checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, unsafeFileNamePart, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 
 /** A spot to cut: array coordinates and the level-0 pixel centre. */
@@ -402,6 +402,11 @@ export async function runExtractPatches(args: string[]): Promise<void> {
   const mpp = positive("--mpp", v.mpp);
   const slidePath = positionals[0];
   const out = v.out;
+  await checkInputs([
+    ["the slide", slidePath, "file"],
+    ["--spots", v.spots, "file"],
+    ["--stain-ref", v["stain-ref"], "file"],
+  ]);
   const spotText = await readSpotFile(v.spots);
   const spotRows = parseSpots(spotText, v.spots);
   const section = v.section ?? basename(v.spots).split(/[_.]/)[0];

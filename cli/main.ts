@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { GPUFailure, NoAdapterError } from "../mod.ts";
-import { runDemo } from "./demo.ts";
+import { DEMO_USAGE, runDemoCli } from "./demo.ts";
 import { runInfo, runSlideInfo } from "./info.ts";
 import { Interrupted, requestInterrupt, resetInterrupt, UsageError } from "./errors.ts";
 import { runConvert } from "./convert.ts";
@@ -19,6 +19,8 @@ import { PREDICT_SLIDE_USAGE, runPredictSlide } from "./predict_slide.ts";
 import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
 import { runSelftestCli, SELFTEST_USAGE } from "./selftest.ts";
 import { runTuneCli, TUNE_USAGE } from "./tune.ts";
+import { runTruth, TRUTH_USAGE } from "./truth.ts";
+import { backendEnvProblem } from "../engine/device.ts";
 
 export { Interrupted, UsageError };
 
@@ -36,11 +38,8 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   demo: {
     summary: "the whole method on built-in synthetic data: train tiny HE2Gene-Spat, predict, gene maps",
-    usage: "demo",
-    run: async (args) => {
-      parseArgs({ args, options: {}, strict: true, allowPositionals: false });
-      await runDemo();
-    },
+    usage: DEMO_USAGE,
+    run: (args) => runDemoCli(args),
   },
   info: {
     summary: "print the adapter, backend, limits and features; with SLIDE, its levels and µm per pixel",
@@ -147,19 +146,28 @@ const COMMANDS: Record<string, Command> = {
     usage: TRAIN_USAGE,
     run: (args) => runTrain(args),
   },
+  truth: {
+    interruptible: true,
+    summary: "measured expression of a dataset's spots as the truth npz of evaluate / visualize (as train's)",
+    usage: TRUTH_USAGE,
+    run: (args) => runTruth(args),
+  },
   evaluate: {
     interruptible: true,
-    summary:
-      "score predictions against measured expression: Pearson r per gene, tumour ROC AUC → metrics.json",
+    summary: "score predictions against measured expression: Pearson r, MSE beside the mean baseline's, " +
+      "tumour AUC",
     usage:
       "evaluate PRED (--truth FILE.npz | --truth-csv FILE.csv [--truth-tumor FILE.csv]) [--genes FILE]\n" +
       "       [--top-k 50] [--log1p] [--out DIR] [--quiet]\n\n" +
       "  PRED          predictions.npz, target_count_pred.csv (aux/tumor CSVs beside it), or their folder\n" +
-      "  --truth       npz: target or counts [P, G], names [P], genes [G], optional tumor [P]\n" +
+      "  --truth       npz: target or counts [P, G], names [P], genes [G], optional tumor [P] (he2gene truth\n" +
+      "                writes one); spots joined on names {section}_{x}_{y}, her2st's {x}x{y} accepted\n" +
       "  --truth-csv   CSV as target_count_pred.csv; --truth-tumor: CSV with a True/False (or 0/1) column\n" +
       "  --genes       gene list: .txt one per line or .npy of strings (e.g. her_hvg_cut_1000.npy)\n" +
       "  --log1p       apply log(1 + x) to the truth (raw counts)\n" +
-      "  --out         folder of metrics.json (default: the predictions' folder)",
+      "  --out         folder of metrics.json (default: the predictions' folder)\n\n" +
+      "Prints Pearson r (mean, median, top-k, over --genes) and the MSE of the predictions and of the\n" +
+      "mean-expression baseline (each gene's mean over the joined spots), with a legend of the columns.",
     run: (args) => runEvaluate(args),
   },
   convert: {
@@ -226,6 +234,34 @@ export function suggest(word: string, options: string[]): string | null {
 }
 
 /**
+ * What a usage error prints: one line for an option `parseArgs` refused (an unknown option with the
+ * closest known one, a value missing or given to a flag, an unexpected argument) and the hint to `--help`;
+ * for the command's own checks, its message and the command's synopsis (the usage up to its first blank
+ * line), not the whole help.
+ */
+export function usageMessage(name: string, cmd: { usage: string }, err: Error & { code?: string }): string {
+  const helpHint = `(${prog()} ${name} --help lists the options)`;
+  const quoted = /'([^']+)'/.exec(err.message)?.[1] ?? "";
+  switch (err.code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION": {
+      const known = [...new Set(cmd.usage.match(/--[a-z0-9-]+/g) ?? [])];
+      const s = suggest(quoted, known);
+      return `Usage error: unknown option ${quoted}${s ? `; did you mean ${s}?` : ""} ${helpHint}`;
+    }
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE": {
+      const opt = quoted.split(" ")[0];
+      return /does not take/.test(err.message)
+        ? `Usage error: ${opt} is a flag and takes no value ${helpHint}`
+        : `Usage error: ${opt} needs a value ${helpHint}`;
+    }
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return `Usage error: unexpected argument "${quoted}" ${helpHint}`;
+  }
+  const synopsis = cmd.usage.split("\n\n")[0];
+  return `Usage error: ${err.message.replace(/\.$/, "")}.\nUsage: ${prog()} ${synopsis}\n${helpHint}`;
+}
+
+/**
  * Listen for SIGINT while an interruptible command runs: the first Ctrl-C asks it to stop
  * (`requestInterrupt`: its next `checkInterrupt()` throws `Interrupted`, the writers remove what they had
  * not finished, exit 130); a second one exits 130 at once. Returns the function that stops listening
@@ -270,12 +306,20 @@ export async function cli(args: string[]): Promise<number> {
   const cmd = COMMANDS[name];
   if (!cmd) {
     const s = suggest(name, Object.keys(COMMANDS));
-    console.error(`Unknown command "${name}".${s ? ` Did you mean "${s}"?` : ""}\n\n${help()}`);
+    console.error(
+      `Usage error: unknown command "${name}"${s ? `; did you mean "${s}"?` : ""} ` +
+        `(${prog()} --help lists the commands)`,
+    );
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
     console.log(`Usage: ${prog()} ${cmd.usage}\n\n${cmd.summary}`);
     return 0;
+  }
+  const backend = backendEnvProblem();
+  if (backend) {
+    console.error(`Usage error: ${backend}`);
+    return 2;
   }
   const stopListening = cmd.interruptible ? listenForCtrlC() : () => {};
   try {
@@ -284,14 +328,7 @@ export async function cli(args: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error & { code?: string };
     if (err instanceof UsageError || err.code?.startsWith("ERR_PARSE_ARGS")) {
-      let hint = "";
-      const m = /Unknown option '(--[^']+)'/.exec(err.message);
-      if (m) {
-        const known = [...new Set(cmd.usage.match(/--[a-z0-9-]+/g) ?? [])];
-        const s = suggest(m[1], known);
-        if (s) hint = ` Did you mean ${s}?`;
-      }
-      console.error(`Usage error: ${err.message}.${hint}\nUsage: ${prog()} ${cmd.usage}`);
+      console.error(usageMessage(name, cmd, err));
       return 2;
     }
     if (err instanceof Interrupted) {

@@ -24,7 +24,7 @@ import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slid
 import { readGeneList } from "../slide/genes.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
-import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
 
@@ -246,6 +246,12 @@ export async function runPredictPatches(args: string[]): Promise<void> {
   });
   if (positionals.length !== 1) throw new UsageError("expected one patch folder (DIR)");
   const { weights, tta, batchSize } = predictArgs(values);
+  await checkInputs([
+    ["the patch folder", positionals[0], "folder"],
+    ["--weights", weights, "file"],
+    ["--target-genes", values["target-genes"], "file"],
+    ["--aux-genes", values["aux-genes"], "file"],
+  ]);
   const t0 = performance.now();
   const p = await predictPatches(positionals[0], {
     weights,

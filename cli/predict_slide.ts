@@ -49,7 +49,7 @@ import { encodeH5ad } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { noResolution, parseSpots, readSpotFile, spotLayout, type SpotRow } from "./extract_patches.ts";
 import { geneNames } from "./predict_patches.ts";
-import { checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type StainTarget, type Tta } from "./views.ts";
@@ -713,6 +713,14 @@ export async function runPredictSlide(args: string[]): Promise<void> {
   if (minTissue !== undefined && !(minTissue >= 0 && minTissue <= 1)) {
     throw new UsageError(`--min-tissue must be in [0, 1], current value is ${v["min-tissue"]}`);
   }
+  await checkInputs([
+    ["the slide", positionals[0], "file"],
+    ["--weights", weights, "file"],
+    ["--spots", v.spots, "file"],
+    ["--stain-ref", v["stain-ref"], "file"],
+    ["--target-genes", v["target-genes"], "file"],
+    ["--aux-genes", v["aux-genes"], "file"],
+  ]);
   const t0 = performance.now();
   const p = await predictSlide(positionals[0], {
     weights,

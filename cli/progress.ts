@@ -4,7 +4,8 @@
  * @module
  */
 
-function fmtTime(s: number): string {
+/** A duration for people: `42s`, `3m07s`, `2h05m`; `?` when unknown. */
+export function fmtTime(s: number): string {
   if (!Number.isFinite(s)) return "?";
   if (s < 60) return `${s.toFixed(0)}s`;
   const m = Math.floor(s / 60);
@@ -12,10 +13,13 @@ function fmtTime(s: number): string {
 }
 
 /**
+ * A progress bar over `total` items: `label done/total (pct%), rate unit/s, elapsed, ETA`. The rate's unit
+ * is `unit`, by default the label when it is one word (`patches` → `2.00 patches/s`), else `items`.
+ *
  * @example
  * ```ts
  * const bar = new Progress("patches", 120);
- * bar.tick(8, "batch 1");
+ * bar.tick(8, "batch 1"); // patches 8/120 (6%), 2.00 patches/s, elapsed 4s, ETA 56s, batch 1
  * bar.done();
  * ```
  */
@@ -27,7 +31,12 @@ export class Progress {
   readonly tty: boolean;
   #enc = new TextEncoder();
 
-  constructor(readonly label: string, readonly total: number, readonly quiet = false) {
+  constructor(
+    readonly label: string,
+    readonly total: number,
+    readonly quiet = false,
+    readonly unit = /^\w+$/.test(label) ? label : "items",
+  ) {
     this.tty = !quiet && Deno.stderr.isTerminal();
   }
 
@@ -39,7 +48,7 @@ export class Progress {
     const rate = this.#done / Math.max(el, 1e-9);
     const eta = (this.total - this.#done) / rate;
     const pct = Math.floor((100 * this.#done) / Math.max(this.total, 1));
-    const text = `${this.label} ${this.#done}/${this.total} (${pct}%), ${rate.toFixed(2)}/s, ` +
+    const text = `${this.label} ${this.#done}/${this.total} (${pct}%), ${rate.toFixed(2)} ${this.unit}/s, ` +
       `elapsed ${fmtTime(el)}, ETA ${fmtTime(eta)}${note ? ", " + note : ""}`;
     if (this.tty) {
       const width = 24;

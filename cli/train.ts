@@ -31,20 +31,15 @@ import {
   normalizeStainImages,
   type StainMethod,
 } from "../slide/stain.ts";
-import {
-  readHbcis,
-  readHer2st,
-  readVisium,
-  type Section,
-  type SpatialDataset,
-} from "../slide/datasets/mod.ts";
-import { log1pNormalize, readGeneList, selectTargetGenes } from "../slide/genes.ts";
+import type { Section } from "../slide/datasets/mod.ts";
+import { readGeneList, selectTargetGenes } from "../slide/genes.ts";
 import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
-import { Interrupted, UsageError } from "./errors.ts";
+import { checkInputs, Interrupted, UsageError } from "./errors.ts";
 import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
+import { loadDataset, sectionList, spotTruth, truthNpz } from "./truth.ts";
 
 /** The usage text (every option with its default). */
 export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [options]
@@ -346,18 +341,6 @@ async function previousRun(dir: string): Promise<string[]> {
   return found;
 }
 
-/** A comma-separated section list (absent: none). */
-function sectionList(v: string | undefined): string[] {
-  return v?.split(",").map((s) => s.trim()) ?? [];
-}
-
-async function loadDataset(kind: string, root: string): Promise<SpatialDataset> {
-  if (kind === "her2st") return await readHer2st(root);
-  if (kind === "hbcis") return await readHbcis(root);
-  if (kind === "visium") return await readVisium(root);
-  throw new UsageError(`--dataset must be her2st, hbcis or visium, current value is ${kind}`);
-}
-
 /** Cut every spot's patch from its section's slide (level 0), white outside the image. */
 async function cutPatches(sec: Section, crop: number, check: () => void): Promise<RgbImage[]> {
   const slide = await openSlide(sec.slidePath);
@@ -479,18 +462,8 @@ export async function runTrain(args: string[]): Promise<void> {
   const say = (s: string) => v.quiet || console.error(s);
   const listFile = v["target-genes"];
   const list = listFile ? await readGeneList(listFile, "--target-genes") : undefined;
-  for (const [flag, file] of [["--init", v.init], ["--stain-ref", v["stain-ref"]]]) {
-    if (file === undefined) continue;
-    try {
-      if (!(await Deno.stat(file)).isFile) throw new Error("it is not a file");
-    } catch (e) {
-      throw new Error(
-        `Cannot read ${flag} ${file}: ${
-          e instanceof Deno.errors.NotFound ? "no such file" : (e as Error).message
-        }`,
-      );
-    }
-  }
+  // (--root is named by the dataset reader, after the run folder's lock and previous-run checks.)
+  await checkInputs([["--init", v.init, "file"], ["--stain-ref", v["stain-ref"], "file"]]);
 
   // Ctrl-C: stop at the next safe point (a spot read, a training step), save what can be resumed, exit 130;
   // a second Ctrl-C quits at once (the last checkpoint written is kept: checkpoints are written atomically).
@@ -660,29 +633,11 @@ async function train(
       }…`,
     );
   }
-  const table = (rows: typeof spots): SpotTable => {
-    const nT = sel.targetIndex.length, nA = sel.auxiliaryIndex.length;
-    const target = new Float32Array(rows.length * nT), aux = new Float32Array(rows.length * nA);
-    rows.forEach((r, k) => {
-      const e = log1pNormalize(r.sec.spots[r.i].counts!);
-      sel.targetIndex.forEach((g, j) => (target[k * nT + j] = e[g]));
-      sel.auxiliaryIndex.forEach((g, j) => (aux[k * nA + j] = e[g]));
-    });
-    return {
-      names: rows.map((r) => `${r.sec.id}_${r.sec.spots[r.i].array.join("_")}`),
-      sections: rows.map((r) => r.sec.id),
-      grid: rows.map((r) => r.sec.spots[r.i].array),
-      patches: rows.map((r) => r.patch),
-      targetGenes: sel.target,
-      auxGenes: sel.auxiliary,
-      target,
-      aux,
-      tumor: Int8Array.from(rows, (r) => {
-        const t = r.sec.spots[r.i].tumor;
-        return t === undefined ? -1 : t ? 1 : 0;
-      }),
-    };
-  };
+  // The truth as `he2gene truth` writes it (cli/truth.ts), with the patches.
+  const table = (rows: typeof spots): SpotTable => ({
+    ...spotTruth(rows, sel),
+    patches: rows.map((r) => r.patch),
+  });
   const train = table(trainSpots), val = table(valSpots);
   const test = testSpots.length ? table(testSpots) : null;
   const unlabelled = [...train.tumor].filter((t) => t < 0).length;
@@ -817,22 +772,6 @@ function predictionsNpz(
     names: { dtype: "U", shape: [V], data: t.names },
     target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
     aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
-  }, { compress: npz.compress });
-}
-
-/** The truth of a spot table for `he2gene evaluate`: target then aux genes, tumour 1 / 0 / NaN (unknown). */
-function truthNpz(t: SpotTable, npz: NpzOptions): Uint8Array {
-  const V = t.names.length, nT = t.targetGenes.length, nA = t.auxGenes.length, G = nT + nA;
-  const truth = new Float32Array(V * G);
-  for (let s = 0; s < V; s++) {
-    truth.set(t.target.subarray(s * nT, (s + 1) * nT), s * G);
-    truth.set(t.aux.subarray(s * nA, (s + 1) * nA), s * G + nT);
-  }
-  return encodeNpz({
-    target: { dtype: "f4", shape: [V, G], data: truth },
-    names: { dtype: "U", shape: [V], data: t.names },
-    genes: { dtype: "U", shape: [G], data: [...t.targetGenes, ...t.auxGenes] },
-    tumor: { dtype: "f4", shape: [V], data: Float32Array.from(t.tumor, (v) => (v < 0 ? NaN : v)) },
   }, { compress: npz.compress });
 }
 

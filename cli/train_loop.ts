@@ -64,8 +64,8 @@ export interface TrainOptions {
    * first epochs from learning the offset; only for fresh models).
    */
   biasFromMeans?: boolean;
-  /** Stop starting new epochs after this many seconds (demo). */
-  timeBudgetS?: number;
+  /** Called after each epoch's validation and checkpoint, with its log line (the demo's ETA). */
+  onEpoch?: (log: EpochLog) => void;
   /**
    * Polled after every step and after every epoch but the last: true saves a checkpoint (resumable
    * mid-epoch; at an epoch's end it is saved already) and throws {@linkcode Interrupted}. Without it,
@@ -335,10 +335,8 @@ export async function trainModel(
     });
   };
 
-  const t0 = performance.now();
   try {
     for (; state.epoch < o.epochs; state.epoch++, state.step = 0) {
-      if (o.timeBudgetS && (performance.now() - t0) / 1000 > o.timeBudgetS && history.length > 0) break;
       const lr = trainer.setEpoch(state.epoch);
       const shuffle = rng(mix(o.seed, state.epoch));
       const perm = [...Array(N).keys()];
@@ -346,7 +344,7 @@ export async function trainModel(
         const j = Math.floor(shuffle() * (i + 1));
         [perm[i], perm[j]] = [perm[j], perm[i]];
       }
-      const bar = new Progress(`epoch ${state.epoch + 1}/${o.epochs}`, steps, o.quiet);
+      const bar = new Progress(`epoch ${state.epoch + 1}/${o.epochs}`, steps, o.quiet, "batches");
       const te = performance.now();
       // Sums of this epoch's steps so far: from the checkpoint when resuming mid-epoch.
       const sums = state.step > 0 && state.sums ? { ...state.sums } : zeroSums();
@@ -457,6 +455,7 @@ export async function trainModel(
       // a resume rewrites the log from the checkpoint's history anyway.
       await save();
       await Deno.writeTextFile(logPath, JSON.stringify(log) + "\n", { append: true });
+      o.onEpoch?.(log);
       state.epoch--;
       if (stop) {
         if (!o.quiet) console.error(`early stop: no better validation MSE for ${o.patience} epochs`);

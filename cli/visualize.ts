@@ -2,18 +2,20 @@
  * `he2gene visualize PRED --gene FASN[,ERBB2,…] [--slide SLIDE] [--truth FILE.npz] [--out map.png]`: a PNG of
  * predicted expression at the spots or tiles of one section.
  *
- * Each gene gets a panel: the spots as discs coloured by the z-score of the gene over the spots (viridis,
- * clipped at ±3, as slide/png.ts's `geneMapPng`), a colour bar, and — over a thumbnail of the slide when
- * `--slide` is given (the region holding the spots, downsampled to about `--size` px) — a scale bar in mm
- * when the slide's resolution is known. With `--truth` the measured expression is drawn beside each
- * prediction (z-scored on its own) and the Pearson r between the two is in the title. A last row shows the
- * tumour probability (and the measured tumour labels when the truth has them). Several genes make one row
- * each.
+ * Each gene gets a panel: the spots as discs coloured by the z-score of the gene's log1p expression over the
+ * spots (viridis, clipped at ±3, as slide/png.ts's `geneMapPng`), a colour bar labelled "z-score of log1p
+ * expression", and — over a thumbnail of the slide when `--slide` is given (the region holding the spots,
+ * downsampled to about `--size` px) — a scale bar in µm (in mm from 1 mm up) when the slide's resolution
+ * (or `--mpp`) is known. With `--truth` the measured expression is drawn beside each prediction (z-scored
+ * on its own) and the Pearson r between the two is in the title. A last row shows the tumour probability
+ * (bar "tumour probability"; and the measured tumour labels when the truth has them). Several genes make
+ * one row each.
  *
  * Predictions: `predictions.npz` of `predict-slide` (spots placed by `pixel`, level-0 pixels) or of
  * `predict-patches` (no `pixel`: placed by `grid`, else by the `{section}_{x}_{y}` names; no slide then).
- * Truth: an npz as `evaluate` reads it: `target` or `counts` [P, G], `names` [P], `genes` [G], optional
- * `tumor` [P]; joined on spot names (`--log1p` for raw counts).
+ * Truth: an npz as `evaluate` reads it (`he2gene truth` writes one): `target` or `counts` [P, G], `names`
+ * [P], `genes` [G], optional `tumor` [P]; joined on spot names, `{section}_{x}_{y}`, her2st's `{x}x{y}` ids
+ * accepted too (cli/truth.ts); `--log1p` for raw counts.
  *
  * @module
  */
@@ -22,10 +24,11 @@ import { dirname, join } from "node:path";
 import { pearsonPerGene } from "../model/metrics.ts";
 import { type NpyArray, readNpz, toNumbers } from "../slide/npy.ts";
 import { writeAtomic } from "../slide/npz.ts";
-import { drawText, encodePng, textWidth, viridis, zScores } from "../slide/png.ts";
+import { drawBarLabel, drawText, encodePng, textWidth, viridis, zScores } from "../slide/png.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { type RegionThumbnail, slideThumbnail } from "./predict_slide.ts";
-import { checkInterrupt, UsageError } from "./errors.ts";
+import { checkInputs, checkInterrupt, UsageError } from "./errors.ts";
+import { canonicalSpotNames } from "./truth.ts";
 
 type Rgb = readonly [number, number, number];
 
@@ -83,7 +86,8 @@ export function disc(
   }
 }
 
-const CLIP = 3, MARGIN = 12, TITLE_H = 14 + 10, BAR_GAP = 12, BAR_W = 16, LABEL_W = 34;
+// LABEL_W: the tick labels (≤ 3 characters, 17 px), then the bar's label turned upwards (7 px) at BAR_LABEL_GAP.
+const CLIP = 3, MARGIN = 12, TITLE_H = 14 + 10, BAR_GAP = 12, BAR_W = 16, LABEL_W = 34, BAR_LABEL_GAP = 22;
 const NAN_GREY: Rgb = [190, 190, 190];
 
 /** The colour of a z-score: viridis over [−3, 3], clipped; NaN grey. */
@@ -109,6 +113,11 @@ export function niceMm(targetMm: number): number {
   const base = targetMm / 10 ** e;
   const m = base >= 5 ? 5 : base >= 2 ? 2 : 1;
   return m * 10 ** e;
+}
+
+/** A scale bar's label: `500 µm` below 1 mm, `2 mm` from 1 mm up. */
+export function scaleBarLabel(mm: number): string {
+  return mm >= 1 ? `${mm} mm` : `${Math.round(mm * 1000)} µm`;
 }
 
 /** Where spots go in a map: canvas-free map coordinates (0…mw, 0…mh) and the disc radius. */
@@ -334,9 +343,9 @@ export async function visualize(pred: string, o: VisualizeOptions): Promise<Visu
     };
   }
 
-  // Join the truth on names.
-  const tIndex = truth ? new Map(truth.names.map((n, i) => [n, i])) : undefined;
-  const tRow = p.names.map((n) => tIndex?.get(n) ?? -1);
+  // Join the truth on names (either spot naming, cli/truth.ts).
+  const tIndex = truth ? new Map(canonicalSpotNames(truth.names, p.names).map((n, i) => [n, i])) : undefined;
+  const tRow = canonicalSpotNames(p.names, truth?.names ?? []).map((n) => tIndex?.get(n) ?? -1);
   if (truth && tRow.every((i) => i < 0)) {
     throw new Error(
       `No spot of ${pred} is in ${o.truth} (e.g. ${p.names[0]} vs ${truth.names[0]}): different sections?`,
@@ -425,11 +434,15 @@ function colorBar(img: Canvas, x: number, y: number, h: number, kind: "z" | "p")
     fillRect(img, x, y + py, BAR_W, 1, kind === "z" ? viridis(t) : tumorColor(t));
   }
   const lx = x + BAR_W + 4;
-  const [hi, mid, lo, unit] = kind === "z" ? ["+3", "0", "-3", "Z"] : ["1", "0.5", "0", "P"];
+  const [hi, mid, lo] = kind === "z" ? ["+3", "0", "-3"] : ["1", "0.5", "0"];
   drawText(img, hi, lx, y);
   drawText(img, mid, lx, y + Math.round(h / 2) - 3);
   drawText(img, lo, lx, y + h - 7);
-  if (h > 60) drawText(img, unit, lx, y + Math.round(h / 4) - 3);
+  // What the bar measures, turned upwards beside the ticks (so it does not read as a tick).
+  const [label, short] = kind === "z"
+    ? ["z-score of log1p expression", "z-score"]
+    : ["tumour probability", "p(tumour)"];
+  drawBarLabel(img, { x: lx, y, h, gap: BAR_LABEL_GAP }, label, short);
 }
 
 // A scale bar of a nice length near a fifth of the map width, bottom-left, on a white box.
@@ -437,7 +450,7 @@ function scaleBar(img: Canvas, x: number, y: number, w: number, h: number, pxPer
   const mm = niceMm((w / 5) / pxPerMm);
   const len = Math.round(mm * pxPerMm);
   if (len < 4 || len > w - 16) return;
-  const label = mm >= 1 ? `${mm} mm` : `${Math.round(mm * 1000)} um`;
+  const label = scaleBarLabel(mm);
   const bw = Math.max(len, textWidth(label)) + 12, bh = 7 + 4 + 4 + 12;
   const bx = x + 6, by = y + h - bh - 6;
   fillRect(img, bx, by, bw, bh, [255, 255, 255]);
@@ -451,10 +464,13 @@ export const VISUALIZE_USAGE =
   "       [--size PX] [--mpp MPP]\n\n" +
   "  PRED     predictions.npz (predict-slide: placed by pixel; predict-patches: by grid / names) or its folder\n" +
   "  --gene   one or more genes (comma-separated: one row of maps each)\n" +
-  "  --slide  draw over a thumbnail of this slide (needs predict-slide's pixel coordinates); scale bar in mm\n" +
-  "           when its resolution is known\n" +
-  "  --truth  npz with target or counts [P, G], names, genes, optional tumor: drawn beside, Pearson r in\n" +
-  "           the title (--log1p for raw counts)\n" +
+  "  --slide  draw over a thumbnail of this slide (needs predict-slide's pixel coordinates), with a scale bar\n" +
+  "           in µm (in mm from 1 mm up) when its resolution (or --mpp) is known\n" +
+  "  --truth  npz with target or counts [P, G], names, genes, optional tumor (he2gene truth writes one):\n" +
+  "           drawn beside, Pearson r in the title (--log1p for raw counts); spots {section}_{x}_{y} or\n" +
+  "           her2st's {x}x{y}\n" +
+  "  Maps: spots coloured by the z-score of each gene's log1p expression over the spots (viridis, ±3);\n" +
+  "  a last row of tumour probability (blue 0, grey 0.5, red 1) when the predictions have it\n" +
   "  --out    PNG (default: map.png beside the predictions)\n" +
   "  --size   long side of each map in pixels (default 1024 for one gene, 512 for several)\n" +
   "  --mpp    microns per pixel at level 0 (overrides the slide's)";
@@ -488,6 +504,11 @@ export async function runVisualize(args: string[]): Promise<void> {
     throw new UsageError(`--mpp must be positive, current value is ${v.mpp}`);
   }
   let pred = positionals[0];
+  await checkInputs([
+    ["the predictions", pred, "file or folder"],
+    ["--slide", v.slide, "file"],
+    ["--truth", v.truth, "file"],
+  ]);
   try {
     if ((await Deno.stat(pred)).isDirectory) pred = join(pred, "predictions.npz");
   } catch (e) {

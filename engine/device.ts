@@ -73,6 +73,39 @@ function inferBackend(info: GPUAdapterInfo): string {
   return i.subgroupMinSize === 4 && i.subgroupMaxSize === 128 ? "gl (inferred)" : "vulkan (inferred)";
 }
 
+/** The backends `HE2GENE_BACKEND` / `DENO_WEBGPU_BACKEND` may name. */
+export const BACKENDS: readonly string[] = ["vulkan", "gl", "metal", "dx12"];
+
+// The names wgpu reads from DENO_WEBGPU_BACKEND (a comma-separated list, any case); an unknown one is
+// skipped, so a misspelt value would leave no backend and be reported as "no adapter was found".
+const BACKEND_NAMES = new Set(["vulkan", "vk", "gl", "gles", "opengl", "metal", "mtl", "dx12", "d3d12"]);
+
+/** Why `value` of the environment variable `name` names no backend, or null when it does. */
+function backendProblem(name: string, value: string): string | null {
+  const parts = value.split(",").map((p) => p.trim().toLowerCase());
+  if (parts.every((p) => BACKEND_NAMES.has(p))) return null;
+  return `${name}=${value} is not a valid backend: valid values are ${BACKENDS.join(", ")}`;
+}
+
+/**
+ * Why the backend the environment asks for (`HE2GENE_BACKEND`, else `DENO_WEBGPU_BACKEND`) cannot be used,
+ * or null: an unknown name, e.g. `HE2GENE_BACKEND=bogus is not a valid backend: valid values are vulkan,
+ * gl, metal, dx12`.
+ *
+ * @example
+ * ```ts
+ * const problem = backendEnvProblem();
+ * if (problem) throw new Error(problem);
+ * ```
+ */
+export function backendEnvProblem(): string | null {
+  for (const name of ["HE2GENE_BACKEND", "DENO_WEBGPU_BACKEND"]) {
+    const v = envGet(name);
+    if (v !== undefined && v !== "") return backendProblem(name, v);
+  }
+  return null;
+}
+
 /** Error thrown when no WebGPU adapter can be found; its message says what to install. */
 export class NoAdapterError extends Error {
   constructor(detail: string) {
@@ -101,6 +134,8 @@ export async function createDevice(
   options: DeviceOptions = {},
 ): Promise<{ device: GPUDevice; adapter: GPUAdapter; description: AdapterDescription }> {
   const backend = options.backend ?? envGet("HE2GENE_BACKEND");
+  const problem = options.backend ? backendProblem("backend", options.backend) : backendEnvProblem();
+  if (problem) throw new RangeError(`Cannot create a WebGPU device: ${problem}`);
   if (backend) {
     try {
       Deno.env.set("DENO_WEBGPU_BACKEND", backend);

@@ -62,6 +62,7 @@ export {
 } from "./genes.ts";
 export { cropPatch, type SyntheticSection, syntheticSection } from "./synthetic.ts";
 export {
+  drawBarLabel,
   drawText,
   encodePng,
   type GeneMapOptions,

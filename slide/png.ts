@@ -1,7 +1,8 @@
 /**
  * A PNG writer (8-bit RGB, one IDAT, filter 0) and gene-expression maps drawn with it: spots as filled
- * discs coloured by z-score with the viridis colormap clipped at ±3, a vertical colour bar, and labels in a
- * 5 × 7 bitmap font (digits, capital letters — lower case is drawn as capitals — and `-+.,:_=()/%`).
+ * discs coloured by z-score with the viridis colormap clipped at ±3, a vertical colour bar with its ticks and
+ * a label saying what it measures, and text in a 5 × 7 bitmap font (digits, capital and small letters, `µ`,
+ * and `-+.,:_=()/%?<>`), horizontal or turned to read upwards.
  *
  * PNG: https://www.w3.org/TR/png/ (signature, IHDR, IDAT = zlib stream of filtered scanlines, IEND; CRC-32
  * over chunk type and data).
@@ -152,6 +153,36 @@ const GLYPHS: Record<string, number[]> = {
   "/": [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
   "%": [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
   "?": [0x0e, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
+  "<": [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02],
+  ">": [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08],
+  // Small letters (the HD44780's 5 × 7 forms) and the micro sign.
+  a: [0, 0, 0x0e, 0x01, 0x0f, 0x11, 0x0f],
+  b: [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1e],
+  c: [0, 0, 0x0e, 0x10, 0x10, 0x11, 0x0e],
+  d: [0x01, 0x01, 0x0d, 0x13, 0x11, 0x11, 0x0f],
+  e: [0, 0, 0x0e, 0x11, 0x1f, 0x10, 0x0e],
+  f: [0x06, 0x09, 0x08, 0x1c, 0x08, 0x08, 0x08],
+  g: [0, 0x0f, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+  h: [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
+  i: [0x04, 0, 0x0c, 0x04, 0x04, 0x04, 0x0e],
+  j: [0x02, 0, 0x06, 0x02, 0x02, 0x12, 0x0c],
+  k: [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12],
+  l: [0x0c, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e],
+  m: [0, 0, 0x1a, 0x15, 0x15, 0x11, 0x11],
+  n: [0, 0, 0x16, 0x19, 0x11, 0x11, 0x11],
+  o: [0, 0, 0x0e, 0x11, 0x11, 0x11, 0x0e],
+  p: [0, 0, 0x1e, 0x11, 0x1e, 0x10, 0x10],
+  q: [0, 0, 0x0d, 0x13, 0x0f, 0x01, 0x01],
+  r: [0, 0, 0x16, 0x19, 0x10, 0x10, 0x10],
+  s: [0, 0, 0x0e, 0x10, 0x0e, 0x01, 0x1e],
+  t: [0x08, 0x08, 0x1c, 0x08, 0x08, 0x09, 0x06],
+  u: [0, 0, 0x11, 0x11, 0x11, 0x13, 0x0d],
+  v: [0, 0, 0x11, 0x11, 0x11, 0x0a, 0x04],
+  w: [0, 0, 0x11, 0x11, 0x15, 0x15, 0x0a],
+  x: [0, 0, 0x11, 0x0a, 0x04, 0x0a, 0x11],
+  y: [0, 0, 0x11, 0x11, 0x0f, 0x01, 0x0e],
+  z: [0, 0, 0x1f, 0x02, 0x04, 0x08, 0x1f],
+  "µ": [0, 0, 0x11, 0x11, 0x13, 0x1d, 0x10],
 };
 
 /** Width in pixels of `text` drawn by {@linkcode drawText} at `scale` (6 px per character, less the last gap). */
@@ -161,25 +192,29 @@ export function textWidth(text: string, scale = 1): number {
 
 /**
  * Draw `text` into an RGB canvas with its top-left corner at (x, y); pixels outside are skipped. Characters
- * without a glyph are drawn as `?`.
+ * without a glyph are drawn as their capital when the font has it, else as `?`. `vertical` turns the text a
+ * quarter left, to read upwards (as a colour bar's label): it then fills `7 × textWidth` from (x, y).
  */
 export function drawText(
   img: { width: number; height: number; rgb: Uint8Array },
   text: string,
   x: number,
   y: number,
-  o: { color?: [number, number, number]; scale?: number } = {},
+  o: { color?: [number, number, number]; scale?: number; vertical?: boolean } = {},
 ): void {
   const [r, g, b] = o.color ?? [0, 0, 0];
   const s = o.scale ?? 1;
-  [...text.toUpperCase()].forEach((ch, k) => {
-    const glyph = GLYPHS[ch] ?? GLYPHS["?"];
+  const w = textWidth(text, 1);
+  [...text].forEach((ch, k) => {
+    const glyph = GLYPHS[ch] ?? GLYPHS[ch.toUpperCase()] ?? GLYPHS["?"];
     for (let row = 0; row < 7; row++) {
       for (let col = 0; col < 5; col++) {
         if (!(glyph[row] & (0x10 >> col))) continue;
+        // Horizontal: (k·6 + col, row); turned: row goes right, the text runs from the bottom up.
+        const [u, v] = o.vertical ? [row, w - 1 - (k * 6 + col)] : [k * 6 + col, row];
         for (let dy = 0; dy < s; dy++) {
           for (let dx = 0; dx < s; dx++) {
-            const px = x + (k * 6 + col) * s + dx, py = y + row * s + dy;
+            const px = x + u * s + dx, py = y + v * s + dy;
             if (px < 0 || py < 0 || px >= img.width || py >= img.height) continue;
             const i = 3 * (py * img.width + px);
             img.rgb[i] = r;
@@ -204,11 +239,15 @@ export interface GeneMapOptions {
   size?: number;
   /** Disc radius in pixels (default: 0.45 × the smallest spacing between spots, at least 1). */
   radius?: number;
-  /** Tumour spots get a red ring around their disc. */
+  /** Tumour spots get a red ring around their disc, explained in a legend under the map. */
   tumor?: boolean[];
+  /** The legend of the red rings (default "tumour"), e.g. "tumour predicted (p > 0.5)". */
+  tumorLegend?: string;
+  /** The colour bar's label (default "z-score"), e.g. "z-score of log1p expression". */
+  barLabel?: string;
 }
 
-const MARGIN = 12, BAR_W = 16, BAR_GAP = 16, LABEL_W = 30, CLIP = 3;
+const MARGIN = 12, BAR_W = 16, BAR_GAP = 16, LABEL_W = 30, CLIP = 3, LEGEND_H = 7 + 8;
 const NAN_GREY: [number, number, number] = [190, 190, 190];
 const RING: [number, number, number] = [228, 26, 28];
 
@@ -232,9 +271,32 @@ export function zScores(values: ArrayLike<number>): Float64Array {
 }
 
 /**
+ * The label of a colour bar of height `h` whose top-left is (x, y), turned to read upwards and centred on
+ * the bar, `gap` px right of it (beside its tick labels): `label` when the bar is tall enough, else `short`,
+ * else none.
+ *
+ * @example
+ * ```ts
+ * const img = { width: 80, height: 240, rgb: new Uint8Array(80 * 240 * 3).fill(255) };
+ * drawBarLabel(img, { x: 10, y: 10, h: 200, gap: 36 }, "tumour probability", "tumour p");
+ * ```
+ */
+export function drawBarLabel(
+  img: { width: number; height: number; rgb: Uint8Array },
+  at: { x: number; y: number; h: number; gap: number },
+  label: string,
+  short?: string,
+): void {
+  const text = [label, short].find((t) => t !== undefined && textWidth(t) <= at.h);
+  if (text === undefined) return;
+  drawText(img, text, at.x + at.gap, at.y + Math.floor((at.h - textWidth(text)) / 2), { vertical: true });
+}
+
+/**
  * Draw a gene map: spots as filled discs coloured by their z-score through viridis (clipped at ±3, so
- * −3 is #440154 and +3 is #fde725), a vertical colour bar labelled −3 / 0 / +3 (z), an optional title,
- * and red rings around tumour spots. Image y grows downwards, as pixel coordinates of a slide.
+ * −3 is #440154 and +3 is #fde725), a vertical colour bar with ticks −3 / 0 / +3 and its label (`barLabel`,
+ * default "z-score"), an optional title, and red rings around tumour spots with a legend under the map
+ * (`tumorLegend`). Image y grows downwards, as pixel coordinates of a slide.
  *
  * @example
  * ```ts
@@ -255,8 +317,9 @@ export function geneMapPng(o: GeneMapOptions): Uint8Array {
     throw new RangeError(`Cannot draw a gene map: size must be ≥ 16, current value is ${size}`);
   }
   const titleH = o.title ? 7 * 2 + MARGIN : 0;
+  const legendH = o.tumor ? LEGEND_H : 0;
   const width = MARGIN + size + BAR_GAP + BAR_W + 4 + LABEL_W + MARGIN;
-  const height = MARGIN + titleH + size + MARGIN;
+  const height = MARGIN + titleH + size + legendH + MARGIN;
   const rgb = new Uint8Array(width * height * 3).fill(255);
   const img = { width, height, rgb };
   const put = (px: number, py: number, c: readonly number[]) => {
@@ -316,8 +379,20 @@ export function geneMapPng(o: GeneMapOptions): Uint8Array {
   drawText(img, "+3", lx, top);
   drawText(img, "0", lx, top + Math.round(size / 2) - 3);
   drawText(img, "-3", lx, top + size - 7);
-  drawText(img, "Z", lx, top + Math.round(size / 4) - 3);
+  drawBarLabel(img, { x: lx, y: top, h: size, gap: 16 }, o.barLabel ?? "z-score", "z-score");
   if (o.title) drawText(img, o.title, MARGIN, MARGIN, { scale: 2 });
+  if (o.tumor) {
+    // The legend: a ringed grey disc, then what the rings mean.
+    const cy = top + size + 8 + 3, cx = MARGIN + 5, r = 3.5;
+    for (let py = cy - 6; py <= cy + 6; py++) {
+      for (let px = cx - 6; px <= cx + 6; px++) {
+        const d2 = (px + 0.5 - cx) ** 2 + (py + 0.5 - cy) ** 2;
+        if (d2 <= r * r) put(px, py, NAN_GREY);
+        else if (d2 <= (r + 1.5) ** 2) put(px, py, RING);
+      }
+    }
+    drawText(img, `red ring: ${o.tumorLegend ?? "tumour"}`, MARGIN + 14, cy - 3);
+  }
   return encodePng(width, height, rgb);
 }
 

@@ -3,7 +3,7 @@
  * metrics.json atomically, and agrees with numpy / scipy / sklearn on the files it read.
  */
 import { join } from "node:path";
-import { evaluate, parseCsv, runEvaluate } from "../../cli/evaluate.ts";
+import { evaluate, formatTable, parseCsv, runEvaluate } from "../../cli/evaluate.ts";
 import { writeOutputs } from "../../cli/predict_patches.ts";
 import { UsageError } from "../../cli/errors.ts";
 import { encodeNpz } from "../../slide/npy.ts";
@@ -240,4 +240,117 @@ Deno.test("evaluate reads the original HE2Gene CSVs: base against itself (r = 1)
   assertEquals([vsSpat.spots.joined, vsSpat.spots.onlyPredicted, vsSpat.genes.joined], [1, 4, 250]);
   assertEquals(vsSpat.summary.all.constant, 250, "one spot: r undefined for every gene");
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("evaluate gives the MSE over the --genes list and the mean-expression baseline's, and explains its columns", async () => {
+  const dir = await fixture();
+  try {
+    const res = await evaluate({
+      pred: dir,
+      truth: join(dir, "truth.npz"),
+      genes: join(dir, "genes.txt"),
+      topK: 2,
+    });
+    // By hand, in float64: the joined spots, each scored gene's MSE and its variance over those spots (the
+    // baseline predicts each gene's mean over them).
+    const joined = names.filter((n) => truthNames.includes(n));
+    const G = truthGenes.length;
+    const col = (g: string) =>
+      joined.map((n) => truthValues[truthNames.indexOf(n) * G + truthGenes.indexOf(g)]);
+    const predicted = (g: string) =>
+      joined.map((n) => {
+        const s = names.indexOf(n), t = targetGenes.indexOf(g);
+        return t >= 0 ? target[s * nT + t] : aux[s * nA + auxGenes.indexOf(g)];
+      });
+    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+    const mse = (g: string) => mean(col(g).map((t, i) => (predicted(g)[i] - t) ** 2));
+    const variance = (g: string) => mean(col(g).map((t) => (t - mean(col(g))) ** 2));
+    const scored = ["t0", "t1", "t2", "a0", "a1"], listed = ["t0", "a0"]; // genes.txt: t0, a0, NOPE
+    const tol = { rtol: 1e-12, atol: 1e-12 };
+    assertClose(res.perGene.baselineMse, scored.map(variance), tol, "baseline per gene");
+    const all = res.summary.all;
+    assertClose([all.mse, all.baselineMse], [mean(scored.map(mse)), mean(scored.map(variance))], tol, "all");
+    assertClose(
+      [all.list!.mse, all.list!.baselineMse],
+      [mean(listed.map(mse)), mean(listed.map(variance))],
+      tol,
+      "over the list",
+    );
+    assertClose([res.summary.target!.list!.mse], [mse("t0")], tol, "target genes of the list");
+    assertEquals(variance("t1"), 0, "t1 is constant in the truth: the baseline is exact there");
+    const json = JSON.parse(await Deno.readTextFile(join(dir, "metrics.json")));
+    assertEquals(Object.keys(json.summary.all.list).includes("baselineMse"), true);
+
+    const table = formatTable(res, 2);
+    for (const s of ["MSE", "baseline", "list base", "Columns:", "list r = mean r over the --genes list"]) {
+      assertEquals(table.includes(s), true, `"${s}" in\n${table}`);
+    }
+    assertEquals(table.includes("list n = listed genes scored / listed"), true, table);
+    // The all row of the MSE table: model, baseline, list, list baseline.
+    const row = table.split("\n").filter((l) => l.startsWith("all"))[1].split(/\s+/).slice(1);
+    assertEquals(
+      row,
+      [all.mse, all.baselineMse, all.list!.mse, all.list!.baselineMse].map((v) => v.toFixed(3)),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate joins her2st's {x}x{y} spot ids with {section}_{x}_{y} predictions, either way round", async () => {
+  const dir = await fixture();
+  try {
+    const viaNpz = await evaluate({ pred: dir, truth: join(dir, "truth.npz"), out: null });
+    // The truth as a CSV indexed by the counts' ids (25x13 style): X_9_9 is another section, left out.
+    const G = truthGenes.length;
+    const keep = truthNames.map((n, s) => [n, s] as const).filter(([n]) => n.startsWith("S_"));
+    const csv = [`,${truthGenes.join(",")}`];
+    for (const [n, s] of keep) {
+      const [, x, y] = n.split("_");
+      csv.push([`${x}x${y}`, ...Array.from(truthValues.subarray(s * G, (s + 1) * G), String)].join(","));
+    }
+    await Deno.writeTextFile(join(dir, "counts.csv"), csv.join("\n") + "\n");
+    const bare = await evaluate({ pred: dir, truthCsv: join(dir, "counts.csv"), out: null });
+    assertEquals(bare.spots.joined, 5);
+    assertEquals(bare.perGene.gene, viaNpz.perGene.gene);
+    assertClose(bare.perGene.r, viaNpz.perGene.r, { rtol: 0, atol: 0 }, "r with {x}x{y} truth names");
+    // And the other way round: predictions named S_1x1 … against the truth's S_1_1 names.
+    await Deno.writeTextFile(
+      join(dir, "pred.csv"),
+      [
+        `,${targetGenes.join(",")}`,
+        ...names.map((n, s) => {
+          const [sec, x, y] = n.split("_");
+          return [`${sec}_${x}x${y}`, ...Array.from(target.subarray(s * nT, (s + 1) * nT), String)].join(",");
+        }),
+      ].join("\n") + "\n",
+    );
+    const sectioned = await evaluate({
+      pred: join(dir, "pred.csv"),
+      truth: join(dir, "truth.npz"),
+      out: null,
+    });
+    assertEquals(sectioned.spots.joined, 5);
+    assertEquals(sectioned.spots.examplesOnlyPredicted, ["S_2_1"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate names a missing input with its option before reading anything", async () => {
+  const dir = await fixture();
+  try {
+    await assertRejects(
+      () => runEvaluate([dir, "--truth", join(dir, "nope.npz")]),
+      Error,
+      `Cannot read --truth ${join(dir, "nope.npz")}: no such file`,
+    );
+    await assertRejects(
+      () => runEvaluate([dir, "--truth", join(dir, "truth.npz"), "--genes", join(dir, "hvg.npy")]),
+      Error,
+      `Cannot read --genes ${join(dir, "hvg.npy")}: no such file`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -5,10 +5,18 @@
  */
 import { join } from "node:path";
 import { decode } from "fast-png";
-import { niceMm, runVisualize, tumorColor, visualize, zColor } from "../../cli/visualize.ts";
+import {
+  niceMm,
+  runVisualize,
+  scaleBarLabel,
+  tumorColor,
+  visualize,
+  VISUALIZE_USAGE,
+  zColor,
+} from "../../cli/visualize.ts";
 import { UsageError } from "../../cli/errors.ts";
 import { encodeNpz } from "../../slide/npy.ts";
-import { zScores } from "../../slide/png.ts";
+import { drawText, textWidth, zScores } from "../../slide/png.ts";
 import { parseSpots } from "../../cli/extract_patches.ts";
 import { assertEquals, assertRejects, sharedData } from "../helpers.ts";
 
@@ -159,4 +167,102 @@ Deno.test("visualize names a missing gene, and refuses a slide without pixel coo
 
 Deno.test("scale bars are 1, 2 or 5 × 10^k mm", () => {
   assertEquals([0.3, 0.7, 1, 1.9, 4.99, 7, 23].map(niceMm), [0.2, 0.5, 1, 1, 2, 5, 20]);
+});
+
+Deno.test("scale bars read in µm below 1 mm and in mm from 1 mm, and --help says so", () => {
+  assertEquals([0.05, 0.2, 0.5, 1, 2].map(scaleBarLabel), ["50 µm", "200 µm", "500 µm", "1 mm", "2 mm"]);
+  assertEquals(
+    VISUALIZE_USAGE.includes("scale bar\n           in µm (in mm from 1 mm up)"),
+    true,
+    VISUALIZE_USAGE,
+  );
+  assertEquals(VISUALIZE_USAGE.includes("scale bar in mm"), false);
+});
+
+/** Rows of panel `row` (of `rows`) with black pixels in the label strip right of its colour bar's ticks. */
+function barLabelRows(png: ReturnType<typeof decode>, row: number, rows: number): number[] {
+  // A panel: the title (36 px with its margin), the map (width − 90 px: margins, bar and labels) and its
+  // bar at +12, the bar's ticks at +32 and its label turned upwards at +54, 7 px wide (cli/visualize.ts).
+  const panelH = png.height / rows, mw = png.width - 90, x0 = 12 + mw + 54;
+  const dark: number[] = [];
+  for (let y = row * panelH + 36; y < (row + 1) * panelH - 12; y++) {
+    for (let x = x0; x < x0 + 7; x++) {
+      if (pixelAt(png, x, y).every((c) => c === 0)) {
+        dark.push(y);
+        break;
+      }
+    }
+  }
+  return dark;
+}
+
+/** How many rows `text` turned upwards covers with ink (its width, less the blank columns at its ends). */
+function inkHeight(text: string): number {
+  const w = textWidth(text), img = { width: 7, height: w, rgb: new Uint8Array(7 * w * 3).fill(255) };
+  drawText(img, text, 0, 0, { vertical: true });
+  const ink = Array.from({ length: w }, (_, y) => img.rgb.subarray(3 * 7 * y, 3 * 7 * (y + 1)).includes(0));
+  return ink.lastIndexOf(true) - ink.indexOf(true) + 1;
+}
+
+Deno.test("colour bars are labelled with what they measure, turned upwards beside their ticks", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-vis-" });
+  try {
+    const names = Array.from({ length: 36 }, (_, i) => `S1_${1 + (i % 6)}_${1 + Math.floor(i / 6)}`);
+    const { pred } = await fixture(dir, names);
+    const out = join(dir, "m.png");
+    for (
+      const [size, z, p] of [[300, "z-score of log1p expression", "tumour probability"], [
+        80,
+        "z-score",
+        "p(tumour)",
+      ]]
+    ) {
+      await visualize(pred, { genes: ["FASN"], out, size: Number(size) });
+      const png = decode(await Deno.readFile(out));
+      // The label's extent along the bar is that of its text turned upwards: the long label on a tall bar,
+      // else the short one.
+      for (const [row, label] of [[0, z], [1, p]] as const) {
+        const rows = barLabelRows(png, row, 2);
+        assertEquals(
+          rows.length > 0 && rows.at(-1)! - rows[0] + 1,
+          inkHeight(String(label)),
+          `${label} (${size} px)`,
+        );
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("visualize --truth joins her2st's {x}x{y} spot ids to the predictions' names", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-vis-" });
+  try {
+    const names = ["S1_1_1", "S1_2_1", "S1_3_1", "S1_1_2", "S1_2_2", "S1_3_2"];
+    const { pred, target } = await fixture(dir, names);
+    // The truth as the counts name the spots: "{x}x{y}", without the section.
+    const tn = names.map((n) => n.split("_").slice(1).join("x"));
+    const truth = join(dir, "counts.npz");
+    await Deno.writeFile(
+      truth,
+      encodeNpz({
+        counts: {
+          dtype: "f4",
+          shape: [6, 1],
+          data: Float32Array.from(names, (_, i) => 3 * target[2 * i] - 1),
+        },
+        names: { dtype: "U", shape: [6], data: tn },
+        genes: { dtype: "U", shape: [1], data: ["FASN"] },
+      }),
+    );
+    const res = await visualize(pred, { genes: ["FASN"], truth, out: join(dir, "m.png") });
+    assertEquals(res.r.map((r) => Math.round(r * 1e6) / 1e6), [1]);
+    await assertRejects(
+      () => runVisualize([pred, "--gene", "FASN", "--truth", join(dir, "nope.npz")]),
+      Error,
+      `Cannot read --truth ${join(dir, "nope.npz")}: no such file`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -165,3 +165,59 @@ Deno.test("drawText draws the 5 × 7 glyphs and clips at the edges", () => {
   assertEquals(row(6), ".###...###.");
   drawText(img, "WIDE TEXT", 5, 3); // off the canvas: clipped, no throw
 });
+
+Deno.test("drawText has small letters and µ, and turned upwards reads from the bottom", () => {
+  const ink = (text: string, o: { vertical?: boolean } = {}) => {
+    const [w, h] = o.vertical ? [7, textWidth(text)] : [textWidth(text), 7];
+    const img = { width: w, height: h, rgb: new Uint8Array(w * h * 3).fill(255) };
+    drawText(img, text, 0, 0, o);
+    return Array.from(
+      { length: h },
+      (_, y) => Array.from({ length: w }, (_, x) => (img.rgb[3 * (y * w + x)] === 0 ? "#" : ".")).join(""),
+    );
+  };
+  assertEquals(ink("a").join("|"), ".....|.....|.###.|....#|.####|#...#|.####");
+  assertEquals(ink("m") === ink("M"), false);
+  assertEquals(ink("µm").join("").includes("#"), true);
+  assertEquals(ink("é"), ink("?"), "no glyph: drawn as ?");
+  // "1" turned a quarter left: its rows become columns, its first column the bottom row.
+  const one = ink("1"), turned = ink("1", { vertical: true });
+  for (let x = 0; x < 5; x++) {
+    for (let y = 0; y < 7; y++) assertEquals(turned[4 - x][y], one[y][x], `(${x}, ${y})`);
+  }
+});
+
+Deno.test("geneMapPng labels its colour bar and explains the red rings in a legend under the map", () => {
+  const n = 20, size = 200;
+  const spots = Array.from({ length: n }, (_, i) => ({ x: i % 5, y: Math.floor(i / 5) }));
+  const values = Float32Array.from({ length: n }, (_, i) => i);
+  const tumor = Array.from({ length: n }, (_, i) => i < 3);
+  const plain = decode(geneMapPng({ spots, values, size }));
+  const ringed = decode(
+    geneMapPng({ spots, values, size, tumor, tumorLegend: "tumour predicted (p > 0.5)" }),
+  );
+  assertEquals(ringed.height - plain.height, 15, "a legend row under the map");
+  const at = (png: ReturnType<typeof decode>, x: number, y: number) => {
+    const i = 3 * (y * png.width + x);
+    return Array.from((png.data as Uint8Array).subarray(i, i + 3));
+  };
+  // The legend's ringed disc and its text, below the map (top 12, map size 200).
+  const below = Array.from({ length: 15 * 40 }, (_, k) => at(ringed, k % 40, 12 + size + Math.floor(k / 40)));
+  assertEquals(below.some((c) => c.join() === "228,26,28"), true, "the ring in the legend");
+  assertEquals(below.some((c) => c.join() === "0,0,0"), true, "the legend's text");
+  // The bar's label, turned upwards beside the ticks (bar at 12 + size + 16, ticks 20 px right of it, the
+  // label 16 px further): as long as "z-score of log1p expression" turned upwards.
+  const x0 = 12 + size + 16 + 16 + 4 + 16;
+  const rows = Array.from(
+    { length: size },
+    (_, y) => Array.from({ length: 7 }, (_, dx) => at(plain, x0 + dx, 12 + y).join()).includes("0,0,0"),
+  );
+  const labelled = decode(geneMapPng({ spots, values, size, barLabel: "z-score of log1p expression" }));
+  const rowsL = Array.from(
+    { length: size },
+    (_, y) => Array.from({ length: 7 }, (_, dx) => at(labelled, x0 + dx, 12 + y).join()).includes("0,0,0"),
+  );
+  const extent = (r: boolean[]) => r.lastIndexOf(true) - r.indexOf(true) + 1;
+  assertEquals(extent(rows), textWidth("z-score"), "the default label: z-score");
+  assertEquals(extent(rowsL), textWidth("z-score of log1p expression"));
+});
