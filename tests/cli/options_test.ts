@@ -58,7 +58,8 @@ Deno.test("other parse errors are one line too; a command's own check shows its 
     const [args, text] of [
       [["info", "--json=yes"], "--json is a flag and takes no value"],
       [["visualize", "p", "--gene"], "--gene needs a value"],
-      [["info", "extra"], 'unexpected argument "extra"'],
+      [["tune", "extra"], 'unexpected argument "extra"'],
+      [["info", "a", "b"], "expected at most one SLIDE"],
       [["demo", "--epochs", "0"], "--epochs must be a positive integer, current value is 0"],
     ] as [string[], string][]
   ) {
