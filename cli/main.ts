@@ -101,6 +101,8 @@ const COMMANDS: Record<string, Command> = {
       "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors\n" +
       "  --out           output folder (default ./output): target_count_pred.csv, aux_count_pred.csv,\n" +
       "                  tumor_pred.csv, predictions.npz\n" +
+      "  --h5ad          also predictions.h5ad (target genes) and predictions_aux.h5ad (aux genes) for scanpy:\n" +
+      "                  X, obs tumor_prob / tumor, uns: what X is, the model, the TTA mode\n" +
       "  --batch-size    patches per GPU batch (default 4; × 8 views with tta)\n" +
       "  --tta           single | tta (8 symmetries, default) | grid (150/75/225 px crops) | grid_tta\n" +
       "  --target-genes  one gene name per line (default: the checkpoint's metadata, else target_0…)\n" +

@@ -11,21 +11,25 @@
  * - `grid_tta`: each crop × 8 symmetries.
  *
  * Outputs in `--out`: `target_count_pred.csv`, `aux_count_pred.csv`, `tumor_pred.csv` (the original's
- * format: index = patch name, `Annotation` = mean probability > 0.5) and `predictions.npz`. Files are
- * written under temporary names and renamed at the end, so a failure leaves none behind.
+ * format: index = patch name, `Annotation` = mean probability > 0.5) and `predictions.npz`; with `--h5ad`,
+ * `predictions.h5ad` (X = target genes) and `predictions_aux.h5ad` (X = aux genes), `obs` = `tumor_prob`
+ * and `tumor` (boolean), `uns` = {@linkcode predictionUns}'s and `patches` (the folder's name); no spatial
+ * layout, as patches have no slide. Files are written under temporary names and renamed at the end, so a
+ * failure leaves none behind.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename, extname, join } from "node:path";
+import { basename, extname, join, resolve } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/mod.ts";
 import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { readGeneList } from "../slide/genes.ts";
+import { encodeH5ad, type UnsValue } from "../slide/h5ad.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
-import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
+import { HE2GENE_VERSION, parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
 
 export { type Tta, viewBoxes };
@@ -39,6 +43,8 @@ export interface PredictPatchesOptions {
   tta: Tta;
   targetGenes?: string;
   auxGenes?: string;
+  /** Also write predictions.h5ad and predictions_aux.h5ad. */
+  h5ad?: boolean;
   quiet?: boolean;
   /** Deflate the members of `predictions.npz` (`np.savez_compressed`); default stored (`np.savez`). */
   compress?: boolean;
@@ -146,7 +152,10 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
       checkInterrupt();
     }
     bar.done();
-    await writeOutputs(o.out, out, { compress: o.compress });
+    await writeOutputs(o.out, out, {
+      compress: o.compress,
+      ...(o.h5ad ? { h5ad: { weights: o.weights, tta: o.tta, patches: dir } } : {}),
+    });
     return out;
   } finally {
     model.dispose();
@@ -207,14 +216,63 @@ export async function geneNames(
   return Array.from({ length: n }, (_, i) => `${what}_${i}`);
 }
 
+/** he2gene and its version, as the h5ad files record it. */
+export const SOFTWARE = `he2gene ${HE2GENE_VERSION}`;
+
 /**
- * Write the three CSVs and `predictions.npz` (temporary names, then renamed together); `compress` deflates
- * the npz's members.
+ * The `uns` entries of every h5ad file of predictions: `X_description` (X holds predicted log1p(1e4 · count
+ * / total), HE2Gene's normalisation, as scanpy's `normalize_total` + `log1p`), `log1p` (as `sc.pp.log1p`
+ * leaves it, so scanpy knows X is log-transformed: natural log), `head` (`target` / `aux`), `model` (the
+ * checkpoint's file name), `tta` and `software`.
+ *
+ * @example
+ * ```ts
+ * const uns = predictionUns("target", { weights: "weights/model_base.pt", tta: "tta" });
+ * console.log(uns.model); // "model_base.pt"
+ * ```
+ */
+export function predictionUns(
+  head: "target" | "aux",
+  o: { weights: string; tta: Tta },
+): Record<string, UnsValue> {
+  return {
+    X_description: `predicted log1p(1e4 * count / total) expression of HE2Gene's ${head} genes ` +
+      `(scanpy's normalize_total(target_sum=1e4) + log1p)`,
+    log1p: { base: Math.E }, // sc.pp.log1p's default base None is e
+    head,
+    model: basename(o.weights),
+    tta: o.tta,
+    software: SOFTWARE,
+  };
+}
+
+/** The AnnData files of patch predictions: X = target genes, and X = aux genes in the second. */
+export async function patchesH5ad(
+  p: PatchPredictions,
+  o: { weights: string; tta: Tta; patches: string },
+): Promise<{ target: Uint8Array; aux: Uint8Array }> {
+  const common = {
+    obsNames: p.names,
+    obs: { tumor_prob: p.tumorProb, tumor: Array.from(p.tumorProb, (v) => v > 0.5) },
+  };
+  const uns = (head: "target" | "aux") => ({
+    ...predictionUns(head, o),
+    patches: basename(resolve(o.patches)),
+  });
+  return {
+    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes, uns: uns("target") }),
+    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes, uns: uns("aux") }),
+  };
+}
+
+/**
+ * Write the three CSVs and `predictions.npz`, and with `h5ad` the two AnnData files (temporary names, then
+ * renamed together); `compress` deflates the npz's members.
  */
 export async function writeOutputs(
   dir: string,
   p: PatchPredictions,
-  o: { compress?: boolean } = {},
+  o: { compress?: boolean; h5ad?: { weights: string; tta: Tta; patches: string } } = {},
 ): Promise<void> {
   const P = p.names.length;
   const files: [string, string | Uint8Array][] = [
@@ -233,6 +291,10 @@ export async function writeOutputs(
       }, { compress: o.compress }),
     ],
   ];
+  if (o.h5ad) {
+    const h = await patchesH5ad(p, o.h5ad);
+    files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
+  }
   await writeFilesAtomic(dir, files, { signal: interruptSignal() });
 }
 
@@ -240,7 +302,7 @@ export async function writeOutputs(
 export async function runPredictPatches(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: PREDICT_OPTIONS,
+    options: { ...PREDICT_OPTIONS, h5ad: { type: "boolean", default: false } },
     allowPositionals: true,
     strict: true,
   });
@@ -260,6 +322,7 @@ export async function runPredictPatches(args: string[]): Promise<void> {
     tta,
     targetGenes: values["target-genes"],
     auxGenes: values["aux-genes"],
+    h5ad: values.h5ad,
     quiet: values.quiet,
     compress: values.compress,
     tune: parseTuneMode(values.tune),
@@ -268,6 +331,7 @@ export async function runPredictPatches(args: string[]): Promise<void> {
     `${p.names.length} patches (${tta}) in ${
       ((performance.now() - t0) / 1000).toFixed(1)
     } s → ${values.out}/` +
-      `{target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz}`,
+      `{target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz` +
+      `${values.h5ad ? ", predictions.h5ad, predictions_aux.h5ad" : ""}}`,
   );
 }

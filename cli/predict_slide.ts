@@ -31,24 +31,28 @@
  * `pixel` `[P, 2]` (level-0 centre x, y; float64) and `grid` `[P, 2]` (array x, y or tile col, row; int32);
  * with `--h5ad`, `predictions.h5ad` (X = target genes) and `predictions_aux.h5ad` (X = aux genes; AnnData
  * layers must have X's shape, so the aux head gets its own file), both with `obs` = `tumor_prob`, `tumor`
- * and `obsm` = `spatial` (pixel), `grid`.
+ * (boolean), `obsm` = `spatial` (pixel), `grid`, and `uns` = what X is, the model, the TTA mode, the slide's
+ * file name and scanpy's spatial layout (`uns['spatial'][section]`: hires / lowres thumbnails of the slide
+ * and their scale factors, see {@linkcode spatialImages}), so `sc.pl.spatial` draws from the file. With
+ * `--geojson FILE`, the squares and their predictions for QuPath (slide/geojson.ts), written with the rest.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { basename } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
-import { centerBox } from "../slide/resample.ts";
+import { centerBox, resizeCpu } from "../slide/resample.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
 import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
 import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
 import { visiumImage } from "../slide/datasets/visium.ts";
 import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
-import { encodeH5ad } from "../slide/h5ad.ts";
+import { encodeH5ad, type SpatialLibrary, spatialUns } from "../slide/h5ad.ts";
+import { predictionsGeoJson } from "../slide/geojson.ts";
 import { loadModel } from "./checkpoint.ts";
 import { noResolution, parseSpots, readSpotFile, spotLayout, type SpotRow } from "./extract_patches.ts";
-import { geneNames } from "./predict_patches.ts";
+import { geneNames, predictionUns, SOFTWARE } from "./predict_patches.ts";
 import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
@@ -98,6 +102,8 @@ export interface PredictSlideOptions {
   auxGenes?: string;
   /** Also write predictions.h5ad and predictions_aux.h5ad. */
   h5ad?: boolean;
+  /** Also write the squares and their predictions as GeoJSON for QuPath to this file. */
+  geojson?: string;
   /** Skip `aux_count_pred.csv` (19 699 columns a row; the aux genes stay in the npz / h5ad). */
   noAuxCsv?: boolean;
   /** Deflate the members of `predictions.npz` (`np.savez_compressed`); default stored (`np.savez`). */
@@ -160,11 +166,18 @@ export interface SlidePredictions {
   pixel: Float64Array;
   /** (P, 2) array x, y or tile col, row */
   grid: Int32Array;
+  /** (P, 2) level-0 top-left x, y of each patch square */
+  topLeft: Float64Array;
   /** "spots" or "tiles" */
   mode: "spots" | "tiles";
   /** Patch side in level-0 pixels. */
   patchPx: number;
   slide: string;
+  /** The name prefix of the spots or tiles. */
+  section: string;
+  /** The checkpoint's path. */
+  weights: string;
+  tta: Tta;
   mpp: number | null;
 }
 
@@ -230,6 +243,40 @@ export async function slideThumbnail(
     }
   }
   return { width, height, data, downsample: ds * f, x0: kx * ds, y0: ky * ds };
+}
+
+/** The long side of Space Ranger's `tissue_hires_image.png` and `tissue_lowres_image.png`, in pixels. */
+export const SPATIAL_IMAGE_PX = { hires: 2000, lowres: 600 } as const;
+
+/**
+ * Scanpy's two images of a slide (see `spatialUns` in slide/h5ad.ts): the whole level-0 slide at `hires`
+ * (default 2000) and `lowres` (600) pixels on its long side, as Space Ranger's images, never enlarged. A
+ * pyramid level or box average at most that coarse ({@linkcode slideThumbnail}) is resized with PIL's
+ * bilinear filter (antialiased), the lowres image from the hires one. The scale factors are image pixels
+ * per level-0 pixel (the images' sizes are rounded: within half a pixel).
+ *
+ * @example
+ * ```ts
+ * const slide = await openSlide("CMU-1-Small-Region.svs"); // 2220 × 2967
+ * const im = await spatialImages(slide); // im.hires 1496 × 2000, im.hiresScale = 2000 / 2967
+ * ```
+ */
+export async function spatialImages(
+  slide: Slide,
+  o: { hires?: number; lowres?: number } = {},
+): Promise<Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">> {
+  const long = Math.max(slide.levels[0].width, slide.levels[0].height);
+  const hiresScale = Math.min(1, (o.hires ?? SPATIAL_IMAGE_PX.hires) / long);
+  const lowresScale = Math.min(1, (o.lowres ?? SPATIAL_IMAGE_PX.lowres) / long);
+  const thumb = await slideThumbnail(slide, { downsample: 1 / hiresScale });
+  // The thumbnail covers whole boxes of `downsample` level-0 pixels from the top-left corner.
+  const size = (scale: number): [number, number] => [
+    Math.max(1, Math.round(thumb.width * thumb.downsample * scale)),
+    Math.max(1, Math.round(thumb.height * thumb.downsample * scale)),
+  ];
+  const hires = resizeCpu(thumb, size(hiresScale));
+  const lowres = resizeCpu(hires, size(lowresScale));
+  return { hires, lowres, hiresScale, lowresScale };
 }
 
 // ------------------------------------------------------------------------------------------ the patches
@@ -425,6 +472,11 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       );
     }
     await prepareOutputDir(o.out);
+    if (o.geojson) {
+      await prepareOutputDir(dirname(o.geojson));
+      const st = await Deno.stat(o.geojson).catch(() => null);
+      if (st?.isDirectory) throw new Error(`Cannot write --geojson ${o.geojson}: it is a folder`);
+    }
 
     const engine = o.engine ?? await createEngine();
     if (!o.engine) {
@@ -449,6 +501,10 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         tumorProb: new Float32Array(P),
         pixel: new Float64Array(P * 2),
         grid: new Int32Array(P * 2),
+        topLeft: new Float64Array(P * 2),
+        section: o.section ?? sectionOf(o.spots ?? path),
+        weights: o.weights,
+        tta,
         mode: o.spots ? "spots" : "tiles",
         patchPx,
         slide: path,
@@ -457,6 +513,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       patches.forEach((p, i) => {
         out.pixel.set([p.px, p.py], 2 * i);
         out.grid.set([p.gx, p.gy], 2 * i);
+        out.topLeft.set([p.left, p.top], 2 * i);
       });
       const auxCsvBytes = P * nA * 10.5; // ~10 characters a value
       if (!o.noAuxCsv && !o.quiet && auxCsvBytes > 2 ** 30) {
@@ -523,6 +580,8 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         h5ad: o.h5ad,
         compress: o.compress,
         csv: { target: csv.target.text(), aux: o.noAuxCsv ? null : csv.aux.text(), tumor: csv.tumor.text() },
+        images: o.h5ad ? await spatialImages(slide) : undefined,
+        geojson: o.geojson,
       });
       addTime(timings, "write", t);
       return out;
@@ -535,8 +594,16 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
   }
 }
 
-/** The AnnData files of predictions: X = target genes, and X = aux genes in the second. */
-export async function slideH5ad(p: SlidePredictions): Promise<{ target: Uint8Array; aux: Uint8Array }> {
+/**
+ * The AnnData files of predictions: X = target genes, and X = aux genes in the second; `obs` = `tumor_prob`
+ * and `tumor` (boolean, `tumor_prob` > 0.5 as tumor_pred.csv), `obsm` = `spatial` (level-0 x, y) and `grid`,
+ * `uns` = {@linkcode predictionUns}'s (what X holds, the model, the TTA mode), `slide` (its file name),
+ * `mode`, `patch_px`, `mpp`, and with `images` scanpy's `spatial` layout under the section's name.
+ */
+export async function slideH5ad(
+  p: SlidePredictions,
+  images?: Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">,
+): Promise<{ target: Uint8Array; aux: Uint8Array }> {
   const P = p.names.length;
   const common = {
     obsNames: p.names,
@@ -548,22 +615,32 @@ export async function slideH5ad(p: SlidePredictions): Promise<{ target: Uint8Arr
       spatial: { data: p.pixel, shape: [P, 2] as [number, number] },
       grid: { data: p.grid, shape: [P, 2] as [number, number] },
     },
-    uns: {
-      slide: p.slide,
-      mode: p.mode,
-      patch_px: p.patchPx,
-      ...(p.mpp ? { mpp: p.mpp } : {}),
-    },
   };
+  const uns = (head: "target" | "aux") => ({
+    ...predictionUns(head, p),
+    slide: basename(p.slide),
+    mode: p.mode,
+    patch_px: p.patchPx,
+    ...(p.mpp ? { mpp: p.mpp } : {}),
+    ...(images
+      ? {
+        spatial: spatialUns(p.section, {
+          ...images,
+          spotDiameter: p.patchPx,
+          metadata: { software_version: SOFTWARE, source_image_path: basename(p.slide) },
+        }),
+      }
+      : {}),
+  });
   return {
-    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes }),
-    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes }),
+    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes, uns: uns("target") }),
+    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes, uns: uns("aux") }),
   };
 }
 
 /**
- * Write the three CSVs and `predictions.npz` (with `pixel` and `grid`), and with `h5ad` the two AnnData
- * files; staged under temporary names and renamed only when all were written.
+ * Write the three CSVs and `predictions.npz` (with `pixel` and `grid`), with `h5ad` the two AnnData files,
+ * with `geojson` that file; staged under temporary names and renamed only when all were written.
  */
 export async function writeSlideOutputs(
   dir: string,
@@ -574,6 +651,10 @@ export async function writeSlideOutputs(
     compress?: boolean;
     /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them); aux null: none. */
     csv?: { target: string; aux: string | null; tumor: string };
+    /** Scanpy's slide images for the h5ad files (see {@linkcode spatialImages}). */
+    images?: Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">;
+    /** A GeoJSON file for QuPath (anywhere; written and renamed with the rest). */
+    geojson?: string;
   } = {},
 ): Promise<void> {
   const P = p.names.length;
@@ -600,8 +681,20 @@ export async function writeSlideOutputs(
     ],
   ];
   if (o.h5ad) {
-    const h = await slideH5ad(p);
+    const h = await slideH5ad(p, o.images);
     files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
+  }
+  if (o.geojson) {
+    const geojson = predictionsGeoJson({
+      names: p.names,
+      topLeft: p.topLeft,
+      size: p.patchPx,
+      genes: p.targetGenes,
+      values: p.target,
+      tumorProb: p.tumorProb,
+      objectType: p.mode === "tiles" ? "tile" : "detection",
+    });
+    files.push([resolve(o.geojson), geojson]); // an absolute path: written where it says, not in `dir`
   }
   await writeFilesAtomic(dir, files, { signal: interruptSignal() });
 }
@@ -616,7 +709,7 @@ export const MAX_TILES = 100_000;
 export const PREDICT_SLIDE_USAGE =
   "predict-slide SLIDE --weights CKPT (--spots FILE | --tile) [--out ./output] [--batch-size 4]\n" +
   "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX]\n" +
-  "       [--min-tissue 0.5] [--max-tiles 100000]\n" +
+  "       [--min-tissue 0.5] [--max-tiles 100000] [--geojson FILE]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP]\n" +
   "       [--scalefactors FILE] [--h5ad]\n" +
   "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--compress] [--tune cached|auto|off]\n" +
@@ -634,6 +727,8 @@ export const PREDICT_SLIDE_USAGE =
   "                tissue for --min-tissue\n" +
   "  --min-tissue  smallest tissue fraction of a tile (default 0.5)\n" +
   "  --max-tiles   refuse more tiles on tissue than this (default 100000)\n" +
+  "  --geojson     also write the spots' / tiles' squares with their target genes and tumour call as GeoJSON\n" +
+  "                for QuPath (level-0 px; File > Import objects from file, or drag it onto the viewer)\n" +
   "  --batch-size  patches read and predicted at a time (default 4; × 8 views with tta)\n" +
   "  --tta         single | tta (8 symmetries, averaged; default) | grid (windows of 1, 0.5, 1.5 × the\n" +
   "                patch, centred; context read from the slide) | grid_tta (each window × 8 symmetries)\n" +
@@ -646,7 +741,8 @@ export const PREDICT_SLIDE_USAGE =
   "                built-in defaults; default) | auto (tune first when there is none) | off (built-in defaults)\n" +
   "  --out         target_count_pred.csv, aux_count_pred.csv, tumor_pred.csv, predictions.npz (with\n" +
   "                pixel [P,2] and grid [P,2]); --h5ad adds predictions.h5ad (target genes) and\n" +
-  "                predictions_aux.h5ad (aux genes)\n" +
+  "                predictions_aux.h5ad (aux genes) in scanpy's spatial layout, with thumbnails of the\n" +
+  '                slide: sc.pl.spatial(adata, color="ERBB2") draws from the file\n' +
   "  --no-aux-csv  skip aux_count_pred.csv (19 699 columns a row: about 10 MB per 50 spots, so gigabytes\n" +
   "                for a whole slide's tiles); the aux genes stay in predictions.npz and the h5ad\n" +
   "  --compress    deflate predictions.npz's arrays (as np.savez_compressed; default stored, as np.savez)";
@@ -676,6 +772,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
       "tile-um": { type: "string" },
       "min-tissue": { type: "string" },
       "max-tiles": { type: "string" },
+      geojson: { type: "string" },
       stain: { type: "string", default: "none" },
       "stain-ref": { type: "string" },
       section: { type: "string" },
@@ -732,6 +829,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     tileUm: positiveNumber(v["tile-um"], "--tile-um"),
     minTissue,
     maxTiles: positiveNumber(v["max-tiles"], "--max-tiles", true),
+    geojson: v.geojson,
     section: v.section,
     batchSize,
     tta,
@@ -753,6 +851,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
     } s → ` +
       `${v.out}/{target_count_pred.csv, ${v["no-aux-csv"] ? "" : "aux_count_pred.csv, "}tumor_pred.csv, ` +
       `predictions.npz` +
-      `${v.h5ad ? ", predictions.h5ad, predictions_aux.h5ad" : ""}}`,
+      `${v.h5ad ? ", predictions.h5ad, predictions_aux.h5ad" : ""}}` +
+      `${v.geojson ? ` and ${v.geojson}` : ""}`,
   );
 }

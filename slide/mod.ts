@@ -60,6 +60,16 @@ export {
   type SelectGenesOptions,
   selectTargetGenes,
 } from "./genes.ts";
+export {
+  type GeoJsonClass,
+  type GeoJsonFeature,
+  type GeoJsonPredictions,
+  NORMAL_CLASS,
+  predictionFeature,
+  predictionsGeoJson,
+  TUMOR_CLASS,
+  TUMOR_THRESHOLD,
+} from "./geojson.ts";
 export { cropPatch, type SyntheticSection, syntheticSection } from "./synthetic.ts";
 export {
   drawBarLabel,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { basename, dirname, resolve } from "node:path";
+import { basename, dirname, isAbsolute, resolve } from "node:path";
 
 export { encodeNpy, encodeNpz, encodeZip, type NpyArray } from "./npy.ts";
 
@@ -98,6 +98,8 @@ export async function renameAll(moves: [string, string][], park: (to: string) =>
  * temporary files, partial ones included, are removed, and so are the folders this call created; the error
  * names the folder; files of an earlier run are left as they were. `signal` (e.g. Ctrl-C) is checked
  * between files and before the renames: once it is aborted, nothing is renamed and its reason is thrown.
+ * A name that is an absolute path is written there instead (its folder made if missing), staged and
+ * renamed with the others.
  */
 export async function writeFilesAtomic(
   dir: string,
@@ -110,8 +112,12 @@ export async function writeFilesAtomic(
     created = await makeDirs(dir);
     for (const [name, data] of files) {
       o.signal?.throwIfAborted();
-      const tmp = `${dir}/.${name}.tmp-${Deno.pid}`;
-      staged.push([tmp, `${dir}/${name}`]);
+      const elsewhere = isAbsolute(name);
+      if (elsewhere) created.push(...await makeDirs(dirname(name)));
+      const tmp = elsewhere
+        ? `${dirname(name)}/.${basename(name)}.tmp-${Deno.pid}`
+        : `${dir}/.${name}.tmp-${Deno.pid}`;
+      staged.push([tmp, elsewhere ? name : `${dir}/${name}`]);
       if (typeof data === "string") await Deno.writeTextFile(tmp, data);
       else await Deno.writeFile(tmp, data);
     }

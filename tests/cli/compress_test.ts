@@ -91,9 +91,13 @@ Deno.test("predict-patches' and predict-slide's writers deflate predictions.npz 
       ...common,
       pixel: Float64Array.from({ length: 2 * P }, (_, i) => 100 + 37.5 * i),
       grid: Int32Array.from({ length: 2 * P }, (_, i) => i % 7),
+      topLeft: Float64Array.from({ length: 2 * P }, (_, i) => 25 + 37.5 * i),
       mode: "spots",
       patchPx: 150,
       slide: "C2.jpg",
+      section: "C2",
+      weights: "model_base.pt",
+      tta: "single",
       mpp: null,
     };
     for (const compress of [false, true]) {

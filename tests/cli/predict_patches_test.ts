@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { predictPatches, type Tta } from "../../cli/predict_patches.ts";
+import { readH5ad } from "../../slide/h5ad.ts";
 import {
   assertClose,
   assertEquals,
@@ -202,6 +203,55 @@ gpuTest(
         RangeError,
         "has 2 names, but the checkpoint's target head predicts 3 genes",
       );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "predict-patches --h5ad: X, a boolean tumour call, and what X is, the model and the TTA mode",
+  async (e) => {
+    const patches = sharedData("he2gene/exps");
+    if (!patches) return console.warn("skipped: needs ../shared/data/he2gene/exps");
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-h5ad-" });
+    try {
+      const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
+      const out = join(dir, "out");
+      const p = await predictPatches(patches, {
+        weights,
+        out,
+        batchSize: 4,
+        tta: "single",
+        h5ad: true,
+        quiet: true,
+        engine: e,
+      });
+      const h = await readH5ad(join(out, "predictions.h5ad"));
+      assertEquals([h.shape, h.obsNames, h.varNames], [[4, 3], p.names, p.targetGenes]);
+      assertEquals(Array.from(h.X), Array.from(p.target));
+      assertEquals(h.obs.tumor, Array.from(p.tumorProb, (v) => v > 0.5));
+      assertEquals(Object.keys(h.obsm), []); // no slide, no spatial coordinates
+      const { X_description, ...uns } = h.uns;
+      assertEquals(String(X_description).includes("log1p(1e4 * count / total)"), true);
+      assertEquals(uns.log1p, { base: Math.E });
+      assertEquals([uns.head, uns.model, uns.tta, uns.patches], [
+        "target",
+        "tiny.safetensors",
+        "single",
+        "exps",
+      ]);
+      const aux = await readH5ad(join(out, "predictions_aux.h5ad"));
+      assertEquals([aux.shape, aux.uns.head], [[4, 5], "aux"]);
+      if (!(await hasModules(["anndata"]))) {
+        return console.warn(`skipped: the anndata check needs ${PYTHON} with anndata (python3-anndata)`);
+      }
+      const py = await python([
+        "-c",
+        `import anndata\na = anndata.read_h5ad("${join(out, "predictions.h5ad")}")\n` +
+        `print(a.shape, a.obs["tumor"].dtype, a.uns["model"], a.uns["tta"], "spatial" in a.uns)`,
+      ]);
+      assertEquals(py.out.trim(), "(4, 3) bool tiny.safetensors single False", py.out);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

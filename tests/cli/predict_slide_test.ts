@@ -4,7 +4,15 @@
  * files must open in Python's anndata.
  */
 import { join } from "node:path";
-import { predictSlide, runPredictSlide, slideThumbnail, tilePatches } from "../../cli/predict_slide.ts";
+import {
+  predictSlide,
+  runPredictSlide,
+  type SlidePredictions,
+  slideThumbnail,
+  spatialImages,
+  tilePatches,
+  writeSlideOutputs,
+} from "../../cli/predict_slide.ts";
 import { predictPatches } from "../../cli/predict_patches.ts";
 import { runExtractPatches } from "../../cli/extract_patches.ts";
 import { UsageError } from "../../cli/errors.ts";
@@ -21,6 +29,20 @@ const PYTHON = "/usr/bin/python3";
 const her2st = sharedData("her2st/data");
 const cmu = sharedData("wsi/CMU-1-Small-Region.svs");
 const visium = sharedData("visium");
+
+interface GeoFeature {
+  geometry: unknown;
+  properties: {
+    objectType: string;
+    name: string;
+    measurements: Record<string, number>;
+    classification: { name: string };
+  };
+}
+interface SpatialRead {
+  images: Record<"hires" | "lowres", { data: Uint8Array; shape: number[] }>;
+  scalefactors: Record<string, number>;
+}
 
 async function python(code: string): Promise<{ ok: boolean; out: string }> {
   try {
@@ -135,7 +157,7 @@ gpuTest("predict-slide at her2st spots equals extract-patches + predict-patches 
         `assert list(a.obs_names) == list(z["names"]) and list(a.var_names) == ["FASN", "ERBB2", "GNAS"]\n` +
         `assert np.array_equal(a.obsm["spatial"], z["pixel"]) and np.array_equal(a.obsm["grid"], z["grid"])\n` +
         `assert np.array_equal(a.obs["tumor_prob"].to_numpy(), z["tumor_prob"])\n` +
-        `assert list(a.obs["tumor"]) == [str(v > 0.5) for v in z["tumor_prob"]]\n` +
+        `assert a.obs["tumor"].dtype == bool and list(a.obs["tumor"]) == list(z["tumor_prob"] > 0.5)\n` +
         `print("ok", a.uns["mode"], a.uns["patch_px"])`,
     );
     assertEquals(py.out.trim(), "ok spots 150.0", py.out);
@@ -259,6 +281,132 @@ gpuTest("predict-slide --tile on CMU-1-Small-Region puts tiles only on tissue", 
   }
 });
 
+gpuTest(
+  "predict-slide --h5ad --geojson: scanpy's spatial layout and QuPath's squares, on tiles",
+  async (e) => {
+    if (!cmu) return console.warn("skipped: needs ../shared/data/wsi/CMU-1-Small-Region.svs");
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-pspatial-" });
+    try {
+      const weights = await tinyCheckpoint(join(dir, "tiny.safetensors"));
+      const [out, geojson] = [join(dir, "out"), join(dir, "qupath", "cmu.geojson")]; // qupath/ is made
+      const p = await predictSlide(cmu, {
+        weights,
+        out,
+        tilePx: 600,
+        batchSize: 8,
+        tta: "single",
+        h5ad: true,
+        geojson,
+        quiet: true,
+        engine: e,
+      });
+      const P = p.names.length, tile = 600;
+      if (!(P > 0)) throw new Error("no tile on tissue");
+      // Written together, nothing temporary left in either folder.
+      assertEquals([...Deno.readDirSync(join(dir, "qupath"))].map((f) => f.name), ["cmu.geojson"]);
+      assertEquals([...Deno.readDirSync(out)].map((f) => f.name).sort(), [
+        "aux_count_pred.csv",
+        "predictions.h5ad",
+        "predictions.npz",
+        "predictions_aux.h5ad",
+        "target_count_pred.csv",
+        "tumor_pred.csv",
+      ]);
+
+      // GeoJSON: one closed tile square a feature, in level-0 px, with the predictions.
+      const fc = JSON.parse(await Deno.readTextFile(geojson));
+      assertEquals(fc.type, "FeatureCollection");
+      assertEquals(fc.features.length, P);
+      fc.features.forEach((f: GeoFeature, i: number) => {
+        const [c, r] = [p.grid[2 * i], p.grid[2 * i + 1]];
+        const [x, y] = [c * tile, r * tile];
+        assertEquals(f.geometry, {
+          type: "Polygon",
+          coordinates: [[[x, y], [x + tile, y], [x + tile, y + tile], [x, y + tile], [x, y]]],
+        });
+        assertEquals([f.properties.objectType, f.properties.name], ["tile", p.names[i]]);
+        assertEquals(Object.keys(f.properties.measurements), ["FASN", "ERBB2", "GNAS", "tumor_prob"]);
+        const m = ["FASN", "ERBB2", "GNAS"].map((g) => Math.fround(f.properties.measurements[g]));
+        assertEquals(m, Array.from(p.target.subarray(3 * i, 3 * i + 3)));
+        assertEquals(Math.fround(f.properties.measurements.tumor_prob), p.tumorProb[i]);
+        assertEquals(f.properties.classification.name, p.tumorProb[i] >= 0.5 ? "Tumor" : "Normal");
+      });
+
+      // h5ad: a real boolean `tumor`, what X is, and the slide's thumbnails with their scale factors.
+      const slide = await openSlide(cmu);
+      try {
+        const [W0, H0] = [slide.levels[0].width, slide.levels[0].height]; // 2220 × 2967
+        const h = await readH5ad(join(out, "predictions.h5ad"));
+        assertEquals(h.obs.tumor, Array.from(p.tumorProb, (v) => v > 0.5));
+        const { spatial, ...uns } = h.uns as Record<string, unknown>;
+        assertEquals(uns.slide, "CMU-1-Small-Region.svs");
+        assertEquals([uns.model, uns.tta, uns.mode, uns.patch_px, uns.head], [
+          "tiny.safetensors",
+          "single",
+          "tiles",
+          tile,
+          "target",
+        ]);
+        assertEquals(String(uns.X_description).includes("log1p(1e4 * count / total)"), true);
+        const lib = (spatial as Record<string, SpatialRead>)["CMU-1-Small-Region"];
+        const sf = lib.scalefactors;
+        assertEquals(sf.tissue_hires_scalef, 2000 / H0);
+        assertEquals(sf.tissue_lowres_scalef, 600 / H0);
+        assertEquals([sf.spot_diameter_fullres, sf.fiducial_diameter_fullres], [tile, tile]);
+        const hires = lib.images.hires, lowres = lib.images.lowres;
+        assertEquals(hires.shape, [2000, Math.round(W0 * 2000 / H0), 3]);
+        assertEquals(lowres.shape, [600, Math.round(W0 * 600 / H0), 3]);
+        // The hires image is the slide: each whole tile's mean colour there is the slide's (0.06 seen).
+        const whole = [...p.names.keys()].filter((i) =>
+          p.topLeft[2 * i] + tile <= W0 && p.topLeft[2 * i + 1] + tile <= H0
+        );
+        if (whole.length < 3) throw new Error(`only ${whole.length} tiles lie wholly inside the slide`);
+        for (const i of whole) {
+          const [x, y] = [p.topLeft[2 * i], p.topLeft[2 * i + 1]];
+          const reg = await slide.readRegion(0, x, y, tile, tile);
+          const s = sf.tissue_hires_scalef, hw = hires.shape[1];
+          const [x0, y0, x1, y1] = [x * s, y * s, (x + tile) * s, (y + tile) * s].map(Math.round);
+          for (let ch = 0; ch < 3; ch++) {
+            let a = 0, n = 0, b = 0;
+            for (let k = ch; k < reg.data.length; k += 3) a += reg.data[k];
+            for (let yy = y0; yy < Math.min(y1, hires.shape[0]); yy++) {
+              for (let xx = x0; xx < Math.min(x1, hw); xx++) b += hires.data[(yy * hw + xx) * 3 + ch], n++;
+            }
+            const d = Math.abs(a / (tile * tile) - b / n);
+            if (!(d < 0.5)) throw new Error(`tile ${p.names[i]} channel ${ch}: hires mean differs by ${d}`);
+          }
+        }
+        const aux = await readH5ad(join(out, "predictions_aux.h5ad"));
+        assertEquals([aux.shape, aux.uns.head], [[P, 5], "aux"]);
+      } finally {
+        slide.close();
+      }
+      if (!anndataOk) return;
+      // What sc.pl.spatial(adata, color="ERBB2") reads (scanpy is not in Debian), through anndata.
+      const py = await python(
+        `import anndata, numpy as np\n` +
+          `a = anndata.read_h5ad("${join(out, "predictions.h5ad")}")\n` +
+          `z = np.load("${join(out, "predictions.npz")}")\n` +
+          `lib = list(a.uns["spatial"].keys())\n` +
+          `d = a.uns["spatial"][lib[0]]\n` +
+          `img, sf = d["images"]["hires"], d["scalefactors"]\n` +
+          `xy = a.obsm["spatial"] * sf["tissue_hires_scalef"]\n` +
+          `inside = (xy >= 0).all() and (xy[:, 0] < img.shape[1]).all() and (xy[:, 1] < img.shape[0]).all()\n` +
+          `assert a.obs["tumor"].dtype == bool and list(a.obs["tumor"]) == list(z["tumor_prob"] > 0.5)\n` +
+          `assert np.array_equal(a.obsm["spatial"], z["pixel"]) and np.array_equal(a[:, "ERBB2"].X[:, 0], z["target"][:, 1])\n` +
+          `print(lib, img.dtype, img.ndim, img.shape[2], d["images"]["lowres"].dtype, bool(inside))\n` +
+          `print(a.uns["slide"], a.uns["model"], a.uns["tta"], "log1p" in a.uns, sorted(d["metadata"].keys()))`,
+      );
+      assertEquals(py.out.trim().split("\n"), [
+        "['CMU-1-Small-Region'] uint8 3 3 uint8 True",
+        "CMU-1-Small-Region.svs tiny.safetensors single True ['software_version', 'source_image_path']",
+      ], py.out);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 Deno.test({
   name: "a thumbnail of a single-level image is its box average",
   ignore: !her2st,
@@ -283,6 +431,101 @@ Deno.test({
       slide.close();
     }
   },
+});
+
+const levels = sharedData("wsi/small_HE_levels.tiff");
+
+Deno.test({
+  name: "spatialImages: Space Ranger-sized thumbnails from a pyramid level, never enlarged",
+  ignore: !levels,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const slide = await openSlide(levels!); // 300 × 250, levels at 2×, 4×, 8×
+    try {
+      const full = await slide.readRegion(0, 0, 0, 300, 250);
+      // Smaller than Space Ranger's 2000 / 600 px: both images are level 0 itself, at scale 1.
+      const same = await spatialImages(slide);
+      assertEquals([same.hiresScale, same.lowresScale], [1, 1]);
+      assertEquals([same.hires.width, same.hires.height, same.lowres.width, same.lowres.height], [
+        300,
+        250,
+        300,
+        250,
+      ]);
+      assertEquals(same.hires.data, full.data);
+      // 100 / 30 px on the long side: read from the 2× level, resized to 300 / 3 × 250 / 3 (rounded).
+      const im = await spatialImages(slide, { hires: 100, lowres: 30 });
+      assertEquals([im.hiresScale, im.lowresScale], [100 / 300, 30 / 300]);
+      assertEquals([im.hires.width, im.hires.height, im.lowres.width, im.lowres.height], [100, 83, 30, 25]);
+      const mean = (d: Uint8Array, ch: number) => {
+        let s = 0;
+        for (let i = ch; i < d.length; i += 3) s += d[i];
+        return s / (d.length / 3);
+      };
+      for (let ch = 0; ch < 3; ch++) {
+        const d = [im.hires.data, im.lowres.data].map((x) => Math.abs(mean(x, ch) - mean(full.data, ch)));
+        if (!(d[0] < 1.5 && d[1] < 1.5)) throw new Error(`channel ${ch}: image means differ by ${d}`);
+      }
+    } finally {
+      slide.close();
+    }
+  },
+});
+
+Deno.test("predict-slide's outputs and a --geojson elsewhere are written together, all or nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "he2gene-geo-out-" });
+  try {
+    const p: SlidePredictions = {
+      names: ["S_0_0", "S_1_0"],
+      targetGenes: ["FASN"],
+      auxGenes: ["a"],
+      target: new Float32Array([0.5, 1.5]),
+      aux: new Float32Array([1, 2]),
+      tumorProb: new Float32Array([0.25, 0.75]),
+      pixel: new Float64Array([50, 50, 150, 50]),
+      grid: new Int32Array([0, 0, 1, 0]),
+      topLeft: new Float64Array([0, 0, 100, 0]),
+      section: "S",
+      weights: "w.safetensors",
+      tta: "single",
+      mode: "tiles",
+      patchPx: 100,
+      slide: "S.png",
+      mpp: null,
+    };
+    const ls = (d: string) => [...Deno.readDirSync(d)].map((f) => f.name).sort();
+    // Into a new folder beside --out, which is made.
+    await writeSlideOutputs(join(dir, "out"), p, { geojson: join(dir, "qp", "S.geojson") });
+    assertEquals(ls(join(dir, "qp")), ["S.geojson"]);
+    assertEquals(ls(join(dir, "out")), [
+      "aux_count_pred.csv",
+      "predictions.npz",
+      "target_count_pred.csv",
+      "tumor_pred.csv",
+    ]);
+    const fc = JSON.parse(await Deno.readTextFile(join(dir, "qp", "S.geojson")));
+    assertEquals(fc.features.map((f: GeoFeature) => f.properties.classification.name), ["Normal", "Tumor"]);
+    // A GeoJSON that cannot be written (its path is a folder): no --out, no temporary file anywhere.
+    await Deno.mkdir(join(dir, "qp", "taken.geojson"));
+    await assertRejects(
+      () => writeSlideOutputs(join(dir, "out2"), p, { geojson: join(dir, "qp", "taken.geojson") }),
+      Error,
+      "taken.geojson is a folder",
+    );
+    assertEquals(ls(dir), ["out", "qp"]);
+    assertEquals(ls(join(dir, "qp")), ["S.geojson", "taken.geojson"]);
+    // Its folder cannot be made (a file is in the way): likewise.
+    await Deno.writeTextFile(join(dir, "file"), "");
+    await assertRejects(
+      () => writeSlideOutputs(join(dir, "out3"), p, { geojson: join(dir, "file", "S.geojson") }),
+      Error,
+      "Cannot write the outputs",
+    );
+    assertEquals(ls(dir), ["file", "out", "qp"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("predict-slide usage errors: SLIDE, --weights, and one of --spots / --tile", async () => {
