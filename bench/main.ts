@@ -622,6 +622,8 @@ export async function main(args: string[]): Promise<void> {
       printTrainTable(trainRows, console.log);
     }
   }
+  // Suites that measured nothing (their data is missing), with the reason.
+  const skipped: string[] = [];
   let slideRows: SlideRow[] = [];
   if (suites.has("slide")) {
     log("\nslide I/O and Macenko, ours against openslide / PIL / numpy …");
@@ -631,7 +633,10 @@ export async function main(args: string[]): Promise<void> {
       log,
       dataDir: values.data,
     });
-    if (!values.json && slideRows.length) {
+    if (slideRows.every((r) => Number.isNaN(r.oursMs))) {
+      // Nothing measured (no data): say so instead of an empty table.
+      skipped.push(`slide: ${slideRows.map((r) => r.note).find(Boolean) ?? "no data"}`);
+    } else if (!values.json && slideRows.length) {
       console.log("\nslide I/O and stain normalisation (throughput, wall time):");
       printSlideTable(slideRows, console.log);
     }
@@ -644,7 +649,9 @@ export async function main(args: string[]): Promise<void> {
       log,
       dataDir: values.data,
     });
-    if (!values.json && predictSlideRows.length) {
+    if (predictSlideRows.every((r) => r.run === "skipped")) {
+      skipped.push(`slide-predict: ${predictSlideRows[0]?.note ?? "no data"}`);
+    } else if (!values.json && predictSlideRows.length) {
       console.log("\npredict-slide, her2st C2, spots per second by stage:");
       printPredictSlideTable(predictSlideRows, console.log);
     }
@@ -704,6 +711,11 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   e.destroy();
+  if (skipped.length) {
+    for (const s of skipped) console.error(`bench: skipped ${s}`);
+    // Asked for by name and not measured: a failure (with the default, every suite, it is only a note).
+    if (args.some((a) => a === "--suite" || a.startsWith("--suite="))) Deno.exitCode = 1;
+  }
 }
 
 if (import.meta.main) {

@@ -31,13 +31,13 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { createEngine, type Engine } from "../mod.ts";
 import { HE2Gene, RESNET50 } from "../model/mod.ts";
 import { saveModel } from "../cli/checkpoint.ts";
 import { parseSpots } from "../cli/extract_patches.ts";
 import { predictSlide, SLIDE_STAGES } from "../cli/predict_slide.ts";
 import { exists } from "../slide/datasets/types.ts";
+import { defaultDataDir } from "./slide.ts";
 
 /** One run of predict-slide. */
 export interface PredictSlideRow {
@@ -66,7 +66,6 @@ export interface PredictSlideBenchOptions {
   dataDir?: string;
 }
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const C2_DIR = "her2st/data/ST-imgs/C/C2";
 const C2_SPOTS = "her2st/data/ST-spotfiles/C2_selection.tsv";
 const BATCH = 4;
@@ -87,7 +86,7 @@ export async function benchPredictSlide(
   engine: Engine,
   opts: PredictSlideBenchOptions,
 ): Promise<PredictSlideRow[]> {
-  const data = opts.dataDir ?? join(ROOT, "..", "shared", "data");
+  const data = opts.dataDir ?? defaultDataDir();
   const imgDir = join(data, C2_DIR), spotFile = join(data, C2_SPOTS);
   const skip = (note: string): PredictSlideRow[] => {
     opts.log(`predict-slide: skipped — ${note}`);
@@ -105,7 +104,7 @@ export async function benchPredictSlide(
     }];
   };
   if (!(await exists(imgDir)) || !(await exists(spotFile))) {
-    return skip(`needs ${imgDir} and ${spotFile} (../shared/data absent)`);
+    return skip(`needs ${imgDir} and ${spotFile} (no shared data there: --data DIR)`);
   }
   const jpg = [...Deno.readDirSync(imgDir)].find((f) => f.name.endsWith(".jpg"));
   if (!jpg) return skip(`no .jpg in ${imgDir}`);

@@ -77,6 +77,28 @@ export interface SlideBenchOptions {
 }
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/**
+ * The shared data folder the slide suites read when `--data` is not given: `../shared/data` beside the
+ * project, else beside or under the current folder (the compiled binary runs from a temporary copy of the
+ * sources, where "beside the project" means nothing). The first that exists; else the first candidate.
+ */
+export function defaultDataDir(): string {
+  const compiled = Deno.mainModule.includes("deno-compile-");
+  const candidates = [
+    ...(compiled ? [] : [join(ROOT, "..", "shared", "data")]),
+    join(Deno.cwd(), "..", "shared", "data"),
+    join(Deno.cwd(), "shared", "data"),
+  ];
+  for (const c of candidates) {
+    try {
+      if (Deno.statSync(c).isDirectory) return c;
+    } catch {
+      // not there (or not readable): try the next one
+    }
+  }
+  return candidates[0];
+}
 const SVS = "wsi/CMU-1-Small-Region.svs";
 const C2_DIR = "her2st/data/ST-imgs/C/C2";
 const C2_SPOTS = "her2st/data/ST-spotfiles/C2_selection.tsv";
@@ -250,7 +272,10 @@ async function runPython(py: PyEnv, cfg: Record<string, unknown>): Promise<{ ms:
 /** Find the interpreter and what it has; null (with the reason) when it cannot run. */
 async function setupPython(exe: string, dir: string): Promise<PyEnv | string> {
   const perm = await Deno.permissions.query({ name: "run", command: exe });
-  if (perm.state !== "granted") return `no Python: run with --allow-run=${exe}`;
+  if (perm.state !== "granted") {
+    return `no Python peer: this process may not run ${exe} (\`he2gene bench\` and the compiled binary run ` +
+      `without --allow-run); \`deno task bench --suite slide\` may`;
+  }
   if (!(await exists(exe))) return `no Python: ${exe} is absent`;
   const script = join(dir, "bench_slide.py");
   await Deno.writeTextFile(script, PY_SCRIPT);
@@ -275,7 +300,7 @@ async function setupPython(exe: string, dir: string): Promise<PyEnv | string> {
  * `note` set and NaN timings.
  */
 export async function benchSlide(engine: Engine, opts: SlideBenchOptions): Promise<SlideRow[]> {
-  const data = opts.dataDir ?? join(ROOT, "..", "shared", "data");
+  const data = opts.dataDir ?? defaultDataDir();
   const reps = Math.max(1, opts.reps);
   const log = opts.log;
   const rows: SlideRow[] = [];

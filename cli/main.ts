@@ -181,8 +181,8 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
     usage:
-      "bench [--json] [--quick] [--suite matmul,conv,resnet,slide,train,slide-predict] [--shapes NAME,…]\n" +
-      "       [--reps N] [--no-peer] [--data DIR] (the shared data folder for the slide suites)",
+      "bench [--suite matmul,conv,resnet,layers,train,slide,slide-predict] [--quick] [--reps N] [--no-peer]\n" +
+      "       [--data DIR] [--json] … (bench --help lists every option)",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
       await main(args);
