@@ -182,7 +182,7 @@ const COMMANDS: Record<string, Command> = {
     summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
     usage:
       "bench [--suite matmul,conv,resnet,layers,train,slide,slide-predict] [--quick] [--reps N] [--no-peer]\n" +
-      "       [--data DIR] [--json] … (bench --help lists every option)",
+      "       [--data DIR] [--json] … (deno task bench --help lists every option)",
     run: async (args) => {
       const { main } = await import("../bench/main.ts");
       await main(args);
