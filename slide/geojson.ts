@@ -7,7 +7,8 @@
  * - `name`: the spot or tile name of the other outputs (`C2_25_13`);
  * - `measurements`: `{ gene: predicted log1p expression, …, tumor_prob }`, one column each in QuPath's
  *   measurement table;
- * - `classification`: `{ name: "Tumor" | "Normal", color: [r, g, b] }`, tumour where `tumor_prob` ≥ 0.5.
+ * - `classification`: `{ name: "Tumor" | "Normal", color: [r, g, b] }`, tumour where `tumor_prob` > 0.5
+ *   (as `tumor_pred.csv` and the h5ad's `obs['tumor']`, the original's rule).
  *
  * Specs: GeoJSON, RFC 7946 (https://www.rfc-editor.org/rfc/rfc7946); QuPath's object GeoJSON
  * (https://qupath.readthedocs.io/en/stable/docs/advanced/exporting_annotations.html).
@@ -107,7 +108,7 @@ export function predictionFeature(p: GeoJsonPredictions, i: number): GeoJsonFeat
     properties: {
       objectType: p.objectType,
       name: p.names[i],
-      classification: p.tumorProb[i] >= TUMOR_THRESHOLD ? TUMOR_CLASS : NORMAL_CLASS,
+      classification: p.tumorProb[i] > TUMOR_THRESHOLD ? TUMOR_CLASS : NORMAL_CLASS,
       measurements,
     },
   };

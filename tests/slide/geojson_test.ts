@@ -56,10 +56,10 @@ Deno.test("geojson: properties carry QuPath's object type, the name, measurement
       assertEquals(Math.fround(props[i].measurements[gene]), SPOTS.values[2 * i + g]);
     }
   }
-  // Tumour at and above 0.5.
+  // Tumour above 0.5 (exactly 0.5 is Normal, as in tumor_pred.csv and the h5ad's obs['tumor']).
   assertEquals(props.map((p: { classification: { name: string } }) => p.classification.name), [
     "Normal",
-    "Tumor",
+    "Normal",
     "Tumor",
   ]);
   assertEquals(props[2].classification, { name: "Tumor", color: TUMOR_CLASS.color });
