@@ -10,6 +10,7 @@
  */
 import { DTYPE_SIZE, isDType, numel, type TensorEntry } from "./dtype.ts";
 import { CheckpointError } from "./errors.ts";
+import { readWholeFile } from "./zip.ts";
 
 /** A safetensors file: its tensors (in header order) and its `__metadata__`. */
 export interface Safetensors {
@@ -31,7 +32,7 @@ const MAX_HEADER = 100_000_000;
  * ```
  */
 export async function readSafetensors(path: string): Promise<Safetensors> {
-  return parseSafetensors(await Deno.readFile(path), path);
+  return parseSafetensors(await readWholeFile(path), path);
 }
 
 /** Parse safetensors bytes; `file` names them in errors. Tensor bytes are views of `bytes`. */
