@@ -22,17 +22,23 @@
 import { parseArgs } from "node:util";
 import { basename, extname, join, resolve } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
-import { decodeImage, type RgbImage } from "../slide/mod.ts";
-import { csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
+import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { readGeneList } from "../slide/genes.ts";
-import { encodeH5ad, type UnsValue } from "../slide/h5ad.ts";
+import type { UnsValue } from "../slide/h5ad.ts";
+import {
+  patchCsvs,
+  patchesH5ad as encodePatchesH5ad,
+  patchNpz,
+  type PatchPredictions,
+  predictPatches as predictPatchImages,
+} from "../pipeline/predict_patches.ts";
 import { loadModel } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
-import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
+import { checkInputs, interruptSignal, UsageError } from "./errors.ts";
 import { HE2GENE_VERSION, parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
-import { PREDICT_OPTIONS, predictArgs, predictViews, type Tta, viewBoxes } from "./views.ts";
+import { PREDICT_OPTIONS, predictArgs, type Tta, viewBoxes } from "./views.ts";
 
-export { type Tta, viewBoxes };
+export { type PatchPredictions, type Tta, viewBoxes };
 const EXTENSIONS = new Set([".tif", ".tiff", ".png", ".jpg", ".jpeg"]);
 
 /** Options of {@linkcode predictPatches}. */
@@ -51,19 +57,6 @@ export interface PredictPatchesOptions {
   /** Kernel variants (`--tune`; default cached). Ignored when `engine` is given (its table stays). */
   tune?: TuneMode;
   engine?: Engine;
-}
-
-/** Predictions for a set of patches, on the host. */
-export interface PatchPredictions {
-  names: string[];
-  targetGenes: string[];
-  auxGenes: string[];
-  /** (P, targetGenes) */
-  target: Float32Array;
-  /** (P, auxGenes) */
-  aux: Float32Array;
-  /** (P,) mean tumour probability over the views */
-  tumorProb: Float32Array;
 }
 
 /**
@@ -98,59 +91,36 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
     const nT = model.config.targetGenes, nA = model.config.auxGenes;
     const targetGenes = await geneNames(o.targetGenes, ckT, nT, "target", o.quiet);
     const auxGenes = await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet);
-    const P = files.length;
-    const out: PatchPredictions = {
-      names: files.map(patchName),
+    // Each patch is read when its batch comes; a read error names the file.
+    const images = files.map((f) => {
+      const path = join(dir, f);
+      return {
+        name: patchName(f),
+        bytes: async () => {
+          try {
+            return await Deno.readFile(path);
+          } catch (e) {
+            throw new Error(`Cannot read patch ${path}: ${(e as Error).message}`);
+          }
+        },
+      };
+    });
+    const pathOf = new Map(files.map((f) => [patchName(f), join(dir, f)]));
+    const bar = new Progress("patches", files.length, o.quiet);
+    let shown = 0;
+    const out = await predictPatchImages(engine, model, images, {
+      tta: o.tta,
+      batchSize: o.batchSize,
       targetGenes,
       auxGenes,
-      target: new Float32Array(P * nT),
-      aux: new Float32Array(P * nA),
-      tumorProb: new Float32Array(P),
-    };
-    const bar = new Progress("patches", P, o.quiet);
-    for (let b0 = 0; b0 < P; b0 += o.batchSize) {
-      const batch = files.slice(b0, b0 + o.batchSize);
-      const images: RgbImage[] = [];
-      for (const f of batch) {
-        const path = join(dir, f);
-        let img: RgbImage;
-        try {
-          img = decodeImage(await Deno.readFile(path), path);
-        } catch (e) {
-          // The decoder's message names the file too ("Cannot decode PATH[ as FORMAT]: …"): say it once.
-          const m = (e as Error).message, head = `Cannot decode ${path}`;
-          const why = m.startsWith(head) ? m.slice(head.length).replace(/^( as \w+)?:\s*/, "") : m;
-          throw new Error(`Cannot read patch ${path}: ${why}`);
-        }
-        for (const w of img.warnings) if (!o.quiet) console.error(`warning: ${path}: ${w}`);
-        if ((img.width !== 150 || img.height !== 150) && !o.quiet) {
-          console.error(
-            `warning: ${path} is ${img.width}×${img.height}, not 150×150; resized to 224 as the original`,
-          );
-        }
-        images.push(img);
-      }
-      // Patches of one size go through the GPU together.
-      const bySize = new Map<string, number[]>();
-      images.forEach((img, i) => {
-        const key = `${img.width}x${img.height}`;
-        bySize.set(key, [...(bySize.get(key) ?? []), i]);
-      });
-      for (const idx of bySize.values()) {
-        const res = await predictViews(engine, model, idx.map((i) => images[i]), {
-          tta: o.tta,
-          names: idx.map((i) => join(dir, batch[i])), // a NaN / Inf output is an error naming the patch
-        });
-        idx.forEach((i, j) => {
-          const p = b0 + i;
-          out.target.set(res.target.subarray(j * nT, (j + 1) * nT), p * nT);
-          out.aux.set(res.aux.subarray(j * nA, (j + 1) * nA), p * nA);
-          out.tumorProb[p] = res.tumor[j];
-        });
-      }
-      bar.tick(batch.length);
-      checkInterrupt();
-    }
+      signal: interruptSignal(),
+      onProgress: (done) => {
+        bar.tick(done - shown);
+        shown = done;
+      },
+      onWarning: (_, m) => !o.quiet && console.error(`warning: ${m}`),
+      label: (name) => pathOf.get(name)!,
+    });
     bar.done();
     await writeOutputs(o.out, out, {
       compress: o.compress,
@@ -247,22 +217,15 @@ export function predictionUns(
 }
 
 /** The AnnData files of patch predictions: X = target genes, and X = aux genes in the second. */
-export async function patchesH5ad(
+export function patchesH5ad(
   p: PatchPredictions,
   o: { weights: string; tta: Tta; patches: string },
 ): Promise<{ target: Uint8Array; aux: Uint8Array }> {
-  const common = {
-    obsNames: p.names,
-    obs: { tumor_prob: p.tumorProb, tumor: Array.from(p.tumorProb, (v) => v > 0.5) },
-  };
-  const uns = (head: "target" | "aux") => ({
+  const uns = (head: "target" | "aux"): Record<string, UnsValue> => ({
     ...predictionUns(head, o),
     patches: basename(resolve(o.patches)),
   });
-  return {
-    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes, uns: uns("target") }),
-    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes, uns: uns("aux") }),
-  };
+  return encodePatchesH5ad(p, { target: uns("target"), aux: uns("aux") });
 }
 
 /**
@@ -274,22 +237,9 @@ export async function writeOutputs(
   p: PatchPredictions,
   o: { compress?: boolean; h5ad?: { weights: string; tta: Tta; patches: string } } = {},
 ): Promise<void> {
-  const P = p.names.length;
   const files: [string, string | Uint8Array][] = [
-    ["target_count_pred.csv", csvTable(p.names, p.targetGenes, p.target)],
-    ["aux_count_pred.csv", csvTable(p.names, p.auxGenes, p.aux)],
-    ["tumor_pred.csv", csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5))],
-    [
-      "predictions.npz",
-      encodeNpz({
-        target: { dtype: "f4", shape: [P, p.targetGenes.length], data: p.target },
-        aux: { dtype: "f4", shape: [P, p.auxGenes.length], data: p.aux },
-        tumor_prob: { dtype: "f4", shape: [P], data: p.tumorProb },
-        names: { dtype: "U", shape: [P], data: p.names },
-        target_genes: { dtype: "U", shape: [p.targetGenes.length], data: p.targetGenes },
-        aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
-      }, { compress: o.compress }),
-    ],
+    ...Object.entries(patchCsvs(p)),
+    ["predictions.npz", patchNpz(p, { compress: o.compress })],
   ];
   if (o.h5ad) {
     const h = await patchesH5ad(p, o.h5ad);
