@@ -52,7 +52,7 @@ import { encodeH5ad, type SpatialLibrary, spatialUns } from "../slide/h5ad.ts";
 import { predictionsGeoJson } from "../slide/geojson.ts";
 import { loadModel } from "./checkpoint.ts";
 import { noResolution, parseSpots, readSpotFile, spotLayout, type SpotRow } from "./extract_patches.ts";
-import { geneNames, predictionUns, SOFTWARE } from "./predict_patches.ts";
+import { geneNames, type PatchPredictions, predictionUns, SOFTWARE } from "./predict_patches.ts";
 import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
@@ -152,16 +152,7 @@ function addTime(t: Record<string, number> | undefined, key: string, since: numb
 }
 
 /** Predictions at the patches of a slide, on the host. */
-export interface SlidePredictions {
-  names: string[];
-  targetGenes: string[];
-  auxGenes: string[];
-  /** (P, targetGenes) */
-  target: Float32Array;
-  /** (P, auxGenes) */
-  aux: Float32Array;
-  /** (P,) mean tumour probability over the views */
-  tumorProb: Float32Array;
+export interface SlidePredictions extends PatchPredictions {
   /** (P, 2) level-0 centre x, y */
   pixel: Float64Array;
   /** (P, 2) array x, y or tile col, row */

@@ -4,7 +4,6 @@
  * members stay stored as `np.savez`.
  */
 import { join } from "node:path";
-import { gzipSync } from "node:zlib";
 import { runPredictPatches, writeOutputs } from "../../cli/predict_patches.ts";
 import { runPredictSlide, type SlidePredictions, writeSlideOutputs } from "../../cli/predict_slide.ts";
 import { runTrain } from "../../cli/train.ts";
@@ -12,6 +11,7 @@ import { decodeNpz, type NpyArray } from "../../slide/npy.ts";
 import { encodePng } from "../../slide/png.ts";
 import { openZip } from "../../weights/zip.ts";
 import { assertEquals, rand, tinyCheckpoint } from "../helpers.ts";
+import { tinyHer2st } from "./tiny_her2st.ts";
 
 const PYTHON = "/usr/bin/python3";
 
@@ -180,44 +180,6 @@ Deno.test({
     }
   },
 });
-
-/**
- * A her2st layout of three 120 × 120 sections (X1, X2, X3) with nine spots each and five genes (as
- * train_test.ts's, which this file does not import: its tests would run here too).
- */
-async function tinyHer2st(root: string): Promise<void> {
-  const write = async (path: string, data: string | Uint8Array) => {
-    await Deno.mkdir(join(root, path, ".."), { recursive: true });
-    await Deno.writeFile(join(root, path), typeof data === "string" ? new TextEncoder().encode(data) : data);
-  };
-  const gz = (s: string) => gzipSync(new TextEncoder().encode(s));
-  const genes = ["G0", "G1", "G2", "G3", "G4"];
-  for (const [k, s] of ["X1", "X2", "X3"].entries()) {
-    const px = Uint8Array.from(rand(120 * 120 * 3, 10 + k, 0, 255));
-    await write(`data/ST-imgs/X/${s}/${s}.jpg`, encodePng(120, 120, px)); // read by its signature
-    const c = rand(9 * genes.length, 20 + k, 0, 30);
-    const spots = [], rows = [], labels = [];
-    for (let i = 0; i < 9; i++) {
-      const [x, y] = [1 + (i % 3), 1 + Math.floor(i / 3)];
-      spots.push(`${x}\t${y}\t${x}\t${y}\t${20 + 40 * (i % 3)}\t${20 + 40 * Math.floor(i / 3)}\t1`);
-      rows.push(`${x}x${y}\t${Array.from(c.subarray(i * 5, i * 5 + 5), Math.floor).join("\t")}`);
-      labels.push(`${x}x${y}\tX\t${i % 2}\t${x}\t${y}`);
-    }
-    await write(
-      `data/ST-spotfiles/${s}_selection.tsv`,
-      `x\ty\tnew_x\tnew_y\tpixel_x\tpixel_y\tselected\n${spots.join("\n")}\n`,
-    );
-    await write(`data/ST-cnts/${s}.tsv.gz`, gz(`\t${genes.join("\t")}\n${rows.join("\n")}\n`));
-    await write(
-      `res/ST-cluster/lbl/${s}-cluster-annotation.tsv.gz`,
-      gz(`\tpatient_id\tlabel\tx\ty\n${labels.join("\n")}\n`),
-    );
-  }
-  await write(
-    "res/ST-cluster/motivation.csv",
-    "patient,cluster,annotated as\nX,0,stroma\nX,1,cancer cells\n",
-  );
-}
 
 Deno.test({
   name: "train --compress deflates val_*.npz and test_*.npz",
