@@ -25,16 +25,25 @@
 #                               /tmp/he2gene-gpu-<time>)
 #   HE2GENE_GPU_STEP_TIMEOUT    seconds each step may run (default 1800)
 #   HE2GENE_GPU_BENCH_ARGS      extra arguments for `deno task bench` (e.g. "--no-peer")
+#   HE2GENE_GPU_TUNE_ARGS       extra arguments for `he2gene tune` (e.g. "--only matmul,conv2d.fwd")
 # Exit status: 0 when every step passed, 1 otherwise.
 set -uo pipefail
 
-quick=0 tune_quick=0 full_selftest=0 pack=0 budget=0
+quick=0 tune_quick=0 full_selftest=0 pack=0 budget=0 skip=","
 while (($#)); do
   case $1 in
     --quick) quick=1 ;;
     --tune-quick) tune_quick=1 ;;
     --full-selftest) full_selftest=1 ;;
     --pack) pack=1 ;;
+    --skip)
+      [[ ${2:-} =~ ^(selftest|pytorch|tune|bench)(,(selftest|pytorch|tune|bench))*$ ]] || {
+        echo "gpu.sh: --skip takes steps among selftest, pytorch, tune, bench (comma-separated), current value is '${2:-}'" >&2
+        exit 2
+      }
+      skip=",$2,"
+      shift
+      ;;
     --budget)
       budget=${2:-}
       [[ $budget =~ ^[0-9]+$ ]] || { echo "gpu.sh: --budget needs a number of seconds" >&2; exit 2; }
@@ -45,7 +54,7 @@ while (($#)); do
       exit 0
       ;;
     *)
-      echo "gpu.sh: unknown argument '$1' (expected --quick, --tune-quick, --full-selftest, --budget S or --pack)" >&2
+      echo "gpu.sh: unknown argument '$1' (expected --quick, --tune-quick, --full-selftest, --budget S, --skip STEPS or --pack)" >&2
       exit 2
       ;;
   esac
@@ -159,6 +168,11 @@ step_limit() {
 # status.
 run_step() {
   local name=$1 limit
+  if [[ $skip == *",$name,"* ]]; then
+    echo
+    echo "=== $name: skipped (--skip)"
+    return
+  fi
   limit=$(step_limit "$2")
   shift 2
   echo
@@ -193,7 +207,8 @@ else
 fi
 tq=("${q[@]}")
 ((tune_quick)) && tq=(--quick)
-run_step tune 30 deno task he2gene tune "${tq[@]}"
+# shellcheck disable=SC2086 # HE2GENE_GPU_TUNE_ARGS is a list of words
+run_step tune 30 deno task he2gene tune "${tq[@]}" --max-seconds $(($(step_limit 30) * 60 / 100)) ${HE2GENE_GPU_TUNE_ARGS:-}
 # the table tune stored, beside the logs
 cp "${XDG_CACHE_HOME:-$HOME/.cache}"/he2gene/tuning-*.json "$logs/" 2> /dev/null || true
 # ResNet-50 inference at batch 1/8/32 and a training step at batch 32 (issue 13, item 7), defaults and the

@@ -35,7 +35,7 @@ import {
 import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/matmul.ts";
 import { type TuningTable, useTuning } from "../kernels/tuning.ts";
 import { featureDim, layout, RESNET50 } from "../model/mod.ts";
-import { resnetConvGeometries } from "../model/tune.ts";
+import { defaultTuneClock, resnetConvGeometries, type TuneClock } from "../model/tune.ts";
 import { fmtPct, pctOfPeak } from "./peak.ts";
 
 /** Batch of the inference rows and of the training rows. */
@@ -254,7 +254,16 @@ function median(xs: number[]): number {
   return s.length === 0 ? NaN : s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
 }
 
-async function once(e: Engine, run: () => Tensor): Promise<number> {
+// One call's time: on the GPU clock (timestamp queries, the kernels alone) where tune uses it, i.e. on a
+// hardware adapter, where one host wait for completion (~12 ms in Deno) would swamp every kernel; else
+// recording to completion on the host clock.
+async function once(e: Engine, run: () => Tensor, clock: TuneClock): Promise<number> {
+  if (clock === "gpu") {
+    const out: Tensor[] = [];
+    const ms = await e.timeGpu(() => void out.push(run()));
+    for (const t of out) t.dispose();
+    if (ms !== null) return ms;
+  }
   const t0 = performance.now();
   const y = run();
   await e.sync();
@@ -262,6 +271,9 @@ async function once(e: Engine, run: () => Tensor): Promise<number> {
   y.dispose();
   return ms;
 }
+
+// The clock of the last benchLayers run (for the table's legend).
+let lastClock: TuneClock = "wall";
 
 /** Options of {@linkcode benchLayers}. */
 export interface LayersOptions {
@@ -293,6 +305,8 @@ export async function benchLayers(
   const modes: (TuningTable | null)[] = table ? [null, table] : [null];
   const rows: LayerRow[] = [];
   const reps = opts.quick ? 1 : Math.max(1, opts.reps);
+  const clock = defaultTuneClock(e);
+  lastClock = clock;
   try {
     for (const phase of ["inference", "training"] as const) {
       const cases = [...convCases(phase, opts.quick), ...headCases(phase)];
@@ -305,12 +319,12 @@ export async function benchLayers(
           for (const t of modes) {
             useTuning(e, t);
             variants.push(c.variant(e));
-            await once(e, run); // compiles
+            await once(e, run, clock); // compiles
           }
           for (let r = 0; r < reps; r++) {
             for (let i = 0; i < modes.length; i++) {
               useTuning(e, modes[i]);
-              times[i].push(await once(e, run));
+              times[i].push(await once(e, run, clock));
             }
           }
           const timing = (i: number): VariantTiming => {
@@ -430,7 +444,10 @@ export function printLayersTable(rows: LayerRow[], totals: LayerTotal[], log: (s
     );
   }
   log(
-    "ms: one call, recording to completion, median after a warm-up; uses: calls per network pass; " +
+    (lastClock === "gpu"
+      ? "ms: one call's GPU time (timestamp queries), median after a warm-up; "
+      : "ms: one call, recording to completion, median after a warm-up; ") +
+      "uses: calls per network pass; " +
       "default/tuned > 1: the tuning table's variant is faster. Batch norm, pooling and elementwise ops are " +
       "not in the totals.",
   );

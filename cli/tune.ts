@@ -25,7 +25,7 @@ export const HE2GENE_VERSION: string = denoJson.version;
 
 /** Usage of `he2gene tune`. */
 export const TUNE_USAGE =
-  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--clock gpu|wall] [--json]\n\n" +
+  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--clock gpu|wall] [--max-seconds S] [--json]\n\n" +
   "  times every variant of conv2d (forward, input and weight gradients), matmul and, at the training batch,\n" +
   "  batch norm that is correct on this adapter, on ResNet-50's shapes, and stores the fastest per shape\n" +
   "  class in $XDG_CACHE_HOME/he2gene/\n" +
@@ -37,6 +37,7 @@ export const TUNE_USAGE =
   "                      batchnorm.stats, batchnorm.sums, batchnorm.apply, batchnorm.dx)\n" +
   "  --clock             how each run is timed: gpu (timestamp queries: the kernels alone) or wall (host\n" +
   "                      clock to completion); default gpu on a hardware adapter, wall on a software one\n" +
+  "  --max-seconds S     start no new case after S seconds; the table keeps the cases tuned so far\n" +
   "  --json              print the results as JSON";
 
 /** A stored table: the table plus what it was measured on. */
@@ -173,7 +174,12 @@ export async function prepareTuning(
   let t = await loadTuning(e, log);
   if (!t && mode === "auto") {
     log("tuning kernel variants for this adapter (once; --tune auto) …");
-    t = await runTune(e, { quick: true, ...options }, (d, n, r) => log(`  [${d}/${n}] ${summary(r)}`));
+    const { tuned: _t, total: _n, ...table } = await runTune(
+      e,
+      { quick: true, ...options },
+      (d, n, r) => log(`  [${d}/${n}] ${summary(r)}`),
+    );
+    t = table;
     const path = await saveTuning(e, t);
     log(`tuning table stored in ${path}`);
   }
@@ -186,10 +192,10 @@ export async function prepareTuning(
 async function runTune(
   e: Engine,
   o: TuneOptions,
-  progress?: (done: number, total: number, r: TuneResult) => void,
-): Promise<StoredTuning & { results?: TuneResult[] }> {
-  const { table } = await tune(e, { ...o, onProgress: progress });
-  return {
+  progress?: (done: number, total: number, r: TuneResult, partial: StoredTuning) => void | Promise<void>,
+): Promise<StoredTuning & { tuned: number; total: number }> {
+  // The stored form of a (partial) table.
+  const stored = (table: TuningTable): StoredTuning => ({
     version: HE2GENE_VERSION,
     adapter: adapterKey(e),
     created: new Date().toISOString(),
@@ -200,7 +206,18 @@ async function runTune(
       clock: o.clock ?? defaultTuneClock(e),
     },
     entries: table.entries,
-  };
+  });
+  // onProgress is synchronous: chain the callbacks (each may store the partial table) and wait at the end.
+  let pending: Promise<void> = Promise.resolve();
+  const { table, results, total } = await tune(e, {
+    ...o,
+    onProgress: progress &&
+      ((d, n, r, t) => {
+        pending = pending.then(() => progress(d, n, r, stored(t)));
+      }),
+  });
+  await pending;
+  return { ...stored(table), tuned: results.length, total };
 }
 
 const ms = (v: number | undefined) => (v === undefined ? "–" : v < 10 ? v.toFixed(2) : v.toFixed(1));
@@ -230,6 +247,7 @@ export async function runTuneCli(args: string[]): Promise<void> {
       "batch-size": { type: "string", default: "8" },
       "train-batch-size": { type: "string", default: "2" },
       clock: { type: "string" },
+      "max-seconds": { type: "string" },
     },
     strict: true,
     allowPositionals: false,
@@ -243,6 +261,11 @@ export async function runTuneCli(args: string[]): Promise<void> {
   };
   const batchSize = int("batch-size", values["batch-size"]!, 1);
   const trainBatchSize = int("train-batch-size", values["train-batch-size"]!, 0);
+  const maxSecondsArg = values["max-seconds"];
+  const maxSeconds = maxSecondsArg === undefined ? undefined : Number(maxSecondsArg);
+  if (maxSeconds !== undefined && !(Number.isFinite(maxSeconds) && maxSeconds > 0)) {
+    throw new UsageError(`--max-seconds must be a number of seconds > 0, current value is ${maxSecondsArg}`);
+  }
   const clockArg = values.clock;
   if (clockArg !== undefined && clockArg !== "gpu" && clockArg !== "wall") {
     throw new UsageError(`--clock must be gpu or wall, current value is ${clockArg}`);
@@ -284,9 +307,11 @@ export async function runTuneCli(args: string[]): Promise<void> {
     const results: TuneResult[] = [];
     const t = await runTune(
       e,
-      { quick: values.quick, batchSize, trainBatchSize, only, clock },
-      (_d, _n, r) => {
+      { quick: values.quick, batchSize, trainBatchSize, only, clock, maxSeconds },
+      async (_d, _n, r, partial) => {
         results.push(r);
+        // Stored after every case: a run that is stopped (a time limit, ^C) keeps what it measured.
+        await saveTuning(e, partial);
         if (values.json) return;
         const best = r.timings.find((x) => x.variant === r.chosen) ?? r.default;
         console.log(
@@ -298,11 +323,17 @@ export async function runTuneCli(args: string[]): Promise<void> {
         for (const x of r.timings) if (x.error) console.log(`    ${x.variant}: not used (${x.error})`);
       },
     );
-    const path = await saveTuning(e, t);
-    if (values.json) console.log(JSON.stringify({ path, table: t, results }, null, 2));
-    else {console.log(
-        `tune: ${Object.keys(t.entries).length} choices differ from the defaults; stored in ${path}`,
-      );}
+    const { tuned, total, ...table } = t;
+    const path = await saveTuning(e, table);
+    if (values.json) console.log(JSON.stringify({ path, table, results, tuned, total }, null, 2));
+    else {
+      if (tuned < total) {
+        console.log(`tune: stopped after ${maxSeconds} s (--max-seconds): ${tuned} of ${total} cases tuned`);
+      }
+      console.log(
+        `tune: ${Object.keys(table.entries).length} choices differ from the defaults; stored in ${path}`,
+      );
+    }
   } finally {
     e.destroy();
   }

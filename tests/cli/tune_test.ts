@@ -103,6 +103,46 @@ cliTest(
   },
 );
 
+cliTest(
+  "tune --max-seconds stops starting cases and reports each finished one with the table so far",
+  async () => {
+    const e = await engine();
+    const shapes: [number, number, number][] = [[5, 6, 20], [7, 9, 12], [3, 4, 8]];
+    const seen: { done: number; total: number; entries: number }[] = [];
+    const full = await tune(e, { only: ["matmul"], matmulShapes: shapes, quick: true });
+    assertEquals([full.results.length, full.total], [3, 3]);
+    // A budget spent before the first case would start: no case runs (a case, once started, finishes).
+    const cut = await tune(e, {
+      only: ["matmul"],
+      matmulShapes: shapes,
+      quick: true,
+      maxSeconds: 1e-6,
+      onProgress: (done, total, _r, table) =>
+        seen.push({ done, total, entries: Object.keys(table.entries).length }),
+    });
+    assertEquals(cut.total, 3);
+    assertEquals(cut.results.length, 0, "the budget was spent before the first case");
+    assertEquals(seen, []);
+    // Each finished case is reported with the table of the cases so far (what the CLI stores each time).
+    const one = await tune(e, {
+      only: ["matmul"],
+      matmulShapes: shapes,
+      quick: true,
+      onProgress: (done, total, _r, table) =>
+        seen.push({ done, total, entries: Object.keys(table.entries).length }),
+    });
+    assertEquals(seen.map((s) => [s.done, s.total]), [[1, 3], [2, 3], [3, 3]]);
+    assertEquals(seen[2].entries, Object.keys(one.table.entries).length);
+    const r = await runCli(["tune", "--max-seconds", "0", "--only", "matmul"]);
+    assertEquals(r.code, 2);
+    assertEquals(
+      r.stderr.includes("--max-seconds must be a number of seconds > 0, current value is 0"),
+      true,
+      r.stderr,
+    );
+  },
+);
+
 cliTest("tune --clock accepts gpu or wall only", async () => {
   const r = await runCli(["tune", "--clock", "cpu", "--only", "matmul"]);
   assertEquals(r.code, 2);

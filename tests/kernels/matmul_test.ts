@@ -78,20 +78,30 @@ gpuTest("the fused bias + activation epilogue matches the reference", async (e) 
   await check(e, { m: 9, k: 16, n: 12, act: "relu" });
 });
 
-gpuTest("every kernel of the table is correct: register blocks 8/16/32 (rows, cols) and tiled", async (e) => {
-  const variants = ["reg/8x8/rows", "reg/16x16/cols", "reg/32x32/rows", "reg/32x32/cols", "tiled/64x64"];
-  for (const id of variants) {
-    await check(e, { m: 300, k: 36, n: 260 }, id); // vec4 A and B, partial blocks
-    if (!id.startsWith("reg/32x32")) {
-      await check(e, { m: 129, k: 33, n: 77 }, id); // scalar A and B
-      await check(
-        e,
-        { m: 65, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] },
-        id,
-      );
+gpuTest(
+  "every kernel of the table is correct: register blocks 8/16/32 (rows, cols) and tiled 64/128",
+  async (e) => {
+    const variants = [
+      "reg/8x8/rows",
+      "reg/16x16/cols",
+      "reg/32x32/rows",
+      "reg/32x32/cols",
+      "tiled/64x64",
+      "tiled/128x128",
+    ];
+    for (const id of variants) {
+      await check(e, { m: 300, k: 36, n: 260 }, id); // vec4 A and B, partial blocks
+      if (!id.startsWith("reg/32x32")) {
+        await check(e, { m: 129, k: 33, n: 77 }, id); // scalar A and B
+        await check(
+          e,
+          { m: 65, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] },
+          id,
+        );
+      }
     }
-  }
-});
+  },
+);
 
 gpuTest("the skinny register blocks (1, 2, 4 × 32, 64) are correct on few-row products", async (e) => {
   for (const m of [1, 2, 3, 4]) {
