@@ -301,10 +301,12 @@ export async function runTuneCli(args: string[]): Promise<void> {
       );
       console.log(
         `${"op".padEnd(15)} ${"shape".padEnd(40)} ${"default ms".padStart(10)} ${"chosen".padEnd(22)} ` +
-          `${"ms".padStart(8)} ${"GFLOP/s".padStart(8)}`,
+          `${"ms".padStart(8)} ${"GFLOP/s".padStart(8)} ${"case s".padStart(7)}`,
       );
     }
     const results: TuneResult[] = [];
+    // "case s": the seconds a case took, shader compilation of every candidate included.
+    let caseStart = performance.now();
     const t = await runTune(
       e,
       { quick: values.quick, batchSize, trainBatchSize, only, clock, maxSeconds },
@@ -318,8 +320,10 @@ export async function runTuneCli(args: string[]): Promise<void> {
           `${r.op.padEnd(15)} ${r.label.padEnd(40)} ${ms(r.default.ms).padStart(10)} ${
             r.chosen.padEnd(22)
           } ` +
-            `${ms(best.ms).padStart(8)} ${(best.gflops ?? 0).toFixed(1).padStart(8)}`,
+            `${ms(best.ms).padStart(8)} ${(best.gflops ?? 0).toFixed(1).padStart(8)} ` +
+            `${((performance.now() - caseStart) / 1000).toFixed(1).padStart(7)}`,
         );
+        caseStart = performance.now();
         for (const x of r.timings) if (x.error) console.log(`    ${x.variant}: not used (${x.error})`);
       },
     );
