@@ -23,6 +23,7 @@ import {
   type Conv2dGeometry,
   conv2dShapeClass,
   conv2dVariantFor,
+  releaseConv2dWeight,
 } from "../kernels/conv2d/mod.ts";
 import {
   chooseMatmulKernel,
@@ -65,7 +66,7 @@ export interface TuneCase {
    * Inputs made once; `run` records one call and returns its output; `scale` the `s` of the tolerance per
    * output value (Σ|a||b| for products), |default output| when absent.
    */
-  setup(e: Engine): { run: () => Tensor; scale?: () => Tensor; inputs: Tensor[] };
+  setup(e: Engine): { run: () => Tensor; scale?: () => Tensor; inputs: Tensor[]; release?: () => void };
   /** One tolerance, or one per equal part of the output (batch norm's statistics: mean, then rstd). */
   tol: Tolerance | readonly Tolerance[];
 }
@@ -176,6 +177,7 @@ function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneC
     const label = `x[${xs}] w[${ws}] s${g.stride} p${g.pad}`;
     const ops = training ? ["conv2d.fwd", "conv2d.dx", "conv2d.dw"] : ["conv2d.fwd"];
     for (const op of ops) {
+      const inference = !training && op === "conv2d.fwd";
       const shapeClass = conv2dShapeClass(g);
       const key = tuningKey(op, shapeClass);
       if (seen.has(key)) continue;
@@ -190,21 +192,27 @@ function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneC
         defaultVariant: conv2dVariantFor(e, op as "conv2d.fwd", g),
         setup(e) {
           const x = randomTensor(e, xs, 1), w = randomTensor(e, ws, 2), dy = randomTensor(e, ys, 3);
-          const call = (x: Tensor, w: Tensor, dy: Tensor) =>
+          // An inference forward runs as the network's folded convolutions do (resnetForwardFolded): bias
+          // and ReLU fused, packed weights kept. The epilogue can change the code path (blocked's 1×1
+          // convolutions go through matmul only without one): timed without it, tune chose on an H200 a
+          // variant that took 0.32 ms there and 31.5 ms in the network.
+          const bias = inference ? randomTensor(e, [g.cout], 4) : null;
+          const call = (x: Tensor, w: Tensor, dy: Tensor, b: Tensor | null, constantWeight: boolean) =>
             op === "conv2d.fwd"
-              ? conv2dForward(x, w, opts)
+              ? conv2dForward(x, w, inference ? { ...opts, bias: b, relu: true, constantWeight } : opts)
               : op === "conv2d.dx"
               ? conv2dBackwardInput(dy, w, xs, opts)
               : conv2dBackwardWeight(x, dy, ws, opts);
           return {
-            inputs: [x, w, dy],
-            run: () => call(x, w, dy),
+            inputs: bias ? [x, w, dy, bias] : [x, w, dy],
+            run: () => call(x, w, dy, bias, true),
             scale: () => {
-              const [ax, aw, ady] = [absT(x), absT(w), absT(dy)];
-              const s = call(ax, aw, ady);
-              for (const t of [ax, aw, ady]) t.dispose();
+              const abs = [x, w, dy, ...(bias ? [bias] : [])].map(absT);
+              const s = call(abs[0], abs[1], abs[2], abs[3] ?? null, false);
+              for (const t of abs) t.dispose();
               return s;
             },
+            release: () => releaseConv2dWeight(w),
           };
         },
       });
@@ -348,13 +356,14 @@ export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   for (const b of new Set([batch, trainBatch || batch])) {
     mm.push([b, 250, 2048, true], [b, 19699, 2048, true]);
   }
-  const mmCases = matmulCases(e, o.matmulShapes ?? [...mm, [1024, 1024, 1024]]);
-  // --quick on a hardware adapter leaves out the 32×32 register blocks: made for llvmpipe (1 024
-  // accumulators per invocation), and 15 s each to compile on NVIDIA's driver (H200, 2026-12-04).
+  cases.push(...matmulCases(e, o.matmulShapes ?? [...mm, [1024, 1024, 1024]]));
+  // --quick on a hardware adapter leaves out the 32×32 register blocks (matmul reg/32x32, conv blocked/t32
+  // and plain `blocked`, which picks 32 for big products): made for llvmpipe (1 024 accumulators per
+  // invocation), and 15 s each to compile on NVIDIA's driver (H200, 2026-12-04).
   if (o.quick && !e.adapterInfo.software) {
-    for (const c of mmCases) c.candidates = c.candidates.filter((v) => !v.startsWith("reg/32x32"));
+    const llvmpipeOnly = (v: string) => v.startsWith("reg/32x32") || v === "blocked" || v === "blocked/t32";
+    for (const c of cases) c.candidates = c.candidates.filter((v) => !llvmpipeOnly(v));
   }
-  cases.push(...mmCases);
   if (trainBatch > 0) cases.push(...batchNormCases(e, resnetBatchNormShapes(RESNET50, trainBatch, size)));
   if (o.only?.length) cases = cases.filter((c) => o.only!.some((p) => c.op.startsWith(p)));
   return cases;
@@ -457,7 +466,7 @@ async function tuneAll(
   const results: TuneResult[] = [];
   for (const c of cases) {
     if (o.maxSeconds !== undefined && (performance.now() - start) / 1000 >= o.maxSeconds) break;
-    const { run, scale, inputs } = c.setup(e);
+    const { run, scale, inputs, release } = c.setup(e);
     // The default (no variant forced): the reference output and the time to beat.
     const ref = run();
     const want = await ref.toArray();
@@ -492,6 +501,7 @@ async function tuneAll(
       confirmed = await timePair(e, c.op, best.variant, run, Math.max(3, reps), clock);
       if (!(confirmed.variantMs < confirmed.defaultMs * (1 - TUNE_MARGIN))) best.variant = "";
     }
+    release?.();
     for (const t of inputs) t.dispose();
     const chosen = best.variant || "default";
     if (best.variant) entries[tuningKey(c.op, c.shapeClass)] = best.variant;

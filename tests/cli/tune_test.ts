@@ -9,7 +9,7 @@ import { UsageError } from "../../cli/errors.ts";
 import { assertEquals, assertThrows, engine } from "../helpers.ts";
 import { defaultTuneClock, resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
 import { RESNET50 } from "../../model/resnet.ts";
-import { conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
+import { conv2dForward, conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
 import {
   chooseMatmulKernel,
   matmulCandidates,
@@ -166,6 +166,33 @@ cliTest(
     }
     const wino = cases.filter((c) => c.candidates.includes("winograd/f4")).map((c) => c.label);
     assertEquals(wino.every((l) => l.includes(",3,3] s1")), true, wino.join("; "));
+  },
+);
+
+cliTest(
+  "tune times an inference convolution as the folded network runs it (bias and ReLU fused), training ones bare",
+  async () => {
+    const e = await engine();
+    const cases = tuneCases(e, { batchSize: 1, trainBatchSize: 1, imageSize: 16, only: ["conv2d"] });
+    const fwd = cases.find((c) => c.op === "conv2d.fwd")!, dx = cases.find((c) => c.op === "conv2d.dx")!;
+    const f = fwd.setup(e), d = dx.setup(e);
+    try {
+      assertEquals(
+        [f.inputs.length, d.inputs.length],
+        [4, 3],
+        "inference inputs x, w, dy, bias; training x, w, dy",
+      );
+      const [x, w, , bias] = f.inputs;
+      const got = await f.run().toArray();
+      const want = await conv2dForward(x, w, { stride: 2, padding: 3, bias, relu: true }).toArray();
+      assertEquals(fwd.label, `x[${x.shape}] w[${w.shape}] s2 p3`);
+      assertEquals(got, want);
+      if (!got.some((v) => v === 0) || !got.some((v) => v > 0)) throw new Error("no ReLU in the timed run");
+    } finally {
+      f.release?.();
+      d.release?.();
+      for (const t of [...f.inputs, ...d.inputs]) t.dispose();
+    }
   },
 );
 
