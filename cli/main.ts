@@ -20,6 +20,7 @@ import { runVisualize, VISUALIZE_USAGE } from "./visualize.ts";
 import { runSelftestCli, SELFTEST_USAGE } from "./selftest.ts";
 import { runTuneCli, TUNE_USAGE } from "./tune.ts";
 import { runTruth, TRUTH_USAGE } from "./truth.ts";
+import { EMBED_USAGE, runEmbed } from "./embed.ts";
 import { backendEnvProblem } from "../engine/device.ts";
 
 export { Interrupted, UsageError };
@@ -111,6 +112,13 @@ const COMMANDS: Record<string, Command> = {
       "  --tune          kernel variants: cached (this adapter's table from `he2gene tune` if there is one,\n" +
       "                  else built-in defaults; default) | auto (tune first when there is none) | off",
     run: (args) => runPredictPatches(args),
+  },
+  embed: {
+    interruptible: true,
+    summary:
+      "image features of a folder of patches from an encoder (torchvision ResNet-50, HE2Gene's backbone)",
+    usage: EMBED_USAGE,
+    run: (args) => runEmbed(args),
   },
   "predict-slide": {
     interruptible: true,

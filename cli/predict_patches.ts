@@ -68,17 +68,7 @@ export interface PredictPatchesOptions {
  * ```
  */
 export async function predictPatches(dir: string, o: PredictPatchesOptions): Promise<PatchPredictions> {
-  const files: string[] = [];
-  try {
-    for await (const ent of Deno.readDir(dir)) {
-      if (ent.isFile && EXTENSIONS.has(extname(ent.name).toLowerCase())) files.push(ent.name);
-    }
-  } catch (e) {
-    throw new Error(`Cannot read the patch folder ${dir}: ${(e as Error).message}`);
-  }
-  files.sort();
-  if (files.length === 0) throw new Error(`No patches (.tif, .png, .jpg) in ${dir}`);
-  checkPatchNames(dir, files);
+  const files = (await listPatches(dir)).map((p) => p.file);
   await prepareOutputDir(o.out);
 
   const engine = o.engine ?? await createEngine();
@@ -131,6 +121,25 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
     model.dispose();
     if (!o.engine) engine.destroy();
   }
+}
+
+/**
+ * The patches of `dir` (.tif, .tiff, .png, .jpg, .jpeg), sorted by file name, with their names in the
+ * outputs; an unreadable or empty folder, or two files of one name, is an error naming it.
+ */
+export async function listPatches(dir: string): Promise<{ name: string; file: string }[]> {
+  const files: string[] = [];
+  try {
+    for await (const ent of Deno.readDir(dir)) {
+      if (ent.isFile && EXTENSIONS.has(extname(ent.name).toLowerCase())) files.push(ent.name);
+    }
+  } catch (e) {
+    throw new Error(`Cannot read the patch folder ${dir}: ${(e as Error).message}`);
+  }
+  files.sort();
+  if (files.length === 0) throw new Error(`No patches (.tif, .png, .jpg) in ${dir}`);
+  checkPatchNames(dir, files);
+  return files.map((file) => ({ name: patchName(file), file }));
 }
 
 /** A patch's name in the outputs: its file name up to the first `.` (`C2_25_13.tif` → `C2_25_13`). */

@@ -17,8 +17,8 @@ import { noGrad } from "../engine/autograd.ts";
 import { matmulForward } from "../kernels/matmul.ts";
 import { sigmoid } from "../ops/elementwise.ts";
 import { linear } from "../ops/matmul.ts";
+import { inferResNetConfig } from "./encoder.ts";
 import {
-  BACKBONES,
   type BnStates,
   disposeFolded,
   featureDim,
@@ -95,20 +95,7 @@ export function inferConfig(shapes: Map<string, number[]>, file = "checkpoint"):
         `fc/fc_aux/fc_tmr for HE2Gene-Spat); keys start with ${[...shapes.keys()].slice(0, 4).join(", ")}…`,
     );
   }
-  const stem = shapes.get(`${BACKBONE_PREFIX}conv1.weight`);
-  if (!stem) throw new RangeError(`Cannot read ${file}: ${BACKBONE_PREFIX}conv1.weight is missing`);
-  const layers = [1, 2, 3, 4].map((s) => {
-    let n = 0;
-    while (shapes.has(`${BACKBONE_PREFIX}layer${s}.${n}.conv1.weight`)) n++;
-    return n;
-  }) as [number, number, number, number];
-  const block = shapes.has(`${BACKBONE_PREFIX}layer1.0.conv3.weight`) ? "bottleneck" : "basic";
-  const width = stem[0];
-  const known = Object.values(BACKBONES).find((b) =>
-    b.block === block && b.width === width && b.layers.every((l, i) => l === layers[i])
-  );
-  const backbone: ResNetConfig = known ??
-    { name: `resnet-${block}-${layers.join("")}-w${width}`, block, layers, width };
+  const backbone = inferResNetConfig(shapes, BACKBONE_PREFIX, file);
   const h = HEAD_KEYS[variant];
   return {
     backbone,
@@ -182,12 +169,28 @@ export class HE2Gene {
     return new HE2Gene(engine, config, sd);
   }
 
-  /** A freshly initialised network (torchvision's init for the backbone, PyTorch Linear's for the heads). */
-  static init(engine: Engine, config: HE2GeneConfig, seed = 0): HE2Gene {
+  /**
+   * A freshly initialised network (torchvision's init for the backbone, PyTorch Linear's for the heads), or
+   * with `backbone` (torchvision-layout tensors of `config.backbone`, e.g. ImageNet weights read by
+   * `torchvisionResNet`) as the original's `pretrained=True`: the backbone from the weights, running
+   * statistics included, and fresh heads.
+   */
+  static init(engine: Engine, config: HE2GeneConfig, seed = 0, backbone?: Map<string, HostTensor>): HE2Gene {
     const host = new Map<string, HostTensor>();
     const shapes = expectedShapes(config);
-    for (const [k, data] of initResNet(config.backbone, seed)) {
-      host.set(BACKBONE_PREFIX + k, { shape: shapes.get(BACKBONE_PREFIX + k)!, data });
+    const fresh = backbone ? null : initResNet(config.backbone, seed);
+    for (const k of parameterShapes(config.backbone).keys()) {
+      const shape = shapes.get(BACKBONE_PREFIX + k)!;
+      const t = backbone ? backbone.get(k) : { shape, data: fresh!.get(k)! };
+      if (!t || t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+        throw new RangeError(
+          `Cannot initialise the ${config.backbone.name} backbone: ${k} is ${
+            t ? `[${t.shape}]` : "missing"
+          }, ` +
+            `expected [${shape}]`,
+        );
+      }
+      host.set(BACKBONE_PREFIX + k, { shape, data: t.data });
     }
     const rng = uniform(seed + 1);
     const f = featureDim(config.backbone);

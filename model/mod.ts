@@ -8,3 +8,4 @@ export * from "./resnet.ts";
 export * from "./he2gene.ts";
 export * from "./metrics.ts";
 export * from "./train.ts";
+export * from "./encoder.ts";

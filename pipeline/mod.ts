@@ -22,3 +22,4 @@ export {
   viewCount,
   type ViewPredictions,
 } from "./views.ts";
+export { type EmbedOptions, embedPatches, featuresNpz, type PatchFeatures } from "./embed.ts";

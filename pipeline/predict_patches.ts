@@ -120,8 +120,8 @@ export async function predictPatches(
   return out;
 }
 
-/** Decode one patch; errors and warnings name it by `label`. */
-function decodePatch(
+/** Decode one patch; errors and warnings name it by `label` (not 150 × 150: a warning). */
+export function decodePatch(
   name: string,
   bytes: Uint8Array,
   label: string,

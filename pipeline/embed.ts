@@ -1,0 +1,123 @@
+/**
+ * Features of patches from an image encoder (`he2gene embed`): encoded bytes in, an (N, D) float32 matrix
+ * out, and its NPZ encoder. No files, no terminal: warnings and progress go through callbacks,
+ * cancellation through an `AbortSignal`.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import type { Encoder } from "../model/encoder.ts";
+import { resizeNormalize, type RgbImage, uploadImages } from "../slide/mod.ts";
+import { encodeNpz } from "../slide/npz.ts";
+import { decodePatch, type PatchImage } from "./predict_patches.ts";
+
+/** Features of a set of patches, on the host. */
+export interface PatchFeatures {
+  names: string[];
+  /** Feature length D. */
+  dim: number;
+  /** (N, D), row-major. */
+  features: Float32Array;
+  /** The encoder's name. */
+  encoder: string;
+}
+
+/** Options of {@linkcode embedPatches}. */
+export interface EmbedOptions {
+  batchSize: number;
+  /** Checked after every batch: an aborted signal throws its reason. */
+  signal?: AbortSignal;
+  /** Called after every batch with the patches done and their total. */
+  onProgress?: (done: number, total: number) => void;
+  /** Decoder warnings and patches not 150 × 150 (`name`: the patch's name). */
+  onWarning?: (name: string, message: string) => void;
+  /** How a patch is named in error messages (default its name; the CLI gives its path). */
+  label?: (name: string) => string;
+}
+
+/**
+ * Encode every patch: decode, resize to the encoder's input size (PIL's bilinear), normalise with the
+ * encoder's mean and std, and run the encoder. Patches of one size in a batch go through the GPU together.
+ * A feature that comes out NaN or Inf is an error naming the patch.
+ *
+ * @example
+ * ```ts
+ * const enc = ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, "resnet50.pth"));
+ * const f = await embedPatches(engine, enc, [{ name: "A1_3_4", bytes }], { batchSize: 8 });
+ * await Deno.writeFile("features.npz", featuresNpz(f));
+ * ```
+ */
+export async function embedPatches(
+  engine: Engine,
+  encoder: Encoder,
+  images: PatchImage[],
+  o: EmbedOptions,
+): Promise<PatchFeatures> {
+  if (!(Number.isInteger(o.batchSize) && o.batchSize >= 1)) {
+    throw new RangeError(
+      `Cannot embed patches: batchSize must be an integer ≥ 1, current value is ${o.batchSize}`,
+    );
+  }
+  const label = o.label ?? ((n: string) => n);
+  const P = images.length, D = encoder.dim;
+  const out: PatchFeatures = {
+    names: images.map((p) => p.name),
+    dim: D,
+    features: new Float32Array(P * D),
+    encoder: encoder.name,
+  };
+  for (let b0 = 0; b0 < P; b0 += o.batchSize) {
+    o.signal?.throwIfAborted();
+    const batch = images.slice(b0, b0 + o.batchSize);
+    const decoded: RgbImage[] = [];
+    for (const p of batch) {
+      const bytes = typeof p.bytes === "function" ? await p.bytes() : p.bytes;
+      decoded.push(decodePatch(p.name, bytes, label(p.name), o.onWarning));
+    }
+    const bySize = new Map<string, number[]>();
+    decoded.forEach((img, i) => {
+      const key = `${img.width}x${img.height}`;
+      bySize.set(key, [...(bySize.get(key) ?? []), i]);
+    });
+    for (const idx of bySize.values()) {
+      const f = await engine.scope(async () => {
+        const src = uploadImages(engine, idx.map((i) => decoded[i]));
+        const x = resizeNormalize(src, { size: encoder.inputSize, mean: encoder.mean, std: encoder.std });
+        src.dispose();
+        return await encoder.features(x).toArray();
+      });
+      idx.forEach((i, j) => {
+        const row = f.subarray(j * D, (j + 1) * D);
+        const bad = row.findIndex((v) => !Number.isFinite(v));
+        if (bad >= 0) {
+          throw new Error(
+            `Cannot embed patch ${label(batch[i].name)}: feature ${bad} is ${
+              row[bad]
+            } (the weights or the image ` +
+              `give non-finite values)`,
+          );
+        }
+        out.features.set(row, (b0 + i) * D);
+      });
+    }
+    o.onProgress?.(Math.min(b0 + o.batchSize, P), P);
+  }
+  o.signal?.throwIfAborted();
+  return out;
+}
+
+/**
+ * `features.npz`: `features` (N, D) float32 and `names`, plus whatever `extra` arrays are given (e.g. a
+ * slide's `pixel` and `grid`); `compress` deflates.
+ */
+export function featuresNpz(
+  f: PatchFeatures,
+  o: { compress?: boolean; extra?: Parameters<typeof encodeNpz>[0] } = {},
+): Uint8Array {
+  const N = f.names.length;
+  return encodeNpz({
+    features: { dtype: "f4", shape: [N, f.dim], data: f.features },
+    names: { dtype: "U", shape: [N], data: f.names },
+    ...o.extra,
+  }, { compress: o.compress });
+}
