@@ -21,7 +21,13 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
-import { BACKBONES, type HE2Gene, meanExpressionBaseline, type Variant } from "../model/mod.ts";
+import {
+  BACKBONES,
+  type HE2Gene,
+  meanExpressionBaseline,
+  torchvisionResNet,
+  type Variant,
+} from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
@@ -51,6 +57,10 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
   --variant base|spat    HE2Gene-Base, or -Spat with the spatial constraint (default base)
   --backbone NAME        resnet50 | resnet18 | tiny (default resnet50)
   --init CKPT            start from HE2Gene's .pt / our .safetensors (full model) — fine-tuning
+  --init-backbone FILE   start the backbone from a torchvision ResNet state dict (ImageNet layout, e.g.
+                         resnet50-0676ba61.pth), as the original's pretrained=True: the architecture is the
+                         file's (--backbone, if given, must agree), heads freshly initialised as PyTorch's
+                         nn.Linear (no bias from the training means)
   --batch-size N         default 256 (base) / 32 (spat), as the original
   --lr 1e-5 --weight-decay 1e-4 --step-size 10 --gamma 0.5 --clip 1.0
   --epochs 100 --patience 10 (early stopping on validation target MSE)
@@ -370,8 +380,9 @@ export async function runTrain(args: string[]): Promise<void> {
       "val-sections": { type: "string" },
       "test-sections": { type: "string" },
       variant: { type: "string", default: "base" },
-      backbone: { type: "string", default: "resnet50" },
+      backbone: { type: "string" },
       init: { type: "string" },
+      "init-backbone": { type: "string" },
       "batch-size": { type: "string" },
       lr: { type: "string" },
       "weight-decay": { type: "string" },
@@ -411,7 +422,7 @@ export async function runTrain(args: string[]): Promise<void> {
   if (variant !== "base" && variant !== "spat") {
     throw new UsageError(`--variant must be base or spat, current value is ${v.variant}`);
   }
-  const backbone = BACKBONES[v.backbone!];
+  const backbone = BACKBONES[v.backbone ?? "resnet50"];
   if (!backbone) {
     throw new UsageError(
       `--backbone must be one of ${Object.keys(BACKBONES).join(", ")}, current value is ${v.backbone}`,
@@ -434,6 +445,11 @@ export async function runTrain(args: string[]): Promise<void> {
           `${both.length === 1 ? "is" : "are"} also in --${flag}`,
       );
     }
+  }
+  if (v.init && v["init-backbone"]) {
+    throw new UsageError(
+      "--init (a whole HE2Gene model) and --init-backbone (backbone weights only) exclude each other: give one",
+    );
   }
   if (v.resume && v.force) {
     throw new UsageError("--resume continues the run in --out and --force replaces it: give one of them");
@@ -463,7 +479,11 @@ export async function runTrain(args: string[]): Promise<void> {
   const listFile = v["target-genes"];
   const list = listFile ? await readGeneList(listFile, "--target-genes") : undefined;
   // (--root is named by the dataset reader, after the run folder's lock and previous-run checks.)
-  await checkInputs([["--init", v.init, "file"], ["--stain-ref", v["stain-ref"], "file"]]);
+  await checkInputs([
+    ["--init", v.init, "file"],
+    ["--init-backbone", v["init-backbone"], "file"],
+    ["--stain-ref", v["stain-ref"], "file"],
+  ]);
 
   // Ctrl-C: stop at the next safe point (a spot read, a training step), save what can be resumed, exit 130;
   // a second Ctrl-C quits at once (the last checkpoint written is kept: checkpoints are written atomically).
@@ -530,8 +550,10 @@ interface TrainValues {
   "val-sections"?: string;
   "test-sections"?: string;
   variant: Variant;
-  backbone: string;
+  /** As given (undefined: resnet50, or --init-backbone's architecture). */
+  backbone?: string;
   init?: string;
+  "init-backbone"?: string;
   "target-genes"?: string;
   stain: StainMethod;
   "stain-ref"?: string;
@@ -565,8 +587,20 @@ async function train(
   interrupted: () => boolean,
   earlier: string[],
 ): Promise<void> {
-  const variant = v.variant, backbone = BACKBONES[v.backbone], stain = v.stain;
+  const variant = v.variant, stain = v.stain;
   const { seed, crop, batchSize, imageSize } = o;
+  // --init-backbone: read (and its layout checked) before the data, so that a wrong file fails at once.
+  const pretrained = v["init-backbone"]
+    ? torchvisionResNet((await readCheckpoint(v["init-backbone"])).tensors, v["init-backbone"])
+    : undefined;
+  if (pretrained && v.backbone !== undefined && BACKBONES[v.backbone] !== pretrained.config) {
+    throw new UsageError(
+      `--init-backbone ${v["init-backbone"]} holds a ${pretrained.config.name}, but --backbone is ` +
+        `${v.backbone}: drop --backbone (the file decides) or give the matching weights`,
+    );
+  }
+  const backbone = pretrained?.config ?? BACKBONES[v.backbone ?? "resnet50"];
+  if (pretrained) say(`backbone: ${pretrained.config.name} from ${v["init-backbone"]} (torchvision layout)`);
   const ds = await loadDataset(v.dataset, v.root);
   check();
   for (const w of ds.warnings ?? []) say(`warning: ${w.message}`);
@@ -716,7 +750,9 @@ async function train(
       out: v.out,
       resume: v.resume,
       init,
-      biasFromMeans: !init,
+      initBackbone: pretrained?.tensors,
+      // A pretrained backbone gets PyTorch's fresh heads, as the original's pretrained=True.
+      biasFromMeans: !init && !pretrained,
       interrupt: interrupted,
       quiet: v.quiet,
       checkpoint: v.checkpoint,

@@ -60,6 +60,11 @@ export interface TrainOptions {
   /** Initial state dict (fine-tuning), keyed as the model's. */
   init?: Map<string, HostTensor>;
   /**
+   * Initial backbone weights (torchvision keys, of `config.backbone`; `torchvisionResNet`), with fresh heads:
+   * the original's `pretrained=True`.
+   */
+  initBackbone?: Map<string, HostTensor>;
+  /**
    * Start the target and aux heads' biases at the training means (a data-dependent init that spares the
    * first epochs from learning the offset; only for fresh models).
    */
@@ -273,7 +278,7 @@ export async function trainModel(
     if (o.init) {
       model = HE2Gene.fromStateDict(engine, o.init, "--init");
     } else {
-      model = HE2Gene.init(engine, o.config, o.seed);
+      model = HE2Gene.init(engine, o.config, o.seed, o.initBackbone);
       if (o.biasFromMeans) {
         const mean = (v: Float32Array, w: number) => {
           const m = new Float32Array(w);

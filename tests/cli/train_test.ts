@@ -3,7 +3,9 @@ import { Interrupted, UsageError } from "../../cli/errors.ts";
 import { runTrain } from "../../cli/train.ts";
 import { readNpz } from "../../slide/npy.ts";
 import { type SpotTable, trainModel } from "../../cli/train_loop.ts";
-import { TINY } from "../../model/mod.ts";
+import { BACKBONES, initResNet, parameterShapes, TINY } from "../../model/mod.ts";
+import { readSafetensors, writeSafetensors } from "../../weights/safetensors.ts";
+import { toFloat32 } from "../../weights/dtype.ts";
 import { cropPatch, log1pNormalize, syntheticSection } from "../../slide/mod.ts";
 import { assertEquals, assertRejects, engine } from "../helpers.ts";
 import { tinyHer2st } from "./tiny_her2st.ts";
@@ -250,6 +252,79 @@ Deno.test({
       // (float64 sums over the spots in order, as the baseline's, so float32 results agree exactly)
       assertEquals(Array.from(base.target.data as Float32Array), names.flatMap(() => mean.slice(0, nT)));
       assertEquals(Array.from(base.aux.data as Float32Array), names.flatMap(() => mean.slice(nT)));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "train --init-backbone starts from a torchvision state dict's backbone, with the file's architecture",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-train-pretrained-" });
+    try {
+      const { root } = await tinyHer2st(join(dir, "her2st"));
+      // ResNet-18 in torchvision's layout (its keys, fc included), from our init with seed 7.
+      const c = BACKBONES.resnet18, shapes = parameterShapes(c);
+      const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+      for (const [k, data] of initResNet(c, 7)) tensors.set(k, { shape: shapes.get(k)!, data });
+      tensors.set("fc.weight", { shape: [1000, 512], data: new Float32Array(512000) });
+      tensors.set("fc.bias", { shape: [1000], data: new Float32Array(1000) });
+      const file = join(dir, "resnet18.safetensors");
+      const f32 = (d: Float32Array) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
+      await writeSafetensors(
+        file,
+        new Map(
+          [...tensors].map(([k, t]) => [k, { dtype: "F32" as const, shape: t.shape, bytes: f32(t.data) }]),
+        ),
+      );
+      const out = join(dir, "run");
+      const args = [
+        "--dataset",
+        "her2st",
+        "--root",
+        root,
+        "--epochs",
+        "1",
+        "--crop-size",
+        "24",
+        "--image-size",
+        "32",
+      ];
+      const small = ["--batch-size", "4", "--n-target", "2", "--val-sections", "X2", "--quiet"];
+      await assertRejects(
+        () => runTrain([...args, "--init-backbone", file, "--backbone", "tiny", ...small, "--out", out]),
+        UsageError,
+        `--init-backbone ${file} holds a resnet18, but --backbone is tiny`,
+      );
+      await assertRejects(
+        () => runTrain([...args, "--init-backbone", file, "--init", file, ...small, "--out", out]),
+        UsageError,
+        "--init (a whole HE2Gene model) and --init-backbone (backbone weights only) exclude each other",
+      );
+      // A learning rate so small that one epoch leaves the convolutions as they were (Adam's step ≈ lr).
+      await runTrain([
+        ...args,
+        ...small,
+        "--init-backbone",
+        file,
+        "--lr",
+        "1e-12",
+        "--weight-decay",
+        "0",
+        "--out",
+        out,
+      ]);
+      const best = (await readSafetensors(join(out, "best.safetensors"))).tensors;
+      for (const k of ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.conv2.weight"]) {
+        const got = toFloat32(best.get(`base_model.${k}`)!), want = tensors.get(k)!.data;
+        let worst = 0;
+        for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+        if (!(worst <= 1e-9)) throw new Error(`${k} moved by ${worst} from the file's weights`);
+      }
+      assertEquals(best.get("base_model.layer4.1.conv2.weight")!.shape, [512, 512, 3, 3]);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
