@@ -34,7 +34,7 @@ import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
 import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/matmul.ts";
 import { tuningOf, type TuningTable, useTuning } from "../kernels/tuning.ts";
-import { loadTuning, prepareTuning, tuningDir, tuningPath } from "../cli/tune.ts";
+import { loadTuning, prepareTuning, tuningDir, tuningPath } from "../model/tune_cache.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
 import { benchLayers, type LayerRow, type LayerTotal, printLayersTable } from "./layers.ts";
 import { fmtPct, measurePeak, pctOfPeak } from "./peak.ts";
@@ -359,26 +359,25 @@ export const BENCH_USAGE = `deno task bench [options]
   --json                  machine-readable output
   -h, --help              this text`;
 
+/** The options `deno task bench` parses (see {@linkcode BENCH_USAGE}). */
+export const BENCH_OPTIONS = {
+  json: { type: "boolean", default: false },
+  quick: { type: "boolean", default: false },
+  shapes: { type: "string" },
+  "no-peer": { type: "boolean", default: false },
+  reps: { type: "string" },
+  suite: { type: "string", default: SUITES.join(",") },
+  data: { type: "string" },
+  tune: { type: "string", default: "cached" },
+  "resnet-batches": { type: "string" },
+  "train-batches": { type: "string" },
+  "peer-max-batch": { type: "string" },
+  help: { type: "boolean", short: "h", default: false },
+} as const;
+
 /** Run the benchmark with CLI-style arguments. */
 export async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean", default: false },
-      quick: { type: "boolean", default: false },
-      shapes: { type: "string" },
-      "no-peer": { type: "boolean", default: false },
-      reps: { type: "string" },
-      suite: { type: "string", default: SUITES.join(",") },
-      data: { type: "string" },
-      tune: { type: "string", default: "cached" },
-      "resnet-batches": { type: "string" },
-      "train-batches": { type: "string" },
-      "peer-max-batch": { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-    strict: true,
-  });
+  const { values } = parseArgs({ args, options: BENCH_OPTIONS, strict: true });
   if (values.help) {
     console.log(BENCH_USAGE);
     return;

@@ -1,10 +1,10 @@
 /**
  * `predict-slide` end to end: spots per second on her2st section C2 (the 9274 × 9911 H&E JPEG and the 187
  * spots of `C2_selection.tsv`) with a ResNet-50 HE2Gene-Base model (250 target genes, 19 699 aux genes,
- * random weights saved to a temp `.safetensors` with `saveModel`), `--tta single`, batch 4 (the CLI
- * default), no stain normalisation, no h5ad — broken into the stages `predictSlide` reports through
- * its `timings` option (see `SLIDE_STAGES` in cli/predict_slide.ts), each with its share of the total so
- * that the slowest stage shows:
+ * random weights saved to a temp `.safetensors`), `--tta single`, batch 4 (the CLI default), no stain
+ * normalisation, no h5ad — run through `pipeline/` as `predict-slide` runs it and broken into the stages
+ * of `SLIDE_STAGES` (pipeline/predict_slide.ts), each with its share of the total so that the slowest
+ * stage shows:
  * - `open`: `openSlide`, i.e. the libjpeg-turbo (WebAssembly) decode of the whole 92-megapixel JPEG;
  * - `setup`: spot file, checkpoint read + upload (≈ 260 MB), gene names;
  * - `read`: waiting for patches (the next batch is read while the GPU works; `readBusy` is reading's own
@@ -15,8 +15,8 @@
  *   runs the next batch, `formatBusy`) and the npz.
  *
  * Two runs on the same engine: `cold`, the first batch (4 spots) alone, which also compiles the shaders,
- * then `warm`, all 187 spots (`quick`: the first 32, through a temp spot file), the measured one.
- * Each run decodes the JPEG again (predictSlide opens the slide itself).
+ * then `warm`, all 187 spots (`quick`: the first 32), the measured one. Each run decodes the JPEG
+ * again (as each `predict-slide` does).
  *
  * `--tta tta` (8 dihedral views, the CLI default) is not run: preprocess and model grow about 8×, 10 to
  * 20 minutes for C2 on llvmpipe (the table prints an estimate from the warm run). On llvmpipe (the GPU
@@ -33,9 +33,18 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createEngine, type Engine } from "../mod.ts";
 import { HE2Gene, RESNET50 } from "../model/mod.ts";
-import { saveModel } from "../cli/checkpoint.ts";
-import { parseSpots } from "../cli/extract_patches.ts";
-import { predictSlide, SLIDE_STAGES } from "../cli/predict_slide.ts";
+import { writeSafetensors } from "../weights/mod.ts";
+import { parseSpots, type SpotRow } from "../slide/spots.ts";
+import { openSlide } from "../slide/wsi.ts";
+import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
+import {
+  loadCheckpoint,
+  modelCheckpoint,
+  predictSlide,
+  SLIDE_STAGES,
+  slideNpz,
+  spotPatches,
+} from "../pipeline/mod.ts";
 import { exists } from "../slide/datasets/types.ts";
 import { defaultDataDir } from "./slide.ts";
 
@@ -72,13 +81,72 @@ const BATCH = 4;
 const QUICK_SPOTS = 32;
 const C2_SPOT_COUNT = 187;
 
-async function spotSubset(src: string, dst: string, n: number): Promise<number> {
-  const spots = parseSpots(await Deno.readTextFile(src), src).slice(0, n);
-  await Deno.writeTextFile(
-    dst,
-    "x,y,pixel_x,pixel_y\n" + spots.map((s) => `${s.x},${s.y},${s.px},${s.py}`).join("\n") + "\n",
-  );
-  return spots.length;
+/**
+ * What `predict-slide C2.jpg --spots C2_selection.tsv --section C2 --tta single --batch-size 4` does, over
+ * the first `count` spots, through `pipeline/`, each stage timed as {@linkcode SLIDE_STAGES} says: open the
+ * JPEG, place the spots and load the checkpoint (setup), predict (read, preprocess, model; CSV rows
+ * formatted during prediction), write the CSVs and the npz.
+ */
+async function predictC2(
+  engine: Engine,
+  o: {
+    slide: string;
+    spotFile: string;
+    count: number;
+    weights: string;
+    timings: Record<string, number>;
+    out: string;
+  },
+): Promise<{ names: string[] }> {
+  const timings = o.timings;
+  const stage = (key: string, since: number) => {
+    const now = performance.now();
+    timings[key] = (timings[key] ?? 0) + now - since;
+    return now;
+  };
+  let t = performance.now();
+  const slide = await openSlide(o.slide);
+  t = stage("open", t);
+  try {
+    const spots: SpotRow[] = parseSpots(await Deno.readTextFile(o.spotFile), o.spotFile).slice(0, o.count);
+    const [W, H] = [slide.levels[0].width, slide.levels[0].height];
+    const { patches } = spotPatches(spots, o.spotFile, { section: "C2", size: 150, width: W, height: H });
+    await prepareOutputDir(o.out);
+    const { model, targetGenes, auxGenes } = loadCheckpoint(
+      engine,
+      await Deno.readFile(o.weights),
+      o.weights,
+    );
+    try {
+      t = stage("setup", t);
+      const { csv, ...p } = await predictSlide(engine, model, slide, {
+        patches,
+        mode: "spots",
+        patchPx: 150,
+        section: "C2",
+        batchSize: BATCH,
+        tta: "single",
+        targetGenes,
+        auxGenes,
+        weights: o.weights,
+        csv: { aux: true },
+        timings,
+      });
+      t = performance.now();
+      await writeFilesAtomic(o.out, [
+        ["target_count_pred.csv", csv!.target],
+        ["aux_count_pred.csv", csv!.aux!],
+        ["tumor_pred.csv", csv!.tumor],
+        ["predictions.npz", slideNpz(p)],
+      ]);
+      stage("write", t);
+      return p;
+    } finally {
+      model.dispose();
+    }
+  } finally {
+    slide.close();
+  }
 }
 
 /** Run the predict-slide benchmark (see the module doc). */
@@ -118,7 +186,8 @@ export async function benchPredictSlide(
       7,
     );
     const weights = join(dir, "resnet50_base.safetensors");
-    await saveModel(model, weights);
+    const { tensors, metadata } = await modelCheckpoint(model);
+    await writeSafetensors(weights, tensors, { metadata });
     model.dispose();
     opts.log(
       `… ResNet-50 HE2Gene-Base, random weights → ${weights} ` +
@@ -126,28 +195,18 @@ export async function benchPredictSlide(
           ((performance.now() - t0) / 1000).toFixed(1)
         } s)`,
     );
-    const cold = join(dir, "cold.csv");
-    await spotSubset(spotFile, cold, BATCH);
-    let measured = spotFile;
-    if (opts.quick) {
-      measured = join(dir, "quick.csv");
-      await spotSubset(spotFile, measured, QUICK_SPOTS);
-    }
     const rows: PredictSlideRow[] = [];
-    for (const [run, spots] of [["cold", cold], ["warm", measured]] as const) {
+    for (const [run, count] of [["cold", BATCH], ["warm", opts.quick ? QUICK_SPOTS : Infinity]] as const) {
       const timings: Record<string, number> = {};
-      opts.log(`… predict-slide C2, ${run} run (${spots === spotFile ? "all spots" : spots})`);
+      opts.log(`… predict-slide C2, ${run} run (${count === Infinity ? "all spots" : `${count} spots`})`);
       t0 = performance.now();
-      const p = await predictSlide(slide, {
+      const p = await predictC2(engine, {
+        slide,
+        spotFile,
+        count,
         weights,
-        out: join(dir, `out-${run}`),
-        spots,
-        section: "C2",
-        batchSize: BATCH,
-        tta: "single",
-        quiet: true,
-        engine,
         timings,
+        out: join(dir, `out-${run}`),
       });
       const totalMs = performance.now() - t0;
       const stages: Record<string, number> = {};

@@ -41,7 +41,7 @@ import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { writeAtomic } from "../slide/npz.ts";
 import { exists } from "../slide/datasets/types.ts";
-import { parseSpots, type SpotRow } from "../cli/extract_patches.ts";
+import { parseSpots, type SpotRow } from "../slide/spots.ts";
 
 /** One row of the table. */
 export interface SlideRow {

@@ -36,6 +36,26 @@ interface Command {
   interruptible?: boolean;
 }
 
+/**
+ * The options of `deno task bench` and their types (bench/main.ts's `BENCH_OPTIONS`, which cli/ does not
+ * import; tests/imports_test.ts checks that the two agree), so that `he2gene bench` answers a mistyped
+ * option as every command does.
+ */
+export const BENCH_OPTION_TYPES: Readonly<Record<string, "boolean" | "string">> = {
+  json: "boolean",
+  quick: "boolean",
+  shapes: "string",
+  "no-peer": "boolean",
+  reps: "string",
+  suite: "string",
+  data: "string",
+  tune: "string",
+  "resnet-batches": "string",
+  "train-batches": "string",
+  "peer-max-batch": "string",
+  help: "boolean",
+};
+
 const COMMANDS: Record<string, Command> = {
   demo: {
     summary: "the whole method on built-in synthetic data: train tiny HE2Gene-Spat, predict, gene maps",
@@ -187,13 +207,25 @@ const COMMANDS: Record<string, Command> = {
     run: (args) => runConvert(args),
   },
   bench: {
-    summary: "benchmarks: matmul, conv, ResNet-50, training, slide I/O against tfjs-webgpu and Python tools",
+    summary: "benchmarks (matmul, conv, ResNet-50, training, slide I/O): `deno task bench` in a checkout",
     usage:
       "bench [--suite matmul,conv,resnet,layers,train,slide,slide-predict] [--quick] [--reps N] [--no-peer]\n" +
-      "       [--data DIR] [--json] … (deno task bench --help lists every option)",
-    run: async (args) => {
-      const { main } = await import("../bench/main.ts");
-      await main(args);
+      "       [--data DIR] [--json] … → run as `deno task bench …` in a checkout of he2gene\n\n" +
+      "  The benchmarks are their own entry point (bench/main.ts), beside the command line and not inside\n" +
+      "  it: they need the peer's npm packages (tfjs-webgpu) and python3, which the he2gene executable does\n" +
+      "  not carry. `deno task bench --help` lists every option.",
+    run: (args) => {
+      // cli/ never imports bench/ (nor bench/ cli/): a mistyped option is answered as by every command,
+      // then the user is sent to the task.
+      parseArgs({
+        args,
+        options: Object.fromEntries(Object.entries(BENCH_OPTION_TYPES).map(([k, type]) => [k, { type }])),
+        strict: true,
+      });
+      throw new UsageError(
+        "the benchmarks are not part of the he2gene command: run `deno task bench` with these options in " +
+          "a checkout (`deno task bench --help` lists them)",
+      );
     },
   },
 };

@@ -41,37 +41,52 @@
 import { parseArgs } from "node:util";
 import { basename, dirname, resolve } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
-import { decodeImage, type RgbImage } from "../slide/decode.ts";
-import { centerBox, resizeCpu } from "../slide/resample.ts";
+import { decodeImage } from "../slide/decode.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
-import { type SlideThumbnail, tissueTiles } from "../slide/tissue.ts";
-import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
+import { openSlide, type SlideMpp } from "../slide/wsi.ts";
 import { visiumImage } from "../slide/datasets/visium.ts";
-import { CsvBuilder, csvTable, encodeNpz, prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
-import { encodeH5ad, type SpatialLibrary, spatialUns } from "../slide/h5ad.ts";
-import { predictionsGeoJson } from "../slide/geojson.ts";
+import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
+import {
+  MAX_TILES,
+  MIN_TILE_PX,
+  predictSlide as predictSlidePatches,
+  type RegionThumbnail,
+  SLIDE_STAGES,
+  type SlideCsvs,
+  slideCsvs,
+  slideGeoJson,
+  slideH5ad as encodeSlideH5ad,
+  slideNpz,
+  type SlidePatch,
+  type SlidePredictions,
+  slideThumbnail,
+  SPATIAL_IMAGE_PX,
+  type SpatialImages,
+  spatialImages,
+  spotPatches,
+  tilePatches,
+} from "../pipeline/predict_slide.ts";
 import { loadModel } from "./checkpoint.ts";
-import { noResolution, parseSpots, readSpotFile, spotLayout, type SpotRow } from "./extract_patches.ts";
-import { geneNames, type PatchPredictions, predictionUns, SOFTWARE } from "./predict_patches.ts";
-import { checkInputs, checkInterrupt, interruptSignal, UsageError } from "./errors.ts";
+import { noResolution, parseSpots, readSpotFile, spotLayout } from "./extract_patches.ts";
+import { geneNames, predictionUns, SOFTWARE } from "./predict_patches.ts";
+import { checkInputs, interruptSignal, UsageError } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
-import { PREDICT_OPTIONS, predictArgs, predictViews, type StainTarget, type Tta } from "./views.ts";
+import { PREDICT_OPTIONS, predictArgs, type StainTarget, type Tta } from "./views.ts";
 
-/** One spot or tile: its name, grid position, level-0 centre and the level-0 square it is predicted from. */
-export interface SlidePatch {
-  name: string;
-  /** Array x, y (spots) or tile col, row. */
-  gx: number;
-  gy: number;
-  /** Level-0 centre. */
-  px: number;
-  py: number;
-  /** Level-0 top-left of the patch and its side. */
-  left: number;
-  top: number;
-  size: number;
-}
+export {
+  MAX_TILES,
+  MIN_TILE_PX,
+  type RegionThumbnail,
+  SLIDE_STAGES,
+  type SlidePatch,
+  type SlidePredictions,
+  slideThumbnail,
+  SPATIAL_IMAGE_PX,
+  spatialImages,
+  spotPatches,
+  tilePatches,
+};
 
 /** Options of {@linkcode predictSlide}. */
 export interface PredictSlideOptions {
@@ -127,246 +142,14 @@ export interface PredictSlideOptions {
   timings?: Record<string, number>;
 }
 
-/**
- * The stages {@linkcode PredictSlideOptions.timings} reports, in milliseconds of wall clock on the main
- * loop (they do not overlap, so their sum is about `predictSlide`'s time):
- * - `open`: `openSlide` (for a JPEG or PNG, the decode of the whole image);
- * - `setup`: the spot file or the tissue tiling, the engine, the checkpoint read and upload, gene names;
- * - `read`: waiting for a batch's patches from the slide; the next batch is read while the GPU works on
- *   the current one, so only the part that is not hidden is counted (`readBusy`, outside the sum, is the
- *   reading's own time);
- * - `preprocess`: upload, stain normalisation, resize + normalise and the TTA views, GPU included;
- * - `model`: forward, mean over the views, readback, and copying into the output arrays;
- * - `write`: the last batch's CSV rows, joining the CSVs, the npz and the h5ad files.
- *
- * `formatBusy` (outside the sum) is the time formatting CSV rows: batch b's rows are formatted after batch
- * b + 1 went to the GPU, so on a GPU that is not the CPU it is hidden; with timings on it lands in
- * `preprocess` (the GPU sync there waits behind it).
- */
-export const SLIDE_STAGES = ["open", "setup", "read", "preprocess", "model", "write"] as const;
-
 function addTime(t: Record<string, number> | undefined, key: string, since: number): number {
   const now = performance.now();
   if (t) t[key] = (t[key] ?? 0) + (now - since);
   return now;
 }
 
-/** Predictions at the patches of a slide, on the host. */
-export interface SlidePredictions extends PatchPredictions {
-  /** (P, 2) level-0 centre x, y */
-  pixel: Float64Array;
-  /** (P, 2) array x, y or tile col, row */
-  grid: Int32Array;
-  /** (P, 2) level-0 top-left x, y of each patch square */
-  topLeft: Float64Array;
-  /** "spots" or "tiles" */
-  mode: "spots" | "tiles";
-  /** Patch side in level-0 pixels. */
-  patchPx: number;
-  slide: string;
-  /** The name prefix of the spots or tiles. */
-  section: string;
-  /** The checkpoint's path. */
-  weights: string;
-  tta: Tta;
-  mpp: number | null;
-}
-
-// ------------------------------------------------------------------------------------------- thumbnails
-
-/** A thumbnail of a level-0 region: `downsample` level-0 pixels per thumbnail pixel, origin `x0, y0`. */
-export interface RegionThumbnail extends SlideThumbnail {
-  x0: number;
-  y0: number;
-}
-
-/**
- * A low-resolution RGB image of a level-0 region (default the whole slide): the smallest pyramid level
- * that is at least as fine as `downsample`, box-averaged by the integer factor that brings it closest to
- * `downsample` from below; single-level images (JPEG, PNG, flat TIFF) are read from level 0 in strips and
- * box-averaged, so memory stays at one strip.
- *
- * @example
- * ```ts
- * const slide = await openSlide("CMU-1-Small-Region.svs");
- * const thumb = await slideThumbnail(slide, { downsample: 16 }); // ≈ 139 × 185, thumb.downsample = 16
- * ```
- */
-export async function slideThumbnail(
-  slide: Slide,
-  o: { downsample: number; region?: [number, number, number, number] },
-): Promise<RegionThumbnail> {
-  const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
-  const [rx, ry, rw, rh] = o.region ?? [0, 0, W0, H0];
-  const want = Math.max(1, o.downsample);
-  let k = 0;
-  slide.levels.forEach((l, i) => {
-    if (l.downsample <= want * (1 + 1e-6) && l.downsample > slide.levels[k].downsample) k = i;
-  });
-  const ds = slide.levels[k].downsample;
-  const f = Math.max(1, Math.floor(want / ds + 1e-6));
-  // The region in level-k pixels, and the thumbnail size (whole f × f boxes).
-  const kx = Math.round(rx / ds), ky = Math.round(ry / ds);
-  const kw = Math.max(1, Math.floor(rw / ds)), kh = Math.max(1, Math.floor(rh / ds));
-  const width = Math.max(1, Math.floor(kw / f)), height = Math.max(1, Math.floor(kh / f));
-  const data = new Uint8Array(width * height * 3);
-  // Strips of whole box rows, ≤ ~16 MB of RGB each.
-  const rowsPerStrip = Math.max(1, Math.floor((16 << 20) / (width * f * 3 * f)));
-  const acc = new Uint32Array(width * 3);
-  for (let r0 = 0; r0 < height; r0 += rowsPerStrip) {
-    const nr = Math.min(rowsPerStrip, height - r0);
-    const reg = await slide.readRegion(k, kx, ky + r0 * f, width * f, nr * f);
-    for (let r = 0; r < nr; r++) {
-      acc.fill(0);
-      for (let dy = 0; dy < f; dy++) {
-        const row = (r * f + dy) * reg.width * 3;
-        for (let x = 0; x < width; x++) {
-          for (let dx = 0; dx < f; dx++) {
-            const s = row + (x * f + dx) * 3;
-            acc[3 * x] += reg.data[s];
-            acc[3 * x + 1] += reg.data[s + 1];
-            acc[3 * x + 2] += reg.data[s + 2];
-          }
-        }
-      }
-      const n = f * f, o3 = (r0 + r) * width * 3;
-      for (let i = 0; i < width * 3; i++) data[o3 + i] = Math.round(acc[i] / n);
-    }
-  }
-  return { width, height, data, downsample: ds * f, x0: kx * ds, y0: ky * ds };
-}
-
-/** The long side of Space Ranger's `tissue_hires_image.png` and `tissue_lowres_image.png`, in pixels. */
-export const SPATIAL_IMAGE_PX = { hires: 2000, lowres: 600 } as const;
-
-/**
- * Scanpy's two images of a slide (see `spatialUns` in slide/h5ad.ts): the whole level-0 slide at `hires`
- * (default 2000) and `lowres` (600) pixels on its long side, as Space Ranger's images, never enlarged. A
- * pyramid level or box average at most that coarse ({@linkcode slideThumbnail}) is resized with PIL's
- * bilinear filter (antialiased), the lowres image from the hires one. The scale factors are image pixels
- * per level-0 pixel (the images' sizes are rounded: within half a pixel).
- *
- * @example
- * ```ts
- * const slide = await openSlide("CMU-1-Small-Region.svs"); // 2220 × 2967
- * const im = await spatialImages(slide); // im.hires 1496 × 2000, im.hiresScale = 2000 / 2967
- * ```
- */
-export async function spatialImages(
-  slide: Slide,
-  o: { hires?: number; lowres?: number } = {},
-): Promise<Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">> {
-  const long = Math.max(slide.levels[0].width, slide.levels[0].height);
-  const hiresScale = Math.min(1, (o.hires ?? SPATIAL_IMAGE_PX.hires) / long);
-  const lowresScale = Math.min(1, (o.lowres ?? SPATIAL_IMAGE_PX.lowres) / long);
-  const thumb = await slideThumbnail(slide, { downsample: 1 / hiresScale });
-  // The thumbnail covers whole boxes of `downsample` level-0 pixels from the top-left corner.
-  const size = (scale: number): [number, number] => [
-    Math.max(1, Math.round(thumb.width * thumb.downsample * scale)),
-    Math.max(1, Math.round(thumb.height * thumb.downsample * scale)),
-  ];
-  const hires = resizeCpu(thumb, size(hiresScale));
-  const lowres = resizeCpu(hires, size(lowresScale));
-  return { hires, lowres, hiresScale, lowresScale };
-}
-
-// ------------------------------------------------------------------------------------------ the patches
-
 function sectionOf(path: string): string {
   return basename(path).split(/[_.]/)[0];
-}
-
-/**
- * The patches at spots (`px`, `py` in the slide's level-0 pixels) of a spot file (spots outside the slide
- * are dropped, with a count).
- */
-export function spotPatches(
-  spots: SpotRow[],
-  file: string,
-  o: { section: string; size: number; width: number; height: number },
-): { patches: SlidePatch[]; outside: number } {
-  const keep = spots.filter((s) => s.px >= 0 && s.py >= 0 && s.px < o.width && s.py < o.height);
-  if (spots.length && keep.length === 0) {
-    throw new Error(
-      `Every spot of ${file} falls outside the slide (${o.width}×${o.height}): wrong slide or pixel scale?`,
-    );
-  }
-  const half = Math.floor(o.size / 2);
-  return {
-    patches: keep.map((s) => ({
-      name: `${o.section}_${s.x}_${s.y}`,
-      gx: s.x,
-      gy: s.y,
-      px: s.px,
-      py: s.py,
-      left: Math.floor(s.px) - half,
-      top: Math.floor(s.py) - half,
-      size: o.size,
-    })),
-    outside: spots.length - keep.length,
-  };
-}
-
-/**
- * The tissue tiles of a slide: a thumbnail with ≥ 8 thumbnail pixels per tile side (at most 8192 px on its
- * long side), its tissue mask, and the `tilePx` tiles whose tissue fraction reaches `minTissue`, on a grid
- * covering the whole level-0 slide (partial edge tiles as slide/tissue.ts's tiling rule says).
- *
- * @example
- * ```ts
- * const { patches } = await tilePatches(slide, { tilePx: 200, section: "CMU-1" });
- * ```
- */
-export async function tilePatches(
-  slide: Slide,
-  o: { tilePx: number; section: string; minTissue?: number },
-): Promise<{ patches: SlidePatch[]; thumbnail: RegionThumbnail; cols: number; rows: number }> {
-  const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
-  const thumbnail = await slideThumbnail(slide, {
-    downsample: Math.max(1, o.tilePx / 8, Math.max(W0, H0) / 8192),
-  });
-  // Level-0 geometry: the thumbnail (whole boxes) can stop up to one box short of the right and bottom.
-  const { tiles, cols, rows } = tissueTiles(thumbnail, {
-    tilePx: o.tilePx,
-    minTissueFraction: o.minTissue ?? 0.5,
-    slideWidth: W0,
-    slideHeight: H0,
-  });
-  const half = o.tilePx / 2;
-  const patches = tiles
-    .map((t) => ({
-      name: `${o.section}_${t.col}_${t.row}`,
-      gx: t.col,
-      gy: t.row,
-      px: t.x + half,
-      py: t.y + half,
-      left: t.x,
-      top: t.y,
-      size: o.tilePx,
-    }));
-  return { patches, thumbnail, cols, rows };
-}
-
-/**
- * Read the patches' squares from level 0. With `context` > 0 (grid modes) each square grows to
- * `size + context`, placed so that the grid's centred `size` window is the patch itself.
- */
-async function readPatches(
-  slide: Slide,
-  patches: SlidePatch[],
-  timings?: Record<string, number>,
-  context = 0,
-): Promise<RgbImage[]> {
-  const out: RgbImage[] = [];
-  for (const p of patches) {
-    const t0 = performance.now();
-    const side = p.size + context;
-    const shift = context ? centerBox(side, side, p.size)[0] : 0;
-    const r = await slide.readRegion(0, p.left - shift, p.top - shift, side, side);
-    addTime(timings, "readBusy", t0);
-    out.push({ width: r.width, height: r.height, channels: 3, data: r.data, warnings: [] });
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------- prediction
@@ -381,10 +164,10 @@ async function readPatches(
  * ```
  */
 export async function predictSlide(path: string, o: PredictSlideOptions): Promise<SlidePredictions> {
-  const batchSize = o.batchSize ?? 4;
   const tta = o.tta ?? "tta";
   const stain = o.stain ?? "none";
   const timings = o.timings;
+  const warn = (m: string) => !o.quiet && console.error(`warning: ${m}`);
   let t = performance.now();
   const slide = await openSlide(
     path,
@@ -413,9 +196,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
         height: H0,
       });
       patches = res.patches;
-      if (res.outside && !o.quiet) {
-        console.error(`warning: ${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
-      }
+      if (res.outside) warn(`${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
     } else {
       mpp = slide.resolution ?? (await visiumImage(path, { scalefactors: o.scalefactors }))?.mpp ?? null;
       if (o.tilePx !== undefined) patchPx = o.tilePx;
@@ -429,9 +210,9 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
               `tiles must be at least ${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
         );
       }
-      if (o.tilePx === undefined && Math.abs(mpp!.y / mpp!.x - 1) > 0.01 && !o.quiet) {
-        console.error(
-          `warning: ${path} has pixels of ${mpp!.x} × ${mpp!.y} µm (from ${mpp!.detail}): tiles of ` +
+      if (o.tilePx === undefined && Math.abs(mpp!.y / mpp!.x - 1) > 0.01) {
+        warn(
+          `${path} has pixels of ${mpp!.x} × ${mpp!.y} µm (from ${mpp!.detail}): tiles of ` +
             `${patchPx} px are ${o.tileUm ?? 100} µm wide and ${(patchPx * mpp!.y).toFixed(1)} µm tall`,
         );
       }
@@ -482,95 +263,41 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
     const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
     try {
       const nT = model.config.targetGenes, nA = model.config.auxGenes;
-      const P = patches.length;
-      const out: SlidePredictions = {
-        names: patches.map((p) => p.name),
-        targetGenes: await geneNames(o.targetGenes, ckT, nT, "target", o.quiet),
-        auxGenes: await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet),
-        target: new Float32Array(P * nT),
-        aux: new Float32Array(P * nA),
-        tumorProb: new Float32Array(P),
-        pixel: new Float64Array(P * 2),
-        grid: new Int32Array(P * 2),
-        topLeft: new Float64Array(P * 2),
-        section: o.section ?? sectionOf(o.spots ?? path),
-        weights: o.weights,
-        tta,
-        mode: o.spots ? "spots" : "tiles",
-        patchPx,
-        slide: path,
-        mpp: mpp?.x ?? null,
-      };
-      patches.forEach((p, i) => {
-        out.pixel.set([p.px, p.py], 2 * i);
-        out.grid.set([p.gx, p.gy], 2 * i);
-        out.topLeft.set([p.left, p.top], 2 * i);
-      });
-      const auxCsvBytes = P * nA * 10.5; // ~10 characters a value
-      if (!o.noAuxCsv && !o.quiet && auxCsvBytes > 2 ** 30) {
-        console.error(
-          `warning: aux_count_pred.csv will take about ${(auxCsvBytes / 2 ** 30).toFixed(1)} GiB ` +
-            `(${P} × ${nA} values); --no-aux-csv skips it (the npz keeps the aux genes)`,
-        );
-      }
-      const bar = new Progress(out.mode, P, o.quiet);
+      const targetGenes = await geneNames(o.targetGenes, ckT, nT, "target", o.quiet);
+      const auxGenes = await geneNames(o.auxGenes, ckA, nA, "aux", o.quiet);
+      const mode = o.spots ? "spots" : "tiles";
+      const bar = new Progress(mode, patches.length, o.quiet);
+      let shown = 0;
       t = addTime(timings, "setup", t);
-      // Read batch b + 1 while the GPU predicts batch b.
-      // Grid modes see up to 1.5× the patch (the original's 225 px window around a 150 px spot).
-      const context = tta === "grid" || tta === "grid_tta" ? Math.round(patchPx * 1.5) - patchPx : 0;
-      const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + batchSize), timings, context);
-      let next: Promise<RgbImage[]> | null = read(0);
-      // The CSV rows of batch b are formatted while the GPU runs batch b + 1 (19 699 aux values a spot).
-      const csv = {
-        target: new CsvBuilder(out.targetGenes),
-        aux: new CsvBuilder(out.auxGenes),
-        tumor: new CsvBuilder(["Annotation"]),
-      };
-      const format = (b0: number, n: number) => {
-        const t0 = performance.now();
-        const names = out.names.slice(b0, b0 + n);
-        csv.target.add(names, out.target.subarray(b0 * nT, (b0 + n) * nT));
-        if (!o.noAuxCsv) csv.aux.add(names, out.aux.subarray(b0 * nA, (b0 + n) * nA));
-        csv.tumor.add(names, Array.from(out.tumorProb.subarray(b0, b0 + n), (v) => v > 0.5));
-        addTime(timings, "formatBusy", t0);
-      };
-      let unformatted: [number, number] | null = null;
-      try {
-        for (let b0 = 0; b0 < P; b0 += batchSize) {
-          t = performance.now();
-          const images = await next!;
-          next = b0 + batchSize < P ? read(b0 + batchSize) : null;
-          t = addTime(timings, "read", t);
-          const job = predictViews(engine, model, images, {
-            tta,
-            base: patchPx,
-            stain,
-            stainTarget,
-            timings,
-            names: out.names.slice(b0, b0 + images.length), // a NaN / Inf output is an error naming it
-            what: o.spots ? "spot" : "tile",
-          });
-          if (unformatted) format(...unformatted);
-          const res = await job;
-          t = performance.now();
-          out.target.set(res.target, b0 * nT);
-          out.aux.set(res.aux, b0 * nA);
-          out.tumorProb.set(res.tumor, b0);
-          unformatted = [b0, images.length];
-          bar.tick(images.length);
-          checkInterrupt();
-          addTime(timings, "model", t);
-        }
-      } finally {
-        next?.catch(() => {}); // a read still in flight when prediction failed
-      }
+      const { csv, ...out } = await predictSlidePatches(engine, model, slide, {
+        patches,
+        mode,
+        patchPx,
+        section: o.section ?? sectionOf(o.spots ?? path),
+        batchSize: o.batchSize ?? 4,
+        tta,
+        stain,
+        stainTarget,
+        targetGenes,
+        auxGenes,
+        weights: o.weights,
+        slideName: path,
+        mpp: mpp?.x ?? null,
+        csv: { aux: !o.noAuxCsv },
+        signal: interruptSignal(),
+        onProgress: (done) => {
+          bar.tick(done - shown);
+          shown = done;
+        },
+        onWarning: warn,
+        timings,
+      });
       bar.done();
       t = performance.now();
-      if (unformatted) format(...unformatted);
       await writeSlideOutputs(o.out, out, {
         h5ad: o.h5ad,
         compress: o.compress,
-        csv: { target: csv.target.text(), aux: o.noAuxCsv ? null : csv.aux.text(), tumor: csv.tumor.text() },
+        csv,
         images: o.h5ad ? await spatialImages(slide) : undefined,
         geojson: o.geojson,
       });
@@ -591,42 +318,15 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
  * `uns` = {@linkcode predictionUns}'s (what X holds, the model, the TTA mode), `slide` (its file name),
  * `mode`, `patch_px`, `mpp`, and with `images` scanpy's `spatial` layout under the section's name.
  */
-export async function slideH5ad(
+export function slideH5ad(
   p: SlidePredictions,
-  images?: Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">,
+  images?: SpatialImages,
 ): Promise<{ target: Uint8Array; aux: Uint8Array }> {
-  const P = p.names.length;
-  const common = {
-    obsNames: p.names,
-    obs: {
-      tumor_prob: p.tumorProb,
-      tumor: Array.from(p.tumorProb, (v) => v > 0.5),
-    },
-    obsm: {
-      spatial: { data: p.pixel, shape: [P, 2] as [number, number] },
-      grid: { data: p.grid, shape: [P, 2] as [number, number] },
-    },
-  };
-  const uns = (head: "target" | "aux") => ({
-    ...predictionUns(head, p),
-    slide: basename(p.slide),
-    mode: p.mode,
-    patch_px: p.patchPx,
-    ...(p.mpp ? { mpp: p.mpp } : {}),
-    ...(images
-      ? {
-        spatial: spatialUns(p.section, {
-          ...images,
-          spotDiameter: p.patchPx,
-          metadata: { software_version: SOFTWARE, source_image_path: basename(p.slide) },
-        }),
-      }
-      : {}),
+  return encodeSlideH5ad(p, {
+    uns: { target: predictionUns("target", p), aux: predictionUns("aux", p) },
+    images,
+    software: SOFTWARE,
   });
-  return {
-    target: await encodeH5ad({ ...common, X: p.target, varNames: p.targetGenes, uns: uns("target") }),
-    aux: await encodeH5ad({ ...common, X: p.aux, varNames: p.auxGenes, uns: uns("aux") }),
-  };
 }
 
 /**
@@ -640,61 +340,31 @@ export async function writeSlideOutputs(
     h5ad?: boolean;
     /** Deflate the npz's members. */
     compress?: boolean;
-    /** The three CSV texts when already formatted (as {@linkcode csvTable} would write them); aux null: none. */
-    csv?: { target: string; aux: string | null; tumor: string };
+    /** The three CSV texts when already formatted (as `slideCsvs` would write them); aux null: none. */
+    csv?: SlideCsvs;
     /** Scanpy's slide images for the h5ad files (see {@linkcode spatialImages}). */
-    images?: Pick<SpatialLibrary, "hires" | "lowres" | "hiresScale" | "lowresScale">;
+    images?: SpatialImages;
     /** A GeoJSON file for QuPath (anywhere; written and renamed with the rest). */
     geojson?: string;
   } = {},
 ): Promise<void> {
-  const P = p.names.length;
-  const aux = o.csv ? o.csv.aux : csvTable(p.names, p.auxGenes, p.aux);
+  const csv = o.csv ?? slideCsvs(p);
   const files: [string, string | Uint8Array][] = [
-    ["target_count_pred.csv", o.csv?.target ?? csvTable(p.names, p.targetGenes, p.target)],
-    ...(aux === null ? [] : [["aux_count_pred.csv", aux] as [string, string]]),
-    [
-      "tumor_pred.csv",
-      o.csv?.tumor ?? csvTable(p.names, ["Annotation"], Array.from(p.tumorProb, (v) => v > 0.5)),
-    ],
-    [
-      "predictions.npz",
-      encodeNpz({
-        target: { dtype: "f4", shape: [P, p.targetGenes.length], data: p.target },
-        aux: { dtype: "f4", shape: [P, p.auxGenes.length], data: p.aux },
-        tumor_prob: { dtype: "f4", shape: [P], data: p.tumorProb },
-        names: { dtype: "U", shape: [P], data: p.names },
-        target_genes: { dtype: "U", shape: [p.targetGenes.length], data: p.targetGenes },
-        aux_genes: { dtype: "U", shape: [p.auxGenes.length], data: p.auxGenes },
-        pixel: { dtype: "f8", shape: [P, 2], data: p.pixel },
-        grid: { dtype: "i4", shape: [P, 2], data: p.grid },
-      }, { compress: o.compress }),
-    ],
+    ["target_count_pred.csv", csv.target],
+    ...(csv.aux === null ? [] : [["aux_count_pred.csv", csv.aux] as [string, string]]),
+    ["tumor_pred.csv", csv.tumor],
+    ["predictions.npz", slideNpz(p, { compress: o.compress })],
   ];
   if (o.h5ad) {
     const h = await slideH5ad(p, o.images);
     files.push(["predictions.h5ad", h.target], ["predictions_aux.h5ad", h.aux]);
   }
   if (o.geojson) {
-    const geojson = predictionsGeoJson({
-      names: p.names,
-      topLeft: p.topLeft,
-      size: p.patchPx,
-      genes: p.targetGenes,
-      values: p.target,
-      tumorProb: p.tumorProb,
-      objectType: p.mode === "tiles" ? "tile" : "detection",
-    });
-    files.push([resolve(o.geojson), geojson]); // an absolute path: written where it says, not in `dir`
+    // an absolute path: written where it says, not in `dir`
+    files.push([resolve(o.geojson), slideGeoJson(p)]);
   }
   await writeFilesAtomic(dir, files, { signal: interruptSignal() });
 }
-
-/** The smallest `--tile-px`: the model sees 224 px, and ResNet's features are 32 px apart. */
-export const MIN_TILE_PX = 32;
-
-/** The default `--max-tiles`: tile mode refuses more tiles on tissue unless raised. */
-export const MAX_TILES = 100_000;
 
 /** Usage of `predict-slide` (for cli/main.ts). */
 export const PREDICT_SLIDE_USAGE =

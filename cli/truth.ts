@@ -32,6 +32,9 @@ import { type GeneSelection, log1pNormalize, readGeneList, selectTargetGenes } f
 import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic } from "../slide/npz.ts";
 import { checkInputs, checkInterrupt, UsageError } from "./errors.ts";
 import type { SpotTable } from "./train_loop.ts";
+import { canonicalSpotNames } from "../slide/spots.ts";
+
+export { canonicalSpotNames };
 
 /** The datasets `train` and `truth` read (`--dataset`). */
 export const DATASETS = ["her2st", "hbcis", "visium"] as const;
@@ -60,44 +63,6 @@ export function sectionList(v: string | undefined): string[] {
  */
 export function spotName(section: string, array: readonly [number, number]): string {
   return `${section}_${array[0]}_${array[1]}`;
-}
-
-const SECTIONED = /^(.+)_(-?\d+)_(-?\d+)$/,
-  SECTIONED_X = /^(.+)_(-?\d+)x(-?\d+)$/,
-  BARE = /^(-?\d+)x(-?\d+)$/;
-
-/**
- * `names` in the naming of {@linkcode spotName}, so that they join `other` (the other file's names): an id
- * `{section}_{x}x{y}` becomes `{section}_{x}_{y}`, and a bare her2st id `{x}x{y}` gets the section of
- * `other`'s names when they are all of one section (when `other` has none, both sides keep bare ids).
- * Other names (Visium barcodes, tiles) are left as they are.
- *
- * @example
- * ```ts
- * canonicalSpotNames(["25x13", "C2_3x4"], ["C2_25_13"]); // ["C2_25_13", "C2_3_4"]
- * ```
- */
-export function canonicalSpotNames(names: readonly string[], other: readonly string[]): string[] {
-  const out = names.map((n) => n.replace(SECTIONED_X, "$1_$2_$3"));
-  if (!out.some((n) => BARE.test(n))) return out;
-  const sections = new Set<string>();
-  for (const n of other) {
-    const m = SECTIONED.exec(n.replace(SECTIONED_X, "$1_$2_$3"));
-    if (m) sections.add(m[1]);
-  }
-  if (sections.size === 0) return out;
-  if (sections.size > 1) {
-    const bare = out.find((n) => BARE.test(n))!;
-    const [x, y] = bare.split("x");
-    const shown = [...sections].slice(0, 5).join(", ");
-    throw new Error(
-      `Cannot join spot names: "${bare}" names no section, and the other file holds spots of ` +
-        `${sections.size} sections (${shown}${sections.size > 5 ? ", …" : ""}); name the spots ` +
-        `{section}_{x}_{y} (e.g. ${[...sections][0]}_${x}_${y}), or give one section's truth`,
-    );
-  }
-  const [section] = sections;
-  return out.map((n) => n.replace(BARE, `${section}_$1_$2`));
 }
 
 /** The truth of some spots: a {@linkcode SpotTable} without the patches. */

@@ -14,18 +14,37 @@
  */
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.ts";
-import { createEngine, type Engine } from "../engine/engine.ts";
-import type { TuningTable } from "../kernels/tuning.ts";
-import { useTuning } from "../kernels/tuning.ts";
-import { defaultTuneClock, tune, type TuneClock, type TuneOptions, type TuneResult } from "../model/tune.ts";
-import denoJson from "../deno.json" with { type: "json" };
+import { createEngine } from "../engine/engine.ts";
+import { defaultTuneClock, type TuneClock, type TuneResult } from "../model/tune.ts";
+import {
+  adapterKey,
+  HE2GENE_VERSION,
+  loadTuning,
+  prepareTuning,
+  runTune,
+  saveTuning,
+  type StoredTuning,
+  type TuneMode,
+  tuningDir,
+  tuningPath,
+} from "../model/tune_cache.ts";
 
-/** he2gene's version (deno.json), part of every tuning cache key. */
-export const HE2GENE_VERSION: string = denoJson.version;
+export {
+  adapterKey,
+  HE2GENE_VERSION,
+  loadTuning,
+  prepareTuning,
+  saveTuning,
+  type StoredTuning,
+  type TuneMode,
+  tuningDir,
+  tuningPath,
+};
 
 /** Usage of `he2gene tune`. */
 export const TUNE_USAGE =
-  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--clock gpu|wall] [--max-seconds S] [--json]\n\n" +
+  "tune [--quick] [--batch-size 8] [--train-batch-size 2] [--only OP,…] [--clock gpu|wall] [--max-seconds S]\n" +
+  "     [--json]\n\n" +
   "  times every variant of conv2d (forward, input and weight gradients), matmul and, at the training batch,\n" +
   "  batch norm that is correct on this adapter, on ResNet-50's shapes, and stores the fastest per shape\n" +
   "  class in $XDG_CACHE_HOME/he2gene/\n" +
@@ -40,116 +59,6 @@ export const TUNE_USAGE =
   "  --max-seconds S     start no new case after S seconds; the table keeps the cases tuned so far\n" +
   "  --json              print the results as JSON";
 
-/** A stored table: the table plus what it was measured on. */
-export interface StoredTuning extends TuningTable {
-  version: string;
-  adapter: { name: string; vendor: string; architecture: string; device: string; backend: string };
-  created: string;
-  options: { batchSize: number; trainBatchSize: number; quick: boolean; clock?: TuneClock };
-}
-
-/** The adapter identity a table is keyed by. */
-export function adapterKey(e: Engine): StoredTuning["adapter"] {
-  const a = e.adapterInfo;
-  return {
-    name: a.name,
-    vendor: a.vendor,
-    architecture: a.architecture,
-    device: a.device,
-    backend: a.backend,
-  };
-}
-
-/** The tuning cache folder: `$XDG_CACHE_HOME/he2gene`, else `~/.cache/he2gene`; null without either. */
-export function tuningDir(): string | null {
-  const env = (k: string) => {
-    try {
-      return Deno.env.get(k) || undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  const xdg = env("XDG_CACHE_HOME");
-  if (xdg) return `${xdg}/he2gene`;
-  const home = env("HOME");
-  return home ? `${home}/.cache/he2gene` : null;
-}
-
-/** FNV-1a of a string, 8 hex digits (a short, stable file-name key). */
-function fnv(s: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return h.toString(16).padStart(8, "0");
-}
-
-/** Path of this adapter's table in the cache (null when there is no cache folder). */
-export function tuningPath(e: Engine): string | null {
-  const dir = tuningDir();
-  if (!dir) return null;
-  const k = adapterKey(e);
-  const slug = `${k.name}-${k.backend}`.replace(/[^A-Za-z0-9.]+/g, "-").replace(/^-|-$/g, "").slice(0, 60);
-  return `${dir}/tuning-${slug}-${fnv(JSON.stringify([k, HE2GENE_VERSION]))}.json`;
-}
-
-/**
- * Read this adapter's stored table; null when there is none. A file that is unreadable, malformed or made
- * for another adapter or version is reported through `warn` and ignored (defaults apply).
- */
-export async function loadTuning(
-  e: Engine,
-  warn: (s: string) => void = console.error,
-): Promise<StoredTuning | null> {
-  const path = tuningPath(e);
-  if (!path) return null;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return null;
-    warn(
-      `warning: cannot read the tuning table ${path} (${(err as Error).message}); using built-in defaults`,
-    );
-    return null;
-  }
-  try {
-    const t = JSON.parse(text) as StoredTuning;
-    if (typeof t !== "object" || t === null || typeof t.entries !== "object" || t.entries === null) {
-      throw new Error("no entries");
-    }
-    for (const [k, v] of Object.entries(t.entries)) {
-      if (typeof v !== "string" || !k.includes("|")) throw new Error(`bad entry "${k}"`);
-    }
-    if (t.version !== HE2GENE_VERSION || JSON.stringify(t.adapter) !== JSON.stringify(adapterKey(e))) {
-      warn(`warning: ${path} was made for another adapter or he2gene version; using built-in defaults`);
-      return null;
-    }
-    return t;
-  } catch (err) {
-    warn(`warning: ${path} is not a tuning table (${(err as Error).message}); using built-in defaults`);
-    return null;
-  }
-}
-
-/** Write `t` to this adapter's cache file atomically (temporary file, then rename); returns the path. */
-export async function saveTuning(e: Engine, t: StoredTuning): Promise<string> {
-  const path = tuningPath(e);
-  if (!path) throw new Error("Cannot store the tuning table: neither XDG_CACHE_HOME nor HOME is set");
-  const dir = path.slice(0, path.lastIndexOf("/"));
-  await Deno.mkdir(dir, { recursive: true });
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  try {
-    await Deno.writeTextFile(tmp, JSON.stringify(t, null, 2) + "\n");
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    await Deno.remove(tmp).catch(() => {});
-    throw new Error(`Cannot write the tuning table ${path}: ${(err as Error).message}`);
-  }
-  return path;
-}
-
-/** How prediction and training choose kernel variants (`--tune`). */
-export type TuneMode = "cached" | "auto" | "off";
-
 /** Parse `--tune`; throws a usage error naming the option. */
 export function parseTuneMode(v: string | undefined): TuneMode {
   if (v === undefined) return "cached";
@@ -157,77 +66,7 @@ export function parseTuneMode(v: string | undefined): TuneMode {
   throw new UsageError(`--tune must be cached, auto or off, current value is ${v}`);
 }
 
-/**
- * Apply the tuning mode to `e`: load the stored table (`cached`, `auto`), tune and store one first when there
- * is none (`auto`), or use the built-in defaults (`off`). Returns a one-line description for the log.
- */
-export async function prepareTuning(
-  e: Engine,
-  mode: TuneMode,
-  log: (s: string) => void = console.error,
-  options: TuneOptions = {},
-): Promise<string> {
-  if (mode === "off") {
-    useTuning(e, null);
-    return "kernel variants: built-in defaults (--tune off)";
-  }
-  let t = await loadTuning(e, log);
-  if (!t && mode === "auto") {
-    log("tuning kernel variants for this adapter (once; --tune auto) …");
-    const { tuned: _t, total: _n, ...table } = await runTune(
-      e,
-      { quick: true, ...options },
-      (d, n, r) => log(`  [${d}/${n}] ${summary(r)}`),
-    );
-    t = table;
-    const path = await saveTuning(e, t);
-    log(`tuning table stored in ${path}`);
-  }
-  useTuning(e, t);
-  return t
-    ? `kernel variants: tuned table (${Object.keys(t.entries).length} choices) from ${tuningPath(e)}`
-    : "kernel variants: built-in defaults (no tuning table; run `he2gene tune`)";
-}
-
-async function runTune(
-  e: Engine,
-  o: TuneOptions,
-  progress?: (done: number, total: number, r: TuneResult, partial: StoredTuning) => void | Promise<void>,
-): Promise<StoredTuning & { tuned: number; total: number }> {
-  // The stored form of a (partial) table.
-  const stored = (table: TuningTable): StoredTuning => ({
-    version: HE2GENE_VERSION,
-    adapter: adapterKey(e),
-    created: new Date().toISOString(),
-    options: {
-      batchSize: o.batchSize ?? 8,
-      trainBatchSize: o.trainBatchSize ?? 2,
-      quick: o.quick ?? false,
-      clock: o.clock ?? defaultTuneClock(e),
-    },
-    entries: table.entries,
-  });
-  // onProgress is synchronous: chain the callbacks (each may store the partial table) and wait at the end.
-  let pending: Promise<void> = Promise.resolve();
-  const { table, results, total } = await tune(e, {
-    ...o,
-    onProgress: progress &&
-      ((d, n, r, t) => {
-        pending = pending.then(() => progress(d, n, r, stored(t)));
-      }),
-  });
-  await pending;
-  return { ...stored(table), tuned: results.length, total };
-}
-
 const ms = (v: number | undefined) => (v === undefined ? "–" : v < 10 ? v.toFixed(2) : v.toFixed(1));
-
-function summary(r: TuneResult): string {
-  const best = r.timings.find((t) => t.variant === r.chosen);
-  return `${r.op} ${r.label}: default ${ms(r.default.ms)} ms, ${
-    best ? `${r.chosen} ${ms(best.ms)} ms` : "default kept"
-  }`;
-}
 
 /**
  * `he2gene tune`.

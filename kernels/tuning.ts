@@ -9,7 +9,7 @@
  * a string the op derives from its shapes (e.g. `k3s1 c64 hw56`), coarse enough that ResNet-50's layers
  * fall into a few dozen classes.
  *
- * This module knows no file system: `cli/tune.ts` reads and writes tables.
+ * This module knows no file system: `model/tune_cache.ts` reads and writes tables.
  *
  * @example
  * ```ts

@@ -139,7 +139,7 @@ export function checkStateDict(c: HE2GeneConfig, shapes: Map<string, number[]>, 
  * ```
  */
 export class HE2Gene {
-  readonly params = new Map<string, Tensor>();
+  readonly params: Map<string, Tensor> = new Map();
   readonly bnStates: BnStates = new Map();
   #folded: FoldedParams | null = null;
   #host: Map<string, HostTensor> | null;

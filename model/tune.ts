@@ -1,7 +1,7 @@
 /**
  * Autotuning: time every correct variant of each tunable op (conv2d forward / input gradient / weight
  * gradient, matmul, and in training batch norm's four passes) on the shapes ResNet-50 inference and training
- * use on this adapter, and pick the fastest per (op, shape class). The result is a {@linkcode TuningTable} that `kernels/tuning.ts` applies; `cli/tune.ts`
+ * use on this adapter, and pick the fastest per (op, shape class). The result is a {@linkcode TuningTable} that `kernels/tuning.ts` applies; `tune_cache.ts`
  * stores it per adapter.
  *
  * A candidate counts only if its output on the real shape agrees with the op's default variant within the

@@ -120,4 +120,5 @@ export {
   tissueMask,
   tissueTiles,
 } from "./tissue.ts";
+export { canonicalSpotNames, parseSpots, spotFileFormat, type SpotRow } from "./spots.ts";
 export { encodeRgbTiff, type RgbTiffOptions } from "./tiff_write.ts";

@@ -6,14 +6,7 @@
  */
 import { join } from "node:path";
 import { runCli } from "../bad_inputs/harness.ts";
-import {
-  assertEquals,
-  assertThrows,
-  gpuTest,
-  sharedData,
-  TINY_GENES,
-  tinyCheckpoint,
-} from "../helpers.ts";
+import { assertEquals, assertThrows, gpuTest, sharedData, TINY_GENES, tinyCheckpoint } from "../helpers.ts";
 import {
   BACKBONES,
   HE2Gene,
