@@ -1,7 +1,9 @@
 /**
- * `he2gene embed DIR --encoder resnet50|he2gene --weights FILE --out OUT`: one feature vector per patch from
- * an image encoder, in `OUT/features.npz` (`features` [N, D] float32, `names` [N]), written under a
- * temporary name and renamed at the end.
+ * `he2gene embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene --weights FILE --out OUT`:
+ * one feature vector per patch from an image encoder, in `OUT/features.npz` (`features` [N, D] float32,
+ * `names` [N]; for a slide also `pixel` [N, 2] level-0 centres and `grid` [N, 2] array positions or tile
+ * columns and rows), written under a temporary name and renamed at the end. A slide's patches are laid out
+ * and read as `predict-slide` does (`slideLayout`), in batches, the next read while the GPU encodes.
  *
  * - `resnet50` (any torchvision ResNet): a torchvision state dict in its ImageNet layout (`conv1.weight`,
  *   `bn1.*`, `layer1.0.…`, `fc.*` — `fc` is ignored); the 2048 globally pooled values of ResNet-50, inputs
@@ -17,7 +19,16 @@ import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { type Encoder, ResNetEncoder, torchvisionResNet } from "../model/encoder.ts";
-import { embedPatches, featuresNpz, type PatchFeatures } from "../pipeline/embed.ts";
+import {
+  embedPatches,
+  embedSlide,
+  featuresNpz,
+  type PatchFeatures,
+  type SlideFeatures,
+} from "../pipeline/embed.ts";
+import { MIN_TILE_PX } from "../pipeline/predict_slide.ts";
+import { openSlide } from "../slide/wsi.ts";
+import { positiveNumber, slideLayout } from "./predict_slide.ts";
 import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { readCheckpoint } from "./checkpoint.ts";
 import { Progress } from "./progress.ts";
@@ -30,9 +41,14 @@ export const ENCODERS = ["resnet50", "he2gene"] as const;
 export type EncoderName = typeof ENCODERS[number];
 
 export const EMBED_USAGE =
-  "embed DIR --encoder resnet50|he2gene --weights FILE [--out ./features] [--batch-size 8] [--compress]\n" +
-  "      [--tune cached|auto|off] [--quiet]\n\n" +
+  "embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene --weights FILE [--out ./features]\n" +
+  "      [--batch-size 8] [--compress] [--tune cached|auto|off] [--quiet]\n" +
+  "      slide options as predict-slide: [--section NAME] [--crop-size 150 | --crop-um UM] [--tile-px PX |\n" +
+  "      --tile-um 100] [--min-tissue 0.5] [--max-tiles N] [--mpp MPP] [--scalefactors FILE]\n\n" +
   "  DIR          patches named {section}_{x}_{y}.{tif,png,jpg} (as predict-patches)\n" +
+  "  SLIDE        SVS / TIFF / JPEG / PNG, read in batches as predict-slide: at --spots (her2st\n" +
+  "               *_selection.tsv, Visium tissue_positions(_list).csv, CSV x,y,pixel_x,pixel_y) or --tile\n" +
+  "               over the tissue; features.npz then also holds pixel [N, 2] and grid [N, 2]\n" +
   "  --encoder    resnet50: a torchvision ResNet state dict (ImageNet layout, e.g. resnet50-0676ba61.pth or\n" +
   "               resnet50-11ad3fa6.pth from torchvision; fc is ignored), ImageNet normalisation;\n" +
   "               he2gene: an HE2Gene checkpoint (model_base.pt, model_spat.pt, our .safetensors), its\n" +
@@ -56,7 +72,7 @@ export async function loadEncoder(
 
 /** CLI entry: parse arguments and run. */
 export async function runEmbed(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
+  const { values: v, positionals } = parseArgs({
     args,
     options: {
       encoder: { type: "string" },
@@ -66,35 +82,128 @@ export async function runEmbed(args: string[]): Promise<void> {
       compress: { type: "boolean", default: false },
       tune: { type: "string" },
       quiet: { type: "boolean", default: false },
+      spots: { type: "string" },
+      tile: { type: "boolean", default: false },
+      section: { type: "string" },
+      "crop-size": { type: "string" },
+      "crop-um": { type: "string" },
+      "tile-px": { type: "string" },
+      "tile-um": { type: "string" },
+      "min-tissue": { type: "string" },
+      "max-tiles": { type: "string" },
+      mpp: { type: "string" },
+      scalefactors: { type: "string" },
     },
     allowPositionals: true,
     strict: true,
   });
-  if (positionals.length !== 1) throw new UsageError("expected one patch folder (DIR)");
-  const encoder = values.encoder;
+  const onSlide = v.spots !== undefined || v.tile;
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      onSlide ? "expected one SLIDE" : "expected one patch folder (DIR) or a SLIDE with --spots / --tile",
+    );
+  }
+  const encoder = v.encoder;
   if (encoder === undefined) throw new UsageError(`--encoder is required (${ENCODERS.join(" or ")})`);
   if (!(ENCODERS as readonly string[]).includes(encoder)) {
     throw new UsageError(`--encoder must be ${ENCODERS.join(" or ")}, current value is ${encoder}`);
   }
-  if (values.weights === undefined) throw new UsageError("--weights is required (the encoder's weights)");
-  const batchSize = Number(values["batch-size"]);
+  if (v.weights === undefined) throw new UsageError("--weights is required (the encoder's weights)");
+  const batchSize = Number(v["batch-size"]);
   if (!Number.isInteger(batchSize) || batchSize < 1) {
-    throw new UsageError(`--batch-size must be an integer ≥ 1, current value is ${values["batch-size"]}`);
+    throw new UsageError(`--batch-size must be an integer ≥ 1, current value is ${v["batch-size"]}`);
   }
-  const tune = parseTuneMode(values.tune);
-  const dir = positionals[0], out = values.out!, quiet = values.quiet;
-  await checkInputs([["the patch folder", dir, "folder"], ["--weights", values.weights, "file"]]);
-  const files = await listPatches(dir);
-  await prepareOutputDir(out);
+  if (v.spots !== undefined && v.tile) throw new UsageError("give either --spots FILE or --tile, not both");
+  const slideOnly = [
+    "section",
+    "crop-size",
+    "crop-um",
+    "tile-px",
+    "tile-um",
+    "min-tissue",
+    "max-tiles",
+    "mpp",
+    "scalefactors",
+  ] as const;
+  const stray = slideOnly.find((k) => v[k] !== undefined);
+  if (!onSlide && stray) throw new UsageError(`--${stray} applies to a slide (with --spots FILE or --tile)`);
+  if (v.tile && (v["crop-size"] || v["crop-um"])) {
+    throw new UsageError("--crop-size / --crop-um apply to --spots; tiles are --tile-px / --tile-um squares");
+  }
+  if (v.spots && (v["tile-px"] || v["tile-um"] || v["min-tissue"] || v["max-tiles"])) {
+    throw new UsageError("--tile-px / --tile-um / --min-tissue / --max-tiles apply to --tile");
+  }
+  const minTissue = v["min-tissue"] === undefined ? undefined : Number(v["min-tissue"]);
+  if (minTissue !== undefined && !(minTissue >= 0 && minTissue <= 1)) {
+    throw new UsageError(`--min-tissue must be in [0, 1], current value is ${v["min-tissue"]}`);
+  }
+  const layout = {
+    spots: v.spots,
+    section: v.section,
+    cropSize: positiveNumber(v["crop-size"], "--crop-size", true),
+    cropUm: positiveNumber(v["crop-um"], "--crop-um"),
+    tilePx: positiveNumber(v["tile-px"], "--tile-px", true),
+    tileUm: positiveNumber(v["tile-um"], "--tile-um"),
+    minTissue,
+    maxTiles: positiveNumber(v["max-tiles"], "--max-tiles", true),
+    scalefactors: v.scalefactors,
+    quiet: v.quiet,
+  };
+  const mpp = positiveNumber(v.mpp, "--mpp");
+  if (layout.tilePx !== undefined && layout.tilePx < MIN_TILE_PX) {
+    throw new UsageError(
+      `--tile-px must be at least ${MIN_TILE_PX} (pixels of the slide's level 0), current value is ${layout.tilePx}`,
+    );
+  }
+  const tune = parseTuneMode(v.tune);
+  const input = positionals[0], out = v.out!, quiet = v.quiet;
+  await checkInputs([
+    [onSlide ? "the slide" : "the patch folder", input, onSlide ? "file" : "folder"],
+    ["--weights", v.weights, "file"],
+    ["--spots", v.spots, "file"],
+  ]);
   const t0 = performance.now();
-  const engine = await createEngine();
-  let f: PatchFeatures;
-  try {
-    const said = await prepareTuning(engine, tune, (s) => !quiet && console.error(s));
-    if (!quiet) console.error(said);
-    const enc = await loadEncoder(engine, encoder as EncoderName, values.weights);
+  const bar = (n: number, what: string) => {
+    const b = new Progress(what, n, quiet);
+    let shown = 0;
+    return {
+      onProgress: (done: number) => {
+        b.tick(done - shown);
+        shown = done;
+      },
+      done: () => b.done(),
+    };
+  };
+  let f: PatchFeatures | SlideFeatures;
+  if (onSlide) {
+    const slide = await openSlide(
+      input,
+      mpp ? { mpp: { x: mpp, y: mpp, source: "option", detail: `--mpp ${mpp}` } } : {},
+    );
     try {
-      const pathOf = new Map(files.map(({ name, file }) => [name, join(dir, file)]));
+      const { patches, patchPx } = await slideLayout(slide, input, layout);
+      await prepareOutputDir(out);
+      f = await withEncoder(encoder as EncoderName, v.weights, tune, quiet, async (engine, enc) => {
+        if (!quiet) {
+          console.error(`${patches.length} ${v.tile ? "tiles" : "spots"} of ${patchPx} px → ${enc.name}`);
+        }
+        const p = bar(patches.length, v.tile ? "tiles" : "spots");
+        const r = await embedSlide(engine, enc, slide, patches, {
+          batchSize,
+          signal: interruptSignal(),
+          onProgress: p.onProgress,
+        });
+        p.done();
+        return r;
+      });
+    } finally {
+      slide.close();
+    }
+  } else {
+    const files = await listPatches(input);
+    await prepareOutputDir(out);
+    f = await withEncoder(encoder as EncoderName, v.weights, tune, quiet, async (engine, enc) => {
+      const pathOf = new Map(files.map(({ name, file }) => [name, join(input, file)]));
       const images = files.map(({ name }) => ({
         name,
         bytes: async () => {
@@ -105,31 +214,49 @@ export async function runEmbed(args: string[]): Promise<void> {
           }
         },
       }));
-      const bar = new Progress("patches", files.length, quiet);
-      let shown = 0;
-      f = await embedPatches(engine, enc, images, {
+      const p = bar(files.length, "patches");
+      const r = await embedPatches(engine, enc, images, {
         batchSize,
         signal: interruptSignal(),
-        onProgress: (done) => {
-          bar.tick(done - shown);
-          shown = done;
-        },
+        onProgress: p.onProgress,
         onWarning: (_, m) => !quiet && console.error(`warning: ${m}`),
         label: (name) => pathOf.get(name)!,
       });
-      bar.done();
+      p.done();
+      return r;
+    });
+  }
+  await writeFilesAtomic(out, [["features.npz", featuresNpz(f, { compress: v.compress })]], {
+    signal: interruptSignal(),
+  });
+  console.log(
+    `${f.names.length} ${
+      onSlide ? (v.tile ? "tiles" : "spots") : "patches"
+    }, ${f.dim} features each (${f.encoder}) in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${
+      join(out, "features.npz")
+    }`,
+  );
+}
+
+/** Run `fn` with an engine (tuning table applied) and the encoder, releasing both afterwards. */
+async function withEncoder<T>(
+  encoder: EncoderName,
+  weights: string,
+  tune: ReturnType<typeof parseTuneMode>,
+  quiet: boolean | undefined,
+  fn: (engine: Awaited<ReturnType<typeof createEngine>>, enc: Encoder) => Promise<T>,
+): Promise<T> {
+  const engine = await createEngine();
+  try {
+    const said = await prepareTuning(engine, tune, (s) => !quiet && console.error(s));
+    if (!quiet) console.error(said);
+    const enc = await loadEncoder(engine, encoder, weights);
+    try {
+      return await fn(engine, enc);
     } finally {
       enc.dispose();
     }
   } finally {
     engine.destroy();
   }
-  await writeFilesAtomic(out, [["features.npz", featuresNpz(f, { compress: values.compress })]], {
-    signal: interruptSignal(),
-  });
-  console.log(
-    `${f.names.length} patches, ${f.dim} features each (${f.encoder}) in ${
-      ((performance.now() - t0) / 1000).toFixed(1)
-    } s → ${join(out, "features.npz")}`,
-  );
 }

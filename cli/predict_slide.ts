@@ -43,7 +43,7 @@ import { basename, dirname, resolve } from "node:path";
 import { createEngine, type Engine } from "../engine/engine.ts";
 import { decodeImage } from "../slide/decode.ts";
 import { fitReinhard, MACENKO_DEFAULT_TARGET, type StainMethod } from "../slide/stain.ts";
-import { openSlide, type SlideMpp } from "../slide/wsi.ts";
+import { openSlide, type Slide, type SlideMpp } from "../slide/wsi.ts";
 import { visiumImage } from "../slide/datasets/visium.ts";
 import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import {
@@ -154,6 +154,102 @@ function sectionOf(path: string): string {
 
 // ---------------------------------------------------------------------------------------- prediction
 
+/** Where to read patches on a slide: at spots, or as tiles over the tissue (see the module doc). */
+export interface SlideLayoutOptions {
+  spots?: string;
+  cropSize?: number;
+  cropUm?: number;
+  tilePx?: number;
+  tileUm?: number;
+  minTissue?: number;
+  maxTiles?: number;
+  section?: string;
+  scalefactors?: string;
+  quiet?: boolean;
+}
+
+/**
+ * The patches of `slide` (opened from `path`) at `o.spots` or as tiles over the tissue, their side in
+ * level-0 pixels and the resolution that sized them; notes and warnings go to stderr unless `quiet`. Shared
+ * by `predict-slide` and `embed`. An empty layout (no spots, no tissue) is an error naming the file.
+ */
+export async function slideLayout(
+  slide: Slide,
+  path: string,
+  o: SlideLayoutOptions,
+): Promise<{ patches: SlidePatch[]; patchPx: number; mpp: SlideMpp | null }> {
+  const warn = (m: string) => !o.quiet && console.error(`warning: ${m}`);
+  const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
+  let patches: SlidePatch[];
+  let patchPx: number;
+  let mpp: SlideMpp | null;
+  if (o.spots) {
+    const text = await readSpotFile(o.spots);
+    const layout = await spotLayout(slide, { path: o.spots, text, spots: parseSpots(text, o.spots) }, {
+      cropSize: o.cropSize,
+      cropUm: o.cropUm,
+      scalefactors: o.scalefactors,
+    });
+    if (layout.note && !o.quiet) console.error(layout.note);
+    patchPx = layout.size;
+    mpp = layout.mpp;
+    const res = spotPatches(layout.spots, o.spots, {
+      section: o.section ?? sectionOf(o.spots),
+      size: patchPx,
+      width: W0,
+      height: H0,
+    });
+    patches = res.patches;
+    if (res.outside) warn(`${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
+  } else {
+    mpp = slide.resolution ?? (await visiumImage(path, { scalefactors: o.scalefactors }))?.mpp ?? null;
+    if (o.tilePx !== undefined) patchPx = o.tilePx;
+    else if (mpp) patchPx = Math.round((o.tileUm ?? 100) / mpp.x);
+    else throw noResolution(path, `${o.tileUm ?? 100} µm tiles`, "--tile-px");
+    if (!Number.isInteger(patchPx) || patchPx < MIN_TILE_PX) {
+      throw new RangeError(
+        o.tilePx !== undefined
+          ? `--tile-px must be an integer ≥ ${MIN_TILE_PX}, current value is ${patchPx}`
+          : `--tile-um ${o.tileUm ?? 100} is ${patchPx} px at ${mpp!.x} µm/px (from ${mpp!.detail}); ` +
+            `tiles must be at least ${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
+      );
+    }
+    if (o.tilePx === undefined && Math.abs(mpp!.y / mpp!.x - 1) > 0.01) {
+      warn(
+        `${path} has pixels of ${mpp!.x} × ${mpp!.y} µm (from ${mpp!.detail}): tiles of ` +
+          `${patchPx} px are ${o.tileUm ?? 100} µm wide and ${(patchPx * mpp!.y).toFixed(1)} µm tall`,
+      );
+    }
+    const res = await tilePatches(slide, {
+      tilePx: patchPx,
+      section: o.section ?? sectionOf(path),
+      minTissue: o.minTissue,
+    });
+    patches = res.patches;
+    const maxTiles = o.maxTiles ?? MAX_TILES;
+    if (patches.length > maxTiles) {
+      const limit = `--max-tiles ${maxTiles}${o.maxTiles === undefined ? " (the default)" : ""}`;
+      throw new Error(
+        `Cannot tile ${path}: ${patches.length} tiles of ${patchPx} px are on tissue ` +
+          `(of ${res.cols}×${res.rows}), more than ${limit}; pass --max-tiles ${patches.length} to predict ` +
+          `them all, or use larger tiles`,
+      );
+    }
+    if (!o.quiet) {
+      console.error(
+        `${patches.length} of ${res.cols * res.rows} tiles of ${patchPx} px` +
+          `${mpp ? ` (${(patchPx * mpp.x).toFixed(0)} µm)` : ""} are on tissue`,
+      );
+    }
+  }
+  if (patches.length === 0) {
+    throw new Error(
+      o.spots ? `No spots in ${o.spots}` : `No tissue found in ${path} (tiles of ${patchPx} px)`,
+    );
+  }
+  return { patches, patchPx, mpp };
+}
+
 /**
  * Predict at the spots or tiles of a slide (see the module doc), write the outputs, and return them.
  *
@@ -175,74 +271,7 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
   );
   t = addTime(timings, "open", t);
   try {
-    const [W0, H0] = [slide.levels[0].width, slide.levels[0].height];
-    let patches: SlidePatch[];
-    let patchPx: number;
-    let mpp: SlideMpp | null;
-    if (o.spots) {
-      const text = await readSpotFile(o.spots);
-      const layout = await spotLayout(slide, { path: o.spots, text, spots: parseSpots(text, o.spots) }, {
-        cropSize: o.cropSize,
-        cropUm: o.cropUm,
-        scalefactors: o.scalefactors,
-      });
-      if (layout.note && !o.quiet) console.error(layout.note);
-      patchPx = layout.size;
-      mpp = layout.mpp;
-      const res = spotPatches(layout.spots, o.spots, {
-        section: o.section ?? sectionOf(o.spots),
-        size: patchPx,
-        width: W0,
-        height: H0,
-      });
-      patches = res.patches;
-      if (res.outside) warn(`${res.outside} spots fall outside the image (${W0}×${H0}) and are skipped`);
-    } else {
-      mpp = slide.resolution ?? (await visiumImage(path, { scalefactors: o.scalefactors }))?.mpp ?? null;
-      if (o.tilePx !== undefined) patchPx = o.tilePx;
-      else if (mpp) patchPx = Math.round((o.tileUm ?? 100) / mpp.x);
-      else throw noResolution(path, `${o.tileUm ?? 100} µm tiles`, "--tile-px");
-      if (!Number.isInteger(patchPx) || patchPx < MIN_TILE_PX) {
-        throw new RangeError(
-          o.tilePx !== undefined
-            ? `--tile-px must be an integer ≥ ${MIN_TILE_PX}, current value is ${patchPx}`
-            : `--tile-um ${o.tileUm ?? 100} is ${patchPx} px at ${mpp!.x} µm/px (from ${mpp!.detail}); ` +
-              `tiles must be at least ${MIN_TILE_PX} px (the model's input is 224 px): use larger --tile-um`,
-        );
-      }
-      if (o.tilePx === undefined && Math.abs(mpp!.y / mpp!.x - 1) > 0.01) {
-        warn(
-          `${path} has pixels of ${mpp!.x} × ${mpp!.y} µm (from ${mpp!.detail}): tiles of ` +
-            `${patchPx} px are ${o.tileUm ?? 100} µm wide and ${(patchPx * mpp!.y).toFixed(1)} µm tall`,
-        );
-      }
-      const res = await tilePatches(slide, {
-        tilePx: patchPx,
-        section: o.section ?? sectionOf(path),
-        minTissue: o.minTissue,
-      });
-      patches = res.patches;
-      const maxTiles = o.maxTiles ?? MAX_TILES;
-      if (patches.length > maxTiles) {
-        const limit = `--max-tiles ${maxTiles}${o.maxTiles === undefined ? " (the default)" : ""}`;
-        throw new Error(
-          `Cannot tile ${path}: ${patches.length} tiles of ${patchPx} px are on tissue ` +
-            `(of ${res.cols}×${res.rows}), more than ${limit}; pass --max-tiles ${patches.length} to predict ` +
-            `them all, or use larger tiles`,
-        );
-      }
-      if (!o.quiet) {
-        console.error(
-          `${patches.length} of ${res.cols * res.rows} tiles of ${patchPx} px` +
-            `${mpp ? ` (${(patchPx * mpp.x).toFixed(0)} µm)` : ""} are on tissue`,
-        );
-      }
-    }
-    if (patches.length === 0) {
-      throw new Error(
-        o.spots ? `No spots in ${o.spots}` : `No tissue found in ${path} (tiles of ${patchPx} px)`,
-      );
-    }
+    const { patches, patchPx, mpp } = await slideLayout(slide, path, o);
     await prepareOutputDir(o.out);
     if (o.geojson) {
       await prepareOutputDir(dirname(o.geojson));
@@ -408,7 +437,7 @@ export const PREDICT_SLIDE_USAGE =
   "                for a whole slide's tiles); the aux genes stay in predictions.npz and the h5ad\n" +
   "  --compress    deflate predictions.npz's arrays (as np.savez_compressed; default stored, as np.savez)";
 
-function positiveNumber(v: string | undefined, flag: string, integer = false): number | undefined {
+export function positiveNumber(v: string | undefined, flag: string, integer = false): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {

@@ -10,6 +10,8 @@ import type { Encoder } from "../model/encoder.ts";
 import { resizeNormalize, type RgbImage, uploadImages } from "../slide/mod.ts";
 import { encodeNpz } from "../slide/npz.ts";
 import { decodePatch, type PatchImage } from "./predict_patches.ts";
+import { readPatches, type SlidePatch } from "./predict_slide.ts";
+import type { Slide } from "../slide/wsi.ts";
 
 /** Features of a set of patches, on the host. */
 export interface PatchFeatures {
@@ -106,18 +108,96 @@ export async function embedPatches(
   return out;
 }
 
+/** Features of a slide's patches, with where they are. */
+export interface SlideFeatures extends PatchFeatures {
+  /** (P, 2) level-0 centre x, y. */
+  pixel: Float64Array;
+  /** (P, 2) array x, y (spots) or tile column, row. */
+  grid: Int32Array;
+}
+
 /**
- * `features.npz`: `features` (N, D) float32 and `names`, plus whatever `extra` arrays are given (e.g. a
- * slide's `pixel` and `grid`); `compress` deflates.
+ * Encode a slide's patches (`spotPatches` / `tilePatches` of pipeline/predict_slide.ts), read from level 0 in
+ * batches — the next batch is read while the GPU encodes the current one, never all at once — resized to the
+ * encoder's input and normalised as it expects. A non-finite feature is an error naming the spot or tile.
+ *
+ * @example
+ * ```ts
+ * const { patches } = spotPatches(spots, "C2_selection.tsv", { section: "C2", size: 150, width, height });
+ * const f = await embedSlide(engine, encoder, slide, patches, { batchSize: 8 });
+ * ```
  */
-export function featuresNpz(
-  f: PatchFeatures,
-  o: { compress?: boolean; extra?: Parameters<typeof encodeNpz>[0] } = {},
-): Uint8Array {
+export async function embedSlide(
+  engine: Engine,
+  encoder: Encoder,
+  slide: Slide,
+  patches: SlidePatch[],
+  o: Omit<EmbedOptions, "onWarning" | "label">,
+): Promise<SlideFeatures> {
+  if (!(Number.isInteger(o.batchSize) && o.batchSize >= 1)) {
+    throw new RangeError(
+      `Cannot embed a slide: batchSize must be an integer ≥ 1, current value is ${o.batchSize}`,
+    );
+  }
+  const P = patches.length, D = encoder.dim, bs = o.batchSize;
+  const out: SlideFeatures = {
+    names: patches.map((p) => p.name),
+    dim: D,
+    features: new Float32Array(P * D),
+    encoder: encoder.name,
+    pixel: new Float64Array(P * 2),
+    grid: new Int32Array(P * 2),
+  };
+  patches.forEach((p, i) => {
+    out.pixel.set([p.px, p.py], 2 * i);
+    out.grid.set([p.gx, p.gy], 2 * i);
+  });
+  const read = (b0: number) => readPatches(slide, patches.slice(b0, b0 + bs));
+  let next: Promise<RgbImage[]> | null = P ? read(0) : null;
+  try {
+    for (let b0 = 0; b0 < P; b0 += bs) {
+      o.signal?.throwIfAborted();
+      const images = await next!;
+      next = b0 + bs < P ? read(b0 + bs) : null;
+      const f = await engine.scope(async () => {
+        const src = uploadImages(engine, images);
+        const x = resizeNormalize(src, { size: encoder.inputSize, mean: encoder.mean, std: encoder.std });
+        src.dispose();
+        return await encoder.features(x).toArray();
+      });
+      const bad = f.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) {
+        throw new Error(
+          `Cannot embed ${out.names[b0 + Math.floor(bad / D)]}: feature ${bad % D} is ${
+            f[bad]
+          } (the weights or ` +
+            `the image give non-finite values)`,
+        );
+      }
+      out.features.set(f, b0 * D);
+      o.onProgress?.(Math.min(b0 + bs, P), P);
+    }
+  } finally {
+    next?.catch(() => {}); // a read still in flight when encoding failed
+  }
+  o.signal?.throwIfAborted();
+  return out;
+}
+
+/**
+ * `features.npz`: `features` (N, D) float32 and `names`, and for a slide `pixel` (N, 2) float64 level-0
+ * centres and `grid` (N, 2) int32 array positions or tile columns and rows; `compress` deflates.
+ */
+export function featuresNpz(f: PatchFeatures | SlideFeatures, o: { compress?: boolean } = {}): Uint8Array {
   const N = f.names.length;
   return encodeNpz({
     features: { dtype: "f4", shape: [N, f.dim], data: f.features },
     names: { dtype: "U", shape: [N], data: f.names },
-    ...o.extra,
+    ...("pixel" in f
+      ? {
+        pixel: { dtype: "f8", shape: [N, 2], data: f.pixel },
+        grid: { dtype: "i4", shape: [N, 2], data: f.grid },
+      }
+      : {}),
   }, { compress: o.compress });
 }

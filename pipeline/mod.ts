@@ -74,7 +74,14 @@ export {
   viewCount,
   type ViewPredictions,
 } from "./views.ts";
-export { type EmbedOptions, embedPatches, featuresNpz, type PatchFeatures } from "./embed.ts";
+export {
+  type EmbedOptions,
+  embedPatches,
+  embedSlide,
+  featuresNpz,
+  type PatchFeatures,
+  type SlideFeatures,
+} from "./embed.ts";
 export {
   type CheckpointEntries,
   type EpochLog,

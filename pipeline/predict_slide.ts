@@ -284,7 +284,7 @@ export async function tilePatches(
  * Read the patches' squares from level 0. With `context` > 0 (grid modes) each square grows to
  * `size + context`, placed so that the grid's centred `size` window is the patch itself.
  */
-async function readPatches(
+export async function readPatches(
   slide: Slide,
   patches: SlidePatch[],
   timings?: Record<string, number>,
