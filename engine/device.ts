@@ -5,7 +5,9 @@
  *   alias that is copied into it before the first adapter request.
  * - A hardware adapter is preferred; a software adapter (llvmpipe, SwiftShader, WARP) is reported as such.
  * - The device is requested with the adapter's maximum limits (the defaults cap a storage binding at
- *   128 MiB and workgroup memory at 16 KiB) and with `shader-f16` / `timestamp-query` when present.
+ *   128 MiB and workgroup memory at 16 KiB) and with `shader-f16` / `timestamp-query` when present; when a
+ *   browser refuses those, with its default limits (the kernels read `device.limits` and fit within them).
+ * - In a browser (no `Deno`) the environment variables read as unset and the backend is `browser`.
  *
  * @module
  */
@@ -20,12 +22,14 @@ export interface AdapterDescription {
   architecture: string;
   /** Device string or id reported by the adapter (may be empty). */
   device: string;
-  /** Backend requested through `DENO_WEBGPU_BACKEND`, or `auto` when the runtime chose. */
+  /** Backend requested through `DENO_WEBGPU_BACKEND`, `auto` when the runtime chose, `browser` in a browser. */
   backend: string;
   /** True for CPU (software) adapters such as llvmpipe. */
   software: boolean;
   /** Features enabled on the device. */
   features: string[];
+  /** Why the device runs with the default limits instead of the adapter's (absent when it has them). */
+  limitsFallback?: string;
 }
 
 /** Options for {@linkcode createDevice}. */
@@ -53,6 +57,9 @@ const LIMITS_AT_MAX = [
 
 const SOFTWARE_NAMES = /llvmpipe|lavapipe|swiftshader|softpipe|warp|basic render|software/i;
 
+/** Whether this runtime is Deno (a browser has no `Deno` global). */
+const IN_DENO = typeof Deno !== "undefined";
+
 function envGet(name: string): string | undefined {
   try {
     return Deno.env.get(name);
@@ -66,6 +73,7 @@ function envGet(name: string): string | undefined {
  * Vulkan first, then OpenGL, and its OpenGL adapters report the placeholder subgroup range 4…128.
  */
 function inferBackend(info: GPUAdapterInfo): string {
+  if (!IN_DENO) return "browser";
   const os = Deno.build.os;
   if (os === "darwin") return "metal";
   if (os !== "linux") return "auto";
@@ -136,13 +144,13 @@ export async function createDevice(
   const backend = options.backend ?? envGet("HE2GENE_BACKEND");
   const problem = options.backend ? backendProblem("backend", options.backend) : backendEnvProblem();
   if (problem) throw new RangeError(`Cannot create a WebGPU device: ${problem}`);
-  if (backend) {
+  if (backend && IN_DENO) {
     try {
       Deno.env.set("DENO_WEBGPU_BACKEND", backend);
     } catch { /* no env permission: the runtime default applies */ }
   }
   // Mesa's window-system probe prints "XDG_RUNTIME_DIR is invalid or not set" on headless machines.
-  if (!envGet("XDG_RUNTIME_DIR")) {
+  if (IN_DENO && !envGet("XDG_RUNTIME_DIR")) {
     try {
       Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
     } catch { /* no env permission: the message is only noise */ }
@@ -159,7 +167,9 @@ export async function createDevice(
   if (!adapter) throw new NoAdapterError("no adapter was found");
 
   const info = adapter.info;
-  const name = info.description || info.device || info.vendor || "unknown adapter";
+  // Chrome leaves `description` empty: SwiftShader reads as "google swiftshader".
+  const name = info.description || info.device ||
+    [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown adapter";
   // deno-lint-ignore no-explicit-any
   const fallback = Boolean((info as any).isFallbackAdapter);
   const software = fallback || SOFTWARE_NAMES.test(name);
@@ -173,11 +183,14 @@ export async function createDevice(
   if (adapter.features.has("timestamp-query")) requiredFeatures.push("timestamp-query");
   if ((options.f16 ?? true) && adapter.features.has("shader-f16")) requiredFeatures.push("shader-f16");
 
-  const device = await adapter.requestDevice({
-    label: "he2gene",
-    requiredLimits,
-    requiredFeatures,
-  });
+  let device: GPUDevice, limitsFallback: string | undefined;
+  try {
+    device = await adapter.requestDevice({ label: "he2gene", requiredLimits, requiredFeatures });
+  } catch (e) {
+    // A browser may cap what a page gets below the adapter's report: fall back to the defaults.
+    limitsFallback = `the adapter's limits were refused (${(e as Error).message}); using the defaults`;
+    device = await adapter.requestDevice({ label: "he2gene", requiredFeatures });
+  }
   const description: AdapterDescription = {
     name,
     vendor: info.vendor,
@@ -186,6 +199,7 @@ export async function createDevice(
     backend: envGet("DENO_WEBGPU_BACKEND") ?? inferBackend(info),
     software,
     features: [...device.features].sort(),
+    ...(limitsFallback ? { limitsFallback } : {}),
   };
   return { device, adapter, description };
 }
