@@ -22,7 +22,7 @@
  * slower). `--tune default` skips that.
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
- * `--suite matmul,conv,resnet,layers,slide,train,slide-predict` (default all; slide-predict takes ~2 min, 32
+ * `--suite matmul,conv,resnet,layers,slide,train,slide-predict,encoders` (default all; slide-predict takes ~2 min, 32
  *   spots with `--quick`),
  * `--tune default|cached|auto` (default cached), `--no-peer`, `--reps N`, `--data DIR` (the shared data
  * folder; default `../shared/data` beside the project), `--resnet-batches 1,8,32` and `--train-batches 2,32`
@@ -36,6 +36,7 @@ import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/m
 import { tuningOf, type TuningTable, useTuning } from "../kernels/tuning.ts";
 import { loadTuning, prepareTuning, tuningDir, tuningPath } from "../model/tune_cache.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
+import { benchEncoders, printEncodersTable } from "./encoders.ts";
 import { benchLayers, type LayerRow, type LayerTotal, printLayersTable } from "./layers.ts";
 import { fmtPct, measurePeak, pctOfPeak } from "./peak.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
@@ -71,7 +72,7 @@ const SHAPES: Shape[] = [
     note: "32×2048 · (19699×2048)ᵀ, 161 MB weight",
   },
 ];
-const SUITES = ["matmul", "conv", "resnet", "layers", "slide", "train", "slide-predict"];
+const SUITES = ["matmul", "conv", "resnet", "layers", "slide", "train", "slide-predict", "encoders"];
 /** The suites that also time the tuning table's variants. */
 const TUNED_SUITES = ["matmul", "resnet", "layers", "train"];
 const TUNE_MODES = ["default", "cached", "auto"] as const;
@@ -653,6 +654,19 @@ export async function main(args: string[]): Promise<void> {
     } else if (!values.json && predictSlideRows.length) {
       console.log("\npredict-slide, her2st C2, spots per second by stage:");
       printPredictSlideTable(predictSlideRows, console.log);
+    }
+  }
+  if (suites.has("encoders")) {
+    log("\nencoders: ResNet-50 and ViT-S/B/L/16 forward at batch 8, the attention op, PyTorch CPU …");
+    const enc = await benchEncoders(e, {
+      quick: values.quick ?? false,
+      reps: Math.min(reps, 3),
+      log,
+      peer: !values["no-peer"],
+    });
+    if (!values.json) {
+      console.log("\nencoders, forward at batch 8 (224 px), images per second:");
+      printEncodersTable(enc, console.log);
     }
   }
   peer?.dispose();

@@ -16,9 +16,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { type Encoder, ResNetEncoder, torchvisionResNet } from "../model/encoder.ts";
+import { ViTEncoder } from "../model/vit.ts";
 import {
   embedPatches,
   embedSlide,
@@ -37,12 +38,12 @@ import { parseTuneMode, prepareTuning } from "./tune.ts";
 import { listPatches } from "./predict_patches.ts";
 
 /** The encoders `--encoder` names. */
-export const ENCODERS = ["resnet50", "he2gene"] as const;
+export const ENCODERS = ["resnet50", "he2gene", "timm"] as const;
 export type EncoderName = typeof ENCODERS[number];
 
 export const EMBED_USAGE =
-  "embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene --weights FILE [--out ./features]\n" +
-  "      [--batch-size 8] [--compress] [--tune cached|auto|off] [--quiet]\n" +
+  "embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene|timm --weights FILE\n" +
+  "      [--config FILE] [--out ./features] [--batch-size 8] [--compress] [--tune cached|auto|off] [--quiet]\n" +
   "      slide options as predict-slide: [--section NAME] [--crop-size 150 | --crop-um UM] [--tile-px PX |\n" +
   "      --tile-um 100] [--min-tissue 0.5] [--max-tiles N] [--mpp MPP] [--scalefactors FILE]\n\n" +
   "  DIR          patches named {section}_{x}_{y}.{tif,png,jpg} (as predict-patches)\n" +
@@ -52,8 +53,12 @@ export const EMBED_USAGE =
   "  --encoder    resnet50: a torchvision ResNet state dict (ImageNet layout, e.g. resnet50-0676ba61.pth or\n" +
   "               resnet50-11ad3fa6.pth from torchvision; fc is ignored), ImageNet normalisation;\n" +
   "               he2gene: an HE2Gene checkpoint (model_base.pt, model_spat.pt, our .safetensors), its\n" +
-  "               backbone's pooled features, HE2Gene's normalisation\n" +
-  "  --weights    the encoder's weights (.pth / .pt / .safetensors)\n" +
+  "               backbone's pooled features, HE2Gene's normalisation;\n" +
+  "               timm: a timm Vision Transformer from a Hugging Face folder (config.json with architecture,\n" +
+  "               model_args, pretrained_cfg; model.safetensors or pytorch_model.bin): its pooled features\n" +
+  "               (forward_head(pre_logits=True)), the config's input size, mean and std\n" +
+  "  --weights    the encoder's weights (.pth / .pt / .safetensors / .bin), or with timm the model's folder\n" +
+  "  --config     timm's config.json (default: the one in the folder, or beside the weights file)\n" +
   "  --out        output folder (default ./features): features.npz with features [N, D] float32, names [N]\n" +
   "  --batch-size patches per GPU batch (default 8)\n" +
   "  --compress   deflate features.npz's arrays (as np.savez_compressed)";
@@ -63,11 +68,73 @@ export async function loadEncoder(
   engine: Parameters<typeof ResNetEncoder.fromTorchvision>[0],
   encoder: EncoderName,
   weights: string,
+  config?: string,
+  warn: (s: string) => void = () => {},
 ): Promise<Encoder> {
+  if (encoder === "timm") return await loadTimm(engine, weights, config, warn);
   const { tensors } = await readCheckpoint(weights);
   return encoder === "resnet50"
     ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, weights))
     : ResNetEncoder.fromHE2Gene(engine, tensors, weights);
+}
+
+/**
+ * A timm ViT from a Hugging Face folder (or a weights file with `config`): `model.safetensors` preferred to
+ * `pytorch_model.bin`; `config.json` from `config`, else the folder's / the file's neighbour.
+ */
+async function loadTimm(
+  engine: Parameters<typeof ResNetEncoder.fromTorchvision>[0],
+  weights: string,
+  config: string | undefined,
+  warn: (s: string) => void,
+): Promise<Encoder> {
+  let file = weights;
+  if ((await Deno.stat(weights)).isDirectory) {
+    const found = ["model.safetensors", "pytorch_model.bin"].map((f) => join(weights, f))
+      .find((f) => existsFile(f));
+    if (!found) {
+      throw new Error(`Cannot find the weights in ${weights}: no model.safetensors or pytorch_model.bin`);
+    }
+    file = found;
+  }
+  const cfgPath = config ?? join(dirname(file), "config.json");
+  let cfgText: string;
+  try {
+    cfgText = await Deno.readTextFile(cfgPath);
+  } catch (e) {
+    throw new Error(
+      `Cannot read timm's config ${cfgPath}${config ? "" : " (give it with --config)"}: ${
+        (e as Error).message
+      }`,
+    );
+  }
+  let cfg: unknown;
+  try {
+    cfg = JSON.parse(cfgText);
+  } catch (e) {
+    throw new Error(`Cannot read ${cfgPath}: not JSON (${(e as Error).message})`);
+  }
+  const { tensors } = await readCheckpoint(file);
+  const enc = ViTEncoder.fromTimm(engine, cfg, tensors, file);
+  const pre = enc.config.preprocess;
+  if (pre.interpolation !== "bilinear") {
+    warn(
+      `warning: ${cfgPath} asks for ${pre.interpolation} resizing; he2gene resizes with PIL's bilinear only ` +
+        `for now, so features will differ slightly from timm's`,
+    );
+  }
+  if (pre.cropPct !== 1) {
+    warn(`warning: ${cfgPath} has crop_pct ${pre.cropPct}; patches are resized whole (crop_pct 1)`);
+  }
+  return enc;
+}
+
+function existsFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
 }
 
 /** CLI entry: parse arguments and run. */
@@ -77,6 +144,7 @@ export async function runEmbed(args: string[]): Promise<void> {
     options: {
       encoder: { type: "string" },
       weights: { type: "string" },
+      config: { type: "string" },
       out: { type: "string", default: "features" },
       "batch-size": { type: "string", default: "8" },
       compress: { type: "boolean", default: false },
@@ -155,11 +223,13 @@ export async function runEmbed(args: string[]): Promise<void> {
       `--tile-px must be at least ${MIN_TILE_PX} (pixels of the slide's level 0), current value is ${layout.tilePx}`,
     );
   }
+  if (v.config !== undefined && encoder !== "timm") throw new UsageError("--config is for --encoder timm");
   const tune = parseTuneMode(v.tune);
   const input = positionals[0], out = v.out!, quiet = v.quiet;
   await checkInputs([
     [onSlide ? "the slide" : "the patch folder", input, onSlide ? "file" : "folder"],
-    ["--weights", v.weights, "file"],
+    ["--weights", v.weights, encoder === "timm" ? "file or folder" : "file"],
+    ["--config", v.config, "file"],
     ["--spots", v.spots, "file"],
   ]);
   const t0 = performance.now();
@@ -183,7 +253,7 @@ export async function runEmbed(args: string[]): Promise<void> {
     try {
       const { patches, patchPx } = await slideLayout(slide, input, layout);
       await prepareOutputDir(out);
-      f = await withEncoder(encoder as EncoderName, v.weights, tune, quiet, async (engine, enc) => {
+      f = await withEncoder(encoder as EncoderName, v.weights, v.config, tune, quiet, async (engine, enc) => {
         if (!quiet) {
           console.error(`${patches.length} ${v.tile ? "tiles" : "spots"} of ${patchPx} px → ${enc.name}`);
         }
@@ -202,7 +272,7 @@ export async function runEmbed(args: string[]): Promise<void> {
   } else {
     const files = await listPatches(input);
     await prepareOutputDir(out);
-    f = await withEncoder(encoder as EncoderName, v.weights, tune, quiet, async (engine, enc) => {
+    f = await withEncoder(encoder as EncoderName, v.weights, v.config, tune, quiet, async (engine, enc) => {
       const pathOf = new Map(files.map(({ name, file }) => [name, join(input, file)]));
       const images = files.map(({ name }) => ({
         name,
@@ -242,6 +312,7 @@ export async function runEmbed(args: string[]): Promise<void> {
 async function withEncoder<T>(
   encoder: EncoderName,
   weights: string,
+  config: string | undefined,
   tune: ReturnType<typeof parseTuneMode>,
   quiet: boolean | undefined,
   fn: (engine: Awaited<ReturnType<typeof createEngine>>, enc: Encoder) => Promise<T>,
@@ -250,7 +321,7 @@ async function withEncoder<T>(
   try {
     const said = await prepareTuning(engine, tune, (s) => !quiet && console.error(s));
     if (!quiet) console.error(said);
-    const enc = await loadEncoder(engine, encoder, weights);
+    const enc = await loadEncoder(engine, encoder, weights, config, (s) => !quiet && console.error(s));
     try {
       return await fn(engine, enc);
     } finally {

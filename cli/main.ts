@@ -209,7 +209,7 @@ const COMMANDS: Record<string, Command> = {
   bench: {
     summary: "benchmarks (matmul, conv, ResNet-50, training, slide I/O): `deno task bench` in a checkout",
     usage:
-      "bench [--suite matmul,conv,resnet,layers,train,slide,slide-predict] [--quick] [--reps N] [--no-peer]\n" +
+      "bench [--suite matmul,conv,resnet,layers,train,slide,slide-predict,encoders] [--quick] [--reps N] [--no-peer]\n" +
       "       [--data DIR] [--json] … → run as `deno task bench …` in a checkout of he2gene\n\n" +
       "  The benchmarks are their own entry point (bench/main.ts), beside the command line and not inside\n" +
       "  it: they need the peer's npm packages (tfjs-webgpu) and python3, which the he2gene executable does\n" +

@@ -9,3 +9,4 @@ export * from "./he2gene.ts";
 export * from "./metrics.ts";
 export * from "./train.ts";
 export * from "./encoder.ts";
+export * from "./vit.ts";

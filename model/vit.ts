@@ -1,0 +1,385 @@
+/**
+ * timm Vision Transformers (`vit_{tiny,small,base,large,huge,giant}_patch{14,16}` and the pathology models
+ * built on them: UNI, Virchow2, H-optimus, Phikon-v2) as image encoders, read from a Hugging Face folder's
+ * `config.json` (`architecture`, `model_args`, `pretrained_cfg`) and its weights in timm's state-dict layout.
+ *
+ *   x (N, 3, S, S) → patch_embed.proj (P×P conv, stride P) → (N, T, D) patch tokens
+ *     → + pos_embed, with the class token and `reg_tokens` register tokens in front ([cls, reg…, patches];
+ *       with `no_embed_class` the position embedding covers the patches only and is added before)
+ *     → depth × block: h += ls1(attn(norm1(h))); h += ls2(mlp(norm2(h)))
+ *         attn: qkv → heads → softmax(q·kᵀ/√d)·v → proj;  mlp: fc1 → GELU → fc2, or SwiGLU (packed fc1:
+ *         silu(first half) · second half → fc2, timm's `SwiGLUPacked`)
+ *     → norm → pool: the class token (`global_pool: token`), or the mean of the patch tokens (`avg`, then
+ *       `fc_norm` instead of `norm`) → (N, D), the features (timm's `forward_head(pre_logits=True)`).
+ *
+ * The architecture is read from the weights' shapes (embedding width, depth, MLP width, register tokens,
+ * LayerScale, biases) and the config (heads, pooling, MLP kind); keys that the model does not use are
+ * refused, naming them, except `head.*` (the classifier). Inference only (no autograd) in this step.
+ * Reference: timm `timm/models/vision_transformer.py`, `timm/layers/mlp.py`.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { noGrad } from "../engine/autograd.ts";
+import { conv2d } from "../ops/conv2d.ts";
+import { add, mul } from "../ops/elementwise.ts";
+import { linear } from "../ops/matmul.ts";
+import { mean } from "../ops/reduce.ts";
+import { swapAxes12 } from "../ops/permute.ts";
+import { attention, gelu, layerNorm, silu } from "../ops/transformer.ts";
+import { transpose } from "../kernels/matmul.ts";
+import type { Encoder } from "./encoder.ts";
+import type { HostTensor } from "./he2gene.ts";
+
+/** Heads per width of timm's named sizes (what the weights cannot say). */
+const HEADS_BY_NAME: Record<string, number> = {
+  tiny: 3,
+  small: 6,
+  base: 12,
+  large: 16,
+  huge: 16,
+  giant: 24,
+  gigantic: 16,
+};
+
+/** The preprocessing of timm's `pretrained_cfg`. */
+export interface ViTPreprocess {
+  inputSize: number;
+  interpolation: string;
+  cropPct: number;
+  mean: [number, number, number];
+  std: [number, number, number];
+}
+
+/** A ViT's architecture. */
+export interface ViTConfig {
+  /** timm's architecture name, e.g. `vit_large_patch16_224`. */
+  name: string;
+  patchSize: number;
+  /** Input side the position embedding was made for. */
+  imgSize: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  mlp: "gelu" | "swiglu";
+  /** fc1's output width (SwiGLU: both halves). */
+  mlpHidden: number;
+  classToken: boolean;
+  regTokens: number;
+  /** The position embedding covers the patch tokens only. */
+  noEmbedClass: boolean;
+  globalPool: "token" | "avg";
+  /** `fc_norm` after pooling (and no final `norm`). */
+  fcNorm: boolean;
+  layerScale: boolean;
+  qkvBias: boolean;
+  eps: number;
+  preprocess: ViTPreprocess;
+}
+
+type Json = Record<string, unknown>;
+
+const isObj = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * The architecture of a timm ViT from its `config.json` and its weights' shapes; throws a `RangeError`
+ * naming the file and what is missing or not supported.
+ *
+ * @example
+ * ```ts
+ * const cfg = vitConfig(JSON.parse(await Deno.readTextFile("uni/config.json")), shapes, "uni/config.json");
+ * ```
+ */
+export function vitConfig(config: unknown, shapes: Map<string, number[]>, file = "config.json"): ViTConfig {
+  if (!isObj(config)) throw new RangeError(`Cannot read ${file}: not a JSON object`);
+  const arch = String(config.architecture ?? config.arch ?? "");
+  const args = isObj(config.model_args) ? config.model_args : {};
+  const pre = isObj(config.pretrained_cfg) ? config.pretrained_cfg : {};
+  const fail = (why: string): never => {
+    throw new RangeError(`Cannot use ${file} (${arch || "no architecture"}) as a timm ViT: ${why}`);
+  };
+  if (!/^vit_/.test(arch)) fail(`the architecture must be a timm vit_* model`);
+  const proj = shapes.get("patch_embed.proj.weight");
+  if (!proj || proj.length !== 4) fail("the weights have no patch_embed.proj.weight [D, 3, P, P]");
+  const [embedDim, cin, patchSize] = proj!;
+  if (cin !== 3) fail(`patch_embed.proj.weight has ${cin} input channels, not 3`);
+  let depth = 0;
+  while (shapes.has(`blocks.${depth}.norm1.weight`)) depth++;
+  if (depth === 0) fail("the weights have no blocks.0.norm1.weight");
+  const numHeads = Number(args.num_heads ?? HEADS_BY_NAME[/^vit_([a-z]+)_/.exec(arch)?.[1] ?? ""] ?? NaN);
+  if (!Number.isInteger(numHeads) || numHeads < 1 || embedDim % numHeads) {
+    fail(
+      `the number of heads is unknown (model_args.num_heads, or a vit_<size>_… name) or does not divide ${embedDim}`,
+    );
+  }
+  const mlpLayer = String(args.mlp_layer ?? "");
+  const act = String(args.act_layer ?? "").toLowerCase();
+  // SwiGLUPacked from the config, or from the shapes (fc2 reads half of fc1's outputs), as named
+  // architectures such as vit_giant_patch14_reg4_dinov2 carry it in their name, not in model_args.
+  const fc1 = shapes.get("blocks.0.mlp.fc1.weight"), fc2 = shapes.get("blocks.0.mlp.fc2.weight");
+  const packed = !!fc1 && !!fc2 && fc2[1] * 2 === fc1[0];
+  const swiglu = /swiglu/i.test(mlpLayer) || (!mlpLayer && packed);
+  if (!swiglu && mlpLayer && !/^mlp$/i.test(mlpLayer)) {
+    fail(`mlp_layer ${mlpLayer} is not supported (Mlp, SwiGLUPacked)`);
+  }
+  if (!swiglu && act && !/^gelu/.test(act)) {
+    fail(`act_layer ${act} is not supported with the plain Mlp (GELU)`);
+  }
+  if (swiglu && act && !/silu|swish/.test(act)) fail(`SwiGLU with act_layer ${act} is not supported (SiLU)`);
+  const pool = String(args.global_pool ?? (shapes.has("fc_norm.weight") ? "avg" : "token"));
+  if (pool !== "token" && pool !== "avg") fail(`global_pool ${pool} is not supported (token, avg)`);
+  const classToken = shapes.has("cls_token");
+  if (pool === "token" && !classToken) fail("global_pool token needs a cls_token");
+  const reg = shapes.get("reg_token");
+  const regTokens = reg ? reg[1] : 0;
+  const posLen = shapes.get("pos_embed")?.[1] ?? fail("the weights have no pos_embed");
+  const prefix = (classToken ? 1 : 0) + regTokens;
+  // The position embedding covers the patch tokens alone (no_embed_class) or the prefix tokens too.
+  const square = (m: number) => m > 0 && Number.isInteger(Math.sqrt(m));
+  const noEmbedClass = args.no_embed_class !== undefined
+    ? Boolean(args.no_embed_class)
+    : !square(posLen - prefix);
+  const patches = noEmbedClass ? posLen : posLen - prefix;
+  if (!square(patches)) fail(`pos_embed has ${posLen} positions: not a square grid of patches (+ ${prefix})`);
+  const side = Math.sqrt(patches);
+  const imgSize = Number(args.img_size ?? side * patchSize);
+  if (Math.floor(imgSize / patchSize) !== side) {
+    fail(
+      `pos_embed has a ${side}×${side} grid, which does not fit img_size ${imgSize} with patch ${patchSize}`,
+    );
+  }
+  const input = Array.isArray(pre.input_size) ? Number(pre.input_size.at(-1)) : imgSize;
+  if (input !== imgSize) {
+    fail(
+      `pretrained_cfg.input_size ${input} differs from img_size ${imgSize} (dynamic sizes are not supported yet)`,
+    );
+  }
+  const triple = (v: unknown, d: readonly number[]) =>
+    (Array.isArray(v) && v.length === 3 ? v.map(Number) : [...d]) as [number, number, number];
+  return {
+    name: arch,
+    patchSize,
+    imgSize,
+    embedDim,
+    depth,
+    numHeads,
+    mlp: swiglu ? "swiglu" : "gelu",
+    mlpHidden: shapes.get("blocks.0.mlp.fc1.weight")?.[0] ??
+      fail("the weights have no blocks.0.mlp.fc1.weight"),
+    classToken,
+    regTokens,
+    noEmbedClass,
+    globalPool: pool as "token" | "avg",
+    fcNorm: shapes.has("fc_norm.weight"),
+    layerScale: shapes.has("blocks.0.ls1.gamma"),
+    qkvBias: shapes.has("blocks.0.attn.qkv.bias"),
+    eps: 1e-6,
+    preprocess: {
+      inputSize: input,
+      interpolation: String(pre.interpolation ?? "bicubic"),
+      cropPct: Number(pre.crop_pct ?? 0.9),
+      mean: triple(pre.mean, [0.485, 0.456, 0.406]),
+      std: triple(pre.std, [0.229, 0.224, 0.225]),
+    },
+  };
+}
+
+/** Every key and shape the weights of `c` must hold (`head.*` aside). */
+export function vitShapes(c: ViTConfig): Map<string, number[]> {
+  const D = c.embedDim, out = new Map<string, number[]>();
+  const ln = (k: string) => {
+    out.set(`${k}.weight`, [D]);
+    out.set(`${k}.bias`, [D]);
+  };
+  out.set("patch_embed.proj.weight", [D, 3, c.patchSize, c.patchSize]);
+  out.set("patch_embed.proj.bias", [D]);
+  if (c.classToken) out.set("cls_token", [1, 1, D]);
+  if (c.regTokens) out.set("reg_token", [1, c.regTokens, D]);
+  const patches = (c.imgSize / c.patchSize) ** 2;
+  out.set("pos_embed", [1, patches + (c.noEmbedClass ? 0 : (c.classToken ? 1 : 0) + c.regTokens), D]);
+  for (let i = 0; i < c.depth; i++) {
+    const b = `blocks.${i}`;
+    ln(`${b}.norm1`);
+    out.set(`${b}.attn.qkv.weight`, [3 * D, D]);
+    if (c.qkvBias) out.set(`${b}.attn.qkv.bias`, [3 * D]);
+    out.set(`${b}.attn.proj.weight`, [D, D]);
+    out.set(`${b}.attn.proj.bias`, [D]);
+    if (c.layerScale) out.set(`${b}.ls1.gamma`, [D]);
+    ln(`${b}.norm2`);
+    out.set(`${b}.mlp.fc1.weight`, [c.mlpHidden, D]);
+    out.set(`${b}.mlp.fc1.bias`, [c.mlpHidden]);
+    const hidden = c.mlp === "swiglu" ? c.mlpHidden / 2 : c.mlpHidden;
+    out.set(`${b}.mlp.fc2.weight`, [D, hidden]);
+    out.set(`${b}.mlp.fc2.bias`, [D]);
+    if (c.layerScale) out.set(`${b}.ls2.gamma`, [D]);
+  }
+  ln(c.fcNorm ? "fc_norm" : "norm");
+  return out;
+}
+
+/**
+ * A timm ViT as an {@linkcode Encoder}: the pooled features of `forward_head(pre_logits=True)`. The input
+ * side is the config's; its mean and std are the config's.
+ *
+ * @example
+ * ```ts
+ * const enc = ViTEncoder.fromTimm(engine, JSON.parse(configText), tensors, "uni");
+ * const f = enc.features(x); // (N, 1024) for ViT-L/16
+ * ```
+ */
+export class ViTEncoder implements Encoder {
+  readonly name: string;
+  readonly dim: number;
+  readonly inputSize: number;
+  readonly mean: readonly [number, number, number];
+  readonly std: readonly [number, number, number];
+  #p: Map<string, Tensor> | null = new Map();
+
+  private constructor(readonly engine: Engine, readonly config: ViTConfig, tensors: Map<string, HostTensor>) {
+    this.name = `${config.name} (timm)`;
+    this.dim = config.embedDim;
+    this.inputSize = config.imgSize;
+    this.mean = config.preprocess.mean;
+    this.std = config.preprocess.std;
+    const D = config.embedDim;
+    const up = (k: string, t: HostTensor) => this.#p!.set(k, engine.tensor(t.data, t.shape).keep());
+    for (const [k, t] of tensors) {
+      const m = /^(blocks\.\d+)\.attn\.qkv\.(weight|bias)$/.exec(k);
+      if (m) {
+        // q, k, v as three linears (rows 0…D−1, D…2D−1, 2D…3D−1 of timm's packed qkv).
+        const per = t.data.length / 3;
+        ["q", "k", "v"].forEach((w, i) =>
+          up(`${m[1]}.attn.${w}.${m[2]}`, {
+            shape: m[2] === "weight" ? [D, D] : [D],
+            data: t.data.subarray(i * per, (i + 1) * per),
+          })
+        );
+      } else if (config.mlp === "swiglu" && /^blocks\.\d+\.mlp\.fc1\.(weight|bias)$/.test(k)) {
+        // SwiGLUPacked: fc1's first half is the gate (through SiLU), the second the value.
+        const half = t.data.length / 2, h = config.mlpHidden / 2;
+        const shape = t.shape.length === 2 ? [h, t.shape[1]] : [h];
+        up(k.replace("fc1", "fc1_gate"), { shape, data: t.data.subarray(0, half) });
+        up(k.replace("fc1", "fc1_value"), { shape, data: t.data.subarray(half) });
+      } else if (!k.startsWith("head.")) up(k, t);
+    }
+  }
+
+  /**
+   * From timm's `config.json` (parsed) and the weights (`model.safetensors` or `pytorch_model.bin`); every
+   * missing key, unexpected key and shape mismatch is listed in one `RangeError` naming `file`.
+   */
+  static fromTimm(
+    engine: Engine,
+    config: unknown,
+    tensors: Map<string, HostTensor>,
+    file = "weights",
+  ): ViTEncoder {
+    const shapes = new Map([...tensors].map(([k, v]) => [k, v.shape]));
+    const c = vitConfig(config, shapes, file);
+    const want = vitShapes(c);
+    const problems: string[] = [];
+    for (const [k, s] of want) {
+      const got = shapes.get(k);
+      if (!got) problems.push(`missing ${k} (expected [${s}])`);
+      else if (got.length !== s.length || got.some((d, i) => d !== s[i])) {
+        problems.push(`${k}: expected [${s}], found [${got}]`);
+      }
+    }
+    for (const [k, s] of shapes) {
+      if (!want.has(k) && !k.startsWith("head.")) problems.push(`unexpected ${k} [${s}]`);
+    }
+    if (problems.length) {
+      throw new RangeError(
+        `Cannot load ${file} as ${c.name}: ${problems.length} problem(s):\n  ` +
+          problems.slice(0, 20).join("\n  ") +
+          (problems.length > 20 ? `\n  … and ${problems.length - 20} more` : ""),
+      );
+    }
+    return new ViTEncoder(engine, c, tensors);
+  }
+
+  #get(k: string): Tensor {
+    const t = this.#p?.get(k);
+    if (!t) throw new Error(`Cannot run ${this.name}: ${this.#p ? `no parameter ${k}` : "it was disposed"}`);
+    return t;
+  }
+
+  features(x: Tensor): Tensor {
+    const c = this.config, e = this.engine, p = (k: string) => this.#get(k);
+    const [n, ch, hh, ww] = x.shape;
+    if (ch !== 3 || hh !== c.imgSize || ww !== c.imgSize) {
+      throw new RangeError(
+        `Cannot run ${this.name} on [${x.shape}]: it takes [N, 3, ${c.imgSize}, ${c.imgSize}]`,
+      );
+    }
+    const D = c.embedDim, H = c.numHeads, d = D / H, P = (c.imgSize / c.patchSize) ** 2;
+    const prefix = (c.classToken ? 1 : 0) + c.regTokens, T = prefix + P;
+    return noGrad(() =>
+      e.scope(() => {
+        // Patch tokens: (N, D, g, g) → (N, P, D).
+        const conv = conv2d(x, p("patch_embed.proj.weight"), {
+          stride: c.patchSize,
+          bias: p("patch_embed.proj.bias"),
+        });
+        let patches = transpose(conv.reshape([n, D, P]));
+        if (c.noEmbedClass) patches = add(patches, p("pos_embed").reshape([P, D]));
+        // Tokens [cls, reg…, patches] per image.
+        let h = e.empty([n, T, D], "vit tokens");
+        for (let i = 0; i < n; i++) {
+          let at = i * T * D;
+          if (c.classToken) {
+            e.copy(p("cls_token"), h, { dstOffset: at, size: D });
+            at += D;
+          }
+          if (c.regTokens) {
+            e.copy(p("reg_token"), h, { dstOffset: at, size: c.regTokens * D });
+            at += c.regTokens * D;
+          }
+          e.copy(patches, h, { srcOffset: i * P * D, dstOffset: at, size: P * D });
+        }
+        if (!c.noEmbedClass) h = add(h, p("pos_embed").reshape([T, D]));
+        h = h.reshape([n * T, D]);
+        const heads = (t: Tensor) => swapAxes12(t.reshape([n, T, H, d])); // (N, H, T, d)
+        for (let b = 0; b < c.depth; b++) {
+          const k = (s: string) => p(`blocks.${b}.${s}`);
+          const qkvBias = (w: string) => (c.qkvBias ? k(`attn.${w}.bias`) : undefined);
+          const y = layerNorm(h, k("norm1.weight"), k("norm1.bias"), c.eps);
+          const [q, kk, v] = ["q", "k", "v"].map((w) => heads(linear(y, k(`attn.${w}.weight`), qkvBias(w))));
+          const o = swapAxes12(attention(q, kk, v, 1 / Math.sqrt(d))).reshape([n * T, D]);
+          let a = linear(o, k("attn.proj.weight"), k("attn.proj.bias"));
+          if (c.layerScale) a = mul(a, k("ls1.gamma"));
+          h = add(h, a);
+          const y2 = layerNorm(h, k("norm2.weight"), k("norm2.bias"), c.eps);
+          const hidden = c.mlp === "swiglu"
+            ? mul(
+              silu(linear(y2, k("mlp.fc1_gate.weight"), k("mlp.fc1_gate.bias"))),
+              linear(y2, k("mlp.fc1_value.weight"), k("mlp.fc1_value.bias")),
+            )
+            : gelu(linear(y2, k("mlp.fc1.weight"), k("mlp.fc1.bias")));
+          let m = linear(hidden, k("mlp.fc2.weight"), k("mlp.fc2.bias"));
+          if (c.layerScale) m = mul(m, k("ls2.gamma"));
+          h = add(h, m);
+        }
+        if (!c.fcNorm) h = layerNorm(h, p("norm.weight"), p("norm.bias"), c.eps);
+        let pooled: Tensor;
+        if (c.globalPool === "token") {
+          pooled = e.empty([n, D], "vit class token");
+          for (let i = 0; i < n; i++) e.copy(h, pooled, { srcOffset: i * T * D, dstOffset: i * D, size: D });
+        } else {
+          const toks = e.empty([n, P, D], "vit patch tokens");
+          for (let i = 0; i < n; i++) {
+            e.copy(h, toks, { srcOffset: (i * T + prefix) * D, dstOffset: i * P * D, size: P * D });
+          }
+          pooled = mean(toks, { axes: 1 });
+        }
+        return c.fcNorm ? layerNorm(pooled, p("fc_norm.weight"), p("fc_norm.bias"), c.eps) : pooled;
+      })
+    );
+  }
+
+  dispose(): void {
+    for (const t of this.#p?.values() ?? []) t.dispose();
+    this.#p = null;
+  }
+}
