@@ -15,12 +15,12 @@ import { attention } from "../ops/transformer.ts";
 import {
   type Encoder,
   type HostTensor,
-  initResNet,
   parameterShapes,
   RESNET50,
   ResNetEncoder,
   torchvisionResNet,
 } from "../model/mod.ts";
+import { initResNet } from "../model/resnet.ts";
 import { ViTEncoder } from "../model/vit.ts";
 
 /** One row of the table. */

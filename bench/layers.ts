@@ -34,7 +34,8 @@ import {
 } from "../kernels/conv2d/mod.ts";
 import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/matmul.ts";
 import { type TuningTable, useTuning } from "../kernels/tuning.ts";
-import { featureDim, layout, RESNET50 } from "../model/mod.ts";
+import { featureDim, RESNET50 } from "../model/mod.ts";
+import { layout } from "../model/resnet.ts";
 import { defaultTuneClock, resnetConvGeometries, type TuneClock } from "../model/tune.ts";
 import { fmtPct, pctOfPeak } from "./peak.ts";
 

@@ -15,7 +15,8 @@
  */
 import type { Engine } from "../engine/engine.ts";
 import { type TuningTable, useTuning } from "../kernels/tuning.ts";
-import { HE2Gene, layout, RESNET50 } from "../model/mod.ts";
+import { HE2Gene, RESNET50 } from "../model/mod.ts";
+import { layout } from "../model/resnet.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 
 /** One row of the table. */

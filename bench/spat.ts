@@ -12,7 +12,8 @@
  */
 import { parseArgs } from "node:util";
 import { createEngine } from "../engine/engine.ts";
-import { DEFAULT_TRAIN, HE2Gene, RESNET50, Trainer, uniform } from "../model/mod.ts";
+import { DEFAULT_TRAIN, HE2Gene, RESNET50, Trainer } from "../model/mod.ts";
+import { uniform } from "../model/resnet.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -42,16 +42,15 @@ import {
   HE2Gene,
   HEAD_KEYS,
   type HostTensor,
-  layout,
   RESNET50,
   type ResNetConfig,
   type StepLosses,
   TINY,
   type TrainConfig,
   Trainer,
-  uniform,
   type Variant,
 } from "../model/mod.ts";
+import { layout, uniform } from "../model/resnet.ts";
 import { type TuningTable, useTuning } from "../kernels/tuning.ts";
 import type { TfjsPeer } from "./peer_tfjs.ts";
 

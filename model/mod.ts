@@ -1,12 +1,62 @@
 /**
- * Networks built from ops and kernels: the ResNet backbone and the HE2Gene heads. Imports `engine/`,
- * `kernels/` and `ops/` only.
+ * Networks built from ops and kernels — the public API of `@he2gene/he2gene/model`: the ResNet backbones,
+ * the HE2Gene network and its checkpoints' layout, training, metrics, and the image encoders (torchvision
+ * ResNets, an HE2Gene backbone, timm ViTs). Internals (the folded-inference parameters, initialisers, layout
+ * records) stay in their files. Imports `engine/`, `kernels/` and `ops/` only.
  *
  * @module
  */
-export * from "./resnet.ts";
-export * from "./he2gene.ts";
-export * from "./metrics.ts";
-export * from "./train.ts";
-export * from "./encoder.ts";
-export * from "./vit.ts";
+export {
+  BACKBONES,
+  featureDim,
+  parameterShapes,
+  RESNET18,
+  RESNET50,
+  type ResNetConfig,
+  resnetForward,
+  TINY,
+} from "./resnet.ts";
+export {
+  checkStateDict,
+  expectedShapes,
+  HE2Gene,
+  type HE2GeneConfig,
+  type HE2GeneOutput,
+  HEAD_KEYS,
+  type HostTensor,
+  inferConfig,
+  type Variant,
+} from "./he2gene.ts";
+export {
+  columnMeans,
+  type MeanBaseline,
+  meanExpressionBaseline,
+  msePerGene,
+  type NonFiniteCells,
+  nonFiniteCells,
+  pearsonPerGene,
+  type PearsonSummary,
+  rocAuc,
+  type SubsetSummary,
+  summarize,
+  type SummarizeOptions,
+} from "./metrics.ts";
+export {
+  DEFAULT_TRAIN,
+  predictEval,
+  type StepLosses,
+  type TrainBatch,
+  type TrainConfig,
+  Trainer,
+} from "./train.ts";
+export {
+  type Encoder,
+  HE2GENE_NORM,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  inferResNetConfig,
+  ResNetEncoder,
+  type TorchvisionResNet,
+  torchvisionResNet,
+} from "./encoder.ts";
+export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";

@@ -15,21 +15,11 @@
  */
 export { assembleBatch, type BatchOptions } from "./batch.ts";
 export { decodeImage, ImageDecodeError, type RgbImage, sniff } from "./decode.ts";
-export {
-  type AxisCoeffs,
-  bilinearCoeffs,
-  centerBox,
-  type CropBox,
-  cropCpu,
-  PRECISION_BITS,
-  resizeCpu,
-  type ResizeCpuOptions,
-} from "./resample.ts";
+export { centerBox, type CropBox, cropCpu } from "./resample.ts";
 export {
   dihedral,
   DIHEDRAL_NAMES,
   dihedralCpu,
-  dihedralEach,
   HE2GENE_MEAN,
   HE2GENE_STD,
   normalizeCpu,
@@ -43,7 +33,6 @@ export {
   decodeNpz,
   encodeNpy,
   encodeNpz,
-  encodeZip,
   type NpyArray,
   type NpyDtype,
   NpyError,
@@ -71,21 +60,9 @@ export {
   TUMOR_THRESHOLD,
 } from "./geojson.ts";
 export { cropPatch, type SyntheticSection, syntheticSection } from "./synthetic.ts";
+export { encodePng, type GeneMapOptions, geneMapPng, VIRIDIS, viridis, zScores } from "./png.ts";
 export {
-  drawBarLabel,
-  drawText,
-  encodePng,
-  type GeneMapOptions,
-  geneMapPng,
-  textWidth,
-  VIRIDIS,
-  viridis,
-  zScores,
-} from "./png.ts";
-export {
-  aperioMpp,
   type MppSource,
-  omeMpp,
   openSlide,
   type OpenSlideOptions,
   type Region,

@@ -17,7 +17,6 @@ export {
   countNonFinite,
   type DType,
   DTYPE_SIZE,
-  halfToNumber,
   isFloat,
   type NonFinite,
   numel,
@@ -26,7 +25,6 @@ export {
 } from "./dtype.ts";
 export { CheckpointError, RefusedGlobalError } from "./errors.ts";
 export { assertFinite, describeNonFinite, type NonFiniteTensor, nonFiniteTensors } from "./finite.ts";
-export { describe, PyGlobal, unpickle, type UnpickleOptions } from "./pickle.ts";
 export {
   encodeSafetensors,
   parseSafetensors,
@@ -35,11 +33,4 @@ export {
   writeSafetensors,
   type WriteSafetensorsOptions,
 } from "./safetensors.ts";
-export {
-  parseTorch,
-  readTorch,
-  type ReadTorchOptions,
-  TORCH_GLOBALS,
-  type TorchCheckpoint,
-} from "./torch.ts";
-export { isZip, openZip, type ZipArchive, type ZipEntry } from "./zip.ts";
+export { parseTorch, readTorch, type ReadTorchOptions, type TorchCheckpoint } from "./torch.ts";

@@ -1,13 +1,6 @@
 import { checkpoint, isRecomputing, requiresGrad, Tape } from "../../engine/autograd.ts";
-import {
-  DEFAULT_TRAIN,
-  HE2Gene,
-  type HostTensor,
-  TINY,
-  Trainer,
-  uniform,
-  type Variant,
-} from "../../model/mod.ts";
+import { DEFAULT_TRAIN, HE2Gene, type HostTensor, TINY, Trainer, type Variant } from "../../model/mod.ts";
+import { uniform } from "../../model/resnet.ts";
 import { mul, relu } from "../../ops/elementwise.ts";
 import { assertEquals, gpuTest } from "../helpers.ts";
 

@@ -12,11 +12,11 @@ import {
   HE2Gene,
   HE2GENE_NORM,
   type HostTensor,
-  initResNet,
   parameterShapes,
   ResNetEncoder,
   torchvisionResNet,
 } from "../../model/mod.ts";
+import { initResNet } from "../../model/resnet.ts";
 import { HE2GENE_MEAN, HE2GENE_STD } from "../../slide/mod.ts";
 import { readCheckpoint } from "../../cli/checkpoint.ts";
 import { predictPatches } from "../../cli/predict_patches.ts";

@@ -3,13 +3,13 @@ import {
   decodeImage,
   dihedral,
   dihedralCpu,
-  dihedralEach,
   HE2GENE_MEAN,
   HE2GENE_STD,
-  resizeCpu,
   resizeNormalize,
   uploadImages,
 } from "../../slide/mod.ts";
+import { dihedralEach } from "../../slide/resize.ts";
+import { resizeCpu } from "../../slide/resample.ts";
 import { assertClose, assertEquals, assertThrows, gpuTest, rand, sharedData } from "../helpers.ts";
 import { FIXTURE, manifest, pattern, type ResizeCase, sha256 } from "./fixture.ts";
 

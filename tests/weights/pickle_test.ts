@@ -1,4 +1,5 @@
-import { CheckpointError, PyGlobal, RefusedGlobalError, unpickle } from "../../weights/mod.ts";
+import { CheckpointError, RefusedGlobalError } from "../../weights/mod.ts";
+import { PyGlobal, unpickle } from "../../weights/pickle.ts";
 import { assertEquals, assertThrows } from "../helpers.ts";
 import { EXPECTED, fixture } from "./fixtures.ts";
 

@@ -1,5 +1,6 @@
 import { deflateSync } from "fflate";
-import { CheckpointError, openZip, parseTorch } from "../../weights/mod.ts";
+import { CheckpointError, parseTorch } from "../../weights/mod.ts";
+import { openZip } from "../../weights/zip.ts";
 import { MAX_INFLATE_RATIO, readWholeFile } from "../../weights/zip.ts";
 import { encodeZip } from "../../slide/npy.ts";
 import { assertEquals, assertThrows } from "../helpers.ts";
