@@ -85,6 +85,29 @@ export const TOL = {
     moments: { rtol: 1e-5, atol: 2e-8 },
     norm: { rtol: 1e-6, atol: 0 },
   },
+  /**
+   * Transformer ops (kernels/layernorm.ts, activation.ts, softmax.ts, attention.ts) against float64 CPU
+   * references.
+   * - layerNorm: rows of C ≤ 1024 float32 values, two-pass statistics; outputs O(|γ|) after normalisation,
+   *   so an absolute part of a few ulp of O(1) plus √C·ε-sized sum error. Its gradients add the per-row
+   *   sums mean(γ·dy), mean(γ·dy·x̂) (cancellation in dx) and, for dγ, dβ, sums over up to 10³ rows.
+   * - activation: one erf/exp per value; WGSL's exp is a few ulp, our erf ≈ 1e-7 relative. gelu's tail below
+   *   x ≈ −3 (|gelu| < 4e-3, relative error up to 2e-3 at −7, see kernels/activation.ts) is held by the atol.
+   * - softmax: exp of max-subtracted values, then a float32 row sum (length N ≤ 10³) and a division.
+   * - attention: dot products of length d (scores) and N (P·V), with an online softmax; values O(1), so
+   *   absolute errors of √N·ε-size relative to Σ|p||v| ≤ max|v|. Backward: dP = dO·Vᵀ, dS = P ⊙ (dP − D)
+   *   with the cancellation in dP − D, then sums over N of length-d terms.
+   */
+  transformer: {
+    layerNorm: { rtol: 1e-5, atol: 1e-5 },
+    layerNormGrad: { rtol: 1e-4, atol: 2e-5 },
+    activation: { rtol: 2e-6, atol: 1e-6 },
+    /** The WGSL erf alone: float32 minimax pieces (< 1 ulp) plus WGSL's exp (a few ulp, scaled by ≤ 0.2). */
+    erf: { rtol: 3e-7, atol: 1e-30 },
+    softmax: { rtol: 1e-5, atol: 1e-7 },
+    attention: { rtol: 1e-5, atol: 2e-6 },
+    attentionGrad: { rtol: 1e-4, atol: 2e-5 },
+  },
   /** Gradients on the tape against central finite differences (float32 forward passes, step 1e-2). */
   finiteDifferences: { rtol: 2e-2, atol: 2e-3 },
 } as const;

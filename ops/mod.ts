@@ -10,4 +10,5 @@ export * from "./matmul.ts";
 export * from "./conv2d.ts";
 export * from "./batchnorm.ts";
 export * from "./pool.ts";
+export * from "./transformer.ts";
 export * from "./selftest.ts";

@@ -54,6 +54,25 @@ import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "../kernels/loss.ts";
 import { bceLoss, maskedMseLoss, mseLoss } from "./loss.ts";
 import { Adam, type AdamCpuState, adamStepCpu, gradNorm, gradNormCpu } from "../kernels/optim.ts";
 import {
+  layerNormBackward,
+  layerNormBackwardCpu,
+  layerNormCpu,
+  layerNormForward,
+} from "../kernels/layernorm.ts";
+import {
+  activationBackward,
+  activationBackwardCpu,
+  activationCpu,
+  activationForward,
+} from "../kernels/activation.ts";
+import { softmaxBackward, softmaxBackwardCpu, softmaxCpu, softmaxForward } from "../kernels/softmax.ts";
+import {
+  attentionBackward,
+  attentionBackwardCpu,
+  attentionCpu,
+  attentionForward,
+} from "../kernels/attention.ts";
+import {
   compareClose,
   type Comparison,
   lossGradTolerance,
@@ -79,6 +98,7 @@ export const SELFTEST_FAMILIES = [
   "pool",
   "loss",
   "optim",
+  "transformer",
 ] as const;
 
 /** One op family of {@linkcode SELFTEST_FAMILIES}. */
@@ -1322,6 +1342,124 @@ function optimCases(): Case[] {
 
 // ------------------------------------------------------------------------------------------ runner
 
+// ------------------------------------------------------------------------------------------ transformer
+
+/**
+ * Layer norm, GELU (exact erf), SiLU, softmax and fused attention, forward and backward, on small ragged
+ * shapes (the same in --quick: each check takes well under a second on llvmpipe).
+ */
+function transformerCases(): Case[] {
+  const T = TOL.transformer;
+  const lnShapes = [[1, 1], [3, 7], [2, 13, 100]];
+  const rowShapes = [[1, 1], [3, 5], [2, 3, 37]];
+  // N not a multiple of the 32-row tiles; d = 64 (ViT) and 48.
+  const attShapes = [[1, 1, 1, 8], [2, 3, 37, 64], [1, 2, 45, 48]];
+  const cases: Case[] = [];
+  const lnText = lnShapes.map(fmt).join(", "), rowText = rowShapes.map(fmt).join(", ");
+  const attText = attShapes.map(fmt).join(", ");
+  const ln = (backward: boolean): Case => ({
+    family: "transformer",
+    op: backward ? "layer_norm_backward" : "layer_norm",
+    variant: backward ? "dx, dweight, dbias" : "last axis, eps 1e-6",
+    shape: lnText,
+    run: (e, c) => {
+      for (const shape of lnShapes) {
+        const n = prod(shape), ch = shape.at(-1)!;
+        const x = rnd(n, 71 + n, 2, 4), w = rnd(ch, 72, 0.5, 1.5), b = rnd(ch, 73);
+        const f = layerNormForward(e.tensor(x, shape), e.tensor(w, [ch]), e.tensor(b, [ch]));
+        if (!backward) {
+          c.close(`y ${fmt(shape)}`, c.read(f.y), layerNormCpu(x, ch, w, b).y, T.layerNorm);
+          continue;
+        }
+        const dy = rnd(n, 74 + n);
+        const g = layerNormBackward(e.tensor(dy, shape), e.tensor(x, shape), {
+          weight: e.tensor(w, [ch]),
+          ...f,
+        });
+        const want = layerNormBackwardCpu(dy, x, ch, w);
+        c.close(`dx ${fmt(shape)}`, c.read(g.dx), want.dx, T.layerNormGrad);
+        c.close(`dweight ${fmt(shape)}`, c.read(g.dweight), want.dweight, T.layerNormGrad);
+        c.close(`dbias ${fmt(shape)}`, c.read(g.dbias), want.dbias, T.layerNormGrad);
+      }
+    },
+  });
+  cases.push(ln(false), ln(true));
+  for (const op of ["gelu", "silu"] as const) {
+    for (const backward of [false, true]) {
+      cases.push({
+        family: "transformer",
+        op: backward ? `${op}_backward` : op,
+        variant: op === "gelu" ? "exact erf" : "x·σ(x)",
+        shape: "[1], [7], [1000] in [−9, 9]",
+        run: (e, c) => {
+          for (const n of [1, 7, 1000]) {
+            const x = rnd(n, 81 + n, -9, 9), dy = rnd(n, 82 + n);
+            if (backward) {
+              const dx = activationBackward(op, e.tensor(dy, [n]), e.tensor(x, [n]));
+              c.close(`dx [${n}]`, c.read(dx), activationBackwardCpu(op, dy, x), T.activation);
+            } else {
+              c.close(
+                `[${n}]`,
+                c.read(activationForward(op, e.tensor(x, [n]))),
+                activationCpu(op, x),
+                T.activation,
+              );
+            }
+          }
+        },
+      });
+    }
+  }
+  for (const backward of [false, true]) {
+    cases.push({
+      family: "transformer",
+      op: backward ? "softmax_backward" : "softmax",
+      variant: backward ? "from the saved output" : "last axis, max-subtracted",
+      shape: rowText,
+      run: (e, c) => {
+        for (const shape of rowShapes) {
+          const size = prod(shape), n = shape.at(-1)!;
+          const x = rnd(size, 91 + size, -60, 120), dy = rnd(size, 92 + size);
+          const y = softmaxForward(e.tensor(x, shape));
+          if (backward) {
+            const dx = softmaxBackward(e.tensor(dy, shape), y);
+            c.close(`dx ${fmt(shape)}`, c.read(dx), softmaxBackwardCpu(dy, x, n), T.softmax);
+          } else {
+            c.close(fmt(shape), c.read(y), softmaxCpu(x, n), T.softmax);
+          }
+        }
+      },
+    });
+  }
+  for (const backward of [false, true]) {
+    cases.push({
+      family: "transformer",
+      op: backward ? "attention_backward" : "attention",
+      variant: backward ? "dq, dk, dv from the saved logsumexp" : "fused, online softmax",
+      shape: attText,
+      run: (e, c) => {
+        for (const shape of attShapes) {
+          const size = prod(shape), scale = 1 / Math.sqrt(shape[3]);
+          const q = rnd(size, 101, -2, 2), k = rnd(size, 102, -2, 2), v = rnd(size, 103);
+          const [tq, tk, tv] = [q, k, v].map((x) => e.tensor(x, shape));
+          const f = attentionForward(tq, tk, tv, scale);
+          if (!backward) {
+            c.close(fmt(shape), c.read(f.out), attentionCpu(q, k, v, shape, scale), T.attention);
+            continue;
+          }
+          const dout = rnd(size, 104);
+          const g = attentionBackward(e.tensor(dout, shape), { q: tq, k: tk, v: tv, ...f }, scale);
+          const want = attentionBackwardCpu(dout, q, k, v, shape, scale);
+          c.close(`dq ${fmt(shape)}`, c.read(g.dq), want.dq, T.attentionGrad);
+          c.close(`dk ${fmt(shape)}`, c.read(g.dk), want.dk, T.attentionGrad);
+          c.close(`dv ${fmt(shape)}`, c.read(g.dv), want.dv, T.attentionGrad);
+        }
+      },
+    });
+  }
+  return cases;
+}
+
 function allCases(e: Engine, quick: boolean): Case[] {
   return [
     ...elementwiseCases(quick),
@@ -1332,6 +1470,7 @@ function allCases(e: Engine, quick: boolean): Case[] {
     ...poolCases(quick),
     ...lossCases(quick),
     ...optimCases(),
+    ...transformerCases(),
   ];
 }
 
