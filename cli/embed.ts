@@ -40,6 +40,7 @@ import { listPatches } from "./predict_patches.ts";
 /** The encoders `--encoder` names. */
 export const ENCODERS = ["resnet50", "he2gene", "timm"] as const;
 export type EncoderName = typeof ENCODERS[number];
+const ENCODER_LIST = `${ENCODERS.slice(0, -1).join(", ")} or ${ENCODERS.at(-1)}`;
 
 export const EMBED_USAGE =
   "embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene|timm --weights FILE\n" +
@@ -172,9 +173,9 @@ export async function runEmbed(args: string[]): Promise<void> {
     );
   }
   const encoder = v.encoder;
-  if (encoder === undefined) throw new UsageError(`--encoder is required (${ENCODERS.join(" or ")})`);
+  if (encoder === undefined) throw new UsageError(`--encoder is required (${ENCODER_LIST})`);
   if (!(ENCODERS as readonly string[]).includes(encoder)) {
-    throw new UsageError(`--encoder must be ${ENCODERS.join(" or ")}, current value is ${encoder}`);
+    throw new UsageError(`--encoder must be ${ENCODER_LIST}, current value is ${encoder}`);
   }
   if (v.weights === undefined) throw new UsageError("--weights is required (the encoder's weights)");
   const batchSize = Number(v["batch-size"]);

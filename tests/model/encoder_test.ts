@@ -206,10 +206,10 @@ gpuTest("embed --encoder he2gene gives the features the checkpoint's heads read"
 Deno.test("embed's options are checked before anything is read (exit 2, naming the option)", async () => {
   for (
     const [args, msg] of [
-      [["embed", "x", "--weights", "w.pth"], "--encoder is required (resnet50 or he2gene)"],
+      [["embed", "x", "--weights", "w.pth"], "--encoder is required (resnet50, he2gene or timm)"],
       [
         ["embed", "x", "--encoder", "vit", "--weights", "w.pth"],
-        "--encoder must be resnet50 or he2gene, current value is vit",
+        "--encoder must be resnet50, he2gene or timm, current value is vit",
       ],
       [["embed", "x", "--encoder", "resnet50"], "--weights is required"],
       [
