@@ -9,8 +9,9 @@
  *   used more than once (with the engine's own add kernel: the engine knows no ops), adds each leaf's
  *   gradient to its `.grad`, and consumes the graph.
  *   `tape.backward(loss)` returns the gradients as a map instead.
- * - Saved tensors and recorded outputs are retained by the tape (a second reference to the same storage),
- *   so scopes may release their own handles; `tape.dispose()` frees them.
+ * - The tape retains what backward reads — saved tensors, and the inputs an op does not exclude with
+ *   `backwardReads` — with a second reference to the same storage, so scopes may release their own
+ *   handles; backward releases each node's as soon as it has run, `tape.dispose()` whatever is left.
  * - In no-grad mode nothing is recorded and intermediates can be released at once.
  *
  * @module
@@ -23,9 +24,16 @@ import { Tensor } from "./tensor.ts";
 /** A recorded op application. */
 interface Node {
   name: string;
-  inputs: (Tensor | null)[];
+  /** The caller's input and output tensors: identities (gradients are keyed by them), maybe released. */
+  keys: (Tensor | null)[];
   output: Tensor;
+  /** What backward receives: the tape's own reference where backward reads the data, else the key. */
+  inputs: (Tensor | null)[];
   saved: unknown;
+  /** Which inputs' data backward reads (`undefined`: all). */
+  reads?: readonly boolean[];
+  /** The tensors whose data this node keeps alive (one use each), released once it has run. */
+  holds: Tensor[];
   backward: (gy: Tensor, saved: never, inputs: readonly (Tensor | null)[]) => readonly (Tensor | null)[];
 }
 
@@ -39,6 +47,12 @@ export interface OpDecl<A extends readonly (Tensor | null)[], O, S> {
    * Returned tensors are owned by the tape; they must be new tensors (not `gy` itself or a saved tensor).
    */
   backward(gy: Tensor, saved: S, inputs: A, options: O): readonly (Tensor | null)[];
+  /**
+   * Which inputs' data backward reads (default: all). The tape keeps only those, and `saved`, alive until
+   * the node's backward has run; an input marked `false` reaches backward as the caller's tensor, possibly
+   * released: its shape, `requiresGrad` and {@linkcode needsGrad} still hold, its data does not.
+   */
+  backwardReads?: readonly boolean[];
 }
 
 // Non-leaf tensors computed (on a tape) from tensors that need gradients.
@@ -104,9 +118,12 @@ export function defineOp<A extends readonly (Tensor | null)[], O = void, S = voi
       computed.add(output);
       tape.push({
         name: decl.name,
-        inputs: [...inputs],
+        keys: [...inputs],
         output,
+        inputs: [...inputs],
         saved,
+        reads: decl.backwardReads,
+        holds: [],
         backward: ((gy: Tensor, s: S, ins: A) =>
           decl.backward(gy, s, ins, options)) as unknown as Node["backward"],
       });
@@ -127,9 +144,11 @@ export function defineOp<A extends readonly (Tensor | null)[], O = void, S = voi
  * ```
  */
 export class Tape {
-  #nodes: Node[] = [];
-  #retained: Tensor[] = [];
-  #alias = new Map<Tensor, Tensor>();
+  #nodes: (Node | null)[] = [];
+  // Tensors recorded as an input or output: gradients are keyed by them.
+  #known = new Set<Tensor>();
+  // The tape's own references to tensors whose data a node's backward reads, with the count of such nodes.
+  #held = new Map<Tensor, { ref: Tensor; uses: number }>();
 
   /** Record every differentiable op `fn` applies. Tapes do not nest. */
   record<T>(fn: () => T): T {
@@ -144,62 +163,80 @@ export class Tape {
 
   /** @internal */
   push(node: Node): void {
-    // Keep the tensors this node refers to alive even if a scope releases the caller's handles.
-    node.inputs = node.inputs.map((t) => (t ? this.#retain(t) : null));
-    node.output = this.#retain(node.output);
-    node.saved = this.#retainDeep(node.saved);
+    // Keep the data backward reads alive even if a scope releases the caller's handles; nothing else (an
+    // output nobody reads, e.g. a batch norm's output consumed by a ReLU, is released with its last handle).
+    for (const t of node.keys) if (t) this.#known.add(t);
+    this.#known.add(node.output);
+    node.inputs = node.keys.map((t, j) => (t && node.reads?.[j] !== false ? this.#hold(t, node) : t));
+    node.saved = this.#holdDeep(node.saved, node);
     this.#nodes.push(node);
   }
 
-  #retain(t: Tensor): Tensor {
-    let r = this.#alias.get(t);
-    if (!r) {
-      r = t.engine.scope(() => t.reshape(t.shape).keep());
-      this.#alias.set(t, r);
-      this.#alias.set(r, r);
-      if (t.requiresGrad) r.requiresGrad = true;
-      else if (computed.has(t)) computed.add(r);
-      this.#retained.push(r);
+  #hold(t: Tensor, node: Node): Tensor {
+    let h = this.#held.get(t);
+    if (!h) {
+      const ref = t.engine.scope(() => t.reshape(t.shape).keep());
+      if (t.requiresGrad) ref.requiresGrad = true;
+      else if (computed.has(t)) computed.add(ref);
+      this.#held.set(t, h = { ref, uses: 0 });
     }
-    return r;
+    h.uses++;
+    node.holds.push(t);
+    return h.ref;
   }
 
-  #retainDeep(v: unknown): unknown {
-    if (v instanceof Tensor) return this.#retain(v);
-    if (Array.isArray(v)) return v.map((x) => this.#retainDeep(x));
+  #holdDeep(v: unknown, node: Node): unknown {
+    if (v instanceof Tensor) return this.#hold(v, node);
+    if (Array.isArray(v)) return v.map((x) => this.#holdDeep(x, node));
     if (v && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
-      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, this.#retainDeep(x)]));
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, this.#holdDeep(x, node)]));
     }
     return v;
+  }
+
+  // A node has run (or will not run): drop its uses; data no remaining node reads goes back to the pool.
+  #release(node: Node): void {
+    for (const t of node.holds) {
+      const h = this.#held.get(t);
+      if (h && --h.uses === 0) {
+        h.ref.dispose();
+        this.#held.delete(t);
+      }
+    }
+    node.holds = [];
   }
 
   /**
    * Back-propagate from `loss` (any shape; seeded with ones unless `seed` is given). Returns the gradient
    * of every tensor marked with {@linkcode requiresGrad} that the loss depends on, keyed by the tensor the
-   * caller holds. Gradients of tensors used twice are summed.
+   * caller holds. Gradients of tensors used twice are summed. Each node's saved data is released as soon
+   * as its backward has run.
    */
   backward(loss: Tensor, seed?: Tensor): Map<Tensor, Tensor> {
-    const root = this.#alias.get(loss);
-    if (!root) {
+    if (!this.#known.has(loss)) {
       throw new Error(
         "Cannot back-propagate: the loss was not computed on this tape from tensors that need gradients",
       );
     }
-    const grads = new Map<Tensor, Tensor>(); // keyed by retained tensors
-    grads.set(root, seed ?? loss.engine.tensor(new Float32Array(loss.size).fill(1), loss.shape));
+    const grads = new Map<Tensor, Tensor>(); // keyed by the caller's tensors
+    grads.set(loss, seed ?? loss.engine.tensor(new Float32Array(loss.size).fill(1), loss.shape));
     // Reverse order is a reverse topological order: when node i is reached, every consumer of its output
     // has been processed, so the output's gradient is complete, and dead afterwards.
     for (let i = this.#nodes.length - 1; i >= 0; i--) {
-      const node = this.#nodes[i];
+      const node = this.#nodes[i]!;
+      this.#nodes[i] = null;
       const gy = grads.get(node.output);
-      if (!gy) continue;
+      if (!gy) {
+        this.#release(node);
+        continue;
+      }
       const gs = noGrad(() => node.backward(gy, node.saved as never, node.inputs));
-      if (gs.length !== node.inputs.length) {
+      if (gs.length !== node.keys.length) {
         throw new Error(
-          `Backward of ${node.name} returned ${gs.length} gradients for ${node.inputs.length} inputs`,
+          `Backward of ${node.name} returned ${gs.length} gradients for ${node.keys.length} inputs`,
         );
       }
-      node.inputs.forEach((inp, j) => {
+      node.keys.forEach((inp, j) => {
         let g = gs[j];
         if (!g) return;
         if (!inp || !needsGrad(inp)) return g.dispose();
@@ -212,29 +249,25 @@ export class Tape {
         const prev = grads.get(inp);
         grads.set(inp, prev ? addOwned(prev, g) : g);
       });
-      if (node.output !== root || !seed) gy.dispose();
+      if (node.output !== loss || !seed) gy.dispose();
       grads.delete(node.output);
+      this.#release(node);
     }
-    // What is left are the gradients of leaves; key them by the tensors the caller holds.
-    const result = new Map<Tensor, Tensor>();
-    for (const [orig, alias] of this.#alias) {
-      const g = orig !== alias ? grads.get(alias) : undefined;
-      if (g) result.set(orig, g);
-    }
-    return result;
+    // What is left are the gradients of leaves.
+    return grads;
   }
 
   /** True when `t` was recorded on this tape. */
   has(t: Tensor): boolean {
-    return this.#alias.has(t);
+    return this.#known.has(t);
   }
 
   /** Release everything the tape retained. */
   dispose(): void {
-    for (const t of this.#retained) t.dispose();
-    this.#retained = [];
+    for (const h of this.#held.values()) h.ref.dispose();
+    this.#held.clear();
     this.#nodes = [];
-    this.#alias.clear();
+    this.#known.clear();
   }
 }
 

@@ -44,6 +44,8 @@ function binaryOp(op: "add" | "sub" | "mul" | "div") {
   return defineOp<BinIn, BinOpts, void>({
     name: op,
     forward: ([a, b], o) => ({ output: binary(op, a, b ?? o.scalar!), saved: undefined }),
+    // add and sub need only the operands' shapes: the tape need not keep their data.
+    backwardReads: op === "add" || op === "sub" ? [false, false] : undefined,
     backward: (gy, _s, [a, b], o) => {
       const e = gy.engine;
       return e.scope(() => {
@@ -100,7 +102,9 @@ export const minimum = (a: Tensor, b: Tensor | number): Tensor => binary("minimu
 
 // Unary backward: which binary op of (dy, saved) gives dx, and whether the saved value is x or y.
 const UNARY_GRAD: Record<UnaryOp, { save: "x" | "y"; grad: (gy: Tensor, v: Tensor) => Tensor }> = {
-  relu: { save: "x", grad: (gy, x) => binary("relu_grad", gy, x) },
+  // y > 0 exactly where x > 0: the mask from the output, so a ReLU's input (e.g. a batch norm's output) need
+  // not be kept for backward.
+  relu: { save: "y", grad: (gy, y) => binary("relu_grad", gy, y) },
   sigmoid: { save: "y", grad: (gy, y) => binary("sigmoid_grad", gy, y) },
   exp: { save: "y", grad: (gy, y) => binary("mul", gy, y) },
   log: { save: "x", grad: (gy, x) => binary("div", gy, x) },
@@ -118,6 +122,7 @@ function unaryOp(op: UnaryOp) {
       return { output: y, saved: UNARY_GRAD[op].save === "x" ? x : y };
     },
     backward: (gy, v) => [gy.engine.scope(() => UNARY_GRAD[op].grad(gy, v))],
+    backwardReads: [false], // what backward reads is `saved`
   });
 }
 

@@ -24,6 +24,7 @@ const maxPoolOp = defineOp<[Tensor], MaxPool2dOptions, Tensor | null>({
     return { output: y, saved: indices };
   },
   backward: (gy, indices, [x], o) => [maxPool2dBackward(gy, indices!, x.shape, o)],
+  backwardReads: [false], // x's shape only
 });
 
 /**
@@ -43,6 +44,7 @@ const avgPoolOp = defineOp<[Tensor], GlobalAvgPool2dOptions, void>({
   name: "globalAvgPool2d",
   forward: ([x], o) => ({ output: globalAvgPool2dForward(x, o), saved: undefined }),
   backward: (gy, _s, [x]) => [globalAvgPool2dBackward(gy, x.shape)],
+  backwardReads: [false], // x's shape only
 });
 
 /**
