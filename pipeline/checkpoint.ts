@@ -87,14 +87,23 @@ export function modelFromTensors(
 }
 
 /**
- * Parse a checkpoint's bytes (`name` ending in `.safetensors`: safetensors, else PyTorch's `torch.save`) to
+ * Safetensors by its name, or by its header (a u64 LE length whose high bytes are 0, then `{`) when the name
+ * says nothing (a URL in the browser); else PyTorch's `torch.save` (a zip or a pickle).
+ */
+function isSafetensors(bytes: Uint8Array, name: string): boolean {
+  if (name.toLowerCase().endsWith(".safetensors")) return true;
+  return bytes.length > 9 && bytes[8] === 0x7b && bytes[6] === 0 && bytes[7] === 0;
+}
+
+/**
+ * Parse a checkpoint's bytes (safetensors by name or header, see `isSafetensors`; else PyTorch's `torch.save`) to
  * float32 host tensors and metadata; NaN / Inf weights are refused, naming `name` and the tensors.
  */
 export function parseCheckpoint(
   bytes: Uint8Array,
   name: string,
 ): { tensors: Map<string, HostTensor>; metadata: Record<string, string>; format: string } {
-  if (name.endsWith(".safetensors")) {
+  if (isSafetensors(bytes, name)) {
     const st = parseSafetensors(bytes, name);
     return { tensors: checkpointTensors(st.tensors, name), metadata: st.metadata, format: "safetensors" };
   }

@@ -9,7 +9,7 @@ import type { Engine } from "../engine/engine.ts";
 import type { Encoder } from "../model/encoder.ts";
 import { resizeNormalize, type RgbImage, uploadImages } from "../slide/mod.ts";
 import { encodeNpz } from "../slide/npz.ts";
-import { decodePatch, type PatchImage } from "./predict_patches.ts";
+import { decodeBatch, type PatchImage } from "./predict_patches.ts";
 import { readPatches, type SlidePatch } from "./predict_slide.ts";
 import type { Slide } from "../slide/wsi.ts";
 
@@ -71,17 +71,8 @@ export async function embedPatches(
   for (let b0 = 0; b0 < P; b0 += o.batchSize) {
     o.signal?.throwIfAborted();
     const batch = images.slice(b0, b0 + o.batchSize);
-    const decoded: RgbImage[] = [];
-    for (const p of batch) {
-      const bytes = typeof p.bytes === "function" ? await p.bytes() : p.bytes;
-      decoded.push(decodePatch(p.name, bytes, label(p.name), o.onWarning));
-    }
-    const bySize = new Map<string, number[]>();
-    decoded.forEach((img, i) => {
-      const key = `${img.width}x${img.height}`;
-      bySize.set(key, [...(bySize.get(key) ?? []), i]);
-    });
-    for (const idx of bySize.values()) {
+    const { decoded, bySize } = await decodeBatch(batch, label, o.onWarning);
+    for (const idx of bySize) {
       const f = await engine.scope(async () => {
         const src = uploadImages(engine, idx.map((i) => decoded[i]));
         const x = resizeNormalize(src, { size: encoder.inputSize, mean: encoder.mean, std: encoder.std });

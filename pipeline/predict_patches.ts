@@ -89,18 +89,8 @@ export async function predictPatches(
   for (let b0 = 0; b0 < P; b0 += o.batchSize) {
     o.signal?.throwIfAborted();
     const batch = images.slice(b0, b0 + o.batchSize);
-    const decoded: RgbImage[] = [];
-    for (const p of batch) {
-      const bytes = typeof p.bytes === "function" ? await p.bytes() : p.bytes;
-      decoded.push(decodePatch(p.name, bytes, label(p.name), o.onWarning));
-    }
-    // Patches of one size go through the GPU together.
-    const bySize = new Map<string, number[]>();
-    decoded.forEach((img, i) => {
-      const key = `${img.width}x${img.height}`;
-      bySize.set(key, [...(bySize.get(key) ?? []), i]);
-    });
-    for (const idx of bySize.values()) {
+    const { decoded, bySize } = await decodeBatch(batch, label, o.onWarning);
+    for (const idx of bySize) {
       const res = await predictViews(engine, model, idx.map((i) => decoded[i]), {
         tta: o.tta,
         stain: o.stain,
@@ -118,6 +108,28 @@ export async function predictPatches(
   }
   o.signal?.throwIfAborted();
   return out;
+}
+
+/**
+ * Read (when `bytes` is a function) and decode a batch's patches, and group them by size: the index lists
+ * into `batch` of the patches that go through the GPU together.
+ */
+export async function decodeBatch(
+  batch: PatchImage[],
+  label: (name: string) => string,
+  onWarning?: (name: string, message: string) => void,
+): Promise<{ decoded: RgbImage[]; bySize: number[][] }> {
+  const decoded: RgbImage[] = [];
+  for (const p of batch) {
+    const bytes = typeof p.bytes === "function" ? await p.bytes() : p.bytes;
+    decoded.push(decodePatch(p.name, bytes, label(p.name), onWarning));
+  }
+  const bySize = new Map<string, number[]>();
+  decoded.forEach((img, i) => {
+    const key = `${img.width}x${img.height}`;
+    bySize.set(key, [...(bySize.get(key) ?? []), i]);
+  });
+  return { decoded, bySize: [...bySize.values()] };
 }
 
 /** Decode one patch; errors and warnings name it by `label` (not 150 × 150: a warning). */

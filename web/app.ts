@@ -33,7 +33,7 @@ import { decodeNpy } from "../slide/npy.ts";
 import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { viridis, zScores } from "../slide/png.ts";
 import { tissueTiles } from "../slide/tissue.ts";
-import { loadCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint } from "../pipeline/checkpoint.ts";
 
 /** What the page exposes on `window.he2gene` for automation. */
 export interface PageState {
