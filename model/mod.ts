@@ -58,5 +58,6 @@ export {
   ResNetEncoder,
   type TorchvisionResNet,
   torchvisionResNet,
+  type TrainableEncoder,
 } from "./encoder.ts";
 export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";

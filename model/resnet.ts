@@ -226,8 +226,12 @@ export function resnetForward(
   return f;
 }
 
-// relu(convs(y) + identity(y)) of one residual block; y stays the caller's.
-function residualBlock(p: Params, st: BnStates, b: Block, y: Tensor, t: boolean): Tensor {
+/**
+ * relu(convs(y) + identity(y)) of one residual block, differentiable (batch norms in training or eval mode
+ * as `training` says); y stays the caller's. Used by {@linkcode resnetForward} and by the fine-tuned last
+ * blocks of an encoder (model/encoder.ts).
+ */
+export function residualBlock(p: Params, st: BnStates, b: Block, y: Tensor, t: boolean): Tensor {
   let z = y;
   for (let i = 0; i < b.convs.length; i++) {
     const last = i === b.convs.length - 1;
@@ -324,9 +328,15 @@ export function maxActivationPerImage(c: ResNetConfig, h: number, w: number): nu
 
 /**
  * Inference forward with folded batch norms: each conv runs once with bias, residual and ReLU fused.
- * Not differentiable (no autograd); releases every intermediate.
+ * Not differentiable (no autograd); releases every intermediate. With `blocks`, only the stem and the
+ * first `blocks` residual blocks run, and their output (N, C, H, W) is returned unpooled.
  */
-export function resnetForwardFolded(c: ResNetConfig, f: FoldedParams, x: Tensor): Tensor {
+export function resnetForwardFolded(
+  c: ResNetConfig,
+  f: FoldedParams,
+  x: Tensor,
+  options: { blocks?: number } = {},
+): Tensor {
   const { stem, blocks } = layout(c);
   const conv = (cb: ConvBn, inp: Tensor, opts: { relu: boolean; residual?: Tensor }) => {
     const { weight, bias } = f.get(cb.conv)!;
@@ -342,7 +352,7 @@ export function resnetForwardFolded(c: ResNetConfig, f: FoldedParams, x: Tensor)
   const h = conv(stem, x, { relu: true });
   let y = maxPool2dForward(h, { kernelSize: 3, stride: 2, padding: 1 }, false).y;
   h.dispose();
-  for (const b of blocks) {
+  for (const b of blocks.slice(0, options.blocks ?? blocks.length)) {
     const identity = b.downsample ? conv(b.downsample, y, { relu: false }) : y;
     let z = y;
     for (let i = 0; i < b.convs.length; i++) {
@@ -355,6 +365,7 @@ export function resnetForwardFolded(c: ResNetConfig, f: FoldedParams, x: Tensor)
     y.dispose();
     y = z;
   }
+  if (options.blocks !== undefined) return y;
   const out = globalAvgPool2dForward(y);
   y.dispose();
   return out;

@@ -14,22 +14,24 @@
  *
  * The architecture is read from the weights' shapes (embedding width, depth, MLP width, register tokens,
  * LayerScale, biases) and the config (heads, pooling, MLP kind); keys that the model does not use are
- * refused, naming them, except `head.*` (the classifier). Inference only (no autograd) in this step.
+ * refused, naming them, except `head.*` (the classifier). `features` is inference only (no autograd);
+ * `trainable(k)` puts the last k blocks and the final norm on the autograd tape for fine-tuning.
  * Reference: timm `timm/models/vision_transformer.py`, `timm/layers/mlp.py`.
  *
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
-import { noGrad } from "../engine/autograd.ts";
+import { noGrad, zeroGrad } from "../engine/autograd.ts";
 import { conv2d } from "../ops/conv2d.ts";
 import { add, mul } from "../ops/elementwise.ts";
 import { linear } from "../ops/matmul.ts";
 import { mean } from "../ops/reduce.ts";
 import { swapAxes12 } from "../ops/permute.ts";
+import { narrow, reshape } from "../ops/shape.ts";
 import { attention, gelu, layerNorm, silu } from "../ops/transformer.ts";
 import { transpose } from "../kernels/matmul.ts";
-import type { Encoder } from "./encoder.ts";
+import type { Encoder, TrainableEncoder } from "./encoder.ts";
 import type { HostTensor } from "./he2gene.ts";
 
 /** Heads per width of timm's named sizes (what the weights cannot say). */
@@ -235,8 +237,11 @@ export class ViTEncoder implements Encoder {
   readonly mean: readonly [number, number, number];
   readonly std: readonly [number, number, number];
   #p: Map<string, Tensor> | null = new Map();
+  // The weights as given (timm's keys, qkv and SwiGLU's fc1 packed), for `trainable`.
+  #host: Map<string, HostTensor>;
 
   private constructor(readonly engine: Engine, readonly config: ViTConfig, tensors: Map<string, HostTensor>) {
+    this.#host = tensors;
     this.name = `${config.name} (timm)`;
     this.dim = config.embedDim;
     this.inputSize = config.imgSize;
@@ -306,6 +311,15 @@ export class ViTEncoder implements Encoder {
   }
 
   features(x: Tensor): Tensor {
+    return noGrad(() => this.#forward(x, this.config.depth, null));
+  }
+
+  /**
+   * x → features with blocks ≥ `frozen` (and the final norm) taking their weights from `leaf` (timm's keys,
+   * packed: sliced here with the differentiable `narrow`), recorded on the tape; everything before under
+   * noGrad with the encoder's own weights. `leaf` null: all frozen.
+   */
+  #forward(x: Tensor, frozen: number, leaf: ((key: string) => Tensor) | null): Tensor {
     const c = this.config, e = this.engine, p = (k: string) => this.#get(k);
     const [n, ch, hh, ww] = x.shape;
     if (ch !== 3 || hh !== c.imgSize || ww !== c.imgSize) {
@@ -315,8 +329,41 @@ export class ViTEncoder implements Encoder {
     }
     const D = c.embedDim, H = c.numHeads, d = D / H, P = (c.imgSize / c.patchSize) ** 2;
     const prefix = (c.classToken ? 1 : 0) + c.regTokens, T = prefix + P;
-    return noGrad(() =>
-      e.scope(() => {
+    // A trainable block's weights under the frozen path's names: q, k, v and SwiGLU's gate and value are
+    // row ranges of timm's packed qkv and fc1 (rows 0…D−1, D…2D−1, 2D…3D−1; first half, second half).
+    const trained = (b: number) => (s: string): Tensor => {
+      const key = `blocks.${b}.${s}`;
+      const qkv = /^attn\.([qkv])\.(weight|bias)$/.exec(s);
+      if (qkv) return narrow(leaf!(`blocks.${b}.attn.qkv.${qkv[2]}`), 0, "qkv".indexOf(qkv[1]) * D, D);
+      const glu = /^mlp\.fc1_(gate|value)\.(weight|bias)$/.exec(s);
+      if (glu) {
+        const h = c.mlpHidden / 2;
+        return narrow(leaf!(`blocks.${b}.mlp.fc1.${glu[2]}`), 0, glu[1] === "gate" ? 0 : h, h);
+      }
+      return leaf!(key);
+    };
+    const block = (h: Tensor, k: (s: string) => Tensor): Tensor => {
+      const heads = (t: Tensor) => swapAxes12(reshape(t, [n, T, H, d])); // (N, H, T, d)
+      const qkvBias = (w: string) => (c.qkvBias ? k(`attn.${w}.bias`) : undefined);
+      const y = layerNorm(h, k("norm1.weight"), k("norm1.bias"), c.eps);
+      const [q, kk, v] = ["q", "k", "v"].map((w) => heads(linear(y, k(`attn.${w}.weight`), qkvBias(w))));
+      const o = reshape(swapAxes12(attention(q, kk, v, 1 / Math.sqrt(d))), [n * T, D]);
+      let a = linear(o, k("attn.proj.weight"), k("attn.proj.bias"));
+      if (c.layerScale) a = mul(a, k("ls1.gamma"));
+      h = add(h, a);
+      const y2 = layerNorm(h, k("norm2.weight"), k("norm2.bias"), c.eps);
+      const hidden = c.mlp === "swiglu"
+        ? mul(
+          silu(linear(y2, k("mlp.fc1_gate.weight"), k("mlp.fc1_gate.bias"))),
+          linear(y2, k("mlp.fc1_value.weight"), k("mlp.fc1_value.bias")),
+        )
+        : gelu(linear(y2, k("mlp.fc1.weight"), k("mlp.fc1.bias")));
+      let m = linear(hidden, k("mlp.fc2.weight"), k("mlp.fc2.bias"));
+      if (c.layerScale) m = mul(m, k("ls2.gamma"));
+      return add(h, m);
+    };
+    return e.scope(() => {
+      let tokens = noGrad(() => {
         // Patch tokens: (N, D, g, g) → (N, P, D).
         const conv = conv2d(x, p("patch_embed.proj.weight"), {
           stride: c.patchSize,
@@ -340,42 +387,76 @@ export class ViTEncoder implements Encoder {
         }
         if (!c.noEmbedClass) h = add(h, p("pos_embed").reshape([T, D]));
         h = h.reshape([n * T, D]);
-        const heads = (t: Tensor) => swapAxes12(t.reshape([n, T, H, d])); // (N, H, T, d)
-        for (let b = 0; b < c.depth; b++) {
-          const k = (s: string) => p(`blocks.${b}.${s}`);
-          const qkvBias = (w: string) => (c.qkvBias ? k(`attn.${w}.bias`) : undefined);
-          const y = layerNorm(h, k("norm1.weight"), k("norm1.bias"), c.eps);
-          const [q, kk, v] = ["q", "k", "v"].map((w) => heads(linear(y, k(`attn.${w}.weight`), qkvBias(w))));
-          const o = swapAxes12(attention(q, kk, v, 1 / Math.sqrt(d))).reshape([n * T, D]);
-          let a = linear(o, k("attn.proj.weight"), k("attn.proj.bias"));
-          if (c.layerScale) a = mul(a, k("ls1.gamma"));
-          h = add(h, a);
-          const y2 = layerNorm(h, k("norm2.weight"), k("norm2.bias"), c.eps);
-          const hidden = c.mlp === "swiglu"
-            ? mul(
-              silu(linear(y2, k("mlp.fc1_gate.weight"), k("mlp.fc1_gate.bias"))),
-              linear(y2, k("mlp.fc1_value.weight"), k("mlp.fc1_value.bias")),
-            )
-            : gelu(linear(y2, k("mlp.fc1.weight"), k("mlp.fc1.bias")));
-          let m = linear(hidden, k("mlp.fc2.weight"), k("mlp.fc2.bias"));
-          if (c.layerScale) m = mul(m, k("ls2.gamma"));
-          h = add(h, m);
-        }
-        if (!c.fcNorm) h = layerNorm(h, p("norm.weight"), p("norm.bias"), c.eps);
-        let pooled: Tensor;
-        if (c.globalPool === "token") {
-          pooled = e.empty([n, D], "vit class token");
-          for (let i = 0; i < n; i++) e.copy(h, pooled, { srcOffset: i * T * D, dstOffset: i * D, size: D });
-        } else {
-          const toks = e.empty([n, P, D], "vit patch tokens");
-          for (let i = 0; i < n; i++) {
-            e.copy(h, toks, { srcOffset: (i * T + prefix) * D, dstOffset: i * P * D, size: P * D });
-          }
-          pooled = mean(toks, { axes: 1 });
-        }
-        return c.fcNorm ? layerNorm(pooled, p("fc_norm.weight"), p("fc_norm.bias"), c.eps) : pooled;
-      })
-    );
+        for (let b = 0; b < frozen; b++) h = block(h, (s) => p(`blocks.${b}.${s}`));
+        return h;
+      });
+      for (let b = frozen; b < c.depth; b++) tokens = block(tokens, trained(b));
+      const fin = (s: string) => (leaf ? leaf(s) : p(s));
+      if (!c.fcNorm) tokens = layerNorm(tokens, fin("norm.weight"), fin("norm.bias"), c.eps);
+      const perImage = reshape(tokens, [n, T, D]);
+      const pooled = c.globalPool === "token"
+        ? reshape(narrow(perImage, 1, 0, 1), [n, D])
+        : mean(narrow(perImage, 1, prefix, P), { axes: 1 });
+      return c.fcNorm ? layerNorm(pooled, fin("fc_norm.weight"), fin("fc_norm.bias"), c.eps) : pooled;
+    });
+  }
+
+  /**
+   * The last `k` transformer blocks and the final norm (`norm`, or `fc_norm` with mean pooling) trainable
+   * (see {@linkcode TrainableEncoder}): their weights uploaded from the ones the encoder was built from,
+   * under timm's keys (qkv and SwiGLU's fc1 packed, as timm has them); the patch embedding, class and
+   * register tokens, position embedding and the blocks before stay frozen (under noGrad).
+   *
+   * @example
+   * ```ts
+   * const t = ViTEncoder.fromTimm(engine, config, tensors).trainable(2);
+   * const f = t.forward(x); // (N, D), the last two blocks on the tape
+   * ```
+   */
+  trainable(k: number): TrainableEncoder {
+    const c = this.config, e = this.engine;
+    if (!this.#p) throw new Error(`Cannot fine-tune: the ${this.name} encoder was disposed`);
+    if (!Number.isInteger(k) || k < 1 || k > c.depth) {
+      throw new RangeError(
+        `Cannot unfreeze the last ${k} blocks of ${this.name}: it has ${c.depth} (give 1 to ${c.depth})`,
+      );
+    }
+    const frozen = c.depth - k, norm = c.fcNorm ? "fc_norm." : "norm.";
+    const params = new Map<string, Tensor>();
+    for (const key of vitShapes(c).keys()) {
+      const b = /^blocks\.(\d+)\./.exec(key);
+      if (b ? Number(b[1]) < frozen : !key.startsWith(norm)) continue;
+      const h = this.#host.get(key)!;
+      params.set(key, e.tensor(h.data, h.shape, { requiresGrad: true }).keep());
+    }
+    let live = true;
+    const leaf = (key: string) => {
+      const t = params.get(key);
+      if (!t) throw new Error(`Cannot run the trainable blocks of ${this.name}: no parameter ${key}`);
+      return t;
+    };
+    const check = () => {
+      if (!live) throw new Error(`Cannot use the trainable blocks of ${this.name}: they were disposed`);
+    };
+    return {
+      params,
+      forward: (x) => {
+        check();
+        return this.#forward(x, frozen, leaf);
+      },
+      stateDict: async () => {
+        check();
+        const out = new Map<string, HostTensor>();
+        for (const [key, t] of params) out.set(key, { shape: [...t.shape], data: await t.toArray() });
+        return out;
+      },
+      dispose: () => {
+        if (!live) return;
+        live = false;
+        zeroGrad(params.values());
+        for (const t of params.values()) t.dispose();
+      },
+    };
   }
 
   dispose(): void {

@@ -11,4 +11,5 @@ export * from "./conv2d.ts";
 export * from "./batchnorm.ts";
 export * from "./pool.ts";
 export * from "./transformer.ts";
+export * from "./shape.ts";
 export * from "./selftest.ts";
