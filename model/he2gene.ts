@@ -130,6 +130,33 @@ export function checkStateDict(c: HE2GeneConfig, shapes: Map<string, number[]>, 
 }
 
 /**
+ * Fresh heads on `f` features as PyTorch's `nn.Linear` initialises them: weight and bias ~ U(−1/√f, 1/√f)
+ * (kaiming_uniform with a = √5), drawn in the order target, aux, tumour from `uniform(seed + 1)` — what
+ * `HE2Gene.init` gives its heads. Keys as `HEAD_KEYS[c.variant]`.
+ *
+ * @example
+ * ```ts
+ * const heads = initHeads({ variant: "base", targetGenes: 250, auxGenes: 19699 }, 1024); // fc1, fc2, fc3
+ * ```
+ */
+export function initHeads(
+  c: { variant: Variant; targetGenes: number; auxGenes: number },
+  f: number,
+  seed = 0,
+): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  const rng = uniform(seed + 1);
+  const h = HEAD_KEYS[c.variant];
+  const bound = 1 / Math.sqrt(f);
+  const u = () => (2 * rng() - 1) * bound;
+  for (const [key, n] of [[h.target, c.targetGenes], [h.aux, c.auxGenes], [h.tumor, 1]] as const) {
+    out.set(`${key}.weight`, { shape: [n, f], data: Float32Array.from({ length: n * f }, u) });
+    out.set(`${key}.bias`, { shape: [n], data: Float32Array.from({ length: n }, u) });
+  }
+  return out;
+}
+
+/**
  * An HE2Gene network on one engine. Parameters are keyed by the checkpoint's state-dict keys.
  *
  * @example
@@ -192,17 +219,7 @@ export class HE2Gene {
       }
       host.set(BACKBONE_PREFIX + k, { shape, data: t.data });
     }
-    const rng = uniform(seed + 1);
-    const f = featureDim(config.backbone);
-    const h = HEAD_KEYS[config.variant];
-    for (const key of [h.target, h.aux, h.tumor]) {
-      // nn.Linear: U(−1/√in, 1/√in) for weight and bias (kaiming_uniform with a = √5).
-      const [n] = shapes.get(`${key}.weight`)!;
-      const bound = 1 / Math.sqrt(f);
-      const u = () => (2 * rng() - 1) * bound;
-      host.set(`${key}.weight`, { shape: [n, f], data: Float32Array.from({ length: n * f }, u) });
-      host.set(`${key}.bias`, { shape: [n], data: Float32Array.from({ length: n }, u) });
-    }
+    for (const [k, t] of initHeads(config, featureDim(config.backbone), seed)) host.set(k, t);
     return new HE2Gene(engine, config, host);
   }
 

@@ -25,6 +25,7 @@ export {
   HEAD_KEYS,
   type HostTensor,
   inferConfig,
+  initHeads,
   type Variant,
 } from "./he2gene.ts";
 export {
@@ -45,10 +46,12 @@ export {
   DEFAULT_TRAIN,
   predictEval,
   type StepLosses,
+  type TrainableModel,
   type TrainBatch,
   type TrainConfig,
   Trainer,
 } from "./train.ts";
+export { ENCODER_PREFIX, type FineTuneConfig, FineTunedEncoder, type FineTuneOptions } from "./finetune.ts";
 export {
   type Encoder,
   HE2GENE_NORM,

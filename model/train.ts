@@ -19,7 +19,7 @@ import { add, mul } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
 import { bceLoss, maskedMseLoss, mseLoss } from "../ops/loss.ts";
 import { Adam, StepLR } from "../kernels/optim.ts";
-import type { HE2Gene } from "./he2gene.ts";
+import type { HE2Gene, HE2GeneOutput } from "./he2gene.ts";
 
 /** Hyper-parameters (defaults: the original's). */
 export interface TrainConfig {
@@ -70,8 +70,27 @@ export interface StepLosses {
   spat: number;
 }
 
+/**
+ * What a `Trainer` trains: `HE2Gene`, or an encoder whose last blocks are fine-tuned under HE2Gene's heads
+ * (`FineTunedEncoder`, model/finetune.ts).
+ *
+ * @example
+ * ```ts
+ * const trainer = new Trainer(engine, model satisfies TrainableModel, DEFAULT_TRAIN);
+ * ```
+ */
+export interface TrainableModel {
+  /** Parameters by state-dict key; Adam trains those with `requiresGrad`. */
+  readonly params: Map<string, Tensor>;
+  /**
+   * x: (N, 3, H, W) normalised → the heads' outputs and the (N, D) features, on the tape. `training`: batch
+   * statistics for the batch norms that train; `checkpoint`: activation checkpointing where the model has it.
+   */
+  forward(x: Tensor, options: { training: boolean; checkpoint?: boolean }): HE2GeneOutput;
+}
+
 /** Trains a model in place. */
-export class Trainer {
+export class Trainer<M extends TrainableModel = TrainableModel> {
   readonly opt: Adam;
   readonly schedule: StepLR;
 
@@ -81,7 +100,7 @@ export class Trainer {
    */
   constructor(
     readonly engine: Engine,
-    readonly model: HE2Gene,
+    readonly model: M,
     readonly cfg: TrainConfig,
     readonly options: { checkpoint?: boolean } = {},
   ) {
