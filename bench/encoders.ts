@@ -3,9 +3,12 @@
  * layout, `embed --encoder resnet50`) and timm ViT-S/16, ViT-B/16 and ViT-L/16 (class token, GELU MLP,
  * class-token pooling; ViT-L left out with --quick), random weights; the attention kernel alone at ViT-S/16's
  * shape; and PyTorch on this machine's CPU for the same networks (bench/peer_encoders.py, plain torch in
- * timm's arithmetic) in the same run. tfjs-webgpu has no ViT to run; ONNX Runtime Web is not a dependency.
+ * timm's arithmetic, same batch) in the same run. tfjs-webgpu has no ViT to run; ONNX Runtime Web is not a
+ * dependency.
  *
  * Times: wall clock from the upload of the batch to the features on the host, median after a warm-up.
+ * ViT-L/16 is timed once after its warm-up: one forward at batch 8 takes ~100 s on llvmpipe (2 shared
+ * cores), so the usual 3 runs would add 5 minutes; the row says how many runs it took.
  *
  * @module
  */
@@ -29,14 +32,17 @@ export interface EncoderRow {
   batch: number;
   /** GFLOP of one image's forward pass (multiply-adds × 2). */
   gflopPerImage: number;
+  /** Timed runs after the warm-up (the median is `oursS`). */
+  runs: number;
   oursS: number;
   peerS?: number;
 }
 
-const VITS: Record<string, { d: number; depth: number; heads: number; label: string }> = {
+const VITS: Record<string, { d: number; depth: number; heads: number; label: string; maxRuns?: number }> = {
   vit_s16: { d: 384, depth: 12, heads: 6, label: "ViT-S/16" },
   vit_b16: { d: 768, depth: 12, heads: 12, label: "ViT-B/16" },
-  vit_l16: { d: 1024, depth: 24, heads: 16, label: "ViT-L/16" },
+  // ~100 s per forward at batch 8 on llvmpipe: one timed run after the warm-up.
+  vit_l16: { d: 1024, depth: 24, heads: 16, label: "ViT-L/16", maxRuns: 1 },
 };
 
 function median(xs: number[]): number {
@@ -105,7 +111,9 @@ export async function benchEncoders(
   for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 0.001) * 1.5;
   const rows: EncoderRow[] = [];
   for (const name of names) {
-    opts.log(`… ${name === "resnet50" ? "ResNet-50" : VITS[name].label}, batch ${batch}`);
+    const runs = Math.max(1, Math.min(opts.reps, VITS[name]?.maxRuns ?? Infinity));
+    const label = name === "resnet50" ? "ResNet-50" : VITS[name].label;
+    opts.log(`… ${label}, batch ${batch}, a warm-up and ${runs} timed run${runs > 1 ? "s" : ""}`);
     let enc: Encoder;
     let gflop: number;
     if (name === "resnet50") {
@@ -119,7 +127,7 @@ export async function benchEncoders(
     }
     const times: number[] = [];
     try {
-      for (let i = 0; i < 1 + opts.reps; i++) {
+      for (let i = 0; i < 1 + runs; i++) {
         const t0 = performance.now();
         await e.scope(async () => await enc.features(e.tensor(x, [batch, 3, 224, 224])).toArray());
         if (i > 0) times.push((performance.now() - t0) / 1000);
@@ -127,7 +135,7 @@ export async function benchEncoders(
     } finally {
       enc.dispose();
     }
-    rows.push({ model: name, batch, gflopPerImage: gflop, oursS: median(times) });
+    rows.push({ model: name, batch, gflopPerImage: gflop, runs, oursS: median(times) });
   }
   // The attention kernel alone at ViT-S/16's shape.
   const shape = [batch, 6, 197, 64], rng = mulberry32(5);
@@ -150,7 +158,7 @@ export async function benchEncoders(
           String(batch),
           String(Math.min(opts.reps, 3)),
           String(navigator.hardwareConcurrency),
-          ...names,
+          ...rows.map((r) => `${r.model}:${r.batch}`),
         ],
         stdout: "piped",
         stderr: "piped",
@@ -178,7 +186,7 @@ export function printEncodersTable(
 ): void {
   const label = (m: string) => (m === "resnet50" ? "ResNet-50" : VITS[m].label);
   log(
-    `${"encoder".padEnd(10)} ${"batch".padStart(5)} ${"GFLOP/img".padStart(9)} ${
+    `${"encoder".padEnd(10)} ${"batch".padStart(5)} ${"runs".padStart(4)} ${"GFLOP/img".padStart(9)} ${
       "ours img/s".padStart(10)
     } ` +
       `${"GFLOP/s".padStart(8)} ${"torch img/s".padStart(11)} ${"ours/torch".padStart(10)}`,
@@ -186,7 +194,7 @@ export function printEncodersTable(
   for (const row of r.rows) {
     const ours = row.batch / row.oursS, peer = row.peerS ? row.batch / row.peerS : undefined;
     log(
-      `${label(row.model).padEnd(10)} ${String(row.batch).padStart(5)} ${
+      `${label(row.model).padEnd(10)} ${String(row.batch).padStart(5)} ${String(row.runs).padStart(4)} ${
         row.gflopPerImage.toFixed(2).padStart(9)
       } ` +
         `${ours.toFixed(2).padStart(10)} ${(ours * row.gflopPerImage).toFixed(1).padStart(8)} ` +
@@ -201,7 +209,8 @@ export function printEncodersTable(
       `${a.gflops.toFixed(1)} GFLOP/s`,
   );
   log(
-    "img/s: images per second of a forward pass at batch 8 to features on the host (median after a warm-up); " +
-      "torch: PyTorch on this machine's CPU (float32, all cores), same networks, random weights.",
+    "img/s: images per second of a forward pass at the batch shown to features on the host (median of the " +
+      "timed runs after a warm-up); torch: PyTorch on this machine's CPU (float32, all cores), same networks, " +
+      "batches and random weights.",
   );
 }

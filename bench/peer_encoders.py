@@ -4,7 +4,8 @@ plain-torch ViTs in timm's arithmetic (timm is not installable here): ViT-S/16, 
 token, GELU MLP, class-token pooling). Random weights; times only. Prints one JSON line per model:
 {"model", "batch", "seconds"} (median of REPS after one warm-up).
 
-    python3 peer_encoders.py BATCH REPS THREADS MODEL...   (MODEL: resnet50 | vit_s16 | vit_b16 | vit_l16)
+    python3 peer_encoders.py BATCH REPS THREADS MODEL[:BATCH]...
+    (MODEL: resnet50 | vit_s16 | vit_b16 | vit_l16; `:BATCH` overrides BATCH for that model)
 """
 import json
 import sys
@@ -49,7 +50,9 @@ class ViT(nn.Module):
         return self.norm(self.blocks(x))[:, 0]
 
 
-for name in sys.argv[4:]:
+for arg in sys.argv[4:]:
+    name, _, own = arg.partition(":")
+    n = int(own) if own else batch
     if name == "resnet50":
         import torchvision
         m = torchvision.models.resnet50()
@@ -57,7 +60,7 @@ for name in sys.argv[4:]:
     else:
         m = ViT(*SIZES[name])
     m.eval()
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(n, 3, 224, 224)
     ts = []
     with torch.no_grad():
         for i in range(reps + 1):
@@ -66,4 +69,4 @@ for name in sys.argv[4:]:
             if i:
                 ts.append(time.perf_counter() - t0)
     ts.sort()
-    print(json.dumps({"model": name, "batch": batch, "seconds": ts[len(ts) // 2]}), flush=True)
+    print(json.dumps({"model": name, "batch": n, "seconds": ts[len(ts) // 2]}), flush=True)

@@ -11,7 +11,8 @@
  * - `he2gene`: an HE2Gene checkpoint (`model_base.pt`, `model_spat.pt`, our `.safetensors`); its backbone's
  *   pooled features (the heads' input), normalised as HE2Gene is.
  *
- * Patches are named and read as `predict-patches` does; each is resized to 224 × 224 with PIL's bilinear.
+ * Patches are named and read as `predict-patches` does; each is resized to 224 × 224 with PIL's bilinear
+ * (a timm ViT: timm's eval transform from its config, see pipeline/embed.ts `encoderInput`).
  *
  * @module
  */
@@ -118,14 +119,14 @@ async function loadTimm(
   const { tensors } = await readCheckpoint(file);
   const enc = ViTEncoder.fromTimm(engine, cfg, tensors, file);
   const pre = enc.config.preprocess;
-  if (pre.interpolation !== "bilinear") {
+  if (pre.interpolation !== "bilinear" && pre.interpolation !== "bicubic") {
     warn(
-      `warning: ${cfgPath} asks for ${pre.interpolation} resizing; he2gene resizes with PIL's bilinear only ` +
-        `for now, so features will differ slightly from timm's`,
+      `warning: ${cfgPath} asks for ${pre.interpolation} resizing; he2gene resizes with PIL's bicubic ` +
+        `instead (bilinear and bicubic only), so features will differ slightly from timm's`,
     );
   }
-  if (pre.cropPct !== 1) {
-    warn(`warning: ${cfgPath} has crop_pct ${pre.cropPct}; patches are resized whole (crop_pct 1)`);
+  if (pre.cropMode !== undefined && pre.cropMode !== "center" && pre.cropMode !== "squash") {
+    warn(`warning: ${cfgPath} has crop_mode ${pre.cropMode}; he2gene crops as crop_mode center`);
   }
   return enc;
 }

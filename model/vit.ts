@@ -45,11 +45,19 @@ const HEADS_BY_NAME: Record<string, number> = {
   gigantic: 16,
 };
 
-/** The preprocessing of timm's `pretrained_cfg`. */
+/**
+ * The preprocessing of timm's `pretrained_cfg` (absent fields: timm's `PretrainedCfg` defaults), which
+ * `embed` applies as timm's eval transform (pipeline/embed.ts `encoderInput`).
+ */
 export interface ViTPreprocess {
+  /** `input_size[-1]`: the square side the model is fed. */
   inputSize: number;
+  /** `bicubic` (default) or `bilinear`, PIL's; others are resized bicubic (the CLI warns). */
   interpolation: string;
+  /** `crop_pct` (default 0.875): resize the shorter side to `floor(inputSize / cropPct)`, centre-crop. */
   cropPct: number;
+  /** `crop_mode`: `center` (default, also when absent) or `squash`; others run as `center` (CLI warns). */
+  cropMode?: string;
   mean: [number, number, number];
   std: [number, number, number];
 }
@@ -78,6 +86,11 @@ export interface ViTConfig {
   qkvBias: boolean;
   eps: number;
   preprocess: ViTPreprocess;
+  /**
+   * timm's `dynamic_img_size`: inputs of other sides than `imgSize` (multiples of the patch) are taken, the
+   * position embedding resampled to their patch grid ({@linkcode resampleAbsPosEmbed}). Default false.
+   */
+  dynamicImgSize?: boolean;
 }
 
 type Json = Record<string, unknown>;
@@ -152,11 +165,17 @@ export function vitConfig(config: unknown, shapes: Map<string, number[]>, file =
     );
   }
   const input = Array.isArray(pre.input_size) ? Number(pre.input_size.at(-1)) : imgSize;
-  if (input !== imgSize) {
-    fail(
-      `pretrained_cfg.input_size ${input} differs from img_size ${imgSize} (dynamic sizes are not supported yet)`,
-    );
+  const dynamicImgSize = Boolean(args.dynamic_img_size);
+  if (Array.isArray(pre.input_size) && Number(pre.input_size.at(-2)) !== input) {
+    fail(`pretrained_cfg.input_size [${pre.input_size}] is not square`);
   }
+  if (!dynamicImgSize && input !== imgSize) {
+    fail(`pretrained_cfg.input_size ${input} differs from img_size ${imgSize} without dynamic_img_size`);
+  }
+  if (dynamicImgSize && (!Number.isInteger(input) || input < patchSize || input % patchSize)) {
+    fail(`pretrained_cfg.input_size ${input} is not a multiple of the patch size ${patchSize}`);
+  }
+  if (args.dynamic_img_pad) fail("dynamic_img_pad is not supported (inputs must be multiples of the patch)");
   const triple = (v: unknown, d: readonly number[]) =>
     (Array.isArray(v) && v.length === 3 ? v.map(Number) : [...d]) as [number, number, number];
   return {
@@ -177,14 +196,130 @@ export function vitConfig(config: unknown, shapes: Map<string, number[]>, file =
     layerScale: shapes.has("blocks.0.ls1.gamma"),
     qkvBias: shapes.has("blocks.0.attn.qkv.bias"),
     eps: 1e-6,
+    dynamicImgSize,
     preprocess: {
       inputSize: input,
-      interpolation: String(pre.interpolation ?? "bicubic"),
-      cropPct: Number(pre.crop_pct ?? 0.9),
+      interpolation: String(pre.interpolation || "bicubic"),
+      // timm's resolve_data_config: a missing or zero crop_pct is DEFAULT_CROP_PCT.
+      cropPct: Number(pre.crop_pct || 0.875),
+      cropMode: String(pre.crop_mode || "center"),
       mean: triple(pre.mean, [0.485, 0.456, 0.406]),
       std: triple(pre.std, [0.229, 0.224, 0.225]),
     },
   };
+}
+
+// torch's cubic convolution (`cubic_convolution1/2`, aten/src/ATen/native/UpSample.h): a = −0.75 in the
+// plain bicubic, −0.5 in the antialiased one (as PIL).
+function cubicWeight(x: number, a: number): number {
+  x = Math.abs(x);
+  if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+  return 0;
+}
+
+/**
+ * `F.interpolate(mode="bicubic", align_corners=False)` along one axis as a dense `[outSize, inSize]` matrix
+ * (float64). `antialias`: torch's `_upsample_bicubic2d_aa` (PIL's scheme: support 2 widened by the
+ * downscale factor, taps inside the input, weights normalised); else the plain kernel (4 taps around
+ * `(i + 0.5) · scale − 0.5`, indices clamped to the border).
+ */
+function bicubicAxis(inSize: number, outSize: number, antialias: boolean): Float64Array {
+  const m = new Float64Array(outSize * inSize);
+  const scale = inSize / outSize;
+  for (let i = 0; i < outSize; i++) {
+    const row = m.subarray(i * inSize, (i + 1) * inSize);
+    if (antialias) {
+      const support = 2 * Math.max(scale, 1), inv = scale >= 1 ? 1 / scale : 1;
+      const center = scale * (i + 0.5);
+      const lo = Math.max(Math.trunc(center - support + 0.5), 0);
+      const hi = Math.min(Math.trunc(center + support + 0.5), inSize);
+      let total = 0;
+      for (let j = lo; j < hi; j++) total += row[j] = cubicWeight((j - center + 0.5) * inv, -0.5);
+      if (total !== 0) { for (let j = lo; j < hi; j++) row[j] /= total; }
+    } else {
+      const src = scale * (i + 0.5) - 0.5, i0 = Math.floor(src), t = src - i0;
+      for (let k = -1; k <= 2; k++) {
+        row[Math.min(Math.max(i0 + k, 0), inSize - 1)] += cubicWeight(t - k, -0.75);
+      }
+    }
+  }
+  return m;
+}
+
+/** Options of {@linkcode resampleAbsPosEmbed}. */
+export interface ResamplePosEmbedOptions {
+  /** The grid the embedding holds, `[rows, cols]` (default: square, from its length). */
+  oldGrid?: readonly [number, number];
+  /** Prefix tokens at its front (class, registers) kept as they are (default 0). */
+  prefix?: number;
+  /**
+   * torch's `antialias` (default true: timm's `resample_abs_pos_embed` default, which
+   * `VisionTransformer._pos_embed` uses for `dynamic_img_size`).
+   */
+  antialias?: boolean;
+}
+
+/**
+ * timm's `resample_abs_pos_embed` (timm/layers/pos_embed.py) on the CPU: the patch-grid part of a position
+ * embedding `[1, prefix + h·w, D]` resized to `newGrid` by `F.interpolate(mode="bicubic",
+ * align_corners=False, antialias)`, the prefix tokens kept in front. Computed in float64 (torch: float32),
+ * returned as float32 `[1, prefix + newGrid[0]·newGrid[1], D]`; the same grid returns the input.
+ *
+ * @example
+ * ```ts
+ * // UNI (ViT-L/16, 224 px: 14 × 14 patches + class token) fed 256 px: a 16 × 16 grid.
+ * const pe = resampleAbsPosEmbed(tensors.get("pos_embed")!, [16, 16], { prefix: 1 }); // [1, 257, 1024]
+ * ```
+ */
+export function resampleAbsPosEmbed(
+  pos: HostTensor,
+  newGrid: readonly [number, number],
+  o: ResamplePosEmbedOptions = {},
+): HostTensor {
+  const prefix = o.prefix ?? 0;
+  const [one, len, D] = pos.shape;
+  const n = len - prefix;
+  const [oh, ow] = o.oldGrid ?? [Math.round(Math.sqrt(n)), Math.round(Math.sqrt(n))];
+  const [nh, nw] = newGrid;
+  if (pos.shape.length !== 3 || one !== 1 || oh * ow !== n || !(nh >= 1 && nw >= 1)) {
+    throw new RangeError(
+      `Cannot resample pos_embed [${pos.shape}] (prefix ${prefix}) from a ${oh}×${ow} grid to ${nh}×${nw}`,
+    );
+  }
+  if (nh === oh && nw === ow) return pos;
+  const aa = o.antialias ?? true;
+  const wh = bicubicAxis(oh, nh, aa), ww = bicubicAxis(ow, nw, aa);
+  const src = pos.data.subarray(prefix * D);
+  // Along the columns, then the rows: tmp [oh, nw, D], out [nh, nw, D].
+  const tmp = new Float64Array(oh * nw * D);
+  for (let r = 0; r < oh; r++) {
+    for (let x = 0; x < nw; x++) {
+      const t = tmp.subarray((r * nw + x) * D, (r * nw + x + 1) * D);
+      for (let j = 0; j < ow; j++) {
+        const w = ww[x * ow + j];
+        if (w === 0) continue;
+        const s = src.subarray((r * ow + j) * D, (r * ow + j + 1) * D);
+        for (let d = 0; d < D; d++) t[d] += w * s[d];
+      }
+    }
+  }
+  const data = new Float32Array((prefix + nh * nw) * D);
+  data.set(pos.data.subarray(0, prefix * D));
+  const acc = new Float64Array(D);
+  for (let y = 0; y < nh; y++) {
+    for (let x = 0; x < nw; x++) {
+      acc.fill(0);
+      for (let r = 0; r < oh; r++) {
+        const w = wh[y * oh + r];
+        if (w === 0) continue;
+        const t = tmp.subarray((r * nw + x) * D, (r * nw + x + 1) * D);
+        for (let d = 0; d < D; d++) acc[d] += w * t[d];
+      }
+      data.set(acc, (prefix + y * nw + x) * D);
+    }
+  }
+  return { shape: [1, prefix + nh * nw, D], data };
 }
 
 /** Every key and shape the weights of `c` must hold (`head.*` aside). */
@@ -239,12 +374,15 @@ export class ViTEncoder implements Encoder {
   #p: Map<string, Tensor> | null = new Map();
   // The weights as given (timm's keys, qkv and SwiGLU's fc1 packed), for `trainable`.
   #host: Map<string, HostTensor>;
+  /** The weights' pos_embed on the host, resampled per patch grid on first use (dynamic_img_size). */
+  #posHost: HostTensor | undefined;
 
   private constructor(readonly engine: Engine, readonly config: ViTConfig, tensors: Map<string, HostTensor>) {
     this.#host = tensors;
     this.name = `${config.name} (timm)`;
     this.dim = config.embedDim;
-    this.inputSize = config.imgSize;
+    this.inputSize = config.preprocess.inputSize;
+    if (config.dynamicImgSize) this.#posHost = tensors.get("pos_embed");
     this.mean = config.preprocess.mean;
     this.std = config.preprocess.std;
     const D = config.embedDim;
@@ -310,6 +448,23 @@ export class ViTEncoder implements Encoder {
     return t;
   }
 
+  /**
+   * The position embedding for a `gh × gw` patch grid: the weights' on their own grid, else (with
+   * `dynamic_img_size`) resampled as timm does ({@linkcode resampleAbsPosEmbed}), once per grid.
+   */
+  #posEmbed(gh: number, gw: number): Tensor {
+    const c = this.config, g = c.imgSize / c.patchSize, own = this.#get("pos_embed");
+    if (gh === g && gw === g) return own;
+    const key = `pos_embed@${gh}x${gw}`;
+    let t = this.#p!.get(key);
+    if (!t) {
+      const prefix = c.noEmbedClass ? 0 : (c.classToken ? 1 : 0) + c.regTokens;
+      const r = resampleAbsPosEmbed(this.#posHost!, [gh, gw], { oldGrid: [g, g], prefix });
+      this.#p!.set(key, t = this.engine.tensor(r.data, r.shape).keep());
+    }
+    return t;
+  }
+
   features(x: Tensor): Tensor {
     return noGrad(() => this.#forward(x, this.config.depth, null));
   }
@@ -322,12 +477,18 @@ export class ViTEncoder implements Encoder {
   #forward(x: Tensor, frozen: number, leaf: ((key: string) => Tensor) | null): Tensor {
     const c = this.config, e = this.engine, p = (k: string) => this.#get(k);
     const [n, ch, hh, ww] = x.shape;
-    if (ch !== 3 || hh !== c.imgSize || ww !== c.imgSize) {
+    const fits = c.dynamicImgSize
+      ? hh % c.patchSize === 0 && ww % c.patchSize === 0 && hh > 0 && ww > 0
+      : hh === c.imgSize && ww === c.imgSize;
+    if (ch !== 3 || !fits) {
       throw new RangeError(
-        `Cannot run ${this.name} on [${x.shape}]: it takes [N, 3, ${c.imgSize}, ${c.imgSize}]`,
+        `Cannot run ${this.name} on [${x.shape}]: it takes [N, 3, ${
+          c.dynamicImgSize ? `H, W] with H and W multiples of ${c.patchSize}` : `${c.imgSize}, ${c.imgSize}]`
+        }`,
       );
     }
-    const D = c.embedDim, H = c.numHeads, d = D / H, P = (c.imgSize / c.patchSize) ** 2;
+    const gh = hh / c.patchSize, gw = ww / c.patchSize;
+    const D = c.embedDim, H = c.numHeads, d = D / H, P = gh * gw;
     const prefix = (c.classToken ? 1 : 0) + c.regTokens, T = prefix + P;
     // A trainable block's weights under the frozen path's names: q, k, v and SwiGLU's gate and value are
     // row ranges of timm's packed qkv and fc1 (rows 0…D−1, D…2D−1, 2D…3D−1; first half, second half).
@@ -370,7 +531,7 @@ export class ViTEncoder implements Encoder {
           bias: p("patch_embed.proj.bias"),
         });
         let patches = transpose(conv.reshape([n, D, P]));
-        if (c.noEmbedClass) patches = add(patches, p("pos_embed").reshape([P, D]));
+        if (c.noEmbedClass) patches = add(patches, this.#posEmbed(gh, gw).reshape([P, D]));
         // Tokens [cls, reg…, patches] per image.
         let h = e.empty([n, T, D], "vit tokens");
         for (let i = 0; i < n; i++) {
@@ -385,7 +546,7 @@ export class ViTEncoder implements Encoder {
           }
           e.copy(patches, h, { srcOffset: i * P * D, dstOffset: at, size: P * D });
         }
-        if (!c.noEmbedClass) h = add(h, p("pos_embed").reshape([T, D]));
+        if (!c.noEmbedClass) h = add(h, this.#posEmbed(gh, gw).reshape([T, D]));
         h = h.reshape([n * T, D]);
         for (let b = 0; b < frozen; b++) h = block(h, (s) => p(`blocks.${b}.${s}`));
         return h;

@@ -6,8 +6,11 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
+import type { Tensor } from "../engine/tensor.ts";
 import type { Encoder } from "../model/encoder.ts";
+import { ViTEncoder } from "../model/vit.ts";
 import { resizeNormalize, type RgbImage, uploadImages } from "../slide/mod.ts";
+import { evalTransformGeometry } from "../slide/resample.ts";
 import { encodeNpz } from "../slide/npz.ts";
 import { decodeBatch, type PatchImage } from "./predict_patches.ts";
 import { readPatches, type SlidePatch } from "./predict_slide.ts";
@@ -38,8 +41,40 @@ export interface EmbedOptions {
 }
 
 /**
- * Encode every patch: decode, resize to the encoder's input size (PIL's bilinear), normalise with the
- * encoder's mean and std, and run the encoder. Patches of one size in a batch go through the GPU together.
+ * The encoder's input for packed images of one size (`uploadImages`: `[M, H, W]`) → `[M, 3, S, S]`,
+ * normalised with the encoder's mean and std. A timm ViT gets timm's eval transform from its config
+ * (`transforms_imagenet_eval`: `Resize(floor(S / crop_pct))` with PIL's bicubic or bilinear, the shorter side
+ * or both with `crop_mode: squash`, then `CenterCrop(S)`; PIL-exact); other encoders the whole image resized
+ * to S × S with PIL's bilinear (torchvision's `Resize((S, S))`, as HE2Gene).
+ *
+ * @example
+ * ```ts
+ * const x = encoderInput(encoder, uploadImages(engine, patches)); // [M, 3, 224, 224]
+ * ```
+ */
+export function encoderInput(encoder: Encoder, src: Tensor): Tensor {
+  const { mean, std } = encoder;
+  if (!(encoder instanceof ViTEncoder)) return resizeNormalize(src, { size: encoder.inputSize, mean, std });
+  const pre = encoder.config.preprocess;
+  const [, H, W] = src.shape;
+  const g = evalTransformGeometry(W, H, {
+    inputSize: pre.inputSize,
+    cropPct: pre.cropPct,
+    cropMode: pre.cropMode === "squash" ? "squash" : "center",
+  });
+  return resizeNormalize(src, {
+    size: [g.size[1], g.size[0]],
+    window: g.window,
+    filter: pre.interpolation === "bilinear" ? "bilinear" : "bicubic",
+    mean,
+    std,
+  });
+}
+
+/**
+ * Encode every patch: decode, bring it to the encoder's input ({@linkcode encoderInput}: timm's eval
+ * transform for a ViT, else PIL's bilinear to its size), normalise with the encoder's mean and std, and run
+ * the encoder. Patches of one size in a batch go through the GPU together.
  * A feature that comes out NaN or Inf is an error naming the patch.
  *
  * @example
@@ -75,7 +110,7 @@ export async function embedPatches(
     for (const idx of bySize) {
       const f = await engine.scope(async () => {
         const src = uploadImages(engine, idx.map((i) => decoded[i]));
-        const x = resizeNormalize(src, { size: encoder.inputSize, mean: encoder.mean, std: encoder.std });
+        const x = encoderInput(encoder, src);
         src.dispose();
         return await encoder.features(x).toArray();
       });
@@ -152,7 +187,7 @@ export async function embedSlide(
       next = b0 + bs < P ? read(b0 + bs) : null;
       const f = await engine.scope(async () => {
         const src = uploadImages(engine, images);
-        const x = resizeNormalize(src, { size: encoder.inputSize, mean: encoder.mean, std: encoder.std });
+        const x = encoderInput(encoder, src);
         src.dispose();
         return await encoder.features(x).toArray();
       });

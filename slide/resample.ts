@@ -1,9 +1,10 @@
 /**
- * PIL's bilinear resampler (Pillow ≥ 7, `libImaging/Resample.c`), reproduced bit for bit on the CPU.
+ * PIL's bilinear and bicubic resamplers (Pillow ≥ 7, `libImaging/Resample.c`), reproduced bit for bit on
+ * the CPU.
  *
  * torchvision's `transforms.Resize((224, 224))` on a PIL image calls `img.resize((224, 224), BILINEAR)`:
- * a separable convolution with the triangle filter whose support grows with the downscale factor
- * (antialiasing). Per output pixel the weights are normalised in float64, then turned into fixed point
+ * a separable convolution with the triangle filter (support 1; `BICUBIC`: the cubic convolution kernel with
+ * a = −0.5, support 2) whose support grows with the downscale factor (antialiasing). Per output pixel the weights are normalised in float64, then turned into fixed point
  * with `PRECISION_BITS = 32 − 8 − 2 = 22` bits (rounded half away from zero). The horizontal pass runs
  * first and its result is stored as uint8 (rounded, clipped); the vertical pass reads that.
  * `reducing_gap` is off by default and not reproduced.
@@ -34,11 +35,29 @@ export interface AxisCoeffs {
   weights: Int32Array;
 }
 
+/** The resampling filters reproduced: PIL's `Image.BILINEAR` and `Image.BICUBIC`. */
+export type ResampleFilter = "bilinear" | "bicubic";
+
 // Triangle filter, support 1 (PIL's `bilinear_filter`).
 function triangle(x: number): number {
   if (x < 0) x = -x;
   return x < 1 ? 1 - x : 0;
 }
+
+// Cubic convolution with a = −0.5, support 2 (PIL's `bicubic_filter`, its operation order: the weights are
+// float64 as in C, so each one is the same double).
+function cubic(x: number): number {
+  const a = -0.5;
+  if (x < 0) x = -x;
+  if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0;
+}
+
+const FILTERS: Record<ResampleFilter, { fn: (x: number) => number; support: number }> = {
+  bilinear: { fn: triangle, support: 1 },
+  bicubic: { fn: cubic, support: 2 },
+};
 
 /**
  * PIL's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter, resizing the input span
@@ -51,13 +70,38 @@ function triangle(x: number): number {
  * ```
  */
 export function bilinearCoeffs(inSize: number, outSize: number, in0 = 0, in1 = inSize): AxisCoeffs {
+  return pilCoeffs(inSize, outSize, "bilinear", in0, in1);
+}
+
+/**
+ * PIL's `precompute_coeffs` + `normalize_coeffs_8bpc` for `filter`, resizing the input span `[in0, in1)` of
+ * an axis of `inSize` pixels to `outSize`. Bicubic weights can be negative (rounded half away from zero, as
+ * PIL).
+ *
+ * @example
+ * ```ts
+ * const c = pilCoeffs(300, 224, "bicubic"); // downsampling: support 2 × 300/224 each side
+ * console.log(c.ksize); // 7
+ * ```
+ */
+export function pilCoeffs(
+  inSize: number,
+  outSize: number,
+  filter: ResampleFilter = "bilinear",
+  in0 = 0,
+  in1 = inSize,
+): AxisCoeffs {
   if (!(inSize >= 1 && outSize >= 1)) {
     throw new RangeError(`Cannot resize: sizes must be ≥ 1, current values are ${inSize} → ${outSize}`);
+  }
+  const f = FILTERS[filter];
+  if (!f) {
+    throw new RangeError(`Cannot resize: filter must be bilinear or bicubic, current value is ${filter}`);
   }
   // in0 / in1 are C floats in PIL; for integer boxes the float → double conversion is exact.
   const scale = (Math.fround(in1) - Math.fround(in0)) / outSize;
   const filterscale = Math.max(scale, 1);
-  const support = 1 * filterscale;
+  const support = f.support * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
   const start = new Int32Array(outSize);
   const count = new Int32Array(outSize);
@@ -75,7 +119,7 @@ export function bilinearCoeffs(inSize: number, outSize: number, in0 = 0, in1 = i
     xmax -= xmin;
     let ww = 0;
     for (let x = 0; x < xmax; x++) {
-      const w = triangle((x + xmin - center + 0.5) * ss);
+      const w = f.fn((x + xmin - center + 0.5) * ss);
       k[x] = w;
       ww += w;
     }
@@ -100,11 +144,13 @@ function clip8(v: number): number {
 export interface ResizeCpuOptions {
   /** Crop `[left, upper, right, lower]` taken first, as `img.crop(box)` (default: the whole image). */
   box?: CropBox;
+  /** `Image.BILINEAR` (default) or `Image.BICUBIC`. */
+  filter?: ResampleFilter;
 }
 
 /**
- * Bilinear resize of an RGB image exactly as `img.crop(box).resize((width, height), Image.BILINEAR)` in
- * Pillow ≥ 7: the CPU reference of {@linkcode resizeNormalize}.
+ * Resize of an RGB image exactly as `img.crop(box).resize((width, height), Image.BILINEAR)` (or
+ * `Image.BICUBIC` with `filter: "bicubic"`) in Pillow ≥ 7: the CPU reference of {@linkcode resizeNormalize}.
  *
  * @example
  * ```ts
@@ -123,8 +169,8 @@ export function resizeCpu(
   checkBox(box, "resizeCpu");
   const src = cropCpu(img, box);
   const inW = src.width, inH = src.height;
-  const h = bilinearCoeffs(inW, outW);
-  const v = bilinearCoeffs(inH, outH);
+  const h = pilCoeffs(inW, outW, options.filter);
+  const v = pilCoeffs(inH, outH, options.filter);
   // PIL skips a pass whose axis keeps its size; that pass would be the identity anyway.
   const needH = outW !== inW;
   const needV = outH !== inH;
@@ -205,6 +251,51 @@ export function centerBox(srcW: number, srcH: number, width: number, height = wi
   const left = roundHalfEven((srcW - width) / 2);
   const top = roundHalfEven((srcH - height) / 2);
   return [left, top, left + width, top + height];
+}
+
+/** timm's eval preprocessing (`pretrained_cfg`): what {@linkcode evalTransformGeometry} reads. */
+export interface EvalTransform {
+  /** The model's square input side (`input_size[-1]`). */
+  inputSize: number;
+  /** `crop_pct` (timm's default 0.875). */
+  cropPct: number;
+  /** `crop_mode`: `center` (default: the shorter side resized, aspect kept) or `squash` (both sides). */
+  cropMode?: "center" | "squash";
+}
+
+/**
+ * Where timm's eval transform (`transforms_imagenet_eval`) takes a `srcW × srcH` image: torchvision's
+ * `Resize(floor(inputSize / cropPct))` (the shorter side to that, the longer to `int(s · long / short)`;
+ * `squash`: both sides) then `CenterCrop(inputSize)`. Returns the resized `size` `[width, height]` (PIL order)
+ * and the `window` of the resized image the crop keeps; where the window leaves the image (crop_pct > 1)
+ * torchvision pads with 0, `(c − S) // 2` before.
+ *
+ * @example
+ * ```ts
+ * evalTransformGeometry(150, 150, { inputSize: 224, cropPct: 0.875 });
+ * // { size: [256, 256], window: [16, 16, 240, 240] }
+ * ```
+ */
+export function evalTransformGeometry(
+  srcW: number,
+  srcH: number,
+  t: EvalTransform,
+): { size: [number, number]; window: CropBox } {
+  const { inputSize: c, cropPct } = t;
+  if (!(Number.isInteger(c) && c >= 1 && cropPct > 0)) {
+    throw new RangeError(
+      `Cannot place timm's eval crop: inputSize must be an integer ≥ 1 and cropPct > 0, current values are ` +
+        `${c} and ${cropPct}`,
+    );
+  }
+  const s = Math.floor(c / cropPct);
+  let size: [number, number];
+  if (t.cropMode === "squash") size = [s, s];
+  else if (srcW <= srcH) size = [s, Math.trunc(s * srcH / srcW)];
+  else size = [Math.trunc(s * srcW / srcH), s];
+  const at = (S: number) => (c > S ? -Math.floor((c - S) / 2) : roundHalfEven((S - c) / 2));
+  const left = at(size[0]), top = at(size[1]);
+  return { size, window: [left, top, left + c, top + c] };
 }
 
 function roundHalfEven(x: number): number {

@@ -1,7 +1,8 @@
 /**
  * The HE2Gene input transform on the GPU: `img.crop(box).resize((224, 224), BILINEAR)` (PIL ≥ 7, bit
- * exact, see `resample.ts`), then `ToTensor()` and `Normalize(mean, std)`; and the eight dihedral
- * symmetries for test-time augmentation.
+ * exact, see `resample.ts`; `BICUBIC` too), then `ToTensor()` and `Normalize(mean, std)`; a window of the
+ * resized image (torchvision's `CenterCrop` after `Resize`, as timm's eval transform); and the eight
+ * dihedral symmetries for test-time augmentation.
  *
  * Source images travel as one f32 per pixel holding `R + 256·G + 65536·B` (an integer < 2^24, exact in
  * f32; the engine's tensors are f32), shape `[M, H, W]`. The fixed-point weights (< 2^23) and tap bounds
@@ -19,7 +20,15 @@ import { single } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { LINEAR_ID, linearEntry } from "../kernels/_wgsl.ts";
 import type { RgbImage } from "./decode.ts";
-import { bilinearCoeffs, checkBox, type CropBox, PRECISION_BITS, resizeCpu } from "./resample.ts";
+import {
+  checkBox,
+  type CropBox,
+  cropCpu,
+  pilCoeffs,
+  PRECISION_BITS,
+  type ResampleFilter,
+  resizeCpu,
+} from "./resample.ts";
 
 /** HE2Gene's `Normalize` mean (R, G, B). */
 export const HE2GENE_MEAN = [0.5319, 0.5080, 0.6824] as const;
@@ -72,6 +81,14 @@ export interface ResizeOptions {
   boxes?: readonly CropBox[];
   /** Which source images (default all, in order). */
   images?: readonly number[];
+  /** PIL's `BILINEAR` (default) or `BICUBIC`. */
+  filter?: ResampleFilter;
+  /**
+   * A window `[left, upper, right, lower]` of the resized image (`size`) kept after resizing, as
+   * torchvision's `CenterCrop` after `Resize`: the output is the window's size, pixels outside the resized
+   * image are 0 (torchvision's padding). Default: the whole resized image.
+   */
+  window?: CropBox;
   /** Per-channel mean (default {@linkcode HE2GENE_MEAN}); `[0, 0, 0]` with std `[1, 1, 1]` gives `ToTensor()`. */
   mean?: readonly [number, number, number];
   /** Per-channel std (default {@linkcode HE2GENE_STD}). */
@@ -88,7 +105,7 @@ function resolveSize(size: ResizeOptions["size"]): [number, number] {
 
 // y[n, c, oy, ox] = (clip8(Σ_ky wv[ky] · clip8(Σ_kx wh[kx] · crop[n][vs + ky][hs + kx][c])) / 255 − mean[c]) / std[c]
 // src: [M, H, W] packed RGB; items: [N, 3] (image, left, top); cf: bounds and weights (see coeffTable).
-const resizeKernel = single("resize_bilinear_pil", () => ({
+const resizeKernel = single("resize_pil", () => ({
   bindings: [
     { name: "src", access: "read" },
     { name: "items", access: "read" },
@@ -165,15 +182,39 @@ ${linearEntry(WG)} {
 // Coefficient tables, cached per engine and geometry (they never change).
 const tables = new WeakMap<Engine, Map<string, { t: Tensor; kh: number; kv: number }>>();
 
-function coeffTable(e: Engine, inW: number, inH: number, outW: number, outH: number) {
+// The coefficients of outputs [w0, w0 + n) of an axis resized inSize → outSize; outputs outside
+// [0, outSize) read nothing (count 0: the kernel gives 0 there, torchvision's padding).
+function axisWindow(inSize: number, outSize: number, filter: ResampleFilter, w0: number, n: number) {
+  const c = pilCoeffs(inSize, outSize, filter);
+  const start = new Int32Array(n), count = new Int32Array(n), weights = new Int32Array(n * c.ksize);
+  for (let i = 0; i < n; i++) {
+    const j = w0 + i;
+    if (j < 0 || j >= outSize) continue;
+    start[i] = c.start[j];
+    count[i] = c.count[j];
+    weights.set(c.weights.subarray(j * c.ksize, (j + 1) * c.ksize), i * c.ksize);
+  }
+  return { start, count, weights, ksize: c.ksize };
+}
+
+function coeffTable(
+  e: Engine,
+  inW: number,
+  inH: number,
+  outW: number,
+  outH: number,
+  filter: ResampleFilter,
+  win: CropBox,
+) {
   let m = tables.get(e);
   if (!m) tables.set(e, m = new Map());
-  const key = `${inW}x${inH}->${outW}x${outH}`;
+  const key = `${inW}x${inH}->${outW}x${outH} ${filter} [${win}]`;
   let entry = m.get(key);
   if (!entry || entry.t.disposed) {
-    const h = bilinearCoeffs(inW, outW);
-    const v = bilinearCoeffs(inH, outH);
-    const data = new Float32Array(2 * (outW + outH) + outW * h.ksize + outH * v.ksize);
+    const ww = win[2] - win[0], wh = win[3] - win[1];
+    const h = axisWindow(inW, outW, filter, win[0], ww);
+    const v = axisWindow(inH, outH, filter, win[1], wh);
+    const data = new Float32Array(2 * (ww + wh) + ww * h.ksize + wh * v.ksize);
     let o = 0;
     for (const a of [h.start, h.count, v.start, v.count, h.weights, v.weights]) {
       data.set(a, o);
@@ -186,14 +227,17 @@ function coeffTable(e: Engine, inW: number, inH: number, outW: number, outH: num
 }
 
 /**
- * Crop, bilinear-resize (PIL-exact), scale to [0, 1] and normalise a batch of packed images:
- * `[M, H, W]` → `[N, 3, outH, outW]` with `N = images × boxes`.
+ * Crop, resize (PIL-exact bilinear or bicubic), take a window, scale to [0, 1] and normalise a batch of
+ * packed images: `[M, H, W]` → `[N, 3, outH, outW]` with `N = images × boxes` (`outH × outW`: the window's,
+ * else `size`).
  *
  * @example
  * ```ts
  * const src = uploadImages(engine, patches);                       // [M, 150, 150]
  * const x = resizeNormalize(src);                                  // [M, 3, 224, 224]
  * const c = resizeNormalize(src, { boxes: [centerBox(150, 150, 75)] }); // centre 75×75 crops
+ * // timm's eval transform at crop_pct 0.875: Resize(256, BICUBIC), CenterCrop(224)
+ * const t = resizeNormalize(src, { size: 256, filter: "bicubic", window: [16, 16, 240, 240] });
  * ```
  */
 export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tensor {
@@ -204,7 +248,11 @@ export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tenso
   }
   const e = src.engine;
   const [M, H, W] = src.shape;
-  const [outH, outW] = resolveSize(options.size);
+  const [sizeH, sizeW] = resolveSize(options.size);
+  const win = options.window ?? [0, 0, sizeW, sizeH];
+  checkBox(win, "resizeNormalize (window)");
+  const outW = win[2] - win[0], outH = win[3] - win[1];
+  const filter = options.filter ?? "bilinear";
   const boxes = options.boxes ?? [[0, 0, W, H] as const];
   if (boxes.length === 0) throw new RangeError("Cannot resizeNormalize: boxes is empty");
   for (const b of boxes) checkBox(b, "resizeNormalize");
@@ -226,7 +274,7 @@ export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tenso
   const N = images.length * boxes.length;
   const items = new Float32Array(N * 3);
   images.forEach((m, i) => boxes.forEach((b, j) => items.set([m, b[0], b[1]], (i * boxes.length + j) * 3)));
-  const { t: cf, kh, kv } = coeffTable(e, cw, ch, outW, outH);
+  const { t: cf, kh, kv } = coeffTable(e, cw, ch, sizeW, sizeH, filter, win);
   const y = e.empty([N, 3, outH, outW], "resize");
   if (N === 0) return y;
   if (y.bytes > e.maxBinding || src.bytes > e.maxBinding) {
@@ -255,7 +303,7 @@ export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tenso
       s2: std[2],
     },
     workgroups: grid(N * outH * outW, WG),
-    info: `[${src.shape}] crop ${cw}x${ch} → [${y.shape}]`,
+    info: `[${src.shape}] crop ${cw}x${ch} → ${sizeW}x${sizeH} ${filter} → [${y.shape}]`,
   });
   // Recorded work keeps reading the old contents (GPU work runs in recording order).
   it.dispose();
@@ -263,16 +311,17 @@ export function resizeNormalize(src: Tensor, options: ResizeOptions = {}): Tenso
 }
 
 /**
- * CPU reference of {@linkcode resizeNormalize} for one image and box: PIL resize (`resizeCpu`), then
- * ToTensor + Normalize in float32. Returns `[3, outH, outW]`.
+ * CPU reference of {@linkcode resizeNormalize} for one image and box: PIL resize (`resizeCpu`), the window
+ * (`cropCpu`: 0 outside), then ToTensor + Normalize in float32. Returns `[3, outH, outW]`.
  */
 export function resizeNormalizeCpu(
   img: Pick<RgbImage, "width" | "height" | "data">,
   options: Omit<ResizeOptions, "boxes" | "images"> & { box?: CropBox } = {},
 ): Float32Array {
   const [outH, outW] = resolveSize(options.size);
-  const r = resizeCpu(img, [outW, outH], { box: options.box });
-  return normalizeCpu(r.data, outW, outH, options.mean ?? HE2GENE_MEAN, options.std ?? HE2GENE_STD);
+  let r = resizeCpu(img, [outW, outH], { box: options.box, filter: options.filter });
+  if (options.window) r = cropCpu(r, options.window);
+  return normalizeCpu(r.data, r.width, r.height, options.mean ?? HE2GENE_MEAN, options.std ?? HE2GENE_STD);
 }
 
 /** ToTensor + Normalize of uint8 HWC RGB in float32, as torchvision: `[3, H, W]`. */
