@@ -45,7 +45,7 @@ const ENCODER_LIST = `${ENCODERS.slice(0, -1).join(", ")} or ${ENCODERS.at(-1)}`
 
 export const EMBED_USAGE =
   "embed (DIR | SLIDE --spots FILE | SLIDE --tile) --encoder resnet50|he2gene|timm --weights FILE\n" +
-  "      [--config FILE] [--out ./features] [--batch-size 8] [--compress] [--tune cached|auto|off] [--quiet]\n" +
+  "      [--config FILE] [--pool token|avg|token+avg] [--out ./features] [--batch-size 8] [--compress] [--tune cached|auto|off] [--quiet]\n" +
   "      slide options as predict-slide: [--section NAME] [--crop-size 150 | --crop-um UM] [--tile-px PX |\n" +
   "      --tile-um 100] [--min-tissue 0.5] [--max-tiles N] [--mpp MPP] [--scalefactors FILE]\n\n" +
   "  DIR          patches named {section}_{x}_{y}.{tif,png,jpg} (as predict-patches)\n" +
@@ -61,6 +61,9 @@ export const EMBED_USAGE =
   "               (forward_head(pre_logits=True)), the config's input size, mean and std\n" +
   "  --weights    the encoder's weights (.pth / .pt / .safetensors / .bin), or with timm the model's folder\n" +
   "  --config     timm's config.json (default: the one in the folder, or beside the weights file)\n" +
+  "  --pool       timm: override the config's global_pool — token (class token), avg (mean of the patch\n" +
+  "               tokens) or token+avg (both side by side, 2D: Virchow/Virchow2's embedding, whose config\n" +
+  '               says global_pool "")\n' +
   "  --out        output folder (default ./features): features.npz with features [N, D] float32, names [N]\n" +
   "  --batch-size patches per GPU batch (default 8)\n" +
   "  --compress   deflate features.npz's arrays (as np.savez_compressed)";
@@ -72,8 +75,9 @@ export async function loadEncoder(
   weights: string,
   config?: string,
   warn: (s: string) => void = () => {},
+  pool?: string,
 ): Promise<Encoder> {
-  if (encoder === "timm") return await loadTimm(engine, weights, config, warn);
+  if (encoder === "timm") return await loadTimm(engine, weights, config, warn, pool);
   const { tensors } = await readCheckpoint(weights);
   return encoder === "resnet50"
     ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, weights))
@@ -89,6 +93,7 @@ async function loadTimm(
   weights: string,
   config: string | undefined,
   warn: (s: string) => void,
+  pool?: string,
 ): Promise<Encoder> {
   let file = weights;
   if ((await Deno.stat(weights)).isDirectory) {
@@ -115,6 +120,11 @@ async function loadTimm(
     cfg = JSON.parse(cfgText);
   } catch (e) {
     throw new Error(`Cannot read ${cfgPath}: not JSON (${(e as Error).message})`);
+  }
+  if (pool !== undefined && cfg && typeof cfg === "object") {
+    // --pool overrides the config's global_pool (token+avg is ours: timm has no such value).
+    const c = cfg as { model_args?: Record<string, unknown> };
+    c.model_args = { ...c.model_args, global_pool: pool };
   }
   const { tensors } = await readCheckpoint(file);
   const enc = ViTEncoder.fromTimm(engine, cfg, tensors, file);
@@ -147,6 +157,7 @@ export async function runEmbed(args: string[]): Promise<void> {
       encoder: { type: "string" },
       weights: { type: "string" },
       config: { type: "string" },
+      pool: { type: "string" },
       out: { type: "string", default: "features" },
       "batch-size": { type: "string", default: "8" },
       compress: { type: "boolean", default: false },
@@ -226,6 +237,10 @@ export async function runEmbed(args: string[]): Promise<void> {
     );
   }
   if (v.config !== undefined && encoder !== "timm") throw new UsageError("--config is for --encoder timm");
+  if (v.pool !== undefined && encoder !== "timm") throw new UsageError("--pool is for --encoder timm");
+  if (v.pool !== undefined && !["token", "avg", "token+avg"].includes(v.pool)) {
+    throw new UsageError(`--pool must be token, avg or token+avg, current value is ${v.pool}`);
+  }
   const tune = parseTuneMode(v.tune);
   const input = positionals[0], out = v.out!, quiet = v.quiet;
   await checkInputs([
@@ -255,48 +270,62 @@ export async function runEmbed(args: string[]): Promise<void> {
     try {
       const { patches, patchPx } = await slideLayout(slide, input, layout);
       await prepareOutputDir(out);
-      f = await withEncoder(encoder as EncoderName, v.weights, v.config, tune, quiet, async (engine, enc) => {
-        if (!quiet) {
-          console.error(`${patches.length} ${v.tile ? "tiles" : "spots"} of ${patchPx} px → ${enc.name}`);
-        }
-        const p = bar(patches.length, v.tile ? "tiles" : "spots");
-        const r = await embedSlide(engine, enc, slide, patches, {
-          batchSize,
-          signal: interruptSignal(),
-          onProgress: p.onProgress,
-        });
-        p.done();
-        return r;
-      });
+      f = await withEncoder(
+        encoder as EncoderName,
+        v.weights,
+        { config: v.config, pool: v.pool },
+        tune,
+        quiet,
+        async (engine, enc) => {
+          if (!quiet) {
+            console.error(`${patches.length} ${v.tile ? "tiles" : "spots"} of ${patchPx} px → ${enc.name}`);
+          }
+          const p = bar(patches.length, v.tile ? "tiles" : "spots");
+          const r = await embedSlide(engine, enc, slide, patches, {
+            batchSize,
+            signal: interruptSignal(),
+            onProgress: p.onProgress,
+          });
+          p.done();
+          return r;
+        },
+      );
     } finally {
       slide.close();
     }
   } else {
     const files = await listPatches(input);
     await prepareOutputDir(out);
-    f = await withEncoder(encoder as EncoderName, v.weights, v.config, tune, quiet, async (engine, enc) => {
-      const pathOf = new Map(files.map(({ name, file }) => [name, join(input, file)]));
-      const images = files.map(({ name }) => ({
-        name,
-        bytes: async () => {
-          try {
-            return await Deno.readFile(pathOf.get(name)!);
-          } catch (e) {
-            throw new Error(`Cannot read patch ${pathOf.get(name)}: ${(e as Error).message}`);
-          }
-        },
-      }));
-      const p = bar(files.length, "patches");
-      const r = await embedPatches(engine, enc, images, {
-        batchSize,
-        signal: interruptSignal(),
-        onProgress: p.onProgress,
-        onWarning: (_, m) => !quiet && console.error(`warning: ${m}`),
-        label: (name) => pathOf.get(name)!,
-      });
-      p.done();
-      return r;
-    });
+    f = await withEncoder(
+      encoder as EncoderName,
+      v.weights,
+      { config: v.config, pool: v.pool },
+      tune,
+      quiet,
+      async (engine, enc) => {
+        const pathOf = new Map(files.map(({ name, file }) => [name, join(input, file)]));
+        const images = files.map(({ name }) => ({
+          name,
+          bytes: async () => {
+            try {
+              return await Deno.readFile(pathOf.get(name)!);
+            } catch (e) {
+              throw new Error(`Cannot read patch ${pathOf.get(name)}: ${(e as Error).message}`);
+            }
+          },
+        }));
+        const p = bar(files.length, "patches");
+        const r = await embedPatches(engine, enc, images, {
+          batchSize,
+          signal: interruptSignal(),
+          onProgress: p.onProgress,
+          onWarning: (_, m) => !quiet && console.error(`warning: ${m}`),
+          label: (name) => pathOf.get(name)!,
+        });
+        p.done();
+        return r;
+      },
+    );
   }
   await writeFilesAtomic(out, [["features.npz", featuresNpz(f, { compress: v.compress })]], {
     signal: interruptSignal(),
@@ -314,7 +343,7 @@ export async function runEmbed(args: string[]): Promise<void> {
 async function withEncoder<T>(
   encoder: EncoderName,
   weights: string,
-  config: string | undefined,
+  o: { config?: string; pool?: string },
   tune: ReturnType<typeof parseTuneMode>,
   quiet: boolean | undefined,
   fn: (engine: Awaited<ReturnType<typeof createEngine>>, enc: Encoder) => Promise<T>,
@@ -323,7 +352,8 @@ async function withEncoder<T>(
   try {
     const said = await prepareTuning(engine, tune, (s) => !quiet && console.error(s));
     if (!quiet) console.error(said);
-    const enc = await loadEncoder(engine, encoder, weights, config, (s) => !quiet && console.error(s));
+    const warn = (s: string) => !quiet && console.error(s);
+    const enc = await loadEncoder(engine, encoder, weights, o.config, warn, o.pool);
     try {
       return await fn(engine, enc);
     } finally {

@@ -10,7 +10,9 @@
  *         attn: qkv → heads → softmax(q·kᵀ/√d)·v → proj;  mlp: fc1 → GELU → fc2, or SwiGLU (packed fc1:
  *         silu(first half) · second half → fc2, timm's `SwiGLUPacked`)
  *     → norm → pool: the class token (`global_pool: token`), or the mean of the patch tokens (`avg`, then
- *       `fc_norm` instead of `norm`) → (N, D), the features (timm's `forward_head(pre_logits=True)`).
+ *       `fc_norm` instead of `norm`) → (N, D), the features (timm's `forward_head(pre_logits=True)`); or
+ *       both side by side (`token+avg`, ours: Virchow/Virchow2's embedding, for their `global_pool: ""`)
+ *       → (N, 2D).
  *
  * The architecture is read from the weights' shapes (embedding width, depth, MLP width, register tokens,
  * LayerScale, biases) and the config (heads, pooling, MLP kind); keys that the model does not use are
@@ -28,7 +30,7 @@ import { add, mul } from "../ops/elementwise.ts";
 import { linear } from "../ops/matmul.ts";
 import { mean } from "../ops/reduce.ts";
 import { swapAxes12 } from "../ops/permute.ts";
-import { narrow, reshape } from "../ops/shape.ts";
+import { concat, narrow, reshape } from "../ops/shape.ts";
 import { attention, gelu, layerNorm, silu } from "../ops/transformer.ts";
 import { transpose } from "../kernels/matmul.ts";
 import type { Encoder, TrainableEncoder } from "./encoder.ts";
@@ -79,7 +81,8 @@ export interface ViTConfig {
   regTokens: number;
   /** The position embedding covers the patch tokens only. */
   noEmbedClass: boolean;
-  globalPool: "token" | "avg";
+  /** `token+avg`: the class token and the mean of the patch tokens side by side (2D; Virchow's embedding). */
+  globalPool: "token" | "avg" | "token+avg";
   /** `fc_norm` after pooling (and no final `norm`). */
   fcNorm: boolean;
   layerScale: boolean;
@@ -143,9 +146,18 @@ export function vitConfig(config: unknown, shapes: Map<string, number[]>, file =
   }
   if (swiglu && act && !/silu|swish/.test(act)) fail(`SwiGLU with act_layer ${act} is not supported (SiLU)`);
   const pool = String(args.global_pool ?? (shapes.has("fc_norm.weight") ? "avg" : "token"));
-  if (pool !== "token" && pool !== "avg") fail(`global_pool ${pool} is not supported (token, avg)`);
+  if (pool === "") {
+    fail(
+      'global_pool "" (timm returns every token, unpooled): choose the pooling with --pool token, avg, or ' +
+        "token+avg (Virchow/Virchow2's embedding: the class token and the mean of the patch tokens)",
+    );
+  }
+  if (pool !== "token" && pool !== "avg" && pool !== "token+avg") {
+    fail(`global_pool ${pool} is not supported (token, avg, token+avg)`);
+  }
   const classToken = shapes.has("cls_token");
-  if (pool === "token" && !classToken) fail("global_pool token needs a cls_token");
+  if (pool !== "avg" && !classToken) fail(`global_pool ${pool} needs a cls_token`);
+  if (pool === "token+avg" && shapes.has("fc_norm.weight")) fail("global_pool token+avg with an fc_norm");
   const reg = shapes.get("reg_token");
   const regTokens = reg ? reg[1] : 0;
   const posLen = shapes.get("pos_embed")?.[1] ?? fail("the weights have no pos_embed");
@@ -191,7 +203,7 @@ export function vitConfig(config: unknown, shapes: Map<string, number[]>, file =
     classToken,
     regTokens,
     noEmbedClass,
-    globalPool: pool as "token" | "avg",
+    globalPool: pool as ViTConfig["globalPool"],
     fcNorm: shapes.has("fc_norm.weight"),
     layerScale: shapes.has("blocks.0.ls1.gamma"),
     qkvBias: shapes.has("blocks.0.attn.qkv.bias"),
@@ -380,7 +392,7 @@ export class ViTEncoder implements Encoder {
   private constructor(readonly engine: Engine, readonly config: ViTConfig, tensors: Map<string, HostTensor>) {
     this.#host = tensors;
     this.name = `${config.name} (timm)`;
-    this.dim = config.embedDim;
+    this.dim = config.globalPool === "token+avg" ? 2 * config.embedDim : config.embedDim;
     this.inputSize = config.preprocess.inputSize;
     if (config.dynamicImgSize) this.#posHost = tensors.get("pos_embed");
     this.mean = config.preprocess.mean;
@@ -555,9 +567,13 @@ export class ViTEncoder implements Encoder {
       const fin = (s: string) => (leaf ? leaf(s) : p(s));
       if (!c.fcNorm) tokens = layerNorm(tokens, fin("norm.weight"), fin("norm.bias"), c.eps);
       const perImage = reshape(tokens, [n, T, D]);
+      const cls = () => reshape(narrow(perImage, 1, 0, 1), [n, D]);
+      const avg = () => mean(narrow(perImage, 1, prefix, P), { axes: 1 });
       const pooled = c.globalPool === "token"
-        ? reshape(narrow(perImage, 1, 0, 1), [n, D])
-        : mean(narrow(perImage, 1, prefix, P), { axes: 1 });
+        ? cls()
+        : c.globalPool === "avg"
+        ? avg()
+        : concat([cls(), avg()], 1);
       return c.fcNorm ? layerNorm(pooled, fin("fc_norm.weight"), fin("fc_norm.bias"), c.eps) : pooled;
     });
   }

@@ -1,7 +1,7 @@
 /**
  * Differentiable views and slices: `reshape` (`Tensor.reshape` on the tape: same storage, the gradient
- * reshaped back) and `narrow` (`torch.narrow`: a contiguous range along one axis, copied; its gradient is
- * zeros with `dy` copied into that range). No kernels: buffer copies, one per slice of the axes before
+ * reshaped back), `narrow` (`torch.narrow`: a contiguous range along one axis, copied; its gradient is
+ * zeros with `dy` copied into that range) and `concat` (`torch.cat`; each gradient is a narrow of dy). No kernels: buffer copies, one per slice of the axes before
  * `axis` — cheap where those are few (a weight's rows; one token per image), slow for a narrow axis deep
  * inside a large tensor.
  *
@@ -94,4 +94,57 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
     );
   }
   return narrowOp([x], { axis, start, length });
+}
+
+// xs: each (…outer, Aᵢ, …inner) → y: (…outer, ΣAᵢ, …inner), one copy per (input, outer index).
+function concatForward(xs: readonly Tensor[], axis: number): Tensor {
+  const e = xs[0].engine, shape = xs[0].shape;
+  const total = xs.reduce((s, x) => s + x.shape[axis], 0);
+  const outer = shapeSize(shape.slice(0, axis)), inner = shapeSize(shape.slice(axis + 1));
+  const y = e.empty(shape.map((d, i) => (i === axis ? total : d)), "concat");
+  let at = 0;
+  for (const x of xs) {
+    const a = x.shape[axis];
+    for (let i = 0; i < outer; i++) {
+      e.copy(x, y, { srcOffset: i * a * inner, dstOffset: (i * total + at) * inner, size: a * inner });
+    }
+    at += a;
+  }
+  return y;
+}
+
+const concatOp = defineOp<Tensor[], { axis: number }, void>({
+  name: "concat",
+  forward: (xs, o) => ({ output: concatForward(xs, o.axis), saved: undefined }),
+  backward: (gy, _s, xs, o) => {
+    let at = 0;
+    return xs.map((x) => {
+      const g = narrowForward(gy, { axis: o.axis, start: at, length: x.shape[o.axis] });
+      at += x.shape[o.axis];
+      return g;
+    });
+  },
+});
+
+/**
+ * `torch.cat(xs, axis)`: the tensors side by side along `axis` (every other axis equal), copied into a new
+ * tensor; differentiable (each input's gradient is its range of dy). A `RangeError` naming the shapes when
+ * they do not fit.
+ *
+ * @example
+ * ```ts
+ * const f = concat([cls, patchMean], 1); // (N, D) and (N, D) → (N, 2D): Virchow's embedding
+ * ```
+ */
+export function concat(xs: readonly Tensor[], axis: number): Tensor {
+  const r = xs[0]?.rank ?? 0;
+  const fits = xs.length > 0 && Number.isInteger(axis) && axis >= 0 && axis < r &&
+    xs.every((x) => x.rank === r && x.shape.every((d, i) => i === axis || d === xs[0].shape[i]));
+  if (!fits) {
+    throw new RangeError(
+      `Cannot concatenate ${xs.map((x) => `[${x.shape}]`).join(", ") || "nothing"} along axis ${axis}: ` +
+        "every other axis must agree",
+    );
+  }
+  return concatOp([...xs], { axis });
 }

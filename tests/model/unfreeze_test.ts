@@ -15,7 +15,7 @@ import { backward, noGrad, zeroGrad } from "../../engine/autograd.ts";
 import type { Engine } from "../../engine/engine.ts";
 import { mul, sub } from "../../ops/elementwise.ts";
 import { sum } from "../../ops/reduce.ts";
-import { narrow, reshape } from "../../ops/shape.ts";
+import { concat, narrow, reshape } from "../../ops/shape.ts";
 import {
   type Encoder,
   ResNetEncoder,
@@ -300,4 +300,24 @@ gpuTest("reshape on the tape carries the gradient back to its source's shape", a
   y.dispose();
   // The weighted sum depends on x only through reshape: a reshape off the tape has no gradient to check.
   await assertGradients(e, ([t]) => reshape(t, [3, 4]), [{ data: x, shape: [2, 6] }], { what: "reshape" });
+});
+
+gpuTest("concat puts tensors side by side along an axis, and each gradient is its range of dy", async (e) => {
+  const a = rand(2 * 3 * 2, 11), b = rand(2 * 1 * 2, 12);
+  const y = concat([e.tensor(a, [2, 3, 2]), e.tensor(b, [2, 1, 2])], 1);
+  assertEquals(y.shape, [2, 4, 2]);
+  const want = [...a.subarray(0, 6), ...b.subarray(0, 2), ...a.subarray(6), ...b.subarray(2)];
+  assertClose(await y.toArray(), want, TOL.exact, "concat");
+  y.dispose();
+  await assertGradients(
+    e,
+    ([s, t]) => concat([s, t], 1),
+    [{ data: rand(6, 13), shape: [2, 3] }, { data: rand(4, 14), shape: [2, 2] }],
+    { what: "concat" },
+  );
+  assertThrows(
+    () => concat([e.tensor(a, [2, 3, 2]), e.tensor(b, [1, 2, 2])], 1),
+    RangeError,
+    "Cannot concatenate [2,3,2], [1,2,2] along axis 1: every other axis must agree",
+  );
 });

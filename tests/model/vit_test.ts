@@ -2,11 +2,13 @@
  * timm Vision Transformers as encoders (issue 17): `embed --encoder timm` on a Hugging Face folder gives the
  * features of timm's arithmetic (PyTorch parity on the demo patches: a plain-torch ViT in timm's layout made
  * by tests/fixtures/encoders/make_vit.py at test time — class token + GELU MLP + token pooling, and register
- * tokens + SwiGLUPacked + LayerScale + mean pooling with fc_norm), and a config or weights it cannot run are
+ * tokens + SwiGLUPacked + LayerScale + mean pooling with fc_norm, and Virchow2's cat(class token, patch mean)
+ * through `--pool token+avg`), and a config or weights it cannot run are
  * refused, naming what.
  */
 import { join } from "node:path";
 import { runCli } from "../bad_inputs/harness.ts";
+import { existsSync } from "node:fs";
 import { assertEquals, assertThrows, sharedData } from "../helpers.ts";
 import { readNpz } from "../../slide/npy.ts";
 import { vitConfig, vitShapes } from "../../model/vit.ts";
@@ -22,13 +24,14 @@ const torchOk = await new Deno.Command(PYTHON, { args: ["-c", "import torch, PIL
 if (!torchOk) console.warn(`skipped: the timm ViT parity tests need ${PYTHON} with torch and PIL`);
 if (!exps) console.warn("skipped: the timm ViT parity tests need ../shared/data/he2gene/exps");
 
-for (const kind of ["gelu_token", "swiglu_reg_avg"]) {
+const KINDS: Record<string, string> = {
+  gelu_token: "class token, GELU MLP, token pooling",
+  swiglu_reg_avg: "registers, SwiGLU, LayerScale, avg + fc_norm",
+  virchow_cat: 'Virchow2\'s global_pool "" with --pool token+avg: class token and patch mean, 2D',
+};
+for (const kind of Object.keys(KINDS)) {
   Deno.test({
-    name: `embed --encoder timm gives timm's features: ${
-      kind === "gelu_token"
-        ? "class token, GELU MLP, token pooling"
-        : "registers, SwiGLU, LayerScale, avg + fc_norm"
-    }`,
+    name: `embed --encoder timm gives timm's features: ${KINDS[kind]}`,
     ignore: !torchOk || !exps,
     sanitizeOps: false,
     sanitizeResources: false,
@@ -48,6 +51,21 @@ for (const kind of ["gelu_token", "swiglu_reg_avg"]) {
         const bin = await Deno.readFile(join(model, "features.bin"));
         const want = new Float32Array(bin.buffer, bin.byteOffset, bin.byteLength / 4);
         const out = join(dir, "out");
+        const pool = kind === "virchow_cat" ? ["--pool", "token+avg"] : [];
+        if (pool.length) {
+          // Without --pool, a config saying global_pool "" is refused, naming the option.
+          const bare = await runCli(["embed", exps!, "--encoder", "timm", "--weights", model, "--out", out]);
+          assertEquals(bare.code, 1, bare.stderr);
+          for (
+            const msg of [
+              'global_pool "" (timm returns every token, unpooled)',
+              "--pool token, avg, or token+avg",
+            ]
+          ) {
+            assertEquals(bare.stderr.includes(msg), true, bare.stderr);
+          }
+          assertEquals(existsSync(out), false);
+        }
         const r = await runCli([
           "embed",
           exps!,
@@ -60,6 +78,7 @@ for (const kind of ["gelu_token", "swiglu_reg_avg"]) {
           "--batch-size",
           "3",
           "--quiet",
+          ...pool,
         ]);
         assertEquals(r.code, 0, r.stderr);
         const npz = await readNpz(join(out, "features.npz"));
@@ -147,7 +166,7 @@ Deno.test("a timm config is read with the weights' shapes; what cannot run is re
         "c.json",
       ),
     RangeError,
-    "global_pool map is not supported (token, avg)",
+    "global_pool map is not supported (token, avg, token+avg)",
   );
   assertThrows(
     () =>
