@@ -60,3 +60,4 @@ export {
   torchvisionResNet,
 } from "./encoder.ts";
 export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";
+export { fitRidge, type RidgeFit, type RidgeOptions } from "./ridge.ts";
