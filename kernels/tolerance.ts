@@ -110,6 +110,24 @@ export const TOL = {
   },
   /** Gradients on the tape against central finite differences (float32 forward passes, step 1e-2). */
   finiteDifferences: { rtol: 2e-2, atol: 2e-3 },
+  /**
+   * Dense linear algebra (kernels/linalg.ts, model/ridge.ts) against float64, on seeded matrices of
+   * condition ≲ 10³ (measured on llvmpipe, worst case of the tests: the value in brackets).
+   * - cholesky: L of A = XᵀX/r + 0.05·I, D ≤ 300, against √A_ii, the bound of every |L_ij| of row i
+   *   (Σ_j L_ij² = A_ii): a few √D·ε (2.7e-7).
+   * - solve: forward and back substitution with the same float32 factor on both sides, against the largest
+   *   |x| of each right-hand side (norm-wise: the error grows like D·ε·cond(L)) (5.6e-7).
+   * - ridge: the weights against the largest |W| of each target's row (the error is ~cond(G + λI)·ε
+   *   norm-wise), the bias against |b| + max|W_k·|·Σ|μx| (b = μy − W·μx inherits W's error) (1.1e-6).
+   * - ridgeMse: the validation MSE per λ, relative (4.8e-7; a λ so small that cond(G + λI) ~ 10⁵ errs
+   *   by 5e-5, which is why the tests' grids stay above it).
+   */
+  linalg: {
+    cholesky: { rtol: 3e-6, atol: 0 },
+    solve: { rtol: 5e-6, atol: 0 },
+    ridge: { rtol: 1e-5, atol: 0 },
+    ridgeMse: { rtol: 1e-5, atol: 0 },
+  },
 } as const;
 
 /**

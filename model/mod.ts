@@ -64,3 +64,4 @@ export {
   type TrainableEncoder,
 } from "./encoder.ts";
 export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";
+export { fitRidge, type RidgeFit, type RidgeOptions } from "./ridge.ts";

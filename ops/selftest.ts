@@ -73,6 +73,15 @@ import {
   attentionForward,
 } from "../kernels/attention.ts";
 import {
+  choleskyCpu,
+  choleskyInPlace,
+  crossprod,
+  crossprodCpu,
+  solveLowerInPlace,
+  solveUpperInPlace,
+  triangularSolveCpu,
+} from "../kernels/linalg.ts";
+import {
   compareClose,
   type Comparison,
   lossGradTolerance,
@@ -99,6 +108,7 @@ export const SELFTEST_FAMILIES = [
   "loss",
   "optim",
   "transformer",
+  "linalg",
 ] as const;
 
 /** One op family of {@linkcode SELFTEST_FAMILIES}. */
@@ -1460,6 +1470,114 @@ function transformerCases(): Case[] {
   return cases;
 }
 
+// ------------------------------------------------------------------------------------------ linalg
+
+/** A seeded SPD matrix A = XᵀX/r + 0.05·I from X (r, n) = (2n + 3, n), float32 values. */
+function spdMatrix(n: number, seed: number): Float32Array {
+  const r = 2 * n + 3;
+  const x = rnd(r * n, seed);
+  const a = new Float32Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = 0;
+      for (let k = 0; k < r; k++) s += x[k * n + i] * x[k * n + j];
+      a[i * n + j] = a[j * n + i] = s / r + (i === j ? 0.05 : 0);
+    }
+  }
+  return a;
+}
+
+/**
+ * The Cholesky factorisation and the triangular solves of closed-form ridge regression, and the centred
+ * cross product that builds its Gram matrix, on ragged orders (1, 7, 65, 130: partial 64-column panels,
+ * scalar and vec4 paths); the same in --quick (well under a second each on llvmpipe once compiled).
+ */
+function linalgCases(): Case[] {
+  const sizes = [1, 7, 65, 130];
+  const shape = sizes.map((n) => `[${n},${n}]`).join(", ");
+  return [
+    {
+      family: "linalg",
+      op: "cholesky",
+      variant: "blocked, 64-column panels",
+      shape,
+      run: (e, c) => {
+        for (const n of sizes) {
+          const a = spdMatrix(n, 201 + n);
+          const l = choleskyCpu(a, n);
+          // Stored as L below the diagonal and Lᵀ above; |L_ij| ≤ √A_ii.
+          const want = new Float64Array(n * n), scale = new Float64Array(n * n);
+          for (let i = 0; i < n; i++) {
+            for (let j = 0; j < n; j++) {
+              want[i * n + j] = j <= i ? l[i * n + j] : l[j * n + i];
+              scale[i * n + j] = Math.sqrt(a[Math.max(i, j) * (n + 1)]);
+            }
+          }
+          const t = e.tensor(a, [n, n]);
+          choleskyInPlace(t);
+          c.close(`[${n},${n}]`, c.read(t), want, TOL.linalg.cholesky, scale);
+        }
+      },
+    },
+    {
+      family: "linalg",
+      op: "triangular_solve",
+      variant: "forward and back substitution, 64-column blocks",
+      shape: `${shape} × 37 right-hand sides`,
+      run: (e, c) => {
+        const rows = 37;
+        for (const n of sizes) {
+          const l = choleskyCpu(spdMatrix(n, 211 + n), n);
+          const storage = new Float32Array(n * n);
+          for (let i = 0; i < n; i++) {
+            for (let j = 0; j <= i; j++) storage[i * n + j] = storage[j * n + i] = l[i * n + j];
+          }
+          const l32 = Float64Array.from(storage, (v, i) => (i % n <= Math.floor(i / n) ? v : 0));
+          const f = e.tensor(storage, [n, n]);
+          const b = rnd(rows * n, 221 + n);
+          for (const upper of [false, true]) {
+            const want = triangularSolveCpu(l32, n, b, rows, upper);
+            // Norm-wise: against the largest |x| of each right-hand side.
+            const scale = new Float64Array(rows * n);
+            for (let r = 0; r < rows; r++) {
+              let m = 0;
+              for (let j = 0; j < n; j++) m = Math.max(m, Math.abs(want[r * n + j]));
+              scale.fill(m, r * n, (r + 1) * n);
+            }
+            const z = e.tensor(b, [rows, n]);
+            (upper ? solveUpperInPlace : solveLowerInPlace)(f, z);
+            c.close(
+              `${upper ? "Lᵀ·x = b" : "L·z = b"} [${n},${n}]`,
+              c.read(z),
+              want,
+              TOL.linalg.solve,
+              scale,
+            );
+          }
+        }
+      },
+    },
+    {
+      family: "linalg",
+      op: "crossprod",
+      variant: "centred, register-blocked",
+      shape: "[37,13]ᵀ·[37,70], [50,64]ᵀ·[50,300]",
+      run: (e, c) => {
+        for (const [rows, m, n] of [[37, 13, 70], [50, 64, 300]]) {
+          const a = rnd(rows * m, 231 + m, -1, 3), b = rnd(rows * n, 232 + n, 0, 2);
+          const ma = rnd(m, 233, 0, 1), mb = rnd(n, 234, 0.5, 1.5);
+          const want = crossprodCpu(a, b, rows, m, n, ma, mb);
+          const got = crossprod(e.tensor(a, [rows, m]), e.tensor(b, [rows, n]), {
+            aMean: e.tensor(ma, [m]),
+            bMean: e.tensor(mb, [n]),
+          });
+          c.close(`[${rows},${m}]ᵀ·[${rows},${n}]`, c.read(got), want.data, TOL.matmul, want.scale);
+        }
+      },
+    },
+  ];
+}
+
 function allCases(e: Engine, quick: boolean): Case[] {
   return [
     ...elementwiseCases(quick),
@@ -1471,6 +1589,7 @@ function allCases(e: Engine, quick: boolean): Case[] {
     ...lossCases(quick),
     ...optimCases(),
     ...transformerCases(),
+    ...linalgCases(),
   ];
 }
 
