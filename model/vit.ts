@@ -487,6 +487,24 @@ export class ViTEncoder implements Encoder {
    * noGrad with the encoder's own weights. `leaf` null: all frozen.
    */
   #forward(x: Tensor, frozen: number, leaf: ((key: string) => Tensor) | null): Tensor {
+    const c = this.config, e = this.engine, [n, , hh, ww] = x.shape;
+    // The widest activation of one image (the MLP's hidden layer, the tokens, the input): a batch whose
+    // widest activation exceeds one storage binding runs in chunks of images, joined (differentiably).
+    const T = (c.classToken ? 1 : 0) + c.regTokens +
+      Math.floor(hh / c.patchSize) * Math.floor(ww / c.patchSize);
+    const perImage = 4 * Math.max(T * Math.max(c.mlpHidden, c.embedDim), 3 * hh * ww);
+    const chunk = Math.max(1, Math.floor(e.maxBinding / perImage));
+    if (n <= chunk) return this.#forwardBatch(x, frozen, leaf);
+    return e.scope(() => {
+      const parts: Tensor[] = [];
+      for (let i = 0; i < n; i += chunk) {
+        parts.push(this.#forwardBatch(narrow(x, 0, i, Math.min(chunk, n - i)), frozen, leaf));
+      }
+      return concat(parts, 0);
+    });
+  }
+
+  #forwardBatch(x: Tensor, frozen: number, leaf: ((key: string) => Tensor) | null): Tensor {
     const c = this.config, e = this.engine, p = (k: string) => this.#get(k);
     const [n, ch, hh, ww] = x.shape;
     const fits = c.dynamicImgSize

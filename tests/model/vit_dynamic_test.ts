@@ -8,7 +8,21 @@
  */
 import { join } from "node:path";
 import { runCli } from "../bad_inputs/harness.ts";
-import { assertClose, assertEquals, assertThrows, gpuTest, rand, sharedData } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertThrows,
+  engine,
+  gpuTest,
+  rand,
+  sharedData,
+  smallBindingEngine,
+  TOL,
+} from "../helpers.ts";
+import type { Engine } from "../../engine/engine.ts";
+import { backward } from "../../engine/autograd.ts";
+import { mul } from "../../ops/elementwise.ts";
+import { sum } from "../../ops/reduce.ts";
 import { readNpz } from "../../slide/npy.ts";
 import { resampleAbsPosEmbed, type ViTConfig, vitConfig, ViTEncoder, vitShapes } from "../../model/vit.ts";
 
@@ -210,6 +224,49 @@ Deno.test({
       if (!(worst <= 1e-4 * scale)) throw new Error(`max error ${worst} > 1e-4 × ${scale}`);
     } finally {
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a batch wider than one storage binding runs in chunks of images, features and gradients as whole",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    const shapes = vitShapes(small({ depth: 2, patchSize: 4 }));
+    let seed = 41;
+    const tensors = new Map(
+      [...shapes].map((
+        [k, s],
+      ) => [k, { shape: s, data: rand(s.reduce((a, b) => a * b, 1), seed++, -0.2, 0.2) }]),
+    );
+    const config = {
+      architecture: "vit_small_patch16_224",
+      model_args: { img_size: 64, patch_size: 4, num_heads: 4 },
+    };
+    const x = rand(5 * 3 * 64 * 64, 5);
+    // 600 KiB bindings: one image's widest activation is its MLP layer (257 tokens × 256, 257 KiB), so 5
+    // images run as 2 + 2 + 1.
+    const run = async (e: Engine) => {
+      const enc = ViTEncoder.fromTimm(e, config, tensors);
+      const f = await enc.features(e.tensor(x, [5, 3, 64, 64])).toArray();
+      const t = enc.trainable(1);
+      const out = t.forward(e.tensor(x, [5, 3, 64, 64]));
+      await backward(sum(mul(out, e.tensor(rand(out.size, 6), out.shape))));
+      const grads = await Promise.all([...t.params.values()].map((p) => p.grad!.toArray()));
+      t.dispose();
+      enc.dispose();
+      return { f, grads };
+    };
+    const whole = await run(await engine());
+    const narrowEngine = await smallBindingEngine(600 << 10);
+    try {
+      const chunked = await run(narrowEngine);
+      narrowEngine.checkError();
+      assertClose(chunked.f, whole.f, TOL.model, "features in chunks");
+      chunked.grads.forEach((g, i) => assertClose(g, whole.grads[i], TOL.model, `gradient ${i} in chunks`));
+    } finally {
+      narrowEngine.destroy();
     }
   },
 });
