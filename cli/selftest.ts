@@ -34,12 +34,12 @@ const COLUMNS = [
 /** A tolerance figure in two significant digits: `1e-5`, `4e-9`, `2.4e-8`. */
 const num = (v: number) => Number(v.toPrecision(2)).toExponential();
 
-/** `1e-5·|ref|+1e-6`, `1e-5·Σ|ab|+1e-6` or `exact`. */
+/** `1e-5·|ref|+1e-6`, `1e-5·Σ|ab|+1e-6` (or another scale a check names) or `exact`. */
 function tolText(r: SelftestResult): string {
   const { rtol, atol, relativeTo } = r.tolerance;
   if (Number.isNaN(rtol)) return "–";
   if (rtol === 0 && atol === 0) return "exact";
-  const s = relativeTo === "reference" ? "|ref|" : "Σ|ab|";
+  const s = relativeTo === "reference" ? "|ref|" : relativeTo === "Σ|a||b|" ? "Σ|ab|" : relativeTo;
   return [rtol ? `${num(rtol)}·${s}` : "", atol ? num(atol) : ""].filter(Boolean).join("+");
 }
 

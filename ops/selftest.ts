@@ -125,8 +125,11 @@ export interface SelftestResult {
   shape: string;
   /** Largest |GPU − CPU| of the output that came closest to (or went past) its tolerance; NaN on an error. */
   maxError: number;
-  /** That output's tolerance: `|err| ≤ atol + rtol·s`, `s` the reference value or Σ|a||b| (`relativeTo`). */
-  tolerance: Tolerance & { relativeTo: "reference" | "Σ|a||b|" };
+  /**
+   * That output's tolerance: `|err| ≤ atol + rtol·s`, `s` the reference value, Σ|a||b| (products), or the
+   * scale a check names (`relativeTo`, e.g. `√A_ii` for a Cholesky factor).
+   */
+  tolerance: Tolerance & { relativeTo: string };
   /** Largest |err| / (atol + rtol·s) over every value checked: ≤ 1 passes. */
   ratio: number;
   /** Wall time of the check in ms: compilation on first use, the GPU run, readback and the CPU reference. */
@@ -175,7 +178,8 @@ interface Worst {
   what: string;
   cmp: Comparison;
   tol: Tolerance;
-  scaled: boolean;
+  /** The name of the scale it was compared against, when not the reference. */
+  scale?: string;
 }
 
 /**
@@ -201,18 +205,22 @@ class Checker {
     return p;
   }
 
-  /** Compare `got` (values, or a pending readback) with `want` (against `scale` for products: Σ|a||b|). */
+  /**
+   * Compare `got` (values, or a pending readback) with `want` (against `scale` where given: for products
+   * Σ|a||b|, else what `scaleName` says).
+   */
   close(
     what: string,
     got: ArrayLike<number> | Promise<ArrayLike<number>>,
     want: ArrayLike<number>,
     tol: Tolerance,
     scale?: ArrayLike<number>,
+    scaleName = "Σ|a||b|",
   ): void {
     // A failed readback is a failed check (handled at once: never an unhandled rejection).
     this.#pending.push(
       Promise.resolve(got).then(
-        (g) => this.#compare(what, g, want, tol, scale),
+        (g) => this.#compare(what, g, want, tol, scale, scaleName),
         (err) => this.fail(`${what}: ${errorText(err)}`),
       ),
     );
@@ -230,7 +238,8 @@ class Checker {
     got: ArrayLike<number>,
     want: ArrayLike<number>,
     tol: Tolerance,
-    scale?: ArrayLike<number>,
+    scale: ArrayLike<number> | undefined,
+    scaleName: string,
   ) {
     if (got.length !== want.length) {
       this.fail(`${what}: ${got.length} values, expected ${want.length}`);
@@ -238,7 +247,9 @@ class Checker {
     }
     const cmp = compareClose(got, want, tol, scale);
     this.#checked++;
-    if (!this.#worst || cmp.ratio > this.#worst.cmp.ratio) this.#worst = { what, cmp, tol, scaled: !!scale };
+    if (!this.#worst || cmp.ratio > this.#worst.cmp.ratio) {
+      this.#worst = { what, cmp, tol, scale: scale ? scaleName : undefined };
+    }
     this.#ratio = Math.max(this.#ratio, cmp.ratio);
     if (!cmp.ok && this.#detail === undefined) {
       const i = cmp.firstBad;
@@ -267,7 +278,7 @@ class Checker {
       tolerance: {
         rtol: w?.tol.rtol ?? NaN,
         atol: w?.tol.atol ?? NaN,
-        relativeTo: w?.scaled ? "Σ|a||b|" : "reference",
+        relativeTo: w?.scale ?? "reference",
       },
       ratio: this.#ratio,
       ok: detail === undefined,
@@ -1515,7 +1526,7 @@ function linalgCases(): Case[] {
           }
           const t = e.tensor(a, [n, n]);
           choleskyInPlace(t);
-          c.close(`[${n},${n}]`, c.read(t), want, TOL.linalg.cholesky, scale);
+          c.close(`[${n},${n}]`, c.read(t), want, TOL.linalg.cholesky, scale, "√A_ii");
         }
       },
     },
@@ -1552,6 +1563,7 @@ function linalgCases(): Case[] {
               want,
               TOL.linalg.solve,
               scale,
+              "max|x| (row)",
             );
           }
         }
