@@ -60,3 +60,11 @@ export {
   torchvisionResNet,
 } from "./encoder.ts";
 export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";
+export {
+  EncoderHeads,
+  type EncoderHeadsConfig,
+  HEAD_KINDS,
+  type HeadKind,
+  headShapes,
+  type PredictModel,
+} from "./encoder_heads.ts";
