@@ -117,9 +117,12 @@ const COMMANDS: Record<string, Command> = {
       "predict gene expression and tumour status for a folder of spot patches (HE2Gene's patch_pred.py)",
     usage:
       "predict-patches DIR --weights CKPT [--out ./output] [--batch-size 4] [--tta single|tta|grid|grid_tta]\n" +
-      "       [--target-genes FILE] [--aux-genes FILE] [--compress] [--tune cached|auto|off] [--quiet]\n\n" +
+      "       [--target-genes FILE] [--aux-genes FILE] [--compress] [--tune cached|auto|off] [--quiet]\n" +
+      "       [--encoder-weights FILE]\n\n" +
       "  DIR             patches named {section}_{x}_{y}.{tif,png,jpg}\n" +
-      "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors\n" +
+      "  --weights       model_base.pt / model_spat.pt (PyTorch state dict) or our .safetensors, or heads\n" +
+      "                  trained by train --encoder (their encoder from the path recorded in them, or from\n" +
+      "                  --encoder-weights FILE; its size and fingerprint must match)\n" +
       "  --out           output folder (default ./output): target_count_pred.csv, aux_count_pred.csv,\n" +
       "                  tumor_pred.csv, predictions.npz\n" +
       "  --h5ad          also predictions.h5ad (target genes) and predictions_aux.h5ad (aux genes) for scanpy:\n" +

@@ -32,7 +32,7 @@ import {
   type PatchPredictions,
   predictPatches as predictPatchImages,
 } from "../pipeline/predict_patches.ts";
-import { loadModel } from "./checkpoint.ts";
+import { loadPredictor } from "./train_encoder.ts";
 import { Progress } from "./progress.ts";
 import { checkInputs, interruptSignal, UsageError } from "./errors.ts";
 import { HE2GENE_VERSION, parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
@@ -44,6 +44,8 @@ const EXTENSIONS = new Set([".tif", ".tiff", ".png", ".jpg", ".jpeg"]);
 /** Options of {@linkcode predictPatches}. */
 export interface PredictPatchesOptions {
   weights: string;
+  /** Heads trained on a frozen encoder: its weights (default: the path their checkpoint records). */
+  encoderWeights?: string;
   out: string;
   batchSize: number;
   tta: Tta;
@@ -76,7 +78,10 @@ export async function predictPatches(dir: string, o: PredictPatchesOptions): Pro
     const said = await prepareTuning(engine, o.tune ?? "cached", (s) => !o.quiet && console.error(s));
     if (!o.quiet) console.error(said);
   }
-  const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
+  const { model, targetGenes: ckT, auxGenes: ckA } = await loadPredictor(engine, o.weights, {
+    encoderWeights: o.encoderWeights,
+    warn: (s) => !o.quiet && console.error(s),
+  });
   try {
     const nT = model.config.targetGenes, nA = model.config.auxGenes;
     const targetGenes = await geneNames(o.targetGenes, ckT, nT, "target", o.quiet);
@@ -276,6 +281,7 @@ export async function runPredictPatches(args: string[]): Promise<void> {
   const t0 = performance.now();
   const p = await predictPatches(positionals[0], {
     weights,
+    encoderWeights: values["encoder-weights"],
     out: values.out!,
     batchSize,
     tta,

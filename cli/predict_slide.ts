@@ -66,7 +66,7 @@ import {
   spotPatches,
   tilePatches,
 } from "../pipeline/predict_slide.ts";
-import { loadModel } from "./checkpoint.ts";
+import { loadPredictor } from "./train_encoder.ts";
 import { noResolution, parseSpots, readSpotFile, spotLayout } from "./extract_patches.ts";
 import { geneNames, predictionUns, SOFTWARE } from "./predict_patches.ts";
 import { checkInputs, interruptSignal, UsageError } from "./errors.ts";
@@ -91,6 +91,8 @@ export {
 /** Options of {@linkcode predictSlide}. */
 export interface PredictSlideOptions {
   weights: string;
+  /** Heads trained on a frozen encoder: its weights (default: the path their checkpoint records). */
+  encoderWeights?: string;
   out: string;
   /** Spot file; without it the tissue is tiled. */
   spots?: string;
@@ -289,7 +291,10 @@ export async function predictSlide(path: string, o: PredictSlideOptions): Promis
       if (!o.stainRef) throw new UsageError("--stain reinhard needs --stain-ref IMAGE");
       stainTarget = fitReinhard(decodeImage(await Deno.readFile(o.stainRef), o.stainRef));
     } else if (stain === "macenko") stainTarget = MACENKO_DEFAULT_TARGET;
-    const { model, targetGenes: ckT, auxGenes: ckA } = await loadModel(engine, o.weights);
+    const { model, targetGenes: ckT, auxGenes: ckA } = await loadPredictor(engine, o.weights, {
+      encoderWeights: o.encoderWeights,
+      warn: (s) => !o.quiet && console.error(s),
+    });
     try {
       const nT = model.config.targetGenes, nA = model.config.auxGenes;
       const targetGenes = await geneNames(o.targetGenes, ckT, nT, "target", o.quiet);
@@ -401,11 +406,13 @@ export const PREDICT_SLIDE_USAGE =
   "       [--tta single|tta|grid|grid_tta] [--crop-size 150 | --crop-um UM] [--tile-um 100 | --tile-px PX]\n" +
   "       [--min-tissue 0.5] [--max-tiles 100000] [--geojson FILE]\n" +
   "       [--stain none|macenko|reinhard] [--stain-ref IMAGE] [--section NAME] [--mpp MPP]\n" +
-  "       [--scalefactors FILE] [--h5ad]\n" +
+  "       [--scalefactors FILE] [--h5ad] [--encoder-weights FILE]\n" +
   "       [--target-genes FILE] [--aux-genes FILE] [--no-aux-csv] [--compress] [--tune cached|auto|off]\n" +
   "       [--quiet]\n\n" +
   "  SLIDE         SVS / TIFF / BigTIFF / JPEG / PNG\n" +
-  "  --weights     model_base.pt / model_spat.pt or our .safetensors\n" +
+  "  --weights     model_base.pt / model_spat.pt or our .safetensors (also heads trained by train --encoder)\n" +
+  "  --encoder-weights FILE  with heads trained on a frozen encoder: the encoder's weights (default: the\n" +
+  "                path the checkpoint records; their size and fingerprint must match)\n" +
   "  --spots       her2st *_selection.tsv, Visium tissue_positions(_list).csv, or CSV x,y,pixel_x,pixel_y;\n" +
   "                patches as extract-patches (--crop-size px, default 150, or --crop-um). On Space Ranger's\n" +
   "                tissue_hires/lowres_image.png, Visium positions × its scale factor, --crop-size in\n" +
@@ -511,6 +518,7 @@ export async function runPredictSlide(args: string[]): Promise<void> {
   const t0 = performance.now();
   const p = await predictSlide(positionals[0], {
     weights,
+    encoderWeights: v["encoder-weights"],
     out: v.out!,
     spots: v.spots,
     cropSize: positiveNumber(v["crop-size"], "--crop-size", true),

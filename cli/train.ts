@@ -29,6 +29,10 @@ import {
   type Variant,
 } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
+import { HEAD_KINDS, type HeadKind } from "../model/encoder_heads.ts";
+import { DEFAULT_HEADS_TRAIN } from "../pipeline/train_heads.ts";
+import { type EncoderName, ENCODERS } from "./embed.ts";
+import { trainOnEncoder } from "./train_encoder.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
   fitMacenko,
@@ -85,6 +89,19 @@ export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [opti
                          default stored, as np.savez)
   --quiet
 
+Heads on a frozen encoder (features computed once, cached in --out/features/<key>.npz, reused by a second
+run or --resume; the checkpoints hold the heads and the encoder's record, not its weights):
+  --encoder resnet50|he2gene|timm   the encoder, as \`embed\` reads it (with --weights, --config)
+  --weights FILE         its weights (timm: the Hugging Face folder or its model.safetensors)
+  --config FILE          timm's config.json (default: beside the weights)
+  --freeze-encoder       train HE2Gene's three heads on the encoder's features (required with --encoder)
+  --head linear          linear | mlp (one hidden layer shared by the three heads, ReLU) | ridge (gene heads in
+                         closed form, lambda chosen on the validation spots; the tumour head by Adam)
+  --hidden 512           the mlp's hidden width
+  With --encoder, --lr defaults to 1e-3 (1e-5 is the original's for fine-tuning a whole ResNet; heads on
+  fixed features need a larger step); --variant spat, --backbone, --init, --init-backbone, --image-size,
+  --checkpoint and --norm-from-data do not apply (the encoder decides its input and normalisation).
+
 Numbers: --batch-size, --epochs, --patience, --step-size, --n-target, --crop-size are positive integers,
 --image-size an integer ≥ 32, --seed an integer in [0, 2^32); --lr, --gamma, --clip > 0; --weight-decay,
 --aux, --tmr, --spat ≥ 0. --out is locked while a run uses it (--out/.lock).`;
@@ -116,7 +133,35 @@ const NUMBER_RULES: Record<string, NumberRule> = {
   "crop-size": { min: 1, integer: true },
   "image-size": { min: 32, integer: true, why: "the backbone downsamples by 32" },
   seed: { min: 0, integer: true, max: 2 ** 32 - 1 },
+  hidden: { min: 1, integer: true },
 };
+
+/** The frozen-encoder options: together, and not with those of HE2Gene's own backbone. */
+function checkEncoderOptions(v: Record<string, string | boolean | undefined>, args: string[]): void {
+  const given = (k: string) => args.some((a) => a === `--${k}` || a.startsWith(`--${k}=`));
+  if (v.encoder === undefined) {
+    const stray = ["weights", "config", "freeze-encoder", "head", "hidden"].find(given);
+    if (stray) throw new UsageError(`--${stray} applies to training on an encoder (--encoder NAME)`);
+    return;
+  }
+  if (!(ENCODERS as readonly string[]).includes(v.encoder as string)) {
+    throw new UsageError(`--encoder must be ${ENCODERS.join(", ")}, current value is ${v.encoder}`);
+  }
+  if (v.weights === undefined) throw new UsageError("--encoder needs --weights FILE (the encoder's weights)");
+  if (!v["freeze-encoder"]) {
+    throw new UsageError("--encoder trains heads on a frozen encoder: pass --freeze-encoder");
+  }
+  if (v.config !== undefined && v.encoder !== "timm") throw new UsageError("--config is for --encoder timm");
+  if (v.head !== undefined && !(HEAD_KINDS as readonly string[]).includes(v.head as string)) {
+    throw new UsageError(`--head must be ${HEAD_KINDS.join(", ")}, current value is ${v.head}`);
+  }
+  if (v.hidden !== undefined && v.head !== "mlp") throw new UsageError("--hidden is the width of --head mlp");
+  const other = ["backbone", "init", "init-backbone", "image-size", "checkpoint", "norm-from-data"].find(
+    given,
+  );
+  if (other) throw new UsageError(`--${other} does not apply with --encoder (the encoder decides its input)`);
+  if (v.variant === "spat") throw new UsageError("--variant spat does not apply with --encoder (heads only)");
+}
 
 /** Parse and check a numeric option (a UsageError naming it otherwise); `dflt` when absent. */
 function num(v: string | undefined, name: string, dflt: number): number {
@@ -409,6 +454,12 @@ export async function runTrain(args: string[]): Promise<void> {
       checkpoint: { type: "boolean", default: false },
       tune: { type: "string", default: "cached" },
       compress: { type: "boolean", default: false },
+      encoder: { type: "string" },
+      weights: { type: "string" },
+      config: { type: "string" },
+      "freeze-encoder": { type: "boolean", default: false },
+      head: { type: "string" },
+      hidden: { type: "string" },
     },
     strict: true,
   });
@@ -454,6 +505,9 @@ export async function runTrain(args: string[]): Promise<void> {
   if (v.resume && v.force) {
     throw new UsageError("--resume continues the run in --out and --force replaces it: give one of them");
   }
+  checkEncoderOptions(v, args);
+  const onEncoder = v.encoder !== undefined;
+  const hidden = num(v.hidden, "hidden", 512);
   const o = {
     seed: num(v.seed, "seed", 0),
     crop: num(v["crop-size"], "crop-size", 150),
@@ -464,7 +518,7 @@ export async function runTrain(args: string[]): Promise<void> {
     patience: num(v.patience, "patience", 10),
     train: {
       ...DEFAULT_TRAIN,
-      lr: num(v.lr, "lr", DEFAULT_TRAIN.lr),
+      lr: num(v.lr, "lr", onEncoder ? DEFAULT_HEADS_TRAIN.lr : DEFAULT_TRAIN.lr),
       weightDecay: num(v["weight-decay"], "weight-decay", DEFAULT_TRAIN.weightDecay),
       stepSize: num(v["step-size"], "step-size", DEFAULT_TRAIN.stepSize),
       gamma: num(v.gamma, "gamma", DEFAULT_TRAIN.gamma),
@@ -483,6 +537,8 @@ export async function runTrain(args: string[]): Promise<void> {
     ["--init", v.init, "file"],
     ["--init-backbone", v["init-backbone"], "file"],
     ["--stain-ref", v["stain-ref"], "file"],
+    ["--weights", v.weights, v.encoder === "timm" ? "file or folder" : "file"],
+    ["--config", v.config, "file"],
   ]);
 
   // Ctrl-C: stop at the next safe point (a spot read, a training step), save what can be resumed, exit 130;
@@ -531,7 +587,15 @@ export async function runTrain(args: string[]): Promise<void> {
           `continue it, --force to replace it, or choose another --out`,
       );
     }
-    await train({ ...v, tuneMode } as TrainValues, o, list, say, check, () => sigint, earlier);
+    await train(
+      { ...v, tuneMode, hidden } as TrainValues,
+      o,
+      list,
+      say,
+      check,
+      () => sigint,
+      earlier,
+    );
     ok = true;
   } finally {
     release();
@@ -566,6 +630,11 @@ interface TrainValues {
   compress: boolean;
   /** `--tune`, checked. */
   tuneMode: TuneMode;
+  encoder?: EncoderName;
+  weights?: string;
+  config?: string;
+  head?: HeadKind;
+  hidden: number;
 }
 
 /** The run itself, under the folder's lock. */
@@ -731,6 +800,35 @@ async function train(
       // --force: the previous run's files go only now, once the new run is ready to start.
       for (const f of earlier) await Deno.remove(join(v.out, f));
       say(`--force: removed the previous run's ${earlier.join(", ")} from ${v.out}`);
+    }
+    if (v.encoder) {
+      await trainOnEncoder(engine, {
+        kind: v.encoder,
+        weights: v.weights!,
+        config: v.config,
+        head: v.head ?? "linear",
+        hidden: v.hidden,
+        crop,
+        stain: stain === "none" ? "none" : `${stain}${v["stain-ref"] ? ` ${v["stain-ref"]}` : ""}`,
+        sections: ds.sections.map((s) => s.id).filter((s) =>
+          [...trainIds, ...valIds, ...testIds].includes(s)
+        ),
+        train,
+        val,
+        test,
+        cfg: o.train,
+        batchSize,
+        epochs: o.epochs,
+        patience: o.patience,
+        seed,
+        out: v.out,
+        resume: v.resume,
+        quiet: v.quiet,
+        compress: v.compress,
+        say,
+        interrupted,
+      });
+      return;
     }
     say(
       `training HE2Gene-${

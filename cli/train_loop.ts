@@ -69,7 +69,7 @@ export interface TrainOptions {
 }
 
 /** `out`'s files as a {@linkcode TrainStore}. */
-function fileStore(out: string): TrainStore {
+export function fileStore(out: string): TrainStore {
   const ckptPath = join(out, "checkpoint.safetensors");
   const bestPath = join(out, "best.safetensors");
   const logPath = join(out, "log.jsonl");

@@ -23,6 +23,7 @@ export {
 /** The options `predict-patches` and `predict-slide` share, in `node:util` `parseArgs` form. */
 export const PREDICT_OPTIONS = {
   weights: { type: "string" },
+  "encoder-weights": { type: "string" },
   out: { type: "string", default: "./output" },
   "batch-size": { type: "string", default: "4" },
   tta: { type: "string", default: "tta" },

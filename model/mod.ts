@@ -65,3 +65,11 @@ export {
 } from "./encoder.ts";
 export { type ViTConfig, vitConfig, ViTEncoder, type ViTPreprocess } from "./vit.ts";
 export { fitRidge, type RidgeFit, type RidgeOptions } from "./ridge.ts";
+export {
+  EncoderHeads,
+  type EncoderHeadsConfig,
+  HEAD_KINDS,
+  type HeadKind,
+  headShapes,
+  type PredictModel,
+} from "./encoder_heads.ts";

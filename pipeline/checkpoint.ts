@@ -7,7 +7,7 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
-import { HE2Gene, type HostTensor } from "../model/mod.ts";
+import { EncoderHeads, HE2Gene, HEAD_KINDS, type HeadKind, type HostTensor } from "../model/mod.ts";
 import {
   assertFinite,
   CheckpointError,
@@ -78,6 +78,14 @@ export function modelFromTensors(
   ck: { tensors: Map<string, HostTensor>; metadata: Record<string, string>; format: string },
   file: string,
 ): LoadedModel {
+  if (ck.metadata[ENCODER_META_KEY] !== undefined) {
+    throw new Error(
+      `Cannot load ${file} as an HE2Gene model: it holds heads trained on a frozen ${
+        encoderRecord(ck.metadata, file).kind
+      } encoder, whose weights it does not carry (load it with its encoder: predict-patches / predict-slide ` +
+        `--encoder-weights FILE)`,
+    );
+  }
   return {
     model: HE2Gene.fromStateDict(engine, ck.tensors, file),
     targetGenes: genes(ck.metadata, "target_genes"),
@@ -174,4 +182,122 @@ export async function modelCheckpoint(
   if (extra.targetGenes) metadata.target_genes = JSON.stringify(extra.targetGenes);
   if (extra.auxGenes) metadata.aux_genes = JSON.stringify(extra.auxGenes);
   return { tensors, metadata };
+}
+
+/** The metadata key of a checkpoint of heads on a frozen encoder: an {@linkcode EncoderRecord} as JSON. */
+export const ENCODER_META_KEY = "he2gene.encoder";
+
+/**
+ * The encoder heads were trained on, as their checkpoint records it (its weights are not copied: ViT-L is
+ * 1.2 GB): enough to find the weights file again, check it is the same, and preprocess as in training.
+ */
+export interface EncoderRecord {
+  /** `--encoder`. */
+  kind: "resnet50" | "he2gene" | "timm";
+  /** e.g. "resnet50 (torchvision)". */
+  name: string;
+  /** Feature length D. */
+  dim: number;
+  /** The weights file: its path when training (absolute), size in bytes, and fingerprint. */
+  weights: { name: string; path: string; size: number; sha256: string; hashed: string };
+  /** timm's config.json content (timm only). */
+  config?: unknown;
+  /** What the encoder's images are: side, normalisation. */
+  preprocess: { inputSize: number; mean: number[]; std: number[] };
+}
+
+/**
+ * The encoder record of a heads checkpoint's metadata (an Error naming `file` when it is not one).
+ *
+ * @example
+ * ```ts
+ * const rec = encoderRecord(ck.metadata, "best.safetensors"); // rec.weights.path, rec.preprocess
+ * ```
+ */
+export function encoderRecord(meta: Record<string, string>, file = "checkpoint"): EncoderRecord {
+  let r: EncoderRecord;
+  try {
+    r = JSON.parse(meta[ENCODER_META_KEY]);
+  } catch (e) {
+    throw new Error(
+      `Cannot read ${file}: its ${ENCODER_META_KEY} metadata is not JSON (${(e as Error).message})`,
+    );
+  }
+  if (!r || !["resnet50", "he2gene", "timm"].includes(r.kind) || typeof r.weights?.size !== "number") {
+    throw new Error(`Cannot read ${file}: its ${ENCODER_META_KEY} metadata is not an encoder record`);
+  }
+  return r;
+}
+
+/** The head kind a heads checkpoint's metadata names (`head`). */
+export function headKindOf(meta: Record<string, string>, file = "checkpoint"): HeadKind {
+  const h = meta.head as HeadKind;
+  if (!HEAD_KINDS.includes(h)) {
+    throw new Error(`Cannot read ${file}: its head metadata is ${meta.head}, not ${HEAD_KINDS.join(" | ")}`);
+  }
+  return h;
+}
+
+/**
+ * Heads on a frozen encoder as safetensors entries (float32) and metadata: `format` "he2gene-heads", `head`,
+ * `config`, the gene names, and {@linkcode ENCODER_META_KEY} with the encoder record.
+ *
+ * @example
+ * ```ts
+ * const { tensors, metadata } = await headsCheckpoint(heads, { encoder: record, targetGenes, auxGenes });
+ * ```
+ */
+export async function headsCheckpoint(
+  model: EncoderHeads,
+  extra: {
+    encoder: EncoderRecord;
+    targetGenes?: string[];
+    auxGenes?: string[];
+    metadata?: Record<string, string>;
+  },
+): Promise<{ tensors: Map<string, TensorEntry>; metadata: Record<string, string> }> {
+  const tensors = new Map<string, TensorEntry>();
+  for (const [k, t] of await model.stateDict()) {
+    tensors.set(k, {
+      dtype: "F32",
+      shape: t.shape,
+      bytes: new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+    });
+  }
+  const metadata: Record<string, string> = {
+    format: "he2gene-heads",
+    head: model.config.head,
+    config: JSON.stringify(model.config),
+    [ENCODER_META_KEY]: JSON.stringify(extra.encoder),
+    ...extra.metadata,
+  };
+  if (extra.targetGenes) metadata.target_genes = JSON.stringify(extra.targetGenes);
+  if (extra.auxGenes) metadata.aux_genes = JSON.stringify(extra.auxGenes);
+  return { tensors, metadata };
+}
+
+/**
+ * Heads from a heads checkpoint's tensors, with `encoder` for `predict` (null: features only).
+ *
+ * @example
+ * ```ts
+ * const { model } = headsFromTensors(engine, await readCheckpoint("best.safetensors"), null, "best.safetensors");
+ * const p = model.predictFeatures(features); // (N, D) → target, aux, tumorProb
+ * ```
+ */
+export function headsFromTensors(
+  engine: Engine,
+  ck: { tensors: Map<string, HostTensor>; metadata: Record<string, string> },
+  encoder: EncoderHeads["encoder"],
+  file: string,
+): { model: EncoderHeads; targetGenes?: string[]; auxGenes?: string[] } {
+  return {
+    model: EncoderHeads.fromStateDict(engine, ck.tensors, {
+      head: headKindOf(ck.metadata, file),
+      encoder,
+      file,
+    }),
+    targetGenes: genes(ck.metadata, "target_genes"),
+    auxGenes: genes(ck.metadata, "aux_genes"),
+  };
 }

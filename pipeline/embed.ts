@@ -8,10 +8,11 @@
 import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import type { Encoder } from "../model/encoder.ts";
-import { ViTEncoder } from "../model/vit.ts";
-import { resizeNormalize, type RgbImage, uploadImages } from "../slide/mod.ts";
-import { evalTransformGeometry } from "../slide/resample.ts";
+import { type RgbImage, uploadImages } from "../slide/mod.ts";
+import { encoderInput } from "./encoder_input.ts";
 import { encodeNpz } from "../slide/npz.ts";
+
+export { encoderInput };
 import { decodeBatch, type PatchImage } from "./predict_patches.ts";
 import { readPatches, type SlidePatch } from "./predict_slide.ts";
 import type { Slide } from "../slide/wsi.ts";
@@ -38,37 +39,6 @@ export interface EmbedOptions {
   onWarning?: (name: string, message: string) => void;
   /** How a patch is named in error messages (default its name; the CLI gives its path). */
   label?: (name: string) => string;
-}
-
-/**
- * The encoder's input for packed images of one size (`uploadImages`: `[M, H, W]`) → `[M, 3, S, S]`,
- * normalised with the encoder's mean and std. A timm ViT gets timm's eval transform from its config
- * (`transforms_imagenet_eval`: `Resize(floor(S / crop_pct))` with PIL's bicubic or bilinear, the shorter side
- * or both with `crop_mode: squash`, then `CenterCrop(S)`; PIL-exact); other encoders the whole image resized
- * to S × S with PIL's bilinear (torchvision's `Resize((S, S))`, as HE2Gene).
- *
- * @example
- * ```ts
- * const x = encoderInput(encoder, uploadImages(engine, patches)); // [M, 3, 224, 224]
- * ```
- */
-export function encoderInput(encoder: Encoder, src: Tensor): Tensor {
-  const { mean, std } = encoder;
-  if (!(encoder instanceof ViTEncoder)) return resizeNormalize(src, { size: encoder.inputSize, mean, std });
-  const pre = encoder.config.preprocess;
-  const [, H, W] = src.shape;
-  const g = evalTransformGeometry(W, H, {
-    inputSize: pre.inputSize,
-    cropPct: pre.cropPct,
-    cropMode: pre.cropMode === "squash" ? "squash" : "center",
-  });
-  return resizeNormalize(src, {
-    size: [g.size[1], g.size[0]],
-    window: g.window,
-    filter: pre.interpolation === "bilinear" ? "bilinear" : "bicubic",
-    mean,
-    std,
-  });
 }
 
 /**

@@ -19,6 +19,12 @@
  */
 export {
   checkpointTensors,
+  ENCODER_META_KEY,
+  type EncoderRecord,
+  encoderRecord,
+  headKindOf,
+  headsCheckpoint,
+  headsFromTensors,
   loadCheckpoint,
   type LoadedModel,
   modelCheckpoint,
@@ -95,3 +101,12 @@ export {
   type TrainSpotsOptions,
   type TrainStore,
 } from "./train.ts";
+export {
+  DEFAULT_HEADS_TRAIN,
+  encodeImages,
+  type FeatureTable,
+  fitRidgeHeads,
+  predictFeatureTable,
+  trainHeads,
+  type TrainHeadsOptions,
+} from "./train_heads.ts";

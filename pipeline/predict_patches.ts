@@ -6,7 +6,7 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
-import type { HE2Gene } from "../model/mod.ts";
+import type { PredictModel } from "../model/mod.ts";
 import { decodeImage, type RgbImage, type StainMethod } from "../slide/mod.ts";
 import { csvTable, encodeNpz } from "../slide/npz.ts";
 import { encodeH5ad, type UnsValue } from "../slide/h5ad.ts";
@@ -65,7 +65,7 @@ export interface PredictPatchesOptions {
  */
 export async function predictPatches(
   engine: Engine,
-  model: HE2Gene,
+  model: PredictModel,
   images: PatchImage[],
   o: PredictPatchesOptions,
 ): Promise<PatchPredictions> {

@@ -12,7 +12,7 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
-import type { HE2Gene } from "../model/mod.ts";
+import type { PredictModel } from "../model/mod.ts";
 import type { RgbImage } from "../slide/decode.ts";
 import type { StainMethod } from "../slide/stain.ts";
 import { centerBox, resizeCpu } from "../slide/resample.ts";
@@ -369,7 +369,7 @@ export interface PredictSlideOptions {
  */
 export async function predictSlide(
   engine: Engine,
-  model: HE2Gene,
+  model: PredictModel,
   slide: Slide,
   o: PredictSlideOptions,
 ): Promise<SlidePredictions & { csv?: SlideCsvs }> {

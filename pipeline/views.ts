@@ -15,7 +15,8 @@
 import type { Engine } from "../engine/engine.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { mean } from "../ops/reduce.ts";
-import type { HE2Gene } from "../model/mod.ts";
+import type { PredictModel } from "../model/mod.ts";
+import { encoderInput } from "./encoder_input.ts";
 import {
   centerBox,
   type CropBox,
@@ -111,7 +112,7 @@ export function assertFinitePredictions(p: ViewPredictions, names: readonly stri
  */
 export async function predictViews(
   engine: Engine,
-  model: HE2Gene,
+  model: PredictModel,
   images: RgbImage[],
   o: {
     tta: Tta;
@@ -139,10 +140,15 @@ export async function predictViews(
       if (res.images !== src) src.dispose();
       src = res.images;
     }
-    const x = engine.empty([views * n, 3, 224, 224], "tta batch");
+    // The model's input side and normalisation (an encoder's own; HE2Gene: 224 px, its mean and std).
+    // Through an encoder: what it sees in `embed` and in training (timm's eval transform for a ViT).
+    const size = model.inputSize ?? 224, enc = model.encoder;
+    const x = engine.empty([views * n, 3, size, size], "tta batch");
     let v = 0;
     for (const box of boxes) {
-      const r = resizeNormalize(src, { size: 224, boxes: [box] }); // (n, 3, 224, 224)
+      const r = enc // (n, 3, S, S)
+        ? encoderInput(enc, src, box)
+        : resizeNormalize(src, { size, boxes: [box], mean: model.mean, std: model.std });
       for (const k of ks) {
         const d = k === 0 ? r : dihedral(r, k);
         engine.copy(d, x, { dstOffset: v * d.size });

@@ -20,7 +20,10 @@ let shared: Promise<Engine> | null = null;
 
 /** The engine shared by all tests of this process. */
 export function engine(): Promise<Engine> {
-  return shared ??= createEngine();
+  return shared ??= createEngine().then((e) => {
+    if (Deno.env.get("HE2GENE_TEST_DESTROY")) globalThis.addEventListener("unload", () => e.destroy());
+    return e;
+  });
 }
 
 /** A GPU test: sanitizers off (the device keeps a pending `lost` promise for its whole life). */
