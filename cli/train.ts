@@ -32,7 +32,7 @@ import { DEFAULT_TRAIN } from "../model/train.ts";
 import { HEAD_KINDS, type HeadKind } from "../model/encoder_heads.ts";
 import { DEFAULT_HEADS_TRAIN } from "../pipeline/train_heads.ts";
 import { type EncoderName, ENCODERS } from "./embed.ts";
-import { trainOnEncoder } from "./train_encoder.ts";
+import { fineTuneOnEncoder, trainOnEncoder } from "./train_encoder.ts";
 import { decodeImage, type RgbImage } from "../slide/decode.ts";
 import {
   fitMacenko,
@@ -94,13 +94,19 @@ run or --resume; the checkpoints hold the heads and the encoder's record, not it
   --encoder resnet50|he2gene|timm   the encoder, as \`embed\` reads it (with --weights, --config)
   --weights FILE         its weights (timm: the Hugging Face folder or its model.safetensors)
   --config FILE          timm's config.json (default: beside the weights)
-  --freeze-encoder       train HE2Gene's three heads on the encoder's features (required with --encoder)
+  --freeze-encoder       train HE2Gene's three heads on the encoder's features (or --unfreeze-last K)
   --head linear          linear | mlp (one hidden layer shared by the three heads, ReLU) | ridge (gene heads in
                          closed form, lambda chosen on the validation spots; the tumour head by Adam)
   --hidden 512           the mlp's hidden width
-  With --encoder, --lr defaults to 1e-3 (1e-5 is the original's for fine-tuning a whole ResNet; heads on
-  fixed features need a larger step); --variant spat, --backbone, --init, --init-backbone, --image-size,
-  --checkpoint and --norm-from-data do not apply (the encoder decides its input and normalisation).
+  --unfreeze-last K      instead of --freeze-encoder: fine-tune the encoder's last K blocks (ResNet bottleneck
+                         blocks, their batch norms in training mode; ViT blocks + final norm) with HE2Gene's
+                         linear heads, on the patches (flips/rotations as HE2Gene's training; the whole
+                         patch resized bilinear to the encoder's input, also when predicting); the
+                         checkpoints hold the heads and the trained blocks, not the frozen weights
+  With --encoder, --lr defaults to 1e-3 for heads on frozen features and 1e-4 with --unfreeze-last (1e-5
+  is the original's for fine-tuning a whole ResNet; fresh heads need a larger step); --variant spat,
+  --backbone, --init, --init-backbone, --image-size, --checkpoint and --norm-from-data do not apply (the
+  encoder decides its input and normalisation).
 
 Numbers: --batch-size, --epochs, --patience, --step-size, --n-target, --crop-size are positive integers,
 --image-size an integer ≥ 32, --seed an integer in [0, 2^32); --lr, --gamma, --clip > 0; --weight-decay,
@@ -136,11 +142,17 @@ const NUMBER_RULES: Record<string, NumberRule> = {
   hidden: { min: 1, integer: true },
 };
 
-/** The frozen-encoder options: together, and not with those of HE2Gene's own backbone. */
+/**
+ * The default learning rate of `--unfreeze-last`: between the original's 1e-5 (a whole pretrained ResNet)
+ * and 1e-3 (heads alone on fixed features), as the last blocks are pretrained and the heads fresh.
+ */
+const FINETUNE_LR = 1e-4;
+
+/** The encoder options: together, and not with those of HE2Gene's own backbone. */
 function checkEncoderOptions(v: Record<string, string | boolean | undefined>, args: string[]): void {
   const given = (k: string) => args.some((a) => a === `--${k}` || a.startsWith(`--${k}=`));
   if (v.encoder === undefined) {
-    const stray = ["weights", "config", "freeze-encoder", "head", "hidden"].find(given);
+    const stray = ["weights", "config", "freeze-encoder", "unfreeze-last", "head", "hidden"].find(given);
     if (stray) throw new UsageError(`--${stray} applies to training on an encoder (--encoder NAME)`);
     return;
   }
@@ -148,8 +160,23 @@ function checkEncoderOptions(v: Record<string, string | boolean | undefined>, ar
     throw new UsageError(`--encoder must be ${ENCODERS.join(", ")}, current value is ${v.encoder}`);
   }
   if (v.weights === undefined) throw new UsageError("--encoder needs --weights FILE (the encoder's weights)");
-  if (!v["freeze-encoder"]) {
-    throw new UsageError("--encoder trains heads on a frozen encoder: pass --freeze-encoder");
+  const unfreeze = v["unfreeze-last"] !== undefined;
+  if (!v["freeze-encoder"] === !unfreeze) {
+    throw new UsageError(
+      "--encoder needs one of --freeze-encoder (heads on the encoder's cached features) or " +
+        "--unfreeze-last K (its last K blocks fine-tuned with the heads)",
+    );
+  }
+  if (unfreeze) {
+    const k = Number(v["unfreeze-last"]);
+    if (!(Number.isInteger(k) && k >= 1)) {
+      throw new UsageError(`--unfreeze-last must be an integer ≥ 1, current value is ${v["unfreeze-last"]}`);
+    }
+    if ((v.head ?? "linear") !== "linear") {
+      throw new UsageError(
+        "--unfreeze-last trains HE2Gene's linear heads with the blocks: --head linear only",
+      );
+    }
   }
   if (v.config !== undefined && v.encoder !== "timm") throw new UsageError("--config is for --encoder timm");
   if (v.head !== undefined && !(HEAD_KINDS as readonly string[]).includes(v.head as string)) {
@@ -458,6 +485,7 @@ export async function runTrain(args: string[]): Promise<void> {
       weights: { type: "string" },
       config: { type: "string" },
       "freeze-encoder": { type: "boolean", default: false },
+      "unfreeze-last": { type: "string" },
       head: { type: "string" },
       hidden: { type: "string" },
     },
@@ -518,7 +546,15 @@ export async function runTrain(args: string[]): Promise<void> {
     patience: num(v.patience, "patience", 10),
     train: {
       ...DEFAULT_TRAIN,
-      lr: num(v.lr, "lr", onEncoder ? DEFAULT_HEADS_TRAIN.lr : DEFAULT_TRAIN.lr),
+      lr: num(
+        v.lr,
+        "lr",
+        !onEncoder
+          ? DEFAULT_TRAIN.lr
+          : v["unfreeze-last"] !== undefined
+          ? FINETUNE_LR
+          : DEFAULT_HEADS_TRAIN.lr,
+      ),
       weightDecay: num(v["weight-decay"], "weight-decay", DEFAULT_TRAIN.weightDecay),
       stepSize: num(v["step-size"], "step-size", DEFAULT_TRAIN.stepSize),
       gamma: num(v.gamma, "gamma", DEFAULT_TRAIN.gamma),
@@ -635,6 +671,7 @@ interface TrainValues {
   config?: string;
   head?: HeadKind;
   hidden: number;
+  "unfreeze-last"?: string;
 }
 
 /** The run itself, under the folder's lock. */
@@ -800,6 +837,29 @@ async function train(
       // --force: the previous run's files go only now, once the new run is ready to start.
       for (const f of earlier) await Deno.remove(join(v.out, f));
       say(`--force: removed the previous run's ${earlier.join(", ")} from ${v.out}`);
+    }
+    if (v.encoder && v["unfreeze-last"] !== undefined) {
+      await fineTuneOnEncoder(engine, {
+        kind: v.encoder,
+        weights: v.weights!,
+        config: v.config,
+        k: Number(v["unfreeze-last"]),
+        train,
+        val,
+        test,
+        cfg: o.train,
+        batchSize,
+        epochs: o.epochs,
+        patience: o.patience,
+        seed,
+        out: v.out,
+        resume: v.resume,
+        quiet: v.quiet,
+        compress: v.compress,
+        say,
+        interrupted,
+      });
+      return;
     }
     if (v.encoder) {
       await trainOnEncoder(engine, {

@@ -19,8 +19,8 @@
  */
 import { basename, dirname, join, resolve } from "node:path";
 import type { Engine } from "../engine/engine.ts";
-import type { Encoder, EncoderHeads, HeadKind } from "../model/mod.ts";
-import { meanExpressionBaseline } from "../model/mod.ts";
+import type { Encoder, EncoderHeads, HeadKind, HostTensor } from "../model/mod.ts";
+import { FineTunedEncoder, meanExpressionBaseline, ResNetEncoder, torchvisionResNet } from "../model/mod.ts";
 import { ViTEncoder } from "../model/vit.ts";
 import type { TrainConfig } from "../model/train.ts";
 import {
@@ -31,7 +31,14 @@ import {
 } from "../pipeline/checkpoint.ts";
 import type { LoadedModel } from "../pipeline/checkpoint.ts";
 import type { PredictModel } from "../model/mod.ts";
-import { type SpotTable, TrainingInterrupted } from "../pipeline/train.ts";
+import {
+  type CheckpointEntries,
+  predictTable,
+  type SpotModel,
+  type SpotTable,
+  TrainingInterrupted,
+  trainSpots,
+} from "../pipeline/train.ts";
 import {
   encodeImages,
   type FeatureTable,
@@ -41,7 +48,7 @@ import {
 } from "../pipeline/train_heads.ts";
 import { readNpz } from "../slide/npy.ts";
 import { encodeNpz, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
-import { readSafetensors } from "../weights/mod.ts";
+import { readSafetensors, type TensorEntry } from "../weights/mod.ts";
 import { loadModel, readCheckpoint } from "./checkpoint.ts";
 import { type EncoderName, loadEncoder } from "./embed.ts";
 import { Interrupted } from "./errors.ts";
@@ -330,6 +337,193 @@ export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<voi
   );
 }
 
+/** What {@linkcode fineTuneOnEncoder} needs from cli/train.ts. */
+export interface FineTuneRun extends Omit<EncoderRun, "head" | "hidden" | "crop" | "stain" | "sections"> {
+  /** Blocks fine-tuned, counted from the end. */
+  k: number;
+}
+
+/** Metadata key of a fine-tuned encoder's checkpoint: the blocks trained (`--unfreeze-last`). */
+export const UNFREEZE_META_KEY = "he2gene.unfreeze_last";
+
+/** An encoder of `kind` from its weights in memory (`file` names them in errors). */
+function buildEncoder(
+  engine: Engine,
+  kind: EncoderName,
+  tensors: Map<string, HostTensor>,
+  config: unknown,
+  file: string,
+): Encoder {
+  if (kind === "timm") return ViTEncoder.fromTimm(engine, config, tensors, file);
+  return kind === "resnet50"
+    ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, file))
+    : ResNetEncoder.fromHE2Gene(engine, tensors, file);
+}
+
+/** Safetensors entries of a state dict (float32; batch-norm step counters as int64, as PyTorch keeps them). */
+function stateEntries(sd: Map<string, HostTensor>): Map<string, TensorEntry> {
+  const out = new Map<string, TensorEntry>();
+  for (const [k, t] of sd) {
+    out.set(
+      k,
+      k.endsWith("num_batches_tracked")
+        ? { dtype: "I64", shape: [], bytes: new Uint8Array(new BigInt64Array([BigInt(t.data[0])]).buffer) }
+        : {
+          dtype: "F32",
+          shape: t.shape,
+          bytes: new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+        },
+    );
+  }
+  return out;
+}
+
+/**
+ * Fine-tune an encoder's last `r.k` blocks with HE2Gene's three linear heads (`--unfreeze-last K`):
+ * pipeline/train.ts's loop on the patches (HE2Gene's augmentation, batches, validation, early stopping,
+ * resume and interrupts) over a {@linkcode FineTunedEncoder}, the patches resized to the encoder's input
+ * and normalised with its mean and std. `best.safetensors` holds the heads and the trained blocks
+ * (`encoder.<key>`) with the encoder's record; predict-patches / predict-slide lay them over the original
+ * weights (checked by size and fingerprint, as for frozen heads).
+ */
+export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise<void> {
+  const file = await weightsFile(r.kind, r.weights);
+  const fp = await weightsFingerprint(file);
+  const cfgPath = r.kind === "timm" ? r.config ?? join(dirname(file), "config.json") : undefined;
+  const cfgText = cfgPath ? await Deno.readTextFile(cfgPath) : undefined;
+  const config = cfgText ? JSON.parse(cfgText) : undefined;
+  const { tensors } = await readCheckpoint(file);
+  const build = (w: Map<string, HostTensor>) => buildEncoder(engine, r.kind, w, config, file);
+  const enc = build(tensors);
+  const record: EncoderRecord = {
+    kind: r.kind,
+    name: enc.name,
+    dim: enc.dim,
+    weights: { name: basename(file), path: resolve(file), ...fp },
+    ...(config ? { config } : {}),
+    preprocess: { inputSize: enc.inputSize, mean: [...enc.mean], std: [...enc.std] },
+  };
+  const nT = r.train.targetGenes.length, nA = r.train.auxGenes.length;
+  const adapter: SpotModel<FineTunedEncoder> = {
+    describe: { encoder: r.kind, weights: fp.sha256, config: cfgText ?? null, unfreezeLast: r.k },
+    init: () =>
+      FineTunedEncoder.create(engine, enc, {
+        k: r.k,
+        variant: "base",
+        targetGenes: nT,
+        auxGenes: nA,
+        seed: r.seed,
+      }),
+    fromStateDict: (sd, f, o) =>
+      FineTunedEncoder.fromStateDict(engine, sd, {
+        weights: tensors,
+        build,
+        k: o.trainable ? r.k : 0,
+        file: f,
+      }),
+    stateDict: (m) => m.stateDict(),
+    checkpoint: async (m, extra): Promise<CheckpointEntries> => ({
+      tensors: stateEntries(await m.stateDict()),
+      metadata: {
+        format: "he2gene-finetuned",
+        config: JSON.stringify({ variant: "base", targetGenes: nT, auxGenes: nA, dim: enc.dim, k: r.k }),
+        [ENCODER_META_KEY]: JSON.stringify(record),
+        [UNFREEZE_META_KEY]: String(r.k),
+        target_genes: JSON.stringify(extra.targetGenes),
+        aux_genes: JSON.stringify(extra.auxGenes),
+        ...extra.metadata,
+      },
+    }),
+  };
+  const ckptPath = join(r.out, "checkpoint.safetensors");
+  let resume;
+  if (r.resume) {
+    const ck = await readSafetensors(ckptPath).catch((e) => {
+      throw new Error(`Cannot resume from ${r.out}: ${(e as Error).message}`);
+    });
+    resume = { ...ck, from: r.out, file: ckptPath };
+  }
+  const input = {
+    imageSize: enc.inputSize,
+    mean: [...enc.mean] as [number, number, number],
+    std: [...enc.std] as [number, number, number],
+  };
+  r.say(
+    `fine-tuning the last ${r.k} block(s) of ${enc.name} with HE2Gene's heads on ${r.train.names.length} spots, ` +
+      `validating on ${r.val.names.length}; ${nT} target / ${nA} aux genes; ${enc.inputSize} px input`,
+  );
+  let bar: Progress | null = null;
+  let result;
+  try {
+    result = await trainSpots(engine, r.train, r.val, {
+      config: { backbone: { name: record.name } as never, variant: "base", targetGenes: nT, auxGenes: nA },
+      model: adapter,
+      train: r.cfg,
+      batchSize: r.batchSize,
+      epochs: r.epochs,
+      patience: r.patience,
+      seed: r.seed,
+      store: fileStore(r.out),
+      resume,
+      ...input,
+      interrupt: r.interrupted,
+      onEpochStart: (p) => {
+        bar = new Progress(`epoch ${p.epoch + 1}/${p.epochs}`, p.steps, r.quiet, "batches");
+        if (p.step >= p.steps) {
+          bar.done();
+          bar = null;
+        }
+      },
+      onStep: (p) => {
+        bar?.tick(1, `loss ${p.loss.toFixed(4)}`);
+        if (p.step === p.steps) {
+          bar?.done();
+          bar = null;
+        }
+      },
+      onMessage: (line) => r.say(line),
+    });
+  } catch (e) {
+    if (!(e instanceof TrainingInterrupted)) throw e;
+    (bar as Progress | null)?.done();
+    throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
+  } finally {
+    enc.dispose();
+  }
+  const { model, history, best } = result;
+  try {
+    const npz = { compress: r.compress };
+    const opts = { batchSize: Math.min(r.batchSize, 64), ...input };
+    await writeAtomic(
+      join(r.out, "val_predictions.npz"),
+      predictionsNpz(r.val, await predictTable(model, r.val, opts), npz),
+    );
+    await writeAtomic(join(r.out, "val_truth.npz"), truthNpz(r.val, npz));
+    if (r.test) {
+      const tp = await predictTable(model, r.test, opts);
+      const N = r.train.names.length, V = r.test.names.length;
+      const baseline = {
+        target: meanExpressionBaseline(r.train.target, N, nT).predict(V),
+        aux: meanExpressionBaseline(r.train.aux, N, nA).predict(V),
+      };
+      await writeFilesAtomic(r.out, [
+        ["test_predictions.npz", predictionsNpz(r.test, tp, npz)],
+        ["test_truth.npz", truthNpz(r.test, npz)],
+        ["test_baseline.npz", predictionsNpz(r.test, baseline, npz)],
+      ]);
+    }
+  } finally {
+    model.dispose();
+  }
+  console.log(
+    `${history.length} epochs; best epoch ${best.epoch} (validation target MSE ${best.valMse.toFixed(4)}). ` +
+      `Files in ${r.out}: best.safetensors (heads and the last ${r.k} block(s); the rest of the encoder is ` +
+      `${record.weights.path}, not copied), checkpoint.safetensors, log.jsonl, val_predictions.npz, ` +
+      `val_truth.npz${r.test ? `, test_predictions.npz, test_truth.npz, test_baseline.npz` : ""}.\n` +
+      `Predict: deno task he2gene predict-patches DIR --weights ${join(r.out, "best.safetensors")}`,
+  );
+}
+
 /** Predictions of a spot table in the npz format `he2gene evaluate` reads. */
 function predictionsNpz(
   t: SpotTable,
@@ -390,6 +584,31 @@ export async function loadPredictor(
         }… of the ${rec.weights.hashed}; ` +
         `${given}: ${fp.size} bytes, ${fp.sha256.slice(0, 16)}…)`,
     );
+  }
+  if (ck.metadata[UNFREEZE_META_KEY] !== undefined) {
+    // Fine-tuned blocks over the original weights; fed as in training (the whole patch, bilinear).
+    const { tensors } = await readCheckpoint(given);
+    const m = FineTunedEncoder.fromStateDict(engine, ck.tensors, {
+      weights: tensors,
+      build: (w) => buildEncoder(engine, rec.kind, w, rec.config, given),
+      file: path,
+    });
+    const enc = m.encoder;
+    const model: PredictModel = {
+      engine,
+      config: m.config,
+      inputSize: enc.inputSize,
+      mean: enc.mean,
+      std: enc.std,
+      predict: (x) => {
+        const o = m.predict(x);
+        o.features.dispose();
+        return o;
+      },
+      dispose: () => m.dispose(),
+    };
+    const genes = (k: string) => (ck.metadata[k] ? JSON.parse(ck.metadata[k]) as string[] : undefined);
+    return { model, targetGenes: genes("target_genes"), auxGenes: genes("aux_genes"), format: ck.format };
   }
   let enc: Encoder;
   if (rec.kind === "timm") {

@@ -19,7 +19,7 @@ import { add, mul } from "../ops/elementwise.ts";
 import { matmul } from "../ops/matmul.ts";
 import { bceLoss, maskedMseLoss, mseLoss } from "../ops/loss.ts";
 import { Adam, StepLR } from "../kernels/optim.ts";
-import type { HE2Gene, HE2GeneOutput } from "./he2gene.ts";
+import type { HE2GeneOutput } from "./he2gene.ts";
 
 /** Hyper-parameters (defaults: the original's). */
 export interface TrainConfig {
@@ -184,7 +184,7 @@ export class Trainer<M extends TrainableModel = TrainableModel> {
  * Returns host arrays.
  */
 export async function predictEval(
-  model: HE2Gene,
+  model: TrainableModel & { readonly engine: Engine },
   x: Tensor,
 ): Promise<{ target: Float32Array; aux: Float32Array; tumorProb: Float32Array }> {
   const e = model.engine;

@@ -80,10 +80,12 @@ export function modelFromTensors(
 ): LoadedModel {
   if (ck.metadata[ENCODER_META_KEY] !== undefined) {
     throw new Error(
-      `Cannot load ${file} as an HE2Gene model: it holds heads trained on a frozen ${
-        encoderRecord(ck.metadata, file).kind
-      } encoder, whose weights it does not carry (load it with its encoder: predict-patches / predict-slide ` +
-        `--encoder-weights FILE)`,
+      `Cannot load ${file} as an HE2Gene model: it holds heads trained on ${
+        ck.metadata["he2gene.unfreeze_last"] !== undefined
+          ? `the last ${ck.metadata["he2gene.unfreeze_last"]} fine-tuned block(s) of a`
+          : "a frozen"
+      } ${encoderRecord(ck.metadata, file).kind} encoder, whose other weights it does not carry (load it ` +
+        `with its encoder: predict-patches / predict-slide --encoder-weights FILE)`,
     );
   }
   return {

@@ -6,7 +6,6 @@
  * @module
  */
 import type { Engine } from "../engine/engine.ts";
-import type { Tensor } from "../engine/tensor.ts";
 import type { Encoder } from "../model/encoder.ts";
 import { type RgbImage, uploadImages } from "../slide/mod.ts";
 import { encoderInput } from "./encoder_input.ts";

@@ -15,7 +15,13 @@
 import type { Engine } from "../engine/engine.ts";
 import { mulberry32 } from "../engine/random.ts";
 import { HE2Gene, type HE2GeneConfig, HEAD_KEYS, type HostTensor } from "../model/mod.ts";
-import { DEFAULT_TRAIN, predictEval, type TrainConfig, Trainer } from "../model/train.ts";
+import {
+  DEFAULT_TRAIN,
+  predictEval,
+  type TrainableModel,
+  type TrainConfig,
+  Trainer,
+} from "../model/train.ts";
 import { pearsonPerGene, rocAuc } from "../model/metrics.ts";
 import type { RgbImage } from "../slide/decode.ts";
 import { assembleBatch } from "../slide/batch.ts";
@@ -81,9 +87,15 @@ function rows(a: Float32Array, width: number, idx: number[]): Float32Array {
   return out;
 }
 
+/** What {@linkcode predictTable} predicts with: HE2Gene, or an encoder fine-tuned under its heads. */
+export type TableModel = TrainableModel & {
+  readonly engine: Engine;
+  readonly config: { readonly targetGenes: number; readonly auxGenes: number };
+};
+
 /** Eval-mode predictions for every spot of a table (batched, no augmentation). */
 export async function predictTable(
-  model: HE2Gene,
+  model: TableModel,
   t: SpotTable,
   o: {
     batchSize: number;
@@ -188,8 +200,28 @@ export interface TrainStore {
   appendLog(log: EpochLog): Promise<void>;
 }
 
+/**
+ * What {@linkcode trainSpots} trains, when not HE2Gene (`TrainSpotsOptions.model`): how to make the model,
+ * rebuild it from a state dict (a resumed checkpoint's, or the best one's at the end) and write its best
+ * checkpoint. E.g. an encoder fine-tuned under HE2Gene's heads (model/finetune.ts).
+ */
+export interface SpotModel<M extends TableModel & { dispose(): void }> {
+  /** Identifies the model in the run's key (a resume must match it). */
+  readonly describe: unknown;
+  /** A fresh model. */
+  init(): M;
+  /** The model from a state dict: `trainable` to go on training (a resume), else to predict (the best). */
+  fromStateDict(sd: Map<string, HostTensor>, file: string, o: { trainable: boolean }): M;
+  stateDict(model: M): Promise<Map<string, HostTensor>>;
+  /** The best model's entries and metadata (genes and `extra.metadata` included). */
+  checkpoint(
+    model: M,
+    extra: { targetGenes: string[]; auxGenes: string[]; metadata: Record<string, string> },
+  ): Promise<CheckpointEntries>;
+}
+
 /** Options of {@linkcode trainSpots}. */
-export interface TrainSpotsOptions {
+export interface TrainSpotsOptions<M extends TableModel & { dispose(): void } = HE2Gene> {
   config: HE2GeneConfig;
   train: TrainConfig;
   batchSize: number;
@@ -233,6 +265,45 @@ export interface TrainSpotsOptions {
   /** Normalisation constants (default HE2Gene's). */
   mean?: [number, number, number];
   std?: [number, number, number];
+  /**
+   * Another model than HE2Gene (`config`, `init`, `initBackbone`, `biasFromMeans` and `checkpoint` then do
+   * not apply; `config` still names the gene counts and variant in the run's key).
+   */
+  model?: SpotModel<M>;
+}
+
+// HE2Gene as trainSpots has always trained it: --init, a pretrained backbone, or fresh (heads' biases at the
+// training means on request).
+function he2geneSpotModel(engine: Engine, o: TrainSpotsOptions, train: SpotTable): SpotModel<HE2Gene> {
+  return {
+    describe: "he2gene",
+    init() {
+      if (o.init) return HE2Gene.fromStateDict(engine, o.init, "--init");
+      const model = HE2Gene.init(engine, o.config, o.seed, o.initBackbone);
+      if (o.biasFromMeans) {
+        const mean = (v: Float32Array, w: number) => {
+          const m = new Float32Array(w);
+          for (let i = 0; i < v.length; i++) m[i % w] += v[i] / (v.length / w);
+          return m;
+        };
+        const h = HEAD_KEYS[o.config.variant];
+        for (
+          const [key, v, w] of [[h.target, train.target, train.targetGenes.length], [
+            h.aux,
+            train.aux,
+            train.auxGenes.length,
+          ]] as const
+        ) {
+          model.params.get(`${key}.bias`)!.dispose();
+          model.params.set(`${key}.bias`, engine.tensor(mean(v, w), [w], { requiresGrad: true }).keep());
+        }
+      }
+      return model;
+    },
+    fromStateDict: (sd, file) => HE2Gene.fromStateDict(engine, sd, file),
+    stateDict: (m) => m.stateDict(),
+    checkpoint: (m, extra) => modelCheckpoint(m, extra),
+  };
 }
 
 /** Training stopped by `interrupt`, its checkpoint saved; `where` says where (`at epoch 2, step 3 of 9`). */
@@ -299,23 +370,26 @@ export function memoryTrainStore(): TrainStore & {
  * });
  * ```
  */
-export async function trainSpots(
+export async function trainSpots<M extends TableModel & { dispose(): void } = HE2Gene>(
   engine: Engine,
   train: SpotTable,
   val: SpotTable,
-  o: TrainSpotsOptions,
-): Promise<{ model: HE2Gene; history: EpochLog[]; best: { epoch: number; valMse: number } }> {
+  o: TrainSpotsOptions<M>,
+): Promise<{ model: M; history: EpochLog[]; best: { epoch: number; valMse: number } }> {
   const store = o.store;
   const cfg = { ...DEFAULT_TRAIN, ...o.train };
+  const adapter =
+    (o.model ?? he2geneSpotModel(engine, o as unknown as TrainSpotsOptions, train)) as SpotModel<M>;
   const runKey = JSON.stringify({
     config: o.config,
     train: cfg,
     batchSize: o.batchSize,
     imageSize: o.imageSize,
     seed: o.seed,
+    ...(o.model ? { model: o.model.describe } : {}),
   });
 
-  let model: HE2Gene;
+  let model: M;
   let state: Progressed = { epoch: 0, step: 0, bestScore: Infinity, bestEpoch: -1, bad: 0 };
   let optState: Map<string, { data: Float32Array; shape: number[] }> | null = null;
   const history: EpochLog[] = [];
@@ -334,7 +408,7 @@ export async function trainSpots(
       if (k.startsWith("optim/")) optState.set(k.slice(6), v);
       else sd.set(k, v);
     }
-    model = HE2Gene.fromStateDict(engine, sd, ck.file);
+    model = adapter.fromStateDict(sd, ck.file, { trainable: true });
     state = JSON.parse(ck.metadata.progress);
     // JSON has no Infinity: a checkpoint saved before the first validation holds null.
     if (typeof state.bestScore !== "number") state.bestScore = Infinity;
@@ -354,33 +428,7 @@ export async function trainSpots(
     // The log as it was when the checkpoint was written (lines appended after it are redone).
     await store.writeLog(history, { resumed: true });
   } else {
-    if (o.init) {
-      model = HE2Gene.fromStateDict(engine, o.init, "--init");
-    } else {
-      model = HE2Gene.init(engine, o.config, o.seed, o.initBackbone);
-      if (o.biasFromMeans) {
-        const mean = (v: Float32Array, w: number) => {
-          const m = new Float32Array(w);
-          for (let i = 0; i < v.length; i++) m[i % w] += v[i] / (v.length / w);
-          return m;
-        };
-        const h = HEAD_KEYS[o.config.variant];
-        model.params.get(`${h.target}.bias`)!.dispose();
-        model.params.set(
-          `${h.target}.bias`,
-          engine.tensor(mean(train.target, train.targetGenes.length), [train.targetGenes.length], {
-            requiresGrad: true,
-          }).keep(),
-        );
-        model.params.get(`${h.aux}.bias`)!.dispose();
-        model.params.set(
-          `${h.aux}.bias`,
-          engine.tensor(mean(train.aux, train.auxGenes.length), [train.auxGenes.length], {
-            requiresGrad: true,
-          }).keep(),
-        );
-      }
-    }
+    model = adapter.init();
     await store.writeLog([], { resumed: false });
   }
   const trainer = new Trainer(engine, model, cfg, { checkpoint: o.checkpoint });
@@ -401,7 +449,7 @@ export async function trainSpots(
   const save = async () => {
     const tensors = new Map<string, TensorEntry>();
     const f32 = (d: Float32Array) => new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-    for (const [k, t] of await model.stateDict()) {
+    for (const [k, t] of await adapter.stateDict(model)) {
       tensors.set(k, { dtype: "F32", shape: t.shape, bytes: f32(t.data) });
     }
     for (const [k, t] of await trainer.opt.stateDict()) {
@@ -509,7 +557,7 @@ export async function trainSpots(
         state.bestEpoch = state.epoch + 1;
         state.bad = 0;
         await store.saveBest(
-          await modelCheckpoint(model, {
+          await adapter.checkpoint(model, {
             targetGenes: train.targetGenes,
             auxGenes: train.auxGenes,
             metadata: { epoch: String(state.epoch + 1), val_mse: String(s.mse) },
@@ -544,7 +592,7 @@ export async function trainSpots(
   // Return the best model.
   model.dispose();
   return {
-    model: HE2Gene.fromStateDict(engine, await store.loadBest(), "best.safetensors"),
+    model: adapter.fromStateDict(await store.loadBest(), "best.safetensors", { trainable: false }),
     history,
     best: { epoch: state.bestEpoch, valMse: state.bestScore },
   };

@@ -320,7 +320,20 @@ Deno.test({
     const base = ["--dataset", "her2st", "--root", "/nonexistent"];
     const cases: [string[], string][] = [
       [["--head", "mlp"], "--head applies to training on an encoder"],
-      [["--encoder", "resnet50", "--weights", "w.pth"], "pass --freeze-encoder"],
+      [["--encoder", "resnet50", "--weights", "w.pth"], "needs one of --freeze-encoder"],
+      [
+        ["--encoder", "resnet50", "--weights", "w", "--freeze-encoder", "--unfreeze-last", "1"],
+        "needs one of --freeze-encoder",
+      ],
+      [
+        ["--encoder", "resnet50", "--weights", "w", "--unfreeze-last", "0"],
+        "--unfreeze-last must be an integer ≥ 1",
+      ],
+      [
+        ["--encoder", "resnet50", "--weights", "w", "--unfreeze-last", "2", "--head", "mlp"],
+        "--head linear only",
+      ],
+      [["--unfreeze-last", "1"], "--unfreeze-last applies to training on an encoder"],
       [
         ["--encoder", "vgg", "--weights", "w.pth", "--freeze-encoder"],
         "--encoder must be resnet50, he2gene, timm",
@@ -345,6 +358,128 @@ Deno.test({
     ];
     for (const [extra, msg] of cases) {
       await assertRejects(() => runTrain([...base, ...extra]), UsageError, msg);
+    }
+  },
+});
+
+/** A fine-tuning run of the tiny encoder's last block on the tiny her2st set (epochs not given). */
+const r1Args = (root: string, weights: string, out: string) => [
+  "train",
+  "--dataset",
+  "her2st",
+  "--root",
+  root,
+  "--encoder",
+  "resnet50",
+  "--weights",
+  weights,
+  "--unfreeze-last",
+  "1",
+  "--crop-size",
+  "24",
+  "--n-target",
+  "2",
+  "--val-sections",
+  "X2",
+  "--batch-size",
+  "9",
+  "--out",
+  out,
+];
+
+Deno.test({
+  name: "train --encoder --unfreeze-last: the last block fine-tunes with the heads; the checkpoint holds " +
+    "them over the original weights, predict-patches gives the run's validation predictions, and a resumed run equals it",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "he2gene-finetune-" });
+    try {
+      const { root } = await tinyHer2st(join(dir, "her2st"));
+      const weights = await tinyTorchvision(join(dir, "tiny_tv.safetensors"));
+      const out = join(dir, "run");
+      const r1 = await runCli([...r1Args(root, weights, out), "--epochs", "2"]);
+      assertEquals(r1.code, 0, r1.stderr);
+      assertEquals(r1.stderr.includes("fine-tuning the last 1 block(s) of"), true, r1.stderr);
+      const log = (await Deno.readTextFile(join(out, "log.jsonl"))).trim().split("\n").map((l) =>
+        JSON.parse(l)
+      );
+      assertEquals([log.length, log.every((l) => Number.isFinite(l.trainLoss) && l.lr === 1e-4)], [2, true]);
+      const best = await readCheckpoint(join(out, "best.safetensors"));
+      assertEquals(best.metadata["he2gene.unfreeze_last"], "1");
+      const original = (await readCheckpoint(weights)).tensors;
+      const trained = [...best.tensors.keys()].filter((k) => k.startsWith("encoder."));
+      // Only the last block, every one of its tensors, and at least its convolutions changed.
+      const last = trained[0].replace(/^encoder\.(layer\d+\.\d+)\..*$/, "$1");
+      assertEquals(
+        trained.map((k) => k.slice(8)),
+        [...original.keys()].filter((k) => k.startsWith(`${last}.`)),
+      );
+      const moved = trained.filter((k) =>
+        k.endsWith("conv1.weight") && maxDiff(best.tensors.get(k)!.data, original.get(k.slice(8))!.data) > 0
+      );
+      assertEquals(moved.length, 1, `${last}.conv1.weight did not change`);
+      const e = await engine();
+      await assertRejects(
+        () => loadModel(e, join(out, "best.safetensors")),
+        Error,
+        "it holds heads trained on the last 1 fine-tuned block(s) of a resnet50 encoder",
+      );
+
+      // predict-patches on the validation section's patches gives the run's val_predictions.npz.
+      const patches = join(dir, "patches");
+      const r2 = await runCli([
+        "extract-patches",
+        join(root, "data/ST-imgs/X/X2/X2.jpg"),
+        "--spots",
+        join(root, "data/ST-spotfiles/X2_selection.tsv"),
+        "--section",
+        "X2",
+        "--crop-size",
+        "24",
+        "--out",
+        patches,
+        "--quiet",
+      ]);
+      assertEquals(r2.code, 0, r2.stderr);
+      const r3 = await runCli([
+        "predict-patches",
+        patches,
+        "--weights",
+        join(out, "best.safetensors"),
+        "--tta",
+        "single",
+        "--out",
+        join(dir, "pred"),
+        "--quiet",
+      ]);
+      assertEquals(r3.code, 0, r3.stderr);
+      const pred = await readNpz(join(dir, "pred", "predictions.npz"));
+      const val = await readNpz(join(out, "val_predictions.npz"));
+      const vNames = val.names.data as string[], names = pred.names.data as string[];
+      assertEquals([...names].sort(), [...vNames].sort());
+      const G = 2, want = val.target.data as Float32Array, got = pred.target.data as Float32Array;
+      let d = 0;
+      names.forEach((n, i) => {
+        const j = vNames.indexOf(n);
+        for (let g = 0; g < G; g++) d = Math.max(d, Math.abs(got[i * G + g] - want[j * G + g]));
+      });
+      if (!(d <= 1e-5)) throw new Error(`predict-patches differs from val_predictions.npz by ${d}`);
+
+      // One epoch, then --resume to two: the same log and the same best model as the run in one go.
+      const args = r1Args(root, weights, join(dir, "run2"));
+      const r4 = await runCli([...args, "--epochs", "1"]);
+      assertEquals(r4.code, 0, r4.stderr);
+      const r5 = await runCli([...args, "--epochs", "2", "--resume"]);
+      assertEquals(r5.code, 0, r5.stderr);
+      const log2 = (await Deno.readTextFile(join(dir, "run2", "log.jsonl"))).trim().split("\n").map((l) =>
+        JSON.parse(l)
+      );
+      assertEquals(log2.map((l) => [l.trainLoss, l.valMse]), log.map((l) => [l.trainLoss, l.valMse]));
+      const best2 = await readCheckpoint(join(dir, "run2", "best.safetensors"));
+      for (const [k, t] of best.tensors) assertEquals(best2.tensors.get(k)?.data, t.data, k);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });
