@@ -21,13 +21,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
-import {
-  BACKBONES,
-  type HE2Gene,
-  meanExpressionBaseline,
-  torchvisionResNet,
-  type Variant,
-} from "../model/mod.ts";
+import { BACKBONES, torchvisionResNet, type Variant } from "../model/mod.ts";
 import { DEFAULT_TRAIN } from "../model/train.ts";
 import { HEAD_KINDS, type HeadKind } from "../model/encoder_heads.ts";
 import { DEFAULT_HEADS_TRAIN } from "../pipeline/train_heads.ts";
@@ -43,13 +37,13 @@ import {
 } from "../slide/stain.ts";
 import type { Section } from "../slide/datasets/mod.ts";
 import { readGeneList, selectTargetGenes } from "../slide/genes.ts";
-import { encodeNpz, makeDirs, removeCreatedDirs, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
+import { makeDirs, removeCreatedDirs } from "../slide/npz.ts";
 import { openSlide } from "../slide/wsi.ts";
 import { readCheckpoint } from "./checkpoint.ts";
 import { parseTuneMode, prepareTuning, type TuneMode } from "./tune.ts";
 import { checkInputs, Interrupted, UsageError } from "./errors.ts";
-import { predictTable, type SpotTable, trainModel } from "./train_loop.ts";
-import { loadDataset, sectionList, spotTruth, truthNpz } from "./truth.ts";
+import { predictTable, type SpotTable, trainModel, writeRunPredictions } from "./train_loop.ts";
+import { loadDataset, sectionList, spotTruth } from "./truth.ts";
 
 /** The usage text (every option with its default). */
 export const TRAIN_USAGE = `train --dataset her2st|hbcis|visium --root DIR [options]
@@ -926,9 +920,16 @@ async function train(
             }were not written: run again with --resume to write them`,
         );
       }
-      const o = { batchSize, imageSize, mean, std, compress: v.compress };
-      await writeValidation(v.out, model, val, o);
-      if (test) await writeTest(v.out, model, test, train, o);
+      // As in training (no augmentation), in batches of at most 64.
+      const o = { batchSize: Math.min(batchSize, 64), imageSize, mean, std };
+      await writeRunPredictions(v.out, {
+        train,
+        val,
+        valPredictions: await predictTable(model, val, o),
+        test,
+        testPredictions: test ? await predictTable(model, test, o) : undefined,
+        compress: v.compress,
+      });
     } finally {
       model.dispose();
     }
@@ -950,71 +951,4 @@ async function train(
   } finally {
     engine.destroy();
   }
-}
-
-/** Predictions of a spot table in the npz format `he2gene evaluate` reads (as `predictions.npz`). */
-function predictionsNpz(
-  t: SpotTable,
-  p: { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array },
-  npz: NpzOptions,
-): Uint8Array {
-  const V = t.names.length;
-  return encodeNpz({
-    target: { dtype: "f4", shape: [V, t.targetGenes.length], data: p.target },
-    aux: { dtype: "f4", shape: [V, t.auxGenes.length], data: p.aux },
-    ...(p.tumorProb ? { tumor_prob: { dtype: "f4" as const, shape: [V], data: p.tumorProb } } : {}),
-    names: { dtype: "U", shape: [V], data: t.names },
-    target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
-    aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
-  }, { compress: npz.compress });
-}
-
-/** How the npz files are written: `compress` deflates their members (`--compress`). */
-interface NpzOptions {
-  compress?: boolean;
-}
-
-/** The best model's predictions of the validation spots and their truth, for `he2gene evaluate`. */
-async function writeValidation(
-  out: string,
-  model: HE2Gene,
-  val: SpotTable,
-  o: PredictTableOptions & NpzOptions,
-): Promise<void> {
-  const p = await predictTable(model, val, { ...o, batchSize: Math.min(o.batchSize, 64) });
-  await writeAtomic(join(out, "val_predictions.npz"), predictionsNpz(val, p, o));
-  await writeAtomic(join(out, "val_truth.npz"), truthNpz(val, o));
-}
-
-/**
- * The held-out sections: the best model's predictions, their truth, and the mean-expression baseline's
- * predictions (every spot gets each gene's mean over the training spots; no tumour score), written
- * together (`test_predictions.npz`, `test_truth.npz`, `test_baseline.npz`).
- */
-async function writeTest(
-  out: string,
-  model: HE2Gene,
-  test: SpotTable,
-  train: SpotTable,
-  o: PredictTableOptions & NpzOptions,
-): Promise<void> {
-  const p = await predictTable(model, test, { ...o, batchSize: Math.min(o.batchSize, 64) });
-  const N = train.names.length, V = test.names.length;
-  const baseline = {
-    target: meanExpressionBaseline(train.target, N, train.targetGenes.length).predict(V),
-    aux: meanExpressionBaseline(train.aux, N, train.auxGenes.length).predict(V),
-  };
-  await writeFilesAtomic(out, [
-    ["test_predictions.npz", predictionsNpz(test, p, o)],
-    ["test_truth.npz", truthNpz(test, o)],
-    ["test_baseline.npz", predictionsNpz(test, baseline, o)],
-  ]);
-}
-
-/** How the validation and test spots are predicted: as in training. */
-interface PredictTableOptions {
-  batchSize: number;
-  imageSize: number;
-  mean?: [number, number, number];
-  std?: [number, number, number];
 }

@@ -20,7 +20,7 @@
 import { basename, dirname, join, resolve } from "node:path";
 import type { Engine } from "../engine/engine.ts";
 import type { Encoder, EncoderHeads, HeadKind, HostTensor } from "../model/mod.ts";
-import { FineTunedEncoder, meanExpressionBaseline, ResNetEncoder, torchvisionResNet } from "../model/mod.ts";
+import { FineTunedEncoder, ResNetEncoder, torchvisionResNet } from "../model/mod.ts";
 import { ViTEncoder } from "../model/vit.ts";
 import type { TrainConfig } from "../model/train.ts";
 import {
@@ -47,14 +47,13 @@ import {
   trainHeads,
 } from "../pipeline/train_heads.ts";
 import { readNpz } from "../slide/npy.ts";
-import { encodeNpz, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
+import { encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { readSafetensors, type TensorEntry } from "../weights/mod.ts";
 import { loadModel, readCheckpoint } from "./checkpoint.ts";
 import { type EncoderName, loadEncoder } from "./embed.ts";
 import { Interrupted } from "./errors.ts";
 import { Progress } from "./progress.ts";
-import { fileStore } from "./train_loop.ts";
-import { truthNpz } from "./truth.ts";
+import { epochProgress, fileStore, writeRunPredictions } from "./train_loop.ts";
 
 /** Up to this size the whole weights file is hashed; above, its first and last `FINGERPRINT_PART` bytes. */
 const FINGERPRINT_WHOLE = 64 * 2 ** 20;
@@ -263,7 +262,7 @@ export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<voi
     `training ${r.head} heads on frozen ${record.name} features (${record.dim}) of ${train.names.length} spots, ` +
       `validating on ${val.names.length}; ${train.targetGenes.length} target / ${train.auxGenes.length} aux genes`,
   );
-  let bar: Progress | null = null;
+  const progress = epochProgress(r.quiet);
   let result;
   try {
     result = await trainHeads(engine, train, val, {
@@ -285,46 +284,25 @@ export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<voi
       resume,
       ridge,
       interrupt: r.interrupted,
-      onEpochStart: (p) => {
-        bar = new Progress(`epoch ${p.epoch + 1}/${p.epochs}`, p.steps, r.quiet, "batches");
-        if (p.step >= p.steps) {
-          bar.done();
-          bar = null;
-        }
-      },
-      onStep: (p) => {
-        bar?.tick(1, `loss ${p.loss.toFixed(4)}`);
-        if (p.step === p.steps) {
-          bar?.done();
-          bar = null;
-        }
-      },
+      onEpochStart: progress.onEpochStart,
+      onStep: progress.onStep,
       onMessage: (line) => r.say(line),
     });
   } catch (e) {
     if (!(e instanceof TrainingInterrupted)) throw e;
-    (bar as Progress | null)?.done();
+    progress.done();
     throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
   }
   const { model, history, best } = result;
   try {
-    const npz = { compress: r.compress };
-    const vp = await predictFeatureTable(model, val);
-    await writeAtomic(join(r.out, "val_predictions.npz"), predictionsNpz(val, vp, npz));
-    await writeAtomic(join(r.out, "val_truth.npz"), truthNpz(val, npz));
-    if (test) {
-      const tp = await predictFeatureTable(model, test);
-      const N = train.names.length, V = test.names.length;
-      const baseline = {
-        target: meanExpressionBaseline(train.target, N, train.targetGenes.length).predict(V),
-        aux: meanExpressionBaseline(train.aux, N, train.auxGenes.length).predict(V),
-      };
-      await writeFilesAtomic(r.out, [
-        ["test_predictions.npz", predictionsNpz(test, tp, npz)],
-        ["test_truth.npz", truthNpz(test, npz)],
-        ["test_baseline.npz", predictionsNpz(test, baseline, npz)],
-      ]);
-    }
+    await writeRunPredictions(r.out, {
+      train,
+      val,
+      valPredictions: await predictFeatureTable(model, val),
+      test,
+      testPredictions: test ? await predictFeatureTable(model, test) : undefined,
+      compress: r.compress,
+    });
   } finally {
     model.dispose();
   }
@@ -452,7 +430,7 @@ export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise
     `fine-tuning the last ${r.k} block(s) of ${enc.name} with HE2Gene's heads on ${r.train.names.length} spots, ` +
       `validating on ${r.val.names.length}; ${nT} target / ${nA} aux genes; ${enc.inputSize} px input`,
   );
-  let bar: Progress | null = null;
+  const progress = epochProgress(r.quiet);
   let result;
   try {
     result = await trainSpots(engine, r.train, r.val, {
@@ -467,51 +445,28 @@ export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise
       resume,
       ...input,
       interrupt: r.interrupted,
-      onEpochStart: (p) => {
-        bar = new Progress(`epoch ${p.epoch + 1}/${p.epochs}`, p.steps, r.quiet, "batches");
-        if (p.step >= p.steps) {
-          bar.done();
-          bar = null;
-        }
-      },
-      onStep: (p) => {
-        bar?.tick(1, `loss ${p.loss.toFixed(4)}`);
-        if (p.step === p.steps) {
-          bar?.done();
-          bar = null;
-        }
-      },
+      onEpochStart: progress.onEpochStart,
+      onStep: progress.onStep,
       onMessage: (line) => r.say(line),
     });
   } catch (e) {
     if (!(e instanceof TrainingInterrupted)) throw e;
-    (bar as Progress | null)?.done();
+    progress.done();
     throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
   } finally {
     enc.dispose();
   }
   const { model, history, best } = result;
   try {
-    const npz = { compress: r.compress };
     const opts = { batchSize: Math.min(r.batchSize, 64), ...input };
-    await writeAtomic(
-      join(r.out, "val_predictions.npz"),
-      predictionsNpz(r.val, await predictTable(model, r.val, opts), npz),
-    );
-    await writeAtomic(join(r.out, "val_truth.npz"), truthNpz(r.val, npz));
-    if (r.test) {
-      const tp = await predictTable(model, r.test, opts);
-      const N = r.train.names.length, V = r.test.names.length;
-      const baseline = {
-        target: meanExpressionBaseline(r.train.target, N, nT).predict(V),
-        aux: meanExpressionBaseline(r.train.aux, N, nA).predict(V),
-      };
-      await writeFilesAtomic(r.out, [
-        ["test_predictions.npz", predictionsNpz(r.test, tp, npz)],
-        ["test_truth.npz", truthNpz(r.test, npz)],
-        ["test_baseline.npz", predictionsNpz(r.test, baseline, npz)],
-      ]);
-    }
+    await writeRunPredictions(r.out, {
+      train: r.train,
+      val: r.val,
+      valPredictions: await predictTable(model, r.val, opts),
+      test: r.test,
+      testPredictions: r.test ? await predictTable(model, r.test, opts) : undefined,
+      compress: r.compress,
+    });
   } finally {
     model.dispose();
   }
@@ -522,23 +477,6 @@ export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise
       `val_truth.npz${r.test ? `, test_predictions.npz, test_truth.npz, test_baseline.npz` : ""}.\n` +
       `Predict: deno task he2gene predict-patches DIR --weights ${join(r.out, "best.safetensors")}`,
   );
-}
-
-/** Predictions of a spot table in the npz format `he2gene evaluate` reads. */
-function predictionsNpz(
-  t: SpotTable,
-  p: { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array },
-  npz: { compress?: boolean },
-): Uint8Array {
-  const V = t.names.length;
-  return encodeNpz({
-    target: { dtype: "f4", shape: [V, t.targetGenes.length], data: p.target },
-    aux: { dtype: "f4", shape: [V, t.auxGenes.length], data: p.aux },
-    ...(p.tumorProb ? { tumor_prob: { dtype: "f4" as const, shape: [V], data: p.tumorProb } } : {}),
-    names: { dtype: "U", shape: [V], data: t.names },
-    target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
-    aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
-  }, { compress: npz.compress });
 }
 
 /**

@@ -13,7 +13,9 @@ import type { Engine } from "../engine/engine.ts";
 import type { HE2Gene, HE2GeneConfig, HostTensor } from "../model/mod.ts";
 import type { TrainConfig } from "../model/train.ts";
 import { readSafetensors, toFloat32, writeSafetensors } from "../weights/mod.ts";
-import { writeAtomic } from "../slide/npz.ts";
+import { encodeNpz, writeAtomic, writeFilesAtomic } from "../slide/npz.ts";
+import { meanExpressionBaseline } from "../model/mod.ts";
+import { truthNpz } from "./truth.ts";
 import {
   type EpochLog,
   neighbours,
@@ -117,7 +119,7 @@ export async function trainModel(
       Deno.addSignalListener("SIGINT", onSigint);
     } catch { /* not supported here */ }
   }
-  let bar: Progress | null = null;
+  const progress = epochProgress(o.quiet ?? false);
   try {
     return await trainSpots(engine, train, val, {
       config: o.config,
@@ -136,26 +138,14 @@ export async function trainModel(
       mean: o.mean,
       std: o.std,
       interrupt: o.interrupt ?? (() => sigint),
-      onEpochStart: (p) => {
-        bar = new Progress(`epoch ${p.epoch + 1}/${p.epochs}`, p.steps, o.quiet, "batches");
-        if (p.step >= p.steps) { // resumed after its last step
-          bar.done();
-          bar = null;
-        }
-      },
-      onStep: (p) => {
-        bar?.tick(1, `loss ${p.loss.toFixed(4)}`);
-        if (p.step === p.steps) {
-          bar?.done();
-          bar = null;
-        }
-      },
+      onEpochStart: progress.onEpochStart,
+      onStep: progress.onStep,
       onMessage: (line) => !o.quiet && console.error(line),
       onEpoch: o.onEpoch,
     });
   } catch (e) {
     if (!(e instanceof TrainingInterrupted)) throw e;
-    (bar as Progress | null)?.done();
+    progress.done();
     throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
   } finally {
     if (!o.interrupt) {
@@ -164,4 +154,82 @@ export async function trainModel(
       } catch { /* ignore */ }
     }
   }
+}
+
+/**
+ * A progress bar per epoch for a training loop's `onEpochStart` / `onStep`; `done()` closes the open one
+ * (on an interrupt).
+ */
+export function epochProgress(quiet: boolean): {
+  onEpochStart: (p: { epoch: number; epochs: number; steps: number; step: number }) => void;
+  onStep: (p: { step: number; steps: number; loss: number }) => void;
+  done: () => void;
+} {
+  let bar: Progress | null = null;
+  const done = () => {
+    bar?.done();
+    bar = null;
+  };
+  return {
+    onEpochStart: (p) => {
+      bar = new Progress(`epoch ${p.epoch + 1}/${p.epochs}`, p.steps, quiet, "batches");
+      if (p.step >= p.steps) done(); // resumed after its last step
+    },
+    onStep: (p) => {
+      bar?.tick(1, `loss ${p.loss.toFixed(4)}`);
+      if (p.step === p.steps) done();
+    },
+    done,
+  };
+}
+
+/** Predictions of a spot table in the npz format `he2gene evaluate` reads. */
+export function predictionsNpz(
+  t: SpotTable,
+  p: { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array },
+  npz: { compress?: boolean },
+): Uint8Array {
+  const V = t.names.length;
+  return encodeNpz({
+    target: { dtype: "f4", shape: [V, t.targetGenes.length], data: p.target },
+    aux: { dtype: "f4", shape: [V, t.auxGenes.length], data: p.aux },
+    ...(p.tumorProb ? { tumor_prob: { dtype: "f4" as const, shape: [V], data: p.tumorProb } } : {}),
+    names: { dtype: "U", shape: [V], data: t.names },
+    target_genes: { dtype: "U", shape: [t.targetGenes.length], data: t.targetGenes },
+    aux_genes: { dtype: "U", shape: [t.auxGenes.length], data: t.auxGenes },
+  }, { compress: npz.compress });
+}
+
+type Predicted = { target: Float32Array; aux: Float32Array; tumorProb?: Float32Array };
+
+/**
+ * The best model's files for `he2gene evaluate`: its validation predictions and their truth; with held-out
+ * sections, their predictions, truth and the mean-expression baseline's predictions (each gene's mean over
+ * the training spots; no tumour score), written together.
+ */
+export async function writeRunPredictions(
+  out: string,
+  o: {
+    train: SpotTable;
+    val: SpotTable;
+    valPredictions: Predicted;
+    test?: SpotTable | null;
+    testPredictions?: Predicted;
+    compress?: boolean;
+  },
+): Promise<void> {
+  const npz = { compress: o.compress };
+  await writeAtomic(join(out, "val_predictions.npz"), predictionsNpz(o.val, o.valPredictions, npz));
+  await writeAtomic(join(out, "val_truth.npz"), truthNpz(o.val, npz));
+  if (!o.test || !o.testPredictions) return;
+  const N = o.train.names.length, V = o.test.names.length;
+  const baseline = {
+    target: meanExpressionBaseline(o.train.target, N, o.train.targetGenes.length).predict(V),
+    aux: meanExpressionBaseline(o.train.aux, N, o.train.auxGenes.length).predict(V),
+  };
+  await writeFilesAtomic(out, [
+    ["test_predictions.npz", predictionsNpz(o.test, o.testPredictions, npz)],
+    ["test_truth.npz", truthNpz(o.test, npz)],
+    ["test_baseline.npz", predictionsNpz(o.test, baseline, npz)],
+  ]);
 }
