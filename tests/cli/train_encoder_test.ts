@@ -389,7 +389,7 @@ const r1Args = (root: string, weights: string, out: string) => [
 
 Deno.test({
   name: "train --encoder --unfreeze-last: the last block fine-tunes with the heads; the checkpoint holds " +
-    "them over the original weights, predict-patches gives the run's validation predictions, and a resumed run equals it",
+    "them over the original weights, predict-patches and predict-slide give the run's validation predictions, and a resumed run equals it",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -465,6 +465,36 @@ Deno.test({
         for (let g = 0; g < G; g++) d = Math.max(d, Math.abs(got[i * G + g] - want[j * G + g]));
       });
       if (!(d <= 1e-5)) throw new Error(`predict-patches differs from val_predictions.npz by ${d}`);
+      // predict-slide at the section's spots: the same numbers as predict-patches on its patches.
+      const r6 = await runCli([
+        "predict-slide",
+        join(root, "data/ST-imgs/X/X2/X2.jpg"),
+        "--spots",
+        join(root, "data/ST-spotfiles/X2_selection.tsv"),
+        "--section",
+        "X2",
+        "--crop-size",
+        "24",
+        "--weights",
+        join(out, "best.safetensors"),
+        "--tta",
+        "single",
+        "--out",
+        join(dir, "slide"),
+        "--quiet",
+      ]);
+      assertEquals(r6.code, 0, r6.stderr);
+      const slide = await readNpz(join(dir, "slide", "predictions.npz"));
+      const sNames = slide.names.data as string[], sT = slide.target.data as Float32Array;
+      assertEquals([...sNames].sort(), [...names].sort());
+      sNames.forEach((n, i) => {
+        const j = names.indexOf(n);
+        assertEquals(
+          Array.from(sT.subarray(i * G, i * G + G)),
+          Array.from(got.subarray(j * G, j * G + G)),
+          n,
+        );
+      });
 
       // One epoch, then --resume to two: the same log and the same best model as the run in one go.
       const args = r1Args(root, weights, join(dir, "run2"));
