@@ -21,6 +21,7 @@ import { dirname, join } from "node:path";
 import { createEngine } from "../engine/engine.ts";
 import { type Encoder, ResNetEncoder, torchvisionResNet } from "../model/encoder.ts";
 import { ViTEncoder } from "../model/vit.ts";
+import type { HostTensor } from "../model/he2gene.ts";
 import {
   embedPatches,
   embedSlide,
@@ -79,9 +80,21 @@ export async function loadEncoder(
 ): Promise<Encoder> {
   if (encoder === "timm") return await loadTimm(engine, weights, config, warn, pool);
   const { tensors } = await readCheckpoint(weights);
-  return encoder === "resnet50"
-    ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, weights))
-    : ResNetEncoder.fromHE2Gene(engine, tensors, weights);
+  return buildEncoder(engine, encoder, tensors, undefined, weights);
+}
+
+/** An encoder of `kind` from its weights in memory (`config`: timm's, parsed; `file` names them in errors). */
+export function buildEncoder(
+  engine: Parameters<typeof ResNetEncoder.fromTorchvision>[0],
+  kind: EncoderName,
+  tensors: Map<string, HostTensor>,
+  config: unknown,
+  file: string,
+): Encoder {
+  if (kind === "timm") return ViTEncoder.fromTimm(engine, config, tensors, file);
+  return kind === "resnet50"
+    ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, file))
+    : ResNetEncoder.fromHE2Gene(engine, tensors, file);
 }
 
 /**

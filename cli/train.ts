@@ -832,41 +832,12 @@ async function train(
       for (const f of earlier) await Deno.remove(join(v.out, f));
       say(`--force: removed the previous run's ${earlier.join(", ")} from ${v.out}`);
     }
-    if (v.encoder && v["unfreeze-last"] !== undefined) {
-      await fineTuneOnEncoder(engine, {
-        kind: v.encoder,
-        weights: v.weights!,
-        config: v.config,
-        k: Number(v["unfreeze-last"]),
-        train,
-        val,
-        test,
-        cfg: o.train,
-        batchSize,
-        epochs: o.epochs,
-        patience: o.patience,
-        seed,
-        out: v.out,
-        resume: v.resume,
-        quiet: v.quiet,
-        compress: v.compress,
-        say,
-        interrupted,
-      });
-      return;
-    }
     if (v.encoder) {
-      await trainOnEncoder(engine, {
+      // What both ways of training on an encoder take.
+      const run = {
         kind: v.encoder,
         weights: v.weights!,
         config: v.config,
-        head: v.head ?? "linear",
-        hidden: v.hidden,
-        crop,
-        stain: stain === "none" ? "none" : `${stain}${v["stain-ref"] ? ` ${v["stain-ref"]}` : ""}`,
-        sections: ds.sections.map((s) => s.id).filter((s) =>
-          [...trainIds, ...valIds, ...testIds].includes(s)
-        ),
         train,
         val,
         test,
@@ -881,7 +852,21 @@ async function train(
         compress: v.compress,
         say,
         interrupted,
-      });
+      };
+      if (v["unfreeze-last"] !== undefined) {
+        await fineTuneOnEncoder(engine, { ...run, k: Number(v["unfreeze-last"]) });
+      } else {
+        await trainOnEncoder(engine, {
+          ...run,
+          head: v.head ?? "linear",
+          hidden: v.hidden,
+          crop,
+          stain: stain === "none" ? "none" : `${stain}${v["stain-ref"] ? ` ${v["stain-ref"]}` : ""}`,
+          sections: ds.sections.map((s) => s.id).filter((s) =>
+            [...trainIds, ...valIds, ...testIds].includes(s)
+          ),
+        });
+      }
       return;
     }
     say(

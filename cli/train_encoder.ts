@@ -20,8 +20,7 @@
 import { basename, dirname, join, resolve } from "node:path";
 import type { Engine } from "../engine/engine.ts";
 import type { Encoder, EncoderHeads, HeadKind, HostTensor } from "../model/mod.ts";
-import { FineTunedEncoder, ResNetEncoder, torchvisionResNet } from "../model/mod.ts";
-import { ViTEncoder } from "../model/vit.ts";
+import { FineTunedEncoder } from "../model/mod.ts";
 import type { TrainConfig } from "../model/train.ts";
 import {
   ENCODER_META_KEY,
@@ -50,7 +49,7 @@ import { readNpz } from "../slide/npy.ts";
 import { encodeNpz, writeAtomic } from "../slide/npz.ts";
 import { readSafetensors, type TensorEntry } from "../weights/mod.ts";
 import { loadModel, readCheckpoint } from "./checkpoint.ts";
-import { type EncoderName, loadEncoder } from "./embed.ts";
+import { buildEncoder, type EncoderName, loadEncoder } from "./embed.ts";
 import { Interrupted } from "./errors.ts";
 import { Progress } from "./progress.ts";
 import { epochProgress, fileStore, writeRunPredictions } from "./train_loop.ts";
@@ -324,20 +323,6 @@ export interface FineTuneRun extends Omit<EncoderRun, "head" | "hidden" | "crop"
 /** Metadata key of a fine-tuned encoder's checkpoint: the blocks trained (`--unfreeze-last`). */
 export const UNFREEZE_META_KEY = "he2gene.unfreeze_last";
 
-/** An encoder of `kind` from its weights in memory (`file` names them in errors). */
-function buildEncoder(
-  engine: Engine,
-  kind: EncoderName,
-  tensors: Map<string, HostTensor>,
-  config: unknown,
-  file: string,
-): Encoder {
-  if (kind === "timm") return ViTEncoder.fromTimm(engine, config, tensors, file);
-  return kind === "resnet50"
-    ? ResNetEncoder.fromTorchvision(engine, torchvisionResNet(tensors, file))
-    : ResNetEncoder.fromHE2Gene(engine, tensors, file);
-}
-
 /** Safetensors entries of a state dict (float32; batch-norm step counters as int64, as PyTorch keeps them). */
 function stateEntries(sd: Map<string, HostTensor>): Map<string, TensorEntry> {
   const out = new Map<string, TensorEntry>();
@@ -523,9 +508,9 @@ export async function loadPredictor(
         `${given}: ${fp.size} bytes, ${fp.sha256.slice(0, 16)}…)`,
     );
   }
+  const { tensors } = await readCheckpoint(given);
   if (ck.metadata[UNFREEZE_META_KEY] !== undefined) {
     // Fine-tuned blocks over the original weights; fed as in training (the whole patch, bilinear).
-    const { tensors } = await readCheckpoint(given);
     const m = FineTunedEncoder.fromStateDict(engine, ck.tensors, {
       weights: tensors,
       build: (w) => buildEncoder(engine, rec.kind, w, rec.config, given),
@@ -548,13 +533,7 @@ export async function loadPredictor(
     const genes = (k: string) => (ck.metadata[k] ? JSON.parse(ck.metadata[k]) as string[] : undefined);
     return { model, targetGenes: genes("target_genes"), auxGenes: genes("aux_genes"), format: ck.format };
   }
-  let enc: Encoder;
-  if (rec.kind === "timm") {
-    const { tensors } = await readCheckpoint(given);
-    enc = ViTEncoder.fromTimm(engine, rec.config, tensors, given);
-  } else {
-    enc = await loadEncoder(engine, rec.kind, given, undefined, o.warn);
-  }
+  const enc = buildEncoder(engine, rec.kind, tensors, rec.config, given);
   try {
     const h = headsFromTensors(engine, ck, enc, path);
     return {
