@@ -16,9 +16,21 @@
  * @module
  */
 import { wgsl as preprocess } from "wgsl-preprocessor";
+import type { Engine } from "../engine/engine.ts";
 
 /** Template tag: WGSL with `#if ${cond}` / `#elif ${cond}` / `#else` / `#endif` resolved at build time. */
 export const wgsl: (strings: TemplateStringsArray, ...values: unknown[]) => string = preprocess;
+
+/**
+ * Whether kernels on `e` stage tiles of thousands of floats in workgroup memory (the GPU-shaped choice) or
+ * read them from storage. Not on wgpu's OpenGL backend: it zero-initialises workgroup memory with one GLSL
+ * array constructor listing every element, and Mesa's GLSL compiler takes a time that grows with the square
+ * of that count — 2.8 s at 1 024 floats, 69 s at 4 096 for a single kernel on llvmpipe (Deno 2.9.6,
+ * Mesa 22.3). Kernels whose workgroup arrays stay at a few hundred floats (reductions) are unaffected.
+ */
+export function stagesTiles(e: Engine): boolean {
+  return e.adapterInfo.backend !== "gl";
+}
 
 /**
  * Entry point of a kernel that runs one invocation per element over a 2-D grid of workgroups (the x count

@@ -26,7 +26,7 @@
  */
 import { variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { NEG_MAX, wgsl } from "./_wgsl.ts";
+import { NEG_MAX, stagesTiles, wgsl } from "./_wgsl.ts";
 
 /** Query rows per workgroup (forward and dQ), key rows per workgroup (dK/dV). */
 const BR = 32;
@@ -60,12 +60,27 @@ function rowLayout(d: number) {
   };
 }
 
+/** A kernel's variant: head dimension d, tiles staged in workgroup memory or read from storage. */
+type AttentionVariant = { d: number; staged: boolean };
+
+/** Options of {@linkcode attentionForward} and {@linkcode attentionBackward}. */
+export interface AttentionOptions {
+  /**
+   * Stage the K/V (forward, dQ) and Q/dO (dK/dV) tiles in workgroup memory, or read them from storage;
+   * {@linkcode stagesTiles} for the adapter by default (`selftest` runs both).
+   */
+  staged?: boolean;
+}
+
 const ENTRY = `@compute @workgroup_size(${BR}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_index) t: u32)`;
 
 // q, k, v: (BH, N, D) → o: (BH, N, D), lse: (BH, N). Workgroup (x, y) = (query block, b·h).
-const forwardKernel = variants("attention_forward", (p: { d: number }) => {
+const forwardKernel = variants("attention_forward", (p: AttentionVariant) => {
   const { v4, w, t, load, step } = rowLayout(p.d);
+  // Key/value j of the current tile, component c: staged in workgroup memory or read where it is.
+  const tile = (x: string, j: string) =>
+    p.staged ? `${x}s[${j} * W + c]` : load(x, `base + (j0 + ${j}) * D + c * ${step}`);
   return {
     bindings: [
       { name: "q", access: "read" },
@@ -80,8 +95,10 @@ const forwardKernel = variants("attention_forward", (p: { d: number }) => {
 const D = ${p.d}u;
 const W = ${w}u;   // ${t}s per row
 const BC = ${BC}u;
+#if ${p.staged}
 var<workgroup> ks: array<${t}, ${BC * w}>;
 var<workgroup> vs: array<${t}, ${BC * w}>;
+#endif
 ${ENTRY} {
   let bh = wid.y;
   let row = wid.x * ${BR}u + t;
@@ -97,17 +114,19 @@ ${ENTRY} {
   var l = 0.0;
   for (var j0 = 0u; j0 < p.n; j0 += BC) {
     let cnt = min(BC, p.n - j0);
+#if ${p.staged}
     workgroupBarrier();
     for (var idx = t; idx < cnt * W; idx += ${BR}u) {
       ks[idx] = ${load("k", `base + j0 * D + idx * ${step}`)};
       vs[idx] = ${load("v", `base + j0 * D + idx * ${step}`)};
     }
     workgroupBarrier();
+#endif
     if (valid) {
       var mt = m;
       for (var j = 0u; j < cnt; j++) {
         var dv = ${t}(0.0);
-        for (var c = 0u; c < W; c++) { dv += qr[c] * ks[j * W + c]; }
+        for (var c = 0u; c < W; c++) { dv += qr[c] * ${tile("k", "j")}; }
 #if ${v4}
         let dot = dv.x + dv.y + dv.z + dv.w;
 #else
@@ -122,7 +141,7 @@ ${ENTRY} {
       for (var j = 0u; j < cnt; j++) {
         let pj = exp(s[j] - mt);
         l += pj;
-        for (var c = 0u; c < W; c++) { acc[c] += pj * vs[j * W + c]; }
+        for (var c = 0u; c < W; c++) { acc[c] += pj * ${tile("v", "j")}; }
       }
       m = mt;
     }
@@ -149,8 +168,10 @@ ${ENTRY} {
 
 // q, k, v, o, dout: (BH, N, D), lse: (BH, N) → dq: (BH, N, D), dd: (BH, N) = Σ dO·O per row.
 // Workgroup (x, y) = (query block, b·h).
-const backwardQKernel = variants("attention_backward_q", (p: { d: number }) => {
+const backwardQKernel = variants("attention_backward_q", (p: AttentionVariant) => {
   const r = rowLayout(p.d);
+  const tile = (x: string, j: string) =>
+    p.staged ? `${x}s[${j} * W + c]` : r.load(x, `base + (j0 + ${j}) * D + c * ${r.step}`);
   return {
     bindings: [
       { name: "q", access: "read" },
@@ -168,8 +189,10 @@ const backwardQKernel = variants("attention_backward_q", (p: { d: number }) => {
 const D = ${p.d}u;
 const W = ${r.w}u;
 const BC = ${BC}u;
+#if ${p.staged}
 var<workgroup> ks: array<${r.t}, ${BC * r.w}>;
 var<workgroup> vs: array<${r.t}, ${BC * r.w}>;
+#endif
 ${ENTRY} {
   let bh = wid.y;
   let row = wid.x * ${BR}u + t;
@@ -192,22 +215,24 @@ ${ENTRY} {
   let di = ${r.sum("dsum")};
   for (var j0 = 0u; j0 < p.n; j0 += BC) {
     let cnt = min(BC, p.n - j0);
+#if ${p.staged}
     workgroupBarrier();
     for (var idx = t; idx < cnt * W; idx += ${BR}u) {
       ks[idx] = ${r.load("k", `base + j0 * D + idx * ${r.step}`)};
       vs[idx] = ${r.load("v", `base + j0 * D + idx * ${r.step}`)};
     }
     workgroupBarrier();
+#endif
     if (valid) {
       for (var j = 0u; j < cnt; j++) {
         var sv = ${r.t}(0.0);
         var pv = ${r.t}(0.0);
         for (var c = 0u; c < W; c++) {
-          sv += qr[c] * ks[j * W + c];
-          pv += dor[c] * vs[j * W + c];
+          sv += qr[c] * ${tile("k", "j")};
+          pv += dor[c] * ${tile("v", "j")};
         }
         let ds = exp(${r.sum("sv")} - li) * (${r.sum("pv")} - di);
-        for (var c = 0u; c < W; c++) { acc[c] += ds * ks[j * W + c]; }
+        for (var c = 0u; c < W; c++) { acc[c] += ds * ${tile("k", "j")}; }
       }
     }
   }
@@ -223,8 +248,15 @@ ${ENTRY} {
 });
 
 // q, k, v, dout: (BH, N, D), lse, dd: (BH, N) → dk, dv: (BH, N, D). Workgroup (x, y) = (key block, b·h).
-const backwardKVKernel = variants("attention_backward_kv", (p: { d: number }) => {
+const backwardKVKernel = variants("attention_backward_kv", (p: AttentionVariant) => {
   const r = rowLayout(p.d);
+  // Query row i of the current tile (component c) and its saved statistics, staged or read where they are.
+  const tile = (x: "q" | "do", i: string) =>
+    p.staged
+      ? `${x}s[${i} * W + c]`
+      : r.load(x === "do" ? "dout" : x, `base + (i0 + ${i}) * D + c * ${r.step}`);
+  const stat = (x: "ls" | "ds_", i: string) =>
+    p.staged ? `${x}[${i}]` : `${x === "ls" ? "lse" : "dd"}[bh * p.n + i0 + ${i}]`;
   return {
     bindings: [
       { name: "q", access: "read" },
@@ -242,10 +274,12 @@ const backwardKVKernel = variants("attention_backward_kv", (p: { d: number }) =>
 const D = ${p.d}u;
 const W = ${r.w}u;
 const TQ = ${TQ}u;
+#if ${p.staged}
 var<workgroup> qs: array<${r.t}, ${TQ * r.w}>;
 var<workgroup> dos: array<${r.t}, ${TQ * r.w}>;
 var<workgroup> ls: array<f32, ${TQ}>;
 var<workgroup> ds_: array<f32, ${TQ}>;
+#endif
 ${ENTRY} {
   let bh = wid.y;
   let col = wid.x * ${BR}u + t;
@@ -264,6 +298,7 @@ ${ENTRY} {
   }
   for (var i0 = 0u; i0 < p.n; i0 += TQ) {
     let cnt = min(TQ, p.n - i0);
+#if ${p.staged}
     workgroupBarrier();
     for (var idx = t; idx < cnt * W; idx += ${BR}u) {
       qs[idx] = ${r.load("q", `base + i0 * D + idx * ${r.step}`)};
@@ -274,19 +309,20 @@ ${ENTRY} {
       ds_[t] = dd[bh * p.n + i0 + t];
     }
     workgroupBarrier();
+#endif
     if (valid) {
       for (var i = 0u; i < cnt; i++) {
         var sv = ${r.t}(0.0);
         var pv = ${r.t}(0.0);
         for (var c = 0u; c < W; c++) {
-          sv += qs[i * W + c] * kr[c];
-          pv += dos[i * W + c] * vr[c];
+          sv += ${tile("q", "i")} * kr[c];
+          pv += ${tile("do", "i")} * vr[c];
         }
-        let pij = exp(${r.sum("sv")} - ls[i]);
-        let ds = pij * (${r.sum("pv")} - ds_[i]);
+        let pij = exp(${r.sum("sv")} - ${stat("ls", "i")});
+        let ds = pij * (${r.sum("pv")} - ${stat("ds_", "i")});
         for (var c = 0u; c < W; c++) {
-          dva[c] += pij * dos[i * W + c];
-          dka[c] += ds * qs[i * W + c];
+          dva[c] += pij * ${tile("do", "i")};
+          dka[c] += ds * ${tile("q", "i")};
         }
       }
     }
@@ -341,13 +377,20 @@ export interface AttentionForward {
  * const { out, lse } = attentionForward(q, k, v, 1 / Math.sqrt(64)); // q, k, v: [B, H, N, 64]
  * ```
  */
-export function attentionForward(q: Tensor, k: Tensor, v: Tensor, scale: number): AttentionForward {
+export function attentionForward(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  scale: number,
+  o: AttentionOptions = {},
+): AttentionForward {
   const [b, h, n, d] = checkQKV("attention", q, k, v);
   const e = q.engine;
+  const staged = o.staged ?? stagesTiles(e);
   const out = e.empty(q.shape, "attention");
   const lse = e.empty([b, h, n], "attention lse");
   if (b * h * n > 0) {
-    e.run(forwardKernel({ d }), {
+    e.run(forwardKernel({ d, staged }), {
       bindings: [q, k, v, out, lse],
       uniforms: { n, scale },
       workgroups: [Math.ceil(n / BR), b * h],
@@ -377,6 +420,7 @@ export function attentionBackward(
   dout: Tensor,
   saved: { q: Tensor; k: Tensor; v: Tensor; out: Tensor; lse: Tensor },
   scale: number,
+  o: AttentionOptions = {},
 ): AttentionGrads {
   const op = "attention backward";
   const { q, k, v, out, lse } = saved;
@@ -392,14 +436,15 @@ export function attentionBackward(
   const dv = e.empty(q.shape, "attention dv");
   if (b * h * n === 0) return { dq, dk, dv };
   const dd = e.empty([b, h, n], "attention D");
+  const staged = o.staged ?? stagesTiles(e);
   const workgroups = [Math.ceil(n / BR), b * h] as const;
-  e.run(backwardQKernel({ d }), {
+  e.run(backwardQKernel({ d, staged }), {
     bindings: [q, k, v, out, dout, lse, dq, dd],
     uniforms: { n, scale },
     workgroups,
     info: `[${q.shape}]`,
   });
-  e.run(backwardKVKernel({ d }), {
+  e.run(backwardKVKernel({ d, staged }), {
     bindings: [q, k, v, dout, lse, dd, dk, dv],
     uniforms: { n, scale },
     workgroups,

@@ -27,7 +27,15 @@ import { type Engine, grid } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { bindElements, type RowRun, rowRuns } from "./_ranges.ts";
-import { kahanAdd, LINEAR_ID, linearEntry, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
+import {
+  kahanAdd,
+  LINEAR_ID,
+  linearEntry,
+  stagesTiles,
+  wgsl,
+  WORKGROUP_ID,
+  workgroupEntry,
+} from "./_wgsl.ts";
 
 /** Columns per panel of the blocked Cholesky and solves (NB² floats: 16 KiB of workgroup memory). */
 export const NB = 64;
@@ -366,78 +374,102 @@ export function diagonal(g: Tensor): Tensor {
 
 // ---------------------------------------------------------------- Cholesky
 
-// One workgroup factors the nb × nb diagonal block at (k0, k0) in workgroup memory (right-looking, column
-// by column; invocation t owns row t) and writes L₁₁ back into the lower triangle. A pivot that is not
-// positive is recorded once as status[si] = its column + 1.
-const potrfKernel = single("linalg_potrf", () => ({
-  bindings: [
-    { name: "A", access: "read_write" },
-    { name: "status", access: "read_write" },
-    { name: "tab", access: "read", type: "u32" },
-  ] as const,
-  uniforms: { n: "u32", slot: "u32", si: "u32" } as const,
-  workgroupSize: [NB],
-  body: `
-var<workgroup> a: array<f32, ${NB * NB}>; // [NB][NB]
+/** A diagonal-block kernel's variant: the block staged in workgroup memory or used in place. */
+export interface BlockVariant extends Record<string, boolean> {
+  staged: boolean;
+}
+
+// The diagonal block's element (r, c): staged in workgroup array `w`, else in storage buffer `buf` at
+// (o + r, o + c) of an n-column matrix.
+const blockAt = (staged: boolean, w: string, buf: string, o: string) => (r: string, c: string) =>
+  staged ? `${w}[${r}][${c}]` : `${buf}[(${o} + ${r}) * n + ${o} + ${c}]`;
+
+// One workgroup factors the nb × nb diagonal block at (k0, k0) (right-looking, column by column;
+// invocation t owns row t) — in workgroup memory, writing L₁₁ back into the lower triangle, or in place —
+// A pivot that is not positive is recorded once as status[si] = its column + 1.
+const potrfKernel = variants("linalg_potrf", (c: BlockVariant) => {
+  const a = blockAt(c.staged, "a", "A", "k0");
+  const barrier = c.staged ? "workgroupBarrier();" : "storageBarrier();";
+  return {
+    bindings: [
+      { name: "A", access: "read_write" },
+      { name: "status", access: "read_write" },
+      { name: "tab", access: "read", type: "u32" },
+    ] as const,
+    uniforms: { n: "u32", slot: "u32", si: "u32" } as const,
+    workgroupSize: [NB],
+    body: wgsl`
+#if ${c.staged}
+var<workgroup> a: array<array<f32, ${NB}>, ${NB}>;
+#endif
 @compute @workgroup_size(${NB}) fn main(@builtin(local_invocation_index) t: u32) {
   ${SLOT_ARGS}
   let n = p.n; let k0 = aCol; let nb = kk;
+#if ${c.staged}
   for (var e = t; e < nb * nb; e += ${NB}u) {
     let r = e / nb; let c = e % nb;
-    a[r * ${NB}u + c] = A[(k0 + r) * n + k0 + c];
+    a[r][c] = A[(k0 + r) * n + k0 + c];
   }
   workgroupBarrier();
+#endif
   for (var j = 0u; j < nb; j++) {
-    let d = a[j * ${NB}u + j];
+    let d = ${a("j", "j")};
     let s = sqrt(d);
     if (t == 0u && !(d > 0.0) && status[p.si] == 0.0) { status[p.si] = f32(k0 + j + 1u); }
-    workgroupBarrier();
-    if (t > j && t < nb) { a[t * ${NB}u + j] = a[t * ${NB}u + j] / s; }
-    workgroupBarrier();
+    ${barrier}
+    if (t > j && t < nb) { ${a("t", "j")} = ${a("t", "j")} / s; }
+    ${barrier}
     if (t > j && t < nb) {
-      let lt = a[t * ${NB}u + j];
-      for (var k = j + 1u; k <= t; k++) { a[t * ${NB}u + k] -= lt * a[k * ${NB}u + j]; }
+      let lt = ${a("t", "j")};
+      for (var k = j + 1u; k <= t; k++) { ${a("t", "k")} -= lt * ${a("k", "j")}; }
     }
-    if (t == j) { a[j * ${NB}u + j] = s; }
-    workgroupBarrier();
+    if (t == j) { ${a("j", "j")} = s; }
+    ${barrier}
   }
+#if ${c.staged}
   for (var e = t; e < nb * nb; e += ${NB}u) {
     let r = e / nb; let c = e % nb;
-    if (c <= r) { A[(k0 + r) * n + k0 + c] = a[r * ${NB}u + c]; }
+    if (c <= r) { A[(k0 + r) * n + k0 + c] = a[r][c]; }
   }
+#endif
 }`,
-}));
+  };
+});
 
 // Rows i ≥ k0 + nb of the panel: L₂₁[i, :] = A₂₁[i, :]·L₁₁⁻ᵀ (forward substitution, one invocation per row,
-// L₁₁ staged in workgroup memory).
-const trsmKernel = single("linalg_trsm", () => ({
-  bindings: [{ name: "A", access: "read_write" }, { name: "tab", access: "read", type: "u32" }] as const,
-  uniforms: { n: "u32", slot: "u32" } as const,
-  workgroupSize: [NB],
-  body: `
-var<workgroup> l: array<f32, ${NB * NB}>; // L11 [NB][NB], lower
+// L₁₁ staged in workgroup memory or read in place).
+const trsmKernel = variants("linalg_trsm", (c: BlockVariant) => {
+  const l = blockAt(c.staged, "l", "A", "k0");
+  return {
+    bindings: [{ name: "A", access: "read_write" }, { name: "tab", access: "read", type: "u32" }] as const,
+    uniforms: { n: "u32", slot: "u32" } as const,
+    workgroupSize: [NB],
+    body: wgsl`
+#if ${c.staged}
+var<workgroup> l: array<array<f32, ${NB}>, ${NB}>; // L11 [NB][NB], lower
+#endif
 ${workgroupEntry(NB)} {
   ${WORKGROUP_ID}
   ${SLOT_ARGS}
   let n = p.n; let k0 = aCol; let nb = kk;
+#if ${c.staged}
   for (var e = t; e < nb * nb; e += ${NB}u) {
     let r = e / nb; let c = e % nb;
-    if (c <= r) { l[r * ${NB}u + c] = A[(k0 + r) * n + k0 + c]; }
+    if (c <= r) { l[r][c] = A[(k0 + r) * n + k0 + c]; }
   }
   workgroupBarrier();
+#endif
   let row = k0 + nb + w * ${NB}u + t;
   if (row >= n) { return; }
   let base = row * n + k0;
-  var x: array<f32, ${NB}>;
-  for (var q = 0u; q < nb; q++) { x[q] = A[base + q]; }
   for (var i = 0u; i < nb; i++) {
-    var s = x[i];
-    for (var q = 0u; q < i; q++) { s -= x[q] * l[i * ${NB}u + q]; }
-    x[i] = s / l[i * ${NB}u + i];
+    var s = A[base + i];
+    for (var q = 0u; q < i; q++) { s -= A[base + q] * ${l("i", "q")}; }
+    A[base + i] = s / ${l("i", "i")};
   }
-  for (var q = 0u; q < nb; q++) { A[base + q] = x[q]; }
 }`,
-}));
+  };
+});
 
 interface UpdateParams extends Record<string, number | boolean> {
   t: number;
@@ -571,6 +603,8 @@ export interface CholeskyOptions {
    */
   status?: Tensor;
   statusIndex?: number;
+  /** The diagonal-block variant; {@linkcode stagesTiles} for the adapter by default (`selftest` runs both). */
+  staged?: boolean;
 }
 
 /**
@@ -598,17 +632,18 @@ export function choleskyInPlace(a: Tensor, o: CholeskyOptions = {}): void {
   const status = o.status ?? e.zeros([1]);
   const slots = cholSlots(n)();
   const tab = slotTable(e, `cholesky ${n}`, () => slots);
+  const block = { staged: o.staged ?? stagesTiles(e) };
   try {
     slots.forEach((slot, i) => {
       const [k1, , , , k0, , nb] = slot;
-      e.run(potrfKernel(), {
+      e.run(potrfKernel(block), {
         bindings: [a, status, tab],
         uniforms: { n, slot: i, si: o.status ? si : 0 },
         workgroups: [1],
         info: `[${n},${n}] panel ${k0}+${nb}`,
       });
       if (k1 === n) return;
-      e.run(trsmKernel(), {
+      e.run(trsmKernel(block), {
         bindings: [a, tab],
         uniforms: { n, slot: i },
         workgroups: grid(n - k1, NB),
@@ -654,48 +689,58 @@ export async function cholesky(a: Tensor, o: { shift?: number } = {}): Promise<T
 }
 
 // Each invocation one right-hand side (a row of Z): z[i0 : i0+nb] ← solve with the diagonal block of the
-// factor, forward (L z = b) or backward (Lᵀ x = z); the block staged in workgroup memory.
-const trsvKernel = variants("linalg_trsv", (c: { back: boolean }) => ({
-  bindings: [
-    { name: "S", access: "read" },
-    { name: "Z", access: "read_write" },
-    { name: "tab", access: "read", type: "u32" },
-  ] as const,
-  uniforms: { n: "u32", slot: "u32" } as const,
-  workgroupSize: [NB],
-  body: wgsl`
-var<workgroup> l: array<f32, ${NB * NB}>; // the diagonal block of L [NB][NB], lower
+// factor, forward (L z = b) or backward (Lᵀ x = z); the block staged in workgroup memory or read in place.
+const trsvKernel = variants("linalg_trsv", (c: BlockVariant & { back: boolean }) => {
+  const l = blockAt(c.staged, "l", "S", "i0");
+  return {
+    bindings: [
+      { name: "S", access: "read" },
+      { name: "Z", access: "read_write" },
+      { name: "tab", access: "read", type: "u32" },
+    ] as const,
+    uniforms: { n: "u32", slot: "u32" } as const,
+    workgroupSize: [NB],
+    body: wgsl`
+#if ${c.staged}
+var<workgroup> l: array<array<f32, ${NB}>, ${NB}>; // the diagonal block of L [NB][NB], lower
+#endif
 ${workgroupEntry(NB)} {
   ${WORKGROUP_ID}
   ${SLOT_ARGS}
   let n = p.n; let i0 = aCol; let nb = kk;
+#if ${c.staged}
   for (var e = t; e < nb * nb; e += ${NB}u) {
     let r = e / nb; let c = e % nb;
-    if (c <= r) { l[r * ${NB}u + c] = S[(i0 + r) * n + i0 + c]; }
+    if (c <= r) { l[r][c] = S[(i0 + r) * n + i0 + c]; }
   }
   workgroupBarrier();
+#endif
   let row = w * ${NB}u + t;
   if (row >= r1) { return; }
   let base = row * n + i0;
-  var z: array<f32, ${NB}>;
-  for (var q = 0u; q < nb; q++) { z[q] = Z[base + q]; }
 #if ${c.back}
   for (var k = 0u; k < nb; k++) {
     let i = nb - 1u - k;
-    var s = z[i];
-    for (var q = i + 1u; q < nb; q++) { s -= l[q * ${NB}u + i] * z[q]; }
-    z[i] = s / l[i * ${NB}u + i];
+    var s = Z[base + i];
+    for (var q = i + 1u; q < nb; q++) { s -= ${l("q", "i")} * Z[base + q]; }
+    Z[base + i] = s / ${l("i", "i")};
   }
 #else
   for (var i = 0u; i < nb; i++) {
-    var s = z[i];
-    for (var q = 0u; q < i; q++) { s -= l[i * ${NB}u + q] * z[q]; }
-    z[i] = s / l[i * ${NB}u + i];
+    var s = Z[base + i];
+    for (var q = 0u; q < i; q++) { s -= ${l("i", "q")} * Z[base + q]; }
+    Z[base + i] = s / ${l("i", "i")};
   }
 #endif
-  for (var q = 0u; q < nb; q++) { Z[base + q] = z[q]; }
 }`,
-}));
+  };
+});
+
+/** Options of the triangular solves. */
+export interface SolveOptions {
+  /** The diagonal-block variant; {@linkcode stagesTiles} for the adapter by default (`selftest` runs both). */
+  staged?: boolean;
+}
 
 function checkSolve(op: string, f: Tensor, z: Tensor): [number, number] {
   const [n, n2] = checkMatrix(op, f, "the factor");
@@ -720,22 +765,22 @@ function checkSolve(op: string, f: Tensor, z: Tensor): [number, number] {
  * solveLowerInPlace(factor, rhs); // rhs: (R, D), one right-hand side per row
  * ```
  */
-export function solveLowerInPlace(f: Tensor, z: Tensor): void {
+export function solveLowerInPlace(f: Tensor, z: Tensor, o: SolveOptions = {}): void {
   const [rows, n] = checkSolve("solve L·z = b", f, z);
   if (rows === 0) return;
-  solveBlocks(f, z, rows, n, false);
+  solveBlocks(f, z, rows, n, false, o.staged ?? stagesTiles(f.engine));
 }
 
 // The blocked substitution: per 64-column block (last first when `back`), the diagonal block's solve for
 // every right-hand side, then the rank-64 update of the columns still to solve.
-function solveBlocks(f: Tensor, z: Tensor, rows: number, n: number, back: boolean): void {
+function solveBlocks(f: Tensor, z: Tensor, rows: number, n: number, back: boolean, staged: boolean): void {
   const e = f.engine;
   const slots = solveSlots(n, rows, back)();
   const tab = slotTable(e, `${back ? "back" : "forward"} ${n} ${rows}`, () => slots);
   const order = slots.map((_, i) => (back ? slots.length - 1 - i : i));
   for (const i of order) {
     const slot = slots[i], i0 = slot[4], nb = slot[6];
-    e.run(trsvKernel({ back }), {
+    e.run(trsvKernel({ back, staged }), {
       bindings: [f, z, tab],
       uniforms: { n, slot: i },
       workgroups: grid(rows, NB),
@@ -754,10 +799,10 @@ function solveBlocks(f: Tensor, z: Tensor, rows: number, n: number, back: boolea
  * solveUpperInPlace(factor, rhs);
  * ```
  */
-export function solveUpperInPlace(f: Tensor, z: Tensor): void {
+export function solveUpperInPlace(f: Tensor, z: Tensor, o: SolveOptions = {}): void {
   const [rows, n] = checkSolve("solve Lᵀ·x = z", f, z);
   if (rows === 0) return;
-  solveBlocks(f, z, rows, n, true);
+  solveBlocks(f, z, rows, n, true, o.staged ?? stagesTiles(f.engine));
 }
 
 /**

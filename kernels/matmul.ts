@@ -26,7 +26,7 @@
 import type { Engine, TensorRange } from "../engine/engine.ts";
 import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { wgsl } from "./_wgsl.ts";
+import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import { chosenVariant } from "./tuning.ts";
 
@@ -467,7 +467,7 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
  * table. Software adapters (llvmpipe): register-blocked; 32×32 blocks for big products (first compile
  * ~15 s on llvmpipe, cached by Mesa afterwards), 16×16 and 8×8 for smaller ones, which compile in ~1 s;
  * lanes along the dimension that pads less; 1, 2 or 4 × 32 blocks with lanes along N for ≤ 4 rows.
- * Hardware adapters: 64×64 workgroup tiles. A variant that is
+ * Hardware adapters: 64×64 workgroup tiles (register blocks as on llvmpipe behind OpenGL). A variant that is
  * unknown or cannot run throws a `RangeError` naming it.
  *
  * @example
@@ -478,7 +478,9 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
 export function chooseMatmulKernel(engine: Engine, m: number, n: number, k: number): MatmulConfig {
   const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
   if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
-  if (!engine.adapterInfo.software) return TILED;
+  // Hardware adapters: workgroup tiles, but not behind OpenGL, where each tiled kernel takes ~15 s to
+  // compile (kernels/_wgsl.ts stagesTiles); `he2gene tune` may still pick them there.
+  if (!engine.adapterInfo.software && stagesTiles(engine)) return TILED;
   // A few rows (a head at batch ≤ 4): a skinny block, lanes along N (twice as fast as 16×16 on llvmpipe
   // for 2 × 2048 · 2048 × 19 699 and its input gradient).
   const skinny = SKINNY_M.find((t) => t >= m);

@@ -81,6 +81,7 @@ import {
   solveUpperInPlace,
   triangularSolveCpu,
 } from "../kernels/linalg.ts";
+import { stagesTiles } from "../kernels/_wgsl.ts";
 import {
   compareClose,
   type Comparison,
@@ -162,6 +163,14 @@ export interface SelftestOptions {
 // ------------------------------------------------------------------------------------------ plumbing
 
 /** Seeded uniform values in [lo, hi) (mulberry32, as the tests' `rand`). */
+/**
+ * The tile variants (staged in workgroup memory, read from storage) of the kernels that have both: the
+ * staged ones only where the backend compiles them in reasonable time (see `stagesTiles`).
+ */
+function stagedVariants(e: Engine): boolean[] {
+  return stagesTiles(e) ? [true, false] : [false];
+}
+
 function rnd(n: number, seed: number, lo = -1, hi = 1): Float32Array {
   const u = mulberry32(seed);
   const out = new Float32Array(n);
@@ -630,10 +639,10 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
   ];
   // Every variant, forced: register blocks 8/16/32 with both lane mappings, and the tiled kernel where the
   // adapter's limits allow its 16×16 workgroup and 8 KiB of workgroup memory (matmulCandidates).
-  // On llvmpipe behind OpenGL the tiled kernel takes ~100 s to compile the first time (0.6 s through
-  // Vulkan); software adapters never choose it, so --quick leaves it out there, and the 32×32 blocks
-  // (~15 s each to compile).
-  const slowTiled = e.adapterInfo.software && /^gl/.test(e.adapterInfo.backend);
+  // Behind OpenGL the tiled kernels take ~15 s each to compile the first time (0.6 s through Vulkan; see
+  // stagesTiles) and are not the default, so --quick leaves them out there; the 32×32 blocks (~15 s each to
+  // compile) everywhere.
+  const slowTiled = !stagesTiles(e);
   const vec: MmCase = { m: 300, k: 36, n: 260 }; // vec4 A and B, partial blocks
   const scalar: MmCase = { m: 129, k: 33, n: 77 }; // scalar A and B
   const epilogue: MmCase = {
@@ -656,9 +665,13 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
   // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns) are candidates for products of ≤ 4 rows.
+  // Each compiles one kernel per layout (~5 s at 4 × 64 on llvmpipe): --quick checks the layout of the
+  // heads (Bᵀ, bias, vec4 operands, a partial column block) only.
   for (const m of [1, 2, 3]) {
     for (const id of matmulCandidates(e, m, vec.n, vec.k).filter((id) => /^reg\/[124]x/.test(id))) {
-      const list = [{ ...vec, m }, { ...scalar, m }, { ...epilogue, m }];
+      const list = quick
+        ? [{ ...vec, m, tB: true, bias: true }]
+        : [{ ...vec, m }, { ...scalar, m }, { ...epilogue, m }];
       cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
     }
   }
@@ -1367,14 +1380,17 @@ function optimCases(): Case[] {
 
 /**
  * Layer norm, GELU (exact erf), SiLU, softmax and fused attention, forward and backward, on small ragged
- * shapes (the same in --quick: each check takes well under a second on llvmpipe).
+ * shapes (the same in --quick but for attention, whose every head dimension is a kernel of its own to
+ * compile: there only d = 64 and a scalar-row d).
  */
-function transformerCases(): Case[] {
+function transformerCases(e: Engine, quick: boolean): Case[] {
   const T = TOL.transformer;
   const lnShapes = [[1, 1], [3, 7], [2, 13, 100]];
   const rowShapes = [[1, 1], [3, 5], [2, 3, 37]];
-  // N not a multiple of the 32-row tiles; d = 64 (ViT) and 48.
-  const attShapes = [[1, 1, 1, 8], [2, 3, 37, 64], [1, 2, 45, 48]];
+  // N not a multiple of the 32-row tiles; d = 64 (ViT), 48 and 8 (vec4 rows), 6 (scalar rows).
+  const attShapes = quick
+    ? [[2, 3, 37, 64], [1, 2, 45, 6]]
+    : [[1, 1, 1, 8], [2, 3, 37, 64], [1, 2, 45, 48], [1, 2, 45, 6]];
   const cases: Case[] = [];
   const lnText = lnShapes.map(fmt).join(", "), rowText = rowShapes.map(fmt).join(", ");
   const attText = attShapes.map(fmt).join(", ");
@@ -1452,24 +1468,29 @@ function transformerCases(): Case[] {
       },
     });
   }
-  for (const backward of [false, true]) {
+  // Tiles staged in workgroup memory (not on OpenGL: see stagesTiles) and read from storage.
+  for (const [backward, staged] of [false, true].flatMap((b) => stagedVariants(e).map((s) => [b, s]))) {
     cases.push({
       family: "transformer",
       op: backward ? "attention_backward" : "attention",
-      variant: backward ? "dq, dk, dv from the saved logsumexp" : "fused, online softmax",
+      variant: `${backward ? "dq, dk, dv from the saved logsumexp" : "fused, online softmax"}, ${
+        staged ? "staged" : "storage"
+      } tiles`,
       shape: attText,
       run: (e, c) => {
         for (const shape of attShapes) {
           const size = prod(shape), scale = 1 / Math.sqrt(shape[3]);
           const q = rnd(size, 101, -2, 2), k = rnd(size, 102, -2, 2), v = rnd(size, 103);
           const [tq, tk, tv] = [q, k, v].map((x) => e.tensor(x, shape));
-          const f = attentionForward(tq, tk, tv, scale);
+          const f = attentionForward(tq, tk, tv, scale, { staged });
           if (!backward) {
             c.close(fmt(shape), c.read(f.out), attentionCpu(q, k, v, shape, scale), T.attention);
             continue;
           }
           const dout = rnd(size, 104);
-          const g = attentionBackward(e.tensor(dout, shape), { q: tq, k: tk, v: tv, ...f }, scale);
+          const g = attentionBackward(e.tensor(dout, shape), { q: tq, k: tk, v: tv, ...f }, scale, {
+            staged,
+          });
           const want = attentionBackwardCpu(dout, q, k, v, shape, scale);
           c.close(`dq ${fmt(shape)}`, c.read(g.dq), want.dq, T.attentionGrad);
           c.close(`dk ${fmt(shape)}`, c.read(g.dk), want.dk, T.attentionGrad);
@@ -1501,16 +1522,22 @@ function spdMatrix(n: number, seed: number): Float32Array {
 /**
  * The Cholesky factorisation and the triangular solves of closed-form ridge regression, and the centred
  * cross product that builds its Gram matrix, on ragged orders (1, 7, 65, 130: partial 64-column panels,
- * scalar and vec4 paths); the same in --quick (well under a second each on llvmpipe once compiled).
+ * scalar and vec4 paths), each diagonal-block variant the adapter runs; the same in --quick (well under a
+ * second each on llvmpipe once compiled).
  */
-function linalgCases(): Case[] {
+function linalgCases(e: Engine): Case[] {
   const sizes = [1, 7, 65, 130];
   const shape = sizes.map((n) => `[${n},${n}]`).join(", ");
+  // The diagonal blocks staged in workgroup memory (not on OpenGL: see stagesTiles) and in place.
+  const blockVariants = stagedVariants(e).map((staged) => ({
+    staged,
+    name: staged ? "workgroup-staged blocks" : "in-place blocks",
+  }));
   return [
-    {
+    ...blockVariants.map(({ staged, name }): Case => ({
       family: "linalg",
       op: "cholesky",
-      variant: "blocked, 64-column panels",
+      variant: `64-column panels, ${name}`,
       shape,
       run: (e, c) => {
         for (const n of sizes) {
@@ -1525,15 +1552,15 @@ function linalgCases(): Case[] {
             }
           }
           const t = e.tensor(a, [n, n]);
-          choleskyInPlace(t);
+          choleskyInPlace(t, { staged });
           c.close(`[${n},${n}]`, c.read(t), want, TOL.linalg.cholesky, scale, "√A_ii");
         }
       },
-    },
-    {
+    })),
+    ...blockVariants.map(({ staged, name }): Case => ({
       family: "linalg",
       op: "triangular_solve",
-      variant: "forward and back substitution, 64-column blocks",
+      variant: `forward and back, ${name}`,
       shape: `${shape} × 37 right-hand sides`,
       run: (e, c) => {
         const rows = 37;
@@ -1556,7 +1583,7 @@ function linalgCases(): Case[] {
               scale.fill(m, r * n, (r + 1) * n);
             }
             const z = e.tensor(b, [rows, n]);
-            (upper ? solveUpperInPlace : solveLowerInPlace)(f, z);
+            (upper ? solveUpperInPlace : solveLowerInPlace)(f, z, { staged });
             c.close(
               `${upper ? "Lᵀ·x = b" : "L·z = b"} [${n},${n}]`,
               c.read(z),
@@ -1568,7 +1595,7 @@ function linalgCases(): Case[] {
           }
         }
       },
-    },
+    })),
     {
       family: "linalg",
       op: "crossprod",
@@ -1600,8 +1627,8 @@ function allCases(e: Engine, quick: boolean): Case[] {
     ...poolCases(quick),
     ...lossCases(quick),
     ...optimCases(),
-    ...transformerCases(),
-    ...linalgCases(),
+    ...transformerCases(e, quick),
+    ...linalgCases(e),
   ];
 }
 

@@ -22,7 +22,7 @@ import {
   smallBindingEngine,
   TOL,
 } from "../helpers.ts";
-import type { Engine } from "../../mod.ts";
+import type { Engine, Tensor } from "../../mod.ts";
 
 /** A seeded SPD matrix A = XᵀX/r + 0.05·I (float32 values, as uploaded) from X (r, n) = (2n + 3, n). */
 function spd(n: number, seed: number): Float32Array {
@@ -59,34 +59,96 @@ function rowScale(v: ArrayLike<number>, rows: number, n: number): Float64Array {
 
 const SIZES = [1, 7, 65, 300];
 
-gpuTest("cholesky matches a float64 factorisation at D = 1, 7, 65, 300", async (e) => {
-  for (const n of SIZES) {
-    const a = spd(n, 11 + n);
-    const want = choleskyCpu(a, n);
-    const t = e.tensor(a, [n, n]);
-    const status = e.zeros([2]);
-    choleskyInPlace(t, { status, statusIndex: 1 });
-    const got = await t.toArray();
-    assertEquals([...await status.toArray()], [0, 0], `status D = ${n}`);
-    // |L_ij| ≤ √A_ii (Σ_k L_ik² = A_ii): the error of row i is held against √A_ii.
-    const lower = new Float64Array(n * n),
-      gotLower = new Float64Array(n * n),
-      scale = new Float64Array(n * n);
-    for (let i = 0; i < n; i++) {
-      for (let j = 0; j <= i; j++) {
-        lower[i * n + j] = want[i * n + j];
-        gotLower[i * n + j] = got[i * n + j];
-        scale[i * n + j] = Math.sqrt(a[i * n + i]);
-        // The upper triangle is Lᵀ, copied bit for bit.
-        if (got[j * n + i] !== got[i * n + j]) {
-          throw new Error(`D = ${n}: upper (${j}, ${i}) = ${got[j * n + i]} ≠ lower ${got[i * n + j]}`);
+// The adapter's choice and the diagonal blocks kept in storage (OpenGL's variant, kernels/_wgsl.ts stagesTiles).
+const BLOCKS = [{ staged: undefined, what: "" }, { staged: false, what: ", blocks in place" }];
+
+for (const { staged, what } of BLOCKS) {
+  gpuTest(`cholesky matches a float64 factorisation at D = 1, 7, 65, 300${what}`, async (e) => {
+    for (const n of SIZES) {
+      const a = spd(n, 11 + n);
+      const want = choleskyCpu(a, n);
+      const t = e.tensor(a, [n, n]);
+      const status = e.zeros([2]);
+      choleskyInPlace(t, { status, statusIndex: 1, staged });
+      const got = await t.toArray();
+      assertEquals([...await status.toArray()], [0, 0], `status D = ${n}`);
+      // |L_ij| ≤ √A_ii (Σ_k L_ik² = A_ii): the error of row i is held against √A_ii.
+      const lower = new Float64Array(n * n),
+        gotLower = new Float64Array(n * n),
+        scale = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) {
+        for (let j = 0; j <= i; j++) {
+          lower[i * n + j] = want[i * n + j];
+          gotLower[i * n + j] = got[i * n + j];
+          scale[i * n + j] = Math.sqrt(a[i * n + i]);
+          // The upper triangle is Lᵀ, copied bit for bit.
+          if (got[j * n + i] !== got[i * n + j]) {
+            throw new Error(`D = ${n}: upper (${j}, ${i}) = ${got[j * n + i]} ≠ lower ${got[i * n + j]}`);
+          }
         }
       }
+      assertClose(gotLower, lower, TOL.linalg.cholesky, `cholesky D = ${n}`, scale);
+      t.dispose();
+      status.dispose();
     }
-    assertClose(gotLower, lower, TOL.linalg.cholesky, `cholesky D = ${n}`, scale);
-    t.dispose();
-    status.dispose();
-  }
+  });
+
+  gpuTest(`cholesky records the column of the first pivot that is not positive${what}`, async (e) => {
+    // A later panel (D = 100, column 70) and the first one (D = 9, column 3, a zero column).
+    const m = 100, n = 9;
+    const b = spd(m, 4);
+    b[70 * m + 70] = -1;
+    const a = spd(n, 3);
+    for (let i = 0; i < n; i++) a[3 * n + i] = a[i * n + 3] = 0;
+    const status = e.zeros([2]);
+    choleskyInPlace(e.tensor(a, [n, n]), { status, statusIndex: 0, staged });
+    choleskyInPlace(e.tensor(b, [m, m]), { status, statusIndex: 1, staged });
+    assertEquals([...await status.toArray()], [4, 71], "status");
+  });
+
+  gpuTest(`triangular solves match float64 forward and back substitution${what}`, async (e) => {
+    for (const n of SIZES) {
+      const l = choleskyCpu(spd(n, 21 + n), n);
+      const storage = factorStorage(l, n);
+      const l32 = Float64Array.from(storage, (v, i) => (i % n <= Math.floor(i / n) ? v : 0));
+      const f = e.tensor(storage, [n, n]);
+      for (const rows of [1, 3, 70]) {
+        const b = rand(rows * n, 31 + rows + n);
+        const where = `D = ${n}, ${rows} right-hand sides`;
+        const fwd = triangularSolveCpu(l32, n, b, rows, false);
+        const back = triangularSolveCpu(l32, n, b, rows, true);
+        const both = triangularSolveCpu(l32, n, fwd, rows, true);
+        for (
+          const [name, solve, want] of [
+            ["L·z = b", (f: Tensor, z: Tensor) => solveLowerInPlace(f, z, { staged }), fwd],
+            ["Lᵀ·x = b", (f: Tensor, z: Tensor) => solveUpperInPlace(f, z, { staged }), back],
+            ["L·Lᵀ·x = b", (f: Tensor, z: Tensor) => {
+              solveLowerInPlace(f, z, { staged });
+              solveUpperInPlace(f, z, { staged });
+            }, both],
+          ] as const
+        ) {
+          const z = e.tensor(b, [rows, n]);
+          solve(f, z);
+          assertClose(await z.toArray(), want, TOL.linalg.solve, `${name} ${where}`, rowScale(want, rows, n));
+          z.dispose();
+        }
+      }
+      f.dispose();
+    }
+  });
+}
+
+gpuTest("choleskySolveInPlace is the forward then the back substitution", async (e) => {
+  const n = 70, rows = 5;
+  const l = choleskyCpu(spd(n, 91), n);
+  const f = e.tensor(factorStorage(l, n), [n, n]);
+  const b = rand(rows * n, 92);
+  const z1 = e.tensor(b, [rows, n]), z2 = e.tensor(b, [rows, n]);
+  choleskySolveInPlace(f, z1);
+  solveLowerInPlace(f, z2);
+  solveUpperInPlace(f, z2);
+  assertEquals([...await z1.toArray()], [...await z2.toArray()]);
 });
 
 gpuTest("cholesky of a shifted matrix equals the factor of A + λI", async (e) => {
@@ -125,35 +187,6 @@ gpuTest("cholesky names the column of the first pivot that is not positive", asy
     "statusIndex",
   );
   assertThrows(() => choleskyInPlace(e.tensor(new Float32Array(6), [2, 3])), RangeError, "square");
-});
-
-gpuTest("triangular solves match float64 forward and back substitution", async (e) => {
-  for (const n of SIZES) {
-    const l = choleskyCpu(spd(n, 21 + n), n);
-    const storage = factorStorage(l, n);
-    const l32 = Float64Array.from(storage, (v, i) => (i % n <= Math.floor(i / n) ? v : 0));
-    const f = e.tensor(storage, [n, n]);
-    for (const rows of [1, 3, 70]) {
-      const b = rand(rows * n, 31 + rows + n);
-      const what = `D = ${n}, ${rows} right-hand sides`;
-      const fwd = triangularSolveCpu(l32, n, b, rows, false);
-      const back = triangularSolveCpu(l32, n, b, rows, true);
-      const both = triangularSolveCpu(l32, n, fwd, rows, true);
-      for (
-        const [name, solve, want] of [
-          ["L·z = b", solveLowerInPlace, fwd],
-          ["Lᵀ·x = b", solveUpperInPlace, back],
-          ["L·Lᵀ·x = b", choleskySolveInPlace, both],
-        ] as const
-      ) {
-        const z = e.tensor(b, [rows, n]);
-        solve(f, z);
-        assertClose(await z.toArray(), want, TOL.linalg.solve, `${name} ${what}`, rowScale(want, rows, n));
-        z.dispose();
-      }
-    }
-    f.dispose();
-  }
 });
 
 async function checkCrossprod(

@@ -144,15 +144,22 @@ const ATTENTION_SHAPES: number[][] = [[1, 1, 1, 8], [2, 1, 33, 7], [2, 3, 37, 64
   64,
 ]];
 
-for (const shape of ATTENTION_SHAPES) {
-  gpuTest(`attention forward and backward match the float64 reference on [${shape}]`, async (e) => {
+// The adapter's variant on every shape; tiles read from storage (OpenGL's variant) on three of them too.
+const ATTENTION_CASES = [
+  ...ATTENTION_SHAPES.map((shape) => ({ shape, staged: undefined })),
+  ...[[2, 1, 33, 7], [2, 3, 37, 64], [1, 6, 197, 64]].map((shape) => ({ shape, staged: false })),
+];
+
+for (const { shape, staged } of ATTENTION_CASES) {
+  const what = staged === false ? ", tiles read from storage" : "";
+  gpuTest(`attention forward and backward match the float64 reference on [${shape}]${what}`, async (e) => {
     const size = shape.reduce((a, b) => a * b, 1), scale = 1 / Math.sqrt(shape[3]);
     // Spread scores (|s| up to ~4 at d = 64) so that the softmax is far from uniform.
     const q = rand(size, 51, -2, 2), k = rand(size, 52, -2, 2), v = rand(size, 53), dout = rand(size, 54);
     const [tq, tk, tv] = [q, k, v].map((x) => e.tensor(x, shape));
-    const { out, lse } = attentionForward(tq, tk, tv, scale);
+    const { out, lse } = attentionForward(tq, tk, tv, scale, { staged });
     assertClose(await out.toArray(), attentionCpu(q, k, v, shape, scale), TOL.attention, "out");
-    const g = attentionBackward(e.tensor(dout, shape), { q: tq, k: tk, v: tv, out, lse }, scale);
+    const g = attentionBackward(e.tensor(dout, shape), { q: tq, k: tk, v: tv, out, lse }, scale, { staged });
     const want = attentionBackwardCpu(dout, q, k, v, shape, scale);
     assertClose(await g.dq.toArray(), want.dq, TOL.attentionGrad, "dq");
     assertClose(await g.dk.toArray(), want.dk, TOL.attentionGrad, "dk");
