@@ -165,10 +165,11 @@ export interface SelftestOptions {
 /** Seeded uniform values in [lo, hi) (mulberry32, as the tests' `rand`). */
 /**
  * The tile variants (staged in workgroup memory, read from storage) of the kernels that have both: the
- * staged ones only where the backend compiles them in reasonable time (see `stagesTiles`).
+ * staged ones only where the backend compiles them in reasonable time (see `stagesTiles`); --quick only
+ * the adapter's own.
  */
-function stagedVariants(e: Engine): boolean[] {
-  return stagesTiles(e) ? [true, false] : [false];
+function stagedVariants(e: Engine, quick: boolean): boolean[] {
+  return quick ? [stagesTiles(e)] : stagesTiles(e) ? [true, false] : [false];
 }
 
 function rnd(n: number, seed: number, lo = -1, hi = 1): Float32Array {
@@ -1381,7 +1382,7 @@ function optimCases(): Case[] {
 /**
  * Layer norm, GELU (exact erf), SiLU, softmax and fused attention, forward and backward, on small ragged
  * shapes (the same in --quick but for attention, whose every head dimension is a kernel of its own to
- * compile: there only d = 64 and a scalar-row d).
+ * compile: there only d = 64 and a scalar-row d, and only the adapter's tile variant).
  */
 function transformerCases(e: Engine, quick: boolean): Case[] {
   const T = TOL.transformer;
@@ -1469,7 +1470,9 @@ function transformerCases(e: Engine, quick: boolean): Case[] {
     });
   }
   // Tiles staged in workgroup memory (not on OpenGL: see stagesTiles) and read from storage.
-  for (const [backward, staged] of [false, true].flatMap((b) => stagedVariants(e).map((s) => [b, s]))) {
+  for (
+    const [backward, staged] of [false, true].flatMap((b) => stagedVariants(e, quick).map((s) => [b, s]))
+  ) {
     cases.push({
       family: "transformer",
       op: backward ? "attention_backward" : "attention",
@@ -1522,14 +1525,14 @@ function spdMatrix(n: number, seed: number): Float32Array {
 /**
  * The Cholesky factorisation and the triangular solves of closed-form ridge regression, and the centred
  * cross product that builds its Gram matrix, on ragged orders (1, 7, 65, 130: partial 64-column panels,
- * scalar and vec4 paths), each diagonal-block variant the adapter runs; the same in --quick (well under a
- * second each on llvmpipe once compiled).
+ * scalar and vec4 paths), each diagonal-block variant the adapter runs (--quick: its default one; well under
+ * a second each on llvmpipe once compiled).
  */
-function linalgCases(e: Engine): Case[] {
+function linalgCases(e: Engine, quick: boolean): Case[] {
   const sizes = [1, 7, 65, 130];
   const shape = sizes.map((n) => `[${n},${n}]`).join(", ");
   // The diagonal blocks staged in workgroup memory (not on OpenGL: see stagesTiles) and in place.
-  const blockVariants = stagedVariants(e).map((staged) => ({
+  const blockVariants = stagedVariants(e, quick).map((staged) => ({
     staged,
     name: staged ? "workgroup-staged blocks" : "in-place blocks",
   }));
@@ -1628,7 +1631,7 @@ function allCases(e: Engine, quick: boolean): Case[] {
     ...lossCases(quick),
     ...optimCases(),
     ...transformerCases(e, quick),
-    ...linalgCases(e),
+    ...linalgCases(e, quick),
   ];
 }
 
