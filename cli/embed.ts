@@ -34,6 +34,7 @@ import { openSlide } from "../slide/wsi.ts";
 import { positiveNumber, slideLayout } from "./predict_slide.ts";
 import { prepareOutputDir, writeFilesAtomic } from "../slide/npz.ts";
 import { readCheckpoint } from "./checkpoint.ts";
+import { ENCODER_META_KEY, encoderRecord } from "../pipeline/checkpoint.ts";
 import { Progress } from "./progress.ts";
 import { checkInputs, interruptSignal, UsageError } from "./errors.ts";
 import { parseTuneMode, prepareTuning } from "./tune.ts";
@@ -79,7 +80,15 @@ export async function loadEncoder(
   pool?: string,
 ): Promise<Encoder> {
   if (encoder === "timm") return await loadTimm(engine, weights, config, warn, pool);
-  const { tensors } = await readCheckpoint(weights);
+  const { tensors, metadata } = await readCheckpoint(weights);
+  if (metadata[ENCODER_META_KEY] !== undefined) {
+    // `train --encoder`'s heads checkpoint: the encoder's weights are not in it.
+    const rec = encoderRecord(metadata, weights);
+    throw new Error(
+      `Cannot read ${weights} as an encoder: it holds heads trained on a ${rec.name} encoder, not the ` +
+        `encoder's weights; embed with the encoder's own (--encoder ${rec.kind} --weights ${rec.weights.path})`,
+    );
+  }
   return buildEncoder(engine, encoder, tensors, undefined, weights);
 }
 

@@ -145,6 +145,21 @@ Deno.test({
       };
       assertEquals(eNames.every((n) => cNames.includes(n)), true);
       assertEquals(maxDiff(rowsOf(eNames), emb.features.data as Float32Array), 0);
+      // The heads checkpoint given to embed as an encoder: the error names the encoder's own weights.
+      const rHeads = await runCli([
+        "embed",
+        patches,
+        "--encoder",
+        "he2gene",
+        "--weights",
+        join(out, "best.safetensors"),
+        "--out",
+        join(dir, "emb2"),
+        "--quiet",
+      ]);
+      assertEquals(rHeads.code, 1, rHeads.stderr);
+      assertEquals(rHeads.stderr.includes("it holds heads trained on a "), true, rHeads.stderr);
+      assertEquals(rHeads.stderr.includes(`(--encoder resnet50 --weights ${weights})`), true, rHeads.stderr);
 
       // predict-patches on the checkpoint (encoder found at its recorded path) = the heads on the features.
       const best = join(out, "best.safetensors");
