@@ -385,8 +385,8 @@ const blockAt = (staged: boolean, w: string, buf: string, o: string) => (r: stri
   staged ? `${w}[${r}][${c}]` : `${buf}[(${o} + ${r}) * n + ${o} + ${c}]`;
 
 // One workgroup factors the nb × nb diagonal block at (k0, k0) (right-looking, column by column;
-// invocation t owns row t) — in workgroup memory, writing L₁₁ back into the lower triangle, or in place —
-// A pivot that is not positive is recorded once as status[si] = its column + 1.
+// invocation t owns row t), in workgroup memory and then writing L₁₁ back into the lower triangle, or in
+// place. A pivot that is not positive is recorded once as status[si] = its column + 1.
 const potrfKernel = variants("linalg_potrf", (c: BlockVariant) => {
   const a = blockAt(c.staged, "a", "A", "k0");
   const barrier = c.staged ? "workgroupBarrier();" : "storageBarrier();";
@@ -462,11 +462,14 @@ ${workgroupEntry(NB)} {
   let row = k0 + nb + w * ${NB}u + t;
   if (row >= n) { return; }
   let base = row * n + k0;
+  var x: array<f32, ${NB}>;
+  for (var q = 0u; q < nb; q++) { x[q] = A[base + q]; }
   for (var i = 0u; i < nb; i++) {
-    var s = A[base + i];
-    for (var q = 0u; q < i; q++) { s -= A[base + q] * ${l("i", "q")}; }
-    A[base + i] = s / ${l("i", "i")};
+    var s = x[i];
+    for (var q = 0u; q < i; q++) { s -= x[q] * ${l("i", "q")}; }
+    x[i] = s / ${l("i", "i")};
   }
+  for (var q = 0u; q < nb; q++) { A[base + q] = x[q]; }
 }`,
   };
 });
@@ -718,20 +721,23 @@ ${workgroupEntry(NB)} {
   let row = w * ${NB}u + t;
   if (row >= r1) { return; }
   let base = row * n + i0;
+  var z: array<f32, ${NB}>;
+  for (var q = 0u; q < nb; q++) { z[q] = Z[base + q]; }
 #if ${c.back}
   for (var k = 0u; k < nb; k++) {
     let i = nb - 1u - k;
-    var s = Z[base + i];
-    for (var q = i + 1u; q < nb; q++) { s -= ${l("q", "i")} * Z[base + q]; }
-    Z[base + i] = s / ${l("i", "i")};
+    var s = z[i];
+    for (var q = i + 1u; q < nb; q++) { s -= ${l("q", "i")} * z[q]; }
+    z[i] = s / ${l("i", "i")};
   }
 #else
   for (var i = 0u; i < nb; i++) {
-    var s = Z[base + i];
-    for (var q = 0u; q < i; q++) { s -= ${l("i", "q")} * Z[base + q]; }
-    Z[base + i] = s / ${l("i", "i")};
+    var s = z[i];
+    for (var q = 0u; q < i; q++) { s -= ${l("i", "q")} * z[q]; }
+    z[i] = s / ${l("i", "i")};
   }
 #endif
+  for (var q = 0u; q < nb; q++) { Z[base + q] = z[q]; }
 }`,
   };
 });
