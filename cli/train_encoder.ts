@@ -35,7 +35,6 @@ import {
   predictTable,
   type SpotModel,
   type SpotTable,
-  TrainingInterrupted,
   trainSpots,
 } from "../pipeline/train.ts";
 import {
@@ -47,12 +46,12 @@ import {
 } from "../pipeline/train_heads.ts";
 import { readNpz } from "../slide/npy.ts";
 import { encodeNpz, writeAtomic } from "../slide/npz.ts";
-import { readSafetensors, type TensorEntry } from "../weights/mod.ts";
+import type { TensorEntry } from "../weights/mod.ts";
 import { loadModel, readCheckpoint } from "./checkpoint.ts";
 import { buildEncoder, type EncoderName, loadEncoder } from "./embed.ts";
 import { Interrupted } from "./errors.ts";
 import { Progress } from "./progress.ts";
-import { epochProgress, fileStore, writeRunPredictions } from "./train_loop.ts";
+import { epochProgress, fileStore, resumeFrom, untilInterrupted, writeRunPredictions } from "./train_loop.ts";
 
 /** Up to this size the whole weights file is hashed; above, its first and last `FINGERPRINT_PART` bytes. */
 const FINGERPRINT_WHOLE = 64 * 2 ** 20;
@@ -236,15 +235,8 @@ async function spotFeatures(
 export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<void> {
   const { tables, record, key } = await spotFeatures(engine, r);
   const [train, val, test] = tables as [FeatureTable, FeatureTable, FeatureTable | null];
-  const ckptPath = join(r.out, "checkpoint.safetensors");
-  let resume;
-  if (r.resume) {
-    const ck = await readSafetensors(ckptPath).catch((e) => {
-      throw new Error(`Cannot resume from ${r.out}: ${(e as Error).message}`);
-    });
-    resume = { ...ck, from: r.out, file: ckptPath };
-  }
-  let ridge;
+  const resume = await resumeFrom(r.out, r.resume);
+  let ridge: Awaited<ReturnType<typeof fitRidgeHeads>> | undefined;
   if (r.head === "ridge" && !resume) {
     // (A resumed run has its fitted gene heads in its checkpoint.)
     ridge = await fitRidgeHeads(engine, train, val);
@@ -262,9 +254,8 @@ export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<voi
       `validating on ${val.names.length}; ${train.targetGenes.length} target / ${train.auxGenes.length} aux genes`,
   );
   const progress = epochProgress(r.quiet);
-  let result;
-  try {
-    result = await trainHeads(engine, train, val, {
+  const result = await untilInterrupted(r.out, progress, () =>
+    trainHeads(engine, train, val, {
       heads: {
         dim: record.dim,
         targetGenes: train.targetGenes.length,
@@ -286,12 +277,7 @@ export async function trainOnEncoder(engine: Engine, r: EncoderRun): Promise<voi
       onEpochStart: progress.onEpochStart,
       onStep: progress.onStep,
       onMessage: (line) => r.say(line),
-    });
-  } catch (e) {
-    if (!(e instanceof TrainingInterrupted)) throw e;
-    progress.done();
-    throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
-  }
+    }));
   const { model, history, best } = result;
   try {
     await writeRunPredictions(r.out, {
@@ -398,14 +384,7 @@ export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise
       },
     }),
   };
-  const ckptPath = join(r.out, "checkpoint.safetensors");
-  let resume;
-  if (r.resume) {
-    const ck = await readSafetensors(ckptPath).catch((e) => {
-      throw new Error(`Cannot resume from ${r.out}: ${(e as Error).message}`);
-    });
-    resume = { ...ck, from: r.out, file: ckptPath };
-  }
+  const resume = await resumeFrom(r.out, r.resume);
   const input = {
     imageSize: enc.inputSize,
     mean: [...enc.mean] as [number, number, number],
@@ -418,26 +397,23 @@ export async function fineTuneOnEncoder(engine: Engine, r: FineTuneRun): Promise
   const progress = epochProgress(r.quiet);
   let result;
   try {
-    result = await trainSpots(engine, r.train, r.val, {
-      config: { backbone: { name: record.name } as never, variant: "base", targetGenes: nT, auxGenes: nA },
-      model: adapter,
-      train: r.cfg,
-      batchSize: r.batchSize,
-      epochs: r.epochs,
-      patience: r.patience,
-      seed: r.seed,
-      store: fileStore(r.out),
-      resume,
-      ...input,
-      interrupt: r.interrupted,
-      onEpochStart: progress.onEpochStart,
-      onStep: progress.onStep,
-      onMessage: (line) => r.say(line),
-    });
-  } catch (e) {
-    if (!(e instanceof TrainingInterrupted)) throw e;
-    progress.done();
-    throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
+    result = await untilInterrupted(r.out, progress, () =>
+      trainSpots(engine, r.train, r.val, {
+        config: { backbone: { name: record.name } as never, variant: "base", targetGenes: nT, auxGenes: nA },
+        model: adapter,
+        train: r.cfg,
+        batchSize: r.batchSize,
+        epochs: r.epochs,
+        patience: r.patience,
+        seed: r.seed,
+        store: fileStore(r.out),
+        resume,
+        ...input,
+        interrupt: r.interrupted,
+        onEpochStart: progress.onEpochStart,
+        onStep: progress.onStep,
+        onMessage: (line) => r.say(line),
+      }));
   } finally {
     enc.dispose();
   }

@@ -93,6 +93,38 @@ export function fileStore(out: string): TrainStore {
 }
 
 /**
+ * A run's saved state for `--resume`: its checkpoint (`out/checkpoint.safetensors`), or undefined without
+ * `resume`; an Error naming `out` when it cannot be read.
+ */
+export async function resumeFrom(out: string, resume: boolean) {
+  if (!resume) return undefined;
+  const file = join(out, "checkpoint.safetensors");
+  const ck = await readSafetensors(file).catch((e) => {
+    throw new Error(`Cannot resume from ${out}: ${(e as Error).message}`);
+  });
+  return { ...ck, from: out, file };
+}
+
+/**
+ * Run a training loop; its interrupt (Ctrl-C) becomes an {@linkcode Interrupted} naming the checkpoint to
+ * continue from with `--resume`, after closing the open progress bar.
+ */
+export async function untilInterrupted<T>(
+  out: string,
+  progress: { done: () => void },
+  loop: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await loop();
+  } catch (e) {
+    if (!(e instanceof TrainingInterrupted)) throw e;
+    progress.done();
+    const ckptPath = join(out, "checkpoint.safetensors");
+    throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
+  }
+}
+
+/**
  * Train (or continue training) a model, with its files in `o.out` (see the module doc). Returns the model
  * with the best validation weights loaded.
  */
@@ -103,15 +135,9 @@ export async function trainModel(
   o: TrainOptions,
 ): Promise<{ model: HE2Gene; history: EpochLog[]; best: { epoch: number; valMse: number } }> {
   await Deno.mkdir(o.out, { recursive: true });
-  const ckptPath = join(o.out, "checkpoint.safetensors");
   const logPath = join(o.out, "log.jsonl");
-  let resume;
-  if (o.resume) {
-    const ck = await readSafetensors(ckptPath).catch((e) => {
-      throw new Error(`Cannot resume from ${o.out}: ${(e as Error).message}`);
-    });
-    resume = { ...ck, from: o.out, file: ckptPath, olderLog: () => Deno.readTextFile(logPath) };
-  }
+  const saved = await resumeFrom(o.out, o.resume ?? false);
+  const resume = saved && { ...saved, olderLog: () => Deno.readTextFile(logPath) };
   let sigint = false;
   const onSigint = () => (sigint = true);
   if (!o.interrupt) {
@@ -121,32 +147,29 @@ export async function trainModel(
   }
   const progress = epochProgress(o.quiet ?? false);
   try {
-    return await trainSpots(engine, train, val, {
-      config: o.config,
-      train: o.train,
-      batchSize: o.batchSize,
-      epochs: o.epochs,
-      patience: o.patience,
-      imageSize: o.imageSize,
-      seed: o.seed,
-      store: fileStore(o.out),
-      resume,
-      init: o.init,
-      initBackbone: o.initBackbone,
-      biasFromMeans: o.biasFromMeans,
-      checkpoint: o.checkpoint,
-      mean: o.mean,
-      std: o.std,
-      interrupt: o.interrupt ?? (() => sigint),
-      onEpochStart: progress.onEpochStart,
-      onStep: progress.onStep,
-      onMessage: (line) => !o.quiet && console.error(line),
-      onEpoch: o.onEpoch,
-    });
-  } catch (e) {
-    if (!(e instanceof TrainingInterrupted)) throw e;
-    progress.done();
-    throw new Interrupted(`${e.message}; the checkpoint is saved in ${ckptPath}: continue with --resume`);
+    return await untilInterrupted(o.out, progress, () =>
+      trainSpots(engine, train, val, {
+        config: o.config,
+        train: o.train,
+        batchSize: o.batchSize,
+        epochs: o.epochs,
+        patience: o.patience,
+        imageSize: o.imageSize,
+        seed: o.seed,
+        store: fileStore(o.out),
+        resume,
+        init: o.init,
+        initBackbone: o.initBackbone,
+        biasFromMeans: o.biasFromMeans,
+        checkpoint: o.checkpoint,
+        mean: o.mean,
+        std: o.std,
+        interrupt: o.interrupt ?? (() => sigint),
+        onEpochStart: progress.onEpochStart,
+        onStep: progress.onStep,
+        onMessage: (line) => !o.quiet && console.error(line),
+        onEpoch: o.onEpoch,
+      }));
   } finally {
     if (!o.interrupt) {
       try {

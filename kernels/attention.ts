@@ -72,15 +72,24 @@ export interface AttentionOptions {
   staged?: boolean;
 }
 
+/**
+ * Component c of row `i` of the current tile (its first row `r0`) of storage `src`: from workgroup array
+ * `ws` when the kernel stages its tiles, else read from storage.
+ */
+function tileAt(p: AttentionVariant, l: ReturnType<typeof rowLayout>, r0: string) {
+  return (ws: string, src: string, i: string) =>
+    p.staged ? `${ws}[${i} * W + c]` : l.load(src, `base + (${r0} + ${i}) * D + c * ${l.step}`);
+}
+
 const ENTRY = `@compute @workgroup_size(${BR}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_index) t: u32)`;
 
 // q, k, v: (BH, N, D) → o: (BH, N, D), lse: (BH, N). Workgroup (x, y) = (query block, b·h).
 const forwardKernel = variants("attention_forward", (p: AttentionVariant) => {
-  const { v4, w, t, load, step } = rowLayout(p.d);
+  const layout = rowLayout(p.d);
+  const { v4, w, t, load, step } = layout;
   // Key/value j of the current tile, component c: staged in workgroup memory or read where it is.
-  const tile = (x: string, j: string) =>
-    p.staged ? `${x}s[${j} * W + c]` : load(x, `base + (j0 + ${j}) * D + c * ${step}`);
+  const tile = tileAt(p, layout, "j0");
   return {
     bindings: [
       { name: "q", access: "read" },
@@ -126,7 +135,7 @@ ${ENTRY} {
       var mt = m;
       for (var j = 0u; j < cnt; j++) {
         var dv = ${t}(0.0);
-        for (var c = 0u; c < W; c++) { dv += qr[c] * ${tile("k", "j")}; }
+        for (var c = 0u; c < W; c++) { dv += qr[c] * ${tile("ks", "k", "j")}; }
 #if ${v4}
         let dot = dv.x + dv.y + dv.z + dv.w;
 #else
@@ -141,7 +150,7 @@ ${ENTRY} {
       for (var j = 0u; j < cnt; j++) {
         let pj = exp(s[j] - mt);
         l += pj;
-        for (var c = 0u; c < W; c++) { acc[c] += pj * ${tile("v", "j")}; }
+        for (var c = 0u; c < W; c++) { acc[c] += pj * ${tile("vs", "v", "j")}; }
       }
       m = mt;
     }
@@ -170,8 +179,7 @@ ${ENTRY} {
 // Workgroup (x, y) = (query block, b·h).
 const backwardQKernel = variants("attention_backward_q", (p: AttentionVariant) => {
   const r = rowLayout(p.d);
-  const tile = (x: string, j: string) =>
-    p.staged ? `${x}s[${j} * W + c]` : r.load(x, `base + (j0 + ${j}) * D + c * ${r.step}`);
+  const tile = tileAt(p, r, "j0");
   return {
     bindings: [
       { name: "q", access: "read" },
@@ -228,11 +236,11 @@ ${ENTRY} {
         var sv = ${r.t}(0.0);
         var pv = ${r.t}(0.0);
         for (var c = 0u; c < W; c++) {
-          sv += qr[c] * ${tile("k", "j")};
-          pv += dor[c] * ${tile("v", "j")};
+          sv += qr[c] * ${tile("ks", "k", "j")};
+          pv += dor[c] * ${tile("vs", "v", "j")};
         }
         let ds = exp(${r.sum("sv")} - li) * (${r.sum("pv")} - di);
-        for (var c = 0u; c < W; c++) { acc[c] += ds * ${tile("k", "j")}; }
+        for (var c = 0u; c < W; c++) { acc[c] += ds * ${tile("ks", "k", "j")}; }
       }
     }
   }
@@ -251,10 +259,7 @@ ${ENTRY} {
 const backwardKVKernel = variants("attention_backward_kv", (p: AttentionVariant) => {
   const r = rowLayout(p.d);
   // Query row i of the current tile (component c) and its saved statistics, staged or read where they are.
-  const tile = (x: "q" | "do", i: string) =>
-    p.staged
-      ? `${x}s[${i} * W + c]`
-      : r.load(x === "do" ? "dout" : x, `base + (i0 + ${i}) * D + c * ${r.step}`);
+  const tile = tileAt(p, r, "i0");
   const stat = (x: "ls" | "ds_", i: string) =>
     p.staged ? `${x}[${i}]` : `${x === "ls" ? "lse" : "dd"}[bh * p.n + i0 + ${i}]`;
   return {
@@ -315,14 +320,14 @@ ${ENTRY} {
         var sv = ${r.t}(0.0);
         var pv = ${r.t}(0.0);
         for (var c = 0u; c < W; c++) {
-          sv += ${tile("q", "i")} * kr[c];
-          pv += ${tile("do", "i")} * vr[c];
+          sv += ${tile("qs", "q", "i")} * kr[c];
+          pv += ${tile("dos", "dout", "i")} * vr[c];
         }
         let pij = exp(${r.sum("sv")} - ${stat("ls", "i")});
         let ds = pij * (${r.sum("pv")} - ${stat("ds_", "i")});
         for (var c = 0u; c < W; c++) {
-          dva[c] += pij * ${tile("do", "i")};
-          dka[c] += ds * ${tile("q", "i")};
+          dva[c] += pij * ${tile("dos", "dout", "i")};
+          dka[c] += ds * ${tile("qs", "q", "i")};
         }
       }
     }
