@@ -160,6 +160,7 @@ Deno.test({
       assertEquals(rHeads.code, 1, rHeads.stderr);
       assertEquals(rHeads.stderr.includes("it holds heads trained on a "), true, rHeads.stderr);
       assertEquals(rHeads.stderr.includes(`(--encoder resnet50 --weights ${weights})`), true, rHeads.stderr);
+      assertEquals(await Deno.stat(join(dir, "emb2")).then(() => true, () => false), false, "no emb2 folder");
 
       // predict-patches on the checkpoint (encoder found at its recorded path) = the heads on the features.
       const best = join(out, "best.safetensors");
