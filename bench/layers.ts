@@ -231,7 +231,7 @@ function headCases(phase: LayerRow["phase"]): Case[] {
           : `[${batch},${genes}]ᵀ·[${batch},${f}]`,
         uses: 1,
         flops: 2 * m * n * k,
-        variant: (e) => matmulVariantId(chooseMatmulKernel(e, m, n, k)),
+        variant: (e) => matmulVariantId(chooseMatmulKernel(e, m, n, k, pass === "fwd")),
         setup(e) {
           const x = randomTensor(e, [batch, f], 5), w = randomTensor(e, [genes, f], 6);
           const dy = pass === "fwd" ? null : randomTensor(e, [batch, genes], 7);

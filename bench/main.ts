@@ -447,7 +447,7 @@ export async function main(args: string[]): Promise<void> {
     const a = fill(s.m * s.k, 1), b = fill(s.k * s.n, 2);
     const big = 2 * s.m * s.n * s.k > 2 ** 33;
     const r = big ? Math.max(1, Math.min(reps, 2)) : reps;
-    const kernel = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k));
+    const kernel = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k, s.transposeB));
     log(`… ${s.name} (${s.m}×${s.k}×${s.n}${s.transposeB ? ", Bᵀ" : ""}) with ${kernel}`);
     const ours = await timeOurs(e, a, b, s, 1, r);
     const row: Row = {
@@ -466,7 +466,7 @@ export async function main(args: string[]): Promise<void> {
     if (table) {
       // The table's kernel is timed only where it differs from the default (the same kernel otherwise).
       const tuned = await withTable(async () => {
-        const id = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k));
+        const id = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k, s.transposeB));
         if (id === kernel) return { id, wallMs: ours.wallMs };
         log(`  … tuned: ${id}`);
         return { id, wallMs: (await timeOurs(e, a, b, s, 1, r)).wallMs };

@@ -32,14 +32,30 @@ export interface TensorRange {
 
 /** One dispatch. */
 export interface DispatchArgs<U extends Record<string, UniformType>> {
-  /** Tensors (or ranges of tensors) in the kernel's binding order. */
-  bindings: readonly (Tensor | TensorRange)[];
+  /** Tensors (or ranges of tensors) in the kernel's binding order; engine textures where it declares one. */
+  bindings: readonly (Tensor | TensorRange | EngineTexture)[];
   uniforms: UniformValues<U>;
   /** Workgroup counts; see {@linkcode grid}. */
   workgroups: readonly [number, number?, number?];
   /** Shapes or other detail shown in traces and errors, e.g. `"[128,64]x[64,32]"`. */
   info?: string;
 }
+
+/**
+ * An rgba32float texture of the engine's texture cache ({@linkcode Engine.texture}): 4 floats per texel,
+ * `width` texels per row, `height` rows.
+ */
+export interface EngineTexture {
+  readonly texture: GPUTexture;
+  readonly view: GPUTextureView;
+  readonly width: number;
+  readonly height: number;
+  /** @internal Identity in bind group keys. */
+  readonly id: number;
+}
+
+/** Bytes of textures {@linkcode Engine.texture} keeps for reuse before it drops the least recently used. */
+const TEXTURE_CACHE_BYTES = 256 * 2 ** 20;
 
 /** Options for {@linkcode createEngine}. */
 export interface EngineOptions extends DeviceOptions {
@@ -108,6 +124,8 @@ export class Engine {
   #pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; id: number }>();
   #uniforms = new Map<string, GPUBuffer>();
   #retiredUniforms: GPUBuffer[] = [];
+  #textures = new Map<string, EngineTexture>();
+  #retiredTextures: GPUTexture[] = [];
   #uniformIds = new WeakMap<GPUBuffer, number>();
   #bindGroups = new Map<string, GPUBindGroup>();
   #nextId = 1;
@@ -373,7 +391,85 @@ export class Engine {
       this.#recorded = 0;
       for (const b of this.#retiredUniforms) b.destroy();
       this.#retiredUniforms.length = 0;
+      for (const t of this.#retiredTextures) t.destroy();
+      this.#retiredTextures.length = 0;
     }
+  }
+
+  // ---------------------------------------------------------------- textures
+
+  /**
+   * An rgba32float texture of `width` × `height` texels for `role` (e.g. `"matmul.A"`), taken from a small
+   * cache: the same role and size gets the same texture back (its contents are whatever was last written:
+   * fill it first, with {@linkcode copyToTexture} or a kernel). Fresh memory costs page faults on a software
+   * adapter (~4 ms per MiB here), so textures stay for reuse, up to 256 MiB in all (least recently used
+   * dropped first, after the work recorded so far). Not counted in the buffer pool's statistics.
+   *
+   * @example
+   * ```ts
+   * const t = engine.texture("matmul.A", k / 4, m);
+   * engine.copyToTexture(a, t);
+   * ```
+   */
+  texture(role: string, width: number, height: number): EngineTexture {
+    const max = this.limits.maxTextureDimension2D;
+    if (!(width >= 1 && height >= 1 && width <= max && height <= max)) {
+      throw new RangeError(
+        `Cannot make texture ${role} of ${width} × ${height} texels: each side must be 1 to ${max}`,
+      );
+    }
+    const key = `${role}:${width}x${height}`;
+    let t = this.#textures.get(key);
+    if (t) {
+      this.#textures.delete(key); // re-insert: most recently used last
+      this.#textures.set(key, t);
+      return t;
+    }
+    const texture = this.device.createTexture({
+      label: key,
+      size: [width, height],
+      format: "rgba32float",
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+    });
+    t = { texture, view: texture.createView(), width, height, id: this.#nextId++ };
+    this.#textures.set(key, t);
+    let bytes = 0;
+    for (const u of this.#textures.values()) bytes += u.width * u.height * 16;
+    for (const [k, u] of this.#textures) {
+      if (bytes <= TEXTURE_CACHE_BYTES || u === t) break;
+      this.#textures.delete(k);
+      this.#retiredTextures.push(u.texture);
+      bytes -= u.width * u.height * 16;
+    }
+    return t;
+  }
+
+  /**
+   * Copy rows of `src` into texture `dst` in command order (no kernel): `dst.height` rows of
+   * `4 · dst.width` floats each, starting at element `srcOffset`, consecutive in `src` (a row pitch of
+   * `4 · dst.width`, which must be a multiple of 64 floats: WebGPU's 256-byte row alignment).
+   *
+   * @example
+   * ```ts
+   * engine.copyToTexture(a, engine.texture("matmul.A", k / 4, m)); // A: m × k, k a multiple of 64
+   * ```
+   */
+  copyToTexture(src: Tensor, dst: EngineTexture, srcOffset = 0): void {
+    const pitch = dst.width * 16;
+    const bytes = pitch * dst.height;
+    if (pitch % 256 !== 0 || srcOffset < 0 || srcOffset * 4 + bytes > src.bytes) {
+      throw new RangeError(
+        `Cannot copy [${src.shape}] from element ${srcOffset} into a ${dst.width} × ${dst.height} texture: ` +
+          `rows of ${dst.width * 4} floats must be a multiple of 64 and lie within the tensor`,
+      );
+    }
+    this.#endPass();
+    this.#enc().copyBufferToTexture(
+      { buffer: src.buffer, offset: srcOffset * 4, bytesPerRow: pitch, rowsPerImage: dst.height },
+      { texture: dst.texture },
+      [dst.width, dst.height],
+    );
+    this.#recorded++;
   }
 
   /** Wait until the GPU has finished all submitted work. */
@@ -397,11 +493,21 @@ export class Engine {
       ).join("\n");
       this.#fail(`WGSL compile error in kernel ${kernel.name}:\n${text}`, true);
     }).catch(() => {});
-    const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((b, i) => ({
-      binding: i,
-      visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
-    }));
+    const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((b, i) =>
+      b.texture === "sampled"
+        ? { binding: i, visibility: GPUShaderStage.COMPUTE, texture: { sampleType: "unfilterable-float" } }
+        : b.texture === "write"
+        ? {
+          binding: i,
+          visibility: GPUShaderStage.COMPUTE,
+          storageTexture: { access: "write-only", format: "rgba32float" },
+        }
+        : {
+          binding: i,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+        }
+    );
     entries.push({
       binding: kernel.bindings.length,
       visibility: GPUShaderStage.COMPUTE,
@@ -473,9 +579,21 @@ export class Engine {
       );
     }
     let key = `${id}|${this.#uniformIds.get(ubuf)}`;
-    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
+    const ranges: (GPUBufferBinding | GPUTextureView)[] = [];
     for (let i = 0; i < b.length; i++) {
       const r = b[i];
+      if (!k.bindings[i].texture !== !("view" in r)) {
+        throw new TypeError(
+          `Cannot run kernel ${k.name}: binding "${k.bindings[i].name}" takes a ${
+            k.bindings[i].texture ? "texture" : "tensor"
+          }`,
+        );
+      }
+      if ("view" in r) {
+        key += `|t${r.id}`;
+        ranges.push(r.view);
+        continue;
+      }
       let buffer: GPUBuffer, offset: number, size: number, bid: number;
       if (r instanceof Tensor) {
         const st = r.storage;
@@ -727,6 +845,8 @@ export class Engine {
     this.pool.trim();
     this.#querySet?.destroy();
     for (const b of this.#uniforms.values()) b.destroy();
+    for (const t of this.#textures.values()) t.texture.destroy();
+    this.#textures.clear();
     this.device.destroy();
   }
 }

@@ -22,12 +22,18 @@
 /** Element type of a storage binding. */
 export type StorageType = "f32" | "vec4<f32>" | "u32" | "i32" | "f16" | "vec4<f16>" | "atomic<u32>";
 
-/** One storage binding of a kernel, in binding order. */
+/** One binding of a kernel, in binding order: a storage buffer, or an rgba32float texture. */
 export interface BindingDecl {
   name: string;
   access: "read" | "read_write";
   /** Element type of the runtime-sized array (default `f32`). */
   type?: StorageType;
+  /**
+   * An rgba32float texture instead of a storage buffer: `sampled` is `texture_2d<f32>` (read with
+   * `textureLoad`), `write` is `texture_storage_2d<rgba32float, write>`; bound with an engine texture
+   * (`Engine.texture`). `access` and `type` are ignored.
+   */
+  texture?: "sampled" | "write";
 }
 
 /**
@@ -110,7 +116,11 @@ export function defineKernel<U extends Record<string, UniformType>>(decl: Kernel
   header.push(`const WG_X: u32 = ${wx}u;`, `const WG_Y: u32 = ${wy}u;`, `const WG_Z: u32 = ${wz}u;`);
   header.push("struct Params {", ...structLines, "};");
   decl.bindings.forEach((b, i) => {
-    header.push(`@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type ?? "f32"}>;`);
+    const at = `@group(0) @binding(${i})`;
+    if (b.texture === "sampled") header.push(`${at} var ${b.name}: texture_2d<f32>;`);
+    else if (b.texture === "write") {
+      header.push(`${at} var ${b.name}: texture_storage_2d<rgba32float, write>;`);
+    } else header.push(`${at} var<storage, ${b.access}> ${b.name}: array<${b.type ?? "f32"}>;`);
   });
   header.push(`@group(0) @binding(${decl.bindings.length}) var<uniform> p: Params;`);
   for (const [name] of arrays) {

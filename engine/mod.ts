@@ -2,7 +2,15 @@
  * The engine: device, tensors, buffer pool, kernel declarations and dispatch. Knows nothing of histology.
  * @module
  */
-export { createEngine, Engine, type EngineOptions, GPUFailure, grid, type TensorRange } from "./engine.ts";
+export {
+  createEngine,
+  Engine,
+  type EngineOptions,
+  type EngineTexture,
+  GPUFailure,
+  grid,
+  type TensorRange,
+} from "./engine.ts";
 export { type AdapterDescription, createDevice, type DeviceOptions, NoAdapterError } from "./device.ts";
 export {
   type BindingDecl,

@@ -28,6 +28,7 @@ import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
+import { matmulTex, TEX_TILES, texCannot, type TexConfig } from "./matmul_tex.ts";
 import { chosenVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
@@ -69,8 +70,10 @@ export interface TiledConfig {
   bk: number;
 }
 
+export type { TexConfig } from "./matmul_tex.ts";
+
 /** A kernel configuration. */
-export type MatmulConfig = RegConfig | TiledConfig;
+export type MatmulConfig = RegConfig | TiledConfig | TexConfig;
 
 const KU = 4;
 
@@ -352,6 +355,7 @@ const TILED_CONFIGS = [TILED, TILED_128];
  * ```
  */
 export function matmulVariantId(c: MatmulConfig): string {
+  if (c.kind === "tex") return `tex/${c.tm}x${c.tn}/${c.lanes}`;
   return c.kind === "reg" ? `reg/${c.tm}x${c.tn}/${c.lanes}` : `tiled/${c.wy * c.tm}x${c.wx * c.tn}`;
 }
 
@@ -374,15 +378,29 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
     const lanes = (reg[3] as RegConfig["lanes"] | undefined) ?? lanesFor(m, n, tm);
     return { kind: "reg", tm, tn, wg: REG_WG, lanes };
   }
+  const tex = /^tex\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
+  if (tex) {
+    const tm = Number(tex[1]), tn = Number(tex[2]);
+    if (!(tm === tn && (TEX_TILES as readonly number[]).includes(tm))) {
+      return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")}`;
+    }
+    return {
+      kind: "tex",
+      tm,
+      tn,
+      wg: REG_WG,
+      lanes: (tex[3] as TexConfig["lanes"] | undefined) ?? lanesFor(m, n, tm),
+    };
+  }
   const tiled = TILED_CONFIGS.find((c) => matmulVariantId(c) === id);
   if (tiled) return tiled;
   return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32), reg/<1|2|4>x<32|64>[/rows|/cols], " +
-    "tiled/64x64 and tiled/128x128";
+    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tiled/64x64 and tiled/128x128";
 }
 
 // Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
 function cannotRun(engine: Engine, c: MatmulConfig): string | null {
-  if (c.kind === "reg") return null;
+  if (c.kind !== "tiled") return null;
   const invocations = c.wx * c.wy, bytes = 4 * c.bk * (c.wy * c.tm + c.wx * c.tn);
   const l = engine.limits;
   if (
@@ -431,8 +449,9 @@ export function matmulShapeClass(m: number, n: number, k: number): string {
 /**
  * The variant ids that can compute an m × n × k product on `engine` (what `he2gene tune` times): every
  * register block with both lane mappings, except blocks at least twice the size of C in both dimensions
- * (8×8 always), and the tiled kernels where the adapter's limits allow them (128×128 only where C holds a
- * whole 128 × 128 tile). Empty when no kernel runs (an
+ * (8×8 always), the texture-operand blocks (lanes along the dimension that pads less) where the operands fit
+ * the adapter's texture size (B stored n × k with `transposeB`), and the tiled kernels where the adapter's
+ * limits allow them (128×128 only where C holds a whole 128 × 128 tile). Empty when no kernel runs (an
  * empty C, or K = 0).
  *
  * @example
@@ -440,7 +459,13 @@ export function matmulShapeClass(m: number, n: number, k: number): string {
  * for (const id of matmulCandidates(engine, 3136, 64, 576)) withVariant("matmul", id, () => time(id));
  * ```
  */
-export function matmulCandidates(engine: Engine, m: number, n: number, k: number): string[] {
+export function matmulCandidates(
+  engine: Engine,
+  m: number,
+  n: number,
+  k: number,
+  transposeB = false,
+): string[] {
   if (m === 0 || n === 0 || k === 0) return [];
   const out: string[] = [];
   for (const t of REG_TILES) {
@@ -453,6 +478,12 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
     const tm = SKINNY_M.find((t) => t >= m)!;
     for (const tn of SKINNY_N) out.push(matmulVariantId({ kind: "reg", tm, tn, wg: REG_WG, lanes: "cols" }));
   }
+  if (!texCannot(engine, m, n, k, transposeB)) {
+    for (const t of TEX_TILES) {
+      if (t > TEX_TILES[0] && t >= 2 * Math.max(m, n)) continue;
+      out.push(matmulVariantId({ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) }));
+    }
+  }
   for (const c of TILED_CONFIGS) {
     // 128 × 128 tiles only where C has at least one whole tile (else 64 × 64 pads less).
     if (c !== TILED && (m < c.wy * c.tm || n < c.wx * c.tn)) continue;
@@ -464,9 +495,11 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
 /**
  * The kernel for an m × n × k product on `engine`: the tuning table's variant for
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
- * table. Software adapters (llvmpipe): register-blocked; 32×32 blocks for big products (first compile
- * ~15 s on llvmpipe, cached by Mesa afterwards), 16×16 and 8×8 for smaller ones, which compile in ~1 s;
- * lanes along the dimension that pads less; 1, 2 or 4 × 32 blocks with lanes along N for ≤ 4 rows.
+ * table. Software adapters (llvmpipe): A and B through textures (`tex`, kernels/matmul_tex.ts), 32×32
+ * blocks for big products (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards), 16×16 for
+ * medium ones — where the operands fit the adapter's texture size (B stored n × k with `transposeB`), else
+ * register blocks of the same size from storage buffers; 8×8 register blocks for small products; lanes along
+ * the dimension that pads less; 1, 2 or 4 × 32 blocks with lanes along N for ≤ 4 rows.
  * Hardware adapters: 64×64 workgroup tiles (register blocks as on llvmpipe behind OpenGL). A variant that is
  * unknown or cannot run throws a `RangeError` naming it.
  *
@@ -475,9 +508,20 @@ export function matmulCandidates(engine: Engine, m: number, n: number, k: number
  * const cfg = chooseMatmulKernel(engine, 1024, 1024, 1024); // { kind: "reg", tm: 32, … } on llvmpipe
  * ```
  */
-export function chooseMatmulKernel(engine: Engine, m: number, n: number, k: number): MatmulConfig {
+export function chooseMatmulKernel(
+  engine: Engine,
+  m: number,
+  n: number,
+  k: number,
+  transposeB = false,
+): MatmulConfig {
   const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
   if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
+  return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB));
+}
+
+// The built-in table; `textures`: whether the operands fit the adapter's texture size.
+function builtinKernel(engine: Engine, m: number, n: number, k: number, textures: boolean): MatmulConfig {
   // Hardware adapters: workgroup tiles, but not behind OpenGL, where each tiled kernel takes ~15 s to
   // compile (kernels/_wgsl.ts stagesTiles); `he2gene tune` may still pick them there.
   if (!engine.adapterInfo.software && stagesTiles(engine)) return TILED;
@@ -487,12 +531,14 @@ export function chooseMatmulKernel(engine: Engine, m: number, n: number, k: numb
   if (skinny !== undefined) return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   const flops = 2 * m * n * k;
   const t = flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8;
-  return { kind: "reg", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
+  // Textures: 1.5–2× the register blocks' GFLOP/s on llvmpipe from 256³ up (equal on 12 544 × 576 · 576 × 64).
+  const kind = textures && t >= TEX_TILES[0] ? "tex" : "reg";
+  return { kind, tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
 }
 
 // One kernel per (configuration, layout, epilogue).
 const matmulKernel = variants("matmul", (p: MatmulParams) => {
-  const c = parseVariant(p.cfg, 0, 0) as MatmulConfig; // canonical ids only (matmulVariantId)
+  const c = parseVariant(p.cfg, 0, 0) as RegConfig | TiledConfig; // canonical reg/tiled ids only
   return {
     bindings: BINDINGS(p),
     uniforms: UNIFORMS,
@@ -635,7 +681,25 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     );
   }
   const nBlock = splitN ? alignedBlock(e, [k], n) : n;
-  const cfg = chooseMatmulKernel(e, M, n, k);
+  let cfg = chooseMatmulKernel(e, M, n, k, tB);
+  if (cfg.kind === "tex") {
+    // Textures: one unbatched product whose operands fit a binding (the pack kernel reads them whole) and
+    // the adapter's texture size; any other call takes the built-in kernel.
+    if (nb === 1 && !splitM && !splitN && !splitK && !texCannot(e, M, n, k, tB)) {
+      matmulTex(e, cfg, a, b, out, o.bias ?? e.placeholder(), {
+        m: M,
+        n,
+        k,
+        transB: tB,
+        hasBias: !!o.bias,
+        act: o.activation ?? "none",
+        info: `[${a.shape}]x[${b.shape}]${tB ? "ᵀ" : ""}`,
+      });
+      return out;
+    }
+    cfg = builtinKernel(e, M, n, k, false);
+  }
+  if (cfg.kind === "tex") throw new Error("unreachable: the built-in matmul table has no tex kernel");
   const reg = cfg.kind === "reg";
   const epilogue = !splitK; // with split-K, bias and activation are applied after the last block
   const kernel = matmulKernel({

@@ -237,8 +237,8 @@ function matmulCases(e: Engine, shapes: MatmulShape[]): TuneCase[] {
       label: transposeB ? `${m}×${k} · (${n}×${k})ᵀ` : `${m}×${k} · ${k}×${n}`,
       flops: 2 * m * n * k,
       tol: TOL.matmul,
-      candidates: matmulCandidates(e, m, n, k),
-      defaultVariant: matmulVariantId(chooseMatmulKernel(e, m, n, k)),
+      candidates: matmulCandidates(e, m, n, k, transposeB),
+      defaultVariant: matmulVariantId(chooseMatmulKernel(e, m, n, k, transposeB)),
       setup(e) {
         const a = randomTensor(e, [m, k], 4), b = randomTensor(e, transposeB ? [n, k] : [k, n], 5);
         return {

@@ -638,7 +638,8 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
       ]),
     ),
   ];
-  // Every variant, forced: register blocks 8/16/32 with both lane mappings, and the tiled kernel where the
+  // Every variant, forced: register blocks 8/16/32 with both lane mappings, texture blocks 16/32 (the
+  // epilogue case is batched: it checks the fallback to register blocks), and the tiled kernel where the
   // adapter's limits allow its 16×16 workgroup and 8 KiB of workgroup memory (matmulCandidates).
   // Behind OpenGL the tiled kernels take ~15 s each to compile the first time (0.6 s through Vulkan; see
   // stagesTiles) and are not the default, so --quick leaves them out there; the 32×32 blocks (~15 s each to
@@ -657,12 +658,12 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     batchB: [2],
   };
   const ids = matmulCandidates(e, vec.m, vec.n, vec.k).filter((id) =>
-    !quick || !(id.startsWith("reg/32x32") || (id.startsWith("tiled/") && slowTiled))
+    !quick || !(/^(reg|tex)\/32x32/.test(id) || (id.startsWith("tiled/") && slowTiled))
   );
   for (const id of ids) {
     // Each (layout, epilogue) is a kernel of its own: ~3 s to compile at 16×16 on llvmpipe, ~15 s at 32×32.
-    let list = id.startsWith("reg/32x32") ? [vec] : [vec, scalar, epilogue];
-    if (quick && id.startsWith("reg/16x16")) list = [id.endsWith("/rows") ? vec : scalar];
+    let list = /^(reg|tex)\/32x32/.test(id) ? [vec] : [vec, scalar, epilogue];
+    if (quick && /^(reg|tex)\/16x16/.test(id)) list = [id.endsWith("/rows") ? vec : scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
   // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns) are candidates for products of ≤ 4 rows.

@@ -243,19 +243,51 @@ gpuTest("mismatched shapes throw errors that name the op and both shapes", (e) =
   );
 });
 
-gpuTest("the built-in table picks register blocks on software adapters and tiles on hardware", (e) => {
+gpuTest("the built-in table picks texture blocks on software adapters and tiles on hardware", (e) => {
   const c = chooseMatmulKernel(e, 1024, 1024, 1024);
-  // Register blocks on hardware too behind OpenGL, whose tiled kernels take long to compile (stagesTiles).
-  assertEquals(c.kind, e.adapterInfo.software || !stagesTiles(e) ? "reg" : "tiled");
-  if (c.kind === "reg") {
+  // On hardware behind OpenGL, whose tiled kernels take long to compile (stagesTiles), register blocks.
+  const kind = e.adapterInfo.software ? "tex" : stagesTiles(e) ? "tiled" : "reg";
+  assertEquals(c.kind, kind);
+  if (c.kind !== "tiled") {
     assertEquals(c.tm, 32);
-    assertEquals(
-      chooseMatmulKernel(e, 12544, 64, 576).kind === "reg" &&
-        (chooseMatmulKernel(e, 12544, 64, 576) as { lanes: string }).lanes,
-      "rows",
-    );
+    assertEquals((chooseMatmulKernel(e, 12544, 64, 576) as { lanes: string }).lanes, "rows");
+  }
+  if (kind === "tex") {
+    // Operands past the adapter's texture size (the aux head's 19 699 × 2048 weight as Bᵀ): register blocks.
+    const n = e.limits.maxTextureDimension2D + 1;
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 32, n, 2048, true)), "reg/32x32/cols");
+    assertEquals(chooseMatmulKernel(e, 32, n, 2048).kind, "tex"); // untransposed: n/4 texels per row
+    assertEquals(chooseMatmulKernel(e, 16, 16, 16).kind, "reg"); // small: 8 × 8 register blocks
   }
 });
+
+gpuTest(
+  "texture-operand kernels: copied and packed textures, ragged edges, epilogues, fallbacks",
+  async (e) => {
+    const cases: Case[] = [
+      { m: 70, k: 128, n: 128 }, // A and B copied into their textures (rows of a multiple of 64 floats)
+      { m: 33, k: 20, n: 17, bias: true, act: "relu" }, // packed, K padded to 32, N to 20
+      { m: 9, k: 64, n: 30, tB: true, bias: true, act: "sigmoid" }, // Bᵀ copied, scalar C
+      { m: 40, k: 37, n: 12, tB: true }, // Bᵀ packed
+      { m: 5, k: 8, n: 6, batchA: [3] }, // batched A folded into M
+      { m: 5, k: 8, n: 6, batchA: [2], batchB: [2] }, // batched: the register kernel instead
+      { m: 6, k: 5, n: 7, tA: true }, // Aᵀ materialised first
+    ];
+    for (const id of ["tex/16x16/rows", "tex/16x16/cols", "tex/32x32"]) {
+      for (const c of id === "tex/32x32" ? cases.slice(0, 2) : cases) await check(e, c, id);
+    }
+    // Two products in a row reuse the cached textures: each reads its own operands.
+    const a1 = e.tensor(rand(64 * 64, 1), [64, 64]), a2 = e.tensor(rand(64 * 64, 2), [64, 64]);
+    const ys = withVariant("matmul", "tex/16x16", () => [matmulForward(a1, a2), matmulForward(a2, a1)]);
+    const [w1, w2] = [
+      matmulCpu(await a1.toArray(), [64, 64], await a2.toArray(), [64, 64]),
+      matmulCpu(await a2.toArray(), [64, 64], await a1.toArray(), [64, 64]),
+    ];
+    assertClose(await ys[0].toArray(), w1.data, TOL.matmul, "A1·A2", w1.scale);
+    assertClose(await ys[1].toArray(), w2.data, TOL.matmul, "A2·A1", w2.scale);
+    assertThrows(() => e.texture("x", e.limits.maxTextureDimension2D + 1, 1), RangeError, "texture x");
+  },
+);
 
 gpuTest(
   "an untransposed B larger than one storage binding is split along K and accumulated (dX of the aux head)",
@@ -301,6 +333,13 @@ gpuTest("variant ids name every configuration and parse back to it", (e) => {
     "reg/8x8/cols",
   ]);
   assertEquals(matmulCandidates(e, 0, 7, 3), []);
+  // Texture blocks where the operands fit the adapter's texture size.
+  assertEquals(matmulCandidates(e, 300, 260, 36).filter((id) => id.startsWith("tex/")), [
+    "tex/16x16/rows",
+    "tex/32x32/rows",
+  ]);
+  const tall = e.limits.maxTextureDimension2D + 1;
+  assertEquals(matmulCandidates(e, 4, tall, 64, true).filter((id) => id.startsWith("tex/")), []);
   assertEquals(matmulShapeClass(3136, 64, 576), "m4096 n64 k1024");
   assertEquals(matmulShapeClass(1, 0, 3), "m1 n0 k4");
 });
@@ -308,7 +347,10 @@ gpuTest("variant ids name every configuration and parse back to it", (e) => {
 gpuTest("the tuning table and forced variants choose the matmul kernel", async (e) => {
   const software = e.adapterInfo.software || !stagesTiles(e);
   const builtIn = matmulVariantId(chooseMatmulKernel(e, 300, 260, 36));
-  assertEquals(builtIn, software ? "reg/16x16/rows" : "tiled/64x64");
+  assertEquals(
+    builtIn,
+    e.adapterInfo.software ? "tex/16x16/rows" : software ? "reg/16x16/rows" : "tiled/64x64",
+  );
   try {
     useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: "reg/16x16/cols" } });
     assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), "reg/16x16/cols");

@@ -1,0 +1,244 @@
+/**
+ * The `tex` matmul kernels: A and B read through rgba32float textures (`textureLoad`), C a storage buffer.
+ *
+ * Why: Mesa's llvmpipe turns every storage-buffer load into a loop over the 8 SIMD lanes with a bounds check
+ * per lane and component, while a texel fetch is a straight gather of 8 × 16 bytes and a transpose — about
+ * 1.2 ns per lane and texel on this machine (2 cores). A 32 × 32 block per invocation with A and B as
+ * textures computes 1024³ in ~45 ms of wall time where the same block from storage buffers takes ~79 ms
+ * (interleaved runs, .scratch experiments summarised in ARCHITECTURE.md). Real GPUs read textures through
+ * their texture caches, so the variant is a candidate for the tuner everywhere.
+ *
+ * Layout: A (M × K) as texels (kq, m) = A[m, 4kq … 4kq+3]; B (K × N) as texels (nq, k) = B[k, 4nq … 4nq+3],
+ * or, transposed (N × K, a linear layer's weight), as texels (kq, n) like A. K is padded with zeros to a
+ * multiple of 16 (the loop reads 16 k per iteration), N to a multiple of 4. A texture is filled by a buffer
+ * copy when its rows are exactly a tensor's rows and 256-byte aligned (K or N a multiple of 64), else by
+ * {@linkcode packKernel}. Each invocation owns TM rows × TN columns of C (lanes along the dimension that
+ * pads less), loads 4 texels of A per row and 4 × TN/4 (or TN) of B per iteration, then runs each
+ * accumulator's 16 FMAs back to back.
+ *
+ * @module
+ */
+import type { Engine, EngineTexture } from "../engine/engine.ts";
+import { single, type VariantParams, variants } from "../engine/kernel.ts";
+import type { Tensor } from "../engine/tensor.ts";
+
+/** A texture-operand kernel configuration: TM × TN outputs per invocation, WG invocations per workgroup. */
+export interface TexConfig {
+  kind: "tex";
+  tm: number;
+  tn: number;
+  wg: number;
+  lanes: "rows" | "cols";
+}
+
+/** Block sizes of the `tex` variants. */
+export const TEX_TILES = [16, 32] as const;
+/** k per loop iteration (4 texels of 4); K is padded to a multiple of it. */
+const KSTEP = 16;
+
+const ACT: Record<string, (v: string) => string> = {
+  none: (v) => v,
+  relu: (v) => `max(${v}, 0.0)`,
+  sigmoid: (v) => `(1.0 / (1.0 + exp(-(${v}))))`,
+};
+
+interface TexParams extends VariantParams {
+  tm: number;
+  tn: number;
+  wg: number;
+  lanes: string;
+  transB: boolean;
+  vecC: boolean;
+  bias: boolean;
+  act: string;
+}
+
+function genTex(v: TexParams): string {
+  const { tm: TM, tn: TN, wg: WG, transB: tB } = v;
+  const U = KSTEP / 4;
+  const L: string[] = [];
+  L.push(`@compute @workgroup_size(${WG}, 1, 1)`);
+  L.push(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {`);
+  L.push(`  let M = p.M; let N = p.N;`);
+  if (v.lanes === "rows") {
+    L.push(`  let row0 = (wid.y * ${WG}u + lid.x) * ${TM}u;`, `  let col0 = wid.x * ${TN}u;`);
+  } else {
+    L.push(`  let row0 = wid.y * ${TM}u;`, `  let col0 = (wid.x * ${WG}u + lid.x) * ${TN}u;`);
+  }
+  // Rows and columns past the edge read the last one (no branch in the loop) and are not stored.
+  for (let i = 0; i < TM; i++) L.push(`  let ra${i} = min(row0 + ${i}u, M - 1u);`);
+  if (tB) {
+    for (let j = 0; j < TN; j++) L.push(`  let rb${j} = min(col0 + ${j}u, N - 1u);`);
+    for (let i = 0; i < TM; i++) for (let j = 0; j < TN; j++) L.push(`  var c${i}_${j} = 0.0;`);
+  } else {
+    for (let q = 0; q < TN / 4; q++) L.push(`  let cq${q} = min(col0 / 4u + ${q}u, (N + 3u) / 4u - 1u);`);
+    for (let i = 0; i < TM; i++) for (let q = 0; q < TN / 4; q++) L.push(`  var c${i}_${q} = vec4f(0.0);`);
+  }
+  L.push(`  for (var kq = 0u; kq < p.KQ; kq += ${U}u) {`);
+  for (let u = 0; u < U; u++) {
+    for (let i = 0; i < TM; i++) L.push(`    let a${i}_${u} = textureLoad(A, vec2u(kq + ${u}u, ra${i}), 0);`);
+    if (tB) {
+      for (let j = 0; j < TN; j++) {
+        L.push(`    let b${j}_${u} = textureLoad(B, vec2u(kq + ${u}u, rb${j}), 0);`);
+      }
+    } else {
+      for (let s = 0; s < 4; s++) {
+        for (let q = 0; q < TN / 4; q++) {
+          L.push(`    let b${s}_${q}_${u} = textureLoad(B, vec2u(cq${q}, (kq + ${u}u) * 4u + ${s}u), 0);`);
+        }
+      }
+    }
+  }
+  // Each accumulator's 16 FMAs back to back (k ascending).
+  for (let i = 0; i < TM; i++) {
+    if (tB) {
+      for (let j = 0; j < TN; j++) {
+        for (let u = 0; u < U; u++) {
+          for (let s = 0; s < 4; s++) {
+            L.push(`    c${i}_${j} = fma(a${i}_${u}[${s}], b${j}_${u}[${s}], c${i}_${j});`);
+          }
+        }
+      }
+    } else {
+      for (let q = 0; q < TN / 4; q++) {
+        for (let u = 0; u < U; u++) {
+          for (let s = 0; s < 4; s++) {
+            L.push(`    c${i}_${q} = fma(vec4f(a${i}_${u}[${s}]), b${s}_${q}_${u}, c${i}_${q});`);
+          }
+        }
+      }
+    }
+  }
+  L.push(`  }`);
+  const acc = (i: number, j: number) => tB ? `c${i}_${j}` : `c${i}_${j >> 2}[${j & 3}]`;
+  if (v.bias) {
+    for (let j = 0; j < TN; j++) L.push(`  let bias${j} = bias[p.biasOff + min(col0 + ${j}u, N - 1u)];`);
+  }
+  const val = (i: number, j: number) => ACT[v.act](v.bias ? `${acc(i, j)} + bias${j}` : acc(i, j));
+  for (let i = 0; i < TM; i++) {
+    L.push(`  if (row0 + ${i}u < M) {`, `    let r = p.cOff + (row0 + ${i}u) * p.ldc + col0;`);
+    if (v.vecC) {
+      for (let j = 0; j < TN; j += 4) {
+        const vv = `vec4f(${[0, 1, 2, 3].map((d) => val(i, j + d)).join(", ")})`;
+        L.push(`    if (col0 + ${j}u < N) { C[(r + ${j}u) / 4u] = ${vv}; }`);
+      }
+    } else {
+      for (let j = 0; j < TN; j++) L.push(`    if (col0 + ${j}u < N) { C[r + ${j}u] = ${val(i, j)}; }`);
+    }
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+}
+
+const texKernel = variants("matmul_tex", (v: TexParams) => ({
+  bindings: [
+    { name: "A", access: "read", texture: "sampled" },
+    { name: "B", access: "read", texture: "sampled" },
+    { name: "bias", access: "read" },
+    { name: "C", access: "read_write", type: v.vecC ? "vec4<f32>" : "f32" },
+  ] as const,
+  uniforms: { M: "u32", N: "u32", KQ: "u32", ldc: "u32", cOff: "u32", biasOff: "u32" } as const,
+  workgroupSize: [v.wg],
+  body: genTex(v),
+}));
+
+/**
+ * Fill a texture from a matrix: texel (x, y) = src[off + y·rowLen + 4x … +3], zero past `rowLen` or
+ * `rows` (the padding the matmul loop reads).
+ */
+export const packKernel = single("matmul_tex_pack", () => ({
+  bindings: [{ name: "src", access: "read" }, { name: "T", access: "read_write", texture: "write" }] as const,
+  uniforms: { rowLen: "u32", rows: "u32", off: "u32", width: "u32", height: "u32" } as const,
+  workgroupSize: [64],
+  body: `
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let x = g.x;
+  let y = g.y;
+  if (x >= p.width || y >= p.height) { return; }
+  var v = vec4f(0.0);
+  if (y < p.rows) {
+    let base = p.off + y * p.rowLen;
+    for (var c = 0u; c < 4u; c++) {
+      if (4u * x + c < p.rowLen) { v[c] = src[base + 4u * x + c]; }
+    }
+  }
+  textureStore(T, vec2u(x, y), v);
+}`,
+}));
+
+/** Texture sizes [width, height] in texels of A and B for an m × n × k product. */
+export function texShapes(
+  m: number,
+  n: number,
+  k: number,
+  transB: boolean,
+): [[number, number], [number, number]] {
+  const kq = Math.ceil(k / KSTEP) * (KSTEP / 4);
+  return [[kq, m], transB ? [kq, n] : [Math.ceil(n / 4), kq * 4]];
+}
+
+/** Why the `tex` kernels cannot compute this product on `e` (texture size limits), or null. */
+export function texCannot(e: Engine, m: number, n: number, k: number, transB: boolean): string | null {
+  const max = e.limits.maxTextureDimension2D;
+  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB);
+  if (Math.max(aw, ah, bw, bh) > max) {
+    return `its textures would be ${aw} × ${ah} and ${bw} × ${bh} texels; the adapter allows ${max} per side`;
+  }
+  return null;
+}
+
+// Fill `t` with `rows` rows of `rowLen` floats of `src` from element `off` (a copy where the layout allows).
+function fill(e: Engine, src: Tensor, t: EngineTexture, rowLen: number, rows: number, off: number): void {
+  if (rowLen === t.width * 4 && rows === t.height && rowLen % 64 === 0) {
+    e.copyToTexture(src, t, off);
+    return;
+  }
+  e.run(packKernel(), {
+    bindings: [src, t],
+    uniforms: { rowLen, rows, off, width: t.width, height: t.height },
+    workgroups: [Math.ceil(t.width / 64), t.height],
+    info: `[${src.shape}] → ${t.width}×${t.height} texels`,
+  });
+}
+
+/**
+ * C = act(A·op(B) + bias) for one unbatched product with the `tex` kernel `c`: A (m × k, from element
+ * `aOff`), B (k × n, or n × k with `transB`), C written at `cOff` with row stride `ldc`.
+ */
+export function matmulTex(
+  e: Engine,
+  c: TexConfig,
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  bias: Tensor,
+  o: { m: number; n: number; k: number; transB: boolean; hasBias: boolean; act: string; info: string },
+): void {
+  const { m, n, k, transB } = o;
+  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB);
+  const ta = e.texture("matmul.A", aw, ah);
+  const tb = e.texture("matmul.B", bw, bh);
+  fill(e, a, ta, k, m, 0);
+  if (transB) fill(e, b, tb, k, n, 0);
+  else fill(e, b, tb, n, k, 0);
+  const kernel = texKernel({
+    tm: c.tm,
+    tn: c.tn,
+    wg: c.wg,
+    lanes: c.lanes,
+    transB,
+    vecC: n % 4 === 0,
+    bias: o.hasBias,
+    act: o.act,
+  });
+  const groups = c.lanes === "rows"
+    ? [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), 1] as const
+    : [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), 1] as const;
+  e.run(kernel, {
+    bindings: [ta, tb, bias, out],
+    uniforms: { M: m, N: n, KQ: aw, ldc: n, cOff: 0, biasOff: 0 },
+    workgroups: groups,
+    info: o.info,
+  });
+}
