@@ -53,6 +53,7 @@ const LIMITS_AT_MAX = [
   "maxStorageBuffersPerShaderStage",
   "maxUniformBufferBindingSize",
   "maxBindGroups",
+  "maxTextureDimension2D", // matmul's texture operands (kernels/matmul_tex.ts): rows of A up to this
 ] as const;
 
 const SOFTWARE_NAMES = /llvmpipe|lavapipe|swiftshader|softpipe|warp|basic render|software/i;

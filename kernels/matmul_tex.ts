@@ -4,9 +4,9 @@
  * Why: Mesa's llvmpipe turns every storage-buffer load into a loop over the 8 SIMD lanes with a bounds check
  * per lane and component, while a texel fetch is a straight gather of 8 × 16 bytes and a transpose — about
  * 1.2 ns per lane and texel on this machine (2 cores). A 32 × 32 block per invocation with A and B as
- * textures computes 1024³ in ~45 ms of wall time where the same block from storage buffers takes ~79 ms
- * (interleaved runs, .scratch experiments summarised in ARCHITECTURE.md). Real GPUs read textures through
- * their texture caches, so the variant is a candidate for the tuner everywhere.
+ * textures computes 1024³ in ~47 ms of wall time where the same block from storage buffers takes ~79 ms
+ * (interleaved runs of raw WebGPU kernels; see ARCHITECTURE.md). Real GPUs read textures through their
+ * texture caches, so the variant is a candidate for the tuner everywhere.
  *
  * Layout: A (M × K) as texels (kq, m) = A[m, 4kq … 4kq+3]; B (K × N) as texels (nq, k) = B[k, 4nq … 4nq+3],
  * or, transposed (N × K, a linear layer's weight), as texels (kq, n) like A. K is padded with zeros to a
