@@ -90,7 +90,8 @@ interface MatmulParams extends VariantParams {
   act: Activation;
 }
 
-const ACT_WGSL: Record<Activation, (v: string) => string> = {
+/** WGSL of each fused activation (also used by kernels/matmul_tex.ts). */
+export const ACT_WGSL: Record<Activation, (v: string) => string> = {
   none: (v) => v,
   relu: (v) => `max(${v}, 0.0)`,
   sigmoid: (v) => `(1.0 / (1.0 + exp(-(${v}))))`,
@@ -531,7 +532,7 @@ function builtinKernel(engine: Engine, m: number, n: number, k: number, textures
   if (skinny !== undefined) return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   const flops = 2 * m * n * k;
   const t = flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8;
-  // Textures: 1.5–2× the register blocks' GFLOP/s on llvmpipe from 256³ up (equal on 12 544 × 576 · 576 × 64).
+  // Textures: 1.5–2× the register blocks' GFLOP/s on llvmpipe from 256³ up (12 544 × 576 · 576 × 64: 1.7×).
   const kind = textures && t >= TEX_TILES[0] ? "tex" : "reg";
   return { kind, tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
 }

@@ -21,6 +21,7 @@
 import type { Engine, EngineTexture } from "../engine/engine.ts";
 import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { ACT_WGSL, type Activation } from "./matmul.ts"; // a cycle: read only when a kernel is built
 
 /** A texture-operand kernel configuration: TM × TN outputs per invocation, WG invocations per workgroup. */
 export interface TexConfig {
@@ -35,12 +36,6 @@ export interface TexConfig {
 export const TEX_TILES = [16, 32] as const;
 /** k per loop iteration (4 texels of 4); K is padded to a multiple of it. */
 const KSTEP = 16;
-
-const ACT: Record<string, (v: string) => string> = {
-  none: (v) => v,
-  relu: (v) => `max(${v}, 0.0)`,
-  sigmoid: (v) => `(1.0 / (1.0 + exp(-(${v}))))`,
-};
 
 interface TexParams extends VariantParams {
   tm: number;
@@ -114,7 +109,8 @@ function genTex(v: TexParams): string {
   if (v.bias) {
     for (let j = 0; j < TN; j++) L.push(`  let bias${j} = bias[p.biasOff + min(col0 + ${j}u, N - 1u)];`);
   }
-  const val = (i: number, j: number) => ACT[v.act](v.bias ? `${acc(i, j)} + bias${j}` : acc(i, j));
+  const val = (i: number, j: number) =>
+    ACT_WGSL[v.act as Activation](v.bias ? `${acc(i, j)} + bias${j}` : acc(i, j));
   for (let i = 0; i < TM; i++) {
     L.push(`  if (row0 + ${i}u < M) {`, `    let r = p.cOff + (row0 + ${i}u) * p.ldc + col0;`);
     if (v.vecC) {
