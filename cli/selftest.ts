@@ -11,13 +11,17 @@
 import { parseArgs } from "node:util";
 import { createEngine } from "../mod.ts";
 import { runSelftest, type SelftestResult } from "../ops/selftest.ts";
+import { UsageError } from "./errors.ts";
+import type { SelftestJob, SelftestMessage } from "./selftest_worker.ts";
 
 /** Usage of `he2gene selftest`. */
-export const SELFTEST_USAGE = "selftest [--quick] [--json] [--only OP,…]\n\n" +
+export const SELFTEST_USAGE = "selftest [--quick] [--json] [--only OP,…] [--jobs N]\n\n" +
   "  --quick  skip what is slow to compile on a software adapter (32×32 register blocks, most 16×16\n" +
   "           shapes; the tiled matmul behind OpenGL) and the large shapes\n" +
   "  --json   print the results as JSON instead of the table\n" +
-  "  --only   check only these ops (e.g. matmul,conv2d_backward_weight)\n\n" +
+  "  --only   check only these ops (e.g. matmul,conv2d_backward_weight)\n" +
+  "  --jobs   how many GPU devices check at once, each compiling its own kernels (default: one per\n" +
+  "           CPU core, at most 4; compiling is most of a first run)\n\n" +
   "  HE2GENE_SELFTEST_FAULT=OP[,OP…] makes those ops' GPU results wrong on purpose (a test hook)";
 
 const COLUMNS = [
@@ -59,8 +63,99 @@ function resultRow(r: SelftestResult): string {
   return row([r.op, r.variant, r.shape, err, tolText(r), ratio, r.ms.toFixed(0), r.ok ? "ok" : "FAIL"]);
 }
 
+/** How many devices `selftest` checks on by default: one per CPU core, at most 4. */
+export function defaultSelftestJobs(): number {
+  return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+}
+
+/** A failed result for a check whose worker stopped before it had a result. */
+function lostResult(
+  check: Omit<SelftestResult, "maxError" | "tolerance" | "ratio" | "ms" | "ok">,
+  why: string,
+) {
+  return {
+    ...check,
+    maxError: NaN,
+    tolerance: { rtol: NaN, atol: NaN, relativeTo: "reference" },
+    ratio: Infinity,
+    ms: 0,
+    ok: false,
+    detail: `the worker checking it stopped: ${why}`,
+  } satisfies SelftestResult;
+}
+
+const WORKER_URL = new URL("./selftest_worker.ts", import.meta.url);
+
+/** Whether the helper module is there: not in the bundled self-extracting program (one device there). */
+function helpersAvailable(): boolean {
+  try {
+    return WORKER_URL.protocol !== "file:" || Deno.statSync(WORKER_URL).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Helper workers left running once done (OpenGL, see `helper`): the process's exit ends them.
+ * @internal
+ */
+const IDLE_HELPERS: Worker[] = [];
+
+/**
+ * Run a helper engine in a Worker until the shared counter runs out. Its results go to `accept`; a check
+ * it had started when it stopped is a failed result; a worker that cannot start (no second device, or a
+ * bundled program without the worker module) is reported through `note` and leaves its share to the others.
+ *
+ * Behind OpenGL a worker is never terminated: tearing down its GL instance ends EGL's display for
+ * the whole process (Mesa 22.3 + Deno 2.9.6: "Failed to make EGL context current: BadDisplay", heap
+ * corruption at exit in 2–3 of 15 runs; none in 15 with the workers left to the exit), so it stays idle until
+ * `he2gene` exits (the CLI always ends with `Deno.exit`).
+ */
+function helper(
+  job: SelftestJob,
+  accept: (r: SelftestResult, index: number, total: number) => void,
+  note: (message: string) => void,
+): Promise<void> {
+  return new Promise((resolve) => {
+    let worker: Worker;
+    try {
+      worker = new Worker(WORKER_URL, { type: "module" });
+    } catch (e) {
+      note((e as Error).message);
+      return resolve();
+    }
+    let current: Extract<SelftestMessage, { type: "start" }> | null = null;
+    const stop = (why?: string) => {
+      if (why !== undefined) {
+        if (current) accept(lostResult(current.check, why), current.index, current.total);
+        else note(why);
+      }
+      current = null;
+      if (job.backend === "gl") IDLE_HELPERS.push(worker);
+      else worker.terminate();
+      resolve();
+    };
+    worker.onmessage = (ev: MessageEvent<SelftestMessage>) => {
+      const m = ev.data;
+      if (m.type === "start") current = m;
+      else if (m.type === "result") {
+        current = null;
+        accept(m.result, m.index, m.total);
+      } else if (m.type === "done") stop();
+      else stop(m.message);
+    };
+    worker.onerror = (ev) => {
+      ev.preventDefault();
+      stop(ev.message);
+    };
+    worker.postMessage(job);
+  });
+}
+
 /**
  * Run the self-test and print it; throws an Error naming the failed ops when any failed (exit 1).
+ * With `--jobs N` (default one per core, ≤ 4) N − 1 Workers, each with a device of its own, take checks
+ * from a counter shared with this thread; the table is printed in the checks' order all the same.
  *
  * @example
  * ```ts
@@ -74,12 +169,19 @@ export async function runSelftestCli(args: string[]): Promise<void> {
       quick: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       only: { type: "string" },
+      jobs: { type: "string" },
     },
     strict: true,
     allowPositionals: false,
   });
+  const asked = values.jobs === undefined ? defaultSelftestJobs() : Number(values.jobs);
+  if (!Number.isInteger(asked) || asked < 1) {
+    throw new UsageError(`--jobs must be an integer ≥ 1, current value is ${values.jobs}`);
+  }
+  const jobs = helpersAvailable() ? asked : 1;
   const list = (s: string | undefined) => s?.split(",").map((x) => x.trim()).filter(Boolean);
   const fault = list(Deno.env.get("HE2GENE_SELFTEST_FAULT"));
+  const only = list(values.only);
   const engine = await createEngine();
   try {
     const a = engine.adapterInfo;
@@ -92,27 +194,61 @@ export async function runSelftestCli(args: string[]): Promise<void> {
       if (fault?.length) console.log(`HE2GENE_SELFTEST_FAULT: ${fault.join(", ")} made wrong on purpose`);
       console.log(row(COLUMNS.map(([h]) => h)));
     };
+    // Results arrive in any order from the devices; rows are printed in the checks' order.
+    const byIndex = new Map<number, SelftestResult>();
+    let printed = 0;
+    let total = -1; // the number of checks, known when the first starts
+    let mismatch = "";
+    const accept = (r: SelftestResult, index: number, count: number) => {
+      if (count !== total) mismatch = `a helper device listed ${count} checks, this one ${total}`;
+      byIndex.set(index, r);
+      status("");
+      if (values.json) {
+        if (!r.ok) console.error(`selftest: ${r.op} (${r.variant}) failed: ${r.detail}`);
+      } else {
+        for (let x = byIndex.get(printed); x; x = byIndex.get(++printed)) {
+          console.log(resultRow(x));
+          if (!x.ok) console.log(`    ${x.detail}`);
+        }
+      }
+      if (!tty && byIndex.size % 25 === 0) console.error(`selftest: ${byIndex.size}/${count} checks done`);
+    };
+    const counter = new SharedArrayBuffer(4);
+    const helpers: Promise<void>[] = [];
     const t0 = performance.now();
-    const results = await runSelftest(engine, {
+    await runSelftest(engine, {
       quick: values.quick,
       fault,
-      only: list(values.only),
+      only,
+      next: () => Atomics.add(new Int32Array(counter), 0, 1),
       // Progress: the check now running (a 32×32 kernel takes 50–130 s to compile on llvmpipe, once).
       onStart: (c) => {
-        if (c.index === 0 && !values.json) header();
-        status(`[${c.index + 1}/${c.total}] ${c.op} ${c.variant} …`);
-      },
-      onResult: (r, i, total) => {
-        status("");
-        if (values.json) {
-          if (!r.ok) console.error(`selftest: ${r.op} (${r.variant}) failed: ${r.detail}`);
-          return;
+        if (total < 0) {
+          total = c.total;
+          if (!values.json) header();
+          const job: SelftestJob = {
+            quick: values.quick,
+            fault,
+            only,
+            counter,
+            adapter: a.name,
+            backend: a.backend,
+          };
+          const note = (m: string) =>
+            console.error(`selftest: a helper device stopped (${m}); the others go on`);
+          for (let j = 1; j < jobs; j++) helpers.push(helper(job, accept, note));
         }
-        console.log(resultRow(r));
-        if (!r.ok) console.log(`    ${r.detail}`);
-        if (!tty && (i + 1) % 25 === 0) console.error(`selftest: ${i + 1}/${total} checks done`);
+        status(`[${byIndex.size + 1}/${c.total}] ${c.op} ${c.variant} …`);
       },
+      onResult: accept,
     });
+    await Promise.all(helpers);
+    const results = [...byIndex].sort(([i], [j]) => i - j).map(([, r]) => r);
+    if (total >= 0 && (results.length !== total || mismatch)) {
+      throw new Error(
+        `selftest: ${results.length} results for ${total} checks${mismatch ? ` (${mismatch})` : ""}`,
+      );
+    }
     const failed = results.filter((r) => !r.ok);
     const seconds = (performance.now() - t0) / 1000;
     if (values.json) {

@@ -154,10 +154,23 @@ export interface SelftestOptions {
   only?: readonly string[];
   /** Called before each check (e.g. to show what is compiling). */
   onStart?: (
-    check: { family: SelftestFamily; op: string; variant: string; index: number; total: number },
+    check: {
+      family: SelftestFamily;
+      op: string;
+      variant: string;
+      shape: string;
+      index: number;
+      total: number;
+    },
   ) => void;
   /** Called with each result as it is known. */
   onResult?: (result: SelftestResult, index: number, total: number) => void;
+  /**
+   * Which check to run next, an index into the list (≥ its length ends the run). Several engines share
+   * one self-test by calling one shared counter (the CLI's `--jobs`: each compiles its own kernels, so a
+   * cold run scales with the cores); the default runs every check in turn.
+   */
+  next?: () => number;
 }
 
 // ------------------------------------------------------------------------------------------ plumbing
@@ -1663,7 +1676,7 @@ function checkNames(engine: Engine, what: string, names: readonly string[]): voi
 
 /**
  * Run every kernel, forward and backward, in every variant this adapter can run, against its CPU
- * reference; returns one result per (op, variant). A check that throws is a failed result (its `detail`
+ * reference; returns one result per (op, variant) — with `next`, per check this engine ran. A check that throws is a failed result (its `detail`
  * holds the message), and the run goes on. Forced conv2d variants end with each conv check.
  *
  * @example
@@ -1680,8 +1693,18 @@ export async function runSelftest(engine: Engine, options: SelftestOptions = {})
   const only = options.only ? new Set(options.only) : null;
   const cases = allCases(engine, options.quick ?? false).filter((c) => !only || only.has(c.op));
   const results: SelftestResult[] = [];
-  for (const [index, k] of cases.entries()) {
-    options.onStart?.({ family: k.family, op: k.op, variant: k.variant, index, total: cases.length });
+  let turn = 0;
+  const next = options.next ?? (() => turn++);
+  for (let index = next(); index < cases.length; index = next()) {
+    const k = cases[index];
+    options.onStart?.({
+      family: k.family,
+      op: k.op,
+      variant: k.variant,
+      shape: k.shape,
+      index,
+      total: cases.length,
+    });
     const c = new Checker(fault.has(k.op));
     const t0 = performance.now();
     try {

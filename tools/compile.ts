@@ -22,6 +22,9 @@ import { basename, dirname, join, resolve } from "node:path";
 export const PERMISSIONS: readonly string[] = ["--allow-read", "--allow-write", "--allow-env"];
 
 const ENTRY = new URL("../cli/main.ts", import.meta.url).pathname;
+/** `selftest --jobs`'s Worker module, which `deno compile` includes only when named (the bundled
+ * self-extracting program has no separate module: its selftest runs on one device). */
+const WORKER = new URL("../cli/selftest_worker.ts", import.meta.url).pathname;
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
 
 /** How the executable was built. */
@@ -183,7 +186,17 @@ export async function buildExecutable(o: BuildOptions): Promise<BuildMode> {
   const mode = o.mode ?? "auto";
   if (mode !== "pack") {
     log(`deno compile → ${output}`);
-    const r = await deno(["compile", ...PERMISSIONS, "--config", CONFIG, "--output", output, ENTRY]);
+    const r = await deno([
+      "compile",
+      ...PERMISSIONS,
+      "--config",
+      CONFIG,
+      "--include",
+      WORKER,
+      "--output",
+      output,
+      ENTRY,
+    ]);
     if (r.ok) return "deno";
     if (mode === "deno" || !runtimeUnavailable(r.stderr)) {
       throw new Error(`deno compile failed:\n${r.stderr.trim()}`);

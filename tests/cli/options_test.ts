@@ -61,6 +61,7 @@ Deno.test("other parse errors are one line too; a command's own check shows its 
       [["tune", "extra"], 'unexpected argument "extra"'],
       [["info", "a", "b"], "expected at most one SLIDE"],
       [["demo", "--epochs", "0"], "--epochs must be a positive integer, current value is 0"],
+      [["selftest", "--jobs", "0"], "--jobs must be an integer ≥ 1, current value is 0"],
     ] as [string[], string][]
   ) {
     const r = await runCli(args);

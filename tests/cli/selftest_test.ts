@@ -64,6 +64,21 @@ cliTest(
   },
 );
 
+cliTest("checks shared by two devices (--jobs 2) give the one-device table, in the same order", async () => {
+  const args = ["selftest", "--quick", "--only", "relu,relu_backward,matmul,conv2d,max_pool2d", "--json"];
+  const runs = [];
+  for (const jobs of ["1", "2"]) {
+    const r = await runCli([...args, "--jobs", jobs]);
+    assertEquals(r.code, 0, `--jobs ${jobs}: ${r.stderr}`);
+    runs.push((JSON.parse(r.stdout) as { results: SelftestResult[] }).results);
+  }
+  const key = (x: SelftestResult) => `${x.op} | ${x.variant} | ${x.shape} | ${x.ok}`;
+  assertEquals(runs[1].map(key), runs[0].map(key));
+  assertEquals(runs[0].length > 20, true, `${runs[0].length} checks`);
+  // Max errors agree too: the same kernels on the same adapter, another device.
+  assertEquals(runs[1].map((x) => x.maxError), runs[0].map((x) => x.maxError));
+});
+
 cliTest("an unknown fault name is refused with the list of op names", async () => {
   const r = await withFault("relu,conv3d", () => runCli(["selftest", "--quick"]));
   assertEquals(r.code, 1);
