@@ -684,9 +684,10 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
   const nBlock = splitN ? alignedBlock(e, [k], n) : n;
   let cfg = chooseMatmulKernel(e, M, n, k, tB);
   if (cfg.kind === "tex") {
-    // Textures: one unbatched product whose operands fit a binding (the pack kernel reads them whole) and
-    // the adapter's texture size; any other call takes the built-in kernel.
-    if (nb === 1 && !splitM && !splitN && !splitK && !texCannot(e, M, n, k, tB)) {
+    // Textures: operands that fit a binding (the pack kernel reads them whole) and, batches stacked along
+    // the rows, the adapter's texture size; any other call takes the built-in kernel.
+    const nbA = aBatched && !fold ? nb : 1, nbB = bBatched ? nb : 1;
+    if (!splitM && !splitN && !splitK && !texCannot(e, M, n, k, tB, nbA, nbB)) {
       matmulTex(e, cfg, a, b, out, o.bias ?? e.placeholder(), {
         m: M,
         n,
@@ -695,6 +696,9 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
         hasBias: !!o.bias,
         act: o.activation ?? "none",
         info: `[${a.shape}]x[${b.shape}]${tB ? "ᵀ" : ""}`,
+        nb,
+        nbA,
+        nbB,
       });
       return out;
     }

@@ -12,14 +12,15 @@
  * or, transposed (N × K, a linear layer's weight), as texels (kq, n) like A. K is padded with zeros to a
  * multiple of 16 (the loop reads 16 k per iteration), N to a multiple of 4. A texture is filled by a buffer
  * copy when its rows are exactly a tensor's rows and 256-byte aligned (K or N a multiple of 64), else by
- * {@linkcode packKernel}. Each invocation owns TM rows × TN columns of C (lanes along the dimension that
+ * {@linkcode packKernel}. Batched products stack their batches along the textures' rows (an operand shared
+ * by every product is stored once) and take the batch from the workgroup's z. Each invocation owns TM rows × TN columns of C (lanes along the dimension that
  * pads less), loads 4 texels of A per row and 4 × TN/4 (or TN) of B per iteration, then runs each
  * accumulator's 16 FMAs back to back.
  *
  * @module
  */
 import type { Engine, EngineTexture } from "../engine/engine.ts";
-import { single, type VariantParams, variants } from "../engine/kernel.ts";
+import { type VariantParams, variants } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { ACT_WGSL, type Activation } from "./matmul.ts"; // a cycle: read only when a kernel is built
 
@@ -55,15 +56,17 @@ function genTex(v: TexParams): string {
   L.push(`@compute @workgroup_size(${WG}, 1, 1)`);
   L.push(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {`);
   L.push(`  let M = p.M; let N = p.N;`);
+  // Batches (wid.z) stack along the textures' rows: A's from row z·aSlab, B's from z·bSlab (0: shared).
+  L.push(`  let aBase = wid.z * p.aSlab; let bBase = wid.z * p.bSlab;`);
   if (v.lanes === "rows") {
     L.push(`  let row0 = (wid.y * ${WG}u + lid.x) * ${TM}u;`, `  let col0 = wid.x * ${TN}u;`);
   } else {
     L.push(`  let row0 = wid.y * ${TM}u;`, `  let col0 = (wid.x * ${WG}u + lid.x) * ${TN}u;`);
   }
   // Rows and columns past the edge read the last one (no branch in the loop) and are not stored.
-  for (let i = 0; i < TM; i++) L.push(`  let ra${i} = min(row0 + ${i}u, M - 1u);`);
+  for (let i = 0; i < TM; i++) L.push(`  let ra${i} = aBase + min(row0 + ${i}u, M - 1u);`);
   if (tB) {
-    for (let j = 0; j < TN; j++) L.push(`  let rb${j} = min(col0 + ${j}u, N - 1u);`);
+    for (let j = 0; j < TN; j++) L.push(`  let rb${j} = bBase + min(col0 + ${j}u, N - 1u);`);
     for (let i = 0; i < TM; i++) for (let j = 0; j < TN; j++) L.push(`  var c${i}_${j} = 0.0;`);
   } else {
     for (let q = 0; q < TN / 4; q++) L.push(`  let cq${q} = min(col0 / 4u + ${q}u, (N + 3u) / 4u - 1u);`);
@@ -79,7 +82,9 @@ function genTex(v: TexParams): string {
     } else {
       for (let s = 0; s < 4; s++) {
         for (let q = 0; q < TN / 4; q++) {
-          L.push(`    let b${s}_${q}_${u} = textureLoad(B, vec2u(cq${q}, (kq + ${u}u) * 4u + ${s}u), 0);`);
+          L.push(
+            `    let b${s}_${q}_${u} = textureLoad(B, vec2u(cq${q}, bBase + (kq + ${u}u) * 4u + ${s}u), 0);`,
+          );
         }
       }
     }
@@ -112,7 +117,7 @@ function genTex(v: TexParams): string {
   const val = (i: number, j: number) =>
     ACT_WGSL[v.act as Activation](v.bias ? `${acc(i, j)} + bias${j}` : acc(i, j));
   for (let i = 0; i < TM; i++) {
-    L.push(`  if (row0 + ${i}u < M) {`, `    let r = p.cOff + (row0 + ${i}u) * p.ldc + col0;`);
+    L.push(`  if (row0 + ${i}u < M) {`, `    let r = p.cOff + wid.z * p.sc + (row0 + ${i}u) * p.ldc + col0;`);
     if (v.vecC) {
       for (let j = 0; j < TN; j += 4) {
         const vv = `vec4f(${[0, 1, 2, 3].map((d) => val(i, j + d)).join(", ")})`;
@@ -134,18 +139,32 @@ const texKernel = variants("matmul_tex", (v: TexParams) => ({
     { name: "bias", access: "read" },
     { name: "C", access: "read_write", type: v.vecC ? "vec4<f32>" : "f32" },
   ] as const,
-  uniforms: { M: "u32", N: "u32", KQ: "u32", ldc: "u32", cOff: "u32", biasOff: "u32" } as const,
+  uniforms: {
+    M: "u32",
+    N: "u32",
+    KQ: "u32",
+    ldc: "u32",
+    cOff: "u32",
+    biasOff: "u32",
+    aSlab: "u32",
+    bSlab: "u32",
+    sc: "u32",
+  } as const,
   workgroupSize: [v.wg],
   body: genTex(v),
 }));
 
 /**
- * Fill a texture from a matrix: texel (x, y) = src[off + y·rowLen + 4x … +3], zero past `rowLen` or
- * `rows` (the padding the matmul loop reads).
+ * Fill a texture from matrices: texel (x, z·height + y) = src[off + z·stride + y·rowLen + 4x … +3] for
+ * batch z, zero past `rowLen` or `rows` (the padding the matmul loop reads).
  */
-export const packKernel = single("matmul_tex_pack", () => ({
-  bindings: [{ name: "src", access: "read" }, { name: "T", access: "read_write", texture: "write" }] as const,
-  uniforms: { rowLen: "u32", rows: "u32", off: "u32", width: "u32", height: "u32" } as const,
+export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean }) => ({
+  // vec: rows of a multiple of 4 floats read as vec4 (one bounds-checked load per texel instead of four).
+  bindings: [
+    { name: "src", access: "read", type: v.vec ? "vec4<f32>" : "f32" },
+    { name: "T", access: "read_write", texture: "write" },
+  ] as const,
+  uniforms: { rowLen: "u32", rows: "u32", off: "u32", width: "u32", height: "u32", stride: "u32" } as const,
   workgroupSize: [64],
   body: `
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -154,53 +173,72 @@ export const packKernel = single("matmul_tex_pack", () => ({
   if (x >= p.width || y >= p.height) { return; }
   var v = vec4f(0.0);
   if (y < p.rows) {
-    let base = p.off + y * p.rowLen;
-    for (var c = 0u; c < 4u; c++) {
+    let base = p.off + g.z * p.stride + y * p.rowLen;
+${
+    v.vec
+      ? `    if (4u * x < p.rowLen) { v = src[(base + 4u * x) / 4u]; }`
+      : `    for (var c = 0u; c < 4u; c++) {
       if (4u * x + c < p.rowLen) { v[c] = src[base + 4u * x + c]; }
-    }
+    }`
   }
-  textureStore(T, vec2u(x, y), v);
+  }
+  textureStore(T, vec2u(x, g.z * p.height + y), v);
 }`,
 }));
 
-/** Texture sizes [width, height] in texels of A and B for an m × n × k product. */
+/**
+ * Texture sizes [width, height] in texels of A and B for an m × n × k product, with `nbA` and `nbB`
+ * batches of each operand stacked along the rows (1: unbatched, or shared by every product).
+ */
 export function texShapes(
   m: number,
   n: number,
   k: number,
   transB: boolean,
+  nbA = 1,
+  nbB = 1,
 ): [[number, number], [number, number]] {
   const kq = Math.ceil(k / KSTEP) * (KSTEP / 4);
-  return [[kq, m], transB ? [kq, n] : [Math.ceil(n / 4), kq * 4]];
+  return [[kq, m * nbA], transB ? [kq, n * nbB] : [Math.ceil(n / 4), kq * 4 * nbB]];
 }
 
 /** Why the `tex` kernels cannot compute this product on `e` (texture size limits), or null. */
-export function texCannot(e: Engine, m: number, n: number, k: number, transB: boolean): string | null {
+export function texCannot(
+  e: Engine,
+  m: number,
+  n: number,
+  k: number,
+  transB: boolean,
+  nbA = 1,
+  nbB = 1,
+): string | null {
   const max = e.limits.maxTextureDimension2D;
-  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB);
+  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB, nbA, nbB);
   if (Math.max(aw, ah, bw, bh) > max) {
     return `its textures would be ${aw} × ${ah} and ${bw} × ${bh} texels; the adapter allows ${max} per side`;
   }
   return null;
 }
 
-// Fill `t` with `rows` rows of `rowLen` floats of `src` from element `off` (a copy where the layout allows).
-function fill(e: Engine, src: Tensor, t: EngineTexture, rowLen: number, rows: number, off: number): void {
-  if (rowLen === t.width * 4 && rows === t.height && rowLen % 64 === 0) {
-    e.copyToTexture(src, t, off);
+// Fill `t` with `nb` slabs of `rows` rows of `rowLen` floats of `src` (the batches one after the other), each
+// slab t.height / nb texel rows: a copy where the layout allows, else the pack kernel.
+function fill(e: Engine, src: Tensor, t: EngineTexture, rowLen: number, rows: number, nb: number): void {
+  const height = t.height / nb;
+  if (rowLen === t.width * 4 && rows === height && rowLen % 64 === 0) {
+    e.copyToTexture(src, t, 0);
     return;
   }
-  e.run(packKernel(), {
+  e.run(packKernel({ vec: rowLen % 4 === 0 }), {
     bindings: [src, t],
-    uniforms: { rowLen, rows, off, width: t.width, height: t.height },
-    workgroups: [Math.ceil(t.width / 64), t.height],
+    uniforms: { rowLen, rows, off: 0, width: t.width, height, stride: rows * rowLen },
+    workgroups: [Math.ceil(t.width / 64), height, nb],
     info: `[${src.shape}] → ${t.width}×${t.height} texels`,
   });
 }
 
 /**
- * C = act(A·op(B) + bias) for one unbatched product with the `tex` kernel `c`: A (m × k, from element
- * `aOff`), B (k × n, or n × k with `transB`), C written at `cOff` with row stride `ldc`.
+ * C = act(A·op(B) + bias) with the `tex` kernel `c` for `nb` products: A (nbA × m × k, nbA 1 or nb: shared
+ * or one per product), B (nbB × k × n, or nbB × n × k with `transB`), C (nb × m × n).
  */
 export function matmulTex(
   e: Engine,
@@ -209,15 +247,26 @@ export function matmulTex(
   b: Tensor,
   out: Tensor,
   bias: Tensor,
-  o: { m: number; n: number; k: number; transB: boolean; hasBias: boolean; act: string; info: string },
+  o: {
+    m: number;
+    n: number;
+    k: number;
+    transB: boolean;
+    hasBias: boolean;
+    act: string;
+    info: string;
+    nb?: number;
+    nbA?: number;
+    nbB?: number;
+  },
 ): void {
-  const { m, n, k, transB } = o;
-  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB);
+  const { m, n, k, transB, nb = 1, nbA = 1, nbB = 1 } = o;
+  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB, nbA, nbB);
   const ta = e.texture("matmul.A", aw, ah);
   const tb = e.texture("matmul.B", bw, bh);
-  fill(e, a, ta, k, m, 0);
-  if (transB) fill(e, b, tb, k, n, 0);
-  else fill(e, b, tb, n, k, 0);
+  fill(e, a, ta, k, m, nbA);
+  if (transB) fill(e, b, tb, k, n, nbB);
+  else fill(e, b, tb, n, k, nbB);
   const kernel = texKernel({
     tm: c.tm,
     tn: c.tn,
@@ -229,11 +278,21 @@ export function matmulTex(
     act: o.act,
   });
   const groups = c.lanes === "rows"
-    ? [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), 1] as const
-    : [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), 1] as const;
+    ? [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), nb] as const
+    : [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), nb] as const;
   e.run(kernel, {
     bindings: [ta, tb, bias, out],
-    uniforms: { M: m, N: n, KQ: aw, ldc: n, cOff: 0, biasOff: 0 },
+    uniforms: {
+      M: m,
+      N: n,
+      KQ: aw,
+      ldc: n,
+      cOff: 0,
+      biasOff: 0,
+      aSlab: nbA > 1 ? m : 0,
+      bSlab: nbB > 1 ? bh / nbB : 0,
+      sc: m * n,
+    },
     workgroups: groups,
     info: o.info,
   });

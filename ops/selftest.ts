@@ -651,8 +651,8 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
       ]),
     ),
   ];
-  // Every variant, forced: register blocks 8/16/32 with both lane mappings, texture blocks 16/32 (the
-  // epilogue case is batched: it checks the fallback to register blocks), and the tiled kernel where the
+  // Every variant, forced: register blocks 8/16/32 with both lane mappings, texture blocks 16/32 (batched
+  // cases: batches stacked along the textures' rows), and the tiled kernel where the
   // adapter's limits allow its 16×16 workgroup and 8 KiB of workgroup memory (matmulCandidates).
   // Behind OpenGL the tiled kernels take ~15 s each to compile the first time (0.6 s through Vulkan; see
   // stagesTiles) and are not the default, so --quick leaves them out there; the 32×32 blocks (~15 s each to
@@ -660,6 +660,7 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
   const slowTiled = !stagesTiles(e);
   const vec: MmCase = { m: 300, k: 36, n: 260 }; // vec4 A and B, partial blocks
   const scalar: MmCase = { m: 129, k: 33, n: 77 }; // scalar A and B
+  const batched: MmCase = { m: 65, k: 36, n: 60, batchA: [2], batchB: [2] }; // vec's kernel, two products
   const epilogue: MmCase = {
     m: 65,
     k: 40,
@@ -675,8 +676,8 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
   );
   for (const id of ids) {
     // Each (layout, epilogue) is a kernel of its own: ~3 s to compile at 16×16 on llvmpipe, ~15 s at 32×32.
-    let list = /^(reg|tex)\/32x32/.test(id) ? [vec] : [vec, scalar, epilogue];
-    if (quick && /^(reg|tex)\/16x16/.test(id)) list = [id.endsWith("/rows") ? vec : scalar];
+    let list = /^(reg|tex)\/32x32/.test(id) ? [vec] : [vec, batched, scalar, epilogue];
+    if (quick && /^(reg|tex)\/16x16/.test(id)) list = id.endsWith("/rows") ? [vec, batched] : [scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
   // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns) are candidates for products of ≤ 4 rows.

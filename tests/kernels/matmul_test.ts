@@ -10,6 +10,7 @@ import {
   transpose,
 } from "../../kernels/matmul.ts";
 import { stagesTiles } from "../../kernels/_wgsl.ts";
+import { texCannot } from "../../kernels/matmul_tex.ts";
 import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import { linear, matmul } from "../../ops/matmul.ts";
 import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
@@ -270,11 +271,22 @@ gpuTest(
       { m: 9, k: 64, n: 30, tB: true, bias: true, act: "sigmoid" }, // Bᵀ copied, scalar C
       { m: 40, k: 37, n: 12, tB: true }, // Bᵀ packed
       { m: 5, k: 8, n: 6, batchA: [3] }, // batched A folded into M
-      { m: 5, k: 8, n: 6, batchA: [2], batchB: [2] }, // batched: the register kernel instead
       { m: 6, k: 5, n: 7, tA: true }, // Aᵀ materialised first
+      // Batches stacked along the textures' rows: packed (K padded per slab), copied, Bᵀ, a shared A.
+      { m: 5, k: 8, n: 6, batchA: [2], batchB: [2] },
+      { m: 33, k: 64, n: 128, batchA: [3], batchB: [3] },
+      { m: 9, k: 37, n: 30, tB: true, bias: true, act: "relu", batchA: [2, 2], batchB: [2, 2] },
+      { m: 7, k: 20, n: 12, batchB: [3] },
+      { m: 64, k: 64, n: 64, tB: true, batchB: [2] },
+      // Five stacked A slabs of 4 100 rows pass the texture size: the register kernel instead.
+      { m: 4100, k: 4, n: 4, batchA: [5], batchB: [5] },
     ];
+    assertEquals(texCannot(e, 4100, 4, 4, false, 5, 5) !== null, true, "20 500 texel rows");
+    assertEquals(texCannot(e, 4100, 4, 4, false, 1, 5), null, "A shared, B slabs of 16 rows");
     for (const id of ["tex/16x16/rows", "tex/16x16/cols", "tex/32x32"]) {
-      for (const c of id === "tex/32x32" ? cases.slice(0, 2) : cases) await check(e, c, id);
+      for (const c of id === "tex/32x32" ? cases.slice(0, 2).concat(cases.slice(7, 9)) : cases) {
+        await check(e, c, id);
+      }
     }
     // Two products in a row reuse the cached textures: each reads its own operands.
     const a1 = e.tensor(rand(64 * 64, 1), [64, 64]), a2 = e.tensor(rand(64 * 64, 2), [64, 64]);
