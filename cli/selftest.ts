@@ -214,13 +214,14 @@ export async function runSelftestCli(args: string[]): Promise<void> {
       if (!tty && byIndex.size % 25 === 0) console.error(`selftest: ${byIndex.size}/${count} checks done`);
     };
     const counter = new SharedArrayBuffer(4);
+    const claimed = new Int32Array(counter);
     const helpers: Promise<void>[] = [];
     const t0 = performance.now();
     await runSelftest(engine, {
       quick: values.quick,
       fault,
       only,
-      next: () => Atomics.add(new Int32Array(counter), 0, 1),
+      next: () => Atomics.add(claimed, 0, 1),
       // Progress: the check now running (a 32×32 kernel takes 50–130 s to compile on llvmpipe, once).
       onStart: (c) => {
         if (total < 0) {

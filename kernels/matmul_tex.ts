@@ -162,7 +162,7 @@ const texKernel = variants("matmul_tex", (v: TexParams) => ({
 }));
 
 /**
- * Fill a texture from matrices: texel (x, z·height + y) = src[off + z·stride + y·rowLen + 4x … +3] for
+ * Fill a texture from matrices: texel (x, z·height + y) = src[z·stride + y·rowLen + 4x … +3] for
  * batch z, zero past `rowLen` or `rows` (the padding the matmul loop reads).
  */
 export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean }) => ({
@@ -171,7 +171,7 @@ export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean }) => (
     { name: "src", access: "read", type: v.vec ? "vec4<f32>" : "f32" },
     { name: "T", access: "read_write", texture: "write" },
   ] as const,
-  uniforms: { rowLen: "u32", rows: "u32", off: "u32", width: "u32", height: "u32", stride: "u32" } as const,
+  uniforms: { rowLen: "u32", rows: "u32", width: "u32", height: "u32", stride: "u32" } as const,
   workgroupSize: [64],
   body: `
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -180,7 +180,7 @@ export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean }) => (
   if (x >= p.width || y >= p.height) { return; }
   var v = vec4f(0.0);
   if (y < p.rows) {
-    let base = p.off + g.z * p.stride + y * p.rowLen;
+    let base = g.z * p.stride + y * p.rowLen;
 ${
     v.vec
       ? `    if (4u * x < p.rowLen) { v = src[(base + 4u * x) / 4u]; }`
@@ -237,7 +237,7 @@ function fill(e: Engine, src: Tensor, t: EngineTexture, rowLen: number, rows: nu
   }
   e.run(packKernel({ vec: rowLen % 4 === 0 }), {
     bindings: [src, t],
-    uniforms: { rowLen, rows, off: 0, width: t.width, height, stride: rows * rowLen },
+    uniforms: { rowLen, rows, width: t.width, height, stride: rows * rowLen },
     workgroups: [Math.ceil(t.width / 64), height, nb],
     info: `[${src.shape}] → ${t.width}×${t.height} texels`,
   });
