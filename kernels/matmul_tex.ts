@@ -227,9 +227,19 @@ export function texCannot(
   return null;
 }
 
-// Fill `t` with `nb` slabs of `rows` rows of `rowLen` floats of `src` (the batches one after the other), each
-// slab t.height / nb texel rows: a copy where the layout allows, else the pack kernel.
-function fill(e: Engine, src: Tensor, t: EngineTexture, rowLen: number, rows: number, nb: number): void {
+/**
+ * Fill `t` with `nb` slabs of `rows` rows of `rowLen` floats of `src` (the batches one after the other), each
+ * slab `t.height / nb` texel rows, zeros past `rowLen` and `rows`: a copy where the layout allows (rows of
+ * exactly `4 · t.width` floats, a multiple of 64), else {@linkcode packKernel}.
+ */
+export function fillTexture(
+  e: Engine,
+  src: Tensor,
+  t: EngineTexture,
+  rowLen: number,
+  rows: number,
+  nb = 1,
+): void {
   const height = t.height / nb;
   if (rowLen === t.width * 4 && rows === height && rowLen % 64 === 0) {
     e.copyToTexture(src, t, 0);
@@ -271,9 +281,9 @@ export function matmulTex(
   const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB, nbA, nbB);
   const ta = e.texture("matmul.A", aw, ah);
   const tb = e.texture("matmul.B", bw, bh);
-  fill(e, a, ta, k, m, nbA);
-  if (transB) fill(e, b, tb, k, n, nbB);
-  else fill(e, b, tb, n, k, nbB);
+  fillTexture(e, a, ta, k, m, nbA);
+  if (transB) fillTexture(e, b, tb, k, n, nbB);
+  else fillTexture(e, b, tb, n, k, nbB);
   const kernel = texKernel({
     tm: c.tm,
     tn: c.tn,

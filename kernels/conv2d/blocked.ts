@@ -35,6 +35,7 @@ import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward } from "../matmul.ts";
+import { fillTexture } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
@@ -63,6 +64,8 @@ export interface BlockedConfig {
   dwMinGroups: number;
   /** Run 1×1 stride-1 convolutions (no epilogue) through `matmulForward`. */
   matmul1x1: boolean;
+  /** Read the forward and input-gradient GEMMs' operands through textures where the layout allows. */
+  textures: boolean;
 }
 
 /** Invocations per workgroup of the register-blocked kernels. */
@@ -370,6 +373,90 @@ ${
 }`,
 }));
 
+// The forward GEMM above with both operands read through rgba32float textures (on llvmpipe a texel fetch
+// is a straight gather where a storage load is a per-lane loop; see kernels/matmul_tex.ts): A as texels
+// (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step, ROWQ a
+// multiple of 4; each accumulator's FMAs in the same k order as `conv2d_blocked_fwd` (bit-identical).
+const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn }: BlockParams) => ({
+  bindings: [
+    { name: "A", access: "read", texture: "sampled" },
+    { name: "B", access: "read", texture: "sampled" },
+    { name: "bias", access: "read" },
+    { name: "res", access: "read" },
+    { name: "y", access: "read_write" },
+  ] as const,
+  uniforms: {
+    M: "u32",
+    N: "u32",
+    ohw: "u32",
+    ow: "u32",
+    hp: "u32",
+    c4q: "u32",
+    sh: "u32",
+    offh: "u32",
+    offw: "u32",
+    kh: "u32",
+    rowq: "u32",
+    oplane: "u32",
+    outw: "u32",
+    os: "u32",
+    rh: "u32",
+    rw: "u32",
+    hasBias: "u32",
+    hasRes: "u32",
+    relu: "u32",
+    ...LANES,
+  } as const,
+  workgroupSize: [RWG],
+  body: `
+@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+    @builtin(local_invocation_id) lid: vec3u) {
+${blockStart(tm, tn)}
+${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u);`)}
+${
+    each(tn, (j) =>
+      `  let n${j} = min(col0 + ${j}u, p.N - 1u);
+  let q${j} = n${j} % p.ohw;
+  let bx${j} = (q${j} % p.ow * p.sh + p.offw) * p.c4q;
+  let by${j} = n${j} / p.ohw * p.hp + q${j} / p.ow * p.sh + p.offh;`)
+  }
+${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
+  for (var kh = 0u; kh < p.kh; kh++) {
+    let ax = kh * p.rowq;
+    for (var k = 0u; k < p.rowq; k += 4u) {
+${
+    each(4, (u) =>
+      [
+        each(tm, (i) => `      let av${i}_${u} = textureLoad(A, vec2u(ax + k + ${u}u, a${i}), 0);`),
+        each(tn, (j) => `      let bv${j}_${u} = textureLoad(B, vec2u(bx${j} + k + ${u}u, by${j} + kh), 0);`),
+      ].join("\n"))
+  }
+${
+    each2(tm, tn, (i, j) =>
+      each(16, (k) =>
+        `      c${i}_${j} = fma(av${i}_${k >> 2}[${k & 3}], bv${j}_${k >> 2}[${k & 3}], c${i}_${j});`))
+  }
+    }
+  }
+  // The epilogue as one loop over the block: one copy of the guarded loads and store instead of TM·TN.
+  var acc: array<f32, ${tm * tn}>;
+${each2(tm, tn, (i, j) => `  acc[${i * tn + j}] = c${i}_${j};`)}
+  for (var t = 0u; t < ${tm * tn}u; t++) {
+    let row = row0 + t / ${tn}u;
+    let col = col0 + t % ${tn}u;
+    if (row < p.M && col < p.N) {
+      let q = col % p.ohw;
+      let oi = (col / p.ohw * p.M + row) * p.oplane + (q / p.ow * p.os + p.rh) * p.outw + q % p.ow * p.os + p.rw;
+      var v = acc[t];
+      if (p.hasBias != 0u) { v += bias[row]; }
+      if (p.hasRes != 0u) { v += res[oi]; }
+      if (p.relu != 0u) { v = max(v, 0.0); }
+      y[oi] = v;
+    }
+  }
+}`,
+}));
+
 // part[z, m, c, tap] = Σ_{k in split z} A[m, k] · xp[P[k] + Q(tap, c)]
 //   A = dyᵀ: (Cout, K⁴) vec4 along k = (n, oh, ow); xp: (N, HP, WP, C⁴) vec4 along c; column group
 //   g = (tap, c/4), Q = (kh·WP + kw)·C⁴/4 + c/4; P[k] = ((n·HP + oh·s)·WP + ow·s)·C⁴/4 (0 past the end).
@@ -484,6 +571,82 @@ function lanes(
 const plainGemm = (g: Conv2dGeometry, c: BlockedConfig) =>
   isGemm(g) && c.matmul1x1 && (g.h * g.w) % 4 === 0 && g.cin % 4 === 0 && g.cout % 4 === 0;
 
+/** The operands of a forward-shaped GEMM (the forward, or one stride phase of the input gradient). */
+interface FwdGemm {
+  /** Packed weight: M rows of `kh · rowq` vec4. */
+  a: Tensor;
+  /** Channels-last (N, HP, WP, C⁴) activations. */
+  b: Tensor;
+  m: number;
+  /** Columns: batch · output positions of the pass. */
+  n: number;
+  batch: number;
+  hp: number;
+  wp: number;
+  c4q: number;
+  kh: number;
+  rowq: number;
+}
+
+/**
+ * Whether the GEMM can read its operands through textures: K rows of whole 4-texel steps (C⁴ a multiple
+ * of 16: every ResNet-50 convolution but conv1) and textures within the adapter's size.
+ */
+function texturesFit(e: Engine, c: BlockedConfig, q: FwdGemm): boolean {
+  const max = e.limits.maxTextureDimension2D;
+  return c.textures && q.kh > 0 && q.rowq > 0 && q.rowq % 4 === 0 && q.kh * q.rowq <= max && q.m <= max &&
+    q.wp * q.c4q <= max && q.batch * q.hp <= max;
+}
+
+/** Run a forward-shaped GEMM: from textures where {@linkcode texturesFit}, else from the storage buffers. */
+function runFwdGemm(
+  e: Engine,
+  c: BlockedConfig,
+  call: Conv2dCall,
+  q: FwdGemm,
+  rest: Tensor[],
+  uniforms: Record<
+    | "ohw"
+    | "ow"
+    | "sh"
+    | "offh"
+    | "offw"
+    | "oplane"
+    | "outw"
+    | "os"
+    | "rh"
+    | "rw"
+    | "hasBias"
+    | "hasRes"
+    | "relu",
+    number
+  >,
+  info: string,
+): void {
+  const blk = chooseBlock(q.m, q.n, q.kh * q.rowq * 4, c);
+  const l = lanes(e, call, q.m, q.n, blk);
+  const u = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...uniforms, ...l.uniforms };
+  if (texturesFit(e, c, q)) {
+    const ta = e.texture("conv2d.A", q.kh * q.rowq, q.m);
+    const tb = e.texture("conv2d.B", q.wp * q.c4q, q.batch * q.hp);
+    fillTexture(e, q.a, ta, 4 * q.kh * q.rowq, q.m);
+    fillTexture(e, q.b, tb, 4 * q.wp * q.c4q, q.batch * q.hp);
+    e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn }), {
+      bindings: [ta, tb, ...rest],
+      uniforms: u,
+      workgroups: l.workgroups,
+      info: `${info} ${blk.tm}×${blk.tn} textures`,
+    });
+    return;
+  }
+  e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
+    bindings: [q.a, q.b, ...rest],
+    uniforms: { ...u, wp: q.wp },
+    workgroups: l.workgroups,
+    info: `${info} ${blk.tm}×${blk.tn}`,
+  });
+}
+
 // ------------------------------------------------------------------------------------------ passes
 
 function forward(
@@ -510,37 +673,34 @@ function forward(
     "blocked",
     () => packA(w, g, { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw }, call),
   );
-  const cp = c4(g.cin), N = g.n * g.oh * g.ow;
-  const blk = chooseBlock(g.cout, N, g.kh * g.kw * cp, c);
-  const l = lanes(e, call, g.cout, N, blk);
-  e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
-    bindings: [a, xp, o.bias ?? e.placeholder(), o.residual ?? e.placeholder(), y],
-    uniforms: {
-      M: g.cout,
-      N,
-      ohw: g.oh * g.ow,
-      ow: g.ow,
-      hp: g.h + 2 * g.pad,
-      wp: g.w + 2 * g.pad,
-      c4q: cp / 4,
-      sh: g.stride,
-      offh: 0,
-      offw: 0,
-      kh: g.kh,
-      rowq: g.kw * cp / 4,
-      oplane: g.oh * g.ow,
-      outw: g.ow,
-      os: 1,
-      rh: 0,
-      rw: 0,
-      hasBias: o.bias ? 1 : 0,
-      hasRes: o.residual ? 1 : 0,
-      relu: o.relu ? 1 : 0,
-      ...l.uniforms,
-    },
-    workgroups: l.workgroups,
-    info: `${call.info} ${call.variant} ${blk.tm}×${blk.tn}`,
-  });
+  const cp = c4(g.cin);
+  const q: FwdGemm = {
+    a,
+    b: xp,
+    m: g.cout,
+    n: g.n * g.oh * g.ow,
+    batch: g.n,
+    hp: g.h + 2 * g.pad,
+    wp: g.w + 2 * g.pad,
+    c4q: cp / 4,
+    kh: g.kh,
+    rowq: g.kw * cp / 4,
+  };
+  runFwdGemm(e, c, call, q, [o.bias ?? e.placeholder(), o.residual ?? e.placeholder(), y], {
+    ohw: g.oh * g.ow,
+    ow: g.ow,
+    sh: g.stride,
+    offh: 0,
+    offw: 0,
+    oplane: g.oh * g.ow,
+    outw: g.ow,
+    os: 1,
+    rh: 0,
+    rw: 0,
+    hasBias: o.bias ? 1 : 0,
+    hasRes: o.residual ? 1 : 0,
+    relu: o.relu ? 1 : 0,
+  }, `${call.info} ${call.variant}`);
   xp.dispose();
   if (temporary) a.dispose();
   return y;
@@ -603,37 +763,33 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfi
   const cp = c4(g.cout);
   for (const { rh, rw, ph, pw, hi, wi } of dxPhases(g)) {
     const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
-    const N = g.n * hi * wi;
-    const blk = chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c);
-    const l = lanes(e, call, g.cin, N, blk);
-    e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
-      bindings: [a, dyp, e.placeholder(), e.placeholder(), dx],
-      uniforms: {
-        M: g.cin,
-        N,
-        ohw: hi * wi,
-        ow: wi,
-        hp: g.oh + pt + pb,
-        wp: g.ow + pl + pr,
-        c4q: cp / 4,
-        sh: 1,
-        offh: ph.ch - ph.taps + 1 + pt,
-        offw: pw.ch - pw.taps + 1 + pl,
-        kh: ph.taps,
-        rowq: pw.taps * cp / 4,
-        oplane: g.h * g.w,
-        outw: g.w,
-        os: s,
-        rh,
-        rw,
-        hasBias: 0,
-        hasRes: 0,
-        relu: 0,
-        ...l.uniforms,
-      },
-      workgroups: l.workgroups,
-      info: `${call.info} phase (${rh},${rw}) ${call.variant} ${blk.tm}×${blk.tn}`,
-    });
+    const q: FwdGemm = {
+      a,
+      b: dyp,
+      m: g.cin,
+      n: g.n * hi * wi,
+      batch: g.n,
+      hp: g.oh + pt + pb,
+      wp: g.ow + pl + pr,
+      c4q: cp / 4,
+      kh: ph.taps,
+      rowq: pw.taps * cp / 4,
+    };
+    runFwdGemm(e, c, call, q, [e.placeholder(), e.placeholder(), dx], {
+      ohw: hi * wi,
+      ow: wi,
+      sh: 1,
+      offh: ph.ch - ph.taps + 1 + pt,
+      offw: pw.ch - pw.taps + 1 + pl,
+      oplane: g.h * g.w,
+      outw: g.w,
+      os: s,
+      rh,
+      rw,
+      hasBias: 0,
+      hasRes: 0,
+      relu: 0,
+    }, `${call.info} phase (${rh},${rw}) ${call.variant}`);
     a.dispose();
   }
   dyp.dispose();
@@ -796,14 +952,15 @@ function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: BlockedCon
  */
 export const blocked: Conv2dStrategy<BlockedConfig> = {
   config(params) {
-    const c: BlockedConfig = { dwMinGroups: 16, matmul1x1: true };
+    const c: BlockedConfig = { dwMinGroups: 16, matmul1x1: true, textures: true };
     for (const part of params) {
       const split = splitParam(part);
       if (part === "t8" || part === "t16" || part === "t32") c.block = Number(part.slice(1)) as 8 | 16 | 32;
       else if (part === "nomatmul") c.matmul1x1 = false;
+      else if (part === "notex") c.textures = false;
       else if (split !== undefined) c.dwMinGroups = split;
       else {throw new RangeError(
-          `unknown parameter "${part}" (blocked takes t8, t16, t32, split<N>, nomatmul)`,
+          `unknown parameter "${part}" (blocked takes t8, t16, t32, split<N>, nomatmul, notex)`,
         );}
     }
     return c;

@@ -368,6 +368,64 @@ gpuTest(
 );
 
 gpuTest(
+  "conv2d blocked reads textures where channels round to multiples of 16, bit for bit as from buffers",
+  async (e) => {
+    // Forward (Cin → 16 or 32) and input gradient (Cout → 16 or 32) read textures; their FMAs run in the
+    // same order as the storage-buffer kernel's, so the results are the same bits. Stride phases, a phase
+    // without taps (1×1 stride 2), ragged blocks of 8 and 16, the fused epilogue.
+    const cases: [Case, boolean][] = [
+      [CONV_CASES[13], false],
+      [CONV_CASES[14], false],
+      [[2, 16, 6, 7, 13, 3, 1, 0], true],
+      [[2, 64, 9, 10, 64, 3, 1, 1], false],
+    ];
+    for (const [ci, [c, epilogue]] of cases.entries()) {
+      const d = caseData(c, 90 + ci);
+      const geo = { stride: d.stride, padding: d.padding };
+      await e.scope(async () => {
+        const epi = epilogue ? { bias: e.tensor(d.b, [d.wShape[0]]), residual: e.tensor(d.r, d.yShape) } : {};
+        const o = { ...geo, ...epi, relu: epilogue };
+        const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
+        const fwd = () => conv2dForward(x, w, o);
+        const dx = () => conv2dBackwardInput(dy, w, d.xShape, geo);
+        for (const [pass, run] of [["forward", fwd], ["dx", dx]] as const) {
+          const names = withConv2dVariant("blocked", () => dispatched(e, () => void run()));
+          assertEquals(
+            names.some((n) => n.startsWith("conv2d_blocked_tex_fwd")),
+            true,
+            `${pass} ${d.label}: ${names}`,
+          );
+          const viaTextures = await withConv2dVariant("blocked", () => run()).toArray();
+          const viaBuffers = await withConv2dVariant("blocked/notex", () => run()).toArray();
+          assertEquals(viaTextures, viaBuffers, `${pass} ${d.label}`);
+        }
+        const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
+          ...geo,
+          bias: epilogue ? d.b : undefined,
+          residual: epilogue ? d.r : undefined,
+          relu: epilogue,
+        });
+        const scale = conv2dCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, {
+          ...geo,
+          bias: epilogue ? abs(d.b) : undefined,
+          residual: epilogue ? abs(d.r) : undefined,
+        }).data;
+        assertClose(
+          await withConv2dVariant("blocked", fwd).toArray(),
+          want.data,
+          TOL,
+          `forward ${d.label}`,
+          scale,
+        );
+        const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, geo);
+        const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), geo);
+        assertClose(await withConv2dVariant("blocked", dx).toArray(), g.dx, TOL, `dx ${d.label}`, gs.dx);
+      });
+    }
+  },
+);
+
+gpuTest(
   "a constant weight's packed layout is reused across calls and batch sizes, and released",
   async (e) => {
     for (const path of ["blocked", "implicit_gemm"]) {
@@ -473,7 +531,7 @@ gpuTest("a forced conv2d variant that cannot run throws, naming the variant and 
     const [variant, why] of [
       ["fft", 'unknown strategy "fft" (the strategies are blocked, implicit_gemm, direct, winograd)'],
       ["winograd/f3", 'unknown parameter "f3" (winograd takes f2 or f4)'],
-      ["blocked/t12", 'unknown parameter "t12" (blocked takes t8, t16, t32, split<N>, nomatmul)'],
+      ["blocked/t12", 'unknown parameter "t12" (blocked takes t8, t16, t32, split<N>, nomatmul, notex)'],
       ["implicit_gemm/6x8", '"6x8": TM must be 4, 8, 12 or 16 and TN 1 to 16'],
       ["implicit_gemm/split0", '"split0": the split target must be ≥ 1'],
       ["direct/t8", 'unknown parameter "t8" (direct takes none)'],
