@@ -3,8 +3,8 @@
  * workgroup memory; the default on software adapters (llvmpipe), 3–5× faster there than `implicit_gemm`.
  * Variant ids: `blocked` (block size T by problem size: 32 for big products, 16 and 8 below),
  * `blocked/t8`, `blocked/t16`, `blocked/t32` (T forced), plus `/split<N>` (the weight gradient splits K
- * until at least N workgroups run; default 16) and `/nomatmul` (1×1 stride-1 convolutions through this
- * strategy's own kernels instead of `matmulForward`).
+ * until at least N workgroups run; default 16), `/nomatmul` (1×1 stride-1 convolutions through this
+ * strategy's own kernels instead of `matmulForward`) and `/notex` (no textures, below).
  *
  * Each invocation owns a T×T block of the output, both operands are read as vec4 along K (or along the
  * output columns), K advances by 4 per loop step with the 4 FMAs of one accumulator back to back,
@@ -22,6 +22,13 @@
  *     is read as vec4 along k, xp as vec4 along ci (the output columns), P(k) comes from a small table;
  *     split-K over k when the output has few blocks (or one split would loop more than
  *     MAX_LOOP_STEPS times), partials summed by `reduce`.
+ *
+ * Textures: where the GEMM's channels (Cin for the forward, Cout for the input gradient) round up to a
+ * multiple of 16 (every ResNet-50 convolution but conv1) and the textures fit the adapter, the forward and
+ * input-gradient GEMMs read the packed weight and the channels-last activations through rgba32float
+ * textures instead (`conv2d_blocked_tex_fwd`, 16 k per step, the FMAs in the same order, so the same bits),
+ * store whole blocks, and a small kernel scatters them into y with the epilogue. On llvmpipe this halves the
+ * forward's time (2 × 64 × 56² 3×3: 33 ms against 78 ms from storage buffers). `notex` keeps buffers.
  *
  * 1×1 stride-1 convolutions whose H·W, Cin and Cout are multiples of 4 run through `matmulForward` on the
  * NCHW tensors (no copies; the forward only without an epilogue). The forward's epilogue (bias, residual,
@@ -377,13 +384,20 @@ ${
 // is a straight gather where a storage load is a per-lane loop; see kernels/matmul_tex.ts): A as texels
 // (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step, ROWQ a
 // multiple of 4; each accumulator's FMAs in the same k order as `conv2d_blocked_fwd` (bit-identical).
-const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn }: BlockParams) => ({
+// Each invocation stores its whole block, unguarded, as TM·TN/4 vec4 at block index (wid.y·nwg.x + wid.x)·
+// RWG + lid.x of `blk`, and {@linkcode texOutKernel} scatters the blocks into y with the epilogue: a 32×32
+// block's 1 024 guarded scalar stores took ~50 s of the ~75 s this kernel needed to compile on llvmpipe.
+// The lane mapping is compiled in (the operand whose coordinates are the same in every lane is fetched
+// once for all of them).
+interface TexBlockParams extends BlockParams {
+  cols: boolean;
+}
+
+const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, cols }: TexBlockParams) => ({
   bindings: [
     { name: "A", access: "read", texture: "sampled" },
     { name: "B", access: "read", texture: "sampled" },
-    { name: "bias", access: "read" },
-    { name: "res", access: "read" },
-    { name: "y", access: "read_write" },
+    { name: "blk", access: "read_write", type: "vec4<f32>" },
   ] as const,
   uniforms: {
     M: "u32",
@@ -397,21 +411,16 @@ const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn }: BlockParams
     offw: "u32",
     kh: "u32",
     rowq: "u32",
-    oplane: "u32",
-    outw: "u32",
-    os: "u32",
-    rh: "u32",
-    rw: "u32",
-    hasBias: "u32",
-    hasRes: "u32",
-    relu: "u32",
-    ...LANES,
   } as const,
   workgroupSize: [RWG],
   body: `
 @compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
-    @builtin(local_invocation_id) lid: vec3u) {
-${blockStart(tm, tn)}
+    @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+${
+    cols
+      ? `  let row0 = wid.y * ${tm}u;\n  let col0 = (wid.x * ${RWG}u + lid.x) * ${tn}u;`
+      : `  let row0 = (wid.y * ${RWG}u + lid.x) * ${tm}u;\n  let col0 = wid.x * ${tn}u;`
+  }
 ${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u);`)}
 ${
     each(tn, (j) =>
@@ -438,20 +447,89 @@ ${
   }
     }
   }
-  // The epilogue as one loop over the block: one copy of the guarded loads and store instead of TM·TN.
-  var acc: array<f32, ${tm * tn}>;
-${each2(tm, tn, (i, j) => `  acc[${i * tn + j}] = c${i}_${j};`)}
-  for (var t = 0u; t < ${tm * tn}u; t++) {
-    let row = row0 + t / ${tn}u;
-    let col = col0 + t % ${tn}u;
-    if (row < p.M && col < p.N) {
-      let q = col % p.ohw;
-      let oi = (col / p.ohw * p.M + row) * p.oplane + (q / p.ow * p.os + p.rh) * p.outw + q % p.ow * p.os + p.rw;
-      var v = acc[t];
-      if (p.hasBias != 0u) { v += bias[row]; }
-      if (p.hasRes != 0u) { v += res[oi]; }
-      if (p.relu != 0u) { v = max(v, 0.0); }
-      y[oi] = v;
+  let base = ((wid.y * nwg.x + wid.x) * ${RWG}u + lid.x) * ${tm * tn / 4}u;
+${
+    each(tm, (i) =>
+      each(tn / 4, (q) =>
+        `  blk[base + ${i * tn / 4 + q}u] = vec4f(${
+          [0, 1, 2, 3].map((d) =>
+            `c${i}_${4 * q + d}`
+          ).join(", ")
+        });`))
+  }
+}`,
+}));
+
+// y[n, m, (i·os + rh), (j·os + rw)] = epi(block value of (m, c)), c = (n, i, j) < N: one invocation per
+// row m (g.y) and 4 columns c (g.x; one vec4 of a block row, TN a multiple of 4); the block layout is
+// texFwdKernel's, lanes along rows or columns; TM and TN as shifts.
+const texOutKernel = single("conv2d_blocked_tex_out", () => ({
+  bindings: [
+    { name: "blk", access: "read", type: "vec4<f32>" },
+    { name: "bias", access: "read" },
+    { name: "res", access: "read" },
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: {
+    M: "u32",
+    N: "u32",
+    tmShift: "u32",
+    tnShift: "u32",
+    cols: "u32",
+    gx: "u32",
+    ohw: "u32",
+    ow: "u32",
+    oplane: "u32",
+    outw: "u32",
+    os: "u32",
+    rh: "u32",
+    rw: "u32",
+    hasBias: "u32",
+    hasRes: "u32",
+    relu: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let m = g.y;
+  let c0 = g.x * 4u;
+  if (c0 >= p.N || m >= p.M) { return; }
+  let bm = m >> p.tmShift;
+  let bc = c0 >> p.tnShift;
+  // (workgroup x, workgroup y, lane) of the block holding (m, c0).
+  var wx = bc / ${RWG}u;
+  var wy = bm;
+  var lane = bc % ${RWG}u;
+  if (p.cols == 0u) {
+    wx = bc;
+    wy = bm / ${RWG}u;
+    lane = bm % ${RWG}u;
+  }
+  let tm = 1u << p.tmShift;
+  let tn = 1u << p.tnShift;
+  let b = ((((wy * p.gx + wx) * ${RWG}u + lane) * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u;
+  let v4 = blk[b];
+  var bi = 0.0;
+  if (p.hasBias != 0u) { bi = bias[m]; }
+  // Columns c0 … c0 + 3: image n, output row r, column j, stepped without divisions.
+  var n = c0 / p.ohw;
+  let q = c0 % p.ohw;
+  var r = q / p.ow;
+  var j = q % p.ow;
+  for (var s = 0u; s < 4u && c0 + s < p.N; s++) {
+    let oi = (n * p.M + m) * p.oplane + (r * p.os + p.rh) * p.outw + j * p.os + p.rw;
+    var v = v4[s] + bi;
+    if (p.hasRes != 0u) { v += res[oi]; }
+    if (p.relu != 0u) { v = max(v, 0.0); }
+    y[oi] = v;
+    j++;
+    if (j == p.ow) {
+      j = 0u;
+      r++;
+      if (r * p.ow == p.ohw) {
+        r = 0u;
+        n++;
+      }
     }
   }
 }`,
@@ -626,17 +704,46 @@ function runFwdGemm(
   const blk = chooseBlock(q.m, q.n, q.kh * q.rowq * 4, c);
   const l = lanes(e, call, q.m, q.n, blk);
   const u = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...uniforms, ...l.uniforms };
-  if (texturesFit(e, c, q)) {
+  const [gx, gy] = laneGroups(q.m, q.n, blk);
+  const blocks = gx * gy * RWG * blk.tm * blk.tn;
+  if (texturesFit(e, c, q) && blocks * 4 <= e.maxBinding) {
     const ta = e.texture("conv2d.A", q.kh * q.rowq, q.m);
     const tb = e.texture("conv2d.B", q.wp * q.c4q, q.batch * q.hp);
     fillTexture(e, q.a, ta, 4 * q.kh * q.rowq, q.m);
     fillTexture(e, q.b, tb, 4 * q.wp * q.c4q, q.batch * q.hp);
-    e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn }), {
-      bindings: [ta, tb, ...rest],
-      uniforms: u,
+    const out = e.empty([blocks], "conv2d blocks");
+    const { rmul: _r, rl: _rl, cmul: _c, cl: _cl, ...tu } = u;
+    const { M, N, ohw, ow, sh, offh, offw, hp, c4q, kh, rowq } = tu;
+    e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn, cols: blk.cols }), {
+      bindings: [ta, tb, out],
+      uniforms: { M, N, ohw, ow, sh, offh, offw, hp, c4q, kh, rowq },
       workgroups: l.workgroups,
       info: `${info} ${blk.tm}×${blk.tn} textures`,
     });
+    e.run(texOutKernel(), {
+      bindings: [out, ...rest],
+      uniforms: {
+        M,
+        N,
+        tmShift: Math.log2(blk.tm),
+        tnShift: Math.log2(blk.tn),
+        cols: blk.cols ? 1 : 0,
+        gx,
+        ohw,
+        ow,
+        oplane: uniforms.oplane,
+        outw: uniforms.outw,
+        os: uniforms.os,
+        rh: uniforms.rh,
+        rw: uniforms.rw,
+        hasBias: uniforms.hasBias,
+        hasRes: uniforms.hasRes,
+        relu: uniforms.relu,
+      },
+      workgroups: groups(e, call, Math.ceil(q.n / 4 / WG), q.m),
+      info: `${info} blocks → y`,
+    });
+    out.dispose();
     return;
   }
   e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
