@@ -676,35 +676,24 @@ function texturesFit(e: Engine, c: BlockedConfig, q: FwdGemm): boolean {
     q.wp * q.c4q <= max && q.batch * q.hp <= max;
 }
 
-/** Run a forward-shaped GEMM: from textures where {@linkcode texturesFit}, else from the storage buffers. */
+/**
+ * Run a forward-shaped GEMM: from textures where {@linkcode texturesFit}, else from the storage buffers.
+ * `pos`: how a GEMM column maps to input positions; `epi`: where its output goes and what is applied.
+ */
 function runFwdGemm(
   e: Engine,
   c: BlockedConfig,
   call: Conv2dCall,
   q: FwdGemm,
   rest: Tensor[],
-  uniforms: Record<
-    | "ohw"
-    | "ow"
-    | "sh"
-    | "offh"
-    | "offw"
-    | "oplane"
-    | "outw"
-    | "os"
-    | "rh"
-    | "rw"
-    | "hasBias"
-    | "hasRes"
-    | "relu",
-    number
-  >,
+  pos: Record<"ohw" | "ow" | "sh" | "offh" | "offw", number>,
+  epi: Record<"oplane" | "outw" | "os" | "rh" | "rw" | "hasBias" | "hasRes" | "relu", number>,
   info: string,
 ): void {
   const blk = chooseBlock(q.m, q.n, q.kh * q.rowq * 4, c);
   const l = lanes(e, call, q.m, q.n, blk);
-  const u = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...uniforms, ...l.uniforms };
-  const [gx, gy] = laneGroups(q.m, q.n, blk);
+  const gemm = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...pos };
+  const [gx, gy] = l.workgroups;
   const blocks = gx * gy * RWG * blk.tm * blk.tn;
   if (texturesFit(e, c, q) && blocks * 4 <= e.maxBinding) {
     const ta = e.texture("conv2d.A", q.kh * q.rowq, q.m);
@@ -712,33 +701,24 @@ function runFwdGemm(
     fillTexture(e, q.a, ta, 4 * q.kh * q.rowq, q.m);
     fillTexture(e, q.b, tb, 4 * q.wp * q.c4q, q.batch * q.hp);
     const out = e.empty([blocks], "conv2d blocks");
-    const { rmul: _r, rl: _rl, cmul: _c, cl: _cl, ...tu } = u;
-    const { M, N, ohw, ow, sh, offh, offw, hp, c4q, kh, rowq } = tu;
     e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn, cols: blk.cols }), {
       bindings: [ta, tb, out],
-      uniforms: { M, N, ohw, ow, sh, offh, offw, hp, c4q, kh, rowq },
+      uniforms: gemm,
       workgroups: l.workgroups,
       info: `${info} ${blk.tm}×${blk.tn} textures`,
     });
     e.run(texOutKernel(), {
       bindings: [out, ...rest],
       uniforms: {
-        M,
-        N,
+        M: q.m,
+        N: q.n,
         tmShift: Math.log2(blk.tm),
         tnShift: Math.log2(blk.tn),
         cols: blk.cols ? 1 : 0,
         gx,
-        ohw,
-        ow,
-        oplane: uniforms.oplane,
-        outw: uniforms.outw,
-        os: uniforms.os,
-        rh: uniforms.rh,
-        rw: uniforms.rw,
-        hasBias: uniforms.hasBias,
-        hasRes: uniforms.hasRes,
-        relu: uniforms.relu,
+        ohw: pos.ohw,
+        ow: pos.ow,
+        ...epi,
       },
       workgroups: groups(e, call, Math.ceil(q.n / 4 / WG), q.m),
       info: `${info} blocks → y`,
@@ -748,7 +728,7 @@ function runFwdGemm(
   }
   e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
     bindings: [q.a, q.b, ...rest],
-    uniforms: { ...u, wp: q.wp },
+    uniforms: { ...gemm, wp: q.wp, ...epi, ...l.uniforms },
     workgroups: l.workgroups,
     info: `${info} ${blk.tm}×${blk.tn}`,
   });
@@ -799,6 +779,7 @@ function forward(
     sh: g.stride,
     offh: 0,
     offw: 0,
+  }, {
     oplane: g.oh * g.ow,
     outw: g.ow,
     os: 1,
@@ -888,6 +869,7 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfi
       sh: 1,
       offh: ph.ch - ph.taps + 1 + pt,
       offw: pw.ch - pw.taps + 1 + pl,
+    }, {
       oplane: g.h * g.w,
       outw: g.w,
       os: s,
