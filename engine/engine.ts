@@ -445,29 +445,34 @@ export class Engine {
   }
 
   /**
-   * Copy rows of `src` into texture `dst` in command order (no kernel): `dst.height` rows of
-   * `4 · dst.width` floats each, starting at element `srcOffset`, consecutive in `src` (a row pitch of
-   * `4 · dst.width`, which must be a multiple of 64 floats: WebGPU's 256-byte row alignment).
+   * Copy rows of `src` into texture `dst` in command order (no kernel): `rows` rows (default `dst.height`)
+   * of `4 · dst.width` floats each, starting at element `srcOffset`, consecutive in `src` (a row pitch of
+   * `4 · dst.width`, which must be a multiple of 64 floats: WebGPU's 256-byte row alignment), into the
+   * texture's first rows.
    *
    * @example
    * ```ts
    * engine.copyToTexture(a, engine.texture("matmul.A", k / 4, m)); // A: m × k, k a multiple of 64
    * ```
    */
-  copyToTexture(src: Tensor, dst: EngineTexture, srcOffset = 0): void {
+  copyToTexture(src: Tensor, dst: EngineTexture, srcOffset = 0, rows = dst.height): void {
     const pitch = dst.width * 16;
-    const bytes = pitch * dst.height;
-    if (pitch % 256 !== 0 || srcOffset < 0 || srcOffset * 4 + bytes > src.bytes) {
+    const bytes = pitch * rows;
+    if (
+      pitch % 256 !== 0 || srcOffset < 0 || srcOffset % 4 !== 0 || srcOffset * 4 + bytes > src.bytes ||
+      !(rows >= 1 && rows <= dst.height)
+    ) {
       throw new RangeError(
-        `Cannot copy [${src.shape}] from element ${srcOffset} into a ${dst.width} × ${dst.height} texture: ` +
-          `rows of ${dst.width * 4} floats must be a multiple of 64 and lie within the tensor`,
+        `Cannot copy ${rows} rows of [${src.shape}] from element ${srcOffset} into a ${dst.width} × ` +
+          `${dst.height} texture: rows of ${dst.width * 4} floats must be a multiple of 64, start at a ` +
+          `multiple of 4 elements and lie within the tensor and the texture`,
       );
     }
     this.#endPass();
     this.#enc().copyBufferToTexture(
-      { buffer: src.buffer, offset: srcOffset * 4, bytesPerRow: pitch, rowsPerImage: dst.height },
+      { buffer: src.buffer, offset: srcOffset * 4, bytesPerRow: pitch, rowsPerImage: rows },
       { texture: dst.texture },
-      [dst.width, dst.height],
+      [dst.width, rows],
     );
     this.#recorded++;
   }

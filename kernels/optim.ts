@@ -10,6 +10,14 @@
  * that 1-element buffer. Step-dependent scalars (lr / (1 − β1ᵗ), √(1 − β2ᵗ)) live in one small storage
  * buffer rewritten once per step, so uniforms and bind groups stay cached across steps.
  *
+ * On software adapters both passes read their large operands through textures: whole 4 096-float rows
+ * of each range are copied (a `copyBufferToTexture`, no kernel) into 4 MiB textures, chunk by chunk, and
+ * the kernels fetch texels; the tail of a range shorter than one row, and ranges that are not whole vec4s,
+ * take the storage kernels. Mesa's llvmpipe turns each storage-buffer load into a loop over the SIMD lanes
+ * and a texel fetch into one vector gather, so this halves the optimizer's time there (the stores still go
+ * to the buffers). The arithmetic is the same, and so are the bits. Elsewhere storage reads are the
+ * default; `reads` forces either.
+ *
  * References: Kingma & Ba, https://arxiv.org/abs/1412.6980; PyTorch `torch/optim/adam.py` (`_single_tensor_adam`),
  * `torch/nn/utils/clip_grad.py`, `torch/optim/lr_scheduler.py` (`StepLR`).
  *
@@ -42,6 +50,33 @@ ${workgroupEntry(WG)} {
   ${WORKGROUP_ID}
   if (w >= p.parts) { return; }   // uniform per workgroup
   ${chunkSum(WG, CHUNK, "p.n", p.vec ? "let v = dot(x[i], x[i]);" : "let v = x[i] * x[i];")}
+  if (t == 0u) { part[p.base + w] = sh[0]; }
+}`,
+}));
+
+// The same partial sums with x read through a texture (rows of `width` texels, width a power of two,
+// width = 1 << shift): vec4 element i of the chunk is texel (i & (width − 1), i >> shift). On llvmpipe a
+// texel fetch is a vector gather where a storage load is a loop over the SIMD lanes (Mesa 22's
+// lp_bld_nir_soa), so reading through a texture costs ~1/3 as much even counting the copy into it.
+// X: texture; part: [total partials]; n: vec4s in the chunk
+const sumSquaresTexKernel = single("grad_sumsq_partial_tex", () => ({
+  bindings: [{ name: "X", access: "read", texture: "sampled" }, { name: "part", access: "read_write" }],
+  uniforms: { n: "u32", parts: "u32", base: "u32", shift: "u32" },
+  workgroupSize: [WG],
+  body: `
+var<workgroup> sh: array<f32, ${WG}>;
+${workgroupEntry(WG)} {
+  ${WORKGROUP_ID}
+  if (w >= p.parts) { return; }   // uniform per workgroup
+  let mask = (1u << p.shift) - 1u;
+  ${
+    chunkSum(
+      WG,
+      CHUNK,
+      "p.n",
+      "let xi = textureLoad(X, vec2u(i & mask, i >> p.shift), 0); let v = dot(xi, xi);",
+    )
+  }
   if (t == 0u) { part[p.base + w] = sh[0]; }
 }`,
 }));
@@ -103,6 +138,102 @@ ${linearEntry(EW)} {
   };
 });
 
+// Adam as adamKernel (vec), with θ, g, m, v read through textures (rows of p.width texels, copied from
+// the same range of each buffer) and θ, m, v written to their buffers; one texel per invocation.
+// th, m, v: [rows · width] vec4 (a range); TH, G, M, V: textures; hp, cs as adamKernel
+const adamTexKernel = single("adam_step_tex", () => ({
+  bindings: [
+    { name: "th", access: "read_write", type: "vec4<f32>" },
+    { name: "m", access: "read_write", type: "vec4<f32>" },
+    { name: "v", access: "read_write", type: "vec4<f32>" },
+    { name: "TH", access: "read", texture: "sampled" },
+    { name: "G", access: "read", texture: "sampled" },
+    { name: "M", access: "read", texture: "sampled" },
+    { name: "V", access: "read", texture: "sampled" },
+    { name: "hp", access: "read" },
+    { name: "cs", access: "read" },
+  ],
+  uniforms: {
+    rows: "u32",
+    width: "u32",
+    row: "u32",
+    omb1: "f32",
+    b2: "f32",
+    omb2: "f32",
+    eps: "f32",
+    wd: "f32",
+  },
+  workgroupSize: [EW],
+  body: `
+@compute @workgroup_size(${EW}) fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let c = gid.xy;
+  if (c.x >= p.width || c.y >= p.rows) { return; }
+  let i = c.y * p.width + c.x;
+  let stepSize = hp[2u * p.row];
+  let bc2Sqrt = hp[2u * p.row + 1u];
+  let theta = textureLoad(TH, c, 0);
+  let gi = textureLoad(G, c, 0) * cs[0] + p.wd * theta;
+  let m0 = textureLoad(M, c, 0);
+  let mi = m0 + p.omb1 * (gi - m0);
+  let vi = p.b2 * textureLoad(V, c, 0) + p.omb2 * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  th[i] = theta - stepSize * (mi / (sqrt(vi) / bc2Sqrt + p.eps));
+}`,
+}));
+
+/** Where an optimizer kernel reads its large operands: storage buffers, or textures filled by a copy. */
+export type OptimReads = "storage" | "texture";
+
+/** Texels per texture row for {@linkcode OptimReads} `"texture"` (4 096 floats, 16 KiB) by default. */
+const TEX_WIDTH = 1024;
+/** Texture rows per chunk (1 Mi floats, 4 MiB per texture) by default. */
+const TEX_ROWS = 256;
+
+/** The texture layout of texture reads: texels per row (a power of two ≥ 16) and rows per chunk. */
+export interface TextureLayout {
+  width: number;
+  rows: number;
+}
+
+/**
+ * Texture reads on software adapters (where a storage load is a loop over SIMD lanes and a texel fetch a
+ * vector gather), storage reads elsewhere; `"texture"` or `"storage"` forces one.
+ */
+function readsOn(e: Engine, reads: OptimReads | undefined): OptimReads {
+  return reads ?? (e.adapterInfo.software ? "texture" : "storage");
+}
+
+function checkLayout(l: TextureLayout, what: string): TextureLayout {
+  if (!(Number.isInteger(Math.log2(l.width)) && l.width >= 16 && Number.isInteger(l.rows) && l.rows >= 1)) {
+    throw new RangeError(
+      `Cannot ${what}: textureLayout must have a width that is a power of two ≥ 16 and rows ≥ 1, ` +
+        `current value is ${l.width} × ${l.rows}`,
+    );
+  }
+  return l;
+}
+
+/**
+ * Split the range `[start, start + count)` for texture reads: chunks of whole texture rows
+ * (`[offset, rows]`, at most `layout.rows` rows each) and the tail shorter than one row that storage
+ * kernels take (`[offset, count]`, or null). Only whole vec4 ranges use textures: others are all tail.
+ */
+function textureChunks(
+  start: number,
+  count: number,
+  layout: TextureLayout,
+): { chunks: [number, number][]; tail: [number, number] | null } {
+  const rowLen = layout.width * 4;
+  const full = vec4Range(start, count) ? Math.floor(count / rowLen) : 0;
+  const chunks: [number, number][] = [];
+  for (let r = 0; r < full; r += layout.rows) {
+    chunks.push([start + r * rowLen, Math.min(layout.rows, full - r)]);
+  }
+  const done = full * rowLen;
+  return { chunks, tail: done < count ? [start + done, count - done] : null };
+}
+
 /** Whether a range of `count` elements starting at element `start` can be read as vec4. */
 const vec4Range = (start: number, count: number) => count % 4 === 0 && start % 4 === 0;
 
@@ -128,6 +259,10 @@ function bind(t: Tensor, start: number, count: number, whole: boolean): Tensor |
 export interface GradNormOptions {
   /** Largest element range bound at once (default: one storage binding). */
   maxChunkElements?: number;
+  /** Read the gradients through textures or storage (default: textures on software adapters). */
+  reads?: OptimReads;
+  /** Texture rows and chunks for `reads: "texture"` (default 1 024 texels × 256 rows); for tests. */
+  textureLayout?: TextureLayout;
 }
 
 /**
@@ -150,28 +285,57 @@ export function gradNorm(
     throw new RangeError("Cannot compute a gradient norm: current value has no gradients");
   }
   const e = grads[0].engine;
-  const plan: {
-    g: Tensor;
-    start: number;
-    count: number;
-    whole: boolean;
-    parts: number;
-    base: number;
-    vec: boolean;
-  }[] = [];
+  const layout = checkLayout(
+    options.textureLayout ?? { width: TEX_WIDTH, rows: TEX_ROWS },
+    "compute a gradient norm",
+  );
+  const textures = readsOn(e, options.reads) === "texture";
+  // Each pass sums one storage range, or one chunk of whole texture rows, into its own partials.
+  const plan: (
+    & { g: Tensor; base: number; parts: number }
+    & (
+      | { start: number; count: number; whole: boolean; vec: boolean }
+      | { offset: number; rows: number }
+    )
+  )[] = [];
   let total = 0;
+  const storage = (g: Tensor, start: number, count: number, whole: boolean) => {
+    const vec = vec4Range(start, count);
+    const parts = Math.ceil((vec ? count / 4 : count) / CHUNK);
+    plan.push({ g, start, count, whole, parts, base: total, vec });
+    total += parts;
+  };
   for (const g of grads) {
     const rs = bindingRanges(e, g.size, options.maxChunkElements);
     for (const [start, count] of rs) {
       if (count === 0) continue;
-      const vec = vec4Range(start, count);
-      const parts = Math.ceil((vec ? count / 4 : count) / CHUNK);
-      plan.push({ g, start, count, whole: rs.length === 1, parts, base: total, vec });
-      total += parts;
+      if (!textures) {
+        storage(g, start, count, rs.length === 1);
+        continue;
+      }
+      const { chunks, tail } = textureChunks(start, count, layout);
+      for (const [offset, rows] of chunks) {
+        const parts = Math.ceil((rows * layout.width) / CHUNK);
+        plan.push({ g, offset, rows, parts, base: total });
+        total += parts;
+      }
+      if (tail) storage(g, tail[0], tail[1], rs.length === 1 && chunks.length === 0);
     }
   }
   const part = e.empty([Math.max(total, 1)], "grad sumsq partials");
-  for (const { g, start, count, whole, parts, base, vec } of plan) {
+  const tex = plan.some((q) => "rows" in q) ? e.texture("optim.G", layout.width, layout.rows) : null;
+  for (const q of plan) {
+    if ("rows" in q) {
+      e.copyToTexture(q.g, tex!, q.offset, q.rows);
+      e.run(sumSquaresTexKernel(), {
+        bindings: [tex!, part],
+        uniforms: { n: q.rows * layout.width, parts: q.parts, base: q.base, shift: Math.log2(layout.width) },
+        workgroups: grid(q.parts, 1),
+        info: `[${q.g.shape}] @${q.offset}, ${q.rows} rows`,
+      });
+      continue;
+    }
+    const { g, start, count, whole, parts, base, vec } = q;
     e.run(sumSquaresKernel({ vec }), {
       bindings: [bind(g, start, count, whole), part],
       uniforms: { n: vec ? count / 4 : count, parts, base },
@@ -201,6 +365,13 @@ export interface AdamOptions {
   weightDecay?: number;
   /** Largest element range one dispatch binds (default: one storage binding); for tests. */
   maxChunkElements?: number;
+  /**
+   * Read θ, g, m and v through textures or storage (default: textures on software adapters, where that
+   * is ~2× faster; the same bits either way).
+   */
+  reads?: OptimReads;
+  /** Texture rows and chunks for `reads: "texture"` (default 1 024 texels × 256 rows); for tests. */
+  textureLayout?: TextureLayout;
 }
 
 /** Options for {@linkcode Adam.step}. */
@@ -242,6 +413,8 @@ export class Adam {
   readonly eps: number;
   readonly weightDecay: number;
   readonly maxChunkElements: number;
+  readonly reads: OptimReads;
+  readonly textureLayout: TextureLayout;
   readonly #params: Map<string, Tensor>;
   readonly #row = new Map<string, number>();
   readonly #state = new Map<string, ParamState>();
@@ -261,6 +434,11 @@ export class Adam {
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0;
     this.maxChunkElements = options.maxChunkElements ?? Infinity;
+    this.reads = readsOn(this.#engine, options.reads);
+    this.textureLayout = checkLayout(
+      options.textureLayout ?? { width: TEX_WIDTH, rows: TEX_ROWS },
+      "create Adam",
+    );
     for (
       const [name, v] of [["lr", this.lr], ["eps", this.eps], ["weightDecay", this.weightDecay]] as const
     ) {
@@ -314,6 +492,8 @@ export class Adam {
     if (options.clipNorm !== undefined) {
       ({ norm, scale } = gradNorm(todo.map(([, , g]) => g), options.clipNorm, {
         maxChunkElements: this.maxChunkElements,
+        reads: this.reads,
+        textureLayout: this.textureLayout,
       }));
     } else {
       scale = this.#one ??= e.tensor([1], [1]).keep();
@@ -339,12 +519,39 @@ export class Adam {
     }
     this.#writeHyper(hp);
 
+    const { width, rows: maxRows } = this.textureLayout;
+    const texture = this.reads === "texture";
+    const tex = (role: string) => e.texture(`optim.${role}`, width, maxRows);
+    const uniforms = { omb1: 1 - b1, b2, omb2: 1 - b2, eps: this.eps, wd: this.weightDecay };
     for (const [name, th, g] of todo) {
       const { m, v } = this.#state.get(name)!;
+      const row = this.#row.get(name)!;
       const rs = bindingRanges(e, th.size, this.maxChunkElements);
-      const whole = rs.length === 1;
-      for (const [start, count] of rs) {
-        if (count === 0) continue;
+      for (const [rangeStart, rangeCount] of rs) {
+        if (rangeCount === 0) continue;
+        let storage: [number, number] | null = [rangeStart, rangeCount];
+        let whole = rs.length === 1;
+        if (texture) {
+          const { chunks, tail } = textureChunks(rangeStart, rangeCount, this.textureLayout);
+          for (const [offset, rows] of chunks) {
+            const ts = [th, g, m, v].map((t, k) => {
+              const T = tex(["TH", "G", "M", "V"][k]);
+              e.copyToTexture(t, T, offset, rows);
+              return T;
+            });
+            const r = (t: Tensor) => bind(t, offset, rows * width * 4, false);
+            e.run(adamTexKernel(), {
+              bindings: [r(th), r(m), r(v), ...ts, this.#hp!, scale],
+              uniforms: { rows, width, row, ...uniforms },
+              workgroups: [Math.ceil(width / EW), rows, 1],
+              info: `${name} [${th.shape}] @${offset}, ${rows} rows`,
+            });
+          }
+          storage = tail;
+          whole &&= chunks.length === 0;
+        }
+        if (!storage) continue;
+        const [start, count] = storage;
         const vec = vec4Range(start, count);
         e.run(adamKernel({ vec }), {
           bindings: [
@@ -355,15 +562,7 @@ export class Adam {
             this.#hp!,
             scale,
           ],
-          uniforms: {
-            n: vec ? count / 4 : count,
-            row: this.#row.get(name)!,
-            omb1: 1 - b1,
-            b2,
-            omb2: 1 - b2,
-            eps: this.eps,
-            wd: this.weightDecay,
-          },
+          uniforms: { n: vec ? count / 4 : count, row, ...uniforms },
           workgroups: grid(vec ? count / 4 : count, EW),
           info: `${name} [${th.shape}] @${start}+${count}`,
         });

@@ -52,7 +52,14 @@ import {
 } from "../kernels/pool.ts";
 import { bceLossCpu, maskedMseLossCpu, mseLossCpu } from "../kernels/loss.ts";
 import { bceLoss, maskedMseLoss, mseLoss } from "./loss.ts";
-import { Adam, type AdamCpuState, adamStepCpu, gradNorm, gradNormCpu } from "../kernels/optim.ts";
+import {
+  Adam,
+  type AdamCpuState,
+  adamStepCpu,
+  gradNorm,
+  gradNormCpu,
+  type OptimReads,
+} from "../kernels/optim.ts";
 import {
   layerNormBackward,
   layerNormBackwardCpu,
@@ -1326,26 +1333,44 @@ function lossCases(quick: boolean): Case[] {
 
 function optimCases(): Case[] {
   const shapes: Record<string, number[]> = { a: [1], b: [7], "c.weight": [33, 5], d: [1000] };
-  const cases: Case[] = [{
+  // Texture reads in rows of 16 texels (64 floats), 3 rows a chunk, so that these small tensors have
+  // whole-row chunks as well as storage tails.
+  const textureLayout = { width: 16, rows: 3 };
+  const cases: Case[] = (["storage", "texture"] as const).map((reads) => ({
     family: "optim",
     op: "grad_norm",
-    variant: "norm and clip factor",
+    variant: `norm and clip factor, ${reads} reads`,
     shape: "[1], [7], [9000]; max 0.5 and 100",
     run: (e, c) => {
       const gs = [rnd(1, 1), rnd(7, 2), rnd(9000, 3, -0.01, 0.01)];
       const ts = gs.map((g) => e.tensor(g, [g.length]));
       for (const maxNorm of [0.5, 100]) {
-        const { norm, scale } = gradNorm(ts, maxNorm);
+        const { norm, scale } = gradNorm(ts, maxNorm, { reads, textureLayout });
         const want = gradNormCpu(gs, maxNorm);
         c.close(`norm, max ${maxNorm}`, c.read(norm), [want.norm], TOL.adam.norm);
         c.close(`scale, max ${maxNorm}`, c.read(scale), [want.scale], TOL.adam.norm);
       }
     },
-  }];
-  const trials = [
-    { variant: "plain", lr: 1e-2, weightDecay: 0 },
-    { variant: "weight decay, clipped", lr: 1e-2, weightDecay: 0.05, clipNorm: 1 },
-    { variant: "ranges of 128, clipped", lr: 1e-2, weightDecay: 0.01, clipNorm: 1, maxChunkElements: 128 },
+  }));
+  const trials: {
+    variant: string;
+    lr: number;
+    weightDecay: number;
+    clipNorm?: number;
+    maxChunkElements?: number;
+    reads: OptimReads;
+  }[] = [
+    { variant: "plain", lr: 1e-2, weightDecay: 0, reads: "storage" },
+    { variant: "weight decay, clipped", lr: 1e-2, weightDecay: 0.05, clipNorm: 1, reads: "storage" },
+    {
+      variant: "ranges of 128, clipped",
+      lr: 1e-2,
+      weightDecay: 0.01,
+      clipNorm: 1,
+      maxChunkElements: 128,
+      reads: "storage",
+    },
+    { variant: "texture reads, clipped", lr: 1e-2, weightDecay: 0.05, clipNorm: 1, reads: "texture" },
   ];
   for (const t of trials) {
     cases.push({
@@ -1367,7 +1392,12 @@ function optimCases(): Case[] {
           });
         }
         const opts = { lr: t.lr, betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: t.weightDecay };
-        const opt = new Adam(params, { ...opts, maxChunkElements: t.maxChunkElements });
+        const opt = new Adam(params, {
+          ...opts,
+          maxChunkElements: t.maxChunkElements,
+          reads: t.reads,
+          textureLayout,
+        });
         try {
           for (let s = 0; s < 3; s++) {
             const grads = new Map<string, Tensor>(), cpuGrads = new Map<string, Float32Array>();

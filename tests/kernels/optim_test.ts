@@ -5,7 +5,9 @@ import {
   bindingRanges,
   gradNorm,
   gradNormCpu,
+  type OptimReads,
   StepLR,
+  type TextureLayout,
 } from "../../kernels/optim.ts";
 import type { Engine } from "../../engine/engine.ts";
 import type { Tensor } from "../../engine/tensor.ts";
@@ -25,6 +27,8 @@ interface Trial {
   maxChunkElements?: number;
   /** Leave parameter "b" without a gradient at this step. */
   skipB?: number;
+  reads?: OptimReads;
+  textureLayout?: TextureLayout;
 }
 
 /** Run `trial` on the GPU and on the CPU reference; return both final states and the norms per step. */
@@ -38,7 +42,8 @@ async function trial(e: Engine, t: Trial) {
     cpu.set(name, { theta: Float64Array.from(x), m: new Float64Array(n), v: new Float64Array(n), step: 0 });
   }
   const opts = { lr: t.lr, betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: t.weightDecay };
-  const opt = new Adam(params, { ...opts, maxChunkElements: t.maxChunkElements });
+  const { maxChunkElements, reads, textureLayout } = t;
+  const opt = new Adam(params, { ...opts, maxChunkElements, reads, textureLayout });
   const norms: number[] = [], wantNorms: number[] = [];
   for (let s = 0; s < t.steps; s++) {
     const grads = new Map<string, Tensor>();
@@ -113,6 +118,46 @@ gpuTest(
     compare(
       await trial(e, { steps: 3, lr: 1e-2, weightDecay: 0.01, clipNorm: 1, maxChunkElements: 64 }),
       "clip, 64",
+    );
+  },
+);
+
+gpuTest(
+  "Adam reading through textures (whole rows in chunks, tails from storage) gives the storage path's bits",
+  async (e) => {
+    // Rows of 16 texels (64 floats), 3 rows a chunk: "d" (1000) is 5 chunks and a 40-element tail,
+    // "c.weight" (165, not whole vec4s) and the small ones are tails only.
+    const textureLayout = { width: 16, rows: 3 };
+    const base = { steps: 3, lr: 1e-2, weightDecay: 0.01 };
+    const storage = await trial(e, { ...base, reads: "storage" });
+    const texture = await trial(e, { ...base, reads: "texture", textureLayout });
+    compare(texture, "texture reads");
+    for (const [name, th] of storage.theta) {
+      assertEquals(texture.theta.get(name), th, `texture vs storage: ${name}`);
+      for (const k of ["exp_avg", "exp_avg_sq"]) {
+        const key = `${name}.${k}`;
+        assertEquals(
+          texture.state.get(key)!.data,
+          storage.state.get(key)!.data,
+          `texture vs storage: ${key}`,
+        );
+      }
+    }
+    // Clipping (its norm summed from texture chunks and storage tails) within binding ranges of 128.
+    compare(
+      await trial(e, { ...base, clipNorm: 1, reads: "texture", textureLayout, maxChunkElements: 128 }),
+      "texture reads, clip, ranges of 128",
+    );
+    const g = rand(4096 + 64 * 5 + 12, 31, -1, 1);
+    const gt = e.tensor(g, [g.length]);
+    const { norm, scale } = gradNorm([gt], 0.5, { reads: "texture", textureLayout: { width: 64, rows: 4 } });
+    const want = gradNormCpu([g], 0.5);
+    assertClose([...await norm.toArray(), ...await scale.toArray()], [want.norm, want.scale], NORM, "norm");
+    for (const t of [gt, norm, scale]) t.dispose();
+    assertThrows(
+      () => new Adam([gt], { textureLayout: { width: 24, rows: 2 } }),
+      RangeError,
+      "power of two",
     );
   },
 );
