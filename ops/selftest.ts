@@ -815,8 +815,8 @@ function conv2dCases(quick: boolean): Case[] {
   const variants: { variant: string; slow?: boolean; subset?: Subset }[] = [
     { variant: "blocked" },
     { variant: "blocked/t8/split1048576" },
-    // Operands from storage buffers where `blocked` would read textures (its weight gradient has none).
-    { variant: "blocked/notex", subset: { y: [13, 14], dx: [13, 14], dw: [] } },
+    // Operands from storage buffers where `blocked` would read textures.
+    { variant: "blocked/notex", subset: { y: [13, 14], dx: [13, 14], dw: [0, 13, 14] } },
     {
       variant: "blocked/t16/split1/nomatmul",
       subset: { quickOnly: true, y: [2, 15], dx: [2, 15], dw: [2, 15] },

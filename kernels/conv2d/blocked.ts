@@ -28,7 +28,10 @@
  * input-gradient GEMMs read the packed weight and the channels-last activations through rgba32float
  * textures instead (`conv2d_blocked_tex_fwd`, 16 k per step, the FMAs in the same order, so the same bits),
  * store whole blocks, and a small kernel scatters them into y with the epilogue. On llvmpipe this halves the
- * forward's time (2 × 64 × 56² 3×3: 33 ms against 78 ms from storage buffers). `notex` keeps buffers.
+ * forward's time (2 × 64 × 56² 3×3: 33 ms against 78 ms from storage buffers). The weight gradient reads
+ * dyᵀ (built as a texture, one split's K per row) and xp through textures for any channel count
+ * (`conv2d_blocked_tex_dw`, k positions from counters instead of the offset table, the same bits), and
+ * its blocks are scattered into the split partials; 2–3× faster on llvmpipe. `notex` keeps buffers.
  *
  * 1×1 stride-1 convolutions whose H·W, Cin and Cout are multiples of 4 run through `matmulForward` on the
  * NCHW tensors (no copies; the forward only without an epilogue). The forward's epilogue (bias, residual,
@@ -597,6 +600,169 @@ ${each(tm, (i) => `      if (row0 + ${i}u < p.M) { part[o + (row0 + ${i}u) * p.c
   };
 });
 
+// dyᵀ as a texture for texDwKernel: texel (x, z·M + co) holds dyᵀ[co, 4k4 … 4k4 + 3], k4 = z·chunk + x,
+// dyᵀ[co, k] = dy[n, co, q] for k = n·OHW + q < N·OHW, zeros past it (and past K⁴ in the last split).
+// dy: (N, Cout, OHW); T: chunk × (splits · Cout) texels
+const dyTexKernel = single("conv2d_dyt_tex", () => ({
+  bindings: [
+    { name: "dy", access: "read" },
+    { name: "T", access: "read_write", texture: "write" },
+  ] as const,
+  uniforms: { M: "u32", ohw: "u32", nk: "u32", chunk: "u32", rows: "u32" } as const,
+  workgroupSize: [64],
+  body: `
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= p.chunk || g.y >= p.rows) { return; }
+  let z = g.y / p.M;
+  let co = g.y - z * p.M;
+  let k0 = 4u * (z * p.chunk + g.x);
+  var n = k0 / p.ohw;
+  var q = k0 - n * p.ohw;
+  var v = vec4f(0.0);
+  for (var s = 0u; s < 4u; s++) {
+    if (k0 + s < p.nk) { v[s] = dy[(n * p.M + co) * p.ohw + q]; }
+    q++;
+    if (q == p.ohw) { q = 0u; n++; }
+  }
+  textureStore(T, g.xy, v);
+}`,
+}));
+
+// The weight-gradient GEMM of dwKernel with both operands read through textures: A = dyᵀ as dyTexKernel
+// lays it out (4 k per texel), B = xp as texels (WP·C⁴/4, N·HP) like the forward's. The input positions
+// of k = (n, oh, ow) come from counters stepped once per k instead of the offset table. Each accumulator's
+// FMAs run in dwKernel's k order (the same bits). Blocks are stored whole, unguarded, as in texFwdKernel, at
+// block index ((z·gy + wid.y)·gx + wid.x)·RWG + lid.x, and dwScatterKernel writes them to the partials.
+const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, cols }: TexBlockParams) => {
+  const tq = tn / 4;
+  return {
+    bindings: [
+      { name: "A", access: "read", texture: "sampled" },
+      { name: "B", access: "read", texture: "sampled" },
+      { name: "blk", access: "read_write", type: "vec4<f32>" },
+    ] as const,
+    uniforms: {
+      M: "u32",
+      N: "u32",
+      k4: "u32",
+      chunk: "u32",
+      nq: "u32",
+      c4q: "u32",
+      kw: "u32",
+      ohw: "u32",
+      ow: "u32",
+      hp: "u32",
+      sc: "u32",
+      sh: "u32",
+    } as const,
+    workgroupSize: [RWG],
+    body: `
+@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+    @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+${
+      cols
+        ? `  let row0 = wid.y * ${tm}u;
+  let col0 = (wid.x * ${RWG}u + lid.x) * ${tn}u;`
+        : `  let row0 = (wid.y * ${RWG}u + lid.x) * ${tm}u;
+  let col0 = wid.x * ${tn}u;`
+    }
+${each(tm, (i) => `  let a${i} = wid.z * p.M + min(row0 + ${i}u, p.M - 1u);`)}
+${
+      each(tq, (q) =>
+        `  let g${q} = min(col0 / 4u + ${q}u, p.nq - 1u);
+  let t${q} = g${q} / p.c4q;
+  let bx${q} = t${q} % p.kw * p.c4q + g${q} % p.c4q;
+  let by${q} = t${q} / p.kw;`)
+    }
+${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
+  let kb = wid.z * p.chunk;
+  let steps = min(p.k4, kb + p.chunk) - kb;
+  // Counters of k = 4·kb: image n, output row oh, column ow.
+  var n = 4u * kb / p.ohw;
+  var oh = (4u * kb - n * p.ohw) / p.ow;
+  var ow = 4u * kb - n * p.ohw - oh * p.ow;
+  for (var x = 0u; x < steps; x++) {
+${each(tm, (i) => `    let av${i} = textureLoad(A, vec2u(x, a${i}), 0);`)}
+${
+      each(4, (s) =>
+        `    let px${s} = ow * p.sc;
+    let py${s} = min(n, p.N - 1u) * p.hp + oh * p.sh;
+${each(tq, (q) => `    let bv${s}_${q} = textureLoad(B, vec2u(px${s} + bx${q}, py${s} + by${q}), 0);`)}
+    ow++;
+    if (ow == p.ow) {
+      ow = 0u;
+      oh++;
+      if (oh * p.ow == p.ohw) {
+        oh = 0u;
+        n++;
+      }
+    }`)
+    }
+${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${s}_${j >> 2}[${j & 3}]`)}
+  }
+  let base = (((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * ${RWG}u + lid.x) * ${tm * tn / 4}u;
+${
+      each(tm, (i) =>
+        each(tq, (q) =>
+          `  blk[base + ${i * tq + q}u] = vec4f(${
+            [0, 1, 2, 3].map((d) =>
+              `c${i}_${4 * q + d}`
+            ).join(", ")
+          });`))
+    }
+}`,
+  };
+});
+
+// part[z, m, ci, tap] = block value of (z, m, column (tap·C⁴/4 + ci/4)·4 + ci % 4), ci < Cin: one invocation
+// per split z (g.z), row m (g.y) and column group (g.x, 4 columns); the block layout is texDwKernel's.
+const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
+  bindings: [
+    { name: "blk", access: "read", type: "vec4<f32>" },
+    { name: "part", access: "read_write" },
+  ],
+  uniforms: {
+    M: "u32",
+    nq: "u32",
+    c4q: "u32",
+    cin: "u32",
+    kk: "u32",
+    tmShift: "u32",
+    tnShift: "u32",
+    cols: "u32",
+    gx: "u32",
+    gy: "u32",
+  },
+  workgroupSize: [WG],
+  body: `
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let m = g.y;
+  let gq = g.x;
+  if (gq >= p.nq || m >= p.M) { return; }
+  let c0 = gq * 4u;
+  let bm = m >> p.tmShift;
+  let bc = c0 >> p.tnShift;
+  var wx = bc / ${RWG}u;
+  var wy = bm;
+  var lane = bc % ${RWG}u;
+  if (p.cols == 0u) {
+    wx = bc;
+    wy = bm / ${RWG}u;
+    lane = bm % ${RWG}u;
+  }
+  let tm = 1u << p.tmShift;
+  let tn = 1u << p.tnShift;
+  let blkIdx = ((g.z * p.gy + wy) * p.gx + wx) * ${RWG}u + lane;
+  let v4 = blk[((blkIdx * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u];
+  let tap = gq / p.c4q;
+  let ci0 = (gq % p.c4q) * 4u;
+  let o = ((g.z * p.M + m) * p.cin + ci0) * p.kk + tap;
+  for (var s = 0u; s < 4u; s++) {
+    if (ci0 + s < p.cin) { part[o + s * p.kk] = v4[s]; }
+  }
+}`,
+}));
+
 /**
  * Block (TM rows × TN columns per invocation) and lane mapping of a register-blocked GEMM of M×N×K:
  * T×T with T forced by the variant, else 32×32 for big products (~15 s to compile on llvmpipe the first
@@ -904,10 +1070,29 @@ function dwPlan(e: Engine, g: Conv2dGeometry, c: BlockedConfig) {
     Math.ceil(k4 / 64),
     Math.max(1, Math.floor(Math.min(64 << 20, e.maxBinding) / (4 * wSize))),
   );
-  splits = Math.max(1, splits, Math.ceil(k4 / MAX_LOOP_STEPS));
+  // Textures hold one split's K per row (the adapter's texture width).
+  const maxChunk = c.textures ? Math.min(MAX_LOOP_STEPS, e.limits.maxTextureDimension2D) : MAX_LOOP_STEPS;
+  splits = Math.max(1, splits, Math.ceil(k4 / maxChunk));
   const chunk = Math.ceil(k4 / splits);
   splits = Math.ceil(k4 / chunk);
   return { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk, wSize };
+}
+
+/**
+ * Whether the weight gradient can read dyᵀ and xp through textures (dyᵀ: one split's K⁴/4 per row, a row
+ * per split and output channel; xp: as the forward's B), with its blocks within one binding.
+ */
+function dwTexturesFit(
+  e: Engine,
+  g: Conv2dGeometry,
+  c: BlockedConfig,
+  d: ReturnType<typeof dwPlan>,
+): boolean {
+  const max = e.limits.maxTextureDimension2D;
+  const [gx, gy] = laneGroups(g.cout, d.ncol, d.blk);
+  const blocks = gx * gy * d.splits * RWG * d.blk.tm * d.blk.tn;
+  return c.textures && d.chunk <= max && d.splits * g.cout <= max &&
+    (g.w + 2 * g.pad) * c4(g.cin) / 4 <= max && g.n * (g.h + 2 * g.pad) <= max && blocks * 4 <= e.maxBinding;
 }
 
 /** Weight gradient (split-K when the output has few blocks). */
@@ -931,7 +1116,62 @@ function backwardWeight(
   }
   const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
   const cp = c4(g.cin), hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
-  const { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk } = dwPlan(e, g, c);
+  const plan = dwPlan(e, g, c);
+  const { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk } = plan;
+  const { tm, tn } = blk;
+  if (dwTexturesFit(e, g, c, plan)) {
+    const ta = e.texture("conv2d.dyT", chunk, splits * g.cout);
+    e.run(dyTexKernel(), {
+      bindings: [dy, ta],
+      uniforms: { M: g.cout, ohw: g.oh * g.ow, nk, chunk, rows: splits * g.cout },
+      workgroups: groups(e, call, Math.ceil(chunk / 64), splits * g.cout),
+      info: `[${dy.shape}] → ${chunk}×${splits * g.cout} texels`,
+    });
+    const tb = e.texture("conv2d.B", wp * cp / 4, g.n * hp);
+    fillTexture(e, xp, tb, wp * cp, g.n * hp);
+    xp.dispose();
+    const [gx, gy] = laneGroups(g.cout, ncol, blk);
+    const out = e.empty([gx * gy * splits * RWG * tm * tn], "conv2d dw blocks");
+    e.run(texDwKernel({ tm, tn, cols: blk.cols }), {
+      bindings: [ta, tb, out],
+      uniforms: {
+        M: g.cout,
+        N: g.n,
+        k4,
+        chunk,
+        nq,
+        c4q: cp / 4,
+        kw: g.kw,
+        ohw: g.oh * g.ow,
+        ow: g.ow,
+        hp,
+        sc: g.stride * cp / 4,
+        sh: g.stride,
+      },
+      workgroups: groups(e, call, gx, gy, splits),
+      info: `${call.info} ${call.variant} ${tm}×${tn} splits ${splits} textures`,
+    });
+    const part = e.empty([splits, ...wShape], "conv2d dw partials");
+    e.run(dwScatterKernel(), {
+      bindings: [out, part],
+      uniforms: {
+        M: g.cout,
+        nq,
+        c4q: cp / 4,
+        cin: g.cin,
+        kk,
+        tmShift: Math.log2(tm),
+        tnShift: Math.log2(tn),
+        cols: blk.cols ? 1 : 0,
+        gx,
+        gy,
+      },
+      workgroups: groups(e, call, Math.ceil(nq / WG), g.cout, splits),
+      info: `${call.info} dw blocks → partials`,
+    });
+    out.dispose();
+    return sumSplits(part, wShape);
+  }
   let dyt: Tensor | null = null;
   if (!direct) {
     dyt = e.empty([g.cout, kp], "conv2d dyᵀ");
@@ -961,7 +1201,6 @@ function backwardWeight(
     workgroups: grid(kp + kp / 4, WG),
     info: `${kp} + ${kp / 4} offsets`,
   });
-  const { tm, tn } = blk;
   const part = e.empty([splits, ...wShape], "conv2d dw partials");
   const l = lanes(e, call, g.cout, ncol, blk, splits);
   e.run(dwKernel({ tm, tn }), {

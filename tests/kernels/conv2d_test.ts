@@ -368,16 +368,18 @@ gpuTest(
 );
 
 gpuTest(
-  "conv2d blocked reads textures where channels round to multiples of 16, bit for bit as from buffers",
+  "conv2d blocked reads textures (forward and dx where channels round to 16s, dw always), bit for bit",
   async (e) => {
-    // Forward (Cin → 16 or 32) and input gradient (Cout → 16 or 32) read textures; their FMAs run in the
-    // same order as the storage-buffer kernel's, so the results are the same bits. Stride phases, a phase
-    // without taps (1×1 stride 2), ragged blocks of 8 and 16, the fused epilogue.
+    // Forward (Cin → 16 or 32) and input gradient (Cout → 16 or 32) read textures, and the weight gradient
+    // (any channels) does; their FMAs run in the same order as the storage-buffer kernels', so the results
+    // are the same bits. Stride phases, a phase without taps (1×1 stride 2), ragged blocks of 8 and 16, the
+    // fused epilogue, split K (dw), conv1's 3 channels (dw only: its forward keeps buffers).
     const cases: [Case, boolean][] = [
       [CONV_CASES[13], false],
       [CONV_CASES[14], false],
       [[2, 16, 6, 7, 13, 3, 1, 0], true],
       [[2, 64, 9, 10, 64, 3, 1, 1], false],
+      [[2, 3, 40, 36, 8, 7, 2, 3], false],
     ];
     for (const [ci, [c, epilogue]] of cases.entries()) {
       const d = caseData(c, 90 + ci);
@@ -388,16 +390,21 @@ gpuTest(
         const x = e.tensor(d.x, d.xShape), w = e.tensor(d.w, d.wShape), dy = e.tensor(d.dy, d.yShape);
         const fwd = () => conv2dForward(x, w, o);
         const dx = () => conv2dBackwardInput(dy, w, d.xShape, geo);
-        for (const [pass, run] of [["forward", fwd], ["dx", dx]] as const) {
+        const dw = () => conv2dBackwardWeight(x, dy, d.wShape, geo);
+        const passes = [["forward", fwd, "tex_fwd"], ["dx", dx, "tex_fwd"], ["dw", dw, "tex_dw"]] as const;
+        for (const [pass, run, kernel] of passes) {
+          if (d.xShape[1] === 3 && pass !== "dw") continue;
           const names = withConv2dVariant("blocked", () => dispatched(e, () => void run()));
           assertEquals(
-            names.some((n) => n.startsWith("conv2d_blocked_tex_fwd")),
+            names.some((n) => n.startsWith(`conv2d_blocked_${kernel}`)),
             true,
             `${pass} ${d.label}: ${names}`,
           );
-          const viaTextures = await withConv2dVariant("blocked", () => run()).toArray();
-          const viaBuffers = await withConv2dVariant("blocked/notex", () => run()).toArray();
-          assertEquals(viaTextures, viaBuffers, `${pass} ${d.label}`);
+          for (const variant of ["blocked", "blocked/split1048576"]) {
+            const viaTextures = await withConv2dVariant(variant, () => run()).toArray();
+            const viaBuffers = await withConv2dVariant(`${variant}/notex`, () => run()).toArray();
+            assertEquals(viaTextures, viaBuffers, `${pass} ${d.label} ${variant}`);
+          }
         }
         const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
           ...geo,
@@ -420,6 +427,7 @@ gpuTest(
         const g = conv2dBackwardCpu(d.x, d.xShape, d.w, d.wShape, d.dy, geo);
         const gs = conv2dBackwardCpu(abs(d.x), d.xShape, abs(d.w), d.wShape, abs(d.dy), geo);
         assertClose(await withConv2dVariant("blocked", dx).toArray(), g.dx, TOL, `dx ${d.label}`, gs.dx);
+        assertClose(await withConv2dVariant("blocked", dw).toArray(), g.dw, TOL, `dw ${d.label}`, gs.dw);
       });
     }
   },
