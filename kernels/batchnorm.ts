@@ -25,9 +25,11 @@
  *   where each invocation-varying load is a per-lane loop and each barrier switches coroutines).
  *
  * The elementwise passes (`batchnorm.apply`: y from x; `batchnorm.dx`: dx) have a `scalar` variant (one
- * value per invocation, the default on GPUs) and a `vec4` one (four values of one channel per invocation,
- * where H·W and the binding offsets are multiples of 4, else scalar; bitwise the same results; the default
- * on software adapters). All outputs and gradients are new tensors (overwrite); nothing accumulates
+ * value per invocation, the default on GPUs), a `vec4` one (four values of one channel per invocation,
+ * where H·W and the binding offsets are multiples of 4, else scalar; bitwise the same results) and a `tex`
+ * one (vec4 with x and dy read through textures and the per-channel values from one small texture, where
+ * the tensor fits one binding; its tail shorter than a texture row as vec4; the same bits again; the
+ * default on software adapters, 3–4× faster than vec4 there). All outputs and gradients are new tensors (overwrite); nothing accumulates
  * (`+=`), except the running statistics, which are updated in place.
  *
  * A batch larger than one storage binding runs as several runs of whole samples (kernels/_ranges.ts): each
@@ -37,7 +39,7 @@
  * @module
  */
 import { checkNCHW } from "./check.ts";
-import { type Engine, grid } from "../engine/engine.ts";
+import { type Engine, type EngineTexture, grid, type TensorRange } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
@@ -340,7 +342,8 @@ const runningStatsKernel = single("batchnorm_running_stats", () => ({
 }`,
 }));
 
-// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements of one run.
+// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements from
+// element `start` of the tensor (the channel of element i is ((start + i) / HW) % C).
 // With `running` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path). With `vec4`
 // each invocation does four consecutive values of one channel (HW, n and off multiples of 4), with the same
 // operations in the same order per value: the results equal the scalar kernel's bit for bit.
@@ -353,18 +356,18 @@ const applyKernel = variants("batchnorm_apply", (p: { running: boolean; relu: bo
     { name: "beta", access: "read" },
     { name: "y", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
-  uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32" },
+  uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32", start: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
 #if ${p.vec4}
   if (i >= p.n / 4u) { return; }
-  let ch = (4u * i / p.hw) % p.c;
+  let ch = ((p.start + 4u * i) / p.hw) % p.c;
   let j = p.off / 4u + i;
 #else
   if (i >= p.n) { return; }
-  let ch = (i / p.hw) % p.c;
+  let ch = ((p.start + i) / p.hw) % p.c;
   let j = p.off + i;
 #endif
 #if ${p.running}
@@ -500,7 +503,7 @@ const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
 }`,
 }));
 
-// dx: (n, C, HW), n elements of one run. Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
+// dx: (n, C, HW), n elements from element `start` (as applyKernel). Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
 // With `vec4`, four consecutive values of one channel per invocation, bit for bit as the scalar kernel.
 const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boolean; vec4: boolean }) => ({
   bindings: [
@@ -513,18 +516,18 @@ const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boo
     { name: "dbias", access: "read" },
     { name: "dx", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
-  uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32" },
+  uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32", start: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
 #if ${p.vec4}
   if (i >= p.n / 4u) { return; }
-  let ch = (4u * i / p.hw) % p.c;
+  let ch = ((p.start + 4u * i) / p.hw) % p.c;
   let j = p.off / 4u + i;
 #else
   if (i >= p.n) { return; }
-  let ch = (i / p.hw) % p.c;
+  let ch = ((p.start + i) / p.hw) % p.c;
   let j = p.off + i;
 #endif
   let r = rstd[ch];
@@ -536,6 +539,126 @@ ${linearEntry(WG)} {
 #endif
 }`,
 }));
+
+// The elementwise passes with x (and dy) read through textures (`tex`): rows of TEX_WIDTH texels copied
+// from the tensor (a copyBufferToTexture, no kernel), at most TEX_ROWS rows a chunk, and the per-channel
+// values packed into one texture, so that each invocation fetches two or three texels where the vec4 kernels
+// make five to seven storage loads — each a loop over the SIMD lanes on llvmpipe (Mesa 22's lp_bld_nir_soa)
+// where a texel fetch is one gather. The same operations in the same order: the same bits as vec4.
+const TEX_WIDTH = 1024;
+const TEX_ROWS = 256;
+
+// Per-channel texels: row 0 = (mean, rstd or running variance, γ, β) for apply; for dx (mean, rstd, γ,
+// Σdy·x̂) and row 1 = (Σdy, 0, 0, 0). P: c × 2 texels
+const channelTexKernel = single("batchnorm_channels_tex", () => ({
+  bindings: [
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    { name: "g", access: "read" },
+    { name: "d", access: "read" },
+    { name: "e", access: "read" },
+    { name: "P", access: "read_write", texture: "write" },
+  ],
+  uniforms: { c: "u32" },
+  workgroupSize: [64],
+  body: `
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let ch = gid.x;
+  if (ch >= p.c) { return; }
+  textureStore(P, vec2u(ch, 0u), vec4f(a[ch], b[ch], g[ch], d[ch]));
+  textureStore(P, vec2u(ch, 1u), vec4f(e[ch], 0.0, 0.0, 0.0));
+}`,
+}));
+
+// applyKernel (vec4) with x from texture X (vec4 index base + y·width + x of the tensor) and the channel's
+// values from P; y: the chunk's range.
+const applyTexKernel = variants("batchnorm_apply_tex", (p: { running: boolean; relu: boolean }) => ({
+  bindings: [
+    { name: "X", access: "read", texture: "sampled" },
+    { name: "P", access: "read", texture: "sampled" },
+    { name: "y", access: "read_write", type: "vec4<f32>" },
+  ],
+  uniforms: { c: "u32", hw: "u32", eps: "f32", base: "u32", rows: "u32" },
+  workgroupSize: [64],
+  body: wgsl`
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.y >= p.rows) { return; }
+  let j = gid.y * ${TEX_WIDTH}u + gid.x;
+  let ch = (4u * (p.base + j) / p.hw) % p.c;
+  let q = textureLoad(P, vec2u(ch, 0u), 0);
+#if ${p.running}
+  let inv = 1.0 / sqrt(q.y + p.eps);
+#else
+  let inv = q.y;
+#endif
+  let v = (textureLoad(X, gid.xy, 0) - q.x) * inv * q.z + q.w;
+#if ${p.relu}
+  y[j] = max(v, vec4f(0.0));
+#else
+  y[j] = v;
+#endif
+}`,
+}));
+
+// backwardInputKernel (vec4) with dy and x from textures DY and X and the channel's values from P.
+const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { eval: boolean }) => ({
+  bindings: [
+    { name: "DY", access: "read", texture: "sampled" },
+    { name: "X", access: "read", texture: "sampled" },
+    { name: "P", access: "read", texture: "sampled" },
+    { name: "dx", access: "read_write", type: "vec4<f32>" },
+  ],
+  uniforms: { c: "u32", hw: "u32", m: "u32", base: "u32", rows: "u32" },
+  workgroupSize: [64],
+  body: wgsl`
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.y >= p.rows) { return; }
+  let j = gid.y * ${TEX_WIDTH}u + gid.x;
+  let ch = (4u * (p.base + j) / p.hw) % p.c;
+  let q = textureLoad(P, vec2u(ch, 0u), 0);
+  let r = q.y;
+#if ${p.eval}
+  dx[j] = q.z * r * textureLoad(DY, gid.xy, 0);
+#else
+  let xhat = (textureLoad(X, gid.xy, 0) - q.x) * r;
+  let dbias = textureLoad(P, vec2u(ch, 1u), 0).x;
+  dx[j] = q.z * r * (textureLoad(DY, gid.xy, 0) - (dbias + xhat * q.w) / f32(p.m));
+#endif
+}`,
+}));
+
+/**
+ * Run an elementwise pass through textures: the per-channel texture from `channels` (five (C) tensors;
+ * placeholders where unused), then per chunk of whole texture rows a copy of each of `inputs` and one
+ * dispatch of `run(textures, out range, base vec4, rows)`. Returns the first element not covered (the
+ * tail shorter than one row, which the vec4 kernel takes), or 0 when nothing was.
+ */
+function runTex(
+  inputs: Tensor[],
+  out: Tensor,
+  channels: Tensor[],
+  run: (textures: EngineTexture[], P: EngineTexture, y: TensorRange, base: number, rows: number) => void,
+): number {
+  const e = out.engine;
+  const rowLen = TEX_WIDTH * 4;
+  const full = Math.floor(out.size / rowLen);
+  if (full === 0) return 0;
+  const c = channels[0].size;
+  const P = e.texture("batchnorm.P", c, 2);
+  e.run(channelTexKernel(), {
+    bindings: [...channels, P],
+    uniforms: { c },
+    workgroups: grid(c, 64),
+    info: `[${c}] → ${c}×2 texels`,
+  });
+  const ts = inputs.map((_, k) => e.texture(`batchnorm.${k}`, TEX_WIDTH, TEX_ROWS));
+  for (let r0 = 0; r0 < full; r0 += TEX_ROWS) {
+    const rows = Math.min(TEX_ROWS, full - r0), start = r0 * rowLen;
+    inputs.forEach((t, k) => e.copyToTexture(t, ts[k], start, rows));
+    run(ts, P, { tensor: out, offset: start, size: rows * rowLen }, start / 4, rows);
+  }
+  return full * rowLen;
+}
 
 // ---------------------------------------------------------------- variants
 
@@ -565,6 +688,14 @@ const SERIAL_MAX_CHUNK = 16384;
  */
 const SERIAL_DEFAULT = 2048;
 
+/**
+ * An elementwise pass: one value per invocation, four of one channel (`vec4`), or four read through
+ * textures (`tex`; vec4 for a tail shorter than one texture row, and where H·W % 4 ≠ 0 scalar).
+ */
+interface Elementwise {
+  elementwise: "scalar" | "vec4" | "tex";
+}
+
 /** A partial-sum pass: the workgroup tree, or one invocation per chunk of `chunk` values. */
 interface Partials {
   serial: boolean;
@@ -572,10 +703,10 @@ interface Partials {
 }
 
 /** The variant `id` of `op`: a {@linkcode Partials} or (elementwise ops) whether it is `vec4`; or why not. */
-function parseVariant(op: BatchNormTuningOp, id: string): Partials | boolean | string {
+function parseVariant(op: BatchNormTuningOp, id: string): Partials | Elementwise | string {
   if (op === "batchnorm.apply" || op === "batchnorm.dx") {
-    if (id === "scalar" || id === "vec4") return id === "vec4";
-    return "the variants are scalar and vec4";
+    if (id === "scalar" || id === "vec4" || id === "tex") return { elementwise: id };
+    return "the variants are scalar, vec4 and tex";
   }
   if (id === "tree") return { serial: false, chunk: CHUNK };
   const [name, arg, ...rest] = id.split("/");
@@ -593,7 +724,7 @@ function defaultVariant(e: Engine, op: BatchNormTuningOp): string {
   if (op === "batchnorm.stats" || op === "batchnorm.sums") {
     return software ? `serial/${SERIAL_DEFAULT}` : "tree";
   }
-  return software ? "vec4" : "scalar";
+  return software ? "tex" : "scalar";
 }
 
 function checkOp(op: string, what: string): asserts op is BatchNormTuningOp {
@@ -620,8 +751,8 @@ function resolve(e: Engine, op: BatchNormTuningOp, shape: readonly number[]): st
 
 const partialsOf = (e: Engine, op: "batchnorm.stats" | "batchnorm.sums", shape: readonly number[]) =>
   parseVariant(op, resolve(e, op, shape)) as Partials;
-const vec4Of = (e: Engine, op: "batchnorm.apply" | "batchnorm.dx", shape: readonly number[]) =>
-  parseVariant(op, resolve(e, op, shape)) === true;
+const elementwiseOf = (e: Engine, op: "batchnorm.apply" | "batchnorm.dx", shape: readonly number[]) =>
+  (parseVariant(op, resolve(e, op, shape)) as Elementwise).elementwise;
 
 /**
  * The shape class of a batch norm in the tuning table: the channels and the values per channel
@@ -651,7 +782,7 @@ export function batchNormCandidates(op: BatchNormTuningOp, shape: readonly numbe
   checkOp(op, "list batch-norm candidates");
   const [n, , h, w] = shape;
   if (op === "batchnorm.apply" || op === "batchnorm.dx") {
-    return (h * w) % 4 === 0 ? ["scalar", "vec4"] : ["scalar"];
+    return (h * w) % 4 === 0 ? ["scalar", "vec4", "tex"] : ["scalar"];
   }
   const m = n * h * w;
   const serial = SERIAL_CHUNKS.filter((_, i) => i === 0 || m > SERIAL_CHUNKS[i - 1]);
@@ -686,6 +817,51 @@ function checkChannels(op: string, x: Tensor, what: string, t: Tensor | undefine
         x.shape[1]
       }], current value is [${t.shape}]`,
     );
+  }
+}
+
+/**
+ * y = normalise(x) with `ch` = (mean, rstd or running variance, γ, β): through textures for `tex` where the
+ * tensor is one binding and H·W % 4 = 0 (its tail shorter than a texture row as vec4), else per run of
+ * samples with the vec4 or scalar kernel.
+ */
+function runApply(
+  op: string,
+  x: Tensor,
+  y: Tensor,
+  ch: Tensor[],
+  o: { running: boolean; relu: boolean; eps: number; elementwise: Elementwise["elementwise"] },
+): void {
+  const e = x.engine;
+  const [, c, h, w] = x.shape;
+  const hw = h * w;
+  const { runs, sample } = sampleRuns(op, x);
+  let done = 0;
+  if (o.elementwise === "tex" && runs.length === 1 && hw % 4 === 0) {
+    done = runTex(
+      [x],
+      y,
+      [...ch, e.placeholder()],
+      ([X], P, yr, base, rows) =>
+        e.run(applyTexKernel({ running: o.running, relu: o.relu }), {
+          bindings: [X, P, yr],
+          uniforms: { c, hw, eps: o.eps, base, rows },
+          workgroups: [TEX_WIDTH / 64, rows, 1],
+          info: `[${x.shape}] @${4 * base}, ${rows} rows`,
+        }),
+    );
+  }
+  for (const r of runs) {
+    const start = Math.max(r.start * sample, done), size = (r.start + r.count) * sample - start;
+    if (size <= 0) continue;
+    const bx = bindElements(x, start, size), by = bindElements(y, start, size);
+    const v4 = o.elementwise !== "scalar" && vec4Fits(hw, bx.off, by.off, start);
+    e.run(applyKernel({ running: o.running, relu: o.relu, vec4: v4 }), {
+      bindings: [bx.binding, ...ch, by.binding],
+      uniforms: { n: size, c, hw, eps: o.eps, off: bx.off, start },
+      workgroups: grid(v4 ? size / 4 : size, WG),
+      info: `[${x.shape}] @${start}+${size}`,
+    });
   }
 }
 
@@ -831,7 +1007,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
         `input shape [${x.shape}] (${m} per channel)`,
     );
   }
-  const vec4 = vec4Of(e, "batchnorm.apply", x.shape);
+  const elementwise = elementwiseOf(e, "batchnorm.apply", x.shape);
   const mean = e.empty([c], "batchnorm mean");
   const rstd = e.empty([c], "batchnorm rstd");
   if (training) {
@@ -860,19 +1036,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
     });
   }
   const y = e.empty(x.shape, "batchnorm");
-  const { runs, sample } = sampleRuns(op, x);
-  for (const r of runs) {
-    const size = r.count * sample;
-    if (size === 0) continue;
-    const bx = bindElements(x, r.start * sample, size), by = bindElements(y, r.start * sample, size);
-    const v4 = vec4 && vec4Fits(hw, bx.off, by.off);
-    e.run(applyKernel({ running: false, relu: false, vec4: v4 }), {
-      bindings: [bx.binding, mean, rstd, weight, bias, by.binding],
-      uniforms: { n: size, c, hw, eps, off: bx.off },
-      workgroups: grid(v4 ? size / 4 : size, WG),
-      info: `[${x.shape}] n ${r.start}+${r.count}`,
-    });
-  }
+  runApply(op, x, y, [mean, rstd, weight!, bias!], { running: false, relu: false, eps, elementwise });
   return { y, mean, rstd };
 }
 
@@ -978,13 +1142,29 @@ export function batchNorm2dBackwardInput(
   const hw = h * w, m = n * hw, e = x.engine;
   const dx = e.empty(x.shape, "batchnorm dx");
   if (m === 0) return dx;
-  const vec4 = vec4Of(e, "batchnorm.dx", x.shape);
+  const elementwise = elementwiseOf(e, "batchnorm.dx", x.shape);
   const { runs, sample } = sampleRuns(op, x);
+  let done = 0;
+  if (elementwise === "tex" && runs.length === 1 && hw % 4 === 0) {
+    const ch = [saved.mean, saved.rstd, saved.weight, saved.dweight, saved.dbias];
+    done = runTex(
+      [dy, x],
+      dx,
+      ch,
+      ([DY, X], P, dxr, base, rows) =>
+        e.run(backwardInputTexKernel({ eval: !saved.training }), {
+          bindings: [DY, X, P, dxr],
+          uniforms: { c, hw, m, base, rows },
+          workgroups: [TEX_WIDTH / 64, rows, 1],
+          info: `[${x.shape}] @${4 * base}, ${rows} rows`,
+        }),
+    );
+  }
   for (const r of runs) {
-    const size = r.count * sample;
-    if (size === 0) continue;
-    const [bdy, bx, bdx] = [dy, x, dx].map((t) => bindElements(t, r.start * sample, size));
-    const v4 = vec4 && vec4Fits(hw, bdy.off, bx.off, bdx.off);
+    const start = Math.max(r.start * sample, done), size = (r.start + r.count) * sample - start;
+    if (size <= 0) continue;
+    const [bdy, bx, bdx] = [dy, x, dx].map((t) => bindElements(t, start, size));
+    const v4 = elementwise !== "scalar" && vec4Fits(hw, bdy.off, bx.off, bdx.off, start);
     e.run(backwardInputKernel({ eval: !saved.training, vec4: v4 }), {
       bindings: [
         bdy.binding,
@@ -996,9 +1176,9 @@ export function batchNorm2dBackwardInput(
         saved.dbias,
         bdx.binding,
       ],
-      uniforms: { n: size, c, hw, m, off: bx.off },
+      uniforms: { n: size, c, hw, m, off: bx.off, start },
       workgroups: grid(v4 ? size / 4 : size, WG),
-      info: `[${x.shape}] n ${r.start}+${r.count}`,
+      info: `[${x.shape}] @${start}+${size}`,
     });
   }
   return dx;
@@ -1032,7 +1212,7 @@ export function batchNorm2dBackward(dy: Tensor, x: Tensor, saved: BatchNorm2dSav
  */
 export function batchNorm2dInference(x: Tensor, options: BatchNorm2dInferenceOptions): Tensor {
   const op = "batchNorm2dInference";
-  const [, c, h, w] = checkInput(op, x);
+  checkInput(op, x);
   const { weight, bias, runningMean, runningVar } = options;
   checkChannels(op, x, "weight", weight);
   checkChannels(op, x, "bias", bias);
@@ -1040,22 +1220,14 @@ export function batchNorm2dInference(x: Tensor, options: BatchNorm2dInferenceOpt
   checkChannels(op, x, "runningVar", runningVar);
   const e = x.engine;
   const relu = options.relu ?? false;
-  const hw = h * w;
-  const vec4 = vec4Of(e, "batchnorm.apply", x.shape);
+  const elementwise = elementwiseOf(e, "batchnorm.apply", x.shape);
   const y = e.empty(x.shape, relu ? "batchnorm_relu" : "batchnorm");
-  const { runs, sample } = sampleRuns(op, x);
-  for (const r of runs) {
-    const size = r.count * sample;
-    if (size === 0) continue;
-    const bx = bindElements(x, r.start * sample, size), by = bindElements(y, r.start * sample, size);
-    const v4 = vec4 && vec4Fits(hw, bx.off, by.off);
-    e.run(applyKernel({ running: true, relu, vec4: v4 }), {
-      bindings: [bx.binding, runningMean, runningVar, weight, bias, by.binding],
-      uniforms: { n: size, c, hw, eps: options.eps ?? 1e-5, off: bx.off },
-      workgroups: grid(v4 ? size / 4 : size, WG),
-      info: `[${x.shape}] n ${r.start}+${r.count}`,
-    });
-  }
+  runApply(op, x, y, [runningMean!, runningVar!, weight!, bias!], {
+    running: true,
+    relu,
+    eps: options.eps ?? 1e-5,
+    elementwise,
+  });
   return y;
 }
 

@@ -985,11 +985,14 @@ function batchNormCases(quick: boolean): Case[] {
     ["serial/512", "vec4"],
     ["serial/1024", "vec4"],
     ["serial/2048", "scalar"],
+    // Textures: [3,2,36,36] is one texture row and a tail.
+    ["serial/2048", "tex"],
   ];
   const modes: { training: boolean; partials: string | null; elementwise: string }[] = [
     ...pairs.map(([partials, elementwise]) => ({ training: true, partials, elementwise })),
     { training: false, partials: null, elementwise: "scalar" },
     { training: false, partials: null, elementwise: "vec4" },
+    { training: false, partials: null, elementwise: "tex" },
   ];
   const cases: Case[] = [];
   for (const { training, partials, elementwise } of modes) {
@@ -1079,15 +1082,16 @@ function batchNormCases(quick: boolean): Case[] {
     });
   }
   for (const relu of [false, true]) {
-    for (const elementwise of ["scalar", "vec4"]) {
+    for (const elementwise of ["scalar", "vec4", "tex"]) {
       cases.push({
         family: "batchnorm",
         op: "batch_norm_inference",
         variant: `fused${relu ? ", relu" : ""}, ${elementwise}`,
-        shape: "[1,1,1,1], [2,3,7,9], [3,17,13,13], [2,3,4,6]",
+        shape: "[1,1,1,1], [2,3,7,9], [3,17,13,13], [2,3,4,6], [2,5,24,20]",
         run: (e, c) =>
           forced(null, elementwise, () => {
-            for (const shape of [[1, 1, 1, 1], [2, 3, 7, 9], [3, 17, 13, 13], [2, 3, 4, 6]]) {
+            // [2,5,24,20]: one texture row (4 096 values) and a tail.
+            for (const shape of [[1, 1, 1, 1], [2, 3, 7, 9], [3, 17, 13, 13], [2, 3, 4, 6], [2, 5, 24, 20]]) {
               const ch = shape[1];
               const x = rnd(prod(shape), 31, -3, 3);
               const p = params(ch, 32);

@@ -320,9 +320,19 @@ function firstBitDifference(a: Float32Array, b: Float32Array): number {
 }
 
 gpuTest(
-  "the vec4 normalise and input-gradient kernels equal the scalar ones bit for bit (scalar where H·W % 4 ≠ 0)",
+  "the vec4 and texture normalise and input-gradient kernels equal the scalar ones bit for bit",
   async (e) => {
-    for (const shape of [...VEC_SHAPES, [2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2]]) {
+    // Scalar where H·W % 4 ≠ 0. Textures hold rows of 4 096 values, 256 rows a chunk: [3,17,12,20] is two
+    // rows and a tail of 4 048 values, [2,65,96,96] two chunks (292 rows) and a tail of 512, [2,3,112,112]
+    // 18 rows and a tail of 1 536; the smaller shapes are tails only.
+    for (
+      const shape of [...VEC_SHAPES, [2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2], [3, 17, 12, 20], [
+        2,
+        65,
+        96,
+        96,
+      ]]
+    ) {
       const c = shape[1], n = size(shape);
       const x = rand(n, 61, -3, 3), dy = rand(n, 62);
       const w = rand(c, 63, 0.5, 1.5), b = rand(c, 64), rm = rand(c, 65, -0.5, 0.5), rv = rand(c, 66, 0.5, 2);
@@ -330,7 +340,7 @@ gpuTest(
       const running = { runningMean: e.tensor(rm, [c]), runningVar: e.tensor(rv, [c]) };
       const xt = e.tensor(x, shape), dyt = e.tensor(dy, shape);
       const outputs: Record<string, Float32Array>[] = [];
-      for (const variant of ["scalar", "vec4"]) {
+      for (const variant of ["scalar", "vec4", "tex"]) {
         const out: Record<string, Float32Array> = {};
         await withElementwise(variant, async () => {
           for (const training of [true, false]) {
@@ -348,15 +358,17 @@ gpuTest(
         });
         outputs.push(out);
       }
-      const [scalar, vec4] = outputs;
+      const [scalar, vec4, tex] = outputs;
       for (const k of Object.keys(scalar)) {
-        const at = firstBitDifference(vec4[k], scalar[k]);
-        assertEquals(at, -1, `${k} [${shape}]: vec4 ${vec4[k][at]} ≠ scalar ${scalar[k][at]} at ${at}`);
+        for (const [name, got] of [["vec4", vec4], ["tex", tex]] as const) {
+          const at = firstBitDifference(got[k], scalar[k]);
+          assertEquals(at, -1, `${k} [${shape}]: ${name} ${got[k][at]} ≠ scalar ${scalar[k][at]} at ${at}`);
+        }
       }
       const want = batchNorm2dCpu(x, shape, { weight: w, bias: b, training: true });
-      assertClose(vec4["y true"], want.y, TOL.forward, `y [${shape}]`);
+      assertClose(tex["y true"], want.y, TOL.forward, `y [${shape}]`);
       const wantDx = batchNorm2dBackwardCpu(dy, x, shape, { weight: w, ...want, training: true }).dx;
-      assertClose(vec4["dx true"], wantDx, TOL.grad, `dx [${shape}]`);
+      assertClose(tex["dx true"], wantDx, TOL.grad, `dx [${shape}]`);
     }
   },
 );
@@ -379,7 +391,7 @@ Deno.test({
           const [partials, elementwise] of [["tree", "scalar"], ["serial/256", "vec4"], [
             "serial/2048",
             "scalar",
-          ]]
+          ], ["serial/1024", "tex"]]
         ) {
           await withPartials(
             partials,
@@ -403,8 +415,8 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
   const sw = e.adapterInfo.software;
   assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), sw ? "serial/2048" : "tree");
   assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048" : "tree");
-  assertEquals(batchNormVariantFor(e, "batchnorm.apply", shape), sw ? "vec4" : "scalar");
-  assertEquals(batchNormVariantFor(e, "batchnorm.dx", shape), sw ? "vec4" : "scalar");
+  assertEquals(batchNormVariantFor(e, "batchnorm.apply", shape), sw ? "tex" : "scalar");
+  assertEquals(batchNormVariantFor(e, "batchnorm.dx", shape), sw ? "tex" : "scalar");
   assertEquals(batchNormCandidates("batchnorm.stats", shape), [
     "tree",
     "serial/256",
@@ -418,7 +430,7 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
     "serial/256",
     "serial/512",
   ]);
-  assertEquals(batchNormCandidates("batchnorm.apply", shape), ["scalar", "vec4"]);
+  assertEquals(batchNormCandidates("batchnorm.apply", shape), ["scalar", "vec4", "tex"]);
   assertEquals(batchNormCandidates("batchnorm.dx", [2, 2048, 7, 7]), ["scalar"]);
   useTuning(e, {
     entries: {
@@ -453,7 +465,7 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
         () => batchNorm2dForward(x, { weight: g, bias: g, training: true }),
       ),
     RangeError,
-    "the variants are scalar and vec4",
+    "the variants are scalar, vec4 and tex",
   );
   assertThrows(
     () => batchNormCandidates("batchnorm.mean" as "batchnorm.stats", shape),
