@@ -27,7 +27,8 @@
  * multiple of 16 (every ResNet-50 convolution but conv1) and the textures fit the adapter, the forward and
  * input-gradient GEMMs read the packed weight and the channels-last activations through rgba32float
  * textures instead (`conv2d_blocked_tex_fwd`, 16 k per step, the FMAs in the same order, so the same bits),
- * store whole blocks, and a small kernel scatters them into y with the epilogue. On llvmpipe this halves the
+ * store whole blocks into a texture ("conv2d.blk", so the scatter fetches texels), and a small kernel
+ * scatters them into y with the epilogue. On llvmpipe this halves the
  * forward's time (2 × 64 × 56² 3×3: 33 ms against 78 ms from storage buffers). The weight gradient reads
  * dyᵀ (built as a texture, one split's K per row) and xp through textures for any channel count
  * (`conv2d_blocked_tex_dw`, k positions from counters instead of the offset table, the same bits), and
@@ -40,7 +41,7 @@
  *
  * @module
  */
-import { type Engine, grid } from "../../engine/engine.ts";
+import { type Engine, type EngineTexture, grid } from "../../engine/engine.ts";
 import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
@@ -383,6 +384,27 @@ ${
 }`,
 }));
 
+/**
+ * Texels per row of the blocks texture ("conv2d.blk") that the texture GEMMs store their blocks in and the
+ * scatter kernels read back: a texel fetch there where a storage load is a loop over SIMD lanes (llvmpipe).
+ */
+const BLOCK_WIDTH = 256;
+const BLOCK_TEXEL = `fn blockTexel(i: u32) -> vec2u { return vec2u(i & ${BLOCK_WIDTH - 1}u, i >> ${
+  Math.log2(BLOCK_WIDTH)
+}u); }`;
+
+/**
+ * The blocks texture for `floats` values (BLOCK_WIDTH texels a row, the height rounded up to a power of two
+ * so that few sizes recur in the texture cache), or null where it would exceed the adapter's texture size.
+ */
+function blockTexture(e: Engine, floats: number): EngineTexture | null {
+  const height = blockRows(floats);
+  return height <= e.limits.maxTextureDimension2D ? e.texture("conv2d.blk", BLOCK_WIDTH, height) : null;
+}
+
+const blockRows = (floats: number) =>
+  2 ** Math.ceil(Math.log2(Math.max(Math.ceil(floats / 4 / BLOCK_WIDTH), 1)));
+
 // The forward GEMM above with both operands read through rgba32float textures (on llvmpipe a texel fetch
 // is a straight gather where a storage load is a per-lane loop; see kernels/matmul_tex.ts): A as texels
 // (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step, ROWQ a
@@ -400,7 +422,7 @@ const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, cols }: TexBl
   bindings: [
     { name: "A", access: "read", texture: "sampled" },
     { name: "B", access: "read", texture: "sampled" },
-    { name: "blk", access: "read_write", type: "vec4<f32>" },
+    { name: "blk", access: "read_write", texture: "write" },
   ] as const,
   uniforms: {
     M: "u32",
@@ -417,6 +439,7 @@ const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, cols }: TexBl
   } as const,
   workgroupSize: [RWG],
   body: `
+${BLOCK_TEXEL}
 @compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
 ${
@@ -454,11 +477,11 @@ ${
 ${
     each(tm, (i) =>
       each(tn / 4, (q) =>
-        `  blk[base + ${i * tn / 4 + q}u] = vec4f(${
+        `  textureStore(blk, blockTexel(base + ${i * tn / 4 + q}u), vec4f(${
           [0, 1, 2, 3].map((d) =>
             `c${i}_${4 * q + d}`
           ).join(", ")
-        });`))
+        }));`))
   }
 }`,
 }));
@@ -468,7 +491,7 @@ ${
 // texFwdKernel's, lanes along rows or columns; TM and TN as shifts.
 const texOutKernel = single("conv2d_blocked_tex_out", () => ({
   bindings: [
-    { name: "blk", access: "read", type: "vec4<f32>" },
+    { name: "blk", access: "read", texture: "sampled" },
     { name: "bias", access: "read" },
     { name: "res", access: "read" },
     { name: "y", access: "read_write" },
@@ -493,6 +516,7 @@ const texOutKernel = single("conv2d_blocked_tex_out", () => ({
   },
   workgroupSize: [WG],
   body: wgsl`
+${BLOCK_TEXEL}
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let m = g.y;
   let c0 = g.x * 4u;
@@ -511,7 +535,7 @@ const texOutKernel = single("conv2d_blocked_tex_out", () => ({
   let tm = 1u << p.tmShift;
   let tn = 1u << p.tnShift;
   let b = ((((wy * p.gx + wx) * ${RWG}u + lane) * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u;
-  let v4 = blk[b];
+  let v4 = textureLoad(blk, blockTexel(b), 0);
   var bi = 0.0;
   if (p.hasBias != 0u) { bi = bias[m]; }
   // Columns c0 … c0 + 3: image n, output row r, column j, stepped without divisions.
@@ -639,7 +663,7 @@ const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, cols }: TexBloc
     bindings: [
       { name: "A", access: "read", texture: "sampled" },
       { name: "B", access: "read", texture: "sampled" },
-      { name: "blk", access: "read_write", type: "vec4<f32>" },
+      { name: "blk", access: "read_write", texture: "write" },
     ] as const,
     uniforms: {
       M: "u32",
@@ -657,6 +681,7 @@ const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, cols }: TexBloc
     } as const,
     workgroupSize: [RWG],
     body: `
+${BLOCK_TEXEL}
 @compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
 ${
@@ -704,11 +729,11 @@ ${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${s}_${j >> 2}[${j & 3}]`)
 ${
       each(tm, (i) =>
         each(tq, (q) =>
-          `  blk[base + ${i * tq + q}u] = vec4f(${
+          `  textureStore(blk, blockTexel(base + ${i * tq + q}u), vec4f(${
             [0, 1, 2, 3].map((d) =>
               `c${i}_${4 * q + d}`
             ).join(", ")
-          });`))
+          }));`))
     }
 }`,
   };
@@ -718,7 +743,7 @@ ${
 // per split z (g.z), row m (g.y) and column group (g.x, 4 columns); the block layout is texDwKernel's.
 const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
   bindings: [
-    { name: "blk", access: "read", type: "vec4<f32>" },
+    { name: "blk", access: "read", texture: "sampled" },
     { name: "part", access: "read_write" },
   ],
   uniforms: {
@@ -735,6 +760,7 @@ const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
   },
   workgroupSize: [WG],
   body: `
+${BLOCK_TEXEL}
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let m = g.y;
   let gq = g.x;
@@ -753,7 +779,7 @@ const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
   let tm = 1u << p.tmShift;
   let tn = 1u << p.tnShift;
   let blkIdx = ((g.z * p.gy + wy) * p.gx + wx) * ${RWG}u + lane;
-  let v4 = blk[((blkIdx * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u];
+  let v4 = textureLoad(blk, blockTexel(((blkIdx * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u), 0);
   let tap = gq / p.c4q;
   let ci0 = (gq % p.c4q) * 4u;
   let o = ((g.z * p.M + m) * p.cin + ci0) * p.kk + tap;
@@ -860,13 +886,12 @@ function runFwdGemm(
   const l = lanes(e, call, q.m, q.n, blk);
   const gemm = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...pos };
   const [gx, gy] = l.workgroups;
-  const blocks = gx * gy * RWG * blk.tm * blk.tn;
-  if (texturesFit(e, c, q) && blocks * 4 <= e.maxBinding) {
+  const out = texturesFit(e, c, q) ? blockTexture(e, gx * gy * RWG * blk.tm * blk.tn) : null;
+  if (out) {
     const ta = e.texture("conv2d.A", q.kh * q.rowq, q.m);
     const tb = e.texture("conv2d.B", q.wp * q.c4q, q.batch * q.hp);
     fillTexture(e, q.a, ta, 4 * q.kh * q.rowq, q.m);
     fillTexture(e, q.b, tb, 4 * q.wp * q.c4q, q.batch * q.hp);
-    const out = e.empty([blocks], "conv2d blocks");
     e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn, cols: blk.cols }), {
       bindings: [ta, tb, out],
       uniforms: gemm,
@@ -889,7 +914,6 @@ function runFwdGemm(
       workgroups: groups(e, call, Math.ceil(q.n / 4 / WG), q.m),
       info: `${info} blocks → y`,
     });
-    out.dispose();
     return;
   }
   e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
@@ -1090,9 +1114,9 @@ function dwTexturesFit(
 ): boolean {
   const max = e.limits.maxTextureDimension2D;
   const [gx, gy] = laneGroups(g.cout, d.ncol, d.blk);
-  const blocks = gx * gy * d.splits * RWG * d.blk.tm * d.blk.tn;
+  const rows = blockRows(gx * gy * d.splits * RWG * d.blk.tm * d.blk.tn);
   return c.textures && d.chunk <= max && d.splits * g.cout <= max &&
-    (g.w + 2 * g.pad) * c4(g.cin) / 4 <= max && g.n * (g.h + 2 * g.pad) <= max && blocks * 4 <= e.maxBinding;
+    (g.w + 2 * g.pad) * c4(g.cin) / 4 <= max && g.n * (g.h + 2 * g.pad) <= max && rows <= max;
 }
 
 /** Weight gradient (split-K when the output has few blocks). */
@@ -1131,7 +1155,7 @@ function backwardWeight(
     fillTexture(e, xp, tb, wp * cp, g.n * hp);
     xp.dispose();
     const [gx, gy] = laneGroups(g.cout, ncol, blk);
-    const out = e.empty([gx * gy * splits * RWG * tm * tn], "conv2d dw blocks");
+    const out = blockTexture(e, gx * gy * splits * RWG * tm * tn)!;
     e.run(texDwKernel({ tm, tn, cols: blk.cols }), {
       bindings: [ta, tb, out],
       uniforms: {
@@ -1169,7 +1193,6 @@ function backwardWeight(
       workgroups: groups(e, call, Math.ceil(nq / WG), g.cout, splits),
       info: `${call.info} dw blocks → partials`,
     });
-    out.dispose();
     return sumSplits(part, wShape);
   }
   let dyt: Tensor | null = null;
