@@ -477,6 +477,29 @@ export class Engine {
     this.#recorded++;
   }
 
+  /**
+   * Copy `texels` texels (4 floats each) of `src` from element `srcOffset` into row `row` of `dst`,
+   * starting at its first texel, in command order: the last, partial row of a flat layout.
+   */
+  copyRowToTexture(src: Tensor, dst: EngineTexture, srcOffset: number, row: number, texels: number): void {
+    if (
+      srcOffset < 0 || srcOffset % 4 !== 0 || srcOffset * 4 + texels * 16 > src.bytes || !(texels >= 1) ||
+      texels > dst.width || !(row >= 0 && row < dst.height)
+    ) {
+      throw new RangeError(
+        `Cannot copy ${texels} texels of [${src.shape}] from element ${srcOffset} into row ${row} of a ` +
+          `${dst.width} × ${dst.height} texture: they must lie within the tensor and the texture`,
+      );
+    }
+    this.#endPass();
+    this.#enc().copyBufferToTexture(
+      { buffer: src.buffer, offset: srcOffset * 4 },
+      { texture: dst.texture, origin: [0, row] },
+      [texels, 1],
+    );
+    this.#recorded++;
+  }
+
   /** Wait until the GPU has finished all submitted work. */
   async sync(): Promise<void> {
     this.flush();

@@ -46,7 +46,7 @@ import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward } from "../matmul.ts";
-import { fillTexture } from "../matmul_tex.ts";
+import { fillTexture, flatLoad, flatTexture } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
@@ -87,8 +87,13 @@ const c4 = (c: number) => Math.ceil(c / 4) * 4;
 // ------------------------------------------------------------------------------------------ layouts
 
 // x: (N, C, H, W) → xp: (N, HP, WP, C⁴) as vec4, x at offset (pt, pl), zeros elsewhere.
-const nhwcKernel = single("conv2d_nhwc", () => ({
-  bindings: [{ name: "x", access: "read" }, { name: "xp", access: "read_write", type: "vec4<f32>" }],
+// With `tex`, x is read from a flat texture (flatTexture: a texel fetch per value instead of a storage load,
+// which is a loop over the SIMD lanes on llvmpipe); the same values.
+const nhwcKernel = variants("conv2d_nhwc", (v: { tex: boolean }) => ({
+  bindings: [
+    v.tex ? { name: "X", access: "read", texture: "sampled" } : { name: "x", access: "read" },
+    { name: "xp", access: "read_write", type: "vec4<f32>" },
+  ] as const,
   uniforms: {
     c: "u32",
     h: "u32",
@@ -99,7 +104,8 @@ const nhwcKernel = single("conv2d_nhwc", () => ({
     pt: "u32",
     pl: "u32",
     total: "u32",
-  },
+    size: "u32",
+  } as const,
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
@@ -112,27 +118,32 @@ ${linearEntry(WG)} {
   let ih = i32(t % p.hp) - i32(p.pt);
   let n = t / p.hp;
   let inside = ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w);
-  let last = arrayLength(&x) - 1u;
+  let last = p.size - 1u;
   var v = vec4<f32>(0.0);
   for (var s = 0u; s < 4u; s++) {
     let c = cq * 4u + s;
-    let idx = ((n * p.c + c) * p.h + u32(ih)) * p.w + u32(iw);
-    v[s] = select(0.0, x[min(idx, last)], inside && c < p.c);
+    let idx = min(((n * p.c + c) * p.h + u32(ih)) * p.w + u32(iw), last);
+#if ${v.tex}
+    v[s] = select(0.0, ${flatLoad("X", "idx")}, inside && c < p.c);
+#else
+    v[s] = select(0.0, x[idx], inside && c < p.c);
+#endif
   }
   xp[i] = v;
 }`,
 }));
 
-/** Copy a (N, C, H, W) tensor to (N, H + pt + pb, W + pl + pr, C⁴), zero-padded. */
-function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number): Tensor {
+/** Copy a (N, C, H, W) tensor to (N, H + pt + pb, W + pl + pr, C⁴), zero-padded; x from a texture with `textures`. */
+function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number, textures: boolean): Tensor {
   const e = x.engine;
   const [n, c, h, w] = x.shape;
   const hp = h + pt + pb, wp = w + pl + pr, c4q = c4(c) / 4;
   const total = n * hp * wp * c4q;
   const xp = e.empty([n, hp, wp, 4 * c4q], "conv2d channels-last");
-  e.run(nhwcKernel(), {
-    bindings: [x, xp],
-    uniforms: { c, h, w, hp, wp, c4q, pt, pl, total },
+  const X = textures ? flatTexture(e, "conv2d.x", x) : null;
+  e.run(nhwcKernel({ tex: X !== null }), {
+    bindings: [X ?? x, xp],
+    uniforms: { c, h, w, hp, wp, c4q, pt, pl, total, size: x.size },
     workgroups: grid(total, WG),
     info: `[${x.shape}] → [${xp.shape}]`,
   });
@@ -943,7 +954,7 @@ function forward(
     );
   }
   const y = e.empty(outShape, "conv2d");
-  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
+  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad, c.textures);
   const { t: a, temporary } = packedWeight(
     w,
     o.constantWeight,
@@ -1037,7 +1048,7 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfi
   const dx = e.empty(xShape, "conv2d dx");
   const s = g.stride;
   const [pt, pb, pl, pr] = dxPads(g);
-  const dyp = toNhwc(dy, pt, pb, pl, pr);
+  const dyp = toNhwc(dy, pt, pb, pl, pr, c.textures);
   const cp = c4(g.cout);
   for (const { rh, rw, ph, pw, hi, wi } of dxPhases(g)) {
     const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
@@ -1138,7 +1149,7 @@ function backwardWeight(
       return (g.n === 1 ? per : reduce("sum", per, { axes: 0 })).reshape(wShape);
     });
   }
-  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad);
+  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad, c.textures);
   const cp = c4(g.cin), hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
   const plan = dwPlan(e, g, c);
   const { nk, kp, direct, kk, nq, ncol, k4, blk, splits, chunk } = plan;
