@@ -500,13 +500,13 @@ ${
 // y[n, m, (i·os + rh), (j·os + rw)] = epi(block value of (m, c)), c = (n, i, j) < N: one invocation per
 // row m (g.y) and 4 columns c (g.x; one vec4 of a block row, TN a multiple of 4); the block layout is
 // texFwdKernel's, lanes along rows or columns; TM and TN as shifts.
-const texOutKernel = single("conv2d_blocked_tex_out", () => ({
+const texOutKernel = variants("conv2d_blocked_tex_out", (v: { resTex: boolean }) => ({
   bindings: [
     { name: "blk", access: "read", texture: "sampled" },
     { name: "bias", access: "read" },
-    { name: "res", access: "read" },
+    v.resTex ? { name: "R", access: "read", texture: "sampled" } : { name: "res", access: "read" },
     { name: "y", access: "read_write" },
-  ],
+  ] as const,
   uniforms: {
     M: "u32",
     N: "u32",
@@ -557,7 +557,7 @@ ${BLOCK_TEXEL}
   for (var s = 0u; s < 4u && c0 + s < p.N; s++) {
     let oi = (n * p.M + m) * p.oplane + (r * p.os + p.rh) * p.outw + j * p.os + p.rw;
     var v = v4[s] + bi;
-    if (p.hasRes != 0u) { v += res[oi]; }
+    if (p.hasRes != 0u) { v += ${v.resTex ? flatLoad("R", "oi") : "res[oi]"}; }
     if (p.relu != 0u) { v = max(v, 0.0); }
     y[oi] = v;
     j++;
@@ -909,8 +909,10 @@ function runFwdGemm(
       workgroups: l.workgroups,
       info: `${info} ${blk.tm}×${blk.tn} textures`,
     });
-    e.run(texOutKernel(), {
-      bindings: [out, ...rest],
+    // The residual (the block's shortcut) read from a flat texture.
+    const R = epi.hasRes ? flatTexture(e, "conv2d.res", rest[1]) : null;
+    e.run(texOutKernel({ resTex: R !== null }), {
+      bindings: [out, rest[0], R ?? rest[1], rest[2]],
       uniforms: {
         M: q.m,
         N: q.n,
