@@ -986,7 +986,7 @@ function batchNormCases(quick: boolean): Case[] {
     ["serial/1024", "vec4"],
     ["serial/2048", "scalar"],
     // Textures: [3,2,36,36] is one texture row and a tail.
-    ["serial/2048", "tex"],
+    ["serial/2048/tex", "tex"],
   ];
   const modes: { training: boolean; partials: string | null; elementwise: string }[] = [
     ...pairs.map(([partials, elementwise]) => ({ training: true, partials, elementwise })),

@@ -6,6 +6,7 @@ import {
   batchNorm2dCpu,
   batchNorm2dForward,
   batchNorm2dInference,
+  batchNorm2dParamGrads,
   batchNorm2dStatistics,
   batchNormCandidates,
   batchNormShapeClass,
@@ -299,7 +300,7 @@ async function checkTraining(e: Engine, shape: number[], what: string): Promise<
 
 // Variants of the partial-sum passes: `serial/8` splits even the small shapes into many parts per channel,
 // with chunks that straddle samples; 256 leaves a remainder on [3,5,12,12] (432 values) and [2,17,13,13].
-const PARTIALS = ["tree", "serial/8", "serial/256", "serial/1024", "serial/2048"];
+const PARTIALS = ["tree", "serial/8", "serial/256", "serial/1024", "serial/2048", "serial/256/tex"];
 // H·W % 4 = 0 (vec4 loads in the serial passes) besides the ragged SHAPES (scalar loads).
 const VEC_SHAPES = [[2, 3, 2, 2], [3, 5, 12, 12], [1, 2, 4, 9]];
 
@@ -308,6 +309,28 @@ gpuTest("every partial-sum variant (tree, serial/<chunk>) matches the float64 re
     for (const shape of [...SHAPES, ...VEC_SHAPES]) {
       await withPartials(variant, () => checkTraining(e, shape, `[${shape}] ${variant}`));
     }
+  }
+});
+
+gpuTest("the serial partial sums read from textures give the storage kernels' bits", async (e) => {
+  // x and dy as flat textures (4 096 values a row): [3,17,12,20] is two rows and a partial one.
+  for (const shape of [...VEC_SHAPES, [3, 17, 12, 20], [2, 65, 96, 96]]) {
+    const c = shape[1], n = size(shape);
+    const x = e.tensor(rand(n, 81, -3, 3), shape), dy = e.tensor(rand(n, 82), shape);
+    const results: Float32Array[][] = [];
+    for (const variant of ["serial/256", "serial/256/tex"]) {
+      results.push(
+        await withPartials(variant, async () => {
+          const s = batchNorm2dStatistics(x);
+          const g = batchNorm2dParamGrads(dy, x, s);
+          return await Promise.all([s.mean, s.rstd, g.dweight, g.dbias].map((t) => t.toArray()));
+        }),
+      );
+    }
+    ["mean", "rstd", "dweight", "dbias"].forEach((what, k) => {
+      const at = firstBitDifference(results[1][k], results[0][k]);
+      assertEquals(at, -1, `${what} [${shape}] (C ${c}): tex differs at ${at}`);
+    });
   }
 });
 
@@ -413,8 +436,8 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
   assertEquals(cls, "c64 m8192");
   assertEquals(batchNormShapeClass(2048, 2 * 7 * 7), "c2048 m128");
   const sw = e.adapterInfo.software;
-  assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), sw ? "serial/2048" : "tree");
-  assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048" : "tree");
+  assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), sw ? "serial/2048/tex" : "tree");
+  assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048/tex" : "tree");
   assertEquals(batchNormVariantFor(e, "batchnorm.apply", shape), sw ? "tex" : "scalar");
   assertEquals(batchNormVariantFor(e, "batchnorm.dx", shape), sw ? "tex" : "scalar");
   assertEquals(batchNormCandidates("batchnorm.stats", shape), [
@@ -423,12 +446,19 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
     "serial/512",
     "serial/1024",
     "serial/2048",
+    "serial/256/tex",
+    "serial/512/tex",
+    "serial/1024/tex",
+    "serial/2048/tex",
   ]);
+  // H·W = 49: no texture reads (their vec4s would straddle channels).
   assertEquals(batchNormCandidates("batchnorm.sums", [2, 2048, 7, 7]), ["tree", "serial/256"]);
   assertEquals(batchNormCandidates("batchnorm.sums", [2, 1024, 14, 14]), [
     "tree",
     "serial/256",
     "serial/512",
+    "serial/256/tex",
+    "serial/512/tex",
   ]);
   assertEquals(batchNormCandidates("batchnorm.apply", shape), ["scalar", "vec4", "tex"]);
   assertEquals(batchNormCandidates("batchnorm.dx", [2, 2048, 7, 7]), ["scalar"]);
@@ -440,9 +470,9 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
   });
   try {
     assertEquals(batchNormVariantFor(e, "batchnorm.stats", shape), "serial/512");
-    assertEquals(batchNormVariantFor(e, "batchnorm.stats", [2, 64, 7, 7]), sw ? "serial/2048" : "tree");
+    assertEquals(batchNormVariantFor(e, "batchnorm.stats", [2, 64, 7, 7]), sw ? "serial/2048/tex" : "tree");
     // A table entry that is not a variant gives way to the default; a forced variant wins over the table.
-    assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048" : "tree");
+    assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048/tex" : "tree");
     withVariant(
       "batchnorm.stats",
       "tree",
