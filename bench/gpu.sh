@@ -218,7 +218,7 @@ batches=(--resnet-batches 1,8,32 --train-batches 2,32)
 # shellcheck disable=SC2086 # HE2GENE_GPU_BENCH_ARGS is a list of words
 # tfjs-webgpu's training step at batch 32 outlasts any device lease (7.5 s a step at batch 2 on an H200): the
 # peer runs up to batch 8.
-run_step bench 100 deno task bench --suite matmul,layers,resnet,train --reps 3 --peer-max-batch 8 "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
+run_step bench 100 deno task bench --suite matmul,layers,resnet,train --reps 3 --peer-max-batch 8 --no-torch "${batches[@]}" "${q[@]}" ${HE2GENE_GPU_BENCH_ARGS:-}
 
 # ------------------------------------------------------------------------------------ summary
 echo

@@ -8,7 +8,9 @@
  *
  * Then conv2d forward, dX and dW on ResNet-50 layer shapes against tfjs's conv2d /
  * Conv2DBackpropInput / Conv2DBackpropFilter (see bench/conv.ts), ResNet-50 + heads inference and training
- * against the same networks in tfjs, every layer's variant and speed (bench/layers.ts), slide I/O.
+ * against the same networks in tfjs, every layer's variant and speed (bench/layers.ts), slide I/O. After
+ * the matmul, resnet and train suites, PyTorch on this machine's CPU does the same work (bench/peer_cpu.ts):
+ * the speed goals are also shown scaled by PyTorch's figure in the same run against the issue's.
  *
  * First the adapter's FMA peak is measured (bench/peak.ts); every GFLOP/s figure is also shown as a
  * percentage of it ("% peak").
@@ -24,8 +26,8 @@
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
  * `--suite matmul,conv,resnet,layers,slide,train,slide-predict,encoders` (default all; slide-predict takes ~2 min, 32
  *   spots with `--quick`),
- * `--tune default|cached|auto` (default cached), `--no-peer`, `--reps N`, `--data DIR` (the shared data
- * folder; default `../shared/data` beside the project), `--resnet-batches 1,8,32` and `--train-batches 2,32`
+ * `--tune default|cached|auto` (default cached), `--no-peer` (or `--no-tfjs`, `--no-torch`: one of the
+ * two peers), `--reps N`, `--data DIR` (the shared data folder; default `../shared/data` beside the project), `--resnet-batches 1,8,32` and `--train-batches 2,32`
  * (the batches of the resnet and train suites; default 1,8 and 2,8).
  *
  * @module
@@ -44,6 +46,7 @@ import { benchResNet, printResNetTable, type ResNetRow } from "./resnet.ts";
 import { benchSlide, printSlideTable, type SlideRow } from "./slide.ts";
 import { benchTrain, printTrainTable, type TrainRow } from "./train.ts";
 import { benchPredictSlide, type PredictSlideRow, printPredictSlideTable } from "./predict_slide.ts";
+import { printTorchCpuTable, runTorchCpu, type TorchCpu } from "./peer_cpu.ts";
 
 interface Shape {
   name: string;
@@ -294,15 +297,27 @@ interface Goal {
   default?: number;
   tuned?: number;
   met?: boolean;
+  /**
+   * PyTorch on this machine's CPU for the same work in this run, the figure the issue gave for it when the
+   * goal was set, and the target scaled by their ratio (the goal on a machine as fast as this run's, as far
+   * as PyTorch measures it), with the verdict against that.
+   */
+  torch?: { label: string; now: number; then?: number; scaledTarget?: number; scaledMet?: boolean };
 }
 
-function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
+function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[], torch: TorchCpu | null): Goal[] {
   const out: Goal[] = [];
   const add = (g: Omit<Goal, "met">) => {
     const best = [g.default, g.tuned].filter((x): x is number => x !== undefined && Number.isFinite(x));
     if (best.length === 0) return;
     const v = g.sense === "≤" ? Math.min(...best) : Math.max(...best);
-    out.push({ ...g, met: g.sense === "≤" ? v <= g.target : v >= g.target });
+    const meets = (t: number) => (g.sense === "≤" ? v <= t : v >= t);
+    if (g.torch?.then !== undefined) {
+      // Time goals scale with PyTorch's time, throughput goals with its throughput.
+      g.torch.scaledTarget = g.target * g.torch.now / g.torch.then;
+      g.torch.scaledMet = meets(g.torch.scaledTarget);
+    }
+    out.push({ ...g, met: meets(g.target) });
   };
   const inf = resnet.find((r) => r.batch === 8);
   if (inf) {
@@ -313,6 +328,10 @@ function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
       target: 0.35,
       default: inf.oursSPerImage,
       tuned: inf.tunedSPerImage,
+      // The issue gave ONNX Runtime Web's figure for this one, not PyTorch's: no scaled target.
+      torch: torch?.inferSPerImage[8] === undefined
+        ? undefined
+        : { label: "PyTorch CPU s/image", now: torch.inferSPerImage[8] },
     });
   }
   const step = train.find((r) => r.backbone === "resnet50" && r.batch === 2);
@@ -324,6 +343,10 @@ function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
       target: 3.5,
       default: step.oursSPerStep,
       tuned: step.tunedSPerStep,
+      // "today 4.5; … PyTorch CPU 0.73 s" (issue 13).
+      torch: torch?.trainSPerStep[2] === undefined
+        ? undefined
+        : { label: "PyTorch CPU s/step", now: torch.trainSPerStep[2], then: 0.73 },
     });
   }
   const mm = rows.find((r) => r.m === 1024 && r.k === 1024 && r.n === 1024 && !r.transposeB);
@@ -335,6 +358,10 @@ function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[]): Goal[] {
       target: 40,
       default: mm.oursGflops,
       tuned: mm.tunedGflops,
+      // "the CPU's limit is ~190" (issue 13): PyTorch's matmul reaches that limit.
+      torch: torch?.matmulGflops === undefined
+        ? undefined
+        : { label: "PyTorch CPU GFLOP/s", now: torch.matmulGflops, then: 190 },
     });
   }
   return out;
@@ -354,7 +381,9 @@ export const BENCH_USAGE = `deno task bench [options]
                           \`he2gene tune\` stored (cached, the default) or one made now (auto)
   --resnet-batches LIST   batches of the resnet suite (default 1,8)
   --train-batches LIST    batches of the train suite (default 2,8)
-  --no-peer               no tfjs-webgpu peer
+  --no-peer               no peers (tfjs-webgpu on the same device, PyTorch on the CPU)
+  --no-tfjs               no tfjs-webgpu peer
+  --no-torch              no PyTorch CPU peer (after the matmul, resnet and train suites, and in encoders)
   --peer-max-batch N      run the peer only at batches up to N (resnet and train suites)
   --data DIR              the shared data folder (default ../shared/data beside the project)
   --json                  machine-readable output
@@ -366,6 +395,8 @@ export const BENCH_OPTIONS = {
   quick: { type: "boolean", default: false },
   shapes: { type: "string" },
   "no-peer": { type: "boolean", default: false },
+  "no-tfjs": { type: "boolean", default: false },
+  "no-torch": { type: "boolean", default: false },
   reps: { type: "string" },
   suite: { type: "string", default: SUITES.join(",") },
   data: { type: "string" },
@@ -436,7 +467,7 @@ export async function main(args: string[]): Promise<void> {
     }
   };
   let peer: TfjsPeer | null = null;
-  if (!values["no-peer"]) {
+  if (!values["no-peer"] && !values["no-tfjs"]) {
     const { createTfjsPeer } = await import("./peer_tfjs.ts");
     // tfjs 4.22 reads only vendor and architecture (for Intel tuning).
     peer = await createTfjsPeer(e.device, { vendor: info.vendor, architecture: "" } as GPUAdapterInfo);
@@ -622,6 +653,39 @@ export async function main(args: string[]): Promise<void> {
       printTrainTable(trainRows, console.log);
     }
   }
+  // PyTorch on the CPU, once, for the work the three suites above timed.
+  let torchCpu: TorchCpu | null = null;
+  const torchWork = {
+    infer: resnetRows.map((r) => r.batch),
+    train: trainRows.filter((r) => r.backbone === "resnet50" && r.variant === "base").map((r) => r.batch),
+  };
+  if (
+    !values["no-peer"] && !values["no-torch"] &&
+    (rows.length || torchWork.infer.length || torchWork.train.length)
+  ) {
+    log("\nPyTorch on this machine's CPU, the same work (bench/peer_torch.py) …");
+    torchCpu = await runTorchCpu({
+      inferBatches: torchWork.infer,
+      trainBatches: torchWork.train,
+      reps: Math.min(reps, 3),
+      log,
+    });
+    if (torchCpu && !values.json) {
+      const mm = rows.find((r) => r.m === 1024 && r.k === 1024 && r.n === 1024 && !r.transposeB);
+      const best = (a: number | undefined, b: number | undefined) =>
+        a === undefined ? b : b === undefined ? a : Math.min(a, b);
+      printTorchCpuTable(torchCpu, {
+        matmulGflops: mm ? Math.max(mm.oursGflops, mm.tunedGflops ?? 0) : undefined,
+        inferSPerImage: Object.fromEntries(
+          resnetRows.map((r) => [r.batch, best(r.oursSPerImage, r.tunedSPerImage)!]),
+        ),
+        trainSPerStep: Object.fromEntries(
+          trainRows.filter((r) => r.backbone === "resnet50" && r.variant === "base")
+            .map((r) => [r.batch, best(r.oursSPerStep, r.tunedSPerStep)!]),
+        ),
+      }, console.log);
+    }
+  }
   // Suites that measured nothing (their data is missing), with the reason.
   const skipped: string[] = [];
   let slideRows: SlideRow[] = [];
@@ -662,7 +726,7 @@ export async function main(args: string[]): Promise<void> {
       quick: values.quick ?? false,
       reps: Math.min(reps, 3),
       log,
-      peer: !values["no-peer"],
+      peer: !values["no-peer"] && !values["no-torch"],
     });
     if (!values.json) {
       console.log("\nencoders, forward at batch 8 (224 px), images per second:");
@@ -678,7 +742,7 @@ export async function main(args: string[]): Promise<void> {
       `(CPU) was busy then, and the "% peak" figures are too high`
     : null;
   if (peakNote && values.json) console.error(peakNote);
-  const goalRows = goals(rows, resnetRows, trainRows);
+  const goalRows = goals(rows, resnetRows, trainRows, torchCpu);
   if (values.json) {
     const { table: _table, ...tuningInfo } = tuning;
     console.log(
@@ -697,6 +761,7 @@ export async function main(args: string[]): Promise<void> {
           slide: slideRows,
           train: trainRows,
           predictSlide: predictSlideRows,
+          torchCpu,
           goals: goalRows,
         },
         null,
@@ -720,6 +785,16 @@ export async function main(args: string[]): Promise<void> {
           `  ${g.goal}: ${g.sense} ${g.target} ${g.unit}; default ${v(g.default)}, tuned ${v(g.tuned)}: ` +
             `${g.met ? "met" : "NOT met"}`,
         );
+        const t = g.torch;
+        if (t) {
+          console.log(
+            `    ${t.label} in this run ${v(t.now)}` +
+              (t.then === undefined || t.scaledTarget === undefined
+                ? ""
+                : ` (${t.then} when the goal was set): the goal scaled to this run's machine ` +
+                  `${g.sense} ${v(t.scaledTarget)}: ${t.scaledMet ? "met" : "NOT met"}`),
+          );
+        }
       }
     }
   }

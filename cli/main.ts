@@ -46,6 +46,8 @@ export const BENCH_OPTION_TYPES: Readonly<Record<string, "boolean" | "string">> 
   quick: "boolean",
   shapes: "string",
   "no-peer": "boolean",
+  "no-tfjs": "boolean",
+  "no-torch": "boolean",
   reps: "string",
   suite: "string",
   data: "string",
