@@ -450,33 +450,40 @@ export class Engine {
 
   /**
    * Copy rows of `src` into texture `dst` in command order (no kernel): `rows` rows (default `dst.height`)
-   * of `4 · dst.width` floats each, starting at element `srcOffset`, consecutive in `src` (a row pitch of
-   * `4 · dst.width`, which must be a multiple of 64 floats: WebGPU's 256-byte row alignment), into the
-   * texture's first rows.
+   * of `4 · width` floats each (`width` texels, default `dst.width`), starting at element `srcOffset`,
+   * consecutive in `src` (a row pitch of `4 · width`, which must be a multiple of 64 floats: WebGPU's
+   * 256-byte row alignment), into the texture's rows from `at.y` (default 0), texels from `at.x` (default 0).
    *
    * @example
    * ```ts
    * engine.copyToTexture(a, engine.texture("matmul.A", k / 4, m)); // A: m × k, k a multiple of 64
    * ```
    */
-  copyToTexture(src: Tensor, dst: EngineTexture, srcOffset = 0, rows = dst.height): void {
-    const pitch = dst.width * 16;
+  copyToTexture(
+    src: Tensor,
+    dst: EngineTexture,
+    srcOffset = 0,
+    rows = dst.height,
+    at: { x?: number; y?: number; width?: number } = {},
+  ): void {
+    const { x = 0, y = 0, width = dst.width } = at;
+    const pitch = width * 16;
     const bytes = pitch * rows;
     if (
       pitch % 256 !== 0 || srcOffset < 0 || srcOffset % 4 !== 0 || srcOffset * 4 + bytes > src.bytes ||
-      !(rows >= 1 && rows <= dst.height)
+      !(rows >= 1 && y >= 0 && y + rows <= dst.height) || !(width >= 1 && x >= 0 && x + width <= dst.width)
     ) {
       throw new RangeError(
-        `Cannot copy ${rows} rows of [${src.shape}] from element ${srcOffset} into a ${dst.width} × ` +
-          `${dst.height} texture: rows of ${dst.width * 4} floats must be a multiple of 64, start at a ` +
-          `multiple of 4 elements and lie within the tensor and the texture`,
+        `Cannot copy ${rows} rows of ${width} texels of [${src.shape}] from element ${srcOffset} into a ` +
+          `${dst.width} × ${dst.height} texture at (${x}, ${y}): rows of ${width * 4} floats must be a ` +
+          `multiple of 64, start at a multiple of 4 elements and lie within the tensor and the texture`,
       );
     }
     this.#endPass();
     this.#enc().copyBufferToTexture(
       { buffer: src.buffer, offset: srcOffset * 4, bytesPerRow: pitch, rowsPerImage: rows },
-      { texture: dst.texture },
-      [dst.width, rows],
+      { texture: dst.texture, origin: [x, y] },
+      [width, rows],
     );
     this.#recorded++;
   }

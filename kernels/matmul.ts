@@ -28,7 +28,7 @@ import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
-import { matmulTex, TEX_TILES, texCannot, type TexConfig } from "./matmul_tex.ts";
+import { matmulTex, TEX_TILES, texCannot, type TexConfig, texLayout } from "./matmul_tex.ts";
 import { chosenVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
@@ -382,8 +382,9 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const tex = /^tex\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
   if (tex) {
     const tm = Number(tex[1]), tn = Number(tex[2]);
-    if (!(tm === tn && (TEX_TILES as readonly number[]).includes(tm))) {
-      return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")}`;
+    if (!(tm === tn && (TEX_TILES as readonly number[]).includes(tm)) && !isSkinny(tm, tn)) {
+      return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")} and ` +
+        `${SKINNY_M.join("|")}x${SKINNY_N.join("|")}`;
     }
     return {
       kind: "tex",
@@ -396,7 +397,7 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const tiled = TILED_CONFIGS.find((c) => matmulVariantId(c) === id);
   if (tiled) return tiled;
   return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32), reg/<1|2|4>x<32|64>[/rows|/cols], " +
-    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tiled/64x64 and tiled/128x128";
+    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tex/<1|2|4>x<32|64>[/rows|/cols], tiled/64x64 and tiled/128x128";
 }
 
 // Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
@@ -484,6 +485,12 @@ export function matmulCandidates(
       if (t > TEX_TILES[0] && t >= 2 * Math.max(m, n)) continue;
       out.push(matmulVariantId({ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) }));
     }
+    if (m <= SKINNY_M[SKINNY_M.length - 1]) {
+      const tm = SKINNY_M.find((t) => t >= m)!;
+      for (const tn of SKINNY_N) {
+        out.push(matmulVariantId({ kind: "tex", tm, tn, wg: REG_WG, lanes: "cols" }));
+      }
+    }
   }
   for (const c of TILED_CONFIGS) {
     // 128 × 128 tiles only where C has at least one whole tile (else 64 × 64 pads less).
@@ -498,9 +505,11 @@ export function matmulCandidates(
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
  * table. Software adapters (llvmpipe): A and B through textures (`tex`, kernels/matmul_tex.ts), 32×32
  * blocks for big products (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards), 16×16 for
- * medium ones — where the operands fit the adapter's texture size (B stored n × k with `transposeB`), else
- * register blocks of the same size from storage buffers; 8×8 register blocks for small products; lanes along
- * the dimension that pads less; 1, 2 or 4 × 32 blocks with lanes along N for ≤ 4 rows.
+ * medium ones (and where C has fewer than 32 rows or columns) — where the operands fit the adapter's texture
+ * size (B stored n × k with `transposeB`; a taller B in bands, see matmul_tex.ts `texLayout`), else register
+ * blocks of the same size from storage buffers; 8×8 register blocks for small products; lanes along the
+ * dimension that pads less; for ≤ 4 rows 1, 2 or 4 × 32 blocks with lanes along N (through textures 2 × 32
+ * with `transposeB`, 2 × 64 without).
  * Hardware adapters: 64×64 workgroup tiles (register blocks as on llvmpipe behind OpenGL). A variant that is
  * unknown or cannot run throws a `RangeError` naming it.
  *
@@ -518,20 +527,34 @@ export function chooseMatmulKernel(
 ): MatmulConfig {
   const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
   if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
-  return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB));
+  return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB), transposeB);
 }
 
 // The built-in table; `textures`: whether the operands fit the adapter's texture size.
-function builtinKernel(engine: Engine, m: number, n: number, k: number, textures: boolean): MatmulConfig {
+function builtinKernel(
+  engine: Engine,
+  m: number,
+  n: number,
+  k: number,
+  textures: boolean,
+  transposeB = false,
+): MatmulConfig {
   // Hardware adapters: workgroup tiles, but not behind OpenGL, where each tiled kernel takes ~15 s to
   // compile (kernels/_wgsl.ts stagesTiles); `he2gene tune` may still pick them there.
   if (!engine.adapterInfo.software && stagesTiles(engine)) return TILED;
   // A few rows (a head at batch ≤ 4): a skinny block, lanes along N (twice as fast as 16×16 on llvmpipe
   // for 2 × 2048 · 2048 × 19 699 and its input gradient).
   const skinny = SKINNY_M.find((t) => t >= m);
-  if (skinny !== undefined) return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
+  if (skinny !== undefined) {
+    // Through textures 4–6× the register blocks' speed there (the weight's reads); a 2 × 64 block for the
+    // input gradient (B untransposed), 2 × 32 for the forward.
+    if (textures) return { kind: "tex", tm: skinny, tn: transposeB ? 32 : 64, wg: REG_WG, lanes: "cols" };
+    return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
+  }
   const flops = 2 * m * n * k;
-  const t = flops >= 2 ** 28 ? 32 : flops >= 2 ** 22 ? 16 : 8;
+  // 32 × 32 blocks only where C is at least that big both ways (8 × 2048 · 2048 × 19 699: 16 × 16 through
+  // textures 82 ms, 32 × 32 123 ms on llvmpipe).
+  const t = flops >= 2 ** 28 && Math.min(m, n) >= 32 ? 32 : flops >= 2 ** 22 ? 16 : 8;
   // Textures: 1.5–2× the register blocks' GFLOP/s on llvmpipe from 256³ up (12 544 × 576 · 576 × 64: 1.7×).
   const kind = textures && t >= TEX_TILES[0] ? "tex" : "reg";
   return { kind, tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
@@ -686,8 +709,10 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
   if (cfg.kind === "tex") {
     // Textures: operands that fit a binding (the pack kernel reads them whole) and, batches stacked along
     // the rows, the adapter's texture size; any other call takes the built-in kernel.
+    // A B over one binding (a large head's weight) too, where copies alone fill its texture.
     const nbA = aBatched && !fold ? nb : 1, nbB = bBatched ? nb : 1;
-    if (!splitM && !splitN && !splitK && !texCannot(e, M, n, k, tB, nbA, nbB)) {
+    const l = texLayout(e, M, n, k, tB, nbA, nbB);
+    if (!splitM && typeof l !== "string" && (l.copiesB || !splitN && !splitK)) {
       matmulTex(e, cfg, a, b, out, o.bias ?? e.placeholder(), {
         m: M,
         n,

@@ -49,6 +49,12 @@ interface TexParams extends VariantParams {
   batched: boolean;
   bias: boolean;
   act: string;
+  /**
+   * B's rows (n with `transB`, k without) folded into side-by-side bands of `p.band` rows (`p.band` texels
+   * of k without `transB`), band b from texel column b·`p.bandX`: a B taller than the adapter's textures
+   * (a 19 699-gene head's weight). Unbatched kernels only.
+   */
+  bands: boolean;
 }
 
 function genTex(v: TexParams): string {
@@ -69,7 +75,17 @@ function genTex(v: TexParams): string {
   }
   // Rows and columns past the edge read the last one (no branch in the loop) and are not stored.
   for (let i = 0; i < TM; i++) L.push(`  let ra${i} = ${aBase}min(row0 + ${i}u, M - 1u);`);
-  if (tB) {
+  if (tB && v.bands) {
+    // Column j's band and row in it, and the band's first texel column.
+    for (let j = 0; j < TN; j++) {
+      L.push(
+        `  let nb${j} = min(col0 + ${j}u, N - 1u) / p.band;`,
+        `  let rb${j} = min(col0 + ${j}u, N - 1u) - nb${j} * p.band;`,
+        `  let bx${j} = nb${j} * p.bandX;`,
+      );
+    }
+    for (let i = 0; i < TM; i++) for (let j = 0; j < TN; j++) L.push(`  var c${i}_${j} = 0.0;`);
+  } else if (tB) {
     for (let j = 0; j < TN; j++) L.push(`  let rb${j} = ${bBase}min(col0 + ${j}u, N - 1u);`);
     for (let i = 0; i < TM; i++) for (let j = 0; j < TN; j++) L.push(`  var c${i}_${j} = 0.0;`);
   } else {
@@ -77,18 +93,28 @@ function genTex(v: TexParams): string {
     for (let i = 0; i < TM; i++) for (let q = 0; q < TN / 4; q++) L.push(`  var c${i}_${q} = vec4f(0.0);`);
   }
   L.push(`  for (var kq = 0u; kq < p.KQ; kq += ${U}u) {`);
+  // Without transB, bands of p.band texels of k (a multiple of U): one band per iteration.
+  if (!tB && v.bands) {
+    L.push(
+      `    let kb = kq / p.band;`,
+      `    let bx = kb * p.bandX;`,
+      `    let by = (kq - kb * p.band) * 4u;`,
+    );
+  }
   for (let u = 0; u < U; u++) {
     for (let i = 0; i < TM; i++) L.push(`    let a${i}_${u} = textureLoad(A, vec2u(kq + ${u}u, ra${i}), 0);`);
     if (tB) {
       for (let j = 0; j < TN; j++) {
-        L.push(`    let b${j}_${u} = textureLoad(B, vec2u(kq + ${u}u, rb${j}), 0);`);
+        const x = v.bands ? `kq + ${u}u + bx${j}` : `kq + ${u}u`;
+        L.push(`    let b${j}_${u} = textureLoad(B, vec2u(${x}, rb${j}), 0);`);
       }
     } else {
       for (let s = 0; s < 4; s++) {
         for (let q = 0; q < TN / 4; q++) {
-          L.push(
-            `    let b${s}_${q}_${u} = textureLoad(B, vec2u(cq${q}, ${bBase}(kq + ${u}u) * 4u + ${s}u), 0);`,
-          );
+          const at = v.bands
+            ? `cq${q} + bx, by + ${4 * u + s}u`
+            : `cq${q}, ${bBase}(kq + ${u}u) * 4u + ${s}u`;
+          L.push(`    let b${s}_${q}_${u} = textureLoad(B, vec2u(${at}), 0);`);
         }
       }
     }
@@ -156,6 +182,8 @@ const texKernel = variants("matmul_tex", (v: TexParams) => ({
     aSlab: "u32",
     bSlab: "u32",
     sc: "u32",
+    band: "u32",
+    bandX: "u32",
   } as const,
   workgroupSize: [v.wg],
   body: genTex(v),
@@ -194,19 +222,59 @@ ${
 }));
 
 /**
- * Texture sizes [width, height] in texels of A and B for an m × n × k product, with `nbA` and `nbB`
- * batches of each operand stacked along the rows (1: unbatched, or shared by every product).
+ * Where the `tex` kernels keep A and B for an m × n × k product, with `nbA` and `nbB` batches of each operand
+ * stacked along the rows (1: unbatched, or shared by every product): texture sizes [width, height] in texels,
+ * and B's bands. A B taller than the adapter's textures (n rows with `transB`, k without) goes in `bands`
+ * bands of `band` rows side by side, band b from texel column b · `bandX` (unbatched products only, and only
+ * where B's rows are whole texture rows, copied without a kernel). `copiesB`: B is filled by copies alone (no
+ * kernel binds it, so it may exceed a storage binding).
  */
-export function texShapes(
+export interface TexLayout {
+  a: [number, number];
+  b: [number, number];
+  bands: number;
+  /** Rows of B in a band (n with `transB`); without `transB`, texels of k (rows / 4). */
+  band: number;
+  bandX: number;
+  copiesB: boolean;
+}
+
+/** The {@linkcode TexLayout} of a product on `e`, or why the `tex` kernels cannot compute it. */
+export function texLayout(
+  e: Engine,
   m: number,
   n: number,
   k: number,
   transB: boolean,
   nbA = 1,
   nbB = 1,
-): [[number, number], [number, number]] {
+): TexLayout | string {
+  const max = e.limits.maxTextureDimension2D;
   const kq = Math.ceil(k / KSTEP) * (KSTEP / 4);
-  return [[kq, m * nbA], transB ? [kq, n * nbB] : [Math.ceil(n / 4), kq * 4 * nbB]];
+  const a: [number, number] = [kq, m * nbA];
+  // B's rows and their width in texels; whole texture rows copied where the row length is exact.
+  const rows = transB ? n : kq * 4, width = transB ? kq : Math.ceil(n / 4);
+  const rowLen = transB ? k : n;
+  const exact = rowLen === width * 4 && rowLen % 64 === 0;
+  if (rows * nbB > max && nbA === 1 && nbB === 1 && a[1] <= max && a[0] <= max) {
+    const bands = Math.ceil(rows / max);
+    // Without transB a band holds whole loop iterations (KSTEP values of k).
+    const r = transB ? Math.ceil(rows / bands) : Math.ceil(rows / bands / KSTEP) * KSTEP;
+    if (!exact) {
+      return `B's ${rows} rows would need ${bands} bands of a texture, which take rows of a multiple of 64 ` +
+        `floats (${rowLen} here)`;
+    }
+    if (bands * width > max) {
+      return `B would be ${bands} bands of ${width} × ${r} texels; the adapter allows ${max} per side`;
+    }
+    return { a, b: [bands * width, r], bands, band: transB ? r : r / 4, bandX: width, copiesB: true };
+  }
+  const b: [number, number] = [width, rows * nbB];
+  if (Math.max(...a, ...b) > max) {
+    return `its textures would be ${a[0]} × ${a[1]} and ${b[0]} × ${b[1]} texels; the adapter allows ` +
+      `${max} per side`;
+  }
+  return { a, b, bands: 1, band: 0, bandX: 0, copiesB: exact && rows === (transB ? n : k) };
 }
 
 /** Why the `tex` kernels cannot compute this product on `e` (texture size limits), or null. */
@@ -219,12 +287,8 @@ export function texCannot(
   nbA = 1,
   nbB = 1,
 ): string | null {
-  const max = e.limits.maxTextureDimension2D;
-  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB, nbA, nbB);
-  if (Math.max(aw, ah, bw, bh) > max) {
-    return `its textures would be ${aw} × ${ah} and ${bw} × ${bh} texels; the adapter allows ${max} per side`;
-  }
-  return null;
+  const l = texLayout(e, m, n, k, transB, nbA, nbB);
+  return typeof l === "string" ? l : null;
 }
 
 /**
@@ -251,6 +315,31 @@ export function fillTexture(
     workgroups: [Math.ceil(t.width / 64), height, nb],
     info: `[${src.shape}] → ${t.width}×${t.height} texels`,
   });
+}
+
+/**
+ * Fill `t` with B in the bands of `l` (whole rows of `rowLen` floats copied, no kernel), and zeros in the
+ * rows past B's `rows` that the loop reads (without `transB`, K padded to a multiple of 16).
+ */
+function fillBands(
+  e: Engine,
+  src: Tensor,
+  t: EngineTexture,
+  l: TexLayout,
+  rowLen: number,
+  rows: number,
+  read: number,
+) {
+  const r = t.height, w = l.bandX;
+  for (let b = 0; b < l.bands && b * r < rows; b++) {
+    e.copyToTexture(src, t, b * r * rowLen, Math.min(r, rows - b * r), { x: b * w, width: w });
+  }
+  const last = (l.bands - 1) * r, pad = read - rows;
+  if (pad > 0) {
+    const z = e.zeros([pad * rowLen]);
+    e.copyToTexture(z, t, 0, pad, { x: (l.bands - 1) * w, y: rows - last, width: w });
+    z.dispose();
+  }
 }
 
 /** Texels per row of {@linkcode flatTexture} (4 096 floats). */
@@ -305,11 +394,15 @@ export function matmulTex(
   },
 ): void {
   const { m, n, k, transB, nb = 1, nbA = 1, nbB = 1 } = o;
-  const [[aw, ah], [bw, bh]] = texShapes(m, n, k, transB, nbA, nbB);
+  const l = texLayout(e, m, n, k, transB, nbA, nbB);
+  if (typeof l === "string") throw new RangeError(`Cannot matmul ${o.info} through textures: ${l}`);
+  const [[aw, ah], [bw, bh]] = [l.a, l.b];
+  const bands = l.bands > 1;
   const ta = e.texture("matmul.A", aw, ah);
-  const tb = e.texture("matmul.B", bw, bh);
+  const tb = e.texture(bands ? "matmul.Bbands" : "matmul.B", bw, bh);
   fillTexture(e, a, ta, k, m, nbA);
-  if (transB) fillTexture(e, b, tb, k, n, nbB);
+  if (bands) fillBands(e, b, tb, l, transB ? k : n, transB ? n : k, transB ? n : aw * 4);
+  else if (transB) fillTexture(e, b, tb, k, n, nbB);
   else fillTexture(e, b, tb, n, k, nbB);
   const kernel = texKernel({
     tm: c.tm,
@@ -321,6 +414,7 @@ export function matmulTex(
     batched: nb > 1,
     bias: o.hasBias,
     act: o.act,
+    bands,
   });
   const groups = c.lanes === "rows"
     ? [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), nb] as const
@@ -337,6 +431,8 @@ export function matmulTex(
       aSlab: nbA > 1 ? m : 0,
       bSlab: nbB > 1 ? bh / nbB : 0,
       sc: m * n,
+      band: l.band,
+      bandX: l.bandX,
     },
     workgroups: groups,
     info: o.info,

@@ -687,13 +687,14 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     if (quick && /^(reg|tex)\/16x16/.test(id)) list = id.endsWith("/rows") ? [vec, batched] : [scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }
-  // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns) are candidates for products of ≤ 4 rows.
-  // Each compiles one kernel per layout (~5 s at 4 × 64 on llvmpipe): --quick checks the layout of the
-  // heads (Bᵀ, bias, vec4 operands, a partial column block) only.
+  // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns, registers or textures) are candidates for
+  // products of ≤ 4 rows. Each compiles one kernel per layout (~5 s at 4 × 64 on llvmpipe): --quick checks
+  // the layout of the heads' forward (Bᵀ, bias, vec4 operands, a partial column block) only, and for the
+  // texture blocks, the default for heads on software adapters, their input gradient's (B untransposed) too.
   for (const m of [1, 2, 3]) {
-    for (const id of matmulCandidates(e, m, vec.n, vec.k).filter((id) => /^reg\/[124]x/.test(id))) {
+    for (const id of matmulCandidates(e, m, vec.n, vec.k).filter((id) => /^(reg|tex)\/[124]x/.test(id))) {
       const list = quick
-        ? [{ ...vec, m, tB: true, bias: true }]
+        ? [{ ...vec, m, tB: true, bias: true }, ...(id.startsWith("tex/") ? [{ ...vec, m }] : [])]
         : [{ ...vec, m }, { ...scalar, m }, { ...epilogue, m }];
       cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
     }

@@ -105,21 +105,26 @@ gpuTest(
   },
 );
 
-gpuTest("the skinny register blocks (1, 2, 4 × 32, 64) are correct on few-row products", async (e) => {
-  for (const m of [1, 2, 3, 4]) {
-    const ids = matmulCandidates(e, m, 260, 36).filter((id) => /^reg\/[124]x/.test(id));
-    assertEquals(ids.length, 2, `skinny candidates for ${m} rows`);
-    for (const id of ids) {
-      await check(e, { m, k: 36, n: 260 }, id); // vec4 A and B, a partial column block
-      await check(e, { m, k: 33, n: 77 }, id); // scalar A and B
-      await check(e, { m, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] }, id);
+gpuTest(
+  "the skinny register and texture blocks (1, 2, 4 × 32, 64) are correct on few-row products",
+  async (e) => {
+    for (const m of [1, 2, 3, 4]) {
+      const ids = matmulCandidates(e, m, 260, 36).filter((id) => /^(reg|tex)\/[124]x/.test(id));
+      assertEquals(ids.length, 4, `skinny candidates for ${m} rows: ${ids}`);
+      for (const id of ids) {
+        await check(e, { m, k: 36, n: 260 }, id); // vec4 A and B, a partial column block
+        await check(e, { m, k: 33, n: 77 }, id); // scalar A and B
+        await check(e, { m, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] }, id);
+        assertEquals(matmulVariantId(matmulVariant(e, id, m, 260)), id);
+      }
     }
-  }
-  // The built-in choice for a head at batch 2 on a software adapter.
-  if (e.adapterInfo.software) {
-    assertEquals(matmulVariantId(chooseMatmulKernel(e, 2, 19699, 2048)), "reg/2x32/cols");
-  }
-});
+    // The built-in choice for a head at batch 2 on a software adapter: its forward and input gradient.
+    if (e.adapterInfo.software) {
+      assertEquals(matmulVariantId(chooseMatmulKernel(e, 2, 19699, 2048, true)), "tex/2x32/cols");
+      assertEquals(matmulVariantId(chooseMatmulKernel(e, 2, 2048, 19699)), "tex/2x64/cols");
+    }
+  },
+);
 
 gpuTest("vec4 loads and stores (N a multiple of 4) give the same bits as scalar ones", async (e) => {
   // B with 260 columns goes through vec4 B loads and vec4 C stores; with a 261st column, scalar ones. The
@@ -168,19 +173,63 @@ gpuTest(
   async (e) => {
     const m = 5, k = 2048, n = Math.ceil(e.maxBinding / 4 / k) + 300; // just past one binding
     const a = rand(m * k, 1), w = rand(n * k, 2, -0.05, 0.05), bias = rand(n, 3);
-    const y = await linear(e.tensor(a, [m, k]), e.tensor(w, [n, k]), e.tensor(bias, [n])).toArray();
-    // Check columns on both sides of every block boundary against float64.
-    const cols = [0, 1, n - 1, n - 2, Math.floor(n / 2), 16383, 16384, 16385].filter((j) => j < n);
-    for (let i = 0; i < m; i++) {
-      for (const j of cols) {
-        let s = bias[j], sc = Math.abs(bias[j]);
-        for (let p = 0; p < k; p++) {
-          s += a[i * k + p] * w[j * k + p];
-          sc += Math.abs(a[i * k + p] * w[j * k + p]);
+    const [ta, tw, tbias] = [e.tensor(a, [m, k]), e.tensor(w, [n, k]), e.tensor(bias, [n])];
+    // The built-in choice (on software adapters textures, B in two bands of n/2 rows) and register blocks
+    // reading the binding-sized blocks of B.
+    for (const id of [undefined, "reg/8x8/cols"]) {
+      const run = () => linear(ta, tw, tbias);
+      const y = await (id ? withVariant("matmul", id, run) : run()).toArray();
+      // Check columns on both sides of every block and band boundary against float64.
+      const h = Math.ceil(n / 2);
+      const cols = [0, 1, n - 1, n - 2, h - 1, h, h + 1, 16383, 16384, 16385].filter((j) => j < n);
+      for (let i = 0; i < m; i++) {
+        for (const j of cols) {
+          let s = bias[j], sc = Math.abs(bias[j]);
+          for (let p = 0; p < k; p++) {
+            s += a[i * k + p] * w[j * k + p];
+            sc += Math.abs(a[i * k + p] * w[j * k + p]);
+          }
+          assertClose([y[i * n + j]], [s], TOL.matmul, `${id ?? "built-in"} y[${i},${j}]`, [sc]);
         }
-        assertClose([y[i * n + j]], [s], TOL.matmul, `y[${i},${j}]`, [sc]);
       }
     }
+  },
+);
+
+gpuTest(
+  "texture-operand kernels take a B taller than a texture in bands side by side (both layouts)",
+  async (e) => {
+    const max = e.limits.maxTextureDimension2D;
+    // Bᵀ with max + 37 rows (n) in two bands; untransposed B with K = max + 16 rows, then max + 11: the
+    // same texture, whose last band's rows past K must read as zeros, not as the first product's values
+    // (infinities here: times A's zero padding, NaN).
+    const cases: Case[] = [
+      { m: 3, k: 64, n: max + 37, tB: true, bias: true, act: "relu" },
+      { m: 2, k: max + 16, n: 64 },
+      { m: 2, k: max + 11, n: 64 },
+      { m: 9, k: max + 11, n: 128, batchA: [2] },
+    ];
+    const inf = new Float32Array((max + 16) * 64).fill(1).fill(Infinity, (max + 11) * 64);
+    for (const c of cases) {
+      if (c.k === max + 11) {
+        for (const id of ["tex/4x64/cols", "tex/16x16/rows"]) {
+          const [x, y] = [
+            e.tensor(new Float32Array(2 * (max + 16)), [2, max + 16]),
+            e.tensor(inf, [max + 16, 64]),
+          ];
+          withVariant("matmul", id, () => matmulForward(x, y)).dispose();
+          for (const t of [x, y]) t.dispose();
+        }
+      }
+      const l = texCannot(e, c.m * (c.batchA?.[0] ?? 1), c.n, c.k, !!c.tB);
+      assertEquals(l, null, `bands for ${JSON.stringify(c)}`);
+      for (const id of c.m <= 4 ? ["tex/4x32/cols", "tex/4x64/cols", "tex/16x16/cols"] : ["tex/16x16/rows"]) {
+        await check(e, c, id);
+      }
+    }
+    // Rows whose length is not a multiple of 64 floats cannot be copied into bands: register blocks.
+    assertEquals(texCannot(e, 2, max + 1, 60, true)?.includes("bands") ?? false, true);
+    assertEquals(chooseMatmulKernel(e, 2, max + 1, 60, true).kind === "tex", false);
   },
 );
 
@@ -254,10 +303,14 @@ gpuTest("the built-in table picks texture blocks on software adapters and tiles 
     assertEquals((chooseMatmulKernel(e, 12544, 64, 576) as { lanes: string }).lanes, "rows");
   }
   if (kind === "tex") {
-    // Operands past the adapter's texture size (the aux head's 19 699 × 2048 weight as Bᵀ): register blocks.
+    // Bᵀ past the adapter's texture size (the aux head's 19 699 × 2048 weight): in bands; rows that can't
+    // be copied whole (K not a multiple of 64): register blocks.
     const n = e.limits.maxTextureDimension2D + 1;
-    assertEquals(matmulVariantId(chooseMatmulKernel(e, 32, n, 2048, true)), "reg/32x32/cols");
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 32, n, 2048, true)), "tex/32x32/cols");
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 32, n, 2040, true)), "reg/32x32/cols");
     assertEquals(chooseMatmulKernel(e, 32, n, 2048).kind, "tex"); // untransposed: n/4 texels per row
+    // Few rows: 16 × 16 blocks, not 32 × 32.
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 8, 19699, 2048, true)), "tex/16x16/cols");
     assertEquals(chooseMatmulKernel(e, 16, 16, 16).kind, "reg"); // small: 8 × 8 register blocks
   }
 });
@@ -306,19 +359,20 @@ gpuTest(
   async (e) => {
     const n = 2048, m = 3, k = Math.ceil(e.maxBinding / 4 / n) + 77; // B: (k, n) just past one binding
     const a = rand(m * k, 21), w = rand(k * n, 22, -0.05, 0.05), bias = rand(n, 23);
-    const y = await matmulForward(e.tensor(a, [m, k]), e.tensor(w, [k, n]), {
-      bias: e.tensor(bias, [n]),
-      activation: "relu",
-    })
-      .toArray();
-    for (let i = 0; i < m; i++) {
-      for (const j of [0, 1, 777, n - 1]) {
-        let s = bias[j], sc = Math.abs(bias[j]);
-        for (let p = 0; p < k; p++) {
-          s += a[i * k + p] * w[p * n + j];
-          sc += Math.abs(a[i * k + p] * w[p * n + j]);
+    const [ta, tw, tbias] = [e.tensor(a, [m, k]), e.tensor(w, [k, n]), e.tensor(bias, [n])];
+    // Register blocks (K split, accumulated), and the built-in choice (textures in bands on llvmpipe).
+    for (const id of ["reg/4x32/cols", undefined]) {
+      const run = () => matmulForward(ta, tw, { bias: tbias, activation: "relu" });
+      const y = await (id ? withVariant("matmul", id, run) : run()).toArray();
+      for (let i = 0; i < m; i++) {
+        for (const j of [0, 1, 777, n - 1]) {
+          let s = bias[j], sc = Math.abs(bias[j]);
+          for (let p = 0; p < k; p++) {
+            s += a[i * k + p] * w[p * n + j];
+            sc += Math.abs(a[i * k + p] * w[p * n + j]);
+          }
+          assertClose([y[i * n + j]], [Math.max(s, 0)], TOL.matmul, `${id ?? "built-in"} y[${i},${j}]`, [sc]);
         }
-        assertClose([y[i * n + j]], [Math.max(s, 0)], TOL.matmul, `y[${i},${j}]`, [sc]);
       }
     }
   },
@@ -351,7 +405,14 @@ gpuTest("variant ids name every configuration and parse back to it", (e) => {
     "tex/32x32/rows",
   ]);
   const tall = e.limits.maxTextureDimension2D + 1;
-  assertEquals(matmulCandidates(e, 4, tall, 64, true).filter((id) => id.startsWith("tex/")), []);
+  // Past the texture size, B in bands where its rows are copied whole (multiples of 64 floats), else none.
+  assertEquals(matmulCandidates(e, 4, tall, 60, true).filter((id) => id.startsWith("tex/")), []);
+  assertEquals(matmulCandidates(e, 4, tall, 64, true).filter((id) => id.startsWith("tex/")), [
+    "tex/16x16/cols",
+    "tex/32x32/cols",
+    "tex/4x32/cols",
+    "tex/4x64/cols",
+  ]);
   assertEquals(matmulShapeClass(3136, 64, 576), "m4096 n64 k1024");
   assertEquals(matmulShapeClass(1, 0, 3), "m1 n0 k4");
 });
