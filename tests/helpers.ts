@@ -237,3 +237,21 @@ export async function valuesAt(t: Tensor, indices: readonly number[]): Promise<F
   out.dispose();
   return v;
 }
+
+/**
+ * The names of the kernels `fn` dispatches (from the engine's trace), e.g. `conv2d_direct_fwd`; the trace
+ * is printed through console.error, captured here.
+ */
+export function dispatched(e: Engine, fn: () => void): string[] {
+  const lines: string[] = [];
+  const [trace, print] = [e.trace, console.error];
+  e.trace = true;
+  console.error = (...args: unknown[]) => void lines.push(args.join(" "));
+  try {
+    e.scope(fn);
+  } finally {
+    e.trace = trace;
+    console.error = print;
+  }
+  return lines.map((l) => /dispatch (\S+)/.exec(l)?.[1] ?? l);
+}

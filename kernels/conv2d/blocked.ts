@@ -153,8 +153,12 @@ function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number, textu
 // w: (Cout, Cin, KH, KW) → a: (M, T1, T2, C⁴) as vec4, zero-padded along c; one vec4 per invocation.
 //   Forward (swap 0): m = co, c = ci, kh = t1, kw = t2.
 //   Input gradient (swap 1, flip 1): m = ci, c = co, kh = kh0 + s·(T1 − 1 − t1), kw = kw0 + s·(T2 − 1 − t2).
-const packAKernel = single("conv2d_pack_a", () => ({
-  bindings: [{ name: "w", access: "read" }, { name: "a", access: "read_write", type: "vec4<f32>" }],
+//   With `tex`, w is read from a flat texture (flatTexture), as nhwcKernel's x; the same values.
+const packAKernel = variants("conv2d_pack_a", (v: { tex: boolean }) => ({
+  bindings: [
+    v.tex ? { name: "W", access: "read", texture: "sampled" } : { name: "w", access: "read" },
+    { name: "a", access: "read_write", type: "vec4<f32>" },
+  ] as const,
   uniforms: {
     cout: "u32",
     cin: "u32",
@@ -169,6 +173,7 @@ const packAKernel = single("conv2d_pack_a", () => ({
     swap: "u32",
     flip: "u32",
     total: "u32",
+    size: "u32",
   },
   workgroupSize: [WG],
   body: wgsl`
@@ -190,10 +195,15 @@ const packAKernel = single("conv2d_pack_a", () => ({
   let nc = select(p.cin, p.cout, sw);
   let step = select(kk, p.cin * kk, sw);
   let base = select(m * p.cin * kk, m * kk, sw) + kh * p.kw + kw;
-  let last = arrayLength(&w) - 1u;
+  let last = p.size - 1u;
   var v = vec4<f32>(0.0);
   for (var s = 0u; s < 4u; s++) {
-    v[s] = select(0.0, w[min(base + (c4 + s) * step, last)], c4 + s < nc);
+    let idx = min(base + (c4 + s) * step, last);
+#if ${v.tex}
+    v[s] = select(0.0, ${flatLoad("W", "idx")}, c4 + s < nc);
+#else
+    v[s] = select(0.0, w[idx], c4 + s < nc);
+#endif
   }
   a[m * p.total + i] = v;
 }`,
@@ -204,6 +214,7 @@ function packA(
   g: Conv2dGeometry,
   o: { swap: boolean; kh0: number; kw0: number; t1: number; t2: number },
   call: Conv2dCall,
+  W: EngineTexture | null,
 ): Tensor {
   const e = w.engine;
   const rows = o.swap ? g.cin : g.cout, cp = c4(o.swap ? g.cout : g.cin);
@@ -211,8 +222,8 @@ function packA(
   // A phase without taps still binds a (never read) buffer.
   const a = e.empty([Math.max(4 * rows * total, 4)], "conv2d packed w");
   if (total === 0) return a;
-  e.run(packAKernel(), {
-    bindings: [w, a],
+  e.run(packAKernel({ tex: W !== null }), {
+    bindings: [W ?? w, a],
     uniforms: {
       cout: g.cout,
       cin: g.cin,
@@ -227,6 +238,7 @@ function packA(
       swap: o.swap ? 1 : 0,
       flip: o.swap ? 1 : 0,
       total,
+      size: w.size,
     },
     workgroups: groups(e, call, Math.ceil(total / WG), rows),
     info: `[${w.shape}] → [${rows},${o.t1},${o.t2},${cp}]`,
@@ -961,7 +973,14 @@ function forward(
     w,
     o.constantWeight,
     "blocked",
-    () => packA(w, g, { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw }, call),
+    () =>
+      packA(
+        w,
+        g,
+        { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw },
+        call,
+        c.textures ? flatTexture(e, "conv2d.w", w) : null,
+      ),
   );
   const cp = c4(g.cin);
   const q: FwdGemm = {
@@ -1052,8 +1071,10 @@ function backwardInput(dy: Tensor, w: Tensor, g: Conv2dGeometry, c: BlockedConfi
   const [pt, pb, pl, pr] = dxPads(g);
   const dyp = toNhwc(dy, pt, pb, pl, pr, c.textures);
   const cp = c4(g.cout);
+  // w read through a flat texture by every phase's packing (one copy).
+  const W = c.textures ? flatTexture(e, "conv2d.w", w) : null;
   for (const { rh, rw, ph, pw, hi, wi } of dxPhases(g)) {
-    const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call);
+    const a = packA(w, g, { swap: true, kh0: ph.k0, kw0: pw.k0, t1: ph.taps, t2: pw.taps }, call, W);
     const q: FwdGemm = {
       a,
       b: dyp,

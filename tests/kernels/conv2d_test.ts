@@ -22,6 +22,7 @@ import {
   assertEquals,
   assertGradients,
   assertThrows,
+  dispatched,
   gpuTest,
   rand,
   TOL as SHARED_TOL,
@@ -403,6 +404,14 @@ gpuTest(
           // The channels-last copy reads x (or dy) from a flat texture where its size is a multiple of 4.
           const flat = (pass === "dx" ? dy : x).size % 4 === 0;
           assertEquals(names.includes("conv2d_nhwc_tex"), flat, `${pass} ${d.label}: ${names}`);
+          // So does the weight's packing, where w's size is a multiple of 4.
+          if (names.some((n) => n.startsWith("conv2d_pack_a"))) {
+            assertEquals(
+              names.includes("conv2d_pack_a_tex"),
+              w.size % 4 === 0,
+              `${pass} ${d.label}: ${names}`,
+            );
+          }
           for (const variant of ["blocked", "blocked/split1048576"]) {
             const viaTextures = await withConv2dVariant(variant, () => run()).toArray();
             const viaBuffers = await withConv2dVariant(`${variant}/notex`, () => run()).toArray();
@@ -465,24 +474,6 @@ gpuTest(
     }
   },
 );
-
-/**
- * The names of the kernels `fn` dispatches (from the engine's trace), e.g. `conv2d_direct_fwd`; the trace
- * is printed through console.error, captured here.
- */
-function dispatched(e: Engine, fn: () => void): string[] {
-  const lines: string[] = [];
-  const [trace, print] = [e.trace, console.error];
-  e.trace = true;
-  console.error = (...args: unknown[]) => void lines.push(args.join(" "));
-  try {
-    e.scope(fn);
-  } finally {
-    e.trace = trace;
-    console.error = print;
-  }
-  return lines.map((l) => /dispatch (\S+)/.exec(l)?.[1] ?? l);
-}
 
 gpuTest("conv2d runs the tuning table's variant for its shape class, and a forced variant over it", (e) => {
   const d = caseData(CASES[1], 71);
