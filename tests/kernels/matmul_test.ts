@@ -13,7 +13,16 @@ import { stagesTiles } from "../../kernels/_wgsl.ts";
 import { texCannot } from "../../kernels/matmul_tex.ts";
 import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import { linear, matmul } from "../../ops/matmul.ts";
-import { assertClose, assertEquals, assertGradients, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertGradients,
+  assertThrows,
+  dispatched,
+  gpuTest,
+  rand,
+  TOL,
+} from "../helpers.ts";
 import type { Engine } from "../../mod.ts";
 import type { MmCase } from "../../ops/selftest.ts";
 
@@ -334,6 +343,20 @@ gpuTest(
       // Five stacked A slabs of 4 100 rows pass the texture size: the register kernel instead.
       { m: 4100, k: 4, n: 4, batchA: [5], batchB: [5] },
     ];
+    // Packing reads its source through a flat texture on software adapters (where its size is a multiple
+    // of 4), from the storage buffer elsewhere.
+    for (const [k, n, tex] of [[20, 4, e.adapterInfo.software], [21, 3, false]] as const) {
+      const [a, b] = [e.tensor(rand(33 * k, 1), [33, k]), e.tensor(rand(k * n, 2), [k, n])];
+      const names = withVariant("matmul", "tex/16x16", () => dispatched(e, () => void matmulForward(a, b)))
+        .filter((x) => x.startsWith("matmul_tex_pack"));
+      assertEquals(names.length, 2, `${names}`);
+      assertEquals(
+        names.every((x) => /^matmul_tex_pack(_vec)?_tex$/.test(x) === tex),
+        true,
+        `${k}, ${n}: ${names}`,
+      );
+      for (const t of [a, b]) t.dispose();
+    }
     assertEquals(texCannot(e, 4100, 4, 4, false, 5, 5) !== null, true, "20 500 texel rows");
     assertEquals(texCannot(e, 4100, 4, 4, false, 1, 5), null, "A shared, B slabs of 16 rows");
     for (const id of ["tex/16x16/rows", "tex/16x16/cols", "tex/32x32"]) {
