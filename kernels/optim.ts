@@ -200,7 +200,10 @@ export interface TextureLayout {
  * Texture reads on software adapters (where a storage load is a loop over SIMD lanes and a texel fetch a
  * vector gather), storage reads elsewhere; `"texture"` or `"storage"` forces one.
  */
-function readsOn(e: Engine, reads: OptimReads | undefined): OptimReads {
+function readsOn(e: Engine, reads: OptimReads | undefined, what: string): OptimReads {
+  if (reads !== undefined && reads !== "storage" && reads !== "texture") {
+    throw new RangeError(`Cannot ${what}: reads must be "storage" or "texture", current value is ${reads}`);
+  }
   return reads ?? (e.adapterInfo.software ? "texture" : "storage");
 }
 
@@ -289,7 +292,7 @@ export function gradNorm(
     options.textureLayout ?? { width: TEX_WIDTH, rows: TEX_ROWS },
     "compute a gradient norm",
   );
-  const textures = readsOn(e, options.reads) === "texture";
+  const textures = readsOn(e, options.reads, "compute a gradient norm") === "texture";
   // Each pass sums one storage range, or one chunk of whole texture rows, into its own partials.
   const plan: (
     & { g: Tensor; base: number; parts: number }
@@ -434,7 +437,7 @@ export class Adam {
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0;
     this.maxChunkElements = options.maxChunkElements ?? Infinity;
-    this.reads = readsOn(this.#engine, options.reads);
+    this.reads = readsOn(this.#engine, options.reads, "create Adam");
     this.textureLayout = checkLayout(
       options.textureLayout ?? { width: TEX_WIDTH, rows: TEX_ROWS },
       "create Adam",

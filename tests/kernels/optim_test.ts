@@ -159,6 +159,14 @@ gpuTest(
       RangeError,
       "power of two",
     );
+    // `reads` from JavaScript callers: anything but the two names is refused, not read as storage.
+    const bad = { reads: "textures" as "texture" };
+    assertThrows(
+      () => new Adam([gt], bad),
+      RangeError,
+      'Cannot create Adam: reads must be "storage" or "texture"',
+    );
+    assertThrows(() => gradNorm([gt], 1, bad), RangeError, "Cannot compute a gradient norm: reads must be");
   },
 );
 
