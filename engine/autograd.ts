@@ -18,6 +18,7 @@
  */
 import { grid, type TensorRange } from "./engine.ts";
 import { variants } from "./kernel.ts";
+import { flatTexel, texturePair } from "./flat.ts";
 import { checkNumerics, noteOutput } from "./numerics.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -277,21 +278,22 @@ const WG = 128;
 
 // y[i] = a[i] + b[i]: the sum of two gradients of one tensor (the engine's own kernel: it knows no ops).
 // a, b, y: [n] (the same range of each); vec4s with `vec` (n a multiple of 4: 4× fewer loads on llvmpipe).
-const gradAddKernel = variants("grad_add", (p: { vec: boolean }) => {
+// With `tex` (vec4, one binding), a and b are read from flat textures A and B (engine/flat.ts).
+const gradAddKernel = variants("grad_add", (p: { vec: boolean; tex?: boolean }) => {
   const type = p.vec ? "vec4<f32>" : "f32";
   return {
     bindings: [
-      { name: "a", access: "read", type },
-      { name: "b", access: "read", type },
+      p.tex ? { name: "A", access: "read", texture: "sampled" } : { name: "a", access: "read", type },
+      p.tex ? { name: "B", access: "read", texture: "sampled" } : { name: "b", access: "read", type },
       { name: "y", access: "read_write", type },
-    ],
+    ] as const,
     uniforms: { n: "u32" },
     workgroupSize: [WG],
     body: `
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = g.x + g.y * (nwg.x * WG_X);
   if (i >= p.n) { return; }
-  y[i] = a[i] + b[i];
+  y[i] = ${p.tex ? `${flatTexel("A", "i")} + ${flatTexel("B", "i")}` : "a[i] + b[i]"};
 }`,
   };
 });
@@ -308,6 +310,18 @@ function addOwned(a: Tensor, b: Tensor): Tensor {
   const per = Math.floor(e.maxBinding / 4 / align) * align;
   const whole = n <= per;
   const vec = n % 4 === 0; // range starts are multiples of the offset alignment
+  const tex = texturePair(e, a, b, vec && whole, "grad");
+  if (tex) {
+    e.run(gradAddKernel({ vec: true, tex: true }), {
+      bindings: [...tex, y],
+      uniforms: { n: n / 4 },
+      workgroups: grid(n / 4, WG),
+      info: `[${a.shape}] textures`,
+    });
+    a.dispose();
+    b.dispose();
+    return y;
+  }
   const k = gradAddKernel({ vec });
   for (let s = 0; s < n; s += per) {
     const c = Math.min(per, n - s);

@@ -22,7 +22,7 @@
  *   barriers. The default on GPUs.
  * - `serial/<chunk>`: one invocation per (c, part), no workgroup memory and no barriers, walking its chunk
  *   sample by sample, with vec4 loads when the layout allows.
- * - `serial/<chunk>/tex`: the same with x (and dy) read from flat textures (matmul_tex.ts `flatTexture`)
+ * - `serial/<chunk>/tex`: the same with x (and dy) read from flat textures (engine/flat.ts)
  *   where the tensor is one binding and H·W % 4 = 0, else as `serial/<chunk>`; the same bits. The default
  *   on software adapters (`serial/2048/tex`; llvmpipe, where each invocation-varying storage load is a
  *   per-lane loop, a texel fetch one gather, and each barrier switches coroutines): 4–5× faster there.
@@ -48,7 +48,7 @@ import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
 import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
-import { FLAT_WIDTH, flatTexture } from "./matmul_tex.ts";
+import { flatTexel, flatTexture } from "../engine/flat.ts";
 
 /** Host-side state of one batch-norm layer: PyTorch's `num_batches_tracked`. */
 export interface BatchNormState {
@@ -168,13 +168,11 @@ ${workgroupEntry(WG)} {
  */
 /**
  * WGSL `fn name(i: u32) -> vec4f`: vec4 `i` of the storage binding `buf`, or with `tex` texel i of the flat
- * texture `T` (matmul_tex.ts flatTexture: FLAT_WIDTH texels a row); empty for scalar kernels.
+ * texture `T` (engine/flat.ts); empty for scalar kernels.
  */
 const vecLoad = (name: string, buf: string, T: string, p: { vec4: boolean; tex?: boolean }) =>
   p.tex
-    ? `fn ${name}(i: u32) -> vec4f { return textureLoad(${T}, vec2u(i & ${FLAT_WIDTH - 1}u, i >> ${
-      Math.log2(FLAT_WIDTH)
-    }u), 0); }`
+    ? `fn ${name}(i: u32) -> vec4f { return ${flatTexel(T, "i")}; }`
     : p.vec4
     ? `fn ${name}(i: u32) -> vec4f { return ${buf}[i]; }`
     : "";

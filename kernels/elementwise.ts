@@ -13,6 +13,7 @@
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
+import { flatTexel, texturePair } from "../engine/flat.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "./_wgsl.ts";
 
 /** Unary op names. */
@@ -153,24 +154,31 @@ ${linearEntry(WG)} {
 // y[i] = a[ia] ∘ b[ib]; with `bcast`, ia and ib come from the output index through broadcast strides (0 on
 // broadcast dims); same-shape operands skip the index arithmetic, and with `vec` (not with `bcast`) go as vec4s. y: [n] (a range starting at element `base`
 // of the output); a, b: whole, or ranges starting at elements abase, bbase.
-const binaryKernel = variants("binary", (p: { op: BinaryOp; bcast: boolean; vec: boolean }) => ({
-  bindings: [
-    { name: "a", access: "read", type: elem(p.vec) },
-    { name: "b", access: "read", type: elem(p.vec) },
-    { name: "y", access: "read_write", type: elem(p.vec) },
-  ],
-  uniforms: {
-    shape: "u32x8",
-    sa: "u32x8",
-    sb: "u32x8",
-    n: "u32",
-    rank: "u32",
-    base: "u32",
-    abase: "u32",
-    bbase: "u32",
-  },
-  workgroupSize: [WG],
-  body: wgsl`
+// With `tex` (same shapes, vec4, one binding), a and b are read from flat textures A and B (engine/flat.ts).
+const binaryKernel = variants(
+  "binary",
+  (p: { op: BinaryOp; bcast: boolean; vec: boolean; tex?: boolean }) => ({
+    bindings: [
+      p.tex
+        ? { name: "A", access: "read", texture: "sampled" }
+        : { name: "a", access: "read", type: elem(p.vec) },
+      p.tex
+        ? { name: "B", access: "read", texture: "sampled" }
+        : { name: "b", access: "read", type: elem(p.vec) },
+      { name: "y", access: "read_write", type: elem(p.vec) },
+    ] as const,
+    uniforms: {
+      shape: "u32x8",
+      sa: "u32x8",
+      sb: "u32x8",
+      n: "u32",
+      rank: "u32",
+      base: "u32",
+      abase: "u32",
+      bbase: "u32",
+    },
+    workgroupSize: [WG],
+    body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
@@ -189,10 +197,16 @@ ${linearEntry(WG)} {
   let v = b[ib - p.bbase];
   y[i] = ${BINARY_WGSL[p.op]};
 #else
-  ${perElement(p.vec, BINARY_WGSL[p.op], { u: ["a[i]", true], v: ["b[i]", true] })}
+  ${
+      perElement(p.vec, BINARY_WGSL[p.op], {
+        u: [p.tex ? flatTexel("A", "i") : "a[i]", true],
+        v: [p.tex ? flatTexel("B", "i") : "b[i]", true],
+      })
+    }
 #endif
 }`,
-}));
+  }),
+);
 
 // y[i] = x[ix]: broadcast x to the output shape (strides 0 on stretched axes).   y: [n]
 const expandKernel = single("expand", () => ({
@@ -364,10 +378,20 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
     b.shape.every((d, i) => d === shape[shape.length - b.shape.length + i]);
   const general = !(sameA && sameB);
   const vec = !general && canVec(n);
-  const k = binaryKernel({ op, bcast: general, vec });
   const sa = broadcastStrides(a.shape, shape);
   const sb = broadcastStrides(b.shape, shape);
   const whole = parts.length === 1;
+  const tex = texturePair(e, a, b, vec && whole, "binary");
+  if (tex) {
+    e.run(binaryKernel({ op, bcast: false, vec: true, tex: true }), {
+      bindings: [...tex, y],
+      uniforms: { shape, sa, sb, n: n / 4, rank: shape.length, base: 0, abase: 0, bbase: 0 },
+      workgroups: grid(n / 4, WG),
+      info: `[${a.shape}] ${op} [${b.shape}] textures`,
+    });
+    return y;
+  }
+  const k = binaryKernel({ op, bcast: general, vec });
   for (const [s, c] of parts) {
     if (c === 0) continue;
     for (const [t, same, name] of [[a, sameA, "first"], [b, sameB, "second"]] as const) {

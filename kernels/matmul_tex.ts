@@ -22,6 +22,7 @@
 import type { Engine, EngineTexture } from "../engine/engine.ts";
 import { type VariantParams, variants } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
+import { flatLoad, flatTexel, flatTexture } from "../engine/flat.ts";
 import { ACT_WGSL, type Activation } from "./matmul.ts"; // a cycle: read only when a kernel is built
 
 /** A texture-operand kernel configuration: TM × TN outputs per invocation, WG invocations per workgroup. */
@@ -217,9 +218,7 @@ ${
     v.vec
       ? `    if (4u * x < p.rowLen) {
       let j = (base + 4u * x) / 4u;
-      v = ${
-        v.tex ? `textureLoad(S, vec2u(j & ${FLAT_WIDTH - 1}u, j >> ${Math.log2(FLAT_WIDTH)}u), 0)` : "src[j]"
-      };
+      v = ${v.tex ? flatTexel("S", "j") : "src[j]"};
     }`
       : `    for (var c = 0u; c < 4u; c++) {
       let j = base + 4u * x + c;
@@ -353,33 +352,6 @@ function fillBands(
     z.dispose();
   }
 }
-
-/** Texels per row of {@linkcode flatTexture} (4 096 floats). */
-export const FLAT_WIDTH = 1024;
-
-/**
- * `src` (its size a multiple of 4) as a flat texture for `role`: element i in component i % 4 of texel
- * ((i / 4) % FLAT_WIDTH, i / (4 · FLAT_WIDTH)), filled by copies (whole rows, then the partial last row; no
- * kernel). The height is rounded up to a power of two so that few sizes recur in the engine's texture
- * cache. Null where the tensor would not fit the adapter's texture size.
- */
-export function flatTexture(e: Engine, role: string, src: Tensor): EngineTexture | null {
-  if (src.size % 4 !== 0 || src.size === 0) return null;
-  const rowLen = FLAT_WIDTH * 4;
-  const full = Math.floor(src.size / rowLen), tail = (src.size - full * rowLen) / 4;
-  const height = 2 ** Math.ceil(Math.log2(full + (tail ? 1 : 0)));
-  if (height > e.limits.maxTextureDimension2D) return null;
-  const t = e.texture(role, FLAT_WIDTH, height);
-  if (full) e.copyToTexture(src, t, 0, full);
-  if (tail) e.copyRowToTexture(src, t, full * rowLen, full, tail);
-  return t;
-}
-
-/** WGSL: element `i` of a {@linkcode flatTexture} bound as `T`. */
-export const flatLoad = (T: string, i: string) =>
-  `textureLoad(${T}, vec2u((${i} >> 2u) & ${FLAT_WIDTH - 1}u, ${i} >> ${
-    Math.log2(FLAT_WIDTH) + 2
-  }u), 0)[${i} & 3u]`;
 
 /**
  * C = act(A·op(B) + bias) with the `tex` kernel `c` for `nb` products: A (nbA × m × k, nbA 1 or nb: shared

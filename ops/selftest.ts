@@ -465,6 +465,22 @@ function elementwiseCases(quick: boolean): Case[] {
       },
     });
   }
+  // Same shapes from 2¹⁶ elements: operands read through flat textures on software adapters (vec4, storage
+  // reads elsewhere).
+  for (const op of BINARY) {
+    cases.push({
+      family: "elementwise",
+      op,
+      variant: "large",
+      shape: "[2,16,48,48] ∘ same (textures on software adapters)",
+      run: (e, c) => {
+        const shape = [2, 16, 48, 48], n = prod(shape);
+        const a = rnd(n, 17, -4, 4), b = op === "div" ? rnd(n, 18, 0.5, 3) : rnd(n, 18, -4, 4);
+        const y = binary(op, e.tensor(a, shape), e.tensor(b, shape));
+        c.close(`${op} [2,16,48,48]`, c.read(y), bin(op, a, b), TOL.elementwise);
+      },
+    });
+  }
   const fns = { add, sub, mul, div };
   for (const op of ["add", "sub", "mul", "div"] as const) {
     cases.push({

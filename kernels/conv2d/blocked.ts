@@ -46,7 +46,8 @@ import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward } from "../matmul.ts";
-import { fillTexture, flatLoad, flatTexture } from "../matmul_tex.ts";
+import { flatLoad, flatTexture } from "../../engine/flat.ts";
+import { fillTexture } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,

@@ -7,7 +7,10 @@ import {
   type UnaryOp,
 } from "../../kernels/elementwise.ts";
 import { add, div, mul, sub } from "../../ops/elementwise.ts";
-import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+import { sum } from "../../ops/reduce.ts";
+import { requiresGrad, Tape } from "../../engine/autograd.ts";
+import { TEXTURE_READS_MIN } from "../../engine/flat.ts";
+import { assertClose, assertEquals, assertThrows, dispatched, gpuTest, rand, TOL } from "../helpers.ts";
 
 const UNARY: UnaryOp[] = ["relu", "sigmoid", "exp", "log", "sqrt", "neg", "abs", "tanh"];
 const BINARY: BinaryOp[] = ["add", "sub", "mul", "div", "maximum", "minimum"];
@@ -108,6 +111,55 @@ gpuTest("the vec4 kernels (sizes a multiple of 4) are bit-identical to the scala
   }
   for (const v of tensors.values()) v.dispose();
 });
+
+gpuTest(
+  "same-shape binary ops from 2¹⁶ elements read flat textures on software adapters, bit for bit",
+  async (e) => {
+    // n = 2¹⁶ + 4 goes through textures (vec4) on llvmpipe; n + 1 through the scalar storage kernel; the
+    // first n results are the same bits. Below TEXTURE_READS_MIN, storage.
+    const n = TEXTURE_READS_MIN + 4;
+    const [x, z] = [rand(n + 1, 7, -30, 30), rand(n + 1, 8, 0.01, 50)];
+    const [x4, z4, x1, z1] = [
+      e.tensor(x.subarray(0, n), [n]),
+      e.tensor(z.subarray(0, n), [n]),
+      e.tensor(x, [n + 1]),
+      e.tensor(z, [n + 1]),
+    ];
+    const ops: BinaryOp[] = [...BINARY, "relu_grad", "sigmoid_grad", "tanh_grad", "sign_mul"];
+    for (const op of ops) {
+      const names = dispatched(e, () => void binary(op, x4, z4));
+      assertEquals(
+        names.some((k) => k.startsWith("binary") && k.endsWith("_tex")),
+        e.adapterInfo.software,
+        `${op}: ${names}`,
+      );
+      const [v, s] = [await binary(op, x4, z4).toArray(), await binary(op, x1, z1).toArray()];
+      // The first differing element, if any (a diff of 65 540 floats would take minutes to print).
+      const [vb, sb] = [new Uint32Array(v.buffer), new Uint32Array(s.buffer)];
+      const at = vb.findIndex((b, i) => b !== sb[i]);
+      assertEquals(at === -1 ? null : [at, v[at], s[at]], null, `binary ${op}: first difference`);
+    }
+    const small = [e.tensor(x.subarray(0, 1024), [1024]), e.tensor(z.subarray(0, 1024), [1024])];
+    assertEquals(
+      dispatched(e, () => void binary("add", small[0], small[1])).some((k) => k.endsWith("_tex")),
+      false,
+    );
+    // The tape's sum of the gradients of a tensor used three times (x·x + 3·x): dx = x + x + 3.
+    const xs = requiresGrad(e.tensor(x.subarray(0, n), [n]));
+    const f = () => sum(add(mul(xs, xs), mul(xs, 3)));
+    const names = dispatched(e, () => {
+      const t = new Tape();
+      t.backward(t.record(f));
+    });
+    assertEquals(names.includes("grad_add_vec_tex"), e.adapterInfo.software, `${names}`);
+    const tape = new Tape();
+    const g = tape.backward(tape.record(f)).get(xs)!;
+    const want = Float32Array.from(x.subarray(0, n), (v) => 2 * v + 3);
+    assertClose(await g.toArray(), want, TOL.elementwise, "d(x·x + 3x)/dx");
+    tape.dispose();
+    for (const t of [x4, z4, x1, z1, xs, ...small]) t.dispose();
+  },
+);
 
 gpuTest("mismatched shapes throw a RangeError naming the op and both shapes", (e) => {
   const a = e.tensor(new Float32Array(6), [2, 3]);
