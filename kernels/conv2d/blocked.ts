@@ -417,6 +417,28 @@ const BLOCK_TEXEL = `fn blockTexel(i: u32) -> vec2u { return vec2u(i & ${BLOCK_W
   Math.log2(BLOCK_WIDTH)
 }u); }`;
 
+// The scatter kernels' side of the block layout: the texel index of the vec4 holding (m, c0 … c0 + 3) of
+// GEMM z (a split of the weight gradient; 0 for the forward) in a grid of gx × gy workgroups of TM × TN
+// blocks (TM, TN as shifts), lanes along columns (`cols`) or rows.
+const BLOCK_AT = `${BLOCK_TEXEL}
+fn blockAt(m: u32, c0: u32, z: u32, gx: u32, gy: u32, tmShift: u32, tnShift: u32, cols: bool) -> u32 {
+  let bm = m >> tmShift;
+  let bc = c0 >> tnShift;
+  // (workgroup x, workgroup y, lane) of the block holding (m, c0).
+  var wx = bc / ${RWG}u;
+  var wy = bm;
+  var lane = bc % ${RWG}u;
+  if (!cols) {
+    wx = bc;
+    wy = bm / ${RWG}u;
+    lane = bm % ${RWG}u;
+  }
+  let tm = 1u << tmShift;
+  let tn = 1u << tnShift;
+  let blk = ((z * gy + wy) * gx + wx) * ${RWG}u + lane;
+  return ((blk * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u;
+}`;
+
 /**
  * The blocks texture for `floats` values (BLOCK_WIDTH texels a row, the height rounded up to a power of two
  * so that few sizes recur in the texture cache), or null where it would exceed the adapter's texture size.
@@ -540,25 +562,12 @@ const texOutKernel = variants("conv2d_blocked_tex_out", (v: { resTex: boolean })
   },
   workgroupSize: [WG],
   body: wgsl`
-${BLOCK_TEXEL}
+${BLOCK_AT}
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let m = g.y;
   let c0 = g.x * 4u;
   if (c0 >= p.N || m >= p.M) { return; }
-  let bm = m >> p.tmShift;
-  let bc = c0 >> p.tnShift;
-  // (workgroup x, workgroup y, lane) of the block holding (m, c0).
-  var wx = bc / ${RWG}u;
-  var wy = bm;
-  var lane = bc % ${RWG}u;
-  if (p.cols == 0u) {
-    wx = bc;
-    wy = bm / ${RWG}u;
-    lane = bm % ${RWG}u;
-  }
-  let tm = 1u << p.tmShift;
-  let tn = 1u << p.tnShift;
-  let b = ((((wy * p.gx + wx) * ${RWG}u + lane) * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u;
+  let b = blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u);
   let v4 = textureLoad(blk, blockTexel(b), 0);
   var bi = 0.0;
   if (p.hasBias != 0u) { bi = bias[m]; }
@@ -784,26 +793,13 @@ const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
   },
   workgroupSize: [WG],
   body: `
-${BLOCK_TEXEL}
+${BLOCK_AT}
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let m = g.y;
   let gq = g.x;
   if (gq >= p.nq || m >= p.M) { return; }
   let c0 = gq * 4u;
-  let bm = m >> p.tmShift;
-  let bc = c0 >> p.tnShift;
-  var wx = bc / ${RWG}u;
-  var wy = bm;
-  var lane = bc % ${RWG}u;
-  if (p.cols == 0u) {
-    wx = bc;
-    wy = bm / ${RWG}u;
-    lane = bm % ${RWG}u;
-  }
-  let tm = 1u << p.tmShift;
-  let tn = 1u << p.tnShift;
-  let blkIdx = ((g.z * p.gy + wy) * p.gx + wx) * ${RWG}u + lane;
-  let v4 = textureLoad(blk, blockTexel(((blkIdx * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u), 0);
+  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, g.z, p.gx, p.gy, p.tmShift, p.tnShift, p.cols != 0u)), 0);
   let tap = gq / p.c4q;
   let ci0 = (gq % p.c4q) * 4u;
   let o = ((g.z * p.M + m) * p.cin + ci0) * p.kk + tap;
