@@ -30,9 +30,9 @@
  * The elementwise passes (`batchnorm.apply`: y from x; `batchnorm.dx`: dx) have a `scalar` variant (one
  * value per invocation, the default on GPUs), a `vec4` one (four values of one channel per invocation,
  * where H·W and the binding offsets are multiples of 4, else scalar; bitwise the same results) and a `tex`
- * one (vec4 with x and dy read through textures and the per-channel values from one small texture, where
- * the tensor fits one binding; its tail shorter than a texture row as vec4; the same bits again; the
- * default on software adapters, 3–4× faster than vec4 there). All outputs and gradients are new tensors (overwrite); nothing accumulates
+ * one (vec4 with x and dy read through flat textures and the per-channel values from one small texture,
+ * where the tensor fits one binding and a texture; the same bits again; the default on software adapters,
+ * 3–4× faster than vec4 there). All outputs and gradients are new tensors (overwrite); nothing accumulates
  * (`+=`), except the running statistics, which are updated in place.
  *
  * A batch larger than one storage binding runs as several runs of whole samples (kernels/_ranges.ts): each
@@ -48,7 +48,7 @@ import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
 import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
-import { flatTexel, flatTexture } from "../engine/flat.ts";
+import { FLAT_WIDTH, flatTexel, flatTexture } from "../engine/flat.ts";
 
 /** Host-side state of one batch-norm layer: PyTorch's `num_batches_tracked`. */
 export interface BatchNormState {
@@ -360,8 +360,7 @@ const runningStatsKernel = single("batchnorm_running_stats", () => ({
 }`,
 }));
 
-// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements from
-// element `start` of the tensor (the channel of element i is ((start + i) / HW) % C).
+// y = (x − mean[c])·rstd[c]·γ[c] + β[c] (then max(·, 0) with `relu`), x, y: (n, C, HW), n elements of one run.
 // With `running` the second statistic is a variance and rstd = 1/√(var + eps) (fused eval path). With `vec4`
 // each invocation does four consecutive values of one channel (HW, n and off multiples of 4), with the same
 // operations in the same order per value: the results equal the scalar kernel's bit for bit.
@@ -374,18 +373,18 @@ const applyKernel = variants("batchnorm_apply", (p: { running: boolean; relu: bo
     { name: "beta", access: "read" },
     { name: "y", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
-  uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32", start: "u32" },
+  uniforms: { n: "u32", c: "u32", hw: "u32", eps: "f32", off: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
 #if ${p.vec4}
   if (i >= p.n / 4u) { return; }
-  let ch = ((p.start + 4u * i) / p.hw) % p.c;
+  let ch = (4u * i / p.hw) % p.c;
   let j = p.off / 4u + i;
 #else
   if (i >= p.n) { return; }
-  let ch = ((p.start + i) / p.hw) % p.c;
+  let ch = (i / p.hw) % p.c;
   let j = p.off + i;
 #endif
 #if ${p.running}
@@ -530,7 +529,7 @@ const backwardFinalizeKernel = single("batchnorm_backward_finalize", () => ({
 }`,
 }));
 
-// dx: (n, C, HW), n elements from element `start` (as applyKernel). Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
+// dx: (n, C, HW), n elements of one run. Training: dx = γ·rstd·(dy − (Σdy + x̂·Σdy·x̂)/M); eval: γ·rstd·dy.
 // With `vec4`, four consecutive values of one channel per invocation, bit for bit as the scalar kernel.
 const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boolean; vec4: boolean }) => ({
   bindings: [
@@ -543,18 +542,18 @@ const backwardInputKernel = variants("batchnorm_backward_input", (p: { eval: boo
     { name: "dbias", access: "read" },
     { name: "dx", access: "read_write", type: p.vec4 ? "vec4<f32>" : "f32" },
   ],
-  uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32", start: "u32" },
+  uniforms: { n: "u32", c: "u32", hw: "u32", m: "u32", off: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
 #if ${p.vec4}
   if (i >= p.n / 4u) { return; }
-  let ch = ((p.start + 4u * i) / p.hw) % p.c;
+  let ch = (4u * i / p.hw) % p.c;
   let j = p.off / 4u + i;
 #else
   if (i >= p.n) { return; }
-  let ch = ((p.start + i) / p.hw) % p.c;
+  let ch = (i / p.hw) % p.c;
   let j = p.off + i;
 #endif
   let r = rstd[ch];
@@ -567,13 +566,12 @@ ${linearEntry(WG)} {
 }`,
 }));
 
-// The elementwise passes with x (and dy) read through textures (`tex`): rows of TEX_WIDTH texels copied
-// from the tensor (a copyBufferToTexture, no kernel), at most TEX_ROWS rows a chunk, and the per-channel
-// values packed into one texture, so that each invocation fetches two or three texels where the vec4 kernels
-// make five to seven storage loads — each a loop over the SIMD lanes on llvmpipe (Mesa 22's lp_bld_nir_soa)
-// where a texel fetch is one gather. The same operations in the same order: the same bits as vec4.
-const TEX_WIDTH = 1024;
-const TEX_ROWS = 256;
+// The elementwise passes with x (and dy) read through flat textures (`tex`; engine/flat.ts: the whole
+// tensor copied, no kernel) and the per-channel values packed into one texture, so that each invocation
+// fetches two or three texels where the vec4 kernels make five to seven storage loads — each a loop over the
+// SIMD lanes on llvmpipe (Mesa 22's lp_bld_nir_soa) where a texel fetch is one gather. The same operations
+// in the same order: the same bits as vec4. Invocation (x, y) of the dispatch takes texel (x, y), vec4
+// j = y · FLAT_WIDTH + x of the tensor.
 
 // Per-channel texels: row 0 = (mean, rstd or running variance, γ, β) for apply; for dx (mean, rstd, γ,
 // Σdy·x̂) and row 1 = (Σdy, 0, 0, 0). P: c × 2 texels
@@ -597,21 +595,20 @@ const channelTexKernel = single("batchnorm_channels_tex", () => ({
 }`,
 }));
 
-// applyKernel (vec4) with x from texture X (vec4 index base + y·width + x of the tensor) and the channel's
-// values from P; y: the chunk's range.
+// applyKernel (vec4) with x from flat texture X and the channel's values from P.
 const applyTexKernel = variants("batchnorm_apply_tex", (p: { running: boolean; relu: boolean }) => ({
   bindings: [
     { name: "X", access: "read", texture: "sampled" },
     { name: "P", access: "read", texture: "sampled" },
     { name: "y", access: "read_write", type: "vec4<f32>" },
   ],
-  uniforms: { c: "u32", hw: "u32", eps: "f32", base: "u32", rows: "u32" },
+  uniforms: { c: "u32", hw: "u32", eps: "f32", n4: "u32" },
   workgroupSize: [64],
   body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.y >= p.rows) { return; }
-  let j = gid.y * ${TEX_WIDTH}u + gid.x;
-  let ch = (4u * (p.base + j) / p.hw) % p.c;
+  let j = gid.y * ${FLAT_WIDTH}u + gid.x;
+  if (j >= p.n4) { return; }
+  let ch = (4u * j / p.hw) % p.c;
   let q = textureLoad(P, vec2u(ch, 0u), 0);
 #if ${p.running}
   let inv = 1.0 / sqrt(q.y + p.eps);
@@ -627,7 +624,7 @@ const applyTexKernel = variants("batchnorm_apply_tex", (p: { running: boolean; r
 }`,
 }));
 
-// backwardInputKernel (vec4) with dy and x from textures DY and X and the channel's values from P.
+// backwardInputKernel (vec4) with dy and x from flat textures DY and X and the channel's values from P.
 const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { eval: boolean }) => ({
   bindings: [
     { name: "DY", access: "read", texture: "sampled" },
@@ -635,13 +632,13 @@ const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { ev
     { name: "P", access: "read", texture: "sampled" },
     { name: "dx", access: "read_write", type: "vec4<f32>" },
   ],
-  uniforms: { c: "u32", hw: "u32", m: "u32", base: "u32", rows: "u32" },
+  uniforms: { c: "u32", hw: "u32", m: "u32", n4: "u32" },
   workgroupSize: [64],
   body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
-  if (gid.y >= p.rows) { return; }
-  let j = gid.y * ${TEX_WIDTH}u + gid.x;
-  let ch = (4u * (p.base + j) / p.hw) % p.c;
+  let j = gid.y * ${FLAT_WIDTH}u + gid.x;
+  if (j >= p.n4) { return; }
+  let ch = (4u * j / p.hw) % p.c;
   let q = textureLoad(P, vec2u(ch, 0u), 0);
   let r = q.y;
 #if ${p.eval}
@@ -655,21 +652,22 @@ const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { ev
 }));
 
 /**
- * Run an elementwise pass through textures: the per-channel texture from `channels` (five (C) tensors;
- * placeholders where unused), then per chunk of whole texture rows a copy of each of `inputs` and one
- * dispatch of `run(textures, out range, base vec4, rows)`. Returns the first element not covered (the
- * tail shorter than one row, which the vec4 kernel takes), or 0 when nothing was.
+ * Run an elementwise pass through textures where `inputs` fit flat textures: the per-channel texture from
+ * `channels` (five (C) tensors; placeholders where unused), then one dispatch of `run(textures, P,
+ * workgroups)` over the whole tensor. False (nothing run) where a texture would exceed the adapter's size.
  */
 function runTex(
-  inputs: Tensor[],
-  out: Tensor,
+  inputs: [string, Tensor][],
   channels: Tensor[],
-  run: (textures: EngineTexture[], P: EngineTexture, y: TensorRange, base: number, rows: number) => void,
-): number {
-  const e = out.engine;
-  const rowLen = TEX_WIDTH * 4;
-  const full = Math.floor(out.size / rowLen);
-  if (full === 0) return 0;
+  run: (textures: EngineTexture[], P: EngineTexture, workgroups: [number, number, number]) => void,
+): boolean {
+  const e = channels[0].engine;
+  const ts: EngineTexture[] = [];
+  for (const [role, t] of inputs) {
+    const T = flatTexture(e, role, t);
+    if (!T) return false;
+    ts.push(T);
+  }
   const c = channels[0].size;
   const P = e.texture("batchnorm.P", c, 2);
   e.run(channelTexKernel(), {
@@ -678,13 +676,8 @@ function runTex(
     workgroups: grid(c, 64),
     info: `[${c}] → ${c}×2 texels`,
   });
-  const ts = inputs.map((_, k) => e.texture(`batchnorm.${k}`, TEX_WIDTH, TEX_ROWS));
-  for (let r0 = 0; r0 < full; r0 += TEX_ROWS) {
-    const rows = Math.min(TEX_ROWS, full - r0), start = r0 * rowLen;
-    inputs.forEach((t, k) => e.copyToTexture(t, ts[k], start, rows));
-    run(ts, P, { tensor: out, offset: start, size: rows * rowLen }, start / 4, rows);
-  }
-  return full * rowLen;
+  run(ts, P, [FLAT_WIDTH / 64, Math.ceil(inputs[0][1].size / 4 / FLAT_WIDTH), 1]);
+  return true;
 }
 
 // ---------------------------------------------------------------- variants
@@ -717,7 +710,7 @@ const SERIAL_DEFAULT = 2048;
 
 /**
  * An elementwise pass: one value per invocation, four of one channel (`vec4`), or four read through
- * textures (`tex`; vec4 for a tail shorter than one texture row, and where H·W % 4 ≠ 0 scalar).
+ * flat textures (`tex`; where H·W % 4 ≠ 0 scalar, and vec4 where the tensor exceeds a binding or a texture).
  */
 interface Elementwise {
   elementwise: "scalar" | "vec4" | "tex";
@@ -857,8 +850,8 @@ function checkChannels(op: string, x: Tensor, what: string, t: Tensor | undefine
 
 /**
  * y = normalise(x) with `ch` = (mean, rstd or running variance, γ, β): through textures for `tex` where the
- * tensor is one binding and H·W % 4 = 0 (its tail shorter than a texture row as vec4), else per run of
- * samples with the vec4 or scalar kernel.
+ * tensor is one binding and a texture and H·W % 4 = 0, else per run of samples with the vec4 or scalar
+ * kernel.
  */
 function runApply(
   op: string,
@@ -871,29 +864,26 @@ function runApply(
   const [, c, h, w] = x.shape;
   const hw = h * w;
   const { runs, sample } = sampleRuns(op, x);
-  let done = 0;
-  if (o.elementwise === "tex" && runs.length === 1 && hw % 4 === 0) {
-    done = runTex(
-      [x],
-      y,
+  const tex = o.elementwise === "tex" && runs.length === 1 && hw % 4 === 0 &&
+    runTex(
+      [["batchnorm.x", x]],
       [...ch, e.placeholder()],
-      ([X], P, yr, base, rows) =>
+      ([X], P, workgroups) =>
         e.run(applyTexKernel({ running: o.running, relu: o.relu }), {
-          bindings: [X, P, yr],
-          uniforms: { c, hw, eps: o.eps, base, rows },
-          workgroups: [TEX_WIDTH / 64, rows, 1],
-          info: `[${x.shape}] @${4 * base}, ${rows} rows`,
+          bindings: [X, P, y],
+          uniforms: { c, hw, eps: o.eps, n4: x.size / 4 },
+          workgroups,
+          info: `[${x.shape}] textures`,
         }),
     );
-  }
+  if (tex) return;
   for (const r of runs) {
-    const start = Math.max(r.start * sample, done), size = (r.start + r.count) * sample - start;
-    if (size <= 0) continue;
+    const start = r.start * sample, size = r.count * sample;
     const bx = bindElements(x, start, size), by = bindElements(y, start, size);
-    const v4 = o.elementwise !== "scalar" && vec4Fits(hw, bx.off, by.off, start);
+    const v4 = o.elementwise !== "scalar" && vec4Fits(hw, bx.off, by.off);
     e.run(applyKernel({ running: o.running, relu: o.relu, vec4: v4 }), {
       bindings: [bx.binding, ...ch, by.binding],
-      uniforms: { n: size, c, hw, eps: o.eps, off: bx.off, start },
+      uniforms: { n: size, c, hw, eps: o.eps, off: bx.off },
       workgroups: grid(v4 ? size / 4 : size, WG),
       info: `[${x.shape}] @${start}+${size}`,
     });
@@ -1186,27 +1176,24 @@ export function batchNorm2dBackwardInput(
   if (m === 0) return dx;
   const elementwise = elementwiseOf(e, "batchnorm.dx", x.shape);
   const { runs, sample } = sampleRuns(op, x);
-  let done = 0;
-  if (elementwise === "tex" && runs.length === 1 && hw % 4 === 0) {
-    const ch = [saved.mean, saved.rstd, saved.weight, saved.dweight, saved.dbias];
-    done = runTex(
-      [dy, x],
-      dx,
+  const ch = [saved.mean, saved.rstd, saved.weight, saved.dweight, saved.dbias];
+  const tex = elementwise === "tex" && runs.length === 1 && hw % 4 === 0 &&
+    runTex(
+      [["batchnorm.dy", dy], ["batchnorm.x", x]],
       ch,
-      ([DY, X], P, dxr, base, rows) =>
+      ([DY, X], P, workgroups) =>
         e.run(backwardInputTexKernel({ eval: !saved.training }), {
-          bindings: [DY, X, P, dxr],
-          uniforms: { c, hw, m, base, rows },
-          workgroups: [TEX_WIDTH / 64, rows, 1],
-          info: `[${x.shape}] @${4 * base}, ${rows} rows`,
+          bindings: [DY, X, P, dx],
+          uniforms: { c, hw, m, n4: x.size / 4 },
+          workgroups,
+          info: `[${x.shape}] textures`,
         }),
     );
-  }
+  if (tex) return dx;
   for (const r of runs) {
-    const start = Math.max(r.start * sample, done), size = (r.start + r.count) * sample - start;
-    if (size <= 0) continue;
+    const start = r.start * sample, size = r.count * sample;
     const [bdy, bx, bdx] = [dy, x, dx].map((t) => bindElements(t, start, size));
-    const v4 = elementwise !== "scalar" && vec4Fits(hw, bdy.off, bx.off, bdx.off, start);
+    const v4 = elementwise !== "scalar" && vec4Fits(hw, bdy.off, bx.off, bdx.off);
     e.run(backwardInputKernel({ eval: !saved.training, vec4: v4 }), {
       bindings: [
         bdy.binding,
@@ -1218,7 +1205,7 @@ export function batchNorm2dBackwardInput(
         saved.dbias,
         bdx.binding,
       ],
-      uniforms: { n: size, c, hw, m, off: bx.off, start },
+      uniforms: { n: size, c, hw, m, off: bx.off },
       workgroups: grid(v4 ? size / 4 : size, WG),
       info: `[${x.shape}] @${start}+${size}`,
     });

@@ -345,9 +345,9 @@ function firstBitDifference(a: Float32Array, b: Float32Array): number {
 gpuTest(
   "the vec4 and texture normalise and input-gradient kernels equal the scalar ones bit for bit",
   async (e) => {
-    // Scalar where H·W % 4 ≠ 0. Textures hold rows of 4 096 values, 256 rows a chunk: [3,17,12,20] is two
-    // rows and a tail of 4 048 values, [2,65,96,96] two chunks (292 rows) and a tail of 512, [2,3,112,112]
-    // 18 rows and a tail of 1 536; the smaller shapes are tails only.
+    // Scalar where H·W % 4 ≠ 0. Flat textures hold rows of 4 096 values: [3,17,12,20] is two rows and a
+    // partial one of 4 048 values, [2,65,96,96] 292 rows and 512 values, [2,3,112,112] 18 rows and 1 536;
+    // the smaller shapes are partial rows only (the dispatch's last row of invocations is partly idle).
     for (
       const shape of [...VEC_SHAPES, [2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2], [3, 17, 12, 20], [
         2,
