@@ -18,7 +18,7 @@
  */
 import { grid, type TensorRange } from "./engine.ts";
 import { variants } from "./kernel.ts";
-import { flatTexel, texturePair } from "./flat.ts";
+import { flatTexel, textureReads } from "./flat.ts";
 import { checkNumerics, noteOutput } from "./numerics.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -310,7 +310,7 @@ function addOwned(a: Tensor, b: Tensor): Tensor {
   const per = Math.floor(e.maxBinding / 4 / align) * align;
   const whole = n <= per;
   const vec = n % 4 === 0; // range starts are multiples of the offset alignment
-  const tex = texturePair(e, a, b, vec && whole, "grad");
+  const tex = textureReads(e, "grad", [a, b], vec && whole);
   if (tex) {
     e.run(gradAddKernel({ vec: true, tex: true }), {
       bindings: [...tex, y],

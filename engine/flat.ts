@@ -41,18 +41,27 @@ export const flatLoad = (T: string, i: string) =>
 export const flatTexel = (T: string, i: string) =>
   `textureLoad(${T}, vec2u((${i}) & ${FLAT_WIDTH - 1}u, (${i}) >> ${Math.log2(FLAT_WIDTH)}u), 0)`;
 
-/** Elements from which an elementwise kernel reads two same-shape operands through flat textures on software adapters. */
+/** Elements from which an elementwise kernel reads its same-shape operands through flat textures. */
 export const TEXTURE_READS_MIN = 1 << 16;
 
 /**
- * Flat textures of `a` and `b` for `role` where `ok` (same shapes, vec4, one binding each), the adapter is
- * a software one (a storage load there is a loop over the SIMD lanes, a texel fetch one gather: the copies
- * and fetches cost ~1/3 of the loads) and the tensors have at least {@linkcode TEXTURE_READS_MIN} elements;
- * else null.
+ * Flat textures of `tensors` (roles `${role}.0`, `${role}.1`, …) where `ok` (same shapes, vec4, one binding
+ * each), the adapter is a software one (a storage load there is a loop over the SIMD lanes, a texel fetch one
+ * gather: the copies and fetches cost ~1/3 of the loads) and the tensors have at least
+ * {@linkcode TEXTURE_READS_MIN} elements; else null.
  */
-export function texturePair(e: Engine, a: Tensor, b: Tensor, ok: boolean, role: string) {
-  if (!ok || !e.adapterInfo.software || a.size < TEXTURE_READS_MIN) return null;
-  const A = flatTexture(e, `${role}.a`, a);
-  const B = A ? flatTexture(e, `${role}.b`, b) : null;
-  return A && B ? [A, B] as const : null;
+export function textureReads(
+  e: Engine,
+  role: string,
+  tensors: Tensor[],
+  ok: boolean,
+): EngineTexture[] | null {
+  if (!ok || !e.adapterInfo.software || tensors.some((t) => t.size < TEXTURE_READS_MIN)) return null;
+  const out: EngineTexture[] = [];
+  for (const [k, t] of tensors.entries()) {
+    const T = flatTexture(e, `${role}.${k}`, t);
+    if (!T) return null;
+    out.push(T);
+  }
+  return out;
 }

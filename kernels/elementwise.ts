@@ -13,7 +13,7 @@
 import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { flatTexel, texturePair } from "../engine/flat.ts";
+import { flatTexel, textureReads } from "../engine/flat.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "./_wgsl.ts";
 
 /** Unary op names. */
@@ -111,30 +111,32 @@ function perElement(
 /** Whether `n` elements can go as vec4s (n % 4 == 0; range starts are multiples of the offset alignment). */
 const canVec = (n: number) => n % 4 === 0;
 
-// y[i] = f(x[i])   x, y: [n] (vec4s with `vec`)
-const unaryKernel = variants("unary", (p: { op: UnaryOp; vec: boolean }) => ({
-  bindings: [{ name: "x", access: "read", type: elem(p.vec) }, {
-    name: "y",
-    access: "read_write",
-    type: elem(p.vec),
-  }],
+// y[i] = f(x[i])   x, y: [n] (vec4s with `vec`; with `tex` x read from flat texture X, engine/flat.ts)
+const unaryKernel = variants("unary", (p: { op: UnaryOp; vec: boolean; tex?: boolean }) => ({
+  bindings: [
+    p.tex
+      ? { name: "X", access: "read", texture: "sampled" }
+      : { name: "x", access: "read", type: elem(p.vec) },
+    { name: "y", access: "read_write", type: elem(p.vec) },
+  ] as const,
   uniforms: { n: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-  ${perElement(p.vec, UNARY_WGSL[p.op], { u: null, v: ["x[i]", true] })}
+  ${perElement(p.vec, UNARY_WGSL[p.op], { u: null, v: [p.tex ? flatTexel("X", "i") : "x[i]", true] })}
 }`,
 }));
 
-// y[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)   a, y: [n] (vec4s with `vec`)
-const scalarKernel = variants("scalar", (p: { op: BinaryOp; rev: boolean; vec: boolean }) => ({
-  bindings: [{ name: "a", access: "read", type: elem(p.vec) }, {
-    name: "y",
-    access: "read_write",
-    type: elem(p.vec),
-  }],
+// y[i] = a[i] ∘ s  (or s ∘ a[i] when reversed)   a, y: [n] (vec4s with `vec`; `tex` as unaryKernel's)
+const scalarKernel = variants("scalar", (p: { op: BinaryOp; rev: boolean; vec: boolean; tex?: boolean }) => ({
+  bindings: [
+    p.tex
+      ? { name: "A", access: "read", texture: "sampled" }
+      : { name: "a", access: "read", type: elem(p.vec) },
+    { name: "y", access: "read_write", type: elem(p.vec) },
+  ] as const,
   uniforms: { n: "u32", s: "f32" },
   workgroupSize: [WG],
   body: wgsl`
@@ -145,7 +147,9 @@ ${linearEntry(WG)} {
     perElement(
       p.vec,
       BINARY_WGSL[p.op],
-      p.rev ? { u: ["p.s", false], v: ["a[i]", true] } : { u: ["a[i]", true], v: ["p.s", false] },
+      p.rev
+        ? { u: ["p.s", false], v: [p.tex ? flatTexel("A", "i") : "a[i]", true] }
+        : { u: [p.tex ? flatTexel("A", "i") : "a[i]", true], v: ["p.s", false] },
     )
   }
 }`,
@@ -287,6 +291,16 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   const y = e.empty(x.shape, op);
   const parts = chunks(e, x.size);
   const vec = canVec(x.size);
+  const tex = textureReads(e, "unary", [x], vec && parts.length === 1);
+  if (tex) {
+    e.run(unaryKernel({ op, vec: true, tex: true }), {
+      bindings: [tex[0], y],
+      uniforms: { n: x.size / 4 },
+      workgroups: grid(x.size / 4, WG),
+      info: `[${x.shape}] textures`,
+    });
+    return y;
+  }
   const k = unaryKernel({ op, vec });
   for (const [s, c] of parts) {
     if (c === 0) continue;
@@ -348,6 +362,16 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
     const y = e.empty(a.shape, op);
     const parts = chunks(e, a.size);
     const vec = canVec(a.size);
+    const tex = textureReads(e, "scalar", [a], vec && parts.length === 1);
+    if (tex) {
+      e.run(scalarKernel({ op, rev: reversed, vec: true, tex: true }), {
+        bindings: [tex[0], y],
+        uniforms: { n: a.size / 4, s: b },
+        workgroups: grid(a.size / 4, WG),
+        info: `[${a.shape}] ${op} ${b} textures`,
+      });
+      return y;
+    }
     const k = scalarKernel({ op, rev: reversed, vec });
     for (const [s, c] of parts) {
       if (c === 0) continue;
@@ -381,7 +405,7 @@ export function binary(op: BinaryOp, a: Tensor, b: Tensor | number, reversed = f
   const sa = broadcastStrides(a.shape, shape);
   const sb = broadcastStrides(b.shape, shape);
   const whole = parts.length === 1;
-  const tex = texturePair(e, a, b, vec && whole, "binary");
+  const tex = textureReads(e, "binary", [a, b], vec && whole);
   if (tex) {
     e.run(binaryKernel({ op, bcast: false, vec: true, tex: true }), {
       bindings: [...tex, y],

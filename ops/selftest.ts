@@ -481,6 +481,23 @@ function elementwiseCases(quick: boolean): Case[] {
       },
     });
   }
+  for (const op of UNARY) {
+    cases.push({
+      family: "elementwise",
+      op,
+      variant: "large",
+      shape: "[2,16,48,48] (textures on software adapters)",
+      run: (e, c) => {
+        const shape = [2, 16, 48, 48], x = unaryInput(op, prod(shape), 19);
+        c.close(
+          `${op} [2,16,48,48]`,
+          c.read(unary(op, e.tensor(x, shape))),
+          unaryCpu(op, x),
+          TOL.elementwise,
+        );
+      },
+    });
+  }
   const fns = { add, sub, mul, div };
   for (const op of ["add", "sub", "mul", "div"] as const) {
     cases.push({

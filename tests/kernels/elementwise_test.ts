@@ -113,7 +113,7 @@ gpuTest("the vec4 kernels (sizes a multiple of 4) are bit-identical to the scala
 });
 
 gpuTest(
-  "same-shape binary ops from 2¹⁶ elements read flat textures on software adapters, bit for bit",
+  "elementwise ops from 2¹⁶ elements read flat textures on software adapters, bit for bit",
   async (e) => {
     // n = 2¹⁶ + 4 goes through textures (vec4) on llvmpipe; n + 1 through the scalar storage kernel; the
     // first n results are the same bits. Below TEXTURE_READS_MIN, storage.
@@ -125,19 +125,34 @@ gpuTest(
       e.tensor(x, [n + 1]),
       e.tensor(z, [n + 1]),
     ];
+    // Each form: the kernel family it dispatches, and f(first n) against f(n + 1) for the first n.
+    const forms: [string, string, (four: boolean) => ReturnType<typeof unary>][] = [];
     const ops: BinaryOp[] = [...BINARY, "relu_grad", "sigmoid_grad", "tanh_grad", "sign_mul"];
     for (const op of ops) {
-      const names = dispatched(e, () => void binary(op, x4, z4));
+      forms.push([`binary ${op}`, "binary", (four) => binary(op, four ? x4 : x1, four ? z4 : z1)]);
+      forms.push([`${op} 0.75`, "scalar", (four) => binary(op, four ? x4 : x1, 0.75)]);
+      forms.push([`-1.5 ${op}`, "scalar", (four) => binary(op, four ? z4 : z1, -1.5, true)]);
+    }
+    for (const op of UNARY) {
+      const positive = op === "log" || op === "sqrt";
+      forms.push([
+        `unary ${op}`,
+        "unary",
+        (four) => unary(op, four ? (positive ? z4 : x4) : (positive ? z1 : x1)),
+      ]);
+    }
+    for (const [what, family, f] of forms) {
+      const names = dispatched(e, () => void f(true));
       assertEquals(
-        names.some((k) => k.startsWith("binary") && k.endsWith("_tex")),
+        names.some((k) => k.startsWith(family) && k.endsWith("_tex")),
         e.adapterInfo.software,
-        `${op}: ${names}`,
+        `${what}: ${names}`,
       );
-      const [v, s] = [await binary(op, x4, z4).toArray(), await binary(op, x1, z1).toArray()];
+      const [v, s] = [await f(true).toArray(), await f(false).toArray()];
       // The first differing element, if any (a diff of 65 540 floats would take minutes to print).
       const [vb, sb] = [new Uint32Array(v.buffer), new Uint32Array(s.buffer)];
       const at = vb.findIndex((b, i) => b !== sb[i]);
-      assertEquals(at === -1 ? null : [at, v[at], s[at]], null, `binary ${op}: first difference`);
+      assertEquals(at === -1 ? null : [at, v[at], s[at]], null, `${what}: first difference`);
     }
     const small = [e.tensor(x.subarray(0, 1024), [1024]), e.tensor(z.subarray(0, 1024), [1024])];
     assertEquals(
