@@ -29,6 +29,7 @@ import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import { matmulTex, TEX_TILES, texCannot, type TexConfig, texLayout } from "./matmul_tex.ts";
+import { flatLoad, textureReads } from "../engine/flat.ts";
 import { chosenVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
@@ -630,6 +631,30 @@ var<workgroup> tile: array<f32, 272>; // 16 × 17 (padded)
 }`,
 }));
 
+// The same with x read from a flat texture (engine/flat.ts) and no workgroup memory: one invocation per
+// vec4 of y (4 values of one y row, x's column), R a multiple of 4. y: [batch, c, r] as vec4.
+const transposeTexKernel = single("transpose_tex", () => ({
+  bindings: [
+    { name: "X", access: "read", texture: "sampled" },
+    { name: "y", access: "read_write", type: "vec4<f32>" },
+  ] as const,
+  uniforms: { r: "u32", c: "u32" },
+  workgroupSize: [64],
+  body: `
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let q = g.x;
+  let oi = g.y;
+  if (4u * q >= p.r || oi >= p.c) { return; }
+  let base = g.z * p.r * p.c;
+  var v = vec4f(0.0);
+  for (var s = 0u; s < 4u; s++) {
+    let i = base + (4u * q + s) * p.c + oi;
+    v[s] = ${flatLoad("X", "i")};
+  }
+  y[(base + oi * p.r) / 4u + q] = v;
+}`,
+}));
+
 /** Batched transpose of the last two dimensions (materialised). */
 export function transpose(x: Tensor): Tensor {
   if (x.rank < 2) throw new TypeError(`Cannot transpose a tensor of shape [${x.shape}]: rank < 2`);
@@ -640,6 +665,17 @@ export function transpose(x: Tensor): Tensor {
   if (y.size === 0) return y;
   if (x.bytes > e.maxBinding) {
     throw new RangeError(`Cannot transpose [${x.shape}]: larger than one storage binding`);
+  }
+  const max = e.limits.maxComputeWorkgroupsPerDimension;
+  const tex = textureReads(e, "transpose", [x], r % 4 === 0 && c <= max && batch <= max);
+  if (tex) {
+    e.run(transposeTexKernel(), {
+      bindings: [tex[0], y],
+      uniforms: { r, c },
+      workgroups: [Math.ceil(r / 4 / 64), c, batch],
+      info: `[${x.shape}] textures`,
+    });
+    return y;
   }
   e.run(transposeKernel(), {
     bindings: [x, y],

@@ -283,6 +283,27 @@ gpuTest("transpose swaps the last two dimensions", async (e) => {
       for (let j = 0; j < 33; j++) assertEquals(y[b * 561 + j * 17 + i], x[b * 561 + i * 33 + j]);
     }
   }
+  // From 2¹⁶ elements with rows of a multiple of 4 (R = 68), x through a flat texture on software adapters
+  // (a texel row ends mid-matrix); R = 67 through workgroup memory. Exact either way.
+  for (const [r, c, tex] of [[68, 601, e.adapterInfo.software], [67, 601, false]] as const) {
+    const v = rand(2 * r * c, 6);
+    const t = e.tensor(v, [2, r, c]);
+    assertEquals(dispatched(e, () => void transpose(t)).includes("transpose_tex"), tex, `[2, ${r}, ${c}]`);
+    const got = await transpose(t).toArray();
+    let bad = -1;
+    for (let b = 0; b < 2 && bad < 0; b++) {
+      for (let i = 0; i < r && bad < 0; i++) {
+        for (let j = 0; j < c; j++) {
+          if (got[(b * c + j) * r + i] !== v[(b * r + i) * c + j]) {
+            bad = (b * c + j) * r + i;
+            break;
+          }
+        }
+      }
+    }
+    assertEquals(bad, -1, `[2, ${r}, ${c}]: first wrong element`);
+    t.dispose();
+  }
 });
 
 gpuTest("mismatched shapes throw errors that name the op and both shapes", (e) => {
