@@ -28,6 +28,7 @@ import {
   workgroupEntry,
 } from "./_wgsl.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
+import { flatLoad, textureReads } from "../engine/flat.ts";
 import type { Engine } from "../engine/engine.ts";
 import { alignElements, bindElements, bindingElements } from "./_ranges.ts";
 
@@ -87,8 +88,13 @@ ${workgroupEntry(WG)} {
 
 // Columns (inner > 1): thread (o, c, i) reduces x[xoff + (o·r + c·chunk ..)·inner + i] over its chunk into
 // y[o, c, i].
-const colKernel = variants("reduce_cols", (p: ReduceParams) => ({
-  bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
+// With `tex`, x is read from a flat texture of the whole tensor (engine/flat.ts; xoff then counts from its
+// first element).
+const colKernel = variants("reduce_cols", (p: ReduceParams & { tex?: boolean }) => ({
+  bindings: [
+    p.tex ? { name: "X", access: "read", texture: "sampled" } : { name: "x", access: "read" },
+    { name: "y", access: "read_write" },
+  ] as const,
   uniforms: { outer: "u32", r: "u32", inner: "u32", chunk: "u32", parts: "u32", scale: "f32", xoff: "u32" },
   workgroupSize: [WG],
   body: wgsl`
@@ -105,7 +111,7 @@ ${linearEntry(WG)} {
   var comp = 0.0;
   var idx = p.xoff + (o * p.r + start) * p.inner + j;
   for (var k = start; k < end; k++) {
-    let v = x[idx];
+    let v = ${p.tex ? flatLoad("X", "idx") : "x[idx]"};
     idx += p.inner;
 #if ${p.op === "max"}
     acc = max(acc, v);
@@ -202,9 +208,19 @@ function reduceRun(x: View, outer: number, r: number, inner: number, max: boolea
         info: `[${outer},${curR}]→[${outer},${parts}]`,
       });
     } else {
-      e.run(colKernel({ op: max ? "max" : "sum" }), {
-        bindings: [binding, out],
-        uniforms: { outer, r: curR, inner, chunk, parts, scale: last ? scale : 1, xoff: off },
+      // On software adapters from 2¹⁶ elements, the whole tensor through a flat texture.
+      const X = textureReads(e, "reduce", [cur ?? x.tensor], true)?.[0];
+      e.run(colKernel({ op: max ? "max" : "sum", ...(X ? { tex: true } : {}) }), {
+        bindings: [X ?? binding, out],
+        uniforms: {
+          outer,
+          r: curR,
+          inner,
+          chunk,
+          parts,
+          scale: last ? scale : 1,
+          xoff: X ? (cur ? 0 : x.offset) : off,
+        },
         workgroups: grid(outer * parts * inner, WG),
         info: `[${outer},${curR},${inner}]→[${outer},${parts},${inner}]`,
       });

@@ -1,6 +1,6 @@
 import { reduce, reduceCpu, type ReduceOp } from "../../kernels/reduce.ts";
 import { max, mean, sum } from "../../ops/reduce.ts";
-import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL } from "../helpers.ts";
+import { assertClose, assertEquals, assertThrows, dispatched, gpuTest, rand, TOL } from "../helpers.ts";
 
 const CASES: [number[], number | number[] | undefined][] = [
   [[1], undefined],
@@ -14,6 +14,10 @@ const CASES: [number[], number | number[] | undefined][] = [
   [[2, 10000], 1],
   [[20001, 3], 0],
   [[1000], undefined],
+  // From 2¹⁶ elements the column passes read a flat texture on software adapters.
+  [[2, 3, 12000], 1],
+  [[20001, 4], 0],
+  [[3, 7, 4000], [0, 1]],
 ];
 
 for (const op of ["sum", "mean", "max"] as ReduceOp[]) {
@@ -56,4 +60,12 @@ gpuTest("reductions over empty axes give 0, NaN and -Infinity", async (e) => {
 gpuTest("a bad axis throws a RangeError naming the op", (e) => {
   const t = e.tensor(new Float32Array(6), [2, 3]);
   assertThrows(() => sum(t, { axes: 2 }), RangeError, "Cannot sum over axis 2: tensor has rank 2");
+});
+
+gpuTest("column reductions from 2¹⁶ elements read a flat texture on software adapters", (e) => {
+  const big = e.tensor(rand(72000, 3), [2, 3, 12000]), small = e.tensor(rand(720, 3), [2, 3, 120]);
+  const tex = (t: typeof big) =>
+    dispatched(e, () => void sum(t, { axes: 1 })).some((k) => /^reduce_cols.*_tex$/.test(k));
+  assertEquals(tex(big), e.adapterInfo.software);
+  assertEquals(tex(small), false);
 });
