@@ -31,8 +31,8 @@
  * value per invocation, the default on GPUs), a `vec4` one (four values of one channel per invocation,
  * where H·W and the binding offsets are multiples of 4, else scalar; bitwise the same results) and a `tex`
  * one (vec4 with x and dy read through flat textures and the per-channel values from one small texture,
- * where the tensor fits one binding and a texture; the same bits again; the default on software adapters,
- * 3–4× faster than vec4 there). All outputs and gradients are new tensors (overwrite); nothing accumulates
+ * where the tensor fits one binding and a texture; one value per invocation where H·W % 4 ≠ 0 and the size
+ * is a multiple of 4; the same bits again; the default on software adapters, 3–4× faster than vec4 there). All outputs and gradients are new tensors (overwrite); nothing accumulates
  * (`+=`), except the running statistics, which are updated in place.
  *
  * A batch larger than one storage binding runs as several runs of whole samples (kernels/_ranges.ts): each
@@ -48,7 +48,7 @@ import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
 import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
-import { FLAT_WIDTH, flatTexel, flatTexture } from "../engine/flat.ts";
+import { FLAT_WIDTH, flatLoad, flatTexel, flatTexture } from "../engine/flat.ts";
 
 /** Host-side state of one batch-norm layer: PyTorch's `num_batches_tracked`. */
 export interface BatchNormState {
@@ -595,61 +595,87 @@ const channelTexKernel = single("batchnorm_channels_tex", () => ({
 }`,
 }));
 
-// applyKernel (vec4) with x from flat texture X and the channel's values from P.
-const applyTexKernel = variants("batchnorm_apply_tex", (p: { running: boolean; relu: boolean }) => ({
-  bindings: [
-    { name: "X", access: "read", texture: "sampled" },
-    { name: "P", access: "read", texture: "sampled" },
-    { name: "y", access: "read_write", type: "vec4<f32>" },
-  ],
-  uniforms: { c: "u32", hw: "u32", eps: "f32", n4: "u32" },
-  workgroupSize: [64],
-  body: wgsl`
+// applyKernel (vec4, or `scalar` where H·W % 4 ≠ 0: element j = y · 4·FLAT_WIDTH + x) with x from flat
+// texture X and the channel's values from P.
+const applyTexKernel = variants(
+  "batchnorm_apply_tex",
+  (p: { running: boolean; relu: boolean; scalar?: boolean }) => ({
+    bindings: [
+      { name: "X", access: "read", texture: "sampled" },
+      { name: "P", access: "read", texture: "sampled" },
+      { name: "y", access: "read_write", type: p.scalar ? "f32" : "vec4<f32>" },
+    ] as const,
+    uniforms: { c: "u32", hw: "u32", eps: "f32", n4: "u32" },
+    workgroupSize: [64],
+    body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
+#if ${!!p.scalar}
+  let j = gid.y * ${4 * FLAT_WIDTH}u + gid.x;
+  if (j >= 4u * p.n4) { return; }
+  let ch = (j / p.hw) % p.c;
+  let xv = ${flatLoad("X", "j")};
+#else
   let j = gid.y * ${FLAT_WIDTH}u + gid.x;
   if (j >= p.n4) { return; }
   let ch = (4u * j / p.hw) % p.c;
+  let xv = textureLoad(X, gid.xy, 0);
+#endif
   let q = textureLoad(P, vec2u(ch, 0u), 0);
 #if ${p.running}
   let inv = 1.0 / sqrt(q.y + p.eps);
 #else
   let inv = q.y;
 #endif
-  let v = (textureLoad(X, gid.xy, 0) - q.x) * inv * q.z + q.w;
+  let v = (xv - q.x) * inv * q.z + q.w;
 #if ${p.relu}
-  y[j] = max(v, vec4f(0.0));
+  y[j] = max(v, ${p.scalar ? "f32" : "vec4f"}(0.0));
 #else
   y[j] = v;
 #endif
 }`,
-}));
+  }),
+);
 
-// backwardInputKernel (vec4) with dy and x from flat textures DY and X and the channel's values from P.
-const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { eval: boolean }) => ({
-  bindings: [
-    { name: "DY", access: "read", texture: "sampled" },
-    { name: "X", access: "read", texture: "sampled" },
-    { name: "P", access: "read", texture: "sampled" },
-    { name: "dx", access: "read_write", type: "vec4<f32>" },
-  ],
-  uniforms: { c: "u32", hw: "u32", m: "u32", n4: "u32" },
-  workgroupSize: [64],
-  body: wgsl`
+// backwardInputKernel (vec4, or `scalar` as applyTexKernel) with dy and x from flat textures DY and X and the
+// channel's values from P.
+const backwardInputTexKernel = variants(
+  "batchnorm_backward_input_tex",
+  (p: { eval: boolean; scalar?: boolean }) => ({
+    bindings: [
+      { name: "DY", access: "read", texture: "sampled" },
+      { name: "X", access: "read", texture: "sampled" },
+      { name: "P", access: "read", texture: "sampled" },
+      { name: "dx", access: "read_write", type: p.scalar ? "f32" : "vec4<f32>" },
+    ] as const,
+    uniforms: { c: "u32", hw: "u32", m: "u32", n4: "u32" },
+    workgroupSize: [64],
+    body: wgsl`
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) gid: vec3u) {
+#if ${!!p.scalar}
+  let j = gid.y * ${4 * FLAT_WIDTH}u + gid.x;
+  if (j >= 4u * p.n4) { return; }
+  let ch = (j / p.hw) % p.c;
+  let dyv = ${flatLoad("DY", "j")};
+  let xv = ${flatLoad("X", "j")};
+#else
   let j = gid.y * ${FLAT_WIDTH}u + gid.x;
   if (j >= p.n4) { return; }
   let ch = (4u * j / p.hw) % p.c;
+  let dyv = textureLoad(DY, gid.xy, 0);
+  let xv = textureLoad(X, gid.xy, 0);
+#endif
   let q = textureLoad(P, vec2u(ch, 0u), 0);
   let r = q.y;
 #if ${p.eval}
-  dx[j] = q.z * r * textureLoad(DY, gid.xy, 0);
+  dx[j] = q.z * r * dyv;
 #else
-  let xhat = (textureLoad(X, gid.xy, 0) - q.x) * r;
+  let xhat = (xv - q.x) * r;
   let dbias = textureLoad(P, vec2u(ch, 1u), 0).x;
-  dx[j] = q.z * r * (textureLoad(DY, gid.xy, 0) - (dbias + xhat * q.w) / f32(p.m));
+  dx[j] = q.z * r * (dyv - (dbias + xhat * q.w) / f32(p.m));
 #endif
 }`,
-}));
+  }),
+);
 
 /**
  * Run an elementwise pass through textures where `inputs` fit flat textures: the per-channel texture from
@@ -658,6 +684,7 @@ const backwardInputTexKernel = variants("batchnorm_backward_input_tex", (p: { ev
  */
 function runTex(
   inputs: [string, Tensor][],
+  scalar: boolean,
   channels: Tensor[],
   run: (textures: EngineTexture[], P: EngineTexture, workgroups: [number, number, number]) => void,
 ): boolean {
@@ -676,7 +703,9 @@ function runTex(
     workgroups: grid(c, 64),
     info: `[${c}] → ${c}×2 texels`,
   });
-  run(ts, P, [FLAT_WIDTH / 64, Math.ceil(inputs[0][1].size / 4 / FLAT_WIDTH), 1]);
+  // vec4 kernels: FLAT_WIDTH invocations a row (one texel each); scalar ones 4 · FLAT_WIDTH (one value each).
+  const rows = Math.ceil(inputs[0][1].size / 4 / FLAT_WIDTH);
+  run(ts, P, [(scalar ? 4 * FLAT_WIDTH : FLAT_WIDTH) / 64, rows, 1]);
   return true;
 }
 
@@ -710,7 +739,8 @@ const SERIAL_DEFAULT = 2048;
 
 /**
  * An elementwise pass: one value per invocation, four of one channel (`vec4`), or four read through
- * flat textures (`tex`; where H·W % 4 ≠ 0 scalar, and vec4 where the tensor exceeds a binding or a texture).
+ * flat textures (`tex`; where H·W % 4 ≠ 0 one value per invocation, from textures too where the size is a
+ * multiple of 4; from storage where the tensor exceeds a binding or a texture).
  */
 interface Elementwise {
   elementwise: "scalar" | "vec4" | "tex";
@@ -864,12 +894,14 @@ function runApply(
   const [, c, h, w] = x.shape;
   const hw = h * w;
   const { runs, sample } = sampleRuns(op, x);
-  const tex = o.elementwise === "tex" && runs.length === 1 && hw % 4 === 0 &&
+  const scalar = hw % 4 !== 0;
+  const tex = o.elementwise === "tex" && runs.length === 1 &&
     runTex(
       [["batchnorm.x", x]],
+      scalar,
       [...ch, e.placeholder()],
       ([X], P, workgroups) =>
-        e.run(applyTexKernel({ running: o.running, relu: o.relu }), {
+        e.run(applyTexKernel({ running: o.running, relu: o.relu, ...(scalar ? { scalar } : {}) }), {
           bindings: [X, P, y],
           uniforms: { c, hw, eps: o.eps, n4: x.size / 4 },
           workgroups,
@@ -1177,12 +1209,14 @@ export function batchNorm2dBackwardInput(
   const elementwise = elementwiseOf(e, "batchnorm.dx", x.shape);
   const { runs, sample } = sampleRuns(op, x);
   const ch = [saved.mean, saved.rstd, saved.weight, saved.dweight, saved.dbias];
-  const tex = elementwise === "tex" && runs.length === 1 && hw % 4 === 0 &&
+  const scalar = hw % 4 !== 0;
+  const tex = elementwise === "tex" && runs.length === 1 &&
     runTex(
       [["batchnorm.dy", dy], ["batchnorm.x", x]],
+      scalar,
       ch,
       ([DY, X], P, workgroups) =>
-        e.run(backwardInputTexKernel({ eval: !saved.training }), {
+        e.run(backwardInputTexKernel({ eval: !saved.training, ...(scalar ? { scalar } : {}) }), {
           bindings: [DY, X, P, dx],
           uniforms: { c, hw, m, n4: x.size / 4 },
           workgroups,

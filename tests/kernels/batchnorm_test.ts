@@ -345,17 +345,13 @@ function firstBitDifference(a: Float32Array, b: Float32Array): number {
 gpuTest(
   "the vec4 and texture normalise and input-gradient kernels equal the scalar ones bit for bit",
   async (e) => {
-    // Scalar where H·W % 4 ≠ 0. Flat textures hold rows of 4 096 values: [3,17,12,20] is two rows and a
-    // partial one of 4 048 values, [2,65,96,96] 292 rows and 512 values, [2,3,112,112] 18 rows and 1 536;
-    // the smaller shapes are partial rows only (the dispatch's last row of invocations is partly idle).
-    for (
-      const shape of [...VEC_SHAPES, [2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2], [3, 17, 12, 20], [
-        2,
-        65,
-        96,
-        96,
-      ]]
-    ) {
+    // Scalar where H·W % 4 ≠ 0, and there `tex` one value per invocation where the size is a multiple of 4
+    // ([2,64,7,7]: ResNet-50's layer4, 1.5 texture rows; [2,4,7,7]; not [3,17,9,7]). Flat textures hold rows
+    // of 4 096 values: [3,17,12,20] is two rows and a partial one of 4 048 values, [2,65,96,96] 292 rows and
+    // 512 values, [2,3,112,112] 18 rows and 1 536; the smaller shapes are partial rows only (the dispatch's
+    // last row of invocations is partly idle).
+    const shapes = [[2, 3, 112, 112], [3, 17, 9, 7], [2, 2, 1, 2], [3, 17, 12, 20], [2, 65, 96, 96]];
+    for (const shape of [...VEC_SHAPES, ...shapes, [2, 64, 7, 7], [2, 4, 7, 7]]) {
       const c = shape[1], n = size(shape);
       const x = rand(n, 61, -3, 3), dy = rand(n, 62);
       const w = rand(c, 63, 0.5, 1.5), b = rand(c, 64), rm = rand(c, 65, -0.5, 0.5), rv = rand(c, 66, 0.5, 2);
