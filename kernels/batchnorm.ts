@@ -42,7 +42,7 @@
  * @module
  */
 import { checkNCHW } from "./check.ts";
-import { type Engine, type EngineTexture, grid, type TensorRange } from "../engine/engine.ts";
+import { type Engine, type EngineTexture, grid } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
