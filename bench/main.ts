@@ -370,8 +370,8 @@ function goals(rows: Row[], resnet: ResNetRow[], train: TrainRow[], torch: Torch
 /** `deno task bench --help`. */
 export const BENCH_USAGE = `deno task bench [options]
 
-  Times he2gene's kernels and networks on this adapter against tfjs-webgpu on the same device and prints
-  figures and ratios (see bench/main.ts for what each suite measures).
+  Times he2gene's kernels and networks on this adapter against tfjs-webgpu on the same device and PyTorch on
+  this machine's CPU, and prints figures and ratios (see bench/main.ts for what each suite measures).
 
   --suite LIST            suites, comma-separated (default all): ${SUITES.join(",")}
   --quick                 fewer shapes and repetitions
