@@ -20,16 +20,22 @@ export const FLAT_WIDTH = 1024;
  * cache. Null where the tensor would not fit the adapter's texture size.
  */
 export function flatTexture(e: Engine, role: string, src: Tensor): EngineTexture | null {
-  if (src.size % 4 !== 0 || src.size === 0) return null;
+  if (src.size % 4 !== 0 || src.size === 0 || !flatFits(e, src.size)) return null;
   const rowLen = FLAT_WIDTH * 4;
   const full = Math.floor(src.size / rowLen), tail = (src.size - full * rowLen) / 4;
-  const height = 2 ** Math.ceil(Math.log2(full + (tail ? 1 : 0)));
-  if (height > e.limits.maxTextureDimension2D) return null;
+  const height = flatHeight(src.size);
   const t = e.texture(role, FLAT_WIDTH, height);
   if (full) e.copyToTexture(src, t, 0, full);
   if (tail) e.copyRowToTexture(src, t, full * rowLen, full, tail);
   return t;
 }
+
+// Texel rows of a flat texture of `size` elements, rounded up to a power of two.
+const flatHeight = (size: number) => 2 ** Math.ceil(Math.log2(Math.ceil(size / (FLAT_WIDTH * 4))));
+
+/** Whether `size` elements fit a {@linkcode flatTexture} on `e` (the adapter's texture height). */
+export const flatFits = (e: Engine, size: number): boolean =>
+  flatHeight(size) <= e.limits.maxTextureDimension2D;
 
 /** WGSL: element `i` of a {@linkcode flatTexture} bound as `T` (an f32). */
 export const flatLoad = (T: string, i: string) =>

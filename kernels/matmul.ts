@@ -29,7 +29,7 @@ import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import { matmulTex, TEX_TILES, texCannot, type TexConfig, texLayout } from "./matmul_tex.ts";
-import { flatLoad, textureReads } from "../engine/flat.ts";
+import { flatFits, flatLoad, textureReads } from "../engine/flat.ts";
 import { chosenVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
@@ -827,6 +827,54 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     }
   }
   if (splitK && (o.bias || (o.activation && o.activation !== "none"))) return epilogueOnly(out, o);
+  return out;
+}
+
+/**
+ * Y[z] = act(W · X[z] + bias + residual[z]) with the bias per row of W (an output channel): a 1×1 stride-1
+ * convolution's forward with its epilogue on NCHW tensors, W (M × K), X (nb × K × N), Y (nb × M × N), in one
+ * `tex` kernel (no layout copies). Null where the chosen kernel for the product is not a `tex` one or the
+ * operands do not fit its textures or one binding; the caller then takes its own path.
+ */
+export function matmulRowEpilogue(
+  w: Tensor,
+  x: Tensor,
+  o: { bias?: Tensor; residual?: Tensor; relu: boolean },
+): Tensor | null {
+  const e = w.engine;
+  if (w.rank !== 2 || x.rank !== 3 || x.shape[1] !== w.shape[1]) {
+    throw new RangeError(
+      `matmulRowEpilogue: W [${w.shape}] and X [${x.shape}] are not (M, K) and (nb, K, N)`,
+    );
+  }
+  const [m, k] = w.shape, [nb, , n] = x.shape;
+  if (o.bias && o.bias.size !== m) {
+    throw new RangeError(`matmulRowEpilogue: bias [${o.bias.shape}] for ${m} rows`);
+  }
+  if (o.residual && o.residual.size !== nb * m * n) {
+    throw new RangeError(`matmulRowEpilogue: residual [${o.residual.shape}] for an output of ${nb * m * n}`);
+  }
+  const cfg = chooseMatmulKernel(e, m, n, k, false);
+  if (cfg.kind !== "tex" || typeof texLayout(e, m, n, k, false, 1, nb) === "string") return null;
+  if ([w, x, o.residual].some((t) => t && t.bytes > e.maxBinding) || nb * m * n * 4 > e.maxBinding) {
+    return null;
+  }
+  if (o.residual && (o.residual.size % 4 !== 0 || !flatFits(e, o.residual.size))) return null;
+  const out = e.empty([nb, m, n], "matmul");
+  matmulTex(e, cfg, w, x, out, o.bias ?? e.placeholder(), {
+    m,
+    n,
+    k,
+    transB: false,
+    hasBias: !!o.bias,
+    rowBias: true,
+    residual: o.residual,
+    act: o.relu ? "relu" : "none",
+    info: `[${w.shape}]x[${x.shape}] + row bias${o.residual ? " + residual" : ""}`,
+    nb,
+    nbA: 1,
+    nbB: nb,
+  });
   return out;
 }
 

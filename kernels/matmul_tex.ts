@@ -49,6 +49,10 @@ interface TexParams extends VariantParams {
   /** Several products (wid.z): batch offsets into the textures and C. Unbatched kernels go without them. */
   batched: boolean;
   bias: boolean;
+  /** The bias is per row of C (a convolution's output channel) instead of per column. */
+  rowBias: boolean;
+  /** A residual of C's shape added before the activation, read from a flat texture `R`. */
+  res: boolean;
   act: string;
   /**
    * B's rows (n with `transB`, k without) folded into side-by-side bands of `p.band` rows (`p.band` texels
@@ -142,23 +146,34 @@ function genTex(v: TexParams): string {
   }
   L.push(`  }`);
   const acc = (i: number, j: number) => tB ? `c${i}_${j}` : `c${i}_${j >> 2}[${j & 3}]`;
-  if (v.bias) {
+  if (v.bias && !v.rowBias) {
     for (let j = 0; j < TN; j++) L.push(`  let bias${j} = bias[p.biasOff + min(col0 + ${j}u, N - 1u)];`);
   }
-  const val = (i: number, j: number) =>
-    ACT_WGSL[v.act as Activation](v.bias ? `${acc(i, j)} + bias${j}` : acc(i, j));
+  // (acc + bias) + residual, then the activation: the order of conv2d's epilogue.
+  const val = (i: number, j: number, res?: string) => {
+    let x = acc(i, j);
+    if (v.bias) x = `${x} + ${v.rowBias ? `rbias${i}` : `bias${j}`}`;
+    if (res) x = `(${x}) + ${res}`;
+    return ACT_WGSL[v.act as Activation](x);
+  };
   for (let i = 0; i < TM; i++) {
     L.push(
       `  if (row0 + ${i}u < M) {`,
       `    let r = p.cOff + ${v.batched ? "wid.z * p.sc + " : ""}(row0 + ${i}u) * p.ldc + col0;`,
     );
+    if (v.bias && v.rowBias) L.push(`    let rbias${i} = bias[p.biasOff + row0 + ${i}u];`);
     if (v.vecC) {
       for (let j = 0; j < TN; j += 4) {
-        const vv = `vec4f(${[0, 1, 2, 3].map((d) => val(i, j + d)).join(", ")})`;
-        L.push(`    if (col0 + ${j}u < N) { C[(r + ${j}u) / 4u] = ${vv}; }`);
+        const res = v.res ? `res${j}` : undefined;
+        const vv = `vec4f(${[0, 1, 2, 3].map((d) => val(i, j + d, res && `${res}[${d}]`)).join(", ")})`;
+        const load = v.res ? `let res${j} = ${flatTexel("R", `(r + ${j}u) / 4u`)}; ` : "";
+        L.push(`    if (col0 + ${j}u < N) { ${load}C[(r + ${j}u) / 4u] = ${vv}; }`);
       }
     } else {
-      for (let j = 0; j < TN; j++) L.push(`    if (col0 + ${j}u < N) { C[r + ${j}u] = ${val(i, j)}; }`);
+      for (let j = 0; j < TN; j++) {
+        const res = v.res ? flatLoad("R", `r + ${j}u`) : undefined;
+        L.push(`    if (col0 + ${j}u < N) { C[r + ${j}u] = ${val(i, j, res)}; }`);
+      }
     }
     L.push(`  }`);
   }
@@ -172,6 +187,7 @@ const texKernel = variants("matmul_tex", (v: TexParams) => ({
     { name: "B", access: "read", texture: "sampled" },
     { name: "bias", access: "read" },
     { name: "C", access: "read_write", type: v.vecC ? "vec4<f32>" : "f32" },
+    ...(v.res ? [{ name: "R", access: "read", texture: "sampled" }] as const : []),
   ] as const,
   uniforms: {
     M: "u32",
@@ -375,11 +391,17 @@ export function matmulTex(
     nb?: number;
     nbA?: number;
     nbB?: number;
+    /** The bias is per row of C (M values), not per column. */
+    rowBias?: boolean;
+    /** Added to C before the activation (C's shape), read through a flat texture. */
+    residual?: Tensor;
   },
 ): void {
   const { m, n, k, transB, nb = 1, nbA = 1, nbB = 1 } = o;
   const l = texLayout(e, m, n, k, transB, nbA, nbB);
   if (typeof l === "string") throw new RangeError(`Cannot matmul ${o.info} through textures: ${l}`);
+  const R = o.residual ? flatTexture(e, "matmul.res", o.residual) : null;
+  if (o.residual && !R) throw new RangeError(`Cannot read the residual of ${o.info} through a texture`);
   const [[aw, ah], [bw, bh]] = [l.a, l.b];
   const bands = l.bands > 1;
   const ta = e.texture("matmul.A", aw, ah);
@@ -397,6 +419,8 @@ export function matmulTex(
     vecC: n % 4 === 0,
     batched: nb > 1,
     bias: o.hasBias,
+    rowBias: !!o.rowBias && o.hasBias,
+    res: R !== null,
     act: o.act,
     bands,
   });
@@ -404,7 +428,7 @@ export function matmulTex(
     ? [Math.ceil(n / c.tn), Math.ceil(m / (c.tm * c.wg)), nb] as const
     : [Math.ceil(n / (c.tn * c.wg)), Math.ceil(m / c.tm), nb] as const;
   e.run(kernel, {
-    bindings: [ta, tb, bias, out],
+    bindings: R ? [ta, tb, bias, out, R] : [ta, tb, bias, out],
     uniforms: {
       M: m,
       N: n,

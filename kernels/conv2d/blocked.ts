@@ -24,7 +24,9 @@
  *     MAX_LOOP_STEPS times), partials summed by `reduce`.
  *
  * Textures: where the GEMM's channels (Cin for the forward, Cout for the input gradient) round up to a
- * multiple of 16 (every ResNet-50 convolution but conv1) and the textures fit the adapter, the forward and
+ * multiple of 16 (every ResNet-50 convolution but conv1; the forward pads each kernel row with zero taps to
+ * whole 4-texel steps where that adds at most half the FMAs: conv1's 7 taps of one texel to 8, 373 →
+ * 229 ms at batch 8 on llvmpipe) and the textures fit the adapter, the forward and
  * input-gradient GEMMs read the packed weight and the channels-last activations through rgba32float
  * textures instead (`conv2d_blocked_tex_fwd`, 16 k per step, the FMAs in the same order, so the same bits),
  * store whole blocks into a texture ("conv2d.blk", so the scatter fetches texels), and a small kernel
@@ -35,7 +37,10 @@
  * its blocks are scattered into the split partials; 2–3× faster on llvmpipe. `notex` keeps buffers.
  *
  * 1×1 stride-1 convolutions whose H·W, Cin and Cout are multiples of 4 run through `matmulForward` on the
- * NCHW tensors (no copies; the forward only without an epilogue). The forward's epilogue (bias, residual,
+ * NCHW tensors (no copies; the forward without an epilogue), and with one (inference's folded batch norm,
+ * ReLU, the shortcut) through `matmulRowEpilogue` where the matmul's choice is a `tex` kernel: bias per row,
+ * the residual from a flat texture (ResNet-50's 1×1 convolutions at batch 8: 1.9 → 1.3 s on llvmpipe, the
+ * same bits). The blocked forward's epilogue (bias, residual,
  * ReLU) is selected by uniforms rather than compiled in: each T×T variant costs seconds (T = 16) to a
  * minute (T = 32) of compilation on llvmpipe, so one kernel per block serves every epilogue.
  *
@@ -45,7 +50,7 @@ import { type Engine, type EngineTexture, grid } from "../../engine/engine.ts";
 import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
-import { matmulForward } from "../matmul.ts";
+import { matmulForward, matmulRowEpilogue } from "../matmul.ts";
 import { flatLoad, flatTexture } from "../../engine/flat.ts";
 import { fillTexture } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
@@ -190,6 +195,8 @@ const packAKernel = variants("conv2d_pack_a", (v: { tex: boolean }) => ({
   let t2 = tap - t1 * p.t2;
   let kh = p.kh0 + p.s * select(t1, p.t1 - 1u - t1, p.flip == 1u);
   let kw = p.kw0 + p.s * select(t2, p.t2 - 1u - t2, p.flip == 1u);
+  // Taps past the kernel (t2 up to a forward's padded row, see forward()) are zeros.
+  let tap_ok = kh < p.kh && kw < p.kw;
   let kk = p.kh * p.kw;
   // w index = (co·Cin + ci)·KK + kh·KW + kw; c steps by Cin·KK (swap) or KK.
   let sw = p.swap == 1u;
@@ -201,9 +208,9 @@ const packAKernel = variants("conv2d_pack_a", (v: { tex: boolean }) => ({
   for (var s = 0u; s < 4u; s++) {
     let idx = min(base + (c4 + s) * step, last);
 #if ${v.tex}
-    v[s] = select(0.0, ${flatLoad("W", "idx")}, c4 + s < nc);
+    v[s] = select(0.0, ${flatLoad("W", "idx")}, c4 + s < nc && tap_ok);
 #else
-    v[s] = select(0.0, w[idx], c4 + s < nc);
+    v[s] = select(0.0, w[idx], c4 + s < nc && tap_ok);
 #endif
   }
   a[m * p.total + i] = v;
@@ -948,6 +955,20 @@ function runFwdGemm(
 
 // ------------------------------------------------------------------------------------------ passes
 
+/**
+ * The forward GEMM's taps per kernel row and the channels-last width. The texture GEMM reads K in steps of
+ * 4 texels: a row of KW·C⁴/4 texels that is not a multiple of 4 (conv1: 7 taps of one texel) is padded
+ * with zero taps up to one, where that adds at most half the FMAs, and xp with columns on the right so
+ * that the padded taps read inside it (their products are zeros).
+ */
+function fwdRow(g: Conv2dGeometry, c: BlockedConfig): { kwp: number; wp: number } {
+  const cq = c4(g.cin) / 4, wp = g.w + 2 * g.pad;
+  let kwp = g.kw;
+  if (c.textures) { while (kwp * cq % 4 !== 0) kwp++; }
+  if (2 * kwp > 3 * g.kw) kwp = g.kw;
+  return { kwp, wp: Math.max(wp, (g.ow - 1) * g.stride + kwp) };
+}
+
 function forward(
   x: Tensor,
   w: Tensor,
@@ -964,22 +985,35 @@ function forward(
       matmulForward(w.reshape([g.cout, g.cin]), x.reshape([g.n, g.cin, g.h * g.w])).reshape(outShape)
     );
   }
+  if (plainGemm(g, c) && c.textures) {
+    // With an epilogue (inference's folded batch norm, ReLU, the shortcut): one texture GEMM that applies it
+    // as it stores y, where the matmul's choice is a `tex` kernel; no layout copies or scatter.
+    const y = e.scope(() =>
+      matmulRowEpilogue(w.reshape([g.cout, g.cin]), x.reshape([g.n, g.cin, g.h * g.w]), {
+        bias: o.bias ?? undefined,
+        residual: o.residual ?? undefined,
+        relu: !!o.relu,
+      })?.reshape(outShape) ?? null
+    );
+    if (y) return y;
+  }
   const y = e.empty(outShape, "conv2d");
-  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad, c.textures);
+  const cp = c4(g.cin);
+  const { kwp, wp: wpp } = fwdRow(g, c);
+  const xp = toNhwc(x, g.pad, g.pad, g.pad, g.pad + wpp - (g.w + 2 * g.pad), c.textures);
   const { t: a, temporary } = packedWeight(
     w,
     o.constantWeight,
-    "blocked",
+    `blocked/kw${kwp}`,
     () =>
       packA(
         w,
         g,
-        { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: g.kw },
+        { swap: false, kh0: 0, kw0: 0, t1: g.kh, t2: kwp },
         call,
         c.textures ? flatTexture(e, "conv2d.w", w) : null,
       ),
   );
-  const cp = c4(g.cin);
   const q: FwdGemm = {
     a,
     b: xp,
@@ -987,10 +1021,10 @@ function forward(
     n: g.n * g.oh * g.ow,
     batch: g.n,
     hp: g.h + 2 * g.pad,
-    wp: g.w + 2 * g.pad,
+    wp: wpp,
     c4q: cp / 4,
     kh: g.kh,
-    rowq: g.kw * cp / 4,
+    rowq: kwp * cp / 4,
   };
   runFwdGemm(e, c, call, q, [o.bias ?? e.placeholder(), o.residual ?? e.placeholder(), y], {
     ohw: g.oh * g.ow,
@@ -1294,11 +1328,11 @@ function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: BlockedCon
   const io = ioElements(g);
   const gemmBatch = plainGemm(g, c) ? g.n : 0;
   if (pass === "fwd") {
-    const cp = c4(g.cin), N = g.n * g.oh * g.ow;
-    const xp = g.n * (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * cp;
-    const blk = chooseBlock(g.cout, N, g.kh * g.kw * cp, c);
+    const cp = c4(g.cin), N = g.n * g.oh * g.ow, { kwp, wp } = fwdRow(g, c);
+    const xp = g.n * (g.h + 2 * g.pad) * wp * cp;
+    const blk = chooseBlock(g.cout, N, g.kh * kwp * cp, c);
     return {
-      elements: Math.max(io, xp, g.cout * g.kh * g.kw * cp),
+      elements: Math.max(io, xp, g.cout * g.kh * kwp * cp),
       groups: Math.max(...laneGroups(g.cout, N, blk), gemmBatch),
     };
   }
