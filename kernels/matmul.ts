@@ -28,7 +28,15 @@ import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
-import { matmulTex, TEX_TILES, texCannot, type TexConfig, texLayout } from "./matmul_tex.ts";
+import {
+  matmulOuterTex,
+  matmulTex,
+  OUTER_MAX_K,
+  TEX_TILES,
+  texCannot,
+  type TexConfig,
+  texLayout,
+} from "./matmul_tex.ts";
 import { flatFits, flatLoad, textureReads } from "../engine/flat.ts";
 import { chosenVariant } from "./tuning.ts";
 
@@ -531,6 +539,15 @@ export function chooseMatmulKernel(
   return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB), transposeB);
 }
 
+/**
+ * Whether products of this class read textures: a `tex` variant from the tuning table (or forced), or no
+ * entry on a software adapter (where the built-in choice reads textures wherever they fit).
+ */
+function texturesChosen(engine: Engine, m: number, n: number, k: number): boolean {
+  const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
+  return chosen === undefined ? engine.adapterInfo.software : chosen.startsWith("tex/");
+}
+
 // The built-in table; `textures`: whether the operands fit the adapter's texture size.
 function builtinKernel(
   engine: Engine,
@@ -708,6 +725,16 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
   const e = a.engine;
   const { m, n, k, batchShape, batch } = dims("matmul", a, b, o);
   if (o.transposeA) {
+    // A short K (a weight gradient at a small batch) where the choice is a `tex` kernel: Aᵀ·B straight from
+    // flat textures, no transpose (19 699 × 2 · 2 × 2048 on llvmpipe: 270 → ~70 ms).
+    if (
+      a.rank === 2 && b.rank === 2 && !o.transposeB && !o.bias && (o.activation ?? "none") === "none" &&
+      k <= OUTER_MAX_K && texturesChosen(e, m, n, k)
+    ) {
+      const out = e.empty([m, n], "matmul");
+      if (matmulOuterTex(e, a, b, out)) return out;
+      out.dispose();
+    }
     const at = transpose(a);
     try {
       return matmulForward(at, b, { ...o, transposeA: false });

@@ -446,3 +446,82 @@ export function matmulTex(
     info: o.info,
   });
 }
+
+/** Most k of a {@linkcode matmulOuterTex} product (a weight gradient's batch). */
+export const OUTER_MAX_K = 16;
+/** Rows of C per invocation of the outer-product kernel. */
+const OUTER_TM = 8;
+
+/**
+ * C = Aᵀ · B for a short K (a linear layer's weight gradient dyᵀ · x at a small batch): A (K × M) and B
+ * (K × N) read from flat textures (no pack, no transpose), each invocation OUTER_TM rows × 4 columns of C,
+ * k ascending from 0 as in every matmul kernel (the same bits). What it costs is C's stores: the 19 699 ×
+ * 2048 head's gradient at batch 2 is 40 M floats.
+ */
+const outerKernel = variants("matmul_outer_tex", (v: { k: number }) => ({
+  bindings: [
+    { name: "A", access: "read", texture: "sampled" },
+    { name: "B", access: "read", texture: "sampled" },
+    { name: "C", access: "read_write", type: "vec4<f32>" },
+  ] as const,
+  uniforms: { M: "u32", N: "u32", mOff: "u32", rows: "u32" } as const,
+  workgroupSize: [64],
+  body: `
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let nq = g.x;
+  if (4u * nq >= p.N) { return; }
+  let row0 = g.y * ${OUTER_TM}u;
+${
+    Array.from({ length: v.k }, (_, k) => `  let b${k} = ${flatTexel("B", `${k}u * (p.N / 4u) + nq`)};`).join(
+      "\n",
+    )
+  }
+  for (var i = 0u; i < ${OUTER_TM}u; i++) {
+    let r = row0 + i;
+    if (r >= p.rows) { return; }
+    let m = p.mOff + r;
+    var c = vec4f(0.0);
+${
+    Array.from(
+      { length: v.k },
+      (_, k) => `    c = fma(vec4f(${flatLoad("A", `${k}u * p.M + m`)}), b${k}, c);`,
+    ).join("\n")
+  }
+    C[r * (p.N / 4u) + nq] = c;
+  }
+}`,
+}));
+
+/**
+ * C (M × N) = Aᵀ · B through {@linkcode outerKernel}, A (K × M), B (K × N), K ≤ {@linkcode OUTER_MAX_K},
+ * N a multiple of 4; C bound in row blocks of at most one binding. False where it does not apply (K, N, or
+ * the operands' flat textures that do not fit the adapter): the caller then takes another kernel.
+ */
+export function matmulOuterTex(e: Engine, a: Tensor, b: Tensor, out: Tensor): boolean {
+  const [k, m] = a.shape, n = b.shape[1];
+  if (k > OUTER_MAX_K || n % 4 !== 0 || out.size !== m * n) return false;
+  // A flat texture holds whole texels: A (K·M values, M odd for a 19 699-gene head) padded with zeros.
+  let a4: Tensor | null = null;
+  if (a.size % 4 !== 0) {
+    a4 = e.zeros([Math.ceil(a.size / 4) * 4]);
+    e.copy(a, a4, { size: a.size });
+  }
+  const A = flatTexture(e, "matmul.outerA", a4 ?? a);
+  a4?.dispose();
+  const B = A && flatTexture(e, "matmul.outerB", b);
+  if (!A || !B) return false;
+  // Row blocks of C within one binding, offsets aligned.
+  let step = OUTER_TM;
+  while ((step * n * 4) % e.offsetAlign !== 0) step *= 2;
+  const rows = Math.max(step, Math.floor(e.maxBinding / 4 / n / step) * step);
+  for (let m0 = 0; m0 < m; m0 += rows) {
+    const mc = Math.min(rows, m - m0);
+    e.run(outerKernel({ k }), {
+      bindings: [A, B, { tensor: out, offset: m0 * n, size: mc * n }],
+      uniforms: { M: m, N: n, mOff: m0, rows: mc },
+      workgroups: [Math.ceil(n / 4 / 64), Math.ceil(mc / OUTER_TM), 1],
+      info: `[${a.shape}]ᵀx[${b.shape}] rows ${m0}+${mc}`,
+    });
+  }
+  return true;
+}

@@ -21,6 +21,7 @@ import {
   dispatched,
   gpuTest,
   rand,
+  smallBindingEngine,
   TOL,
 } from "../helpers.ts";
 import type { Engine } from "../../mod.ts";
@@ -274,6 +275,51 @@ gpuTest(
     ], { what: "broadcast A, batched Bᵀ" });
   },
 );
+
+// Aᵀ·B with K ≤ 16 (a linear layer's weight gradient dyᵀ·x at a small batch) on software adapters: one
+// kernel over flat textures of A and B, no transpose; the register blocks' FMA order, so the same bits.
+async function checkOuter(e: Engine, k: number, m: number, n: number, blocks: number) {
+  const what = `Aᵀ·B K ${k} M ${m} N ${n}`;
+  const a = rand(k * m, k + m), b = rand(k * n, k + n + 1);
+  const ta = e.tensor(a, [k, m]), tb = e.tensor(b, [k, n]);
+  const run = () => matmulForward(ta, tb, { transposeA: true });
+  const names = dispatched(e, () => void run());
+  assertEquals(names, Array(blocks).fill(`matmul_outer_tex_k${k}`), `${what}: ${names}`);
+  const got = await run().toArray();
+  const viaReg = await withVariant("matmul", "reg/16x16/rows", run).toArray();
+  const at = got.findIndex((v, i) => !Object.is(v, viaReg[i]));
+  assertEquals(at, -1, `${what}: element ${at}: ${got[at]} against the register blocks' ${viaReg[at]}`);
+  const want = matmulCpu(a, [k, m], b, [k, n], { transposeA: true });
+  assertClose(got, want.data, TOL.matmul, what, want.scale);
+}
+
+gpuTest(
+  "a short-K Aᵀ·B (a weight gradient) reads flat textures on software adapters, bit for bit",
+  async (e) => {
+    if (!e.adapterInfo.software) return;
+    // M odd (A padded to whole texels), K 1 to 16, a head's gradient at batch 2.
+    for (const [k, m, n] of [[2, 4999, 64], [7, 37, 12], [16, 250, 2048], [1, 5, 4], [2, 19699, 256]]) {
+      await checkOuter(e, k, m, n, 1);
+    }
+    // K past 16, or N not a multiple of 4: the usual kernels.
+    const ta = e.tensor(rand(17 * 8), [17, 8]), tb = e.tensor(rand(17 * 8), [17, 8]);
+    const names = dispatched(e, () => void matmulForward(ta, tb, { transposeA: true }));
+    assertEquals(names.some((n) => n.startsWith("matmul_outer")), false, `K 17: ${names}`);
+  },
+);
+
+Deno.test({
+  name: "a short-K Aᵀ·B larger than one binding stores C in row blocks of a binding each",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const e = await smallBindingEngine(4 << 20, 256);
+    if (!e.adapterInfo.software) return;
+    // C: 1 001 × 2 048 floats (7.8 MiB): blocks of 512 rows (4 MiB), the last of 489.
+    await checkOuter(e, 3, 1001, 2048, 2);
+    e.checkError();
+  },
+});
 
 gpuTest("transpose swaps the last two dimensions", async (e) => {
   const x = rand(2 * 17 * 33, 5);
