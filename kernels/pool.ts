@@ -21,6 +21,7 @@ import { single, variants } from "../engine/kernel.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
+import { flatLoad, textureReads } from "../engine/flat.ts";
 
 /** Options of {@linkcode maxPool2dForward} (and `maxPool2d` in ops/): a number means the same value for height and width. */
 export interface MaxPool2dOptions {
@@ -71,9 +72,12 @@ const GEOMETRY = {
 // x: (planes, H, W) → y: (planes, Ho, Wo) and, with `indices`, idx: (planes, Ho, Wo) = f32(argmax h·W + w).
 // One thread per output. Windows are clipped to the input (−∞ padding); every window holds an input
 // value because padding ≤ kernel / 2.
-const maxForwardKernel = variants("maxpool2d", (p: { indices: boolean }) => ({
+// With `tex`, x is read from its flat texture (engine/flat.ts; software adapters): the same values.
+const maxForwardKernel = variants("maxpool2d", (p: { indices: boolean; tex?: boolean }) => ({
   bindings: [
-    { name: "x", access: "read" },
+    p.tex
+      ? { name: "X", access: "read", texture: "sampled" } as const
+      : { name: "x", access: "read" } as const,
     { name: "y", access: "read_write" },
     ...(p.indices ? [{ name: "idx", access: "read_write" } as const] : []),
   ],
@@ -94,11 +98,11 @@ ${linearEntry(WG)} {
   let ws = u32(max(w0, 0));
   let base = p.xoff + plane * p.h * p.w;
   var arg = hs * p.w + ws;
-  var best = x[base + arg];
+  var best = ${p.tex ? flatLoad("X", "base + arg") : "x[base + arg]"};
   for (var hh = hs; hh < h1; hh++) {
     for (var ww = ws; ww < w1; ww++) {
       let j = hh * p.w + ww;
-      let v = x[base + j];
+      let v = ${p.tex ? flatLoad("X", "base + j") : "x[base + j]"};
       if (v > best || v != v) {
         best = v;
         arg = j;
@@ -174,6 +178,30 @@ ${workgroupEntry(AVG_WG)} {
   if (t == 0u) { y[p.yoff + w] = sh[0] * p.scale; }
 }`,
 }));
+
+// x: (rows, L) → y: (rows) = mean over L for short rows (a 7 × 7 plane) on software adapters: one
+// invocation per row, a compensated sum in order, x from its flat texture (engine/flat.ts). The tree above
+// runs 64 invocations and six barriers per row for 49 values, which llvmpipe pays for dearly.
+const avgSerialKernel = single("global_avgpool2d_serial", () => ({
+  bindings: [{ name: "X", access: "read", texture: "sampled" }, { name: "y", access: "read_write" }],
+  uniforms: { rows: "u32", len: "u32", scale: "f32" },
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.rows) { return; }
+  let base = i * p.len;
+  var acc = 0.0;
+  var comp = 0.0;
+  for (var k = 0u; k < p.len; k++) {
+    ${kahanAdd("acc", "comp", flatLoad("X", "base + k"))}
+  }
+  y[i] = acc * p.scale;
+}`,
+}));
+
+/** Rows of at most this many values take {@linkcode avgSerialKernel} on software adapters. */
+const AVG_SERIAL_MAX = 256;
 
 // dy: (rows) → dx: (rows, L) = dy / L.
 const avgBackwardKernel = single("global_avgpool2d_backward", () => ({
@@ -259,16 +287,19 @@ export function maxPool2dForward(
   const runs = rowRuns(e, op, n * c, [inPlane, outPlane], "plane");
   const y = e.empty(shape, "maxpool2d");
   const idx = indices ? e.empty(shape, "maxpool2d indices") : null;
+  // One run: x through a flat texture where the adapter is a software one (texel fetches, not storage
+  // loads, which are a loop over the SIMD lanes on llvmpipe).
+  const X = runs.length === 1 ? textureReads(e, "pool.x", [x], x.size % 4 === 0)?.[0] ?? null : null;
   for (const r of runs) {
     const size = r.count * outPlane;
     if (size === 0) continue;
     const bx = bindElements(x, r.start * inPlane, r.count * inPlane);
     const by = bindElements(y, r.start * outPlane, size);
-    e.run(maxForwardKernel({ indices }), {
-      bindings: idx ? [bx.binding, by.binding, bindElements(idx, r.start * outPlane, size).binding] : [
-        bx.binding,
-        by.binding,
-      ],
+    const src = X ?? bx.binding;
+    e.run(maxForwardKernel(X ? { indices, tex: true } : { indices }), {
+      bindings: idx
+        ? [src, by.binding, bindElements(idx, r.start * outPlane, size).binding]
+        : [src, by.binding],
       uniforms: { n: size, h, w, ...geo, xoff: bx.off, yoff: by.off },
       workgroups: grid(size, WG),
       info: `[${x.shape}]→[${shape}] k${geo.kh}x${geo.kw} s${geo.sh}x${geo.sw} p${geo.ph}x${geo.pw}` +
@@ -340,6 +371,18 @@ export function globalAvgPool2dForward(x: Tensor, options: GlobalAvgPool2dOption
   if (len === 0) return e.tensor(new Float32Array(n * c).fill(NaN), shape);
   const runs = rowRuns(e, op, n * c, [len, 1], "plane");
   const y = e.empty(shape, "avgpool2d");
+  const X = runs.length === 1 && len <= AVG_SERIAL_MAX
+    ? textureReads(e, "pool.x", [x], x.size % 4 === 0)?.[0] ?? null
+    : null;
+  if (X) {
+    e.run(avgSerialKernel(), {
+      bindings: [X, y],
+      uniforms: { rows: n * c, len, scale: 1 / len },
+      workgroups: grid(n * c, WG),
+      info: `[${x.shape}]→[${shape}] serial`,
+    });
+    return y;
+  }
   for (const r of runs) {
     if (r.count === 0) continue;
     const bx = bindElements(x, r.start * len, r.count * len);

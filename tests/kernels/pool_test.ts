@@ -3,6 +3,7 @@ import {
   globalAvgPool2dBackward,
   globalAvgPool2dBackwardCpu,
   globalAvgPool2dCpu,
+  globalAvgPool2dForward,
   maxPool2dBackward,
   maxPool2dBackwardCpu,
   maxPool2dCpu,
@@ -18,6 +19,7 @@ import {
   assertEquals,
   assertGradients,
   assertThrows,
+  dispatched,
   gpuTest,
   rand,
   TOL as SHARED_TOL,
@@ -125,6 +127,36 @@ gpuTest("globalAvgPool2d forward and backward match the float64 reference", asyn
     const dy = rand(shape[0] * shape[1], 62, -1, 1);
     const dx = globalAvgPool2dBackward(e.tensor(dy, [shape[0], shape[1]]), shape);
     assertClose(await dx.toArray(), globalAvgPool2dBackwardCpu(dy, shape), TOL.avg, `avg dx [${shape}]`);
+  }
+});
+
+gpuTest("on software adapters large pooling inputs are read through flat textures", async (e) => {
+  if (!e.adapterInfo.software) return;
+  // ResNet-50's stem pool (from 2¹⁶ values) and its global pool over 7 × 7 planes (rows ≤ 256: one
+  // invocation per row, a compensated sum in order).
+  const o: MaxPool2dOptions = { kernelSize: 3, stride: 2, padding: 1 };
+  for (const shape of [[2, 16, 56, 57], [1, 3, 150, 148]]) {
+    const x = rand(size(shape), 71 + size(shape), -3, 3).map(Math.round);
+    const X = e.tensor(x, shape);
+    const names = dispatched(e, () => void maxPool2dForward(X, o, true));
+    assertEquals(names, ["maxpool2d_indices_tex"], `[${shape}]`);
+    const want = maxPool2dCpu(x, shape, o);
+    const { y, indices } = maxPool2dForward(X, o, true);
+    assertEquals(await y.toArray(), want.y, `[${shape}]`);
+    assertEquals(Int32Array.from(await indices!.toArray()), want.indices, `indices [${shape}]`);
+  }
+  for (const shape of [[2, 2048, 7, 7], [3, 100, 16, 16], [1, 64, 17, 17]]) {
+    const x = rand(size(shape), 81 + size(shape), -2, 2).map((v, i) => v + (i % 7) * 1e3);
+    const X = e.tensor(x, shape);
+    const serial = shape[2] * shape[3] <= 256;
+    const names = dispatched(e, () => void globalAvgPool2dForward(X));
+    assertEquals(names, [serial ? "global_avgpool2d_serial" : "global_avgpool2d"], `[${shape}]`);
+    assertClose(
+      await globalAvgPool2dForward(X).toArray(),
+      globalAvgPool2dCpu(x, shape),
+      TOL.avg,
+      `[${shape}]`,
+    );
   }
 });
 
