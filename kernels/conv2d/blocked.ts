@@ -51,7 +51,7 @@ import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward, matmulRowEpilogue } from "../matmul.ts";
-import { flatLoad, flatTexture } from "../../engine/flat.ts";
+import { flatLoad, flatTexel, flatTexture } from "../../engine/flat.ts";
 import { fillTexture } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
 import {
@@ -217,6 +217,41 @@ const packAKernel = variants("conv2d_pack_a", (v: { tex: boolean }) => ({
 }`,
 }));
 
+// The forward's packing from a flat texture where Cin is a multiple of 4: one invocation per (row m, 4
+// channels q) fetches the 4·KH·KW consecutive values of w (KH·KW texels; a scalar fetch per value above)
+// and stores the vec4 of every tap (zeros for the padded taps t2 ≥ KW). The same values.
+const packAFwdKernel = variants("conv2d_pack_a_fwd", (v: { kh: number; kw: number; kwp: number }) => {
+  const kk = v.kh * v.kw;
+  const L: string[] = [];
+  for (let t = 0; t < kk; t++) L.push(`  let e${t} = ${flatTexel("W", `t0 + ${t}u`)};`);
+  for (let t1 = 0; t1 < v.kh; t1++) {
+    for (let t2 = 0; t2 < v.kwp; t2++) {
+      const tap = t1 * v.kwp + t2, src = t1 * v.kw + t2;
+      const val = t2 < v.kw
+        ? `vec4f(${[0, 1, 2, 3].map((s) => `e${(s * kk + src) >> 2}[${(s * kk + src) & 3}]`).join(", ")})`
+        : "vec4f(0.0)";
+      L.push(`  a[m * p.total + ${tap}u * p.cq + q] = ${val};`);
+    }
+  }
+  return {
+    bindings: [
+      { name: "W", access: "read", texture: "sampled" },
+      { name: "a", access: "read_write", type: "vec4<f32>" },
+    ] as const,
+    uniforms: { cin: "u32", cq: "u32", total: "u32", n: "u32" },
+    workgroupSize: [WG],
+    body: `
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= p.n) { return; }
+  let m = g.x / p.cq;
+  let q = g.x - m * p.cq;
+  // w[m, 4q … 4q + 3, taps]: ${kk} texels from texel (m·Cin + 4q)·KH·KW / 4.
+  let t0 = (m * p.cin + 4u * q) * ${kk}u / 4u;
+${L.join("\n")}
+}`,
+  };
+});
+
 function packA(
   w: Tensor,
   g: Conv2dGeometry,
@@ -230,6 +265,15 @@ function packA(
   // A phase without taps still binds a (never read) buffer.
   const a = e.empty([Math.max(4 * rows * total, 4)], "conv2d packed w");
   if (total === 0) return a;
+  if (W && !o.swap && g.cin % 4 === 0 && o.t1 === g.kh && g.kh * g.kw <= 49) {
+    e.run(packAFwdKernel({ kh: g.kh, kw: g.kw, kwp: o.t2 }), {
+      bindings: [W, a],
+      uniforms: { cin: g.cin, cq: cp / 4, total, n: rows * cp / 4 },
+      workgroups: groups(e, call, Math.ceil(rows * cp / 4 / WG), 1),
+      info: `[${w.shape}] → [${rows},${o.t1},${o.t2},${cp}]`,
+    });
+    return a;
+  }
   e.run(packAKernel({ tex: W !== null }), {
     bindings: [W ?? w, a],
     uniforms: {

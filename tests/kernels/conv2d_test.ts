@@ -375,8 +375,8 @@ gpuTest(
     // Forward (Cin → 16 or 32) and input gradient (Cout → 16 or 32) read textures, and the weight gradient
     // (any channels) does; their FMAs run in the same order as the storage-buffer kernels', so the results
     // are the same bits. Stride phases, a phase without taps (1×1 stride 2), ragged blocks of 8 and 16, the
-    // fused epilogue, split K (dw), conv1's 3 channels and a 3×3 of 6 (the forward's rows padded with zero
-    // taps to whole 4-texel steps; dw only for the input gradient).
+    // fused epilogue, split K (dw), conv1's 3 channels and 3×3s of 6 and 8 (the forward's rows padded with
+    // zero taps to whole 4-texel steps; dw only for the input gradient).
     const cases: [Case, boolean][] = [
       [CONV_CASES[13], false],
       [CONV_CASES[14], false],
@@ -384,6 +384,7 @@ gpuTest(
       [[2, 64, 9, 10, 64, 3, 1, 1], false],
       [[2, 3, 40, 36, 8, 7, 2, 3], true],
       [[2, 6, 9, 8, 5, 3, 1, 1], false],
+      [[2, 8, 9, 8, 6, 3, 1, 1], true],
     ];
     for (const [ci, [c, epilogue]] of cases.entries()) {
       const d = caseData(c, 90 + ci);
@@ -407,10 +408,17 @@ gpuTest(
           // The channels-last copy reads x (or dy) from a flat texture where its size is a multiple of 4.
           const flat = (pass === "dx" ? dy : x).size % 4 === 0;
           assertEquals(names.includes("conv2d_nhwc_tex"), flat, `${pass} ${d.label}: ${names}`);
-          // So does the weight's packing, where w's size is a multiple of 4.
+          // So does the weight's packing, where w's size is a multiple of 4; the forward's, where Cin is,
+          // fetches whole texels (conv2d_pack_a_fwd).
           if (names.some((n) => n.startsWith("conv2d_pack_a"))) {
+            const fwdPack = pass === "forward" && d.xShape[1] % 4 === 0;
             assertEquals(
-              names.includes("conv2d_pack_a_tex"),
+              names.some((n) => n.startsWith("conv2d_pack_a_fwd")),
+              fwdPack,
+              `${pass} ${d.label}: ${names}`,
+            );
+            assertEquals(
+              names.includes("conv2d_pack_a_tex") || fwdPack,
               w.size % 4 === 0,
               `${pass} ${d.label}: ${names}`,
             );
