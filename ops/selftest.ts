@@ -675,6 +675,11 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
         [[true, false], [false, true], [true, true]].map(([tA, tB]) => ({ ...s, tA, tB }))
       ),
     ]),
+    // A short K (a weight gradient dyᵀ·x): Aᵀ·B from flat textures on software adapters.
+    mm("auto, Aᵀ with a short K", "Aᵀ 2×999 · 2×64, Aᵀ 16×37 · 16×12", [
+      { m: 999, k: 2, n: 64, tA: true },
+      { m: 37, k: 16, n: 12, tA: true },
+    ]),
     mm("auto, batched / broadcast", "3·7×12×9, 2×3·7×12×9 Bᵀ, 4·7×13×9, …", [
       { m: 7, k: 12, n: 9, batchA: [3], batchB: [3] },
       { m: 7, k: 12, n: 9, batchA: [2, 3], batchB: [2, 3], tB: true },
@@ -956,6 +961,40 @@ function conv2dCases(quick: boolean): Case[] {
         }),
     });
   }
+  // A 1×1 stride-1 convolution with an epilogue large enough (2²² FLOPs per image) for a `tex` matmul: one
+  // texture matmul applying it on software adapters (matmulRowEpilogue), the blocked kernels elsewhere.
+  cases.push({
+    family: "conv2d",
+    op: "conv2d",
+    variant: "blocked 1×1 + bias/res/relu (one texture matmul on software adapters)",
+    shape: "x[2,256,16,16] w1×1 → 32",
+    run: (e, c) =>
+      withConv2dVariant("blocked", () => {
+        const d = convData([2, 256, 16, 16, 32, 1, 1, 0], 6);
+        for (const [bias, residual] of [[1, 1], [0, 1], [1, 0]]) {
+          const y = conv2dForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), {
+            ...d.o,
+            bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
+            residual: residual ? e.tensor(d.r, d.yShape) : null,
+            relu: true,
+          });
+          const o = { ...d.o, bias: bias ? d.b : undefined, residual: residual ? d.r : undefined };
+          const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, { ...o, relu: true });
+          const scale = conv2dCpu(absf(d.x), d.xShape, absf(d.w), d.wShape, {
+            ...o,
+            bias: bias ? absf(d.b) : undefined,
+            residual: residual ? absf(d.r) : undefined,
+          }).data;
+          c.close(
+            `${d.label} bias ${bias} residual ${residual} relu 1`,
+            c.read(y),
+            want.data,
+            TOL.conv2d,
+            scale,
+          );
+        }
+      }),
+  });
   cases.push({
     family: "conv2d",
     op: "conv2d_backward_bias",
@@ -1244,6 +1283,43 @@ function poolCases(quick: boolean): Case[] {
         c.shape(fmt(shape), y.shape, shape.slice(0, 2));
         c.close(fmt(shape), c.read(y), globalAvgPool2dCpu(x, shape), TOL.pool.avg);
       }
+    },
+  });
+  // From 2¹⁶ values: x through a flat texture on software adapters (max pooling; the global average over
+  // 7 × 7 planes one invocation per row), storage reads elsewhere.
+  cases.push({
+    family: "pool",
+    op: "max_pool2d",
+    variant: "large, k3 s2 p1 (textures on software adapters)",
+    shape: "[2,16,56,57]",
+    run: (e, c) => {
+      const shape = [2, 16, 56, 57], o = pools[0];
+      const x = rnd(prod(shape), 63, -3, 3).map(Math.round);
+      const want = maxPool2dCpu(x, shape, o);
+      const { y, indices } = maxPool2dForward(e.tensor(x, shape), o, true);
+      c.close(`y ${fmt(shape)}`, c.read(y), want.y, TOL.pool.maxForward);
+      c.close(
+        `indices ${fmt(shape)}`,
+        c.read(indices!),
+        Float32Array.from(want.indices),
+        TOL.pool.maxForward,
+      );
+    },
+  });
+  cases.push({
+    family: "pool",
+    op: "global_avg_pool2d",
+    variant: "large, 7 × 7 planes (one invocation per row on software adapters)",
+    shape: "[2,2048,7,7]",
+    run: (e, c) => {
+      const shape = [2, 2048, 7, 7];
+      const x = rnd(prod(shape), 64, -2, 2);
+      c.close(
+        fmt(shape),
+        c.read(globalAvgPool2dForward(e.tensor(x, shape))),
+        globalAvgPool2dCpu(x, shape),
+        TOL.pool.avg,
+      );
     },
   });
   cases.push({
