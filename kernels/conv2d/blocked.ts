@@ -252,6 +252,51 @@ ${L.join("\n")}
   };
 });
 
+// The input gradient's packing (rows ci, K (tap, co), the phase's taps flipped) from a flat texture where
+// Cin and Cout are multiples of 4: one invocation per (4 channels ci, 4 channels co) fetches each co's
+// 4·KH·KW consecutive values of w (KH·KW texels) and stores the vec4 of every (ci, tap). The same values.
+const packADxKernel = variants(
+  "conv2d_pack_a_dx",
+  (v: { kh: number; kw: number; s: number; kh0: number; kw0: number; t1: number; t2: number }) => {
+    const kk = v.kh * v.kw;
+    const L: string[] = [];
+    for (let c = 0; c < 4; c++) {
+      for (let t = 0; t < kk; t++) L.push(`  let e${c}_${t} = ${flatTexel("W", `t${c} + ${t}u`)};`);
+    }
+    for (let r = 0; r < 4; r++) {
+      for (let t1 = 0; t1 < v.t1; t1++) {
+        for (let t2 = 0; t2 < v.t2; t2++) {
+          const kh = v.kh0 + v.s * (v.t1 - 1 - t1), kw = v.kw0 + v.s * (v.t2 - 1 - t2);
+          const at = r * kk + kh * v.kw + kw;
+          const val = `vec4f(${[0, 1, 2, 3].map((c) => `e${c}_${at >> 2}[${at & 3}]`).join(", ")})`;
+          L.push(`  a[(4u * ciq + ${r}u) * p.total + ${t1 * v.t2 + t2}u * p.cq + coq] = ${val};`);
+        }
+      }
+    }
+    return {
+      bindings: [
+        { name: "W", access: "read", texture: "sampled" },
+        { name: "a", access: "read_write", type: "vec4<f32>" },
+      ] as const,
+      uniforms: { cin: "u32", cq: "u32", total: "u32", n: "u32" },
+      workgroupSize: [WG],
+      body: `
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= p.n) { return; }
+  let ciq = g.x / p.cq;
+  let coq = g.x - ciq * p.cq;
+  // w[co, 4ciq … 4ciq + 3, taps] for co = 4coq + c: ${kk} texels from texel (co·Cin + 4ciq)·KH·KW / 4.
+${
+        [0, 1, 2, 3].map((c) =>
+          `  let t${c} = ((4u * coq + ${c}u) * p.cin + 4u * ciq) * ${kk}u / 4u;`
+        ).join("\n")
+      }
+${L.join("\n")}
+}`,
+    };
+  },
+);
+
 function packA(
   w: Tensor,
   g: Conv2dGeometry,
@@ -265,6 +310,16 @@ function packA(
   // A phase without taps still binds a (never read) buffer.
   const a = e.empty([Math.max(4 * rows * total, 4)], "conv2d packed w");
   if (total === 0) return a;
+  if (W && o.swap && g.cin % 4 === 0 && g.cout % 4 === 0 && g.kh * g.kw <= 9) {
+    const v = { kh: g.kh, kw: g.kw, s: g.stride, kh0: o.kh0, kw0: o.kw0, t1: o.t1, t2: o.t2 };
+    e.run(packADxKernel(v), {
+      bindings: [W, a],
+      uniforms: { cin: g.cin, cq: cp / 4, total, n: g.cin / 4 * cp / 4 },
+      workgroups: groups(e, call, Math.ceil(g.cin / 4 * cp / 4 / WG), 1),
+      info: `[${w.shape}] → [${rows},${o.t1},${o.t2},${cp}]`,
+    });
+    return a;
+  }
   if (W && !o.swap && g.cin % 4 === 0 && o.t1 === g.kh && g.kh * g.kw <= 49) {
     e.run(packAFwdKernel({ kh: g.kh, kw: g.kw, kwp: o.t2 }), {
       bindings: [W, a],

@@ -376,7 +376,8 @@ gpuTest(
     // (any channels) does; their FMAs run in the same order as the storage-buffer kernels', so the results
     // are the same bits. Stride phases, a phase without taps (1×1 stride 2), ragged blocks of 8 and 16, the
     // fused epilogue, split K (dw), conv1's 3 channels and 3×3s of 6 and 8 (the forward's rows padded with
-    // zero taps to whole 4-texel steps; dw only for the input gradient).
+    // zero taps to whole 4-texel steps; dw only for the input gradient), stride phases whose packing fetches
+    // whole texels (Cin and Cout multiples of 4).
     const cases: [Case, boolean][] = [
       [CONV_CASES[13], false],
       [CONV_CASES[14], false],
@@ -385,6 +386,8 @@ gpuTest(
       [[2, 3, 40, 36, 8, 7, 2, 3], true],
       [[2, 6, 9, 8, 5, 3, 1, 1], false],
       [[2, 8, 9, 8, 6, 3, 1, 1], true],
+      [[2, 8, 11, 9, 16, 3, 2, 1], false],
+      [[2, 16, 7, 8, 32, 1, 2, 0], false],
     ];
     for (const [ci, [c, epilogue]] of cases.entries()) {
       const d = caseData(c, 90 + ci);
@@ -409,16 +412,14 @@ gpuTest(
           const flat = (pass === "dx" ? dy : x).size % 4 === 0;
           assertEquals(names.includes("conv2d_nhwc_tex"), flat, `${pass} ${d.label}: ${names}`);
           // So does the weight's packing, where w's size is a multiple of 4; the forward's, where Cin is,
-          // fetches whole texels (conv2d_pack_a_fwd).
+          // and the input gradient's, where Cin and Cout are, fetch whole texels.
           if (names.some((n) => n.startsWith("conv2d_pack_a"))) {
-            const fwdPack = pass === "forward" && d.xShape[1] % 4 === 0;
+            const [cout, cin] = d.wShape;
+            const whole = pass === "forward" ? cin % 4 === 0 : cin % 4 === 0 && cout % 4 === 0;
+            const kernel = pass === "forward" ? "conv2d_pack_a_fwd" : "conv2d_pack_a_dx";
+            assertEquals(names.some((n) => n.startsWith(kernel)), whole, `${pass} ${d.label}: ${names}`);
             assertEquals(
-              names.some((n) => n.startsWith("conv2d_pack_a_fwd")),
-              fwdPack,
-              `${pass} ${d.label}: ${names}`,
-            );
-            assertEquals(
-              names.includes("conv2d_pack_a_tex") || fwdPack,
+              names.includes("conv2d_pack_a_tex") || whole,
               w.size % 4 === 0,
               `${pass} ${d.label}: ${names}`,
             );
