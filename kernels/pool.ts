@@ -180,23 +180,29 @@ ${workgroupEntry(AVG_WG)} {
 }));
 
 // x: (rows, L) → y: (rows) = mean over L for short rows (a 7 × 7 plane) on software adapters: one
-// invocation per row, a compensated sum in order, x from its flat texture (engine/flat.ts). The tree above
+// invocation per row, a compensated sum in order, x from its flat texture (engine/flat.ts) where it has one,
+// else from storage (the same bits either way, so they do not depend on the batch size). The tree above
 // runs 64 invocations and six barriers per row for 49 values, which llvmpipe pays for dearly.
-const avgSerialKernel = single("global_avgpool2d_serial", () => ({
-  bindings: [{ name: "X", access: "read", texture: "sampled" }, { name: "y", access: "read_write" }],
-  uniforms: { rows: "u32", len: "u32", scale: "f32" },
+const avgSerialKernel = variants("global_avgpool2d_serial", (v: { tex: boolean }) => ({
+  bindings: [
+    v.tex
+      ? { name: "X", access: "read", texture: "sampled" } as const
+      : { name: "x", access: "read" } as const,
+    { name: "y", access: "read_write" },
+  ],
+  uniforms: { rows: "u32", len: "u32", scale: "f32", xoff: "u32", yoff: "u32" },
   workgroupSize: [WG],
   body: wgsl`
 ${linearEntry(WG)} {
   ${LINEAR_ID}
   if (i >= p.rows) { return; }
-  let base = i * p.len;
+  let base = p.xoff + i * p.len;
   var acc = 0.0;
   var comp = 0.0;
   for (var k = 0u; k < p.len; k++) {
-    ${kahanAdd("acc", "comp", flatLoad("X", "base + k"))}
+    ${kahanAdd("acc", "comp", v.tex ? flatLoad("X", "base + k") : "x[base + k]")}
   }
-  y[i] = acc * p.scale;
+  y[p.yoff + i] = acc * p.scale;
 }`,
 }));
 
@@ -371,13 +377,15 @@ export function globalAvgPool2dForward(x: Tensor, options: GlobalAvgPool2dOption
   if (len === 0) return e.tensor(new Float32Array(n * c).fill(NaN), shape);
   const runs = rowRuns(e, op, n * c, [len, 1], "plane");
   const y = e.empty(shape, "avgpool2d");
-  const X = runs.length === 1 && len <= AVG_SERIAL_MAX
+  const serial = e.adapterInfo.software && len <= AVG_SERIAL_MAX;
+  // From 2¹⁶ values, one run: x through its flat texture.
+  const X = serial && runs.length === 1
     ? textureReads(e, "pool.x", [x], x.size % 4 === 0)?.[0] ?? null
     : null;
   if (X) {
-    e.run(avgSerialKernel(), {
+    e.run(avgSerialKernel({ tex: true }), {
       bindings: [X, y],
-      uniforms: { rows: n * c, len, scale: 1 / len },
+      uniforms: { rows: n * c, len, scale: 1 / len, xoff: 0, yoff: 0 },
       workgroups: grid(n * c, WG),
       info: `[${x.shape}]→[${shape}] serial`,
     });
@@ -387,6 +395,15 @@ export function globalAvgPool2dForward(x: Tensor, options: GlobalAvgPool2dOption
     if (r.count === 0) continue;
     const bx = bindElements(x, r.start * len, r.count * len);
     const by = bindElements(y, r.start, r.count);
+    if (serial) {
+      e.run(avgSerialKernel({ tex: false }), {
+        bindings: [bx.binding, by.binding],
+        uniforms: { rows: r.count, len, scale: 1 / len, xoff: bx.off, yoff: by.off },
+        workgroups: grid(r.count, WG),
+        info: `[${x.shape}]→[${shape}] serial` + (runs.length > 1 ? ` rows ${r.start}+${r.count}` : ""),
+      });
+      continue;
+    }
     e.run(avgForwardKernel(), {
       bindings: [bx.binding, by.binding],
       uniforms: { rows: r.count, len, scale: 1 / len, xoff: bx.off, yoff: by.off },
