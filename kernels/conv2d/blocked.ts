@@ -139,14 +139,124 @@ ${linearEntry(WG)} {
 }`,
 }));
 
+// The interior of xp from a flat texture of x whose planes are whole texels (H·W a multiple of 4), after
+// nhwcBorderKernel: one invocation per 4 channels (cq, fastest) and 4 consecutive positions of a plane, which
+// fetches one texel of each channel and stores 4 vec4. A quarter of nhwcKernel's fetches, and no branch
+// (channels past C read 0). The same values.
+const nhwcQuadKernel = single("conv2d_nhwc_quad", () => ({
+  bindings: [
+    { name: "X", access: "read", texture: "sampled" },
+    { name: "xp", access: "read_write", type: "vec4<f32>" },
+  ] as const,
+  uniforms: {
+    c: "u32",
+    hw: "u32",
+    w: "u32",
+    hp: "u32",
+    wp: "u32",
+    c4q: "u32",
+    pt: "u32",
+    pl: "u32",
+    total: "u32",
+    texels: "u32",
+  } as const,
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  let cq = i % p.c4q;
+  let t = i / p.c4q;
+  let hq = p.hw / 4u;
+  let n = t / hq;
+  let p0 = (t - n * hq) * 4u;
+  var v: array<vec4f, 4>;
+  for (var s = 0u; s < 4u; s++) {
+    let ch = cq * 4u + s;
+    let texel = min(((n * p.c + ch) * p.hw + p0) / 4u, p.texels - 1u);
+    v[s] = select(vec4f(0.0), ${flatTexel("X", "texel")}, ch < p.c);
+  }
+  var ih = p0 / p.w;
+  var iw = p0 - ih * p.w;
+  for (var j = 0u; j < 4u; j++) {
+    let o = ((n * p.hp + ih + p.pt) * p.wp + iw + p.pl) * p.c4q + cq;
+    if (i < p.total) { xp[o] = vec4f(v[0][j], v[1][j], v[2][j], v[3][j]); }
+    iw++;
+    if (iw == p.w) { iw = 0u; ih++; }
+  }
+}`,
+}));
+
+// The border of xp that nhwcQuadKernel leaves: zeros in rows [0, pt) and [pt + h, hp), and in columns
+// [0, pl) and [pl + w, wp) of the rows between; one vec4 per invocation (a buffer clear of the whole of xp
+// ran at ~1.7 GB/s on llvmpipe, slower than the copy itself).
+const nhwcBorderKernel = single("conv2d_nhwc_border", () => ({
+  bindings: [{ name: "xp", access: "read_write", type: "vec4<f32>" }] as const,
+  uniforms: {
+    h: "u32",
+    w: "u32",
+    hp: "u32",
+    wp: "u32",
+    c4q: "u32",
+    pt: "u32",
+    pl: "u32",
+    total: "u32",
+  } as const,
+  workgroupSize: [WG],
+  body: wgsl`
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.total) { return; }
+  let cq = i % p.c4q;
+  let t = i / p.c4q;
+  let rows = (p.hp - p.h) * p.wp;
+  let per = rows + p.h * (p.wp - p.w);
+  let n = t / per;
+  let r = t - n * per;
+  var row: u32;
+  var col: u32;
+  if (r < rows) {
+    row = r / p.wp;
+    col = r - row * p.wp;
+    if (row >= p.pt) { row += p.h; }
+  } else {
+    let side = p.wp - p.w;
+    let r2 = r - rows;
+    row = p.pt + r2 / side;
+    col = r2 % side;
+    if (col >= p.pl) { col += p.w; }
+  }
+  xp[((n * p.hp + row) * p.wp + col) * p.c4q + cq] = vec4f(0.0);
+}`,
+}));
+
 /** Copy a (N, C, H, W) tensor to (N, H + pt + pb, W + pl + pr, C⁴), zero-padded; x from a texture with `textures`. */
 function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number, textures: boolean): Tensor {
   const e = x.engine;
   const [n, c, h, w] = x.shape;
   const hp = h + pt + pb, wp = w + pl + pr, c4q = c4(c) / 4;
   const total = n * hp * wp * c4q;
-  const xp = e.empty([n, hp, wp, 4 * c4q], "conv2d channels-last");
   const X = textures ? flatTexture(e, "conv2d.x", x) : null;
+  if (X && (h * w) % 4 === 0) {
+    const xp = e.empty([n, hp, wp, 4 * c4q], "conv2d channels-last");
+    const border = n * (hp * wp - h * w) * c4q;
+    if (border > 0) {
+      e.run(nhwcBorderKernel(), {
+        bindings: [xp],
+        uniforms: { h, w, hp, wp, c4q, pt, pl, total: border },
+        workgroups: grid(border, WG),
+        info: `[${xp.shape}] border`,
+      });
+    }
+    const quads = n * c4q * h * w / 4;
+    e.run(nhwcQuadKernel(), {
+      bindings: [X, xp],
+      uniforms: { c, hw: h * w, w, hp, wp, c4q, pt, pl, total: quads, texels: x.size / 4 },
+      workgroups: grid(quads, WG),
+      info: `[${x.shape}] → [${xp.shape}] quads`,
+    });
+    return xp;
+  }
+  const xp = e.empty([n, hp, wp, 4 * c4q], "conv2d channels-last");
   e.run(nhwcKernel({ tex: X !== null }), {
     bindings: [X ?? x, xp],
     uniforms: { c, h, w, hp, wp, c4q, pt, pl, total, size: x.size },
@@ -701,6 +811,47 @@ ${BLOCK_AT}
 }`,
 }));
 
+// texOutKernel where every 4 columns c0 … c0 + 3 are 4 consecutive, vec4-aligned values of one plane of y
+// (a forward pass whose output planes are whole vec4s: stride 1 into y, H·W a multiple of 4): one block
+// texel, one bias load, one residual texel and one vec4 store per invocation, with no loop or branch before
+// the store (on llvmpipe a branch puts everything after it under the execution mask). The same values.
+const texOutVecKernel = variants("conv2d_blocked_tex_out_vec", (v: { resTex: boolean }) => ({
+  bindings: [
+    { name: "blk", access: "read", texture: "sampled" },
+    { name: "bias", access: "read" },
+    v.resTex
+      ? { name: "R", access: "read", texture: "sampled" }
+      : { name: "res", access: "read", type: "vec4<f32>" },
+    { name: "y", access: "read_write", type: "vec4<f32>" },
+  ] as const,
+  uniforms: {
+    M: "u32",
+    N: "u32",
+    tmShift: "u32",
+    tnShift: "u32",
+    cols: "u32",
+    gx: "u32",
+    ohw: "u32",
+    hasBias: "u32",
+    hasRes: "u32",
+    relu: "u32",
+  },
+  workgroupSize: [WG],
+  body: wgsl`
+${BLOCK_AT}
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  let m = min(g.y, p.M - 1u);
+  let c0 = min(g.x * 4u, p.N - 4u);
+  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u)), 0);
+  let n = c0 / p.ohw;
+  let oi = ((n * p.M + m) * p.ohw + c0 - n * p.ohw) / 4u;
+  var v = v4 + vec4f(select(0.0, bias[m], p.hasBias != 0u));
+  v += select(vec4f(0.0), ${v.resTex ? flatTexel("R", "oi") : "res[oi]"}, p.hasRes != 0u);
+  v = select(v, max(v, vec4f(0.0)), p.relu != 0u);
+  if (g.x * 4u < p.N && g.y < p.M) { y[oi] = v; }
+}`,
+}));
+
 // part[z, m, c, tap] = Σ_{k in split z} A[m, k] · xp[P[k] + Q(tap, c)]
 //   A = dyᵀ: (Cout, K⁴) vec4 along k = (n, oh, ow); xp: (N, HP, WP, C⁴) vec4 along c; column group
 //   g = (tap, c/4), Q = (kh·WP + kw)·C⁴/4 + c/4; P[k] = ((n·HP + oh·s)·WP + ow·s)·C⁴/4 (0 past the end).
@@ -1026,22 +1177,36 @@ function runFwdGemm(
     });
     // The residual (the block's shortcut) read from a flat texture.
     const R = epi.hasRes ? flatTexture(e, "conv2d.res", rest[1]) : null;
-    e.run(texOutKernel({ resTex: R !== null }), {
-      bindings: [out, rest[0], R ?? rest[1], rest[2]],
-      uniforms: {
-        M: q.m,
-        N: q.n,
-        tmShift: Math.log2(blk.tm),
-        tnShift: Math.log2(blk.tn),
-        cols: blk.cols ? 1 : 0,
-        gx,
-        ohw: pos.ohw,
-        ow: pos.ow,
-        ...epi,
-      },
-      workgroups: groups(e, call, Math.ceil(q.n / 4 / WG), q.m),
-      info: `${info} blocks → y`,
-    });
+    // Whole vec4 of y where each 4 columns are 4 aligned values of one of its planes.
+    const stride1 = epi.os === 1 && epi.rh === 0 && epi.rw === 0;
+    const vec = stride1 && epi.oplane === pos.ohw && epi.outw === pos.ow && pos.ohw % 4 === 0;
+    const blocks = {
+      M: q.m,
+      N: q.n,
+      tmShift: Math.log2(blk.tm),
+      tnShift: Math.log2(blk.tn),
+      cols: blk.cols ? 1 : 0,
+      gx,
+      ohw: pos.ohw,
+    };
+    const bindings = [out, rest[0], R ?? rest[1], rest[2]];
+    const workgroups = groups(e, call, Math.ceil(q.n / 4 / WG), q.m);
+    if (vec) {
+      const { hasBias, hasRes, relu } = epi;
+      e.run(texOutVecKernel({ resTex: R !== null }), {
+        bindings,
+        uniforms: { ...blocks, hasBias, hasRes, relu },
+        workgroups,
+        info: `${info} blocks → y (vec4)`,
+      });
+    } else {
+      e.run(texOutKernel({ resTex: R !== null }), {
+        bindings,
+        uniforms: { ...blocks, ow: pos.ow, ...epi },
+        workgroups,
+        info: `${info} blocks → y`,
+      });
+    }
     return;
   }
   e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {

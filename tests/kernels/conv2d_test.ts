@@ -408,9 +408,24 @@ gpuTest(
             true,
             `${pass} ${d.label}: ${names}`,
           );
-          // The channels-last copy reads x (or dy) from a flat texture where its size is a multiple of 4.
-          const flat = (pass === "dx" ? dy : x).size % 4 === 0;
-          assertEquals(names.includes("conv2d_nhwc_tex"), flat, `${pass} ${d.label}: ${names}`);
+          // The channels-last copy reads x (or dy) from a flat texture where its size is a multiple of 4, 4
+          // positions of a plane per invocation where the planes are whole texels.
+          const src = pass === "dx" ? dy : x;
+          const quads = src.shape[2] * src.shape[3] % 4 === 0;
+          const flat = src.size % 4 === 0;
+          assertEquals(names.includes("conv2d_nhwc_tex"), flat && !quads, `${pass} ${d.label}: ${names}`);
+          assertEquals(names.includes("conv2d_nhwc_quad"), flat && quads, `${pass} ${d.label}: ${names}`);
+          // The blocks go into y as whole vec4 where its planes are whole vec4s and a GEMM writes all of them
+          // (not the input gradient's stride phases).
+          if (pass !== "dw") {
+            const [, , oh, ow] = pass === "dx" ? d.xShape : d.yShape;
+            const vec = oh * ow % 4 === 0 && (pass === "forward" || d.stride === 1);
+            assertEquals(
+              names.some((n) => n.startsWith("conv2d_blocked_tex_out_vec")),
+              vec,
+              `${pass} ${d.label}: ${names}`,
+            );
+          }
           // So does the weight's packing, where w's size is a multiple of 4; the forward's, where Cin is,
           // and the input gradient's, where Cin and Cout are, fetch whole texels.
           if (names.some((n) => n.startsWith("conv2d_pack_a"))) {
