@@ -330,6 +330,26 @@ const packAKernel = variants("conv2d_pack_a", (v: { tex: boolean }) => ({
 // The forward's packing from a flat texture where Cin is a multiple of 4: one invocation per (row m, 4
 // channels q) fetches the 4·KH·KW consecutive values of w (KH·KW texels; a scalar fetch per value above)
 // and stores the vec4 of every tap (zeros for the padded taps t2 ≥ KW). The same values.
+// The shell of the whole-texel packing kernels: w as a flat texture W, the packed a as vec4, one invocation
+// per (row, column) pair g.x = row · cq + column, named `row` and `col`; `body` the statements.
+function packShell(row: string, col: string, body: string[]) {
+  return {
+    bindings: [
+      { name: "W", access: "read", texture: "sampled" },
+      { name: "a", access: "read_write", type: "vec4<f32>" },
+    ] as const,
+    uniforms: { cin: "u32", cq: "u32", total: "u32", n: "u32" } as const,
+    workgroupSize: [WG],
+    body: `
+@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= p.n) { return; }
+  let ${row} = g.x / p.cq;
+  let ${col} = g.x - ${row} * p.cq;
+${body.join("\n")}
+}`,
+  };
+}
+
 const packAFwdKernel = variants("conv2d_pack_a_fwd", (v: { kh: number; kw: number; kwp: number }) => {
   const kk = v.kh * v.kw;
   const L: string[] = [];
@@ -343,23 +363,11 @@ const packAFwdKernel = variants("conv2d_pack_a_fwd", (v: { kh: number; kw: numbe
       L.push(`  a[m * p.total + ${tap}u * p.cq + q] = ${val};`);
     }
   }
-  return {
-    bindings: [
-      { name: "W", access: "read", texture: "sampled" },
-      { name: "a", access: "read_write", type: "vec4<f32>" },
-    ] as const,
-    uniforms: { cin: "u32", cq: "u32", total: "u32", n: "u32" },
-    workgroupSize: [WG],
-    body: `
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.n) { return; }
-  let m = g.x / p.cq;
-  let q = g.x - m * p.cq;
-  // w[m, 4q … 4q + 3, taps]: ${kk} texels from texel (m·Cin + 4q)·KH·KW / 4.
-  let t0 = (m * p.cin + 4u * q) * ${kk}u / 4u;
-${L.join("\n")}
-}`,
-  };
+  return packShell("m", "q", [
+    `  // w[m, 4q … 4q + 3, taps]: ${kk} texels from texel (m·Cin + 4q)·KH·KW / 4.`,
+    `  let t0 = (m * p.cin + 4u * q) * ${kk}u / 4u;`,
+    ...L,
+  ]);
 });
 
 // The input gradient's packing (rows ci, K (tap, co), the phase's taps flipped) from a flat texture where
@@ -383,27 +391,11 @@ const packADxKernel = variants(
         }
       }
     }
-    return {
-      bindings: [
-        { name: "W", access: "read", texture: "sampled" },
-        { name: "a", access: "read_write", type: "vec4<f32>" },
-      ] as const,
-      uniforms: { cin: "u32", cq: "u32", total: "u32", n: "u32" },
-      workgroupSize: [WG],
-      body: `
-@compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
-  if (g.x >= p.n) { return; }
-  let ciq = g.x / p.cq;
-  let coq = g.x - ciq * p.cq;
-  // w[co, 4ciq … 4ciq + 3, taps] for co = 4coq + c: ${kk} texels from texel (co·Cin + 4ciq)·KH·KW / 4.
-${
-        [0, 1, 2, 3].map((c) =>
-          `  let t${c} = ((4u * coq + ${c}u) * p.cin + 4u * ciq) * ${kk}u / 4u;`
-        ).join("\n")
-      }
-${L.join("\n")}
-}`,
-    };
+    return packShell("ciq", "coq", [
+      `  // w[co, 4ciq … 4ciq + 3, taps] for co = 4coq + c: ${kk} texels from texel (co·Cin + 4ciq)·KH·KW / 4.`,
+      ...[0, 1, 2, 3].map((c) => `  let t${c} = ((4u * coq + ${c}u) * p.cin + 4u * ciq) * ${kk}u / 4u;`),
+      ...L,
+    ]);
   },
 );
 
