@@ -14,8 +14,8 @@
  * copy when its rows are exactly a tensor's rows and 256-byte aligned (K or N a multiple of 64), else by
  * {@linkcode packKernel}. Batched products stack their batches along the textures' rows (an operand shared
  * by every product is stored once) and take the batch from the workgroup's z. Each invocation owns TM rows × TN columns of C (lanes along the dimension that
- * pads less), loads 4 texels of A per row and 4 × TN/4 (or TN) of B per iteration, then runs each
- * accumulator's 16 FMAs back to back.
+ * pads less), loads 4 texels of A per row and 4 × TN/4 (or TN) of B per iteration (1 and 4 × TN/4 for
+ * 32 × 32 blocks, {@linkcode texelsPerStep}), then runs each accumulator's FMAs back to back.
  *
  * @module
  */
@@ -62,9 +62,18 @@ interface TexParams extends VariantParams {
   bands: boolean;
 }
 
+/**
+ * Texels of k each loop iteration reads per row: 4 (KSTEP values), but 1 for 32 × 32 blocks. On llvmpipe a
+ * block's accumulators and fetched operands live on the stack; a 32 × 32 block's 1 024 accumulators take
+ * 32 KiB of it, and 4 texels of operands per row and column another 32 KiB, past the CPU's L1. One texel per
+ * iteration: 1024³ 73–76 → 63–64 ms (interleaved raw kernels). 16 × 16 blocks gain nothing from it. The same
+ * k order, so the same bits.
+ */
+export const texelsPerStep = (tm: number, tn: number): number => tm * tn >= 1024 ? 1 : KSTEP / 4;
+
 function genTex(v: TexParams): string {
   const { tm: TM, tn: TN, wg: WG, transB: tB } = v;
-  const U = KSTEP / 4;
+  const U = texelsPerStep(TM, TN);
   const L: string[] = [];
   L.push(`@compute @workgroup_size(${WG}, 1, 1)`);
   L.push(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {`);

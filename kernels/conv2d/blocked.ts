@@ -52,7 +52,7 @@ import type { Tensor } from "../../engine/tensor.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward, matmulRowEpilogue } from "../matmul.ts";
 import { flatLoad, flatTexel, flatTexture } from "../../engine/flat.ts";
-import { fillTexture } from "../matmul_tex.ts";
+import { fillTexture, texelsPerStep } from "../matmul_tex.ts";
 import { reduce } from "../reduce.ts";
 import {
   type Conv2dCall,
@@ -661,8 +661,8 @@ const blockRows = (floats: number) =>
 
 // The forward GEMM above with both operands read through rgba32float textures (on llvmpipe a texel fetch
 // is a straight gather where a storage load is a per-lane loop; see kernels/matmul_tex.ts): A as texels
-// (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step, ROWQ a
-// multiple of 4; each accumulator's FMAs in the same k order as `conv2d_blocked_fwd` (bit-identical).
+// (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step (one for
+// 32×32 blocks: texelsPerStep), ROWQ a multiple of 4; each accumulator's FMAs in the same k order as `conv2d_blocked_fwd` (bit-identical).
 // Each invocation stores its whole block, unguarded, as TM·TN/4 vec4 at block index (wid.y·nwg.x + wid.x)·
 // RWG + lid.x of `blk`, and {@linkcode texOutKernel} scatters the blocks into y with the epilogue: a 32×32
 // block's 1 024 guarded scalar stores took ~50 s of the ~75 s this kernel needed to compile on llvmpipe.
@@ -712,9 +712,9 @@ ${
 ${each2(tm, tn, (i, j) => `  var c${i}_${j} = 0.0;`)}
   for (var kh = 0u; kh < p.kh; kh++) {
     let ax = kh * p.rowq;
-    for (var k = 0u; k < p.rowq; k += 4u) {
+    for (var k = 0u; k < p.rowq; k += ${texelsPerStep(tm, tn)}u) {
 ${
-    each(4, (u) =>
+    each(texelsPerStep(tm, tn), (u) =>
       [
         each(tm, (i) => `      let av${i}_${u} = textureLoad(A, vec2u(ax + k + ${u}u, a${i}), 0);`),
         each(tn, (j) => `      let bv${j}_${u} = textureLoad(B, vec2u(bx${j} + k + ${u}u, by${j} + kh), 0);`),
@@ -722,7 +722,7 @@ ${
   }
 ${
     each2(tm, tn, (i, j) =>
-      each(16, (k) =>
+      each(4 * texelsPerStep(tm, tn), (k) =>
         `      c${i}_${j} = fma(av${i}_${k >> 2}[${k & 3}], bv${j}_${k >> 2}[${k & 3}], c${i}_${j});`))
   }
     }

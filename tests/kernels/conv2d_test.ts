@@ -377,7 +377,7 @@ gpuTest(
     // are the same bits. Stride phases, a phase without taps (1×1 stride 2), ragged blocks of 8 and 16, the
     // fused epilogue, split K (dw), conv1's 3 channels and 3×3s of 6 and 8 (the forward's rows padded with
     // zero taps to whole 4-texel steps; dw only for the input gradient), stride phases whose packing fetches
-    // whole texels (Cin and Cout multiples of 4).
+    // whole texels (Cin and Cout multiples of 4), 32 × 32 blocks.
     const cases: [Case, boolean][] = [
       [CONV_CASES[13], false],
       [CONV_CASES[14], false],
@@ -439,7 +439,17 @@ gpuTest(
               `${pass} ${d.label}: ${names}`,
             );
           }
-          for (const variant of ["blocked", "blocked/split1048576"]) {
+          // 32 × 32 blocks (one texel of k per loop step, texelsPerStep) where the GEMM has 64 rows.
+          const t32 = pass !== "dw" && d.xShape[1] === 64 && d.wShape[0] === 64 ? ["blocked/t32"] : [];
+          for (const variant of ["blocked", "blocked/split1048576", ...t32]) {
+            if (variant === "blocked/t32") {
+              const names = withConv2dVariant(variant, () => dispatched(e, () => void run()));
+              assertEquals(
+                names.some((n) => n.startsWith("conv2d_blocked_tex_fwd_tm32_tn32")),
+                true,
+                `${pass} ${d.label}: ${names}`,
+              );
+            }
             const viaTextures = await withConv2dVariant(variant, () => run()).toArray();
             const viaBuffers = await withConv2dVariant(`${variant}/notex`, () => run()).toArray();
             assertEquals(viaTextures, viaBuffers, `${pass} ${d.label} ${variant}`);
