@@ -513,8 +513,9 @@ export function matmulCandidates(
  * The kernel for an m × n × k product on `engine`: the tuning table's variant for
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
  * table. Software adapters (llvmpipe): A and B through textures (`tex`, kernels/matmul_tex.ts), 32×32
- * blocks for big products (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards), 16×16 for
- * medium ones (and where C has fewer than 32 rows or columns) — where the operands fit the adapter's texture
+ * blocks with lanes along N from 2²² FLOPs where C has at least 64 rows and 128 columns, 32×32 for other big
+ * products (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards), 16×16 for medium ones (and where C
+ * has fewer than 32 rows or columns) — where the operands fit the adapter's texture
  * size (B stored n × k with `transposeB`; a taller B in bands, see matmul_tex.ts `texLayout`), else register
  * blocks of the same size from storage buffers; 8×8 register blocks for small products; lanes along the
  * dimension that pads less; for ≤ 4 rows 1, 2 or 4 × 32 blocks with lanes along N (through textures 2 × 32
@@ -524,7 +525,7 @@ export function matmulCandidates(
  *
  * @example
  * ```ts
- * const cfg = chooseMatmulKernel(engine, 1024, 1024, 1024); // { kind: "reg", tm: 32, … } on llvmpipe
+ * const cfg = chooseMatmulKernel(engine, 1024, 1024, 1024); // { kind: "tex", tm: 32, lanes: "cols", … } on llvmpipe
  * ```
  */
 export function chooseMatmulKernel(
@@ -570,6 +571,13 @@ function builtinKernel(
     return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   }
   const flops = 2 * m * n * k;
+  // Through textures, 32 × 32 blocks with lanes along N where C has at least 64 rows and 128 columns (one texel
+  // of k per loop step, texelsPerStep): on llvmpipe ResNet-50's 1×1 convolutions at batch 8, GPU time summed,
+  // ~1 235 → ~1 050 ms (medians of six), a training step's texture matmuls at batch 2 ~1 017 → ~923 ms
+  // (medians of four), 1024³ as fast as lanes along M.
+  if (textures && flops >= 2 ** 22 && m >= 64 && n >= 128) {
+    return { kind: "tex", tm: 32, tn: 32, wg: REG_WG, lanes: "cols" };
+  }
   // 32 × 32 blocks only where C is at least that big both ways (8 × 2048 · 2048 × 19 699: 16 × 16 through
   // textures 82 ms, 32 × 32 123 ms on llvmpipe).
   const t = flops >= 2 ** 28 && Math.min(m, n) >= 32 ? 32 : flops >= 2 ** 22 ? 16 : 8;
@@ -858,26 +866,10 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
 }
 
 /**
- * The kernel of {@linkcode matmulRowEpilogue}'s products (inference's 1×1 convolutions): the tuning table's
- * variant, else on software adapters 32 × 32 texture blocks with lanes along N where C has at least 64 rows
- * and 128 columns, else {@linkcode chooseMatmulKernel}'s. ResNet-50's 1×1 convolutions at batch 8 on
- * llvmpipe, GPU time summed over the network's 34, two runs: 1 597–1 651 ms with the built-in choice
- * (16 × 16, lanes along the dimension that pads less), 1 479–1 515 ms with this one.
- */
-function chooseRowEpilogueKernel(e: Engine, m: number, n: number, k: number): MatmulConfig {
-  const tuned = chosenVariant(e, "matmul", matmulShapeClass(m, n, k)) !== undefined;
-  if (!tuned && e.adapterInfo.software && m >= 64 && n >= 128 && !texCannot(e, m, n, k, false)) {
-    return { kind: "tex", tm: 32, tn: 32, wg: REG_WG, lanes: "cols" };
-  }
-  return chooseMatmulKernel(e, m, n, k, false);
-}
-
-/**
  * Y[z] = act(W · X[z] + bias + residual[z]) with the bias per row of W (an output channel): a 1×1 stride-1
  * convolution's forward with its epilogue on NCHW tensors, W (M × K), X (nb × K × N), Y (nb × M × N), in one
- * `tex` kernel (no layout copies; the kernel from chooseRowEpilogueKernel). Null where the chosen kernel for
- * the product is not a `tex` one or the operands do not fit its textures or one binding; the caller then
- * takes its own path.
+ * `tex` kernel (no layout copies). Null where the chosen kernel for the product is not a `tex` one or the
+ * operands do not fit its textures or one binding; the caller then takes its own path.
  */
 export function matmulRowEpilogue(
   w: Tensor,
@@ -897,7 +889,7 @@ export function matmulRowEpilogue(
   if (o.residual && o.residual.size !== nb * m * n) {
     throw new RangeError(`matmulRowEpilogue: residual [${o.residual.shape}] for an output of ${nb * m * n}`);
   }
-  const cfg = chooseRowEpilogueKernel(e, m, n, k);
+  const cfg = chooseMatmulKernel(e, m, n, k, false);
   if (cfg.kind !== "tex" || typeof texLayout(e, m, n, k, false, 1, nb) === "string") return null;
   if ([w, x, o.residual].some((t) => t && t.bytes > e.maxBinding) || nb * m * n * 4 > e.maxBinding) {
     return null;

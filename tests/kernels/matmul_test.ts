@@ -512,7 +512,7 @@ gpuTest("the tuning table and forced variants choose the matmul kernel", async (
   const builtIn = matmulVariantId(chooseMatmulKernel(e, 300, 260, 36));
   assertEquals(
     builtIn,
-    e.adapterInfo.software ? "tex/16x16/rows" : software ? "reg/16x16/rows" : "tiled/64x64",
+    e.adapterInfo.software ? "tex/32x32/cols" : software ? "reg/16x16/rows" : "tiled/64x64",
   );
   try {
     useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: "reg/16x16/cols" } });
