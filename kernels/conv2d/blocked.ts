@@ -92,6 +92,9 @@ const c4 = (c: number) => Math.ceil(c / 4) * 4;
 
 // ------------------------------------------------------------------------------------------ layouts
 
+// The channels-last copies' uniforms: xp's padded height and width, C⁴/4, and where x starts in it.
+const PADDED_UNIFORMS = { hp: "u32", wp: "u32", c4q: "u32", pt: "u32", pl: "u32" } as const;
+
 // x: (N, C, H, W) → xp: (N, HP, WP, C⁴) as vec4, x at offset (pt, pl), zeros elsewhere.
 // With `tex`, x is read from a flat texture (flatTexture: a texel fetch per value instead of a storage load,
 // which is a loop over the SIMD lanes on llvmpipe); the same values.
@@ -104,11 +107,7 @@ const nhwcKernel = variants("conv2d_nhwc", (v: { tex: boolean }) => ({
     c: "u32",
     h: "u32",
     w: "u32",
-    hp: "u32",
-    wp: "u32",
-    c4q: "u32",
-    pt: "u32",
-    pl: "u32",
+    ...PADDED_UNIFORMS,
     total: "u32",
     size: "u32",
   } as const,
@@ -152,11 +151,7 @@ const nhwcQuadKernel = single("conv2d_nhwc_quad", () => ({
     c: "u32",
     hw: "u32",
     w: "u32",
-    hp: "u32",
-    wp: "u32",
-    c4q: "u32",
-    pt: "u32",
-    pl: "u32",
+    ...PADDED_UNIFORMS,
     total: "u32",
     texels: "u32",
   } as const,
@@ -194,11 +189,7 @@ const nhwcBorderKernel = single("conv2d_nhwc_border", () => ({
   uniforms: {
     h: "u32",
     w: "u32",
-    hp: "u32",
-    wp: "u32",
-    c4q: "u32",
-    pt: "u32",
-    pl: "u32",
+    ...PADDED_UNIFORMS,
     total: "u32",
   } as const,
   workgroupSize: [WG],
@@ -740,6 +731,19 @@ ${
 }`,
 }));
 
+// The forward scatters' uniforms: the GEMM's size, its block layout (blockAt) and the columns per image; then
+// the epilogue's switches.
+const BLOCKS_UNIFORMS = {
+  M: "u32",
+  N: "u32",
+  tmShift: "u32",
+  tnShift: "u32",
+  cols: "u32",
+  gx: "u32",
+  ohw: "u32",
+} as const;
+const EPILOGUE_UNIFORMS = { hasBias: "u32", hasRes: "u32", relu: "u32" } as const;
+
 // y[n, m, (i·os + rh), (j·os + rw)] = epi(block value of (m, c)), c = (n, i, j) < N: one invocation per
 // row m (g.y) and 4 columns c (g.x; one vec4 of a block row, TN a multiple of 4); the block layout is
 // texFwdKernel's, lanes along rows or columns; TM and TN as shifts.
@@ -751,22 +755,14 @@ const texOutKernel = variants("conv2d_blocked_tex_out", (v: { resTex: boolean })
     { name: "y", access: "read_write" },
   ] as const,
   uniforms: {
-    M: "u32",
-    N: "u32",
-    tmShift: "u32",
-    tnShift: "u32",
-    cols: "u32",
-    gx: "u32",
-    ohw: "u32",
+    ...BLOCKS_UNIFORMS,
     ow: "u32",
     oplane: "u32",
     outw: "u32",
     os: "u32",
     rh: "u32",
     rw: "u32",
-    hasBias: "u32",
-    hasRes: "u32",
-    relu: "u32",
+    ...EPILOGUE_UNIFORMS,
   },
   workgroupSize: [WG],
   body: wgsl`
@@ -816,18 +812,7 @@ const texOutVecKernel = variants("conv2d_blocked_tex_out_vec", (v: { resTex: boo
       : { name: "res", access: "read", type: "vec4<f32>" },
     { name: "y", access: "read_write", type: "vec4<f32>" },
   ] as const,
-  uniforms: {
-    M: "u32",
-    N: "u32",
-    tmShift: "u32",
-    tnShift: "u32",
-    cols: "u32",
-    gx: "u32",
-    ohw: "u32",
-    hasBias: "u32",
-    hasRes: "u32",
-    relu: "u32",
-  },
+  uniforms: { ...BLOCKS_UNIFORMS, ...EPILOGUE_UNIFORMS },
   workgroupSize: [WG],
   body: wgsl`
 ${BLOCK_AT}
