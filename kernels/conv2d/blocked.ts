@@ -653,7 +653,8 @@ const blockRows = (floats: number) =>
 // The forward GEMM above with both operands read through rgba32float textures (on llvmpipe a texel fetch
 // is a straight gather where a storage load is a per-lane loop; see kernels/matmul_tex.ts): A as texels
 // (KH·ROWQ, M), the channels-last B as texels (WP·C⁴/4, N·HP). Four texels (16 k) per loop step (one for
-// 32×32 blocks: texelsPerStep), ROWQ a multiple of 4; each accumulator's FMAs in the same k order as `conv2d_blocked_fwd` (bit-identical).
+// 32×32 blocks: texelsPerStep), ROWQ a multiple of 4; each accumulator's FMAs in the same k order as
+// `conv2d_blocked_fwd` (bit-identical).
 // Each invocation stores its whole block, unguarded, as TM·TN/4 vec4 at block index (wid.y·nwg.x + wid.x)·
 // RWG + lid.x of `blk`, and {@linkcode texOutKernel} scatters the blocks into y with the epilogue: a 32×32
 // block's 1 024 guarded scalar stores took ~50 s of the ~75 s this kernel needed to compile on llvmpipe.
