@@ -711,6 +711,32 @@ export function transpose(x: Tensor): Tensor {
   return y;
 }
 
+/**
+ * Products per `tex` launch of a batch of `nb`: all of them where the batched operands' slabs stacked along
+ * the textures' rows fit the adapter's texture size, else as many as fit, spread evenly over the launches
+ * (at least 1; {@linkcode texLayout} then says whether even one fits).
+ */
+function texBatches(
+  e: Engine,
+  m: number,
+  n: number,
+  k: number,
+  transB: boolean,
+  nb: number,
+  aBatched: boolean,
+  bBatched: boolean,
+): number {
+  const max = e.limits.maxTextureDimension2D;
+  const bRows = transB ? n : Math.ceil(k / 16) * 16;
+  let per = nb;
+  if (aBatched) per = Math.min(per, Math.floor(max / m));
+  if (bBatched) per = Math.min(per, Math.floor(max / bRows));
+  if (per >= nb) return nb;
+  if (per < 1) return 1;
+  const launches = Math.ceil(nb / per);
+  return Math.ceil(nb / launches);
+}
+
 function alignedBlock(e: Engine, rowElems: number[], maxRows: number): number {
   // Rows per block so that a block of every operand fits one binding and block offsets stay aligned.
   let step = 1;
@@ -782,20 +808,26 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     // the rows, the adapter's texture size; any other call takes the built-in kernel.
     // A B over one binding (a large head's weight) too, where copies alone fill its texture.
     const nbA = aBatched && !fold ? nb : 1, nbB = bBatched ? nb : 1;
-    const l = texLayout(e, M, n, k, tB, nbA, nbB);
+    // Products per launch: all of them, or as many as the textures hold stacked (Winograd's 36 products).
+    const per = texBatches(e, M, n, k, tB, nb, nbA > 1, nbB > 1);
+    const l = texLayout(e, M, n, k, tB, nbA > 1 ? per : 1, nbB > 1 ? per : 1);
     if (!splitM && typeof l !== "string" && (l.copiesB || !splitN && !splitK)) {
-      matmulTex(e, cfg, a, b, out, o.bias ?? e.placeholder(), {
-        m: M,
-        n,
-        k,
-        transB: tB,
-        hasBias: !!o.bias,
-        act: o.activation ?? "none",
-        info: `[${a.shape}]x[${b.shape}]${tB ? "ᵀ" : ""}`,
-        nb,
-        nbA,
-        nbB,
-      });
+      for (let z0 = 0; z0 < nb; z0 += per) {
+        const g = Math.min(per, nb - z0);
+        matmulTex(e, cfg, a, b, out, o.bias ?? e.placeholder(), {
+          m: M,
+          n,
+          k,
+          transB: tB,
+          hasBias: !!o.bias,
+          act: o.activation ?? "none",
+          info: `[${a.shape}]x[${b.shape}]${tB ? "ᵀ" : ""}${per < nb ? ` products ${z0}+${g}` : ""}`,
+          nb: g,
+          nbA: nbA > 1 ? g : 1,
+          nbB: nbB > 1 ? g : 1,
+          at: { a: nbA > 1 ? z0 * M * k : 0, b: nbB > 1 ? z0 * k * n : 0, c: z0 * M * n },
+        });
+      }
       return out;
     }
     cfg = builtinKernel(e, M, n, k, false);

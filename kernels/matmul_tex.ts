@@ -216,8 +216,8 @@ const texKernel = variants("matmul_tex", (v: TexParams) => ({
 }));
 
 /**
- * Fill a texture from matrices: texel (x, z·height + y) = src[z·stride + y·rowLen + 4x … +3] for
- * batch z, zero past `rowLen` or `rows` (the padding the matmul loop reads). With `tex`, src is read from
+ * Fill a texture from matrices: texel (x, z·height + y) = src[off + z·stride + y·rowLen + 4x … +3] for
+ * batch z (`off` a multiple of 4 where rows are read as vec4), zero past `rowLen` or `rows` (the padding the matmul loop reads). With `tex`, src is read from
  * its {@linkcode flatTexture} `S` (a texel fetch instead of a storage load, which is a loop over the SIMD
  * lanes on llvmpipe); the same values.
  */
@@ -229,7 +229,7 @@ export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean; tex?: 
       : { name: "src", access: "read", type: v.vec ? "vec4<f32>" : "f32" },
     { name: "T", access: "read_write", texture: "write" },
   ] as const,
-  uniforms: { rowLen: "u32", rows: "u32", width: "u32", height: "u32", stride: "u32" } as const,
+  uniforms: { rowLen: "u32", rows: "u32", width: "u32", height: "u32", stride: "u32", off: "u32" } as const,
   workgroupSize: [64],
   body: `
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -238,7 +238,7 @@ export const packKernel = variants("matmul_tex_pack", (v: { vec: boolean; tex?: 
   if (x >= p.width || y >= p.height) { return; }
   var v = vec4f(0.0);
   if (y < p.rows) {
-    let base = g.z * p.stride + y * p.rowLen;
+    let base = p.off + g.z * p.stride + y * p.rowLen;
 ${
     v.vec
       ? `    if (4u * x < p.rowLen) {
@@ -328,7 +328,8 @@ export function texCannot(
 /**
  * Fill `t` with `nb` slabs of `rows` rows of `rowLen` floats of `src` (the batches one after the other), each
  * slab `t.height / nb` texel rows, zeros past `rowLen` and `rows`: a copy where the layout allows (rows of
- * exactly `4 · t.width` floats, a multiple of 64), else {@linkcode packKernel}.
+ * exactly `4 · t.width` floats, a multiple of 64), else {@linkcode packKernel}. The first slab starts at
+ * element `offset` of src (a batch range of a batched product).
  */
 export function fillTexture(
   e: Engine,
@@ -337,17 +338,18 @@ export function fillTexture(
   rowLen: number,
   rows: number,
   nb = 1,
+  offset = 0,
 ): void {
   const height = t.height / nb;
   if (rowLen === t.width * 4 && rows === height && rowLen % 64 === 0) {
-    e.copyToTexture(src, t, 0);
+    e.copyToTexture(src, t, offset);
     return;
   }
   // On software adapters src is read through a flat texture (copied, no kernel): ~1/3 of the pack's time.
   const S = e.adapterInfo.software ? flatTexture(e, "matmul.src", src) : null;
   e.run(packKernel({ vec: rowLen % 4 === 0, ...(S ? { tex: true } : {}) }), {
     bindings: [S ?? src, t],
-    uniforms: { rowLen, rows, width: t.width, height, stride: rows * rowLen },
+    uniforms: { rowLen, rows, width: t.width, height, stride: rows * rowLen, off: offset },
     workgroups: [Math.ceil(t.width / 64), height, nb],
     info: `[${src.shape}] → ${t.width}×${t.height} texels`,
   });
@@ -404,9 +406,14 @@ export function matmulTex(
     rowBias?: boolean;
     /** Added to C before the activation (C's shape), read through a flat texture. */
     residual?: Tensor;
+    /**
+     * Where this launch's first product starts in A, B and C (elements): one launch of several over a
+     * batch whose stacked textures would not fit.
+     */
+    at?: { a: number; b: number; c: number };
   },
 ): void {
-  const { m, n, k, transB, nb = 1, nbA = 1, nbB = 1 } = o;
+  const { m, n, k, transB, nb = 1, nbA = 1, nbB = 1, at = { a: 0, b: 0, c: 0 } } = o;
   const l = texLayout(e, m, n, k, transB, nbA, nbB);
   if (typeof l === "string") throw new RangeError(`Cannot matmul ${o.info} through textures: ${l}`);
   const R = o.residual ? flatTexture(e, "matmul.res", o.residual) : null;
@@ -415,10 +422,11 @@ export function matmulTex(
   const bands = l.bands > 1;
   const ta = e.texture("matmul.A", aw, ah);
   const tb = e.texture(bands ? "matmul.Bbands" : "matmul.B", bw, bh);
-  fillTexture(e, a, ta, k, m, nbA);
+  fillTexture(e, a, ta, k, m, nbA, at.a);
+  const bOff = at.b;
   if (bands) fillBands(e, b, tb, l, transB ? k : n, transB ? n : k, transB ? n : aw * 4);
-  else if (transB) fillTexture(e, b, tb, k, n, nbB);
-  else fillTexture(e, b, tb, n, k, nbB);
+  else if (transB) fillTexture(e, b, tb, k, n, nbB, bOff);
+  else fillTexture(e, b, tb, n, k, nbB, bOff);
   const kernel = texKernel({
     tm: c.tm,
     tn: c.tn,
@@ -443,7 +451,7 @@ export function matmulTex(
       N: n,
       KQ: aw,
       ldc: n,
-      cOff: 0,
+      cOff: at.c,
       biasOff: 0,
       aSlab: nbA > 1 ? m : 0,
       bSlab: nbB > 1 ? bh / nbB : 0,

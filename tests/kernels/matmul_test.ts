@@ -244,6 +244,32 @@ gpuTest(
 );
 
 gpuTest(
+  "batched texture products taller than a texture run in groups of products (Winograd's 36 GEMMs)",
+  async (e) => {
+    if (!e.adapterInfo.software) return; // the built-in choice reads textures on software adapters only
+    const max = e.limits.maxTextureDimension2D;
+    // Three products of m rows stacked would exceed the texture height; two fit: launches of 2 and 1.
+    const m = Math.floor(max / 2) - 5;
+    const cases: Case[] = [
+      { m, k: 64, n: 8, tB: true, batchA: [3], batchB: [3] }, // A and Bᵀ copied into their textures
+      { m, k: 20, n: 30, batchA: [3], batchB: [3], bias: true, act: "relu" }, // packed, K and N padded
+      { m: 64, k: 16, n: m, tB: true, batchB: [3] }, // one A shared by every product
+    ];
+    for (const c of cases) {
+      const aShape = [...(c.batchA ?? []), c.m, c.k];
+      const bShape = [...(c.batchB ?? []), ...(c.tB ? [c.n, c.k] : [c.k, c.n])];
+      const zeros = (s: number[]) => e.tensor(new Float32Array(s.reduce((p, d) => p * d, 1)), s);
+      const a = zeros(aShape), b = zeros(bShape);
+      const names = dispatched(e, () => void matmulForward(a, b, { transposeB: c.tB }));
+      const gemms = names.filter((k) => k.startsWith("matmul_tex_tm"));
+      assertEquals(gemms.length, 2, `${JSON.stringify(c)}: ${names}`);
+      for (const t of [a, b]) t.dispose();
+      await check(e, c);
+    }
+  },
+);
+
+gpuTest(
   "matmul gradients match finite differences (transposes, bias, activation, broadcast batch)",
   async (e) => {
     const A = (r: number, c: number, s = 1) => ({ data: rand(r * c, s, -1, 1), shape: [r, c] });
