@@ -370,6 +370,20 @@ export function matmulVariantId(c: MatmulConfig): string {
 }
 
 // Lanes along the dimension that pads less: WG invocations × t rows ("rows") or × t columns ("cols").
+// The `tex` block of the built-in choice for an m × n C (see builtinKernel).
+function texBlocks(m: number, n: number): TexConfig {
+  let best: TexConfig | undefined, cost = Infinity;
+  for (const t of [32, 16]) {
+    for (const lanes of ["cols", "rows"] as const) {
+      const w = lanes === "rows" ? REG_WG : 1, wn = lanes === "cols" ? REG_WG : 1;
+      const padded = Math.ceil(m / (w * t)) * w * t * Math.ceil(n / (wn * t)) * wn * t;
+      const c = t === 32 ? padded / 1.5 : padded;
+      if (c < cost) [best, cost] = [{ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes }, c];
+    }
+  }
+  return best!;
+}
+
 function lanesFor(m: number, n: number, t: number): RegConfig["lanes"] {
   const padRows = Math.ceil(m / (REG_WG * t)) * REG_WG * t * Math.ceil(n / t) * t;
   const padCols = Math.ceil(m / t) * t * Math.ceil(n / (REG_WG * t)) * REG_WG * t;
@@ -571,19 +585,19 @@ function builtinKernel(
     return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   }
   const flops = 2 * m * n * k;
-  // Through textures, 32 × 32 blocks with lanes along N where C has at least 64 rows and 128 columns (one texel
-  // of k per loop step, texelsPerStep): on llvmpipe ResNet-50's 1×1 convolutions at batch 8, GPU time summed,
-  // ~1 235 → ~1 050 ms (medians of six), a training step's texture matmuls at batch 2 ~1 017 → ~923 ms
-  // (medians of four), 1024³ as fast as lanes along M.
-  if (textures && flops >= 2 ** 22 && m >= 64 && n >= 128) {
-    return { kind: "tex", tm: 32, tn: 32, wg: REG_WG, lanes: "cols" };
-  }
-  // 32 × 32 blocks only where C is at least that big both ways (8 × 2048 · 2048 × 19 699: 16 × 16 through
-  // textures 82 ms, 32 × 32 123 ms on llvmpipe).
+  // Through textures from 2²² FLOPs: 32 × 32 or 16 × 16 blocks, lanes along M or N, whichever computes the
+  // fewest padded outputs, 32 × 32 blocks counted at 1/1.5 of theirs (they run ~1.5× the FLOP rate of
+  // 16 × 16 on llvmpipe: one texel of k per loop step, texelsPerStep), lanes along N on a tie (1024³ runs
+  // as fast either way). Winograd's 36 products at batch 8, median GPU ms of five interleaved (llvmpipe):
+  // 1 568 × 64 × 64 16 × 16 rows 33.0 → 32 × 32 rows 25.0; 392 × 128 × 128 32 × 32 cols 45.6 → rows 26.5;
+  // 32 × 512 × 512 16 × 16 cols 44.9 → 32 × 32 cols 28.3. Before, 32 × 32 cols wherever C had 64 rows and
+  // 128 columns (ResNet-50's 1×1 convolutions: as fast as now), else 16 × 16.
+  if (textures && flops >= 2 ** 22) return texBlocks(m, n);
+  // Register blocks (textures run 1.5–2× their GFLOP/s on llvmpipe from 256³ up: 12 544 × 576 · 576 × 64
+  // 1.7×): 32 × 32 only where C is at least that big both ways (8 × 2048 · 2048 × 19 699 through textures:
+  // 16 × 16 82 ms, 32 × 32 123 ms on llvmpipe).
   const t = flops >= 2 ** 28 && Math.min(m, n) >= 32 ? 32 : flops >= 2 ** 22 ? 16 : 8;
-  // Textures: 1.5–2× the register blocks' GFLOP/s on llvmpipe from 256³ up (12 544 × 576 · 576 × 64: 1.7×).
-  const kind = textures && t >= TEX_TILES[0] ? "tex" : "reg";
-  return { kind, tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
+  return { kind: "reg", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
 }
 
 // One kernel per (configuration, layout, epilogue).

@@ -221,7 +221,7 @@ ${linearEntry(WG)} {
 }));
 
 /** Copy a (N, C, H, W) tensor to (N, H + pt + pb, W + pl + pr, C⁴), zero-padded; x from a texture with `textures`. */
-function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number, textures: boolean): Tensor {
+export function toNhwc(x: Tensor, pt: number, pb: number, pl: number, pr: number, textures: boolean): Tensor {
   const e = x.engine;
   const [n, c, h, w] = x.shape;
   const hp = h + pt + pb, wp = w + pl + pr, c4q = c4(c) / 4;

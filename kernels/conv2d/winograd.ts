@@ -34,11 +34,13 @@
  *
  * @module
  */
-import { type Engine, grid } from "../../engine/engine.ts";
+import { type Engine, type EngineTexture, grid } from "../../engine/engine.ts";
 import { type VariantParams, variants } from "../../engine/kernel.ts";
 import { Tensor } from "../../engine/tensor.ts";
+import { flatFits, flatLoad, flatTexel, flatTexture } from "../../engine/flat.ts";
 import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward } from "../matmul.ts";
+import { toNhwc } from "./blocked.ts";
 import {
   type Conv2dGeometry,
   type Conv2dOptions,
@@ -225,6 +227,54 @@ ${v.out.flat().map((n, xi) => `  v[(${xi}u * p.tp + t) * p.cq + q] = ${n};`).joi
   };
 });
 
+// The same from xp: (N, HP, WP, C⁴), x channels-last with zeros at least `pad` wide around it and below
+// and right of it as far as the last tile reads (toNhwc), read as a flat texture X of texels (4 channels):
+// one texel fetch per window position and no masks, where inputKernel makes 4 bounds-checked storage loads
+// (a loop over the SIMD lanes each on llvmpipe). Padding tiles t ≥ T write zeros. The same values.
+const inputTexKernel = variants("winograd_input_tex", (p: TileParams) => {
+  const { m } = p, a = m + 2, B = WINOGRAD_MATRICES[m].bt;
+  const loads = range(a).flatMap((i) =>
+    range(a).map((j) => `  let d${i}_${j} = ${flatTexel("X", `base + ${i}u * rs + ${j}u * p.cq`)};`)
+  );
+  const v = sandwich("v", B, names("d", a, a), B);
+  const store = (xi: number, val: string) => `  v[(${xi}u * p.tp + t) * p.cq + q] = ${val};`;
+  return {
+    bindings: [
+      { name: "X", access: "read", texture: "sampled" },
+      { name: "v", access: "read_write", type: "vec4<f32>" },
+    ] as const,
+    uniforms: {
+      img0: "u32",
+      hp: "u32",
+      wp: "u32",
+      tilesW: "u32",
+      tilesHW: "u32",
+      t: "u32",
+      tp: "u32",
+      cq: "u32",
+    },
+    workgroupSize: [WG],
+    body: `
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.tp * p.cq) { return; }
+  let q = i % p.cq;
+  let t = i / p.cq;
+  if (t >= p.t) {
+${range(a * a).map((xi) => "  " + store(xi, "vec4f(0.0)")).join("\n")}
+    return;
+  }
+  let img = p.img0 + t / p.tilesHW;
+  let rem = t % p.tilesHW;
+  let rs = p.wp * p.cq;
+  let base = ((img * p.hp + rem / p.tilesW * ${m}u) * p.wp + rem % p.tilesW * ${m}u) * p.cq + q;
+${loads.join("\n")}
+${v.lines}
+${v.out.flat().map((n, xi) => store(xi, n)).join("\n")}
+}`,
+  };
+});
+
 interface WeightParams extends TileParams {
   /** Input gradient: g = w[s][r] rotated by 180° (in/out transposed, spatially flipped). */
   flip: boolean;
@@ -321,6 +371,89 @@ fn epi(acc: f32, co: u32, at: u32) -> f32 {
 #endif
 #if ${p.relu}
   v = max(v, 0.0);
+#endif
+  return v;
+}
+${linearEntry(WG)} {
+  ${LINEAR_ID}
+  if (i >= p.t * p.rq) { return; }
+  let q = i % p.rq;
+  let t = i / p.rq;
+  let img = t / p.tilesHW;
+  let rem = t % p.tilesHW;
+  let oh0 = rem / p.tilesW * ${m}u;
+  let ow0 = rem % p.tilesW * ${m}u;
+${loads.join("\n")}
+${o.lines}
+  for (var k = 0u; k < 4u; k++) {
+    let co = q * 4u + k;
+    if (co >= p.r) { break; }
+    let yb = p.yOff + (img * p.r + co) * p.oh * p.ow;
+${stores.join("\n")}
+  }
+}`,
+  };
+});
+
+interface OutputTexParams extends OutputParams {
+  /** y's tile rows are whole vec4s (m = 4, OW a multiple of 4): one vec4 store per row and channel. */
+  vec: boolean;
+}
+
+// outputKernel with mw (and the residual) read from flat textures M and R, a texel fetch each instead of a
+// storage load (a loop over the SIMD lanes on llvmpipe); with `vec`, y and R by vec4. The same values.
+const outputTexKernel = variants("winograd_output_tex", (p: OutputTexParams) => {
+  const { m } = p, a = m + 2, A = WINOGRAD_MATRICES[m].at;
+  const loads = range(a).flatMap((i) =>
+    range(a).map((j) => `  let m${i}_${j} = ${flatTexel("M", `(${i * a + j}u * p.tp + t) * p.rq + q`)};`)
+  );
+  const o = sandwich("o", A, names("m", a, a), A);
+  const stores = p.vec
+    ? range(m).map((i) =>
+      `    if (oh0 + ${i}u < p.oh) {
+      let at = yb + (oh0 + ${i}u) * p.ow + ow0;
+      y[at / 4u] = epi(vec4f(${range(m).map((j) => `${o.out[i][j]}[k]`).join(", ")}), co, at);
+    }`
+    )
+    : range(m).flatMap((i) =>
+      range(m).map((j) =>
+        `    if (oh0 + ${i}u < p.oh && ow0 + ${j}u < p.ow) {
+      let at = yb + (oh0 + ${i}u) * p.ow + ow0 + ${j}u;
+      y[at] = epi(${o.out[i][j]}[k], co, at);
+    }`
+      )
+    );
+  const T = p.vec ? "vec4f" : "f32";
+  return {
+    bindings: [
+      { name: "M", access: "read", texture: "sampled" },
+      ...(p.bias ? [{ name: "bias", access: "read" } as const] : []),
+      ...(p.residual ? [{ name: "R", access: "read", texture: "sampled" } as const] : []),
+      { name: "y", access: "read_write", type: p.vec ? "vec4<f32>" : "f32" },
+    ] as const,
+    uniforms: {
+      yOff: "u32",
+      r: "u32",
+      oh: "u32",
+      ow: "u32",
+      tilesW: "u32",
+      tilesHW: "u32",
+      t: "u32",
+      tp: "u32",
+      rq: "u32",
+    },
+    workgroupSize: [WG],
+    body: wgsl`
+fn epi(acc: ${T}, co: u32, at: u32) -> ${T} {
+  var v = acc;
+#if ${p.bias}
+  v = v + bias[co];
+#endif
+#if ${p.residual}
+  v = v + ${p.vec ? flatTexel("R", "at / 4u") : flatLoad("R", "at")};
+#endif
+#if ${p.relu}
+  v = max(v, ${T}(0.0));
 #endif
   return v;
 }
@@ -501,7 +634,49 @@ function transformWeight(
   return u;
 }
 
-/** V (α², TP, C⁴) of images n0..n0+nc of `x` (N, C, H, W) at padding `pad` (TP ≥ T, a multiple of 4). */
+/** The channels-last copy of a transform's input that {@linkcode channelsLast} makes. */
+interface ChannelsLast {
+  /** A flat texture of xp (N, HP, WP, C⁴). */
+  tex: EngineTexture;
+  hp: number;
+  wp: number;
+}
+
+/** xp's padded height and width: `pad` zeros above and left of x, and below and right as far as tiles read. */
+function paddedSize(m: WinogradTile, geo: { h: number; w: number; pad: number; oh: number; ow: number }) {
+  return {
+    hp: Math.ceil(geo.oh / m) * m + 2,
+    wp: Math.ceil(geo.ow / m) * m + 2,
+  };
+}
+
+/**
+ * On software adapters, x (N, C, H, W) copied channels-last with its zero padding (toNhwc) into a flat
+ * texture for `inputTexKernel`; null elsewhere, or where the copy would not fit a texture or one binding.
+ */
+function channelsLast(
+  x: Tensor,
+  m: WinogradTile,
+  geo: { c: number; h: number; w: number; pad: number; oh: number; ow: number },
+): ChannelsLast | null {
+  const e = x.engine;
+  if (!e.adapterInfo.software) return null;
+  const { hp, wp } = paddedSize(m, geo);
+  const size = x.shape[0] * hp * wp * c4(geo.c);
+  if (4 * size > e.maxBinding || !flatFits(e, size)) return null;
+  const xp = toNhwc(x, geo.pad, hp - geo.h - geo.pad, geo.pad, wp - geo.w - geo.pad, true);
+  try {
+    const tex = flatTexture(e, "winograd.x", xp);
+    return tex ? { tex, hp, wp } : null;
+  } finally {
+    xp.dispose();
+  }
+}
+
+/**
+ * V (α², TP, C⁴) of images n0..n0+nc of `x` (N, C, H, W) at padding `pad` (TP ≥ T, a multiple of 4), read
+ * from `xp` where given.
+ */
 function transformInput(
   x: Tensor,
   m: WinogradTile,
@@ -509,11 +684,21 @@ function transformInput(
   n0: number,
   nc: number,
   tp: number,
+  xp: ChannelsLast | null = null,
 ): Tensor {
   const e = x.engine;
   const a2 = (m + 2) ** 2, { tilesW, tilesHW } = tiling(m, geo.oh, geo.ow);
   const t = nc * tilesHW, cq = c4(geo.c) / 4;
   const v = e.empty([a2, tp, 4 * cq], "winograd V");
+  if (xp) {
+    e.run(inputTexKernel({ m }), {
+      bindings: [xp.tex, v],
+      uniforms: { img0: n0, hp: xp.hp, wp: xp.wp, tilesW, tilesHW, t, tp, cq },
+      workgroups: grid(tp * cq, WG),
+      info: `[${x.shape}] channels-last images ${n0}+${nc} p${geo.pad} → [${v.shape}]`,
+    });
+    return v;
+  }
   e.run(inputKernel({ m }), {
     bindings: [x, v],
     uniforms: {
@@ -562,22 +747,25 @@ function forwardCore(
     () => transformWeight(w, m, geo.r, geo.s, flip, op),
   );
   const epi = { bias: !!o.bias, residual: !!o.residual, relu: !!o.relu };
-  const out = outputKernel({ m, ...epi });
+  const inGeo = { c: geo.s, h: geo.h, w: geo.w, pad: geo.pad, oh: geo.oh, ow: geo.ow };
+  const xp = channelsLast(src, m, inGeo);
+  // On software adapters the output transform reads M and the residual through flat textures.
+  const vec = m === 4 && geo.ow % 4 === 0;
+  const R = xp && o.residual ? flatTexture(e, "winograd.res", o.residual) : null;
+  const texOut = xp !== null && (!o.residual || R !== null);
+  const out = texOut ? outputTexKernel({ m, ...epi, vec }) : outputKernel({ m, ...epi });
   for (let n0 = 0; n0 < geo.n; n0 += per) {
     const nc = Math.min(per, geo.n - n0), t = nc * tilesHW, tp = c4(t);
     e.scope(() => {
-      const v = transformInput(
-        src,
-        m,
-        { c: geo.s, h: geo.h, w: geo.w, pad: geo.pad, oh: geo.oh, ow: geo.ow },
-        n0,
-        nc,
-        tp,
-      );
+      const v = transformInput(src, m, inGeo, n0, nc, tp, xp);
       // M[ξ] (T⁴ × R⁴) = V[ξ] (T⁴ × S⁴) · U[ξ]ᵀ
       const mw = matmulForward(v, u, { transposeB: true });
+      const M = texOut ? flatTexture(e, "winograd.m", mw) : null;
+      if (texOut && !M) throw new Error(`unreachable: [${mw.shape}] fits one binding, so a flat texture`);
       e.run(out, {
-        bindings: [mw, ...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : []), y],
+        bindings: M
+          ? [M, ...(o.bias ? [o.bias] : []), ...(R ? [R] : []), y]
+          : [mw, ...(o.bias ? [o.bias] : []), ...(o.residual ? [o.residual] : []), y],
         uniforms: {
           yOff: n0 * geo.r * geo.oh * geo.ow,
           r: geo.r,
@@ -690,6 +878,8 @@ export function winogradBackwardWeight(
   const { tilesW, tilesHW } = tiling(m, g.oh, g.ow);
   const per = imagesPerChunk(e, op, config, g.n, tilesHW, Math.max(cp, rp));
   const dwKernel = gradWeightKernel({ m });
+  const inGeo = { c: g.cin, h: g.h, w: g.w, pad: g.pad, oh: g.oh, ow: g.ow };
+  const xp = channelsLast(x, m, inGeo);
   for (let n0 = 0; n0 < g.n; n0 += per) {
     const nc = Math.min(per, g.n - n0), t = nc * tilesHW;
     // Split the sum over tiles (the GEMMs' K) into runs of ~SPLIT_TILES (long K runs are slow on llvmpipe),
@@ -703,14 +893,7 @@ export function winogradBackwardWeight(
     );
     const tk = c4(Math.ceil(t / splits)), tp = splits * tk;
     e.scope(() => {
-      const v = transformInput(
-        x,
-        m,
-        { c: g.cin, h: g.h, w: g.w, pad: g.pad, oh: g.oh, ow: g.ow },
-        n0,
-        nc,
-        tp,
-      );
+      const v = transformInput(x, m, inGeo, n0, nc, tp, xp);
       const z = e.empty([a2 * splits, rp, tk], "winograd Z");
       e.run(gradOutputKernel({ m }), {
         bindings: [dy, z],
@@ -758,11 +941,16 @@ export const winograd: Conv2dStrategy<WinogradConfig> = {
   unsupported: (_e, _pass, g) =>
     winogradSupports(g) ? null : "Winograd runs only 3×3 stride-1 convolutions with padding ≤ 2",
   // x, y, dy, dx and the residual are bound whole; the transforms V, M, Z and P run in chunks of images
-  // that fit (imagesPerChunk), U is one (α², R⁴, S⁴) tensor. Every dispatch goes through `grid`.
+  // that fit (imagesPerChunk), U is one (α², R⁴, S⁴) tensor, the channels-last copy of the transform's
+  // input (software adapters) one tensor. Every dispatch goes through `grid`.
   footprint: (_e, pass, g, c) => {
-    const a2 = (tileOf(c) + 2) ** 2;
+    const m = tileOf(c), a2 = (m + 2) ** 2;
     const u = pass === "dw" ? 0 : a2 * c4(g.cin) * c4(g.cout);
-    return { elements: Math.max(ioElements(g), u), groups: 0 };
+    const src = pass === "dx"
+      ? { c: g.cout, h: g.oh, w: g.ow, pad: 2 - g.pad, oh: g.h, ow: g.w }
+      : { c: g.cin, h: g.h, w: g.w, pad: g.pad, oh: g.oh, ow: g.ow };
+    const { hp, wp } = paddedSize(m, src);
+    return { elements: Math.max(ioElements(g), u, g.n * hp * wp * c4(src.c)), groups: 0 };
   },
   forward: (x, w, g, o, c) => winogradForward(x, w, g, o, c),
   backwardInput: (dy, w, g, c) => winogradBackwardInput(dy, w, g, c),

@@ -538,8 +538,22 @@ gpuTest("the tuning table and forced variants choose the matmul kernel", async (
   const builtIn = matmulVariantId(chooseMatmulKernel(e, 300, 260, 36));
   assertEquals(
     builtIn,
-    e.adapterInfo.software ? "tex/32x32/cols" : software ? "reg/16x16/rows" : "tiled/64x64",
+    e.adapterInfo.software ? "tex/32x32/rows" : software ? "reg/16x16/rows" : "tiled/64x64",
   );
+  if (e.adapterInfo.software) {
+    // The texture block and lanes that pad least (32 × 32 counted at 1/1.5): Winograd's products at batch 8.
+    for (
+      const [m, n, k, id] of [
+        [1568, 64, 64, "tex/32x32/rows"],
+        [392, 128, 128, "tex/32x32/rows"],
+        [128, 256, 256, "tex/32x32/cols"],
+        [32, 512, 512, "tex/32x32/cols"],
+        [8, 19699, 2048, "tex/16x16/cols"],
+      ] as const
+    ) {
+      assertEquals(matmulVariantId(chooseMatmulKernel(e, m, n, k, true)), id, `${m} × ${n} × ${k}`);
+    }
+  }
   try {
     useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: "reg/16x16/cols" } });
     assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), "reg/16x16/cols");

@@ -12,7 +12,15 @@ import {
   winogradSupports,
   type WinogradTile,
 } from "../../kernels/conv2d/winograd.ts";
-import { assertClose, assertEquals, assertThrows, gpuTest, rand, TOL as SHARED_TOL } from "../helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  assertThrows,
+  dispatched,
+  gpuTest,
+  rand,
+  TOL as SHARED_TOL,
+} from "../helpers.ts";
 
 /**
  * Every comparison holds the direct convolution's tolerance (kernels/tolerance.ts): against the scale
@@ -122,7 +130,8 @@ gpuTest("Winograd input and weight gradients match the float64 reference on awkw
 });
 
 gpuTest("Winograd fused epilogue adds bias, then the residual, then applies ReLU", async (e) => {
-  for (const c of [CASES[1], CASES[2], CASES[4]]) {
+  // CASES[5]: OW a multiple of 4, so F(4×4)'s output tile rows are whole vec4s.
+  for (const c of [CASES[1], CASES[2], CASES[4], CASES[5]]) {
     const d = caseData(c, 5);
     for (const [bias, residual, relu] of [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 1, 1]]) {
       const want = conv2dCpu(d.x, d.xShape, d.w, d.wShape, {
@@ -138,13 +147,26 @@ gpuTest("Winograd fused epilogue adds bias, then the residual, then applies ReLU
       }).data;
       for (const tile of TILES) {
         await e.scope(async () => {
-          const y = winogradForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), d.g, {
-            ...d.o,
-            bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
-            residual: residual ? e.tensor(d.r, d.yShape) : null,
-            relu: !!relu,
-          }, { tile });
+          const fwd = () =>
+            winogradForward(e.tensor(d.x, d.xShape), e.tensor(d.w, d.wShape), d.g, {
+              ...d.o,
+              bias: bias ? e.tensor(d.b, [d.wShape[0]]) : null,
+              residual: residual ? e.tensor(d.r, d.yShape) : null,
+              relu: !!relu,
+            }, { tile });
           const what = `F${tile} ${d.label} bias ${bias} res ${residual} relu ${relu}`;
+          const names = dispatched(e, () => void fwd());
+          if (e.adapterInfo.software) {
+            // The transforms read a channels-last copy and M (and the residual) through flat textures; a
+            // residual whose size is not a multiple of 4 has none, and takes the storage-buffer kernel.
+            const texOut = !residual || prod(d.yShape) % 4 === 0;
+            const vec = texOut && tile === 4 && d.g.ow % 4 === 0;
+            const has = (k: string) => names.some((n) => n.startsWith(k));
+            assertEquals(has(`winograd_input_tex_m${tile}`), true, `${what}: ${names}`);
+            assertEquals(has(`winograd_output_tex_m${tile}`), texOut, `${what}: ${names}`);
+            assertEquals(names.some((n) => n.endsWith("_vec")), vec, `${what}: ${names}`);
+          }
+          const y = fwd();
           assertClose(await y.toArray(), want.data, TOL, what, scale);
         });
       }
