@@ -175,7 +175,7 @@ function convCases(phase: LayerRow["phase"], quick: boolean): Case[] {
         shape,
         uses,
         flops,
-        variant: (e) => conv2dVariantFor(e, op, g),
+        variant: (e) => conv2dVariantFor(e, op, g, phase === "inference" && op === "conv2d.fwd"),
         setup(e) {
           const x = randomTensor(e, xs, 1), w = randomTensor(e, ws, 2);
           const dy = op === "conv2d.fwd" ? null : randomTensor(e, ys, 3);

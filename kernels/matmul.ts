@@ -526,14 +526,13 @@ export function matmulCandidates(
 /**
  * The kernel for an m × n × k product on `engine`: the tuning table's variant for
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in
- * table. Software adapters (llvmpipe): A and B through textures (`tex`, kernels/matmul_tex.ts), 32×32
- * blocks with lanes along N from 2²² FLOPs where C has at least 64 rows and 128 columns, 32×32 for other big
- * products (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards), 16×16 for medium ones (and where C
- * has fewer than 32 rows or columns) — where the operands fit the adapter's texture
- * size (B stored n × k with `transposeB`; a taller B in bands, see matmul_tex.ts `texLayout`), else register
- * blocks of the same size from storage buffers; 8×8 register blocks for small products; lanes along the
- * dimension that pads less; for ≤ 4 rows 1, 2 or 4 × 32 blocks with lanes along N (through textures 2 × 32
- * with `transposeB`, 2 × 64 without).
+ * table. Software adapters (llvmpipe): A and B through textures (`tex`, kernels/matmul_tex.ts) from 2²²
+ * FLOPs (all `batch` products together), 32×32 or 16×16 blocks with lanes along M or N, whichever pads C
+ * least (first compile ~3–8 s on llvmpipe, cached by Mesa afterwards) — where the operands fit the adapter's
+ * texture size (B stored n × k with `transposeB`; a taller B in bands, see matmul_tex.ts `texLayout`), else
+ * register blocks from storage buffers (32×32 from 2²⁸ FLOPs, 16×16 from 2²²); 8×8 register blocks for
+ * small products; for ≤ 4 rows 1, 2 or 4 × 32 blocks with lanes along N (through textures 2 × 32 with
+ * `transposeB`, 2 × 64 without).
  * Hardware adapters: 64×64 workgroup tiles (register blocks as on llvmpipe behind OpenGL). A variant that is
  * unknown or cannot run throws a `RangeError` naming it.
  *
@@ -548,10 +547,11 @@ export function chooseMatmulKernel(
   n: number,
   k: number,
   transposeB = false,
+  batch = 1,
 ): MatmulConfig {
   const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
   if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
-  return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB), transposeB);
+  return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB), transposeB, batch);
 }
 
 /**
@@ -571,6 +571,7 @@ function builtinKernel(
   k: number,
   textures: boolean,
   transposeB = false,
+  batch = 1,
 ): MatmulConfig {
   // Hardware adapters: workgroup tiles, but not behind OpenGL, where each tiled kernel takes ~15 s to
   // compile (kernels/_wgsl.ts stagesTiles); `he2gene tune` may still pick them there.
@@ -584,7 +585,9 @@ function builtinKernel(
     if (textures) return { kind: "tex", tm: skinny, tn: transposeB ? 32 : 64, wg: REG_WG, lanes: "cols" };
     return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
   }
-  const flops = 2 * m * n * k;
+  // The work of every product of a batch (Winograd's 36 at batch 2: 36 × 392 × 64 × 64 took 8 × 8 register
+  // blocks from storage buffers as 3.2 MFLOP products).
+  const flops = 2 * m * n * k * batch;
   // Through textures from 2²² FLOPs: 32 × 32 or 16 × 16 blocks, lanes along M or N, whichever computes the
   // fewest padded outputs, 32 × 32 blocks counted at 1/1.5 of theirs (they run ~1.5× the FLOP rate of
   // 16 × 16 on llvmpipe: one texel of k per loop step, texelsPerStep), lanes along N on a tie (1024³ runs
@@ -816,7 +819,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
     );
   }
   const nBlock = splitN ? alignedBlock(e, [k], n) : n;
-  let cfg = chooseMatmulKernel(e, M, n, k, tB);
+  let cfg = chooseMatmulKernel(e, M, n, k, tB, nb);
   if (cfg.kind === "tex") {
     // Textures: operands that fit a binding (the pack kernel reads them whole) and, batches stacked along
     // the rows, the adapter's texture size; any other call takes the built-in kernel.
@@ -844,7 +847,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
       }
       return out;
     }
-    cfg = builtinKernel(e, M, n, k, false);
+    cfg = builtinKernel(e, M, n, k, false, tB, nb);
   }
   if (cfg.kind === "tex") throw new Error("unreachable: the built-in matmul table has no tex kernel");
   const reg = cfg.kind === "reg";
@@ -935,7 +938,7 @@ export function matmulRowEpilogue(
   if (o.residual && o.residual.size !== nb * m * n) {
     throw new RangeError(`matmulRowEpilogue: residual [${o.residual.shape}] for an output of ${nb * m * n}`);
   }
-  const cfg = chooseMatmulKernel(e, m, n, k, false);
+  const cfg = chooseMatmulKernel(e, m, n, k, false, nb);
   if (cfg.kind !== "tex" || typeof texLayout(e, m, n, k, false, 1, nb) === "string") return null;
   if ([w, x, o.residual].some((t) => t && t.bytes > e.maxBinding) || nb * m * n * 4 > e.maxBinding) {
     return null;

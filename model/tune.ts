@@ -189,7 +189,7 @@ function convCases(e: Engine, geoms: Conv2dGeometry[], training: boolean): TuneC
         flops,
         tol: TOL.conv2d,
         candidates: conv2dCandidates(e, op as "conv2d.fwd", g),
-        defaultVariant: conv2dVariantFor(e, op as "conv2d.fwd", g),
+        defaultVariant: conv2dVariantFor(e, op as "conv2d.fwd", g, inference),
         setup(e) {
           const x = randomTensor(e, xs, 1), w = randomTensor(e, ws, 2), dy = randomTensor(e, ys, 3);
           // An inference forward runs as the network's folded convolutions do (resnetForwardFolded): bias

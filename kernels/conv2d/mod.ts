@@ -120,14 +120,16 @@ function parseVariant(id: string): Variant {
 }
 
 /**
- * The built-in choice: `blocked` on software adapters, but Winograd F(4×4, 3×3) for the forward of
- * stride-1 3×3 convolutions there; `implicit_gemm` on GPUs (`direct` if neither can). ResNet-50's four
- * stride-1 3×3 classes at batch 8 on llvmpipe, median wall ms of five interleaved calls (forward with
- * bias and ReLU, constant weight): 64 × 56² blocked 111.2 → Winograd 84.1, 128 × 28² 101.2 → 71.2,
- * 256 × 14² 110.4 → 55.3, 512 × 7² 105.3 → 65.8.
+ * The built-in choice: `blocked` on software adapters, but Winograd F(4×4, 3×3) there for the forward of
+ * stride-1 3×3 convolutions with a constant weight (prediction); `implicit_gemm` on GPUs (`direct` if
+ * neither can). ResNet-50's four stride-1 3×3 classes at batch 8 on llvmpipe, median wall ms of five
+ * interleaved calls (forward with bias and ReLU, constant weight): 64 × 56² blocked 111.2 → Winograd 84.1,
+ * 128 × 28² 101.2 → 71.2, 256 × 14² 110.4 → 55.3, 512 × 7² 105.3 → 65.8. Training keeps `blocked`: there
+ * the weight's transform runs every step (13 × ~7.7 ms at batch 2), the step's GPU time fell only ~5 %, and
+ * F(4×4)'s rounding (~10× the direct sum's, within TOL.conv2d) moved the losses of a few steps by up to 0.15 %.
  */
-function defaultVariant(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant {
-  if (e.adapterInfo.software && pass === "fwd" && winogradSupports(g)) {
+function defaultVariant(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, constantWeight = false): Variant {
+  if (e.adapterInfo.software && pass === "fwd" && constantWeight && winogradSupports(g)) {
     // Not where one image's transforms or the transformed weight exceed one binding.
     const w = parseVariant("winograd/f4");
     if (w.strategy.footprint(e, pass, { ...g, n: 1 }, w.config).elements <= bindingElements(e)) return w;
@@ -136,12 +138,15 @@ function defaultVariant(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant
   return v.strategy.unsupported(e, pass, g, v.config) === null ? v : parseVariant("direct");
 }
 
-/** The variant that runs `pass` at `g` on `e`: forced, else the tuning table's, else the default. */
-function resolve(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant {
+/**
+ * The variant that runs `pass` at `g` on `e`: forced, else the tuning table's, else the default (which
+ * depends on whether the weight is constant, Conv2dOptions.constantWeight).
+ */
+function resolve(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, constantWeight = false): Variant {
   const op = TUNING_OP[pass];
   const shapeClass = conv2dShapeClass(g);
   const id = chosenVariant(e, op, shapeClass);
-  if (id === undefined) return defaultVariant(e, pass, g);
+  if (id === undefined) return defaultVariant(e, pass, g, constantWeight);
   // A forced variant equal to the table's entry is treated as the table's.
   const key = tuningKey(op, shapeClass);
   const fromTable = tuningOf(e)?.entries[key] === id;
@@ -158,7 +163,7 @@ function resolve(e: Engine, pass: Conv2dPass, g: Conv2dGeometry): Variant {
   }
   const why = v.strategy.unsupported(e, pass, g, v.config);
   if (why === null) return v;
-  if (fromTable) return defaultVariant(e, pass, g);
+  if (fromTable) return defaultVariant(e, pass, g, constantWeight);
   throw refuse(why);
 }
 
@@ -308,7 +313,7 @@ export function conv2dForward(x: Tensor, w: Tensor, options: Conv2dOptions = {})
   }
   const e = x.engine;
   if (outShape.includes(0)) return e.empty(outShape, "conv2d");
-  const v = resolve(e, "fwd", g);
+  const v = resolve(e, "fwd", g, !!options.constantWeight);
   const info = `[${x.shape}]*[${w.shape}] s${g.stride} p${g.pad}`;
   const per = imagesPerLaunch(e, "fwd", g, v);
   if (per === g.n) return v.strategy.forward(x, w, g, options, v.config, call(v, "fwd", info));
@@ -417,19 +422,26 @@ export function conv2dBackwardBias(dy: Tensor): Tensor {
 
 /**
  * The variant `op` runs at geometry `g` on `engine` now: a forced one, else the tuning table's (where it can
- * run `g`), else the built-in default for the adapter's kind. For reports such as the benchmark's.
+ * run `g`), else the built-in default for the adapter's kind and whether the weight is constant
+ * (Conv2dOptions.constantWeight: prediction). For reports such as the benchmark's.
  *
  * @example
  * ```ts
  * const g = conv2dGeometry([8, 64, 56, 56], [64, 64, 3, 3], { padding: 1 });
  * conv2dVariantFor(engine, "conv2d.fwd", g); // "blocked" on llvmpipe without a tuning table
+ * conv2dVariantFor(engine, "conv2d.fwd", g, true); // "winograd/f4" there
  * ```
  */
-export function conv2dVariantFor(engine: Engine, op: Conv2dTuningOp, g: Conv2dGeometry): string {
+export function conv2dVariantFor(
+  engine: Engine,
+  op: Conv2dTuningOp,
+  g: Conv2dGeometry,
+  constantWeight = false,
+): string {
   if (!Object.hasOwn(PASS, op)) {
     throw new RangeError(
       `Cannot name the conv2d variant for "${op}": the ops are ${Object.keys(PASS).join(", ")}`,
     );
   }
-  return resolve(engine, PASS[op], g).id;
+  return resolve(engine, PASS[op], g, constantWeight).id;
 }

@@ -587,12 +587,14 @@ gpuTest("conv2d runs the tuning table's variant for its shape class, and a force
   const fwd = () => void conv2dForward(x, w, o);
   const dx = () => void conv2dBackwardInput(dy, w, d.xShape, o);
   const has = (names: string[], prefix: string) => names.some((n) => n.startsWith(prefix));
-  // Default: on software adapters Winograd for this stride-1 3×3 forward and blocked (through textures or
-  // buffers) for its input gradient; implicit_gemm on GPUs.
-  const byDefault = e.adapterInfo.software ? "winograd_input" : "conv2d_fwd_tm8_tn8";
+  // Default: blocked on software adapters (through textures or buffers), implicit_gemm on GPUs; on software
+  // adapters Winograd for this stride-1 3×3 forward where the weight is constant (prediction).
+  const byDefault = e.adapterInfo.software ? "conv2d_blocked_" : "conv2d_fwd_tm8_tn8";
   assertEquals(has(dispatched(e, fwd), byDefault), true, `default ${dispatched(e, fwd)}`);
-  const dxDefault = e.adapterInfo.software ? "conv2d_blocked_" : "conv2d_dx_tm";
-  assertEquals(has(dispatched(e, dx), dxDefault), true, `default dx ${dispatched(e, dx)}`);
+  const predict = () => void conv2dForward(x, w, { ...o, constantWeight: true });
+  const constant = e.adapterInfo.software ? "winograd_input" : "conv2d_fwd_tm8_tn8";
+  assertEquals(has(dispatched(e, predict), constant), true, `constant weight ${dispatched(e, predict)}`);
+  releaseConv2dWeight(w);
   try {
     useTuning(e, {
       entries: {
@@ -623,7 +625,7 @@ gpuTest("conv2d runs the tuning table's variant for its shape class, and a force
     useTuning(e, { entries: { [`conv2d.fwd|${conv2dShapeClass(g2)}`]: "winograd" } });
     const x2 = e.tensor(d2.x, d2.xShape), w2 = e.tensor(d2.w, d2.wShape);
     const fell = dispatched(e, () => void conv2dForward(x2, w2, o2));
-    assertEquals(has(fell, e.adapterInfo.software ? "conv2d_blocked_" : byDefault), true, `fallback ${fell}`);
+    assertEquals(has(fell, byDefault), true, `fallback ${fell}`);
   } finally {
     useTuning(e, null);
   }

@@ -553,6 +553,9 @@ gpuTest("the tuning table and forced variants choose the matmul kernel", async (
     ) {
       assertEquals(matmulVariantId(chooseMatmulKernel(e, m, n, k, true)), id, `${m} × ${n} × ${k}`);
     }
+    // The threshold counts every product of a batch: Winograd's 36 products of 392 × 64 × 64 at batch 2.
+    assertEquals(chooseMatmulKernel(e, 392, 64, 64, true).kind, "reg");
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 392, 64, 64, true, 36)), "tex/32x32/rows");
   }
   try {
     useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: "reg/16x16/cols" } });
