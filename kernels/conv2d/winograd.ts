@@ -322,93 +322,26 @@ interface OutputParams extends TileParams {
   bias: boolean;
   residual: boolean;
   relu: boolean;
+  /**
+   * mw and the residual read from flat textures M and R, a texel fetch each instead of a storage load (a
+   * loop over the SIMD lanes on llvmpipe). The same values.
+   */
+  tex: boolean;
+  /** With `tex`: y's tile rows are whole vec4s (m = 4, OW a multiple of 4), one vec4 store per row and channel. */
+  vec: boolean;
 }
 
 // mw: (α², TP, R⁴) → y: (N, R, OH, OW). Invocation (t, q): tile t, channels 4q..4q+3:
 // y_tile = Aᵀ M A, then + bias[r], + residual, ReLU (conv2dForward's epilogue, in that order); rows and
 // columns past OH, OW and channels past R are not stored.
 const outputKernel = variants("winograd_output", (p: OutputParams) => {
-  const { m } = p, a = m + 2, A = WINOGRAD_MATRICES[m].at;
+  const { m } = p, a = m + 2, A = WINOGRAD_MATRICES[m].at, vec = p.tex && p.vec;
+  const at = (i: number, j: number) => `(${i * a + j}u * p.tp + t) * p.rq + q`;
   const loads = range(a).flatMap((i) =>
-    range(a).map((j) => `  let m${i}_${j} = mw[(${i * a + j}u * p.tp + t) * p.rq + q];`)
+    range(a).map((j) => `  let m${i}_${j} = ${p.tex ? flatTexel("M", at(i, j)) : `mw[${at(i, j)}]`};`)
   );
   const o = sandwich("o", A, names("m", a, a), A);
-  const stores = range(m).flatMap((i) =>
-    range(m).map((j) =>
-      `    if (oh0 + ${i}u < p.oh && ow0 + ${j}u < p.ow) {
-      let at = yb + (oh0 + ${i}u) * p.ow + ow0 + ${j}u;
-      y[at] = epi(${o.out[i][j]}[k], co, at);
-    }`
-    )
-  );
-  return {
-    bindings: [
-      { name: "mw", access: "read", type: "vec4<f32>" },
-      ...(p.bias ? [{ name: "bias", access: "read" } as const] : []),
-      ...(p.residual ? [{ name: "res", access: "read" } as const] : []),
-      { name: "y", access: "read_write" },
-    ],
-    uniforms: {
-      yOff: "u32",
-      r: "u32",
-      oh: "u32",
-      ow: "u32",
-      tilesW: "u32",
-      tilesHW: "u32",
-      t: "u32",
-      tp: "u32",
-      rq: "u32",
-    },
-    workgroupSize: [WG],
-    body: wgsl`
-fn epi(acc: f32, co: u32, at: u32) -> f32 {
-  var v = acc;
-#if ${p.bias}
-  v = v + bias[co];
-#endif
-#if ${p.residual}
-  v = v + res[at];
-#endif
-#if ${p.relu}
-  v = max(v, 0.0);
-#endif
-  return v;
-}
-${linearEntry(WG)} {
-  ${LINEAR_ID}
-  if (i >= p.t * p.rq) { return; }
-  let q = i % p.rq;
-  let t = i / p.rq;
-  let img = t / p.tilesHW;
-  let rem = t % p.tilesHW;
-  let oh0 = rem / p.tilesW * ${m}u;
-  let ow0 = rem % p.tilesW * ${m}u;
-${loads.join("\n")}
-${o.lines}
-  for (var k = 0u; k < 4u; k++) {
-    let co = q * 4u + k;
-    if (co >= p.r) { break; }
-    let yb = p.yOff + (img * p.r + co) * p.oh * p.ow;
-${stores.join("\n")}
-  }
-}`,
-  };
-});
-
-interface OutputTexParams extends OutputParams {
-  /** y's tile rows are whole vec4s (m = 4, OW a multiple of 4): one vec4 store per row and channel. */
-  vec: boolean;
-}
-
-// outputKernel with mw (and the residual) read from flat textures M and R, a texel fetch each instead of a
-// storage load (a loop over the SIMD lanes on llvmpipe); with `vec`, y and R by vec4. The same values.
-const outputTexKernel = variants("winograd_output_tex", (p: OutputTexParams) => {
-  const { m } = p, a = m + 2, A = WINOGRAD_MATRICES[m].at;
-  const loads = range(a).flatMap((i) =>
-    range(a).map((j) => `  let m${i}_${j} = ${flatTexel("M", `(${i * a + j}u * p.tp + t) * p.rq + q`)};`)
-  );
-  const o = sandwich("o", A, names("m", a, a), A);
-  const stores = p.vec
+  const stores = vec
     ? range(m).map((i) =>
       `    if (oh0 + ${i}u < p.oh) {
       let at = yb + (oh0 + ${i}u) * p.ow + ow0;
@@ -423,14 +356,23 @@ const outputTexKernel = variants("winograd_output_tex", (p: OutputTexParams) => 
     }`
       )
     );
-  const T = p.vec ? "vec4f" : "f32";
+  const T = vec ? "vec4f" : "f32";
+  const res = !p.tex ? "res[at]" : vec ? flatTexel("R", "at / 4u") : flatLoad("R", "at");
   return {
     bindings: [
-      { name: "M", access: "read", texture: "sampled" },
+      p.tex
+        ? { name: "M", access: "read", texture: "sampled" } as const
+        : { name: "mw", access: "read", type: "vec4<f32>" } as const,
       ...(p.bias ? [{ name: "bias", access: "read" } as const] : []),
-      ...(p.residual ? [{ name: "R", access: "read", texture: "sampled" } as const] : []),
-      { name: "y", access: "read_write", type: p.vec ? "vec4<f32>" : "f32" },
-    ] as const,
+      ...(p.residual
+        ? [
+          p.tex
+            ? { name: "R", access: "read", texture: "sampled" } as const
+            : { name: "res", access: "read" } as const,
+        ]
+        : []),
+      { name: "y", access: "read_write", type: vec ? "vec4<f32>" : "f32" },
+    ],
     uniforms: {
       yOff: "u32",
       r: "u32",
@@ -450,7 +392,7 @@ fn epi(acc: ${T}, co: u32, at: u32) -> ${T} {
   v = v + bias[co];
 #endif
 #if ${p.residual}
-  v = v + ${p.vec ? flatTexel("R", "at / 4u") : flatLoad("R", "at")};
+  v = v + ${res};
 #endif
 #if ${p.relu}
   v = max(v, ${T}(0.0));
@@ -753,7 +695,7 @@ function forwardCore(
   const vec = m === 4 && geo.ow % 4 === 0;
   const R = xp && o.residual ? flatTexture(e, "winograd.res", o.residual) : null;
   const texOut = xp !== null && (!o.residual || R !== null);
-  const out = texOut ? outputTexKernel({ m, ...epi, vec }) : outputKernel({ m, ...epi });
+  const out = outputKernel({ m, ...epi, tex: texOut, vec: texOut && vec });
   for (let n0 = 0; n0 < geo.n; n0 += per) {
     const nc = Math.min(per, geo.n - n0), t = nc * tilesHW, tp = c4(t);
     e.scope(() => {
