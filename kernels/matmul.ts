@@ -731,7 +731,7 @@ export function transpose(x: Tensor): Tensor {
 /**
  * Products per `tex` launch of a batch of `nb`: all of them where the batched operands' slabs stacked along
  * the textures' rows fit the adapter's texture size, else as many as fit, spread evenly over the launches
- * (at least 1; {@linkcode texLayout} then says whether even one fits).
+ * ({@linkcode texLayout} then says whether they fit).
  */
 function texBatches(
   e: Engine,
@@ -748,8 +748,9 @@ function texBatches(
   let per = nb;
   if (aBatched) per = Math.min(per, Math.floor(max / m));
   if (bBatched) per = Math.min(per, Math.floor(max / bRows));
-  if (per >= nb) return nb;
-  if (per < 1) return 1;
+  // Not even one product fits: all of them, so that texLayout refuses the call (B's bands, which hold one
+  // operand taller than a texture, are for unbatched products only).
+  if (per >= nb || per < 1) return nb;
   const launches = Math.ceil(nb / per);
   return Math.ceil(nb / launches);
 }

@@ -255,6 +255,9 @@ gpuTest(
       { m, k: 20, n: 30, batchA: [3], batchB: [3], bias: true, act: "relu" }, // packed, K and N padded
       { m: 64, k: 16, n: m, tB: true, batchB: [3] }, // one A shared by every product
     ];
+    // One product's Bᵀ taller than a texture: no launch holds it (bands are for unbatched products only),
+    // so the register blocks compute the batch.
+    await check(e, { m: 8, k: 64, n: max + 5, tB: true, batchA: [2], batchB: [2] });
     for (const c of cases) {
       const aShape = [...(c.batchA ?? []), c.m, c.k];
       const bShape = [...(c.batchB ?? []), ...(c.tB ? [c.n, c.k] : [c.k, c.n])];
