@@ -8,7 +8,8 @@
  * one dispatch per range. Clipping needs no readback: per-tensor sums of squares go to a partials buffer,
  * one workgroup reduces them to the norm and the clip factor, and the Adam kernel reads the factor from
  * that 1-element buffer. Step-dependent scalars (lr / (1 − β1ᵗ), √(1 − β2ᵗ)) live in one small storage
- * buffer rewritten once per step, so uniforms and bind groups stay cached across steps.
+ * buffer rewritten once per step, so uniforms and bind groups stay cached across steps. Where the kernels
+ * read textures (below), that buffer and the clip factor are copied into one small texture as well.
  *
  * On software adapters both passes read their large operands through textures: whole 4 096-float rows
  * of each range are copied (a `copyBufferToTexture`, no kernel) into 4 MiB textures, chunk by chunk, and
@@ -24,7 +25,7 @@
  * @module
  */
 import { zeroGrad } from "../engine/autograd.ts";
-import { type Engine, grid, type TensorRange } from "../engine/engine.ts";
+import { type Engine, type EngineTexture, grid, type TensorRange } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { shapeSize, type Tensor } from "../engine/tensor.ts";
 import { chunkSum, LINEAR_ID, linearEntry, stridedSum, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
@@ -105,8 +106,8 @@ ${workgroupEntry(WG)} {
 // Adam, in place, following torch's _single_tensor_adam (lerp for m, addcmul for v, addcdiv for θ):
 //   g ← g·clip + wd·θ;  m ← m + (1 − β1)(g − m);  v ← β2·v + (1 − β2)·g²
 //   θ ← θ − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)
-// th, gr (the gradient), m, v: [n] (the same range of each); hp: [params, 2] = (lr / (1 − β1ᵗ), √(1 − β2ᵗ))
-// per parameter; cs: [1] the clip factor.
+// th, gr (the gradient), m, v: [n] (the same range of each); hp: [params, 4] = (lr / (1 − β1ᵗ), √(1 − β2ᵗ),
+// 0, 0) per parameter; cs: [1] the clip factor.
 const adamKernel = variants("adam_step", (p: { vec: boolean }) => {
   const type = p.vec ? "vec4<f32>" : "f32";
   return {
@@ -124,8 +125,8 @@ const adamKernel = variants("adam_step", (p: { vec: boolean }) => {
 ${linearEntry(EW)} {
   ${LINEAR_ID}
   if (i >= p.n) { return; }
-  let stepSize = hp[2u * p.row];
-  let bc2Sqrt = hp[2u * p.row + 1u];
+  let stepSize = hp[4u * p.row];
+  let bc2Sqrt = hp[4u * p.row + 1u];
   let theta = th[i];
   let gi = gr[i] * cs[0] + p.wd * theta;
   let m0 = m[i];
@@ -139,8 +140,17 @@ ${linearEntry(EW)} {
 });
 
 // Adam as adamKernel (vec), with θ, g, m, v read through textures (rows of p.width texels, copied from
-// the same range of each buffer) and θ, m, v written to their buffers; one texel per invocation.
-// th, m, v: [rows · width] vec4 (a range); TH, G, M, V: textures; hp, cs as adamKernel
+// the same range of each buffer) and θ, m, v written to their buffers; one texel per invocation. The step
+// scalars and the clip factor come from the texture HP too ({@linkcode hyperTexel}): on llvmpipe a storage
+// load is a loop over the SIMD lanes even where every lane reads the same word, and the three scalar
+// loads of hp and cs cost as much as the rest of the kernel (raw kernel over 8 Mi floats: 50 → 31 ms).
+// th, m, v: [rows · width] vec4 (a range); TH, G, M, V: textures; HP: the hyper-parameter texture
+/** Texels per row of the hyper-parameter texture (16 × 16 bytes: WebGPU's 256-byte copy rows). */
+const HP_WIDTH = 16;
+/** WGSL: texel `row` of the hyper-parameter texture `HP` (hp's floats 4·row … 4·row + 3). */
+const hyperTexel = (row: string) =>
+  `textureLoad(HP, vec2u((${row}) & ${HP_WIDTH - 1}u, (${row}) >> ${Math.log2(HP_WIDTH)}u), 0)`;
+
 const adamTexKernel = single("adam_step_tex", () => ({
   bindings: [
     { name: "th", access: "read_write", type: "vec4<f32>" },
@@ -150,13 +160,13 @@ const adamTexKernel = single("adam_step_tex", () => ({
     { name: "G", access: "read", texture: "sampled" },
     { name: "M", access: "read", texture: "sampled" },
     { name: "V", access: "read", texture: "sampled" },
-    { name: "hp", access: "read" },
-    { name: "cs", access: "read" },
+    { name: "HP", access: "read", texture: "sampled" },
   ],
   uniforms: {
     rows: "u32",
     width: "u32",
     row: "u32",
+    clipRow: "u32",
     omb1: "f32",
     b2: "f32",
     omb2: "f32",
@@ -169,10 +179,11 @@ const adamTexKernel = single("adam_step_tex", () => ({
   let c = gid.xy;
   if (c.x >= p.width || c.y >= p.rows) { return; }
   let i = c.y * p.width + c.x;
-  let stepSize = hp[2u * p.row];
-  let bc2Sqrt = hp[2u * p.row + 1u];
+  let h = ${hyperTexel("p.row")};
+  let stepSize = h.x;
+  let bc2Sqrt = h.y;
   let theta = textureLoad(TH, c, 0);
-  let gi = textureLoad(G, c, 0) * cs[0] + p.wd * theta;
+  let gi = textureLoad(G, c, 0) * ${hyperTexel("p.clipRow")}.x + p.wd * theta;
   let m0 = textureLoad(M, c, 0);
   let mi = m0 + p.omb1 * (gi - m0);
   let vi = p.b2 * textureLoad(V, c, 0) + p.omb2 * gi * gi;
@@ -504,7 +515,10 @@ export class Adam {
 
     // Per-parameter step scalars, computed in float64 like torch's Python floats.
     const [b1, b2] = this.betas;
-    const hp = new Float32Array(2 * this.#params.size);
+    // Four floats per parameter, then the clip factor's texel (copied in on the GPU), in whole rows of the
+    // hyper-parameter texture.
+    const hpRows = Math.ceil((this.#params.size + 1) / HP_WIDTH);
+    const hp = new Float32Array(hpRows * HP_WIDTH * 4);
     for (const [name, th] of todo) {
       let st = this.#state.get(name);
       if (!st) {
@@ -517,14 +531,21 @@ export class Adam {
       }
       st.step++;
       const row = this.#row.get(name)!;
-      hp[2 * row] = this.lr / (1 - b1 ** st.step);
-      hp[2 * row + 1] = Math.sqrt(1 - b2 ** st.step);
+      hp[4 * row] = this.lr / (1 - b1 ** st.step);
+      hp[4 * row + 1] = Math.sqrt(1 - b2 ** st.step);
     }
     this.#writeHyper(hp);
 
     const { width, rows: maxRows } = this.textureLayout;
     const texture = this.reads === "texture";
     const tex = (role: string) => e.texture(`optim.${role}`, width, maxRows);
+    const clipRow = this.#params.size;
+    let HP: EngineTexture | null = null;
+    if (texture) {
+      e.copy(scale, this.#hp!, { dstOffset: 4 * clipRow, size: 1 });
+      HP = e.texture("optim.HP", HP_WIDTH, hpRows);
+      e.copyToTexture(this.#hp!, HP);
+    }
     const uniforms = { omb1: 1 - b1, b2, omb2: 1 - b2, eps: this.eps, wd: this.weightDecay };
     for (const [name, th, g] of todo) {
       const { m, v } = this.#state.get(name)!;
@@ -544,8 +565,8 @@ export class Adam {
             });
             const r = (t: Tensor) => bind(t, offset, rows * width * 4, false);
             e.run(adamTexKernel(), {
-              bindings: [r(th), r(m), r(v), ...ts, this.#hp!, scale],
-              uniforms: { rows, width, row, ...uniforms },
+              bindings: [r(th), r(m), r(v), ...ts, HP!],
+              uniforms: { rows, width, row, clipRow, ...uniforms },
               workgroups: [Math.ceil(width / EW), rows, 1],
               info: `${name} [${th.shape}] @${offset}, ${rows} rows`,
             });

@@ -29,13 +29,15 @@ interface Trial {
   skipB?: number;
   reads?: OptimReads;
   textureLayout?: TextureLayout;
+  /** The parameters (default {@linkcode SHAPES}). */
+  shapes?: Record<string, number[]>;
 }
 
 /** Run `trial` on the GPU and on the CPU reference; return both final states and the norms per step. */
 async function trial(e: Engine, t: Trial) {
   const params = new Map<string, Tensor>();
   const cpu = new Map<string, AdamCpuState>();
-  for (const [name, shape] of Object.entries(SHAPES)) {
+  for (const [name, shape] of Object.entries(t.shapes ?? SHAPES)) {
     const x = rand(size(shape), name.length * 7 + shape[0]);
     params.set(name, e.tensor(x, shape));
     const n = x.length;
@@ -48,7 +50,7 @@ async function trial(e: Engine, t: Trial) {
   for (let s = 0; s < t.steps; s++) {
     const grads = new Map<string, Tensor>();
     const cpuGrads = new Map<string, Float32Array>();
-    for (const [name, shape] of Object.entries(SHAPES)) {
+    for (const [name, shape] of Object.entries(t.shapes ?? SHAPES)) {
       if (name === "b" && s === t.skipB) continue;
       const g = rand(size(shape), 1000 * s + name.length, -1, 1);
       grads.set(name, e.tensor(g, shape));
@@ -142,6 +144,17 @@ gpuTest(
           `texture vs storage: ${key}`,
         );
       }
+    }
+    // More parameters than a row of the step-scalar texture (16 texels), the clip factor's texel in the
+    // second row, "b" a step behind the others.
+    const shapes: Record<string, number[]> = { b: [64] };
+    for (let i = 0; i < 18; i++) shapes[`p${i}`] = [64 * (1 + (i % 3))];
+    const many = { ...base, steps: 3, clipNorm: 1, skipB: 1, shapes };
+    const manyStorage = await trial(e, { ...many, reads: "storage" });
+    const manyTexture = await trial(e, { ...many, reads: "texture", textureLayout });
+    compare(manyTexture, "texture reads, 19 parameters");
+    for (const [name, th] of manyStorage.theta) {
+      assertEquals(manyTexture.theta.get(name), th, `texture vs storage, 19 parameters: ${name}`);
     }
     // Clipping (its norm summed from texture chunks and storage tails) within binding ranges of 128.
     compare(
