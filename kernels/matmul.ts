@@ -29,6 +29,7 @@ import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import {
+  KSTEP,
   matmulOuterTex,
   matmulTex,
   OUTER_MAX_K,
@@ -375,8 +376,7 @@ function texBlocks(m: number, n: number): TexConfig {
   let best: TexConfig | undefined, cost = Infinity;
   for (const t of [32, 16]) {
     for (const lanes of ["cols", "rows"] as const) {
-      const w = lanes === "rows" ? REG_WG : 1, wn = lanes === "cols" ? REG_WG : 1;
-      const padded = Math.ceil(m / (w * t)) * w * t * Math.ceil(n / (wn * t)) * wn * t;
+      const padded = paddedOutputs(m, n, t, lanes);
       const c = t === 32 ? padded / 1.5 : padded;
       if (c < cost) [best, cost] = [{ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes }, c];
     }
@@ -384,10 +384,14 @@ function texBlocks(m: number, n: number): TexConfig {
   return best!;
 }
 
+// Outputs an m × n product computes with t × t blocks, REG_WG invocations a workgroup along `lanes`.
+function paddedOutputs(m: number, n: number, t: number, lanes: "rows" | "cols"): number {
+  const wm = lanes === "rows" ? REG_WG * t : t, wn = lanes === "cols" ? REG_WG * t : t;
+  return Math.ceil(m / wm) * wm * Math.ceil(n / wn) * wn;
+}
+
 function lanesFor(m: number, n: number, t: number): RegConfig["lanes"] {
-  const padRows = Math.ceil(m / (REG_WG * t)) * REG_WG * t * Math.ceil(n / t) * t;
-  const padCols = Math.ceil(m / t) * t * Math.ceil(n / (REG_WG * t)) * REG_WG * t;
-  return padCols < padRows ? "cols" : "rows";
+  return paddedOutputs(m, n, t, "cols") < paddedOutputs(m, n, t, "rows") ? "cols" : "rows";
 }
 
 // The configuration of a variant id (lanes: as given, else for an m × n product), or a message why not.
@@ -744,7 +748,7 @@ function texBatches(
   bBatched: boolean,
 ): number {
   const max = e.limits.maxTextureDimension2D;
-  const bRows = transB ? n : Math.ceil(k / 16) * 16;
+  const bRows = transB ? n : Math.ceil(k / KSTEP) * KSTEP;
   let per = nb;
   if (aBatched) per = Math.min(per, Math.floor(max / m));
   if (bBatched) per = Math.min(per, Math.floor(max / bRows));

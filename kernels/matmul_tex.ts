@@ -37,7 +37,7 @@ export interface TexConfig {
 /** Block sizes of the `tex` variants. */
 export const TEX_TILES = [16, 32] as const;
 /** k per loop iteration (4 texels of 4); K is padded to a multiple of it. */
-const KSTEP = 16;
+export const KSTEP = 16;
 
 interface TexParams extends VariantParams {
   tm: number;
