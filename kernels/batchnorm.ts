@@ -678,20 +678,21 @@ const backwardInputTexKernel = variants(
 );
 
 /**
- * Run an elementwise pass through textures where `inputs` fit flat textures: the per-channel texture from
+ * Run an elementwise pass through textures where `inputs` fit flat textures (or come with theirs, already
+ * filled): the per-channel texture from
  * `channels` (five (C) tensors; placeholders where unused), then one dispatch of `run(textures, P,
  * workgroups)` over the whole tensor. False (nothing run) where a texture would exceed the adapter's size.
  */
 function runTex(
-  inputs: [string, Tensor][],
+  inputs: [string, Tensor, EngineTexture?][],
   scalar: boolean,
   channels: Tensor[],
   run: (textures: EngineTexture[], P: EngineTexture, workgroups: [number, number, number]) => void,
 ): boolean {
   const e = channels[0].engine;
   const ts: EngineTexture[] = [];
-  for (const [role, t] of inputs) {
-    const T = flatTexture(e, role, t);
+  for (const [role, t, ready] of inputs) {
+    const T = ready ?? flatTexture(e, role, t);
     if (!T) return false;
     ts.push(T);
   }
@@ -1142,12 +1143,22 @@ export function batchNorm2dParamGrads(
   x: Tensor,
   saved: { mean: Tensor; rstd: Tensor },
 ): { dweight: Tensor; dbias: Tensor } {
+  const { dweight, dbias } = paramGrads(dy, x, saved);
+  return { dweight, dbias };
+}
+
+// batchNorm2dParamGrads, and the flat textures of dy and x it filled (null where it read storage).
+function paramGrads(
+  dy: Tensor,
+  x: Tensor,
+  saved: { mean: Tensor; rstd: Tensor },
+): { dweight: Tensor; dbias: Tensor; flat: { DY: EngineTexture; X: EngineTexture } | null } {
   const op = "batchNorm2d backward";
   const [n, c, h, w] = checkBackward(op, dy, x);
   const hw = h * w, e = x.engine;
   const dweight = e.zeros([c], "batchnorm dweight");
   const dbias = e.zeros([c], "batchnorm dbias");
-  if (n * hw === 0) return { dweight, dbias };
+  if (n * hw === 0) return { dweight, dbias, flat: null };
   const cfg = partialsOf(e, "batchnorm.sums", x.shape);
   const { chunk } = cfg;
   const { runs, sample, ptotal } = sampleRuns(op, x, chunk);
@@ -1182,7 +1193,7 @@ export function batchNorm2dParamGrads(
     info: `[${c},${ptotal},2]→[${c}]`,
   });
   part.dispose();
-  return { dweight, dbias };
+  return { dweight, dbias, flat: DY && X ? { DY, X } : null };
 }
 
 /**
@@ -1201,6 +1212,17 @@ export function batchNorm2dBackwardInput(
   x: Tensor,
   saved: BatchNorm2dSaved & { dweight: Tensor; dbias: Tensor },
 ): Tensor {
+  return backwardInput(dy, x, saved, null);
+}
+
+// batchNorm2dBackwardInput, reading dy and x from `flat` where given (paramGrads' textures, still holding
+// them: the two passes of one backward fill them once).
+function backwardInput(
+  dy: Tensor,
+  x: Tensor,
+  saved: BatchNorm2dSaved & { dweight: Tensor; dbias: Tensor },
+  flat: { DY: EngineTexture; X: EngineTexture } | null,
+): Tensor {
   const op = "batchNorm2d backward (input)";
   const [n, c, h, w] = checkBackward(op, dy, x);
   const hw = h * w, m = n * hw, e = x.engine;
@@ -1212,7 +1234,7 @@ export function batchNorm2dBackwardInput(
   const scalar = hw % 4 !== 0;
   const tex = elementwise === "tex" && runs.length === 1 &&
     runTex(
-      [["batchnorm.dy", dy], ["batchnorm.x", x]],
+      [["batchnorm.dy", dy, flat?.DY], ["batchnorm.x", x, flat?.X]],
       scalar,
       ch,
       ([DY, X], P, workgroups) =>
@@ -1259,8 +1281,8 @@ export function batchNorm2dBackwardInput(
  */
 export function batchNorm2dBackward(dy: Tensor, x: Tensor, saved: BatchNorm2dSaved): BatchNorm2dGrads {
   checkBackward("batchNorm2d backward", dy, x);
-  const { dweight, dbias } = batchNorm2dParamGrads(dy, x, saved);
-  const dx = batchNorm2dBackwardInput(dy, x, { ...saved, dweight, dbias });
+  const { dweight, dbias, flat } = paramGrads(dy, x, saved);
+  const dx = backwardInput(dy, x, { ...saved, dweight, dbias }, flat);
   return { dx, dweight, dbias };
 }
 
