@@ -890,6 +890,8 @@ function runApply(
   y: Tensor,
   ch: Tensor[],
   o: { running: boolean; relu: boolean; eps: number; elementwise: Elementwise["elementwise"] },
+  /** x's flat texture where the statistics pass just filled it. */
+  X?: EngineTexture | null,
 ): void {
   const e = x.engine;
   const [, c, h, w] = x.shape;
@@ -898,7 +900,7 @@ function runApply(
   const scalar = hw % 4 !== 0;
   const tex = o.elementwise === "tex" && runs.length === 1 &&
     runTex(
-      [["batchnorm.x", x]],
+      [["batchnorm.x", x, X ?? undefined]],
       scalar,
       [...ch, e.placeholder()],
       ([X], P, workgroups) =>
@@ -966,6 +968,7 @@ interface RunningUpdate {
 /**
  * The batch statistics of x (N, C, H, W) into `mean` and `rstd` (C): the partial-sum pass of the variant
  * chosen for `batchnorm.stats`, then the finalize pass (which blends the running statistics with `update`).
+ * Returns the flat texture of x the partial sums read (null where they read storage), still holding x.
  */
 function runStatistics(
   x: Tensor,
@@ -973,7 +976,7 @@ function runStatistics(
   rstd: Tensor,
   eps: number,
   update: RunningUpdate | null,
-): void {
+): EngineTexture | null {
   const [n, c, h, w] = x.shape;
   const hw = h * w, e = x.engine;
   const cfg = partialsOf(e, "batchnorm.stats", x.shape);
@@ -1003,6 +1006,7 @@ function runStatistics(
     info: `[${c},${ptotal},2]→[${c}]`,
   });
   part.dispose();
+  return X;
 }
 
 /** The training-mode batch statistics of x (N, C, H, W), each (C): mean and 1/√(biased var + eps). */
@@ -1069,6 +1073,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
   const elementwise = elementwiseOf(e, "batchnorm.apply", x.shape);
   const mean = e.empty([c], "batchnorm mean");
   const rstd = e.empty([c], "batchnorm rstd");
+  let X: EngineTexture | null = null;
   if (training) {
     let momentum = options.momentum === undefined ? 0.1 : options.momentum;
     if (hasRunning) {
@@ -1085,7 +1090,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
     const update = hasRunning
       ? { runningMean: runningMean!, runningVar: runningVar!, momentum: momentum ?? 0 }
       : null;
-    runStatistics(x, mean, rstd, eps, update);
+    X = runStatistics(x, mean, rstd, eps, update);
   } else if (c > 0) {
     e.run(runningStatsKernel(), {
       bindings: [runningMean!, runningVar!, mean, rstd],
@@ -1095,7 +1100,7 @@ export function batchNorm2dForward(x: Tensor, options: BatchNorm2dOptions): Batc
     });
   }
   const y = e.empty(x.shape, "batchnorm");
-  runApply(op, x, y, [mean, rstd, weight!, bias!], { running: false, relu: false, eps, elementwise });
+  runApply(op, x, y, [mean, rstd, weight!, bias!], { running: false, relu: false, eps, elementwise }, X);
   return { y, mean, rstd };
 }
 
