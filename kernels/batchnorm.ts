@@ -679,9 +679,9 @@ const backwardInputTexKernel = variants(
 
 /**
  * Run an elementwise pass through textures where `inputs` fit flat textures (or come with theirs, already
- * filled): the per-channel texture from
- * `channels` (five (C) tensors; placeholders where unused), then one dispatch of `run(textures, P,
- * workgroups)` over the whole tensor. False (nothing run) where a texture would exceed the adapter's size.
+ * filled): the per-channel texture from `channels` (five (C) tensors; placeholders where unused), then one
+ * dispatch of `run(textures, P, workgroups)` over the whole tensor. False (nothing run) where a texture would
+ * exceed the adapter's size.
  */
 function runTex(
   inputs: [string, Tensor, EngineTexture?][],
