@@ -139,18 +139,18 @@ ${linearEntry(EW)} {
   };
 });
 
-// Adam as adamKernel (vec), with θ, g, m, v read through textures (rows of p.width texels, copied from
-// the same range of each buffer) and θ, m, v written to their buffers; one texel per invocation. The step
-// scalars and the clip factor come from the texture HP too ({@linkcode hyperTexel}): on llvmpipe a storage
-// load is a loop over the SIMD lanes even where every lane reads the same word, and the three scalar
-// loads of hp and cs cost ~30 % of a raw kernel over 8 Mi floats, ~8 % of this kernel over 49 M parameters.
-// th, m, v: [rows · width] vec4 (a range); TH, G, M, V: textures; HP: the hyper-parameter texture
 /** Texels per row of the hyper-parameter texture (16 × 16 bytes: WebGPU's 256-byte copy rows). */
 const HP_WIDTH = 16;
 /** WGSL: texel `row` of the hyper-parameter texture `HP` (hp's floats 4·row … 4·row + 3). */
 const hyperTexel = (row: string) =>
   `textureLoad(HP, vec2u((${row}) & ${HP_WIDTH - 1}u, (${row}) >> ${Math.log2(HP_WIDTH)}u), 0)`;
 
+// Adam as adamKernel (vec), with θ, g, m, v read through textures (rows of p.width texels, copied from
+// the same range of each buffer) and θ, m, v written to their buffers; one texel per invocation. The step
+// scalars and the clip factor come from the texture HP too ({@linkcode hyperTexel}): on llvmpipe a storage
+// load is a loop over the SIMD lanes even where every lane reads the same word, and the three scalar
+// loads of hp and cs cost ~30 % of a raw kernel over 8 Mi floats, ~8 % of this kernel over 49 M parameters.
+// th, m, v: [rows · width] vec4 (a range); TH, G, M, V: textures; HP: the hyper-parameter texture
 const adamTexKernel = single("adam_step_tex", () => ({
   bindings: [
     { name: "th", access: "read_write", type: "vec4<f32>" },
