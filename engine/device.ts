@@ -5,7 +5,8 @@
  *   alias that is copied into it before the first adapter request.
  * - A hardware adapter is preferred; a software adapter (llvmpipe, SwiftShader, WARP) is reported as such.
  * - The device is requested with the adapter's maximum limits (the defaults cap a storage binding at
- *   128 MiB and workgroup memory at 16 KiB) and with `shader-f16` / `timestamp-query` when present; when a
+ *   128 MiB and workgroup memory at 16 KiB) and with `shader-f16` / `timestamp-query` / `subgroups` when
+ *   present (Chrome offers `subgroups`; Deno 2.9.6 does not, on llvmpipe nor on an NVIDIA GPU); when a
  *   browser refuses those, with its default limits (the kernels read `device.limits` and fit within them).
  * - In a browser (no `Deno`) the environment variables read as unset and the backend is `browser`.
  *
@@ -38,6 +39,8 @@ export interface DeviceOptions {
   backend?: string;
   /** Enable `shader-f16` when the adapter has it (default true). */
   f16?: boolean;
+  /** Enable `subgroups` when the adapter has it (default true): the batch-norm `subgroup` variants. */
+  subgroups?: boolean;
 }
 
 /** Limits requested at their adapter maximum. */
@@ -183,6 +186,9 @@ export async function createDevice(
   const requiredFeatures: GPUFeatureName[] = [];
   if (adapter.features.has("timestamp-query")) requiredFeatures.push("timestamp-query");
   if ((options.f16 ?? true) && adapter.features.has("shader-f16")) requiredFeatures.push("shader-f16");
+  // Not in @webgpu/types 0.1.38's GPUFeatureName.
+  const subgroups = "subgroups" as GPUFeatureName;
+  if ((options.subgroups ?? true) && adapter.features.has(subgroups)) requiredFeatures.push(subgroups);
 
   let device: GPUDevice, limitsFallback: string | undefined;
   try {

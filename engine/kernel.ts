@@ -61,6 +61,8 @@ export interface KernelDecl<U extends Record<string, UniformType>> {
   body: string;
   /** `enable f16;` is emitted when true. */
   f16?: boolean;
+  /** `enable subgroups;` is emitted when true (the device must have the `subgroups` feature). */
+  subgroups?: boolean;
 }
 
 /** A declared kernel: its full WGSL, its layout entries and its uniform packer. */
@@ -112,6 +114,7 @@ export function defineKernel<U extends Record<string, UniformType>>(decl: Kernel
 
   const header: string[] = [];
   if (decl.f16) header.push("enable f16;");
+  if (decl.subgroups) header.push("enable subgroups;");
   header.push(`// kernel: ${decl.name}`);
   header.push(`const WG_X: u32 = ${wx}u;`, `const WG_Y: u32 = ${wy}u;`, `const WG_Z: u32 = ${wz}u;`);
   header.push("struct Params {", ...structLines, "};");

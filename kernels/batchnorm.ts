@@ -20,6 +20,10 @@
  *
  * - `tree`: workgroup (c, part) of 256 invocations reduces 4096 values through workgroup memory, with
  *   barriers. The default on GPUs.
+ * - `subgroup`: the same workgroups, reduced with subgroup operations (a butterfly of Welford merges for the
+ *   statistics, `subgroupAdd` for the sums), one value per subgroup through workgroup memory per level
+ *   (`subgroupReduce`, kernels/_wgsl.ts). Only where the device has `subgroups` (Chrome); elsewhere a
+ *   table's `subgroup` gives way to the default and a forced one throws.
  * - `serial/<chunk>`: one invocation per (c, part), no workgroup memory and no barriers, walking its chunk
  *   sample by sample, with vec4 loads when the layout allows.
  * - `serial/<chunk>/tex`: the same with x (and dy) read from flat textures (engine/flat.ts)
@@ -45,7 +49,18 @@ import { checkNCHW } from "./check.ts";
 import { type Engine, type EngineTexture, grid } from "../engine/engine.ts";
 import { single, variants } from "../engine/kernel.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { kahanAdd, LINEAR_ID, linearEntry, treeReduce, wgsl, WORKGROUP_ID, workgroupEntry } from "./_wgsl.ts";
+import {
+  hasSubgroups,
+  kahanAdd,
+  LINEAR_ID,
+  linearEntry,
+  subgroupReduce,
+  treeReduce,
+  wgsl,
+  WORKGROUP_ID,
+  workgroupEntry,
+  workgroupEntrySubgroups,
+} from "./_wgsl.ts";
 import { bindElements, rowRuns } from "./_ranges.ts";
 import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
 import { FLAT_WIDTH, flatLoad, flatTexel, flatTexture } from "../engine/flat.ts";
@@ -113,15 +128,36 @@ const CHANNEL_PARTS = {
 // run, where value k of a channel is x[off + ((k / HW)·C + c)·HW + k % HW]. Workgroup w = c·parts + q; each
 // thread runs Welford over its strided values, then the workgroup merges (n, mean, M2) triples pairwise.
 // The run's parts go to columns qbase.. of the (C, ptotal, 2) partials of all runs.
-const statsKernel = single("batchnorm_stats", () => ({
+const statsKernel = variants("batchnorm_stats", (p: { sg: boolean }) => ({
   bindings: [{ name: "x", access: "read" }, { name: "part", access: "read_write" }],
   uniforms: CHANNEL_PARTS,
   workgroupSize: [WG],
+  subgroups: p.sg,
   body: wgsl`
+#if ${p.sg}
+var<workgroup> sh: array<vec3f, ${WG}>;
+// Chan et al.'s merge of two (n, mean, M2) triples, as the tree below merges them.
+fn welford(a: vec3f, b: vec3f) -> vec3f {
+  if (b.x == 0.0) { return a; }
+  if (a.x == 0.0) { return b; }
+  let nn = a.x + b.x;
+  let d = b.y - a.y;
+  let f = b.x / nn;
+  return vec3f(nn, a.y + d * f, a.z + b.z + d * d * a.x * f);
+}
+// The subgroup's triples merged in a butterfly: every invocation ends with the whole subgroup's.
+fn subgroupWelford(x: vec3f, sgs: u32) -> vec3f {
+  var v = x;
+  for (var s = 1u; s < sgs; s <<= 1u) { v = welford(v, subgroupShuffleXor(v, s)); }
+  return v;
+}
+${workgroupEntrySubgroups(WG)} {
+#else
 var<workgroup> sn: array<f32, ${WG}>;
 var<workgroup> smean: array<f32, ${WG}>;
 var<workgroup> sm2: array<f32, ${WG}>;
 ${workgroupEntry(WG)} {
+#endif
   ${WORKGROUP_ID}
   if (w >= p.c * p.parts) { return; }   // uniform per workgroup
   let ch = w / p.parts;
@@ -138,6 +174,15 @@ ${workgroupEntry(WG)} {
     mean += d / n;
     m2 += d * (v - mean);
   }
+#if ${p.sg}
+  var v = vec3f(n, mean, m2);
+  ${subgroupReduce("sh", WG, (x) => `subgroupWelford(${x}, sgs)`, "vec3f(0.0)")}
+  if (t == 0u) {
+    let j = 2u * (ch * p.ptotal + p.qbase + q);
+    part[j] = sh[0].y;
+    part[j + 1u] = sh[0].z;
+  }
+#else
   sn[t] = n;
   smean[t] = mean;
   sm2[t] = m2;
@@ -159,6 +204,7 @@ ${workgroupEntry(WG)} {
     part[j] = smean[0];
     part[j + 1u] = sm2[0];
   }
+#endif
 }`,
 }));
 
@@ -403,7 +449,7 @@ ${linearEntry(WG)} {
 
 // dy, x: (n, C, HW) → part: (C, P, 2) = (Σ dy, Σ dy·x̂) over values [q·chunk, (q+1)·chunk) of channel c
 // within the run (indexed as in batchnorm_stats), into columns qbase.. of the partials of all runs.
-const backwardSumsKernel = single("batchnorm_backward_sums", () => ({
+const backwardSumsKernel = variants("batchnorm_backward_sums", (p: { sg: boolean }) => ({
   bindings: [
     { name: "dy", access: "read" },
     { name: "x", access: "read" },
@@ -413,9 +459,10 @@ const backwardSumsKernel = single("batchnorm_backward_sums", () => ({
   ],
   uniforms: CHANNEL_PARTS,
   workgroupSize: [WG],
+  subgroups: p.sg,
   body: wgsl`
 var<workgroup> sh: array<vec2f, ${WG}>;
-${workgroupEntry(WG)} {
+${p.sg ? workgroupEntrySubgroups(WG) : workgroupEntry(WG)} {
   ${WORKGROUP_ID}
   if (w >= p.c * p.parts) { return; }   // uniform per workgroup
   let ch = w / p.parts;
@@ -432,8 +479,13 @@ ${workgroupEntry(WG)} {
     a += g;
     b += g * (x[j] - mu) * r;
   }
+#if ${p.sg}
+  var v = vec2f(a, b);
+  ${subgroupReduce("sh", WG, (x) => `subgroupAdd(${x})`, "vec2f(0.0)")}
+#else
   sh[t] = vec2f(a, b);
   ${treeReduce("sh", WG, (u, v) => `${u} + ${v}`)}
+#endif
   if (t == 0u) {
     let j = 2u * (ch * p.ptotal + p.qbase + q);
     part[j] = sh[0].x;
@@ -755,6 +807,8 @@ interface Partials {
   serial: boolean;
   chunk: number;
   tex: boolean;
+  /** The workgroup reduction through subgroup operations instead of the tree (`subgroup`). */
+  sg: boolean;
 }
 
 /** The variant `id` of `op`: a {@linkcode Partials} or (elementwise ops) whether it is `vec4`; or why not. */
@@ -763,17 +817,20 @@ function parseVariant(op: BatchNormTuningOp, id: string): Partials | Elementwise
     if (id === "scalar" || id === "vec4" || id === "tex") return { elementwise: id };
     return "the variants are scalar, vec4 and tex";
   }
-  if (id === "tree") return { serial: false, chunk: CHUNK, tex: false };
+  if (id === "tree") return { serial: false, chunk: CHUNK, tex: false, sg: false };
+  if (id === "subgroup") return { serial: false, chunk: CHUNK, tex: false, sg: true };
   const parts = id.split("/");
   const tex = parts.length > 1 && parts[parts.length - 1] === "tex";
   if (tex) parts.pop();
   const [name, arg, ...rest] = parts;
-  if (name !== "serial" || rest.length > 0) return "the variants are tree and serial[/<chunk>][/tex]";
+  if (name !== "serial" || rest.length > 0) {
+    return "the variants are tree, subgroup and serial[/<chunk>][/tex]";
+  }
   const chunk = arg === undefined ? SERIAL_DEFAULT : Number(arg);
   if (!Number.isInteger(chunk) || chunk < 4 || chunk > SERIAL_MAX_CHUNK || chunk % 4 !== 0) {
     return `the chunk of serial must be a multiple of 4 in [4, ${SERIAL_MAX_CHUNK}], current value is ${arg}`;
   }
-  return { serial: true, chunk, tex };
+  return { serial: true, chunk, tex, sg: false };
 }
 
 /** The built-in choice: `serial` and `vec4` on software adapters (llvmpipe), `tree` and `scalar` on GPUs. */
@@ -800,8 +857,13 @@ function resolve(e: Engine, op: BatchNormTuningOp, shape: readonly number[]): st
   const shapeClass = batchNormShapeClass(c, n * h * w);
   const id = chosenVariant(e, op, shapeClass);
   if (id === undefined) return defaultVariant(e, op);
-  const why = parseVariant(op, id);
-  if (typeof why !== "string") return id;
+  const parsed = parseVariant(op, id);
+  const why = typeof parsed === "string"
+    ? parsed
+    : "sg" in parsed && parsed.sg && !hasSubgroups(e)
+    ? "it needs the device feature subgroups, which this adapter does not offer"
+    : null;
+  if (why === null) return id;
   const key = tuningKey(op, shapeClass);
   if (tuningOf(e)?.entries[key] === id) return defaultVariant(e, op);
   throw new RangeError(`Cannot ${OP_NAME[op]} of shape [${shape}] with variant "${id}": ${why}`);
@@ -828,15 +890,20 @@ export function batchNormShapeClass(c: number, m: number): string {
 
 /**
  * The variants `he2gene tune` times for `op` on an input of `shape` (N, C, H, W): for the partial-sum
- * passes `tree` and `serial/<chunk>` (256 … 2048, those that split a channel differently), for the
- * elementwise passes `scalar` and, where H·W is a multiple of 4, `vec4`.
+ * passes `tree`, `subgroup` where `subgroups` is true (the device has the feature: {@linkcode hasSubgroups})
+ * and `serial/<chunk>` (256 … 2048, those that split a channel differently), for the elementwise passes
+ * `scalar` and, where H·W is a multiple of 4, `vec4`.
  *
  * @example
  * ```ts
  * batchNormCandidates("batchnorm.stats", [2, 2048, 7, 7]); // ["tree", "serial/256"]
  * ```
  */
-export function batchNormCandidates(op: BatchNormTuningOp, shape: readonly number[]): string[] {
+export function batchNormCandidates(
+  op: BatchNormTuningOp,
+  shape: readonly number[],
+  subgroups = false,
+): string[] {
   checkOp(op, "list batch-norm candidates");
   const [n, , h, w] = shape;
   if (op === "batchnorm.apply" || op === "batchnorm.dx") {
@@ -845,7 +912,7 @@ export function batchNormCandidates(op: BatchNormTuningOp, shape: readonly numbe
   const m = n * h * w;
   const serial = SERIAL_CHUNKS.filter((_, i) => i === 0 || m > SERIAL_CHUNKS[i - 1]);
   const tex = (h * w) % 4 === 0 ? serial.map((k) => `serial/${k}/tex`) : [];
-  return ["tree", ...serial.map((k) => `serial/${k}`), ...tex];
+  return ["tree", ...(subgroups ? ["subgroup"] : []), ...serial.map((k) => `serial/${k}`), ...tex];
 }
 
 /**
@@ -996,7 +1063,12 @@ function runStatistics(
         info: `${info} chunk ${chunk}`,
       });
     } else {
-      e.run(statsKernel(), { bindings: [binding, part], uniforms, workgroups: grid(c * r.parts, 1), info });
+      e.run(statsKernel({ sg: cfg.sg }), {
+        bindings: [binding, part],
+        uniforms,
+        workgroups: grid(c * r.parts, 1),
+        info,
+      });
     }
   }
   e.run(finalizeKernel({ update: update !== null }), {
@@ -1188,7 +1260,12 @@ function paramGrads(
         info: `${info} chunk ${chunk}`,
       });
     } else {
-      e.run(backwardSumsKernel(), { bindings, uniforms, workgroups: grid(c * r.parts, 1), info });
+      e.run(backwardSumsKernel({ sg: cfg.sg }), {
+        bindings,
+        uniforms,
+        workgroups: grid(c * r.parts, 1),
+        info,
+      });
     }
   }
   e.run(backwardFinalizeKernel(), {

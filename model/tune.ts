@@ -43,6 +43,7 @@ import {
   batchNormVariantFor,
 } from "../kernels/batchnorm.ts";
 import { unary } from "../kernels/elementwise.ts";
+import { hasSubgroups } from "../kernels/_wgsl.ts";
 import { TOL, type Tolerance } from "../kernels/tolerance.ts";
 import { tuningKey, tuningOf, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
 import { layout, RESNET50, type ResNetConfig } from "./resnet.ts";
@@ -284,7 +285,7 @@ function batchNormCases(e: Engine, shapes: number[][]): TuneCase[] {
     for (const op of Object.keys(BN_FLOPS) as BatchNormTuningOp[]) {
       const shapeClass = batchNormShapeClass(c, n * h * w);
       const key = tuningKey(op, shapeClass);
-      const candidates = batchNormCandidates(op, shape);
+      const candidates = batchNormCandidates(op, shape, hasSubgroups(e));
       if (seen.has(key) || candidates.length < 2) continue; // vec4 needs H·W % 4 = 0
       seen.add(key);
       cases.push({

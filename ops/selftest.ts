@@ -88,7 +88,7 @@ import {
   solveUpperInPlace,
   triangularSolveCpu,
 } from "../kernels/linalg.ts";
-import { stagesTiles } from "../kernels/_wgsl.ts";
+import { hasSubgroups, stagesTiles } from "../kernels/_wgsl.ts";
 import {
   compareClose,
   type Comparison,
@@ -1015,7 +1015,7 @@ function conv2dCases(quick: boolean): Case[] {
 
 // ------------------------------------------------------------------------------------------ batch norm
 
-function batchNormCases(quick: boolean): Case[] {
+function batchNormCases(e: Engine, quick: boolean): Case[] {
   // [N, C, H, W] with awkward sizes. H·W % 4 ≠ 0 (scalar loads) and = 0 ([3,5,12,12], [3,2,36,36]: vec4
   // loads); [3,5,12,12] leaves a remainder of a 256-value chunk; [3,2,36,36] and [2,2,45,45] split each
   // channel into 2–16 parts of 256 … 2048 values, chunks that straddle samples; the largest splits each
@@ -1060,6 +1060,8 @@ function batchNormCases(quick: boolean): Case[] {
     ["serial/2048", "scalar"],
     // Textures: [3,2,36,36] is one texture row and a tail.
     ["serial/2048/tex", "tex"],
+    // Subgroup operations, where the device has them (Chrome; SwiftShader's subgroups are 4 wide).
+    ...(hasSubgroups(e) ? [["subgroup", "scalar"]] : []),
   ];
   const modes: { training: boolean; partials: string | null; elementwise: string }[] = [
     ...pairs.map(([partials, elementwise]) => ({ training: true, partials, elementwise })),
@@ -1796,7 +1798,7 @@ function allCases(e: Engine, quick: boolean): Case[] {
     ...reduceCases(quick),
     ...matmulCases(e, quick),
     ...conv2dCases(quick),
-    ...batchNormCases(quick),
+    ...batchNormCases(e, quick),
     ...poolCases(quick),
     ...lossCases(quick),
     ...optimCases(),

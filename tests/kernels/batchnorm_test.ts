@@ -14,6 +14,7 @@ import {
   batchNormVariantFor,
 } from "../../kernels/batchnorm.ts";
 import { tuningKey, useTuning, withVariant } from "../../kernels/tuning.ts";
+import { hasSubgroups } from "../../kernels/_wgsl.ts";
 import { mul } from "../../ops/elementwise.ts";
 import { noGrad, requiresGrad, Tape } from "../../engine/autograd.ts";
 import { sum } from "../../ops/reduce.ts";
@@ -458,10 +459,19 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
   ]);
   assertEquals(batchNormCandidates("batchnorm.apply", shape), ["scalar", "vec4", "tex"]);
   assertEquals(batchNormCandidates("batchnorm.dx", [2, 2048, 7, 7]), ["scalar"]);
+  // `subgroup` only where the device has subgroups (Chrome; the browser self-test checks its numbers).
+  assertEquals(batchNormCandidates("batchnorm.sums", [2, 2048, 7, 7], true), [
+    "tree",
+    "subgroup",
+    "serial/256",
+  ]);
+  assertEquals(batchNormCandidates("batchnorm.apply", shape, true), ["scalar", "vec4", "tex"]);
+  const sg = hasSubgroups(e);
   useTuning(e, {
     entries: {
       [tuningKey("batchnorm.stats", cls)]: "serial/512",
       [tuningKey("batchnorm.sums", cls)]: "no such variant",
+      [tuningKey("batchnorm.stats", batchNormShapeClass(64, 2 * 28 * 28))]: "subgroup",
     },
   });
   try {
@@ -469,6 +479,11 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
     assertEquals(batchNormVariantFor(e, "batchnorm.stats", [2, 64, 7, 7]), sw ? "serial/2048/tex" : "tree");
     // A table entry that is not a variant gives way to the default; a forced variant wins over the table.
     assertEquals(batchNormVariantFor(e, "batchnorm.sums", shape), sw ? "serial/2048/tex" : "tree");
+    // So does `subgroup` on a device without subgroups (Deno's, llvmpipe's).
+    assertEquals(
+      batchNormVariantFor(e, "batchnorm.stats", [2, 64, 28, 28]),
+      sg ? "subgroup" : sw ? "serial/2048/tex" : "tree",
+    );
     withVariant(
       "batchnorm.stats",
       "tree",
@@ -483,6 +498,14 @@ gpuTest("batch norm's variants: a default per adapter kind, the tuning table's c
     RangeError,
     'Cannot batchNorm2d (statistics) of shape [2,3,2,2] with variant "serial/6": the chunk of serial must be a multiple of 4',
   );
+  if (!sg) {
+    assertThrows(
+      () => withVariant("batchnorm.sums", "subgroup", () => batchNormVariantFor(e, "batchnorm.sums", shape)),
+      RangeError,
+      'Cannot batchNorm2d backward (Σdy, Σdy·x̂) of shape [2,64,56,56] with variant "subgroup": it needs the ' +
+        "device feature subgroups, which this adapter does not offer",
+    );
+  }
   assertThrows(
     () =>
       withVariant(
