@@ -18,15 +18,19 @@
 import { grid } from "../engine/engine.ts";
 import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import {
+  hasSubgroups,
   kahanAdd,
   LINEAR_ID,
   linearEntry,
   NEG_MAX,
+  subgroupReduce,
   treeReduce,
   wgsl,
   WORKGROUP_ID,
   workgroupEntry,
+  workgroupEntrySubgroups,
 } from "./_wgsl.ts";
+import { chosenVariant, tuningKey, tuningOf } from "./tuning.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
 import { flatLoad, textureReads } from "../engine/flat.ts";
 import type { Engine } from "../engine/engine.ts";
@@ -53,16 +57,19 @@ const COL_CHUNK = 512;
 interface ReduceParams extends VariantParams {
   op: "sum" | "max";
 }
-const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
 
 // Rows (inner = 1): workgroup (o, c) reduces x[xoff + o·r + c·chunk ..] (≤ chunk values) into y[o, c].
-const rowKernel = variants("reduce_rows", (p: ReduceParams) => ({
+// With `sg`, across the workgroup through subgroup operations (subgroupReduce) instead of the tree.
+const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
+
+const rowKernel = variants("reduce_rows", (p: ReduceParams & { sg?: boolean }) => ({
   bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
   uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32", xoff: "u32" },
   workgroupSize: [WG],
+  subgroups: p.sg,
   body: wgsl`
 var<workgroup> sh: array<f32, ${WG}>;
-${workgroupEntry(WG)} {
+${p.sg ? workgroupEntrySubgroups(WG) : workgroupEntry(WG)} {
   ${WORKGROUP_ID}
   if (w >= p.outer * p.parts) { return; }   // uniform per workgroup
   let o = w / p.parts;
@@ -80,8 +87,13 @@ ${workgroupEntry(WG)} {
     ${kahanAdd("acc", "comp", "v")}
 #endif
   }
+#if ${p.sg}
+  var v = acc;
+  ${subgroupReduce("sh", WG, (x) => `subgroup${p.op === "max" ? "Max" : "Add"}(${x})`, INIT(p))}
+#else
   sh[t] = acc;
   ${treeReduce("sh", WG, (a, b) => (p.op === "max" ? `max(${a}, ${b})` : `${a} + ${b}`))}
+#endif
   if (t == 0u) { y[w] = sh[0] * p.scale; }
 }`,
 }));
@@ -181,6 +193,48 @@ function fits(e: Engine, v: View): boolean {
   return (v.offset % alignElements(e)) + n <= bindingElements(e);
 }
 
+/** The tuning-table op of the row pass (inner = 1: a whole tensor, or the last axes). */
+export const REDUCE_ROWS = "reduce.rows";
+
+/**
+ * The shape class of a row pass in the tuning table: the values one workgroup reduces (R up to the chunk),
+ * rounded up to a power of two, e.g. `r8192`.
+ *
+ * @example
+ * ```ts
+ * reduceRowsShapeClass(2 * 19699); // "r8192"
+ * ```
+ */
+export function reduceRowsShapeClass(r: number): string {
+  return `r${2 ** Math.ceil(Math.log2(Math.max(1, Math.min(r, ROW_CHUNK))))}`;
+}
+
+/**
+ * The variants of the row pass on `e`: `tree` (workgroup memory and barriers, the default everywhere) and,
+ * where the device has subgroups (Chrome), `subgroup` (subgroupAdd / subgroupMax, kernels/_wgsl.ts's
+ * `subgroupReduce`).
+ */
+export function reduceRowsCandidates(e: Engine): string[] {
+  return hasSubgroups(e) ? ["tree", "subgroup"] : ["tree"];
+}
+
+/**
+ * The variant the row pass runs for rows of `r` values on `e`: a forced one, else the tuning table's, else
+ * `tree`. A forced id that is not a variant on `e` throws a RangeError naming it; a table's gives way.
+ */
+export function rowVariant(e: Engine, r: number): string {
+  const shapeClass = reduceRowsShapeClass(r);
+  const id = chosenVariant(e, REDUCE_ROWS, shapeClass);
+  if (id === undefined) return "tree";
+  const ok = reduceRowsCandidates(e);
+  if (ok.includes(id)) return id;
+  if (tuningOf(e)?.entries[tuningKey(REDUCE_ROWS, shapeClass)] === id) return "tree";
+  const why = id === "subgroup"
+    ? "it needs the device feature subgroups, which this adapter does not offer"
+    : "the variants are tree and subgroup";
+  throw new RangeError(`Cannot reduce rows of ${r} values with variant "${id}": ${why}`);
+}
+
 /** Elements a piece may hold so that it fits one binding wherever it starts. */
 const room = (e: Engine) => bindingElements(e) - (alignElements(e) - 1);
 
@@ -201,7 +255,8 @@ function reduceRun(x: View, outer: number, r: number, inner: number, max: boolea
       ? { binding: cur, off: 0 }
       : bindElements(x.tensor, x.offset, outer * r * inner);
     if (rows) {
-      e.run(rowKernel({ op: max ? "max" : "sum" }), {
+      const sg = rowVariant(e, curR) === "subgroup";
+      e.run(rowKernel({ op: max ? "max" : "sum", ...(sg ? { sg } : {}) }), {
         bindings: [binding, out],
         uniforms: { outer, r: curR, chunk, parts, scale: last ? scale : 1, xoff: off },
         workgroups: grid(outer * parts, 1),

@@ -44,6 +44,13 @@ import {
 } from "../kernels/batchnorm.ts";
 import { unary } from "../kernels/elementwise.ts";
 import { hasSubgroups } from "../kernels/_wgsl.ts";
+import {
+  reduce,
+  REDUCE_ROWS,
+  reduceRowsCandidates,
+  reduceRowsShapeClass,
+  rowVariant,
+} from "../kernels/reduce.ts";
 import { TOL, type Tolerance } from "../kernels/tolerance.ts";
 import { tuningKey, tuningOf, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
 import { layout, RESNET50, type ResNetConfig } from "./resnet.ts";
@@ -53,7 +60,10 @@ export const TUNE_MARGIN = 0.05;
 
 /** One tunable op on one shape. */
 export interface TuneCase {
-  /** Op name as the tuning table knows it (`conv2d.fwd`, `conv2d.dx`, `conv2d.dw`, `matmul`, `batchnorm.*`). */
+  /**
+   * Op name as the tuning table knows it (`conv2d.fwd`, `conv2d.dx`, `conv2d.dw`, `matmul`, `batchnorm.*`,
+   * `reduce.rows`).
+   */
   op: string;
   shapeClass: string;
   /** Human-readable shape. */
@@ -342,6 +352,36 @@ function batchNormCases(e: Engine, shapes: number[][]): TuneCase[] {
   return cases;
 }
 
+/**
+ * The row reductions of a training step's losses (every value of the batch's target and auxiliary
+ * predictions, `batch` × genes) through `reduce.rows`, where the device has more than one variant (subgroups).
+ */
+function reduceCases(e: Engine, batch: number): TuneCase[] {
+  const candidates = reduceRowsCandidates(e);
+  if (candidates.length < 2) return [];
+  const seen = new Set<string>();
+  const cases: TuneCase[] = [];
+  for (const r of [batch * 250, batch * 19699]) {
+    const shapeClass = reduceRowsShapeClass(r);
+    if (seen.has(shapeClass)) continue;
+    seen.add(shapeClass);
+    cases.push({
+      op: REDUCE_ROWS,
+      shapeClass,
+      label: `sum of [${r}]`,
+      flops: r,
+      candidates,
+      defaultVariant: rowVariant(e, r),
+      tol: TOL.reduce,
+      setup(e) {
+        const x = randomTensor(e, [r], 10);
+        return { inputs: [x], run: () => reduce("sum", x) };
+      },
+    });
+  }
+  return cases;
+}
+
 /** The cases {@linkcode tune} times for these options. */
 export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   const batch = o.batchSize ?? 8, trainBatch = o.trainBatchSize ?? 2, size = o.imageSize ?? 224;
@@ -366,6 +406,7 @@ export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
     for (const c of cases) c.candidates = c.candidates.filter((v) => !llvmpipeOnly(v));
   }
   if (trainBatch > 0) cases.push(...batchNormCases(e, resnetBatchNormShapes(RESNET50, trainBatch, size)));
+  if (trainBatch > 0) cases.push(...reduceCases(e, trainBatch));
   if (o.only?.length) cases = cases.filter((c) => o.only!.some((p) => c.op.startsWith(p)));
   return cases;
 }

@@ -18,7 +18,14 @@ import { noGrad, requiresGrad, Tape } from "../engine/autograd.ts";
 import { mulberry32 } from "../engine/random.ts";
 import { binary, binaryCpu, type BinaryOp, unary, unaryCpu, type UnaryOp } from "../kernels/elementwise.ts";
 import { abs, add, div, exp, log, mul, neg, relu, sigmoid, sqrt, sub, tanh } from "./elementwise.ts";
-import { reduce, reduceBackward, reduceCpu, type ReduceOp } from "../kernels/reduce.ts";
+import {
+  reduce,
+  REDUCE_ROWS,
+  reduceBackward,
+  reduceCpu,
+  type ReduceOp,
+  reduceRowsCandidates,
+} from "../kernels/reduce.ts";
 import { type Activation, matmulCandidates, matmulCpu, matmulForward, transpose } from "../kernels/matmul.ts";
 import { matmul } from "./matmul.ts";
 import { withVariant } from "../kernels/tuning.ts";
@@ -544,7 +551,7 @@ function elementwiseCases(quick: boolean): Case[] {
 
 // ------------------------------------------------------------------------------------------ reduce
 
-function reduceCases(quick: boolean): Case[] {
+function reduceCases(e: Engine, quick: boolean): Case[] {
   const shapes: [number[], number | number[] | undefined][] = [
     [[1], undefined],
     [[7], 0],
@@ -558,26 +565,31 @@ function reduceCases(quick: boolean): Case[] {
     ...(quick ? [] : [[[2, 10000], 1], [[20001, 3], 0]] as [number[], number][]),
   ];
   const cases: Case[] = [];
-  for (const op of ["sum", "mean", "max"] as ReduceOp[]) {
-    cases.push({
-      family: "reduce",
-      op,
-      variant: "axes, keepDims",
-      shape: quick ? "[33,129], [7,33,5], [4,3,9,11], …" : "… [2,10000], [20001,3]",
-      run: (e, c) => {
-        for (const [shape, axes] of shapes) {
-          const n = prod(shape);
-          const x = rnd(n, n, -2, 2);
-          for (const keepDims of [false, true]) {
-            const y = reduce(op, e.tensor(x, shape), { axes, keepDims });
-            const want = reduceCpu(op, x, shape, { axes, keepDims });
-            const what = `${op} ${fmt(shape)} axes ${axes}${keepDims ? " keepDims" : ""}`;
-            c.shape(what, y.shape, want.shape);
-            c.close(what, c.read(y), want.data, TOL.reduce);
-          }
-        }
-      },
-    });
+  // The row passes (inner = 1) also through subgroup operations where the device has them (Chrome).
+  const rowVariants = reduceRowsCandidates(e);
+  for (const rows of rowVariants) {
+    for (const op of ["sum", "mean", "max"] as ReduceOp[]) {
+      cases.push({
+        family: "reduce",
+        op,
+        variant: rows === "tree" ? "axes, keepDims" : `axes, keepDims, rows by ${rows}`,
+        shape: quick ? "[33,129], [7,33,5], [4,3,9,11], …" : "… [2,10000], [20001,3]",
+        run: (e, c) =>
+          withVariant(REDUCE_ROWS, rows, () => {
+            for (const [shape, axes] of shapes) {
+              const n = prod(shape);
+              const x = rnd(n, n, -2, 2);
+              for (const keepDims of [false, true]) {
+                const y = reduce(op, e.tensor(x, shape), { axes, keepDims });
+                const want = reduceCpu(op, x, shape, { axes, keepDims });
+                const what = `${op} ${fmt(shape)} axes ${axes}${keepDims ? " keepDims" : ""}`;
+                c.shape(what, y.shape, want.shape);
+                c.close(what, c.read(y), want.data, TOL.reduce);
+              }
+            }
+          }),
+      });
+    }
   }
   for (const op of ["sum", "mean"] as const) {
     cases.push({
@@ -1795,7 +1807,7 @@ function linalgCases(e: Engine, quick: boolean): Case[] {
 function allCases(e: Engine, quick: boolean): Case[] {
   return [
     ...elementwiseCases(quick),
-    ...reduceCases(quick),
+    ...reduceCases(e, quick),
     ...matmulCases(e, quick),
     ...conv2dCases(quick),
     ...batchNormCases(e, quick),

@@ -1,4 +1,14 @@
-import { reduce, reduceCpu, type ReduceOp } from "../../kernels/reduce.ts";
+import {
+  reduce,
+  REDUCE_ROWS,
+  reduceCpu,
+  type ReduceOp,
+  reduceRowsCandidates,
+  reduceRowsShapeClass,
+  rowVariant,
+} from "../../kernels/reduce.ts";
+import { tuningKey, useTuning, withVariant } from "../../kernels/tuning.ts";
+import { hasSubgroups } from "../../kernels/_wgsl.ts";
 import { max, mean, sum } from "../../ops/reduce.ts";
 import { assertClose, assertEquals, assertThrows, dispatched, gpuTest, rand, TOL } from "../helpers.ts";
 
@@ -68,4 +78,39 @@ gpuTest("column reductions from 2¹⁶ elements read a flat texture on software 
     dispatched(e, () => void sum(t, { axes: 1 })).some((k) => /^reduce_cols.*_tex$/.test(k));
   assertEquals(tex(big), e.adapterInfo.software);
   assertEquals(tex(small), false);
+});
+
+gpuTest("the row pass's variants: tree, and subgroup only where the device has subgroups", async (e) => {
+  assertEquals(reduceRowsShapeClass(2 * 250), "r512");
+  assertEquals(reduceRowsShapeClass(2 * 19699), "r8192");
+  assertEquals(reduceRowsShapeClass(1), "r1");
+  const sg = hasSubgroups(e);
+  assertEquals(reduceRowsCandidates(e), sg ? ["tree", "subgroup"] : ["tree"]);
+  assertEquals(rowVariant(e, 500), "tree");
+  // A table's `subgroup` runs where the device has subgroups and gives way to the tree elsewhere (Deno's
+  // WebGPU offers none; the browser self-test checks the subgroup kernels on SwiftShader).
+  useTuning(e, { entries: { [tuningKey(REDUCE_ROWS, "r512")]: "subgroup" } });
+  try {
+    assertEquals(rowVariant(e, 500), sg ? "subgroup" : "tree");
+    const x = rand(500, 91);
+    assertClose(
+      await reduce("sum", e.tensor(x, [500])).toArray(),
+      reduceCpu("sum", x, [500]).data,
+      TOL.reduce,
+    );
+  } finally {
+    useTuning(e, null);
+  }
+  if (!sg) {
+    assertThrows(
+      () => withVariant(REDUCE_ROWS, "subgroup", () => reduce("sum", e.tensor(rand(8, 92), [8]))),
+      RangeError,
+      'Cannot reduce rows of 8 values with variant "subgroup": it needs the device feature subgroups',
+    );
+  }
+  assertThrows(
+    () => withVariant(REDUCE_ROWS, "shuffle", () => rowVariant(e, 8)),
+    RangeError,
+    'variant "shuffle": the variants are tree and subgroup',
+  );
 });
