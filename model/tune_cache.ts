@@ -90,23 +90,39 @@ export async function loadTuning(
     );
     return null;
   }
+  const t = parseTuning(e, text);
+  if (typeof t !== "string") return t;
+  warn(`warning: ${path} ${t}; using built-in defaults`);
+  return null;
+}
+
+/**
+ * A stored table's text checked for `e`: the table, or why it cannot apply ("is not a tuning table (…)",
+ * "was made for another adapter or he2gene version"). Shared by the cache file and the page's
+ * `localStorage` (web/app.ts).
+ */
+export function parseTuning(e: Engine, text: string): StoredTuning | string {
+  let t: StoredTuning;
   try {
-    const t = JSON.parse(text) as StoredTuning;
+    t = JSON.parse(text) as StoredTuning;
     if (typeof t !== "object" || t === null || typeof t.entries !== "object" || t.entries === null) {
       throw new Error("no entries");
     }
     for (const [k, v] of Object.entries(t.entries)) {
       if (typeof v !== "string" || !k.includes("|")) throw new Error(`bad entry "${k}"`);
     }
-    if (t.version !== HE2GENE_VERSION || JSON.stringify(t.adapter) !== JSON.stringify(adapterKey(e))) {
-      warn(`warning: ${path} was made for another adapter or he2gene version; using built-in defaults`);
-      return null;
-    }
-    return t;
   } catch (err) {
-    warn(`warning: ${path} is not a tuning table (${(err as Error).message}); using built-in defaults`);
-    return null;
+    return `is not a tuning table (${(err as Error).message})`;
   }
+  if (t.version !== HE2GENE_VERSION || JSON.stringify(t.adapter) !== JSON.stringify(adapterKey(e))) {
+    return "was made for another adapter or he2gene version";
+  }
+  return t;
+}
+
+/** The key of this adapter's table in a browser's `localStorage` (web/app.ts; the adapter and version). */
+export function tuningStorageKey(e: Engine): string {
+  return `he2gene.tuning.${fnv(JSON.stringify([adapterKey(e), HE2GENE_VERSION]))}`;
 }
 
 /** Write `t` to this adapter's cache file atomically (temporary file, then rename); returns the path. */
@@ -185,7 +201,7 @@ export async function runTune(
 }
 
 /** The stored form of a (partial) table. */
-function stored(e: Engine, o: TuneOptions, table: TuningTable): StoredTuning {
+export function stored(e: Engine, o: TuneOptions, table: TuningTable): StoredTuning {
   return {
     version: HE2GENE_VERSION,
     adapter: adapterKey(e),

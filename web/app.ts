@@ -15,6 +15,10 @@
  *   `done`, or `error: …`.
  *   `index.html?selftest` (`?selftest=quick`: the CLI's `--quick`) runs the kernel self-test and sets
  *   `window.he2gene.selftest = { passed, failed, adapter, failures }`.
+ *   `index.html?tune[=quick][&only=OP,OP]` runs `he2gene tune` on this browser's adapter (`only`: ops whose
+ *   name starts with one of these, as the CLI's `--only`) and stores the table in `localStorage`, keyed by
+ *   the adapter and he2gene's version; every later page on this adapter predicts with it.
+ *   `window.he2gene.tuning` says which table the page uses (`source`: `stored`, `tuned` or `none`).
  *
  * @module
  */
@@ -34,6 +38,8 @@ import { encodeRgbTiff } from "../slide/tiff_write.ts";
 import { viridis, zScores } from "../slide/png.ts";
 import { tissueTiles } from "../slide/tissue.ts";
 import { loadCheckpoint } from "../pipeline/checkpoint.ts";
+import { parseTuning, runTune, tuningStorageKey } from "../model/tune_cache.ts";
+import { useTuning } from "../kernels/tuning.ts";
 
 /** What the page exposes on `window.he2gene` for automation. */
 export interface PageState {
@@ -54,6 +60,8 @@ export interface PageState {
     aux: number[][];
     tumor_prob: number[];
   };
+  /** The tuning table the page's engine uses: how many choices, and where it came from. */
+  tuning?: { source: "stored" | "tuned" | "none"; entries: number; cases?: number; warning?: string };
   selftest?: {
     passed: number;
     failed: number;
@@ -82,6 +90,7 @@ function engine(): Promise<Engine> {
       `WebGPU adapter: ${e.adapterInfo.name}${e.adapterInfo.software ? " (software)" : ""}` +
         (fb ? ` — ${fb}` : ""),
     );
+    state.tuning = loadPageTuning(e);
     return e;
   });
   return enginePromise;
@@ -208,6 +217,50 @@ async function runFromUrl(q: URLSearchParams): Promise<void> {
 /** The last part of a URL's path (`…/model_base.pt?x=1` → `model_base.pt`). */
 function fileName(url: string): string {
   return decodeURIComponent(new URL(url, location.href).pathname.split("/").pop() ?? url);
+}
+
+/**
+ * This adapter's tuning table from `localStorage` (made by `?tune`), applied to `e`; a stored table that
+ * cannot apply is reported and the built-in defaults stay.
+ */
+function loadPageTuning(e: Engine): NonNullable<PageState["tuning"]> {
+  let text: string | null = null;
+  try {
+    text = globalThis.localStorage?.getItem(tuningStorageKey(e)) ?? null;
+  } catch {
+    // Storage disabled (a sandboxed frame): no table.
+  }
+  if (text === null) return { source: "none", entries: 0 };
+  const t = parseTuning(e, text);
+  if (typeof t === "string") {
+    const warning = `the stored tuning table ${t}; using built-in defaults`;
+    say(`warning: ${warning}`);
+    return { source: "none", entries: 0, warning };
+  }
+  useTuning(e, t);
+  const entries = Object.keys(t.entries).length;
+  say(`kernel variants: tuned table (${entries} choices, ${t.created})`);
+  return { source: "stored", entries };
+}
+
+/** `?tune[=quick][&only=…]`: `he2gene tune` on this browser's adapter, the table kept in `localStorage`. */
+async function runTunePage(quick: boolean, only: string[] | undefined): Promise<void> {
+  const e = await engine();
+  const o = { quick, ...(only ? { only } : {}) };
+  const { tuned, total, ...table } = await runTune(e, o, (done, n, r) => {
+    setStatus(`tune ${done}/${n}: ${r.op} ${r.shapeClass} → ${r.chosen}`);
+  });
+  const entries = Object.keys(table.entries).length;
+  try {
+    localStorage.setItem(tuningStorageKey(e), JSON.stringify(table));
+  } catch (err) {
+    throw new Error(`Cannot store the tuning table in localStorage: ${(err as Error).message}`);
+  }
+  useTuning(e, table);
+  state.tuning = { source: "tuned", entries, cases: tuned };
+  say(
+    `tune: ${tuned} of ${total} cases, ${entries} choices differ from the defaults (${e.adapterInfo.name})`,
+  );
 }
 
 /** `?selftest[=quick]`: every kernel against its CPU reference on this browser's adapter. */
@@ -565,5 +618,7 @@ async function guard(f: () => Promise<void>): Promise<void> {
 const query = new URLSearchParams(location.search);
 wire();
 if (query.has("selftest")) guard(() => runSelftestPage(query.get("selftest") === "quick"));
-else if (query.has("weights")) guard(() => runFromUrl(query));
+else if (query.has("tune")) {
+  guard(() => runTunePage(query.get("tune") === "quick", query.get("only")?.split(",").filter(Boolean)));
+} else if (query.has("weights")) guard(() => runFromUrl(query));
 else setStatus("ready: choose a checkpoint and an image or a folder of patches");

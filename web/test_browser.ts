@@ -2,6 +2,7 @@
 /**
  * `deno task test:browser`: the page in headless Chromium, on Chrome's WebGPU (Dawn; SwiftShader without
  * a GPU). Builds the bundle, serves it, and checks:
+ * - the tune page (`?tune=quick&only=…`, two ops) stores a table that the later pages apply;
  * - the kernel self-test page (`?selftest=quick`; `--full`: every variant) passes on the browser's adapter;
  * - the device got the adapter's limits, not the browser's defaults (128 MiB bindings, 16 KiB workgroup
  *   memory), or says why it fell back;
@@ -90,6 +91,18 @@ async function main(): Promise<void> {
     protocolTimeout: 900_000,
   });
   try {
+    // Tuning on the browser's adapter, two ops only (the batch-norm statistics, the row reductions: their
+    // subgroup variants where Chrome offers subgroups); the table goes to localStorage, and the later pages
+    // on this origin apply it.
+    const tu = await open(browser, `${url}index.html?tune=quick&only=batchnorm.stats,reduce.rows`, 900_000);
+    const tuned = tu.state.tuning;
+    check(
+      "the tune page times the variants and stores the table",
+      tu.title.endsWith("done") && tuned?.source === "tuned" && (tuned.cases ?? 0) > 0,
+      tuned ? `${tuned.cases} cases, ${tuned.entries} choices differ from the defaults` : tu.title,
+    );
+    await tu.page.close();
+
     // The kernel self-test on the browser's adapter.
     const st = await open(browser, `${url}index.html?selftest${full ? "" : "=quick"}`, 900_000);
     const s = st.state.selftest;
@@ -106,6 +119,11 @@ async function main(): Promise<void> {
           s.failures.map((f) => `\n  ${f.op} ${f.variant}: ${f.detail}`).join("")
         }`
         : st.title,
+    );
+    check(
+      "a later page applies the stored tuning table",
+      st.state.tuning?.source === "stored" && st.state.tuning.entries === tuned?.entries,
+      JSON.stringify(st.state.tuning),
     );
     const l = st.state.limits;
     check(
