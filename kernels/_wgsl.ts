@@ -67,6 +67,9 @@ export function hasSubgroups(e: Engine): boolean {
   return e.device.features.has("subgroups");
 }
 
+/** Why a subgroup variant cannot run on a device without `subgroups` (the end of an error message). */
+export const NO_SUBGROUPS = "it needs the device feature subgroups, which this adapter does not offer";
+
 /** The workgroup's linear index `w` under {@linkcode workgroupEntry}. */
 export const WORKGROUP_ID = "let w = wid.x + wid.y * nwg.x;";
 

@@ -54,6 +54,7 @@ import {
   kahanAdd,
   LINEAR_ID,
   linearEntry,
+  NO_SUBGROUPS,
   subgroupReduce,
   treeReduce,
   wgsl,
@@ -861,7 +862,7 @@ function resolve(e: Engine, op: BatchNormTuningOp, shape: readonly number[]): st
   const why = typeof parsed === "string"
     ? parsed
     : "sg" in parsed && parsed.sg && !hasSubgroups(e)
-    ? "it needs the device feature subgroups, which this adapter does not offer"
+    ? NO_SUBGROUPS
     : null;
   if (why === null) return id;
   const key = tuningKey(op, shapeClass);

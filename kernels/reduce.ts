@@ -23,6 +23,7 @@ import {
   LINEAR_ID,
   linearEntry,
   NEG_MAX,
+  NO_SUBGROUPS,
   subgroupReduce,
   treeReduce,
   wgsl,
@@ -229,9 +230,7 @@ export function rowVariant(e: Engine, r: number): string {
   const ok = reduceRowsCandidates(e);
   if (ok.includes(id)) return id;
   if (tuningOf(e)?.entries[tuningKey(REDUCE_ROWS, shapeClass)] === id) return "tree";
-  const why = id === "subgroup"
-    ? "it needs the device feature subgroups, which this adapter does not offer"
-    : "the variants are tree and subgroup";
+  const why = id === "subgroup" ? NO_SUBGROUPS : "the variants are tree and subgroup";
   throw new RangeError(`Cannot reduce rows of ${r} values with variant "${id}": ${why}`);
 }
 
