@@ -15,7 +15,7 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.ts";
 import { createEngine } from "../engine/engine.ts";
-import { defaultTuneClock, type TuneClock, type TuneResult } from "../model/tune.ts";
+import { defaultTuneClock, type TuneClock, type TuneResult, unknownTuneOp } from "../model/tune.ts";
 import {
   adapterKey,
   HE2GENE_VERSION,
@@ -53,7 +53,8 @@ export const TUNE_USAGE =
   "  --batch-size        batch of the inference shapes (default 8)\n" +
   "  --train-batch-size  batch of the training shapes (default 2; 0 skips the gradients)\n" +
   "  --only              only ops starting with these names (conv2d.fwd, conv2d.dx, conv2d.dw, matmul,\n" +
-  "                      batchnorm.stats, batchnorm.sums, batchnorm.apply, batchnorm.dx)\n" +
+  "                      batchnorm.stats, batchnorm.sums, batchnorm.apply, batchnorm.dx, reduce.rows:\n" +
+  "                      the last only where the device has subgroups)\n" +
   "  --clock             how each run is timed: gpu (timestamp queries: the kernels alone) or wall (host\n" +
   "                      clock to completion); default gpu on a hardware adapter, wall on a software one\n" +
   "  --max-seconds S     start no new case after S seconds; the table keeps the cases tuned so far\n" +
@@ -110,21 +111,8 @@ export async function runTuneCli(args: string[]): Promise<void> {
     throw new UsageError(`--clock must be gpu or wall, current value is ${clockArg}`);
   }
   const only = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
-  const known = [
-    "conv2d.fwd",
-    "conv2d.dx",
-    "conv2d.dw",
-    "matmul",
-    "batchnorm.stats",
-    "batchnorm.sums",
-    "batchnorm.apply",
-    "batchnorm.dx",
-  ];
-  for (const o of only ?? []) {
-    if (!known.some((k) => k.startsWith(o))) {
-      throw new UsageError(`--only: unknown op "${o}" (tunable: ${known.join(", ")})`);
-    }
-  }
+  const unknown = unknownTuneOp(only);
+  if (unknown) throw new UsageError(`--only: ${unknown}`);
   const e = await createEngine();
   try {
     const a = e.adapterInfo;

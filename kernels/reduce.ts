@@ -58,11 +58,10 @@ const COL_CHUNK = 512;
 interface ReduceParams extends VariantParams {
   op: "sum" | "max";
 }
+const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
 
 // Rows (inner = 1): workgroup (o, c) reduces x[xoff + o·r + c·chunk ..] (≤ chunk values) into y[o, c].
 // With `sg`, across the workgroup through subgroup operations (subgroupReduce) instead of the tree.
-const INIT = (p: ReduceParams) => (p.op === "max" ? NEG_MAX : "0.0");
-
 const rowKernel = variants("reduce_rows", (p: ReduceParams & { sg?: boolean }) => ({
   bindings: [{ name: "x", access: "read" }, { name: "y", access: "read_write" }],
   uniforms: { outer: "u32", r: "u32", chunk: "u32", parts: "u32", scale: "f32", xoff: "u32" },

@@ -382,6 +382,33 @@ function reduceCases(e: Engine, batch: number): TuneCase[] {
   return cases;
 }
 
+/** The ops `tune` knows (`only` selects among them by prefix); `reduce.rows` only where there are subgroups. */
+export const TUNABLE_OPS: readonly string[] = [
+  "conv2d.fwd",
+  "conv2d.dx",
+  "conv2d.dw",
+  "matmul",
+  "batchnorm.stats",
+  "batchnorm.sums",
+  "batchnorm.apply",
+  "batchnorm.dx",
+  REDUCE_ROWS,
+];
+
+/**
+ * Why `only` (op-name prefixes) names no tunable op — `unknown op "x" (tunable: …)` for the first that
+ * matches none — or null when each matches one.
+ *
+ * @example
+ * ```ts
+ * unknownTuneOp(["batchnorm", "softmax"]); // 'unknown op "softmax" (tunable: conv2d.fwd, …)'
+ * ```
+ */
+export function unknownTuneOp(only: readonly string[] | undefined): string | null {
+  const bad = (only ?? []).find((o) => !TUNABLE_OPS.some((k) => k.startsWith(o)));
+  return bad === undefined ? null : `unknown op "${bad}" (tunable: ${TUNABLE_OPS.join(", ")})`;
+}
+
 /** The cases {@linkcode tune} times for these options. */
 export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   const batch = o.batchSize ?? 8, trainBatch = o.trainBatchSize ?? 2, size = o.imageSize ?? 224;

@@ -201,7 +201,7 @@ export async function runTune(
 }
 
 /** The stored form of a (partial) table. */
-export function stored(e: Engine, o: TuneOptions, table: TuningTable): StoredTuning {
+function stored(e: Engine, o: TuneOptions, table: TuningTable): StoredTuning {
   return {
     version: HE2GENE_VERSION,
     adapter: adapterKey(e),

@@ -40,6 +40,7 @@ import { tissueTiles } from "../slide/tissue.ts";
 import { loadCheckpoint } from "../pipeline/checkpoint.ts";
 import { parseTuning, runTune, tuningStorageKey } from "../model/tune_cache.ts";
 import { useTuning } from "../kernels/tuning.ts";
+import { unknownTuneOp } from "../model/tune.ts";
 
 /** What the page exposes on `window.he2gene` for automation. */
 export interface PageState {
@@ -245,6 +246,8 @@ function loadPageTuning(e: Engine): NonNullable<PageState["tuning"]> {
 
 /** `?tune[=quick][&only=…]`: `he2gene tune` on this browser's adapter, the table kept in `localStorage`. */
 async function runTunePage(quick: boolean, only: string[] | undefined): Promise<void> {
+  const unknown = unknownTuneOp(only);
+  if (unknown) throw new Error(`Cannot tune: only= names an ${unknown}`);
   const e = await engine();
   const o = { quick, ...(only ? { only } : {}) };
   const { tuned, total, ...table } = await runTune(e, o, (done, n, r) => {

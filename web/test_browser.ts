@@ -2,7 +2,8 @@
 /**
  * `deno task test:browser`: the page in headless Chromium, on Chrome's WebGPU (Dawn; SwiftShader without
  * a GPU). Builds the bundle, serves it, and checks:
- * - the tune page (`?tune=quick&only=…`, two ops) stores a table that the later pages apply;
+ * - the tune page (`?tune=quick&only=…`, two ops) stores a table that the later pages apply, and refuses an
+ *   unknown op by name;
  * - the kernel self-test page (`?selftest=quick`; `--full`: every variant) passes on the browser's adapter;
  * - the device got the adapter's limits, not the browser's defaults (128 MiB bindings, 16 KiB workgroup
  *   memory), or says why it fell back;
@@ -102,6 +103,14 @@ async function main(): Promise<void> {
       tuned ? `${tuned.cases} cases, ${tuned.entries} choices differ from the defaults` : tu.title,
     );
     await tu.page.close();
+    // An unknown op is refused before anything is timed or stored (the next page still finds the table).
+    const badOp = await open(browser, `${url}index.html?tune=quick&only=softmax`, 60_000);
+    check(
+      "the tune page names an unknown op",
+      badOp.title.includes('error: Cannot tune: only= names an unknown op "softmax" (tunable: conv2d.fwd,'),
+      badOp.title,
+    );
+    await badOp.page.close();
 
     // The kernel self-test on the browser's adapter.
     const st = await open(browser, `${url}index.html?selftest${full ? "" : "=quick"}`, 900_000);

@@ -7,7 +7,15 @@
 import { runCli, tempDir } from "../bad_inputs/harness.ts";
 import { UsageError } from "../../cli/errors.ts";
 import { assertEquals, assertThrows, engine } from "../helpers.ts";
-import { defaultTuneClock, resnetConvGeometries, tune, TUNE_MARGIN, tuneCases } from "../../model/tune.ts";
+import {
+  defaultTuneClock,
+  resnetConvGeometries,
+  tune,
+  TUNE_MARGIN,
+  tuneCases,
+  unknownTuneOp,
+} from "../../model/tune.ts";
+import { hasSubgroups } from "../../kernels/_wgsl.ts";
 import { RESNET50 } from "../../model/resnet.ts";
 import { conv2dForward, conv2dShapeClass } from "../../kernels/conv2d/mod.ts";
 import {
@@ -147,6 +155,19 @@ cliTest("tune --clock accepts gpu or wall only", async () => {
   const r = await runCli(["tune", "--clock", "cpu", "--only", "matmul"]);
   assertEquals(r.code, 2);
   assertEquals(r.stderr.includes("--clock must be gpu or wall, current value is cpu"), true, r.stderr);
+});
+
+cliTest("tune --only names an unknown op and the tunable ones; reduce.rows is one", async () => {
+  const r = await runCli(["tune", "--only", "batchnorm,softmax"]);
+  assertEquals(r.code, 2);
+  assertEquals(r.stderr.includes('--only: unknown op "softmax" (tunable: conv2d.fwd, '), true, r.stderr);
+  assertEquals(r.stderr.includes("batchnorm.dx, reduce.rows)"), true, r.stderr);
+  assertEquals(unknownTuneOp(["reduce", "batchnorm.s", "conv2d"]), null);
+  assertEquals(unknownTuneOp(undefined), null);
+  // The row reductions are a case only where there is more than one variant (subgroups; not llvmpipe).
+  const e = await engine();
+  const rows = tuneCases(e, { only: ["reduce"], trainBatchSize: 2 });
+  assertEquals(rows.map((c) => c.shapeClass), hasSubgroups(e) ? ["r512", "r8192"] : []);
 });
 
 cliTest(
