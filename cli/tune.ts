@@ -15,7 +15,13 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.ts";
 import { createEngine } from "../engine/engine.ts";
-import { defaultTuneClock, type TuneClock, type TuneResult, unknownTuneOp } from "../model/tune.ts";
+import {
+  defaultTuneClock,
+  nothingToTune,
+  type TuneClock,
+  type TuneResult,
+  unknownTuneOp,
+} from "../model/tune.ts";
 import {
   adapterKey,
   HE2GENE_VERSION,
@@ -120,6 +126,8 @@ export async function runTuneCli(args: string[]): Promise<void> {
       throw new UsageError(`--clock gpu needs the timestamp-query feature, which ${a.name} does not have`);
     }
     const clock = (clockArg as TuneClock | undefined) ?? defaultTuneClock(e);
+    const nothing = nothingToTune(e, { batchSize, trainBatchSize, only });
+    if (nothing) throw new UsageError(`--only: ${nothing}`);
     if (!values.json) {
       console.log(
         `adapter: ${a.name}${a.software ? " (software)" : ""}, backend: ${a.backend}, clock: ${

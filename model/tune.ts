@@ -409,6 +409,17 @@ export function unknownTuneOp(only: readonly string[] | undefined): string | nul
   return bad === undefined ? null : `unknown op "${bad}" (tunable: ${TUNABLE_OPS.join(", ")})`;
 }
 
+/**
+ * Why `tune` with these options would time nothing on `e` (so that a caller refuses it rather than store an
+ * empty table over a real one), or null. Only `only` can do that: `reduce.rows` alone where the device has no
+ * subgroups, or ops that `trainBatchSize` 0 leaves out.
+ */
+export function nothingToTune(e: Engine, o: TuneOptions): string | null {
+  if (!o.only?.length || tuneCases(e, o).length > 0) return null;
+  return `${o.only.join(",")} has nothing to tune on ${e.adapterInfo.name}` +
+    (hasSubgroups(e) ? "" : " (reduce.rows has a second variant only where the device has subgroups)");
+}
+
 /** The cases {@linkcode tune} times for these options. */
 export function tuneCases(e: Engine, o: TuneOptions = {}): TuneCase[] {
   const batch = o.batchSize ?? 8, trainBatch = o.trainBatchSize ?? 2, size = o.imageSize ?? 224;

@@ -40,7 +40,7 @@ import { tissueTiles } from "../slide/tissue.ts";
 import { loadCheckpoint } from "../pipeline/checkpoint.ts";
 import { parseTuning, runTune, tuningStorageKey } from "../model/tune_cache.ts";
 import { useTuning } from "../kernels/tuning.ts";
-import { unknownTuneOp } from "../model/tune.ts";
+import { nothingToTune, unknownTuneOp } from "../model/tune.ts";
 
 /** What the page exposes on `window.he2gene` for automation. */
 export interface PageState {
@@ -250,6 +250,8 @@ async function runTunePage(quick: boolean, only: string[] | undefined): Promise<
   if (unknown) throw new Error(`Cannot tune: only= names an ${unknown}`);
   const e = await engine();
   const o = { quick, ...(only ? { only } : {}) };
+  const nothing = nothingToTune(e, o);
+  if (nothing) throw new Error(`Cannot tune: only= ${nothing}`);
   const { tuned, total, ...table } = await runTune(e, o, (done, n, r) => {
     setStatus(`tune ${done}/${n}: ${r.op} ${r.shapeClass} → ${r.chosen}`);
   });

@@ -9,6 +9,7 @@ import { UsageError } from "../../cli/errors.ts";
 import { assertEquals, assertThrows, engine } from "../helpers.ts";
 import {
   defaultTuneClock,
+  nothingToTune,
   resnetConvGeometries,
   tune,
   TUNE_MARGIN,
@@ -168,6 +169,25 @@ cliTest("tune --only names an unknown op and the tunable ones; reduce.rows is on
   const e = await engine();
   const rows = tuneCases(e, { only: ["reduce"], trainBatchSize: 2 });
   assertEquals(rows.map((c) => c.shapeClass), hasSubgroups(e) ? ["r512", "r8192"] : []);
+  // Nothing to time is refused, so that no empty table replaces a stored one.
+  if (!hasSubgroups(e)) {
+    const none = await runCli(["tune", "--only", "reduce.rows"]);
+    assertEquals(none.code, 2);
+    assertEquals(
+      none.stderr.includes("--only: reduce.rows has nothing to tune on ") &&
+        none.stderr.includes("(reduce.rows has a second variant only where the device has subgroups)"),
+      true,
+      none.stderr,
+    );
+  }
+  assertEquals(nothingToTune(e, { only: ["batchnorm.stats"], trainBatchSize: 2 }), null);
+  assertEquals(nothingToTune(e, {}), null);
+  assertEquals(
+    nothingToTune(e, { only: ["batchnorm"], trainBatchSize: 0 })?.startsWith(
+      "batchnorm has nothing to tune on ",
+    ),
+    true,
+  );
 });
 
 cliTest(
