@@ -39,7 +39,7 @@ export interface DeviceOptions {
   backend?: string;
   /** Enable `shader-f16` when the adapter has it (default true). */
   f16?: boolean;
-  /** Enable `subgroups` when the adapter has it (default true): the batch-norm `subgroup` variants. */
+  /** Enable `subgroups` when the adapter has it (default true): the `subgroup` variants of batch norm and reduce. */
   subgroups?: boolean;
 }
 
