@@ -34,12 +34,13 @@ import {
   matmulTex,
   OUTER_MAX_K,
   TEX_TILES,
+  TEX_WIDE,
   texCannot,
   type TexConfig,
   texLayout,
 } from "./matmul_tex.ts";
 import { flatFits, flatLoad, textureReads } from "../engine/flat.ts";
-import { chosenVariant } from "./tuning.ts";
+import { chosenVariant, forcedVariant } from "./tuning.ts";
 
 /** Activation fused into the epilogue. */
 export type Activation = "none" | "relu" | "sigmoid";
@@ -394,6 +395,19 @@ function lanesFor(m: number, n: number, t: number): RegConfig["lanes"] {
   return paddedOutputs(m, n, t, "cols") < paddedOutputs(m, n, t, "rows") ? "cols" : "rows";
 }
 
+/** Products of at least this many FLOPs may take the wide texture block (its ~13 s compile pays there). */
+const WIDE_TEX_FLOPS = 2 ** 30;
+
+/**
+ * Whether {@linkcode TEX_WIDE} is a tuning candidate: on software adapters (on a GPU a 32 × 64 block per
+ * invocation would be 2 048 registers), for B untransposed, products of ≥ 2³⁰ FLOPs, and C at least one
+ * workgroup's 32 × 512 block.
+ */
+function wideTexCandidate(engine: Engine, m: number, n: number, k: number, transposeB: boolean): boolean {
+  return engine.adapterInfo.software && !transposeB && 2 * m * n * k >= WIDE_TEX_FLOPS &&
+    m >= TEX_WIDE.tm && n >= TEX_WIDE.tn * REG_WG;
+}
+
 // The configuration of a variant id (lanes: as given, else for an m × n product), or a message why not.
 function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const reg = /^reg\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
@@ -409,9 +423,15 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const tex = /^tex\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
   if (tex) {
     const tm = Number(tex[1]), tn = Number(tex[2]);
+    if (tm === TEX_WIDE.tm && tn === TEX_WIDE.tn) {
+      if (tex[3] && tex[3] !== TEX_WIDE.lanes) {
+        return `the ${tm}x${tn} texture block has lanes along N (cols)`;
+      }
+      return { kind: "tex", ...TEX_WIDE, wg: REG_WG };
+    }
     if (!(tm === tn && (TEX_TILES as readonly number[]).includes(tm)) && !isSkinny(tm, tn)) {
-      return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")} and ` +
-        `${SKINNY_M.join("|")}x${SKINNY_N.join("|")}`;
+      return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")}, ` +
+        `${TEX_WIDE.tm}x${TEX_WIDE.tn}/cols and ${SKINNY_M.join("|")}x${SKINNY_N.join("|")}`;
     }
     return {
       kind: "tex",
@@ -424,7 +444,8 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
   const tiled = TILED_CONFIGS.find((c) => matmulVariantId(c) === id);
   if (tiled) return tiled;
   return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32), reg/<1|2|4>x<32|64>[/rows|/cols], " +
-    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tex/<1|2|4>x<32|64>[/rows|/cols], tiled/64x64 and tiled/128x128";
+    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tex/32x64[/cols], tex/<1|2|4>x<32|64>[/rows|/cols], tiled/64x64 " +
+    "and tiled/128x128";
 }
 
 // Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
@@ -512,6 +533,9 @@ export function matmulCandidates(
       if (t > TEX_TILES[0] && t >= 2 * Math.max(m, n)) continue;
       out.push(matmulVariantId({ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) }));
     }
+    if (wideTexCandidate(engine, m, n, k, transposeB)) {
+      out.push(matmulVariantId({ kind: "tex", ...TEX_WIDE, wg: REG_WG }));
+    }
     if (m <= SKINNY_M[SKINNY_M.length - 1]) {
       const tm = SKINNY_M.find((t) => t >= m)!;
       for (const tn of SKINNY_N) {
@@ -538,7 +562,9 @@ export function matmulCandidates(
  * small products; for ≤ 4 rows 1, 2 or 4 × 32 blocks with lanes along N (through textures 2 × 32 with
  * `transposeB`, 2 × 64 without).
  * Hardware adapters: 64×64 workgroup tiles (register blocks as on llvmpipe behind OpenGL). A variant that is
- * unknown or cannot run throws a `RangeError` naming it.
+ * unknown or cannot run throws a `RangeError` naming it. A table's `tex/32x64/cols` (the wide texture block)
+ * applies only to products it is a candidate for (single, B untransposed, see `wideTexCandidate`); forced,
+ * to any.
  *
  * @example
  * ```ts
@@ -553,8 +579,16 @@ export function chooseMatmulKernel(
   transposeB = false,
   batch = 1,
 ): MatmulConfig {
-  const chosen = chosenVariant(engine, "matmul", matmulShapeClass(m, n, k));
-  if (chosen !== undefined) return matmulVariant(engine, chosen, m, n);
+  const shapeClass = matmulShapeClass(m, n, k);
+  const chosen = chosenVariant(engine, "matmul", shapeClass);
+  if (chosen !== undefined) {
+    const c = matmulVariant(engine, chosen, m, n);
+    // A table's wide texture block applies where it was a candidate: its kernels for Bᵀ or batched products
+    // (not what tune times) take 35–43 s to compile on llvmpipe. Forced, it runs anywhere.
+    const wide = c.kind === "tex" && c.tm === TEX_WIDE.tm && c.tn === TEX_WIDE.tn;
+    if (!wide || forcedVariant("matmul") === chosen) return c;
+    if (batch === 1 && wideTexCandidate(engine, m, n, k, transposeB)) return c;
+  }
   return builtinKernel(engine, m, n, k, !texCannot(engine, m, n, k, transposeB), transposeB, batch);
 }
 

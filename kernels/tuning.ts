@@ -51,6 +51,11 @@ export function chosenVariant(engine: Engine, op: string, shapeClass: string): s
   return forced.get(op) ?? tables.get(engine)?.entries[tuningKey(op, shapeClass)];
 }
 
+/** The variant `op` is forced to ({@linkcode withVariant}), if any. */
+export function forcedVariant(op: string): string | undefined {
+  return forced.get(op);
+}
+
 /**
  * Run `fn` with `op` forced to `variant` on every engine (the op must support it for the shapes it meets,
  * else it throws naming the variant). Restores the previous setting afterwards, also on errors; async

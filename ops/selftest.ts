@@ -728,12 +728,16 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     batchA: [2],
     batchB: [2],
   };
-  const ids = matmulCandidates(e, vec.m, vec.n, vec.k).filter((id) =>
+  const vecIds = matmulCandidates(e, vec.m, vec.n, vec.k);
+  const ids = vecIds.filter((id) =>
     !quick || !(/^(reg|tex)\/32x32/.test(id) || (id.startsWith("tiled/") && slowTiled))
   );
+  // Variants offered only for large products (the 32×64 texture block on software adapters, ~13 s to
+  // compile): checked on the vec4 shape (ragged blocks), not with --quick.
+  if (!quick) ids.push(...matmulCandidates(e, 1024, 1024, 1024).filter((id) => !vecIds.includes(id)));
   for (const id of ids) {
     // Each (layout, epilogue) is a kernel of its own: ~3 s to compile at 16×16 on llvmpipe, ~15 s at 32×32.
-    let list = /^(reg|tex)\/32x32/.test(id) ? [vec] : [vec, batched, scalar, epilogue];
+    let list = /^(reg|tex)\/32x(32|64)/.test(id) ? [vec] : [vec, batched, scalar, epilogue];
     if (quick && /^(reg|tex)\/16x16/.test(id)) list = id.endsWith("/rows") ? [vec, batched] : [scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
   }

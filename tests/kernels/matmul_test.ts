@@ -136,6 +136,48 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "the 32×64 texture block is a candidate for large products on software adapters only, and correct",
+  async (e) => {
+    const wide = "tex/32x64/cols";
+    // Offered from 2³⁰ FLOPs with B untransposed, where C holds a workgroup's 32 × 512 block; never the
+    // built-in choice (its ~13 s compile).
+    assertEquals(matmulCandidates(e, 1024, 1024, 1024).includes(wide), e.adapterInfo.software);
+    const not: [number, number, number, boolean][] = [
+      [300, 260, 36, false], // small
+      [1024, 1024, 1024, true], // Bᵀ
+      [16, 4096, 8192, false], // fewer rows than a block
+    ];
+    for (const [m, n, k, tB] of not) {
+      assertEquals(
+        matmulCandidates(e, m, n, k, tB).includes(wide),
+        false,
+        `${m}×${n}×${k}${tB ? " Bᵀ" : ""}`,
+      );
+    }
+    assertEquals(matmulVariantId(chooseMatmulKernel(e, 1024, 1024, 1024)) === wide, false);
+    assertEquals(matmulVariantId(matmulVariant(e, "tex/32x64", 1024, 1024)), wide);
+    assertThrows(() => matmulVariant(e, "tex/32x64/rows", 1024, 1024), RangeError, "lanes along N");
+    // A table's choice applies to the products it was a candidate for; Bᵀ or batched products of its class
+    // (35–43 s kernels to compile) keep the built-in choice. Forced, it applies anyway.
+    const choice = (tB: boolean, batch: number) =>
+      matmulVariantId(chooseMatmulKernel(e, 1000, 1000, 1000, tB, batch));
+    const [plain, transposed, batched] = [choice(false, 1), choice(true, 1), choice(false, 2)];
+    useTuning(e, { entries: { [`matmul|${matmulShapeClass(1024, 1024, 1024)}`]: wide } });
+    try {
+      assertEquals(choice(false, 1), e.adapterInfo.software ? wide : plain);
+      assertEquals(choice(true, 1), transposed);
+      assertEquals(choice(false, 2), batched);
+      assertEquals(withVariant("matmul", wide, () => choice(true, 2)), wide);
+    } finally {
+      useTuning(e, null);
+    }
+    if (texCannot(e, 300, 260, 36, false)) return;
+    // Right where forced: ragged blocks (300 = 9 × 32 + 12 rows, 260 = 4 × 64 + 4 columns), vec4 operands.
+    await check(e, { m: 300, k: 36, n: 260 }, wide);
+  },
+);
+
 gpuTest("vec4 loads and stores (N a multiple of 4) give the same bits as scalar ones", async (e) => {
   // B with 260 columns goes through vec4 B loads and vec4 C stores; with a 261st column, scalar ones. The
   // sums run in the same order, so the first 260 columns agree bit for bit, with bias and ReLU too.
