@@ -42,7 +42,7 @@ export const TEX_TILES = [16, 32] as const;
  * 1024³'s time in its 64 fetches per step, and 32 × 64 computes twice the FMAs for 96. 1024³ took 36.5–37.3 ms
  * of GPU time against 41.1–41.4 for 32 × 32 cols (best of 5, six alternations in one process; 64 × 32 with
  * lanes along M: 42.4–43.0). Its kernel takes ~13 s to compile the first time (32 × 32: ~3 s), and 64 × 64
- * (~33 ms) 76 s, so it is a candidate for large products only, and not the built-in choice.
+ * (33–36 ms) 76 s, so it is a candidate for large products only, and not the built-in choice.
  */
 export const TEX_WIDE = { tm: 32, tn: 64, lanes: "cols" } as const;
 /** k per loop iteration (4 texels of 4); K is padded to a multiple of it. */
