@@ -20,8 +20,8 @@
  * none (`auto`; tuning takes a long time on llvmpipe) — the resnet, train and layers suites also time every
  * network pass, step or call with the table, in turns with the defaults (default first, then ABBA, so that a
  * drift in speed over the run falls on both alike), and the matmul suite times the table's kernel where it
- * differs: "default" and "tuned" side by side, with the ratio default ÷ tuned (≥ 1: the table is no
- * slower). `--tune default` skips that.
+ * differs, its calls in turns with the default's (ABBA too): "default" and "tuned" side by side, each with
+ * its GPU time, and the ratio default ÷ tuned (≥ 1: the table is no slower). `--tune default` skips that.
  *
  * Options: `--json` (machine-readable), `--quick` (fewer shapes and reps), `--shapes a,b` (matmul names),
  * `--suite matmul,conv,resnet,layers,slide,train,slide-predict,encoders` (default all; slide-predict takes ~2 min, 32
@@ -111,6 +111,8 @@ interface Row {
   /** The tuning table's kernel (when a table is in use), its time and speed, and default ÷ tuned time. */
   tunedKernel?: string;
   tunedWallMs?: number;
+  /** The table's kernel alone (timestamps). */
+  tunedGpuMs?: number;
   tunedGflops?: number;
   tunedPctPeak?: number;
   tunedRatio?: number;
@@ -125,32 +127,54 @@ interface Row {
   peerErrors?: string[];
 }
 
-async function timeOurs(e: Engine, a: Float32Array, b: Float32Array, s: Shape, warmup: number, reps: number) {
+/** Runs `record` (which records one product) with a kernel choice in effect: the defaults or a table. */
+type Choice = <T>(record: () => T) => T;
+const defaults: Choice = (record) => record();
+
+/**
+ * Wall and GPU medians of the same product under each of `choices`, their reps interleaved (ABBA: A B, B A,
+ * …) so that a drift in the machine's speed falls on every choice alike.
+ */
+async function timeOurs(
+  e: Engine,
+  a: Float32Array,
+  b: Float32Array,
+  s: Shape,
+  warmup: number,
+  reps: number,
+  choices: Choice[] = [defaults],
+) {
   const ta = e.tensor(a, [s.m, s.k]);
   const tb = e.tensor(b, s.transposeB ? [s.n, s.k] : [s.k, s.n]);
-  const wall: number[] = [];
-  const gpu: number[] = [];
-  let checksum = NaN;
+  const record = () => matmulForward(ta, tb, { transposeB: s.transposeB });
+  const wall: number[][] = choices.map(() => []);
+  const gpu: number[][] = choices.map(() => []);
+  const checksum: number[] = choices.map(() => NaN);
+  const order = (i: number) => choices.map((_, j) => (i % 2 === 0 ? j : choices.length - 1 - j));
   for (let i = 0; i < warmup + reps; i++) {
-    const t0 = performance.now();
-    const c = matmulForward(ta, tb, { transposeB: s.transposeB });
-    const data = await c.toArray();
-    const t1 = performance.now();
-    c.dispose();
-    if (i >= warmup) wall.push(t1 - t0);
-    if (i === warmup) checksum = data.reduce((acc, v) => acc + v, 0);
+    for (const j of order(i)) {
+      const t0 = performance.now();
+      const c = choices[j](record);
+      const data = await c.toArray();
+      const t1 = performance.now();
+      c.dispose();
+      if (i >= warmup) wall[j].push(t1 - t0);
+      if (i === warmup) checksum[j] = data.reduce((acc, v) => acc + v, 0);
+    }
   }
   for (let i = 0; i < Math.min(reps, 3); i++) {
-    let c = null as ReturnType<typeof matmulForward> | null;
-    const ms = await e.timeGpu(() => {
-      c = matmulForward(ta, tb, { transposeB: s.transposeB });
-    });
-    c!.dispose();
-    if (ms !== null) gpu.push(ms);
+    for (const j of order(i)) {
+      let c = null as ReturnType<typeof matmulForward> | null;
+      const ms = await e.timeGpu(() => {
+        c = choices[j](record);
+      });
+      c!.dispose();
+      if (ms !== null) gpu[j].push(ms);
+    }
   }
   ta.dispose();
   tb.dispose();
-  return { wallMs: median(wall), gpuMs: median(gpu), checksum };
+  return choices.map((_, j) => ({ wallMs: median(wall[j]), gpuMs: median(gpu[j]), checksum: checksum[j] }));
 }
 
 const HOST_OPS = 2000;
@@ -458,10 +482,10 @@ export async function main(args: string[]): Promise<void> {
   log(tuning.note);
   const table = tuning.table;
   // Run `f` with the tuning table, then back to the built-in defaults.
-  const withTable = async <T>(f: () => Promise<T>): Promise<T> => {
+  const withTableSync = <T>(f: () => T): T => {
     useTuning(e, table);
     try {
-      return await f();
+      return f();
     } finally {
       useTuning(e, null);
     }
@@ -480,7 +504,21 @@ export async function main(args: string[]): Promise<void> {
     const r = big ? Math.max(1, Math.min(reps, 2)) : reps;
     const kernel = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k, s.transposeB));
     log(`… ${s.name} (${s.m}×${s.k}×${s.n}${s.transposeB ? ", Bᵀ" : ""}) with ${kernel}`);
-    const ours = await timeOurs(e, a, b, s, 1, r);
+    // With a table whose kernel differs, the default and the table's kernel are timed in turns.
+    const tunedId = table
+      ? withTableSync(() => matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k, s.transposeB)))
+      : kernel;
+    if (tunedId !== kernel) log(`  … tuned: ${tunedId}`);
+    const tableChoice: Choice = (record) => withTableSync(record);
+    const [ours, timedTuned] = await timeOurs(
+      e,
+      a,
+      b,
+      s,
+      1,
+      r,
+      tunedId !== kernel ? [defaults, tableChoice] : [defaults],
+    );
     const row: Row = {
       shape: s.name,
       m: s.m,
@@ -496,13 +534,9 @@ export async function main(args: string[]): Promise<void> {
     };
     if (table) {
       // The table's kernel is timed only where it differs from the default (the same kernel otherwise).
-      const tuned = await withTable(async () => {
-        const id = matmulVariantId(chooseMatmulKernel(e, s.m, s.n, s.k, s.transposeB));
-        if (id === kernel) return { id, wallMs: ours.wallMs };
-        log(`  … tuned: ${id}`);
-        return { id, wallMs: (await timeOurs(e, a, b, s, 1, r)).wallMs };
-      });
-      row.tunedKernel = tuned.id;
+      const tuned = timedTuned ?? ours;
+      row.tunedKernel = tunedId;
+      row.tunedGpuMs = tuned.gpuMs;
       row.tunedWallMs = tuned.wallMs;
       row.tunedGflops = gf(s, tuned.wallMs);
       row.tunedPctPeak = pctOfPeak(row.tunedGflops, peak.gflops);
@@ -538,7 +572,7 @@ export async function main(args: string[]): Promise<void> {
       "GFLOP/s",
       "% peak",
       "gpu ms",
-      ...(tuned ? ["tuned kernel", "GFLOP/s", "% peak", "default/tuned"] : []),
+      ...(tuned ? ["tuned kernel", "GFLOP/s", "% peak", "gpu ms", "default/tuned"] : []),
       "peer ms",
       "GFLOP/s",
       "% peak",
@@ -557,7 +591,13 @@ export async function main(args: string[]): Promise<void> {
       fmtPct(r.oursPctPeak),
       f1(r.oursGpuMs),
       ...(tuned
-        ? [r.tunedKernel ?? "–", f2(r.tunedGflops), fmtPct(r.tunedPctPeak), ratio(r.tunedRatio)]
+        ? [
+          r.tunedKernel ?? "–",
+          f2(r.tunedGflops),
+          fmtPct(r.tunedPctPeak),
+          f1(r.tunedGpuMs),
+          ratio(r.tunedRatio),
+        ]
         : []),
       f1(r.peerWallMs),
       f2(r.peerGflops),
@@ -584,7 +624,8 @@ export async function main(args: string[]): Promise<void> {
         "\nours/peer = peer wall time ÷ ours (matmul + readback; > 1 means he2gene is faster); gpu = kernel time " +
           "from timestamps; kernel: the built-in default's variant" +
           (tuned
-            ? "; tuned: the tuning table's (timed only where it differs), default/tuned = time ratio."
+            ? "; tuned: the tuning table's (timed only where it differs, its calls in turns with the " +
+              "default's), default/tuned = wall time ratio."
             : "."),
       );
     }
