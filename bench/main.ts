@@ -34,8 +34,13 @@
  */
 import { parseArgs } from "node:util";
 import { createEngine, type Engine } from "../mod.ts";
-import { chooseMatmulKernel, matmulForward, matmulVariantId } from "../kernels/matmul.ts";
-import { tuningOf, type TuningTable, useTuning } from "../kernels/tuning.ts";
+import {
+  chooseMatmulKernel,
+  matmulForward,
+  matmulReducedPrecisionVariants,
+  matmulVariantId,
+} from "../kernels/matmul.ts";
+import { tuningOf, type TuningTable, useTuning, withVariant } from "../kernels/tuning.ts";
 import { loadTuning, prepareTuning, tuningDir, tuningPath } from "../model/tune_cache.ts";
 import { benchConv, type ConvRow, printConvTable } from "./conv.ts";
 import { benchEncoders, printEncodersTable } from "./encoders.ts";
@@ -175,6 +180,64 @@ async function timeOurs(
   ta.dispose();
   tb.dispose();
   return choices.map((_, j) => ({ wallMs: median(wall[j]), gpuMs: median(gpu[j]), checksum: checksum[j] }));
+}
+
+/** The tiled kernel with f32 and with f16 tiles on one product: GPU and wall medians, their difference. */
+interface F16TilesRow {
+  shape: string;
+  f32: { kernel: string; wallMs: number; gpuMs: number };
+  f16: { kernel: string; wallMs: number; gpuMs: number };
+  /** max |C_f16 − C_f32| ÷ max |C_f32|. */
+  maxRelDiff: number;
+}
+
+/**
+ * The reduced-precision matmul (`tiled/64x64/f16`, forced: `tune` never chooses it) against the same kernel
+ * with f32 tiles, in turns, on 1024³ (when the run has that shape and the device `shader-f16`).
+ */
+async function benchF16Tiles(
+  e: Engine,
+  shapes: Shape[],
+  reps: number,
+  log: (s: string) => void,
+): Promise<F16TilesRow | null> {
+  const s = shapes.find((x) => x.name === "1024³");
+  const f16 = matmulReducedPrecisionVariants(e).find((id) => id === "tiled/64x64/f16");
+  if (!s || !f16) return null;
+  const f32 = "tiled/64x64";
+  log(`… ${s.name} with f32 and f16 tiles (${f32}, ${f16}; reduced precision, forced)`);
+  // Not `fill`'s values, which f16 holds exactly: values with full float32 mantissas.
+  const noisy = (n: number, seed: number) =>
+    Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.7071 + seed));
+  const a = noisy(s.m * s.k, 1), b = noisy(s.k * s.n, 2);
+  const force = (id: string): Choice => (record) => withVariant("matmul", id, record);
+  const [t32, t16] = await timeOurs(e, a, b, s, 1, Math.min(reps, 5), [force(f32), force(f16)]);
+  const ta = e.tensor(a, [s.m, s.k]), tb = e.tensor(b, [s.k, s.n]);
+  const c32 = await withVariant("matmul", f32, () => matmulForward(ta, tb)).toArray();
+  const c16 = await withVariant("matmul", f16, () => matmulForward(ta, tb)).toArray();
+  ta.dispose();
+  tb.dispose();
+  let diff = 0, top = 0;
+  for (let i = 0; i < c32.length; i++) {
+    diff = Math.max(diff, Math.abs(c16[i] - c32[i]));
+    top = Math.max(top, Math.abs(c32[i]));
+  }
+  return {
+    shape: s.name,
+    f32: { kernel: f32, wallMs: t32.wallMs, gpuMs: t32.gpuMs },
+    f16: { kernel: f16, wallMs: t16.wallMs, gpuMs: t16.gpuMs },
+    maxRelDiff: top > 0 ? diff / top : diff,
+  };
+}
+
+function printF16Tiles(r: F16TilesRow): void {
+  const g = (ms: number) => (Number.isFinite(ms) ? `${ms.toFixed(1)} ms GPU` : "no GPU clock");
+  console.log(
+    `\nreduced precision, ${r.shape}: ${r.f32.kernel} ${r.f32.wallMs.toFixed(1)} ms (${g(r.f32.gpuMs)}), ` +
+      `${r.f16.kernel} ${r.f16.wallMs.toFixed(1)} ms (${g(r.f16.gpuMs)}); f32/f16 tiles ` +
+      `${(r.f32.wallMs / r.f16.wallMs).toFixed(2)}× on the wall clock; the f16 tiles' C differs by up to ` +
+      `${r.maxRelDiff.toExponential(1)} of max |C| (operands rounded to f16; never chosen by tune).`,
+  );
 }
 
 const HOST_OPS = 2000;
@@ -560,6 +623,7 @@ export async function main(args: string[]): Promise<void> {
     }
     rows.push(row);
   }
+  const f16Tiles = suites.has("matmul") ? await benchF16Tiles(e, shapes, reps, log) : null;
   const host = await hostCost(e, peer);
   // Each suite's table is printed as soon as the suite ends (a run cut short keeps what it measured).
   const printMatmul = () => {
@@ -641,7 +705,10 @@ export async function main(args: string[]): Promise<void> {
       }
     }
   };
-  if (!values.json) printMatmul();
+  if (!values.json) {
+    printMatmul();
+    if (f16Tiles) printF16Tiles(f16Tiles);
+  }
   const batchList = (name: string, v: string | undefined) => {
     if (v === undefined) return undefined;
     const list = v.split(",").map((x) => Number(x.trim()));
@@ -795,6 +862,7 @@ export async function main(args: string[]): Promise<void> {
           peakEnd,
           tuning: { ...tuningInfo, entries: table?.entries },
           rows,
+          f16Tiles,
           hostCost: host,
           conv: convRows,
           resnet: resnetRows,

@@ -70,6 +70,23 @@ export function hasSubgroups(e: Engine): boolean {
 /** Why a subgroup variant cannot run on a device without `subgroups` (the end of an error message). */
 export const NO_SUBGROUPS = "it needs the device feature subgroups, which this adapter does not offer";
 
+/** Whether kernels on `e` may use f16 (the device has the `shader-f16` feature). */
+export function hasF16(e: Engine): boolean {
+  return e.device.features.has("shader-f16");
+}
+
+/** Why an f16 variant cannot run on a device without `shader-f16` (the end of an error message). */
+export const NO_F16 = "it needs the device feature shader-f16, which this adapter does not offer";
+
+/**
+ * WGSL expression: f32 `x` rounded to the nearest f16 value (ties to even), still as f32. WGSL leaves the
+ * rounding of an f32 → f16 conversion to the implementation; rounding the f32 bits first makes the
+ * conversion exact (and the result the CPU's `Math.f16round`) wherever `x` is an f16 normal (|x| ≥ 2⁻¹⁴, up
+ * to 65 504); below, f16's subnormals round as the device does (an error of at most 2⁻²⁵).
+ */
+export const f16Round = (x: string) =>
+  `bitcast<f32>((bitcast<u32>(${x}) + 0xfffu + ((bitcast<u32>(${x}) >> 13u) & 1u)) & 0xffffe000u)`;
+
 /** The workgroup's linear index `w` under {@linkcode workgroupEntry}. */
 export const WORKGROUP_ID = "let w = wid.x + wid.y * nwg.x;";
 

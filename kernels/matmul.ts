@@ -26,7 +26,7 @@
 import type { Engine, TensorRange } from "../engine/engine.ts";
 import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { stagesTiles, wgsl } from "./_wgsl.ts";
+import { f16Round, hasF16, NO_F16, stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import {
   KSTEP,
@@ -79,6 +79,13 @@ export interface TiledConfig {
   wx: number;
   wy: number;
   bk: number;
+  /**
+   * Tiles stored in workgroup memory as f16 (operands rounded to nearest f16, ties to even; FMAs and C in
+   * f32): half the workgroup memory and its traffic. Needs `shader-f16`. Such a variant computes the product of
+   * the f16-rounded operands, not of A and B, so `tune` never chooses it: it runs only when forced or named
+   * in a tuning table by hand (see {@linkcode matmulReducedPrecisionVariants}).
+   */
+  f16?: boolean;
 }
 
 export type { TexConfig } from "./matmul_tex.ts";
@@ -271,9 +278,13 @@ function genTiled(c: TiledConfig, v: MatmulParams): string {
     seq(TM).flatMap((i) => seq(TN).map((j) => f(i, j))).join("\n");
   const val = (i: number, j: number) =>
     ACT_WGSL[v.act](v.bias ? `c${i}_${j} + bias[p.biasOff + gn]` : `c${i}_${j}`);
+  // f16 tiles: each staged value rounded to nearest f16 (exact conversion), read back widened to f32.
+  const T = c.f16 ? "f16" : "f32";
+  const stage = (x: string) => c.f16 ? `f16(${f16Round(x)})` : x;
+  const tile = (x: string) => c.f16 ? `vec4f(${x})` : x;
   return wgsl`
-var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>; // [BK][BM]
-var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>; // [BK][BN]
+var<workgroup> As: array<vec4<${T}>, ${(BK * BM) / 4}>; // [BK][BM]
+var<workgroup> Bs: array<vec4<${T}>, ${(BK * BN) / 4}>; // [BK][BN]
 @compute @workgroup_size(${WX}, ${WY}, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
         @builtin(local_invocation_index) li: u32) {
@@ -291,7 +302,7 @@ ${each2((i, j) => `  var c${i}_${j} = 0.0;`)}
       var x = 0.0;
       if (gm < M && gk < K) { x = A[aBase + gm * p.lda + p.aOff + gk]; }
       let s = kk * ${BM}u + r;
-      As[s / 4u][s % 4u] = x;
+      As[s / 4u][s % 4u] = ${stage("x")};
     }
     for (var e = li; e < ${BN * BK}u; e += ${NT}u) {
 #if ${v.transB}
@@ -306,12 +317,18 @@ ${each2((i, j) => `  var c${i}_${j} = 0.0;`)}
       if (gn < N && gk < K) { x = B[bBase + gk * N + gn]; }
 #endif
       let s = kk * ${BN}u + cc;
-      Bs[s / 4u][s % 4u] = x;
+      Bs[s / 4u][s % 4u] = ${stage("x")};
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk++) {
-${seq(TM / 4).map((q) => `      let a${q} = As[kk * ${BM / 4}u + lid.y * ${TM / 4}u + ${q}u];`).join("\n")}
-${seq(TN / 4).map((q) => `      let b${q} = Bs[kk * ${BN / 4}u + lid.x * ${TN / 4}u + ${q}u];`).join("\n")}
+${
+    seq(TM / 4).map((q) => `      let a${q} = ${tile(`As[kk * ${BM / 4}u + lid.y * ${TM / 4}u + ${q}u]`)};`)
+      .join("\n")
+  }
+${
+    seq(TN / 4).map((q) => `      let b${q} = ${tile(`Bs[kk * ${BN / 4}u + lid.x * ${TN / 4}u + ${q}u]`)};`)
+      .join("\n")
+  }
 ${each2((i, j) => `      c${i}_${j} = fma(a${i >> 2}[${i & 3}], b${j >> 2}[${j & 3}], c${i}_${j});`)}
     }
     workgroupBarrier();
@@ -357,9 +374,12 @@ const TILED: TiledConfig = { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16
 /** Its large-tile sibling for big products: 128 × 128 tiles, 8 × 8 per invocation, K step 8. */
 const TILED_128: TiledConfig = { kind: "tiled", tm: 8, tn: 8, wx: 16, wy: 16, bk: 8 };
 const TILED_CONFIGS = [TILED, TILED_128];
+/** The tiled kernels with f16 tiles (reduced precision: never a tuning candidate). */
+const TILED_F16_CONFIGS: TiledConfig[] = TILED_CONFIGS.map((c) => ({ ...c, f16: true }));
 
 /**
- * The variant id of a configuration: `reg/<TM>x<TN>/<lanes>` or `tiled/<BM>x<BN>`.
+ * The variant id of a configuration: `reg/<TM>x<TN>/<lanes>`, `tex/<TM>x<TN>/<lanes>` or `tiled/<BM>x<BN>`
+ * (`tiled/<BM>x<BN>/f16` with f16 tiles).
  *
  * @example
  * ```ts
@@ -368,7 +388,8 @@ const TILED_CONFIGS = [TILED, TILED_128];
  */
 export function matmulVariantId(c: MatmulConfig): string {
   if (c.kind === "tex") return `tex/${c.tm}x${c.tn}/${c.lanes}`;
-  return c.kind === "reg" ? `reg/${c.tm}x${c.tn}/${c.lanes}` : `tiled/${c.wy * c.tm}x${c.wx * c.tn}`;
+  if (c.kind === "reg") return `reg/${c.tm}x${c.tn}/${c.lanes}`;
+  return `tiled/${c.wy * c.tm}x${c.wx * c.tn}${c.f16 ? "/f16" : ""}`;
 }
 
 // Lanes along the dimension that pads less: WG invocations × t rows ("rows") or × t columns ("cols").
@@ -441,17 +462,18 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
       lanes: (tex[3] as TexConfig["lanes"] | undefined) ?? lanesFor(m, n, tm),
     };
   }
-  const tiled = TILED_CONFIGS.find((c) => matmulVariantId(c) === id);
+  const tiled = [...TILED_CONFIGS, ...TILED_F16_CONFIGS].find((c) => matmulVariantId(c) === id);
   if (tiled) return tiled;
   return "the variants are reg/<t>x<t>[/rows|/cols] (t = 8, 16, 32), reg/<1|2|4>x<32|64>[/rows|/cols], " +
-    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tex/32x64[/cols], tex/<1|2|4>x<32|64>[/rows|/cols], tiled/64x64 " +
-    "and tiled/128x128";
+    "tex/<t>x<t>[/rows|/cols] (t = 16, 32), tex/32x64[/cols], tex/<1|2|4>x<32|64>[/rows|/cols], " +
+    "tiled/64x64[/f16] and tiled/128x128[/f16]";
 }
 
 // Why `c` cannot run on `engine` (workgroup size and memory of the tiled kernel), or null.
 function cannotRun(engine: Engine, c: MatmulConfig): string | null {
   if (c.kind !== "tiled") return null;
-  const invocations = c.wx * c.wy, bytes = 4 * c.bk * (c.wy * c.tm + c.wx * c.tn);
+  if (c.f16 && !hasF16(engine)) return NO_F16;
+  const invocations = c.wx * c.wy, bytes = (c.f16 ? 2 : 4) * c.bk * (c.wy * c.tm + c.wx * c.tn);
   const l = engine.limits;
   if (
     l.maxComputeInvocationsPerWorkgroup < invocations || l.maxComputeWorkgroupSizeX < c.wx ||
@@ -466,7 +488,8 @@ function cannotRun(engine: Engine, c: MatmulConfig): string | null {
 
 /**
  * The configuration of variant `id` for an m × n product on `engine`: `reg/<t>x<t>` (t = 8, 16, 32; lanes
- * along the dimension that pads less), `reg/<t>x<t>/rows` or `/cols`, `tiled/64x64` or `tiled/128x128`. Throws a
+ * along the dimension that pads less), `reg/<t>x<t>/rows` or `/cols`, `tiled/64x64` or `tiled/128x128` (and
+ * their `/f16` forms, see {@linkcode matmulReducedPrecisionVariants}), the `tex` blocks. Throws a
  * `RangeError` naming the variant when it is unknown or cannot run on this adapter.
  *
  * @example
@@ -549,6 +572,23 @@ export function matmulCandidates(
     if (!cannotRun(engine, c)) out.push(matmulVariantId(c));
   }
   return out;
+}
+
+/**
+ * The reduced-precision variants that can run on `engine`: the tiled kernels with f16 tiles (`tiled/64x64/f16`,
+ * `tiled/128x128/f16`), where the device has `shader-f16` and room for their workgroup. They compute
+ * op(A)·op(B) of A and B rounded to f16 (nearest, ties to even; f32 FMAs and C), so they differ from the
+ * float32 product by ~2⁻¹¹ of each operand: not what PyTorch computes in float32. `he2gene tune` never
+ * offers them ({@linkcode matmulCandidates} leaves them out); they run when forced (`withVariant`) or named in a
+ * tuning table by hand, and the self-test checks them against the CPU product of the rounded operands.
+ *
+ * @example
+ * ```ts
+ * for (const id of matmulReducedPrecisionVariants(engine)) withVariant("matmul", id, () => time(id));
+ * ```
+ */
+export function matmulReducedPrecisionVariants(engine: Engine): string[] {
+  return TILED_F16_CONFIGS.filter((c) => !cannotRun(engine, c)).map(matmulVariantId);
 }
 
 /**
@@ -648,6 +688,7 @@ const matmulKernel = variants("matmul", (p: MatmulParams) => {
     bindings: BINDINGS(p),
     uniforms: UNIFORMS,
     workgroupSize: c.kind === "reg" ? [c.wg] : [c.wx, c.wy],
+    f16: c.kind === "tiled" && c.f16,
     body: c.kind === "reg" ? genReg(c, p) : genTiled(c, p),
   };
 });

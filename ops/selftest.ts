@@ -26,7 +26,14 @@ import {
   type ReduceOp,
   reduceRowsCandidates,
 } from "../kernels/reduce.ts";
-import { type Activation, matmulCandidates, matmulCpu, matmulForward, transpose } from "../kernels/matmul.ts";
+import {
+  type Activation,
+  matmulCandidates,
+  matmulCpu,
+  matmulForward,
+  matmulReducedPrecisionVariants,
+  transpose,
+} from "../kernels/matmul.ts";
 import { matmul } from "./matmul.ts";
 import { withVariant } from "../kernels/tuning.ts";
 import {
@@ -640,15 +647,19 @@ function mmLabel(s: MmCase): string {
     `${s.bias ? ` +bias` : ""}${s.act && s.act !== "none" ? ` ${s.act}` : ""}`;
 }
 
-/** One matmul on the GPU against matmulCpu (as tests/kernels/matmul_test.ts `check`). */
-function mmCheck(e: Engine, c: Checker, s: MmCase): void {
+/**
+ * One matmul on the GPU against matmulCpu (as tests/kernels/matmul_test.ts `check`). `f16`: a reduced-precision
+ * variant's check, against the CPU product of A and B rounded to f16 (what such a variant computes).
+ */
+function mmCheck(e: Engine, c: Checker, s: MmCase, f16 = false): void {
   const aShape = [...(s.batchA ?? []), ...(s.tA ? [s.k, s.m] : [s.m, s.k])];
   const bShape = [...(s.batchB ?? []), ...(s.tB ? [s.n, s.k] : [s.k, s.n])];
   const na = prod(aShape), nb = prod(bShape);
   const a = rnd(na, na + s.m), b = rnd(nb, nb + s.n);
   const bias = s.bias ? rnd(s.n, 7) : undefined;
   const o = { transposeA: s.tA, transposeB: s.tB, activation: s.act };
-  const want = matmulCpu(a, aShape, b, bShape, { ...o, bias });
+  const r = (x: Float32Array) => f16 ? x.map(Math.f16round) : x;
+  const want = matmulCpu(r(a), aShape, r(b), bShape, { ...o, bias });
   const y = matmulForward(e.tensor(a, aShape), e.tensor(b, bShape), {
     ...o,
     bias: bias ? e.tensor(bias, [s.n]) : undefined,
@@ -669,13 +680,13 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     { m: 64, k: 64, n: 64 },
   ];
   // `id`: the matmul variant forced for the whole check (else the adapter's choice for each shape).
-  const mm = (variant: string, shape: string, list: MmCase[], id?: string): Case => ({
+  const mm = (variant: string, shape: string, list: MmCase[], id?: string, f16 = false): Case => ({
     family: "matmul",
     op: "matmul",
     variant,
     shape,
     run: (e, c) => {
-      const all = () => list.forEach((s) => mmCheck(e, c, s));
+      const all = () => list.forEach((s) => mmCheck(e, c, s, f16));
       if (id) withVariant("matmul", id, all);
       else all();
     },
@@ -740,6 +751,12 @@ function matmulCases(e: Engine, quick: boolean): Case[] {
     let list = /^(reg|tex)\/32x(32|64)/.test(id) ? [vec] : [vec, batched, scalar, epilogue];
     if (quick && /^(reg|tex)\/16x16/.test(id)) list = id.endsWith("/rows") ? [vec, batched] : [scalar];
     cases.push(mm(id, list.map(mmLabel).join(", "), list, id));
+  }
+  // The reduced-precision variants (f16 tiles, where the device has shader-f16): against the product of the
+  // f16-rounded operands, with the same tolerance. Not with --quick where tiled kernels compile slowly.
+  for (const id of matmulReducedPrecisionVariants(e).filter(() => !quick || !slowTiled)) {
+    const list = [vec, batched, scalar, epilogue];
+    cases.push(mm(`${id} (f16 ref)`, list.map(mmLabel).join(", "), list, id, true));
   }
   // The skinny blocks (1, 2 or 4 rows × 32 or 64 columns, registers or textures) are candidates for
   // products of ≤ 4 rows. Each compiles one kernel per layout (~5 s at 4 × 64 on llvmpipe): --quick checks

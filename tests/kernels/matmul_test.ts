@@ -4,12 +4,14 @@ import {
   matmulCandidates,
   matmulCpu,
   matmulForward,
+  matmulReducedPrecisionVariants,
   matmulShapeClass,
   matmulVariant,
   matmulVariantId,
   transpose,
 } from "../../kernels/matmul.ts";
 import { stagesTiles } from "../../kernels/_wgsl.ts";
+import { compareClose } from "../../kernels/tolerance.ts";
 import { texCannot } from "../../kernels/matmul_tex.ts";
 import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import { linear, matmul } from "../../ops/matmul.ts";
@@ -24,19 +26,21 @@ import {
   smallBindingEngine,
   TOL,
 } from "../helpers.ts";
-import type { Engine } from "../../mod.ts";
+import { createEngine, type Engine } from "../../mod.ts";
 import type { MmCase } from "../../ops/selftest.ts";
 
 type Case = MmCase;
 
-// `variant`: a matmul variant id forced while the product is recorded (else the adapter's choice).
-async function check(e: Engine, c: Case, variant?: string) {
+// `variant`: a matmul variant id forced while the product is recorded (else the adapter's choice). `f16`:
+// against the product of A and B rounded to f16 (a reduced-precision variant's contract).
+async function check(e: Engine, c: Case, variant?: string, f16 = false) {
   const aShape = [...(c.batchA ?? []), ...(c.tA ? [c.k, c.m] : [c.m, c.k])];
   const bShape = [...(c.batchB ?? []), ...(c.tB ? [c.n, c.k] : [c.k, c.n])];
   const na = aShape.reduce((p, d) => p * d, 1), nb = bShape.reduce((p, d) => p * d, 1);
   const a = rand(na, na + c.m, -1, 1), b = rand(nb, nb + c.n, -1, 1);
   const bias = c.bias ? rand(c.n, 7, -1, 1) : undefined;
-  const want = matmulCpu(a, aShape, b, bShape, {
+  const r = (x: Float32Array) => f16 ? x.map(Math.f16round) : x;
+  const want = matmulCpu(r(a), aShape, r(b), bShape, {
     transposeA: c.tA,
     transposeB: c.tB,
     bias,
@@ -632,4 +636,82 @@ gpuTest("forcing a matmul variant that does not exist throws naming it", (e) => 
     );
   }
   assertThrows(() => matmulVariant(e, "reg/7x7", 2, 4), RangeError, "8x8, 16x16, 32x32");
+});
+
+gpuTest(
+  "the f16-tile variants compute the product of the operands rounded to f16; tune never offers them",
+  async (e) => {
+    const ids = matmulReducedPrecisionVariants(e);
+    if (!e.device.features.has("shader-f16")) {
+      assertEquals(ids, []);
+      console.log("skipped the f16 products: this adapter has no shader-f16");
+      return;
+    }
+    assertEquals(ids, ["tiled/64x64/f16", "tiled/128x128/f16"]);
+    for (const [m, n, k] of [[300, 260, 36], [1024, 1024, 1024], [2, 19699, 2048]]) {
+      assertEquals(
+        matmulCandidates(e, m, n, k).filter((id) => id.endsWith("/f16")),
+        [],
+        `${m} × ${n} × ${k}`,
+      );
+    }
+    const cases: Case[] = [
+      { m: 300, k: 36, n: 260 },
+      { m: 65, k: 40, n: 30, tB: true, bias: true, act: "relu", batchA: [2], batchB: [2] },
+      { m: 129, k: 33, n: 77, tA: true },
+    ];
+    for (const id of ids) for (const c of cases) await check(e, c, id, true);
+    // The rounding is to nearest, ties to even, as Math.f16round: C = A · 1 with K = 1 returns A rounded.
+    const ulp = 2 ** -10;
+    const xs = [
+      1 + ulp / 2,
+      1 + 1.5 * ulp,
+      1 + ulp / 2 + 2 ** -20,
+      -(1 + 1.5 * ulp),
+      3.14159,
+      -1e-3,
+      65504,
+      2 ** -14,
+    ];
+    const a = e.tensor(Float32Array.from(xs), [xs.length, 1]),
+      ones = e.tensor(new Float32Array(4).fill(1), [1, 4]);
+    for (const id of ids) {
+      const got = await withVariant("matmul", id, () => matmulForward(a, ones)).toArray();
+      assertEquals([...got], xs.flatMap((x) => Array(4).fill(Math.f16round(x))), id);
+    }
+    // Not the float32 product: the same inputs differ from it by more than the float32 tolerance.
+    const x = e.tensor(rand(300 * 36, 1, -1, 1), [300, 36]),
+      w = e.tensor(rand(36 * 260, 2, -1, 1), [36, 260]);
+    const want = matmulCpu(await x.toArray(), [300, 36], await w.toArray(), [36, 260], {});
+    const y = await withVariant("matmul", ids[0], () => matmulForward(x, w)).toArray();
+    const off = compareClose(y, want.data, TOL.matmul, want.scale);
+    if (off.ok) throw new Error(`${ids[0]} agrees with the float32 product (err/tol ${off.ratio})`);
+    // A table entry written by hand applies (tune never writes one).
+    try {
+      useTuning(e, { entries: { [`matmul|${matmulShapeClass(300, 260, 36)}`]: ids[0] } });
+      assertEquals(matmulVariantId(chooseMatmulKernel(e, 300, 260, 36)), ids[0]);
+    } finally {
+      useTuning(e, null);
+    }
+  },
+);
+
+Deno.test({
+  name: "forcing an f16-tile variant on a device without shader-f16 throws naming the feature",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const e = await createEngine({ f16: false });
+    try {
+      assertEquals(matmulReducedPrecisionVariants(e), []);
+      const a = e.tensor(rand(6, 1), [2, 3]), b = e.tensor(rand(12, 2), [3, 4]);
+      assertThrows(
+        () => withVariant("matmul", "tiled/64x64/f16", () => matmulForward(a, b)),
+        RangeError,
+        'Cannot use matmul variant "tiled/64x64/f16" on this adapter: it needs the device feature shader-f16',
+      );
+    } finally {
+      e.destroy();
+    }
+  },
 });
