@@ -172,9 +172,11 @@ export async function prepareTuning(
     log(`tuning table stored in ${path}`);
   }
   useTuning(e, t);
-  return t
-    ? `kernel variants: tuned table (${Object.keys(t.entries).length} choices) from ${tuningPath(e)}`
-    : "kernel variants: built-in defaults (no tuning table; run `he2gene tune`)";
+  if (!t) return "kernel variants: built-in defaults (no tuning table; run `he2gene tune`)";
+  // Reduced-precision variants (f16 tiles) are never tuned: an entry naming one was written by hand.
+  const f16 = Object.values(t.entries).filter((v) => v.endsWith("/f16")).length;
+  return `kernel variants: tuned table (${Object.keys(t.entries).length} choices) from ${tuningPath(e)}` +
+    (f16 ? `; ${f16} of them reduced precision (f16 operands), not float32 results` : "");
 }
 
 /**

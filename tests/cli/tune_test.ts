@@ -292,6 +292,14 @@ cliTest(
       );
       assertEquals((await prepareTuning(e, "off")).includes("built-in defaults"), true);
       assertEquals(chosenVariant(e, "matmul", matmulShapeClass(64, 64, 64)), undefined);
+      // A reduced-precision variant named by hand (tune never writes one): the note says so.
+      const f16Key = tuningKey("matmul", matmulShapeClass(1024, 1024, 1024));
+      await saveTuning(e, { ...t, entries: { ...entries, [f16Key]: "tiled/64x64/f16" } });
+      const note = await prepareTuning(e, "cached");
+      assertEquals(note.includes("tuned table (2 choices)"), true, note);
+      assertEquals(note.includes("1 of them reduced precision (f16 operands)"), true, note);
+      await prepareTuning(e, "off");
+      await saveTuning(e, t);
 
       // Another version: ignored, with a warning naming the file.
       await Deno.writeTextFile(path, JSON.stringify({ ...t, version: "0.0.0-other" }));
