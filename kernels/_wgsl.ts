@@ -79,13 +79,15 @@ export function hasF16(e: Engine): boolean {
 export const NO_F16 = "it needs the device feature shader-f16, which this adapter does not offer";
 
 /**
- * WGSL expression: f32 `x` rounded to the nearest f16 value (ties to even), still as f32. WGSL leaves the
- * rounding of an f32 → f16 conversion to the implementation; rounding the f32 bits first makes the
+ * WGSL expression: f32 `x` (a variable) rounded to the nearest f16 value (ties to even), still as f32. WGSL
+ * leaves the rounding of an f32 → f16 conversion to the implementation; rounding the f32 bits first makes the
  * conversion exact (and the result the CPU's `Math.f16round`) wherever `x` is an f16 normal (|x| ≥ 2⁻¹⁴, up
- * to 65 504); below, f16's subnormals round as the device does (an error of at most 2⁻²⁵).
+ * to 65 504); below, f16's subnormals round as the device does (an error below 2⁻²⁴). NaN and ±∞ pass
+ * unchanged (rounding a NaN's bits could carry into its sign and make it -0).
  */
 export const f16Round = (x: string) =>
-  `bitcast<f32>((bitcast<u32>(${x}) + 0xfffu + ((bitcast<u32>(${x}) >> 13u) & 1u)) & 0xffffe000u)`;
+  `select(bitcast<f32>((bitcast<u32>(${x}) + 0xfffu + ((bitcast<u32>(${x}) >> 13u) & 1u)) & 0xffffe000u), ` +
+  `${x}, (bitcast<u32>(${x}) & 0x7f800000u) == 0x7f800000u)`;
 
 /** The workgroup's linear index `w` under {@linkcode workgroupEntry}. */
 export const WORKGROUP_ID = "let w = wid.x + wid.y * nwg.x;";

@@ -679,6 +679,15 @@ gpuTest(
       const got = await withVariant("matmul", id, () => matmulForward(a, ones)).toArray();
       assertEquals([...got], xs.flatMap((x) => Array(4).fill(Math.f16round(x))), id);
     }
+    // NaN stays NaN (also one whose mantissa is all ones, which rounding its bits would carry into the sign),
+    // and ±∞ stays ±∞.
+    const bits = new Uint32Array([0x7fffffff, 0xffffffff, 0x7fc00000, 0x7f800000, 0xff800000]);
+    const special = new Float32Array(bits.buffer);
+    const sp = e.tensor(special, [special.length, 1]);
+    for (const id of ids) {
+      const got = await withVariant("matmul", id, () => matmulForward(sp, ones)).toArray();
+      assertEquals([...got].map(String), [...special].flatMap((x) => Array(4).fill(String(x))), id);
+    }
     // Not the float32 product: the same inputs differ from it by more than the float32 tolerance.
     const x = e.tensor(rand(300 * 36, 1, -1, 1), [300, 36]),
       w = e.tensor(rand(36 * 260, 2, -1, 1), [36, 260]);
