@@ -138,7 +138,8 @@ const defaults: Choice = (record) => record();
 
 /**
  * Wall and GPU medians of the same product under each of `choices`, their reps interleaved (ABBA: A B, B A,
- * …) so that a drift in the machine's speed falls on every choice alike.
+ * …) so that a drift in the machine's speed falls on every choice alike; with each choice's C (the first timed
+ * call's) and its checksum.
  */
 async function timeOurs(
   e: Engine,
@@ -154,7 +155,7 @@ async function timeOurs(
   const record = () => matmulForward(ta, tb, { transposeB: s.transposeB });
   const wall: number[][] = choices.map(() => []);
   const gpu: number[][] = choices.map(() => []);
-  const checksum: number[] = choices.map(() => NaN);
+  const result: Float32Array[] = choices.map(() => new Float32Array(0));
   const order = (i: number) => choices.map((_, j) => (i % 2 === 0 ? j : choices.length - 1 - j));
   for (let i = 0; i < warmup + reps; i++) {
     for (const j of order(i)) {
@@ -164,7 +165,7 @@ async function timeOurs(
       const t1 = performance.now();
       c.dispose();
       if (i >= warmup) wall[j].push(t1 - t0);
-      if (i === warmup) checksum[j] = data.reduce((acc, v) => acc + v, 0);
+      if (i === warmup) result[j] = data;
     }
   }
   for (let i = 0; i < Math.min(reps, 3); i++) {
@@ -179,7 +180,12 @@ async function timeOurs(
   }
   ta.dispose();
   tb.dispose();
-  return choices.map((_, j) => ({ wallMs: median(wall[j]), gpuMs: median(gpu[j]), checksum: checksum[j] }));
+  return choices.map((_, j) => ({
+    wallMs: median(wall[j]),
+    gpuMs: median(gpu[j]),
+    result: result[j],
+    checksum: result[j].reduce((acc, v) => acc + v, 0),
+  }));
 }
 
 /** The tiled kernel with f32 and with f16 tiles on one product: GPU and wall medians, their difference. */
@@ -212,11 +218,7 @@ async function benchF16Tiles(
   const a = noisy(s.m * s.k, 1), b = noisy(s.k * s.n, 2);
   const force = (id: string): Choice => (record) => withVariant("matmul", id, record);
   const [t32, t16] = await timeOurs(e, a, b, s, 1, Math.min(reps, 5), [force(f32), force(f16)]);
-  const ta = e.tensor(a, [s.m, s.k]), tb = e.tensor(b, [s.k, s.n]);
-  const c32 = await withVariant("matmul", f32, () => matmulForward(ta, tb)).toArray();
-  const c16 = await withVariant("matmul", f16, () => matmulForward(ta, tb)).toArray();
-  ta.dispose();
-  tb.dispose();
+  const c32 = t32.result, c16 = t16.result;
   let diff = 0, top = 0;
   for (let i = 0; i < c32.length; i++) {
     diff = Math.max(diff, Math.abs(c16[i] - c32[i]));

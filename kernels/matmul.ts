@@ -591,6 +591,11 @@ export function matmulReducedPrecisionVariants(engine: Engine): string[] {
   return TILED_F16_CONFIGS.filter((c) => !cannotRun(engine, c)).map(matmulVariantId);
 }
 
+/** Whether matmul variant `id` is a reduced-precision one ({@linkcode matmulReducedPrecisionVariants}). */
+export function isReducedPrecisionMatmul(id: string): boolean {
+  return TILED_F16_CONFIGS.some((c) => matmulVariantId(c) === id);
+}
+
 /**
  * The kernel for an m × n × k product on `engine`: the tuning table's variant for
  * {@linkcode matmulShapeClass} (or a forced one, `withVariant("matmul", id, fn)`), else the built-in

@@ -12,7 +12,8 @@
  */
 import type { Engine } from "../engine/engine.ts";
 import type { TuningTable } from "../kernels/tuning.ts";
-import { useTuning } from "../kernels/tuning.ts";
+import { tuningKey, useTuning } from "../kernels/tuning.ts";
+import { isReducedPrecisionMatmul } from "../kernels/matmul.ts";
 import { defaultTuneClock, tune, type TuneClock, type TuneOptions, type TuneResult } from "./tune.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
@@ -174,7 +175,8 @@ export async function prepareTuning(
   useTuning(e, t);
   if (!t) return "kernel variants: built-in defaults (no tuning table; run `he2gene tune`)";
   // Reduced-precision variants (f16 tiles) are never tuned: an entry naming one was written by hand.
-  const f16 = Object.values(t.entries).filter((v) => v.endsWith("/f16")).length;
+  const f16 = Object.entries(t.entries)
+    .filter(([key, id]) => key.startsWith(tuningKey("matmul", "")) && isReducedPrecisionMatmul(id)).length;
   return `kernel variants: tuned table (${Object.keys(t.entries).length} choices) from ${tuningPath(e)}` +
     (f16 ? `; ${f16} of them reduced precision (f16 operands), not float32 results` : "");
 }
