@@ -9,6 +9,11 @@
  *   present (Chrome offers `subgroups`; Deno 2.9.6 does not, on llvmpipe nor on an NVIDIA GPU); when a
  *   browser refuses those, with its default limits (the kernels read `device.limits` and fit within them).
  * - In a browser (no `Deno`) the environment variables read as unset and the backend is `browser`.
+ * - Mesa's llvmpipe (the software adapter on Linux) runs 8 invocations per SIMD instruction (256-bit
+ *   vectors) unless `LP_NATIVE_VECTOR_WIDTH=512` asks for 16, which an AVX-512 CPU runs natively. The adapter
+ *   says its width in its name (`llvmpipe (LLVM 15.0.6, 512 bits)`); {@linkcode AdapterDescription.simdLanes}
+ *   carries it to the kernels whose workgroup is one SIMD group (kernels/_wgsl.ts `blockWorkgroup`). The
+ *   width is left as the user set it: see the README for what 512 bits gains and loses.
  *
  * @module
  */
@@ -27,6 +32,11 @@ export interface AdapterDescription {
   backend: string;
   /** True for CPU (software) adapters such as llvmpipe. */
   software: boolean;
+  /**
+   * Invocations a software adapter runs in one SIMD instruction, where its name says its vector width
+   * (llvmpipe: `… 256 bits` → 8, `… 512 bits` → 16); absent elsewhere.
+   */
+  simdLanes?: number;
   /** Features enabled on the device. */
   features: string[];
   /** Why the device runs with the default limits instead of the adapter's (absent when it has them). */
@@ -60,6 +70,24 @@ const LIMITS_AT_MAX = [
 ] as const;
 
 const SOFTWARE_NAMES = /llvmpipe|lavapipe|swiftshader|softpipe|warp|basic render|software/i;
+
+/** llvmpipe's vector width in its adapter name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`. */
+const LLVMPIPE_BITS = /llvmpipe.*\b(\d+) bits\b/i;
+
+/**
+ * The invocations per SIMD instruction of a software adapter named `name`: llvmpipe's vector width ÷ 32
+ * (`llvmpipe (LLVM 15.0.6, 512 bits)` → 16), else undefined.
+ *
+ * @example
+ * ```ts
+ * simdLanesOf("llvmpipe (LLVM 15.0.6, 256 bits)"); // 8
+ * ```
+ */
+export function simdLanesOf(name: string): number | undefined {
+  const m = LLVMPIPE_BITS.exec(name);
+  const bits = m ? Number(m[1]) : NaN;
+  return bits >= 128 && bits % 32 === 0 ? bits / 32 : undefined;
+}
 
 /** Whether this runtime is Deno (a browser has no `Deno` global). */
 const IN_DENO = typeof Deno !== "undefined";
@@ -177,6 +205,7 @@ export async function createDevice(
   // deno-lint-ignore no-explicit-any
   const fallback = Boolean((info as any).isFallbackAdapter);
   const software = fallback || SOFTWARE_NAMES.test(name);
+  const simdLanes = software ? simdLanesOf(name) : undefined;
 
   const requiredLimits: Record<string, number> = {};
   for (const key of LIMITS_AT_MAX) {
@@ -205,6 +234,7 @@ export async function createDevice(
     device: info.device ?? "",
     backend: envGet("DENO_WEBGPU_BACKEND") ?? inferBackend(info),
     software,
+    ...(simdLanes ? { simdLanes } : {}),
     features: [...device.features].sort(),
     ...(limitsFallback ? { limitsFallback } : {}),
   };

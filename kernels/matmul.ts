@@ -26,7 +26,7 @@
 import type { Engine, TensorRange } from "../engine/engine.ts";
 import { single, type VariantParams, variants } from "../engine/kernel.ts";
 import { shapeSize, Tensor } from "../engine/tensor.ts";
-import { f16Round, hasF16, NO_F16, stagesTiles, wgsl } from "./_wgsl.ts";
+import { blockWorkgroup, f16Round, hasF16, NO_F16, stagesTiles, wgsl } from "./_wgsl.ts";
 import { binary, unary } from "./elementwise.ts";
 import {
   KSTEP,
@@ -99,6 +99,8 @@ const KU = 4;
 interface MatmulParams extends VariantParams {
   /** Canonical variant id of the configuration, e.g. `reg/16x16/cols` (see {@linkcode matmulVariantId}). */
   cfg: string;
+  /** Invocations per workgroup of a register block (kernels/_wgsl.ts `blockWorkgroup`); 0 for tiles. */
+  wg: number;
   vecA: boolean;
   vecB: boolean;
   /** C read and written as vec4 (register blocks, N and every offset a multiple of 4). */
@@ -367,8 +369,6 @@ const REG_TILES = [8, 16, 32] as const;
 const SKINNY_M = [1, 2, 4] as const, SKINNY_N = [32, 64] as const;
 const isSkinny = (tm: number, tn: number) =>
   (SKINNY_M as readonly number[]).includes(tm) && (SKINNY_N as readonly number[]).includes(tn);
-/** Invocations per workgroup of the register-blocked kernels. */
-const REG_WG = 8;
 /** The workgroup-memory tiled kernel: 64 × 64 tiles, 4 × 4 per invocation, 16 × 16 invocations, K step 16. */
 const TILED: TiledConfig = { kind: "tiled", tm: 4, tn: 4, wx: 16, wy: 16, bk: 16 };
 /** Its large-tile sibling for big products: 128 × 128 tiles, 8 × 8 per invocation, K step 8. */
@@ -394,26 +394,26 @@ export function matmulVariantId(c: MatmulConfig): string {
 
 // Lanes along the dimension that pads less: WG invocations × t rows ("rows") or × t columns ("cols").
 // The `tex` block of the built-in choice for an m × n C (see builtinKernel).
-function texBlocks(m: number, n: number): TexConfig {
+function texBlocks(m: number, n: number, wg: number): TexConfig {
   let best: TexConfig | undefined, cost = Infinity;
   for (const t of [32, 16]) {
     for (const lanes of ["cols", "rows"] as const) {
-      const padded = paddedOutputs(m, n, t, lanes);
+      const padded = paddedOutputs(m, n, t, lanes, wg);
       const c = t === 32 ? padded / 1.5 : padded;
-      if (c < cost) [best, cost] = [{ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes }, c];
+      if (c < cost) [best, cost] = [{ kind: "tex", tm: t, tn: t, wg, lanes }, c];
     }
   }
   return best!;
 }
 
-// Outputs an m × n product computes with t × t blocks, REG_WG invocations a workgroup along `lanes`.
-function paddedOutputs(m: number, n: number, t: number, lanes: "rows" | "cols"): number {
-  const wm = lanes === "rows" ? REG_WG * t : t, wn = lanes === "cols" ? REG_WG * t : t;
+// Outputs an m × n product computes with t × t blocks, wg invocations a workgroup along `lanes`.
+function paddedOutputs(m: number, n: number, t: number, lanes: "rows" | "cols", wg: number): number {
+  const wm = lanes === "rows" ? wg * t : t, wn = lanes === "cols" ? wg * t : t;
   return Math.ceil(m / wm) * wm * Math.ceil(n / wn) * wn;
 }
 
-function lanesFor(m: number, n: number, t: number): RegConfig["lanes"] {
-  return paddedOutputs(m, n, t, "cols") < paddedOutputs(m, n, t, "rows") ? "cols" : "rows";
+function lanesFor(m: number, n: number, t: number, wg: number): RegConfig["lanes"] {
+  return paddedOutputs(m, n, t, "cols", wg) < paddedOutputs(m, n, t, "rows", wg) ? "cols" : "rows";
 }
 
 /** Products of at least this many FLOPs may take the wide texture block (its ~13 s compile pays there). */
@@ -426,11 +426,12 @@ const WIDE_TEX_FLOPS = 2 ** 30;
  */
 function wideTexCandidate(engine: Engine, m: number, n: number, k: number, transposeB: boolean): boolean {
   return engine.adapterInfo.software && !transposeB && 2 * m * n * k >= WIDE_TEX_FLOPS &&
-    m >= TEX_WIDE.tm && n >= TEX_WIDE.tn * REG_WG;
+    m >= TEX_WIDE.tm && n >= TEX_WIDE.tn * blockWorkgroup(engine);
 }
 
-// The configuration of a variant id (lanes: as given, else for an m × n product), or a message why not.
-function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
+// The configuration of a variant id (lanes: as given, else for an m × n product) with workgroups of `wg`
+// invocations (register and texture blocks), or a message why not.
+function parseVariant(id: string, m: number, n: number, wg: number): MatmulConfig | string {
   const reg = /^reg\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
   if (reg) {
     const tm = Number(reg[1]), tn = Number(reg[2]);
@@ -438,8 +439,8 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
       return `register blocks are ${REG_TILES.map((t) => `${t}x${t}`).join(", ")} and ` +
         `${SKINNY_M.join("|")}x${SKINNY_N.join("|")}`;
     }
-    const lanes = (reg[3] as RegConfig["lanes"] | undefined) ?? lanesFor(m, n, tm);
-    return { kind: "reg", tm, tn, wg: REG_WG, lanes };
+    const lanes = (reg[3] as RegConfig["lanes"] | undefined) ?? lanesFor(m, n, tm, wg);
+    return { kind: "reg", tm, tn, wg, lanes };
   }
   const tex = /^tex\/(\d+)x(\d+)(?:\/(rows|cols))?$/.exec(id);
   if (tex) {
@@ -448,7 +449,7 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
       if (tex[3] && tex[3] !== TEX_WIDE.lanes) {
         return `the ${tm}x${tn} texture block has lanes along N (cols)`;
       }
-      return { kind: "tex", ...TEX_WIDE, wg: REG_WG };
+      return { kind: "tex", ...TEX_WIDE, wg };
     }
     if (!(tm === tn && (TEX_TILES as readonly number[]).includes(tm)) && !isSkinny(tm, tn)) {
       return `texture blocks are ${TEX_TILES.map((t) => `${t}x${t}`).join(" and ")}, ` +
@@ -458,8 +459,8 @@ function parseVariant(id: string, m: number, n: number): MatmulConfig | string {
       kind: "tex",
       tm,
       tn,
-      wg: REG_WG,
-      lanes: (tex[3] as TexConfig["lanes"] | undefined) ?? lanesFor(m, n, tm),
+      wg,
+      lanes: (tex[3] as TexConfig["lanes"] | undefined) ?? lanesFor(m, n, tm, wg),
     };
   }
   const tiled = [...TILED_CONFIGS, ...TILED_F16_CONFIGS].find((c) => matmulVariantId(c) === id);
@@ -498,7 +499,7 @@ function cannotRun(engine: Engine, c: MatmulConfig): string | null {
  * ```
  */
 export function matmulVariant(engine: Engine, id: string, m: number, n: number): MatmulConfig {
-  const c = parseVariant(id, m, n);
+  const c = parseVariant(id, m, n, blockWorkgroup(engine));
   if (typeof c === "string") throw new RangeError(`Cannot use matmul variant "${id}": ${c}`);
   const why = cannotRun(engine, c);
   if (why) throw new RangeError(`Cannot use matmul variant "${id}" on this adapter: ${why}`);
@@ -540,29 +541,29 @@ export function matmulCandidates(
   transposeB = false,
 ): string[] {
   if (m === 0 || n === 0 || k === 0) return [];
-  const out: string[] = [];
+  const out: string[] = [], wg = blockWorkgroup(engine);
   for (const t of REG_TILES) {
     if (t > REG_TILES[0] && t >= 2 * Math.max(m, n)) continue;
     for (const lanes of ["rows", "cols"] as const) {
-      out.push(matmulVariantId({ kind: "reg", tm: t, tn: t, wg: REG_WG, lanes }));
+      out.push(matmulVariantId({ kind: "reg", tm: t, tn: t, wg, lanes }));
     }
   }
   if (m <= SKINNY_M[SKINNY_M.length - 1]) {
     const tm = SKINNY_M.find((t) => t >= m)!;
-    for (const tn of SKINNY_N) out.push(matmulVariantId({ kind: "reg", tm, tn, wg: REG_WG, lanes: "cols" }));
+    for (const tn of SKINNY_N) out.push(matmulVariantId({ kind: "reg", tm, tn, wg, lanes: "cols" }));
   }
   if (!texCannot(engine, m, n, k, transposeB)) {
     for (const t of TEX_TILES) {
       if (t > TEX_TILES[0] && t >= 2 * Math.max(m, n)) continue;
-      out.push(matmulVariantId({ kind: "tex", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) }));
+      out.push(matmulVariantId({ kind: "tex", tm: t, tn: t, wg, lanes: lanesFor(m, n, t, wg) }));
     }
     if (wideTexCandidate(engine, m, n, k, transposeB)) {
-      out.push(matmulVariantId({ kind: "tex", ...TEX_WIDE, wg: REG_WG }));
+      out.push(matmulVariantId({ kind: "tex", ...TEX_WIDE, wg }));
     }
     if (m <= SKINNY_M[SKINNY_M.length - 1]) {
       const tm = SKINNY_M.find((t) => t >= m)!;
       for (const tn of SKINNY_N) {
-        out.push(matmulVariantId({ kind: "tex", tm, tn, wg: REG_WG, lanes: "cols" }));
+        out.push(matmulVariantId({ kind: "tex", tm, tn, wg, lanes: "cols" }));
       }
     }
   }
@@ -659,14 +660,15 @@ function builtinKernel(
   // Hardware adapters: workgroup tiles, but not behind OpenGL, where each tiled kernel takes ~15 s to
   // compile (kernels/_wgsl.ts stagesTiles); `he2gene tune` may still pick them there.
   if (!engine.adapterInfo.software && stagesTiles(engine)) return TILED;
+  const wg = blockWorkgroup(engine);
   // A few rows (a head at batch ≤ 4): a skinny block, lanes along N (twice as fast as 16×16 on llvmpipe
   // for 2 × 2048 · 2048 × 19 699 and its input gradient).
   const skinny = SKINNY_M.find((t) => t >= m);
   if (skinny !== undefined) {
     // Through textures 4–6× the register blocks' speed there (the weight's reads); a 2 × 64 block for the
     // input gradient (B untransposed), 2 × 32 for the forward.
-    if (textures) return { kind: "tex", tm: skinny, tn: transposeB ? 32 : 64, wg: REG_WG, lanes: "cols" };
-    return { kind: "reg", tm: skinny, tn: 32, wg: REG_WG, lanes: "cols" };
+    if (textures) return { kind: "tex", tm: skinny, tn: transposeB ? 32 : 64, wg, lanes: "cols" };
+    return { kind: "reg", tm: skinny, tn: 32, wg, lanes: "cols" };
   }
   // The work of every product of a batch (Winograd's 36 at batch 2: 36 × 392 × 64 × 64 took 8 × 8 register
   // blocks from storage buffers as 3.2 MFLOP products).
@@ -678,17 +680,17 @@ function builtinKernel(
   // 1 568 × 64 × 64 16 × 16 rows 33.0 → 32 × 32 rows 25.0; 392 × 128 × 128 32 × 32 cols 45.6 → rows 26.5;
   // 32 × 512 × 512 16 × 16 cols 44.9 → 32 × 32 cols 28.3. Before, 32 × 32 cols wherever C had 64 rows and
   // 128 columns (ResNet-50's 1×1 convolutions: as fast as now), else 16 × 16.
-  if (textures && flops >= 2 ** 22) return texBlocks(m, n);
+  if (textures && flops >= 2 ** 22) return texBlocks(m, n, wg);
   // Register blocks (textures run 1.5–2× their GFLOP/s on llvmpipe from 256³ up: 12 544 × 576 · 576 × 64
   // 1.7×): 32 × 32 only where C is at least that big both ways (8 × 2048 · 2048 × 19 699 through textures:
   // 16 × 16 82 ms, 32 × 32 123 ms on llvmpipe).
   const t = flops >= 2 ** 28 && Math.min(m, n) >= 32 ? 32 : flops >= 2 ** 22 ? 16 : 8;
-  return { kind: "reg", tm: t, tn: t, wg: REG_WG, lanes: lanesFor(m, n, t) };
+  return { kind: "reg", tm: t, tn: t, wg, lanes: lanesFor(m, n, t, wg) };
 }
 
 // One kernel per (configuration, layout, epilogue).
 const matmulKernel = variants("matmul", (p: MatmulParams) => {
-  const c = parseVariant(p.cfg, 0, 0) as RegConfig | TiledConfig; // canonical reg/tiled ids only
+  const c = parseVariant(p.cfg, 0, 0, p.wg) as RegConfig | TiledConfig; // canonical reg/tiled ids only
   return {
     bindings: BINDINGS(p),
     uniforms: UNIFORMS,
@@ -939,6 +941,7 @@ export function matmulForward(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tens
   const epilogue = !splitK; // with split-K, bias and activation are applied after the last block
   const kernel = matmulKernel({
     cfg: matmulVariantId(cfg),
+    wg: cfg.kind === "reg" ? cfg.wg : 0,
     vecA: reg && k % 4 === 0,
     vecB: reg && (tB ? k % 4 === 0 : n % 4 === 0),
     vecC: reg && n % 4 === 0 && nBlock % 4 === 0,

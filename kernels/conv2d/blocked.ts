@@ -49,7 +49,7 @@
 import { type Engine, type EngineTexture, grid } from "../../engine/engine.ts";
 import { single, type VariantParams, variants } from "../../engine/kernel.ts";
 import type { Tensor } from "../../engine/tensor.ts";
-import { LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
+import { blockWorkgroup, LINEAR_ID, linearEntry, wgsl } from "../_wgsl.ts";
 import { matmulForward, matmulRowEpilogue } from "../matmul.ts";
 import { flatLoad, flatTexel, flatTexture } from "../../engine/flat.ts";
 import { fillTexture, texelsPerStep } from "../matmul_tex.ts";
@@ -84,9 +84,6 @@ export interface BlockedConfig {
   /** Read the forward and input-gradient GEMMs' operands through textures where the layout allows. */
   textures: boolean;
 }
-
-/** Invocations per workgroup of the register-blocked kernels. */
-const RWG = 8;
 
 const c4 = (c: number) => Math.ceil(c / 4) * 4;
 
@@ -501,10 +498,12 @@ ${linearEntry(WG)} {
 interface BlockParams extends VariantParams {
   tm: number;
   tn: number;
+  /** Invocations per workgroup: one SIMD group (kernels/_wgsl.ts `blockWorkgroup`). */
+  wg: number;
 }
 
-// Row and column of the block owned by an invocation: lanes along rows (rmul = RWG, rl = 1) or along
-// columns (cmul = RWG, cl = 1), chosen by the host as in chooseMatmulKernel.
+// Row and column of the block owned by an invocation: lanes along rows (rmul = wg, rl = 1) or along
+// columns (cmul = wg, cl = 1), chosen by the host as in chooseMatmulKernel.
 const LANES = { rmul: "u32", rl: "u32", cmul: "u32", cl: "u32" } as const;
 const blockStart = (tm: number, tn: number) =>
   `  let row0 = (wid.y * p.rmul + lid.x * p.rl) * ${tm}u;
@@ -526,7 +525,7 @@ const fma4 = (
 // out[n, m, i·os + rh, j·os + rw] = epi(Σ_kh Σ_t A[m, kh, t] · B[n, i·sh + offh + kh, j·sh + offw, t])
 //   A: (M, KH, ROWQ) vec4, B: (N, HP, WP, C⁴) vec4, t runs over the ROWQ = KW·C⁴/4 vec4 of one tap row.
 // Columns c = (n, i, j) of the GEMM, N = batch·OHW. The epilogue's parts are switched by uniforms.
-const fwdKernel = variants("conv2d_blocked_fwd", ({ tm, tn }: BlockParams) => ({
+const fwdKernel = variants("conv2d_blocked_fwd", ({ tm, tn, wg }: BlockParams) => ({
   bindings: [
     { name: "A", access: "read", type: "vec4<f32>" },
     { name: "B", access: "read", type: "vec4<f32>" },
@@ -557,9 +556,9 @@ const fwdKernel = variants("conv2d_blocked_fwd", ({ tm, tn }: BlockParams) => ({
     relu: "u32",
     ...LANES,
   },
-  workgroupSize: [RWG],
+  workgroupSize: [wg],
   body: wgsl`
-@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u) {
 ${blockStart(tm, tn)}
   let ka4 = p.kh * p.rowq;
@@ -618,23 +617,23 @@ const BLOCK_TEXEL = `fn blockTexel(i: u32) -> vec2u { return vec2u(i & ${BLOCK_W
 
 // The scatter kernels' side of the block layout: the texel index of the vec4 holding (m, c0 … c0 + 3) of
 // GEMM z (a split of the weight gradient; 0 for the forward) in a grid of gx × gy workgroups of TM × TN
-// blocks (TM, TN as shifts), lanes along columns (`cols`) or rows.
+// blocks (TM, TN as shifts) of wg invocations each, lanes along columns (`cols`) or rows.
 const BLOCK_AT = `${BLOCK_TEXEL}
-fn blockAt(m: u32, c0: u32, z: u32, gx: u32, gy: u32, tmShift: u32, tnShift: u32, cols: bool) -> u32 {
+fn blockAt(m: u32, c0: u32, z: u32, gx: u32, gy: u32, tmShift: u32, tnShift: u32, cols: bool, wg: u32) -> u32 {
   let bm = m >> tmShift;
   let bc = c0 >> tnShift;
   // (workgroup x, workgroup y, lane) of the block holding (m, c0).
-  var wx = bc / ${RWG}u;
+  var wx = bc / wg;
   var wy = bm;
-  var lane = bc % ${RWG}u;
+  var lane = bc % wg;
   if (!cols) {
     wx = bc;
-    wy = bm / ${RWG}u;
-    lane = bm % ${RWG}u;
+    wy = bm / wg;
+    lane = bm % wg;
   }
   let tm = 1u << tmShift;
   let tn = 1u << tnShift;
-  let blk = ((z * gy + wy) * gx + wx) * ${RWG}u + lane;
+  let blk = ((z * gy + wy) * gx + wx) * wg + lane;
   return ((blk * tm + (m & (tm - 1u))) * tn + (c0 & (tn - 1u))) / 4u;
 }`;
 
@@ -656,7 +655,7 @@ const blockRows = (floats: number) =>
 // 32×32 blocks: texelsPerStep), ROWQ a multiple of 4; each accumulator's FMAs in the same k order as
 // `conv2d_blocked_fwd` (bit-identical).
 // Each invocation stores its whole block, unguarded, as TM·TN/4 vec4 at block index (wid.y·nwg.x + wid.x)·
-// RWG + lid.x of `blk`, and {@linkcode texOutKernel} scatters the blocks into y with the epilogue: a 32×32
+// wg + lid.x of `blk`, and {@linkcode texOutKernel} scatters the blocks into y with the epilogue: a 32×32
 // block's 1 024 guarded scalar stores took ~50 s of the ~75 s this kernel needed to compile on llvmpipe.
 // The lane mapping is compiled in (the operand whose coordinates are the same in every lane is fetched
 // once for all of them).
@@ -664,7 +663,7 @@ interface TexBlockParams extends BlockParams {
   cols: boolean;
 }
 
-const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, cols }: TexBlockParams) => ({
+const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, wg, cols }: TexBlockParams) => ({
   bindings: [
     { name: "A", access: "read", texture: "sampled" },
     { name: "B", access: "read", texture: "sampled" },
@@ -683,15 +682,15 @@ const texFwdKernel = variants("conv2d_blocked_tex_fwd", ({ tm, tn, cols }: TexBl
     kh: "u32",
     rowq: "u32",
   } as const,
-  workgroupSize: [RWG],
+  workgroupSize: [wg],
   body: `
 ${BLOCK_TEXEL}
-@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
 ${
     cols
-      ? `  let row0 = wid.y * ${tm}u;\n  let col0 = (wid.x * ${RWG}u + lid.x) * ${tn}u;`
-      : `  let row0 = (wid.y * ${RWG}u + lid.x) * ${tm}u;\n  let col0 = wid.x * ${tn}u;`
+      ? `  let row0 = wid.y * ${tm}u;\n  let col0 = (wid.x * ${wg}u + lid.x) * ${tn}u;`
+      : `  let row0 = (wid.y * ${wg}u + lid.x) * ${tm}u;\n  let col0 = wid.x * ${tn}u;`
   }
 ${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u);`)}
 ${
@@ -719,7 +718,7 @@ ${
   }
     }
   }
-  let base = ((wid.y * nwg.x + wid.x) * ${RWG}u + lid.x) * ${tm * tn / 4}u;
+  let base = ((wid.y * nwg.x + wid.x) * ${wg}u + lid.x) * ${tm * tn / 4}u;
 ${
     each(tm, (i) =>
       each(tn / 4, (q) =>
@@ -742,6 +741,7 @@ const BLOCKS_UNIFORMS = {
   cols: "u32",
   gx: "u32",
   ohw: "u32",
+  wg: "u32",
 } as const;
 const EPILOGUE_UNIFORMS = { hasBias: "u32", hasRes: "u32", relu: "u32" } as const;
 
@@ -772,7 +772,7 @@ ${BLOCK_AT}
   let m = g.y;
   let c0 = g.x * 4u;
   if (c0 >= p.N || m >= p.M) { return; }
-  let b = blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u);
+  let b = blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u, p.wg);
   let v4 = textureLoad(blk, blockTexel(b), 0);
   var bi = 0.0;
   if (p.hasBias != 0u) { bi = bias[m]; }
@@ -820,7 +820,7 @@ ${BLOCK_AT}
 @compute @workgroup_size(${WG}) fn main(@builtin(global_invocation_id) g: vec3u) {
   let m = min(g.y, p.M - 1u);
   let c0 = min(g.x * 4u, p.N - 4u);
-  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u)), 0);
+  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, 0u, p.gx, 0u, p.tmShift, p.tnShift, p.cols != 0u, p.wg)), 0);
   let n = c0 / p.ohw;
   let oi = ((n * p.M + m) * p.ohw + c0 - n * p.ohw) / 4u;
   var v = v4 + vec4f(select(0.0, bias[m], p.hasBias != 0u));
@@ -833,7 +833,7 @@ ${BLOCK_AT}
 // part[z, m, c, tap] = Σ_{k in split z} A[m, k] · xp[P[k] + Q(tap, c)]
 //   A = dyᵀ: (Cout, K⁴) vec4 along k = (n, oh, ow); xp: (N, HP, WP, C⁴) vec4 along c; column group
 //   g = (tap, c/4), Q = (kh·WP + kw)·C⁴/4 + c/4; P[k] = ((n·HP + oh·s)·WP + ow·s)·C⁴/4 (0 past the end).
-const dwKernel = variants("conv2d_blocked_dw", ({ tm, tn }: BlockParams) => {
+const dwKernel = variants("conv2d_blocked_dw", ({ tm, tn, wg }: BlockParams) => {
   const tq = tn / 4;
   return {
     bindings: [
@@ -856,9 +856,9 @@ const dwKernel = variants("conv2d_blocked_dw", ({ tm, tn }: BlockParams) => {
       chunk: "u32",
       ...LANES,
     },
-    workgroupSize: [RWG],
+    workgroupSize: [wg],
     body: wgsl`
-@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u) {
 ${blockStart(tm, tn)}
 ${each(tm, (i) => `  let a${i} = min(row0 + ${i}u, p.M - 1u) * p.lda;`)}
@@ -924,8 +924,8 @@ const dyTexKernel = single("conv2d_dyt_tex", () => ({
 // lays it out (4 k per texel), B = xp as texels (WP·C⁴/4, N·HP) like the forward's. The input positions
 // of k = (n, oh, ow) come from counters stepped once per k instead of the offset table. Each accumulator's
 // FMAs run in dwKernel's k order (the same bits). Blocks are stored whole, unguarded, as in texFwdKernel, at
-// block index ((z·gy + wid.y)·gx + wid.x)·RWG + lid.x, and dwScatterKernel writes them to the partials.
-const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, cols }: TexBlockParams) => {
+// block index ((z·gy + wid.y)·gx + wid.x)·wg + lid.x, and dwScatterKernel writes them to the partials.
+const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, wg, cols }: TexBlockParams) => {
   const tq = tn / 4;
   return {
     bindings: [
@@ -947,16 +947,16 @@ const texDwKernel = variants("conv2d_blocked_tex_dw", ({ tm, tn, cols }: TexBloc
       sc: "u32",
       sh: "u32",
     } as const,
-    workgroupSize: [RWG],
+    workgroupSize: [wg],
     body: `
 ${BLOCK_TEXEL}
-@compute @workgroup_size(${RWG}) fn main(@builtin(workgroup_id) wid: vec3u,
+@compute @workgroup_size(${wg}) fn main(@builtin(workgroup_id) wid: vec3u,
     @builtin(local_invocation_id) lid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
 ${
       cols
         ? `  let row0 = wid.y * ${tm}u;
-  let col0 = (wid.x * ${RWG}u + lid.x) * ${tn}u;`
-        : `  let row0 = (wid.y * ${RWG}u + lid.x) * ${tm}u;
+  let col0 = (wid.x * ${wg}u + lid.x) * ${tn}u;`
+        : `  let row0 = (wid.y * ${wg}u + lid.x) * ${tm}u;
   let col0 = wid.x * ${tn}u;`
     }
 ${each(tm, (i) => `  let a${i} = wid.z * p.M + min(row0 + ${i}u, p.M - 1u);`)}
@@ -993,7 +993,7 @@ ${each(tq, (q) => `    let bv${s}_${q} = textureLoad(B, vec2u(px${s} + bx${q}, p
     }
 ${fma4(tm, tn, (i, s) => `av${i}[${s}]`, (j, s) => `bv${s}_${j >> 2}[${j & 3}]`)}
   }
-  let base = (((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * ${RWG}u + lid.x) * ${tm * tn / 4}u;
+  let base = (((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * ${wg}u + lid.x) * ${tm * tn / 4}u;
 ${
       each(tm, (i) =>
         each(tq, (q) =>
@@ -1025,6 +1025,7 @@ const dwScatterKernel = single("conv2d_blocked_tex_dw_out", () => ({
     cols: "u32",
     gx: "u32",
     gy: "u32",
+    wg: "u32",
   },
   workgroupSize: [WG],
   body: `
@@ -1034,7 +1035,7 @@ ${BLOCK_AT}
   let gq = g.x;
   if (gq >= p.nq || m >= p.M) { return; }
   let c0 = gq * 4u;
-  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, g.z, p.gx, p.gy, p.tmShift, p.tnShift, p.cols != 0u)), 0);
+  let v4 = textureLoad(blk, blockTexel(blockAt(m, c0, g.z, p.gx, p.gy, p.tmShift, p.tnShift, p.cols != 0u, p.wg)), 0);
   let tap = gq / p.c4q;
   let ci0 = (gq % p.c4q) * 4u;
   let o = ((g.z * p.M + m) * p.cin + ci0) * p.kk + tap;
@@ -1050,31 +1051,35 @@ ${BLOCK_AT}
  * time), 16×16 and 8×8 below; fewer rows when M is small (the input gradient of conv1 has M = 3).
  */
 function chooseBlock(
+  e: Engine,
   m: number,
   n: number,
   k: number,
   c: BlockedConfig,
-): { tm: number; tn: number; cols: boolean } {
-  const flops = 2 * m * n * k;
+): Block {
+  const flops = 2 * m * n * k, wg = blockWorkgroup(e);
   const t = c.block ?? (flops >= 2 ** 27 ? 32 : flops >= 2 ** 22 ? 16 : 8);
   const tm = Math.min(t, Math.max(4, 2 ** Math.ceil(Math.log2(m)))), tn = t;
-  // Pad less: RWG invocations × tm rows (lanes along rows) or × tn columns.
-  const padRows = Math.ceil(m / (RWG * tm)) * RWG * tm * Math.ceil(n / tn) * tn;
-  const padCols = Math.ceil(m / tm) * tm * Math.ceil(n / (RWG * tn)) * RWG * tn;
-  return { tm, tn, cols: padCols < padRows };
+  // Pad less: wg invocations × tm rows (lanes along rows) or × tn columns.
+  const padRows = Math.ceil(m / (wg * tm)) * wg * tm * Math.ceil(n / tn) * tn;
+  const padCols = Math.ceil(m / tm) * tm * Math.ceil(n / (wg * tn)) * wg * tn;
+  return { tm, tn, wg, cols: padCols < padRows };
+}
+
+/** A register block: TM × TN per invocation, wg invocations a workgroup, lanes along columns or rows. */
+interface Block {
+  tm: number;
+  tn: number;
+  wg: number;
+  cols: boolean;
 }
 
 /** Workgroups (x, y, z) of an M×N register-blocked GEMM: lanes along columns or rows, z splits. */
-function laneGroups(
-  m: number,
-  n: number,
-  b: { tm: number; tn: number; cols: boolean },
-  z = 1,
-): [number, number, number] {
-  const { tm, tn, cols } = b;
+function laneGroups(m: number, n: number, b: Block, z = 1): [number, number, number] {
+  const { tm, tn, wg, cols } = b;
   return cols
-    ? [Math.ceil(n / (tn * RWG)), Math.ceil(m / tm), z]
-    : [Math.ceil(n / tn), Math.ceil(m / (tm * RWG)), z];
+    ? [Math.ceil(n / (tn * wg)), Math.ceil(m / tm), z]
+    : [Math.ceil(n / tn), Math.ceil(m / (tm * wg)), z];
 }
 
 function lanes(
@@ -1082,10 +1087,10 @@ function lanes(
   call: Conv2dCall,
   m: number,
   n: number,
-  b: { tm: number; tn: number; cols: boolean },
+  b: Block,
   z = 1,
 ) {
-  const uniforms = b.cols ? { rmul: 1, rl: 0, cmul: RWG, cl: 1 } : { rmul: RWG, rl: 1, cmul: 1, cl: 0 };
+  const uniforms = b.cols ? { rmul: 1, rl: 0, cmul: b.wg, cl: 1 } : { rmul: b.wg, rl: 1, cmul: 1, cl: 0 };
   return { uniforms, workgroups: groups(e, call, ...laneGroups(m, n, b, z)) };
 }
 
@@ -1137,17 +1142,17 @@ function runFwdGemm(
   epi: Record<"oplane" | "outw" | "os" | "rh" | "rw" | "hasBias" | "hasRes" | "relu", number>,
   info: string,
 ): void {
-  const blk = chooseBlock(q.m, q.n, q.kh * q.rowq * 4, c);
+  const blk = chooseBlock(e, q.m, q.n, q.kh * q.rowq * 4, c);
   const l = lanes(e, call, q.m, q.n, blk);
   const gemm = { M: q.m, N: q.n, hp: q.hp, c4q: q.c4q, kh: q.kh, rowq: q.rowq, ...pos };
   const [gx, gy] = l.workgroups;
-  const out = texturesFit(e, c, q) ? blockTexture(e, gx * gy * RWG * blk.tm * blk.tn) : null;
+  const out = texturesFit(e, c, q) ? blockTexture(e, gx * gy * blk.wg * blk.tm * blk.tn) : null;
   if (out) {
     const ta = e.texture("conv2d.A", q.kh * q.rowq, q.m);
     const tb = e.texture("conv2d.B", q.wp * q.c4q, q.batch * q.hp);
     fillTexture(e, q.a, ta, 4 * q.kh * q.rowq, q.m);
     fillTexture(e, q.b, tb, 4 * q.wp * q.c4q, q.batch * q.hp);
-    e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn, cols: blk.cols }), {
+    e.run(texFwdKernel({ tm: blk.tm, tn: blk.tn, wg: blk.wg, cols: blk.cols }), {
       bindings: [ta, tb, out],
       uniforms: gemm,
       workgroups: l.workgroups,
@@ -1166,6 +1171,7 @@ function runFwdGemm(
       cols: blk.cols ? 1 : 0,
       gx,
       ohw: pos.ohw,
+      wg: blk.wg,
     };
     const bindings = [out, rest[0], R ?? rest[1], rest[2]];
     const workgroups = groups(e, call, Math.ceil(q.n / 4 / WG), q.m);
@@ -1187,7 +1193,7 @@ function runFwdGemm(
     }
     return;
   }
-  e.run(fwdKernel({ tm: blk.tm, tn: blk.tn }), {
+  e.run(fwdKernel({ tm: blk.tm, tn: blk.tn, wg: blk.wg }), {
     bindings: [q.a, q.b, ...rest],
     uniforms: { ...gemm, wp: q.wp, ...epi, ...l.uniforms },
     workgroups: l.workgroups,
@@ -1393,7 +1399,7 @@ function dwPlan(e: Engine, g: Conv2dGeometry, c: BlockedConfig) {
   const nk = g.n * g.oh * g.ow, kp = c4(nk);
   const direct = (g.oh * g.ow) % 4 === 0;
   const kk = g.kh * g.kw, nq = kk * cp / 4, ncol = 4 * nq, k4 = kp / 4;
-  const blk = chooseBlock(g.cout, ncol, kp, c);
+  const blk = chooseBlock(e, g.cout, ncol, kp, c);
   const [gx, gy] = laneGroups(g.cout, ncol, blk);
   const wSize = g.cout * g.cin * kk;
   let splits = Math.min(
@@ -1421,7 +1427,7 @@ function dwTexturesFit(
 ): boolean {
   const max = e.limits.maxTextureDimension2D;
   const [gx, gy] = laneGroups(g.cout, d.ncol, d.blk);
-  const rows = blockRows(gx * gy * d.splits * RWG * d.blk.tm * d.blk.tn);
+  const rows = blockRows(gx * gy * d.splits * d.blk.wg * d.blk.tm * d.blk.tn);
   return c.textures && d.chunk <= max && d.splits * g.cout <= max &&
     (g.w + 2 * g.pad) * c4(g.cin) / 4 <= max && g.n * (g.h + 2 * g.pad) <= max && rows <= max;
 }
@@ -1462,8 +1468,8 @@ function backwardWeight(
     fillTexture(e, xp, tb, wp * cp, g.n * hp);
     xp.dispose();
     const [gx, gy] = laneGroups(g.cout, ncol, blk);
-    const out = blockTexture(e, gx * gy * splits * RWG * tm * tn)!;
-    e.run(texDwKernel({ tm, tn, cols: blk.cols }), {
+    const out = blockTexture(e, gx * gy * splits * blk.wg * tm * tn)!;
+    e.run(texDwKernel({ tm, tn, wg: blk.wg, cols: blk.cols }), {
       bindings: [ta, tb, out],
       uniforms: {
         M: g.cout,
@@ -1496,6 +1502,7 @@ function backwardWeight(
         cols: blk.cols ? 1 : 0,
         gx,
         gy,
+        wg: blk.wg,
       },
       workgroups: groups(e, call, Math.ceil(nq / WG), g.cout, splits),
       info: `${call.info} dw blocks → partials`,
@@ -1533,7 +1540,7 @@ function backwardWeight(
   });
   const part = e.empty([splits, ...wShape], "conv2d dw partials");
   const l = lanes(e, call, g.cout, ncol, blk, splits);
-  e.run(dwKernel({ tm, tn }), {
+  e.run(dwKernel({ tm, tn, wg: blk.wg }), {
     bindings: [dyt ?? dy, xp, ptab, part],
     uniforms: {
       M: g.cout,
@@ -1572,7 +1579,7 @@ function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: BlockedCon
   if (pass === "fwd") {
     const cp = c4(g.cin), N = g.n * g.oh * g.ow, { kwp, wp } = fwdRow(g, c);
     const xp = g.n * (g.h + 2 * g.pad) * wp * cp;
-    const blk = chooseBlock(g.cout, N, g.kh * kwp * cp, c);
+    const blk = chooseBlock(e, g.cout, N, g.kh * kwp * cp, c);
     return {
       elements: Math.max(io, xp, g.cout * g.kh * kwp * cp),
       groups: Math.max(...laneGroups(g.cout, N, blk), gemmBatch),
@@ -1584,7 +1591,7 @@ function footprint(e: Engine, pass: Conv2dPass, g: Conv2dGeometry, c: BlockedCon
     let most = gemmBatch;
     for (const { ph, pw, hi, wi } of dxPhases(g)) {
       const N = g.n * hi * wi;
-      most = Math.max(most, ...laneGroups(g.cin, N, chooseBlock(g.cin, N, ph.taps * pw.taps * cp, c)));
+      most = Math.max(most, ...laneGroups(g.cin, N, chooseBlock(e, g.cin, N, ph.taps * pw.taps * cp, c)));
     }
     return { elements: Math.max(io, dyp, g.cin * g.kh * g.kw * cp), groups: most };
   }
