@@ -12,7 +12,7 @@ import {
   withConv2dVariant,
 } from "../../kernels/conv2d/mod.ts";
 import { conv2d } from "../../ops/conv2d.ts";
-import { chooseMatmulKernel } from "../../kernels/matmul.ts";
+import { chooseMatmulKernel, matmulVariantId, type TexConfig } from "../../kernels/matmul.ts";
 import { useTuning, withVariant } from "../../kernels/tuning.ts";
 import type { Engine } from "../../engine/engine.ts";
 import { requiresGrad, Tape } from "../../engine/autograd.ts";
@@ -502,7 +502,8 @@ gpuTest(
     ]];
     for (const [ci, c] of cases.entries()) {
       const d = caseData(c, 120 + ci);
-      const tex = chooseMatmulKernel(e, d.wShape[0], d.xShape[2] * d.xShape[3], d.xShape[1]).kind === "tex";
+      const cfg = chooseMatmulKernel(e, d.wShape[0], d.xShape[2] * d.xShape[3], d.xShape[1]);
+      const tex = cfg.kind === "tex";
       if (e.adapterInfo.software) assertEquals(tex, true, `${d.label}: the matmul's built-in kernel`);
       for (const [bias, residual, relu] of [[1, 1, 1], [1, 0, 1], [0, 1, 0], [1, 0, 0]]) {
         const label = `${d.label} bias ${bias} res ${residual} relu ${relu}`;
@@ -521,9 +522,16 @@ gpuTest(
             assertEquals(mm[0].includes("_rowBias"), !!bias, `${label}: ${names}`);
             assertEquals(mm[0].includes("_res"), !!residual, `${label}: ${names}`);
             assertEquals(mm[0].includes("_actrelu"), !!relu, `${label}: ${names}`);
-            // 32 × 32 blocks with lanes along N: the block that pads least for these C (32 × 256, 80 × 144
-            // and 160 × 144; 32 × 32 counted at 1/1.5 against 16 × 16, lanes along N on a tie).
-            assertEquals(mm[0].startsWith("matmul_tex_tm32_tn32_wg8_lanescols"), true, `${label}: ${names}`);
+            // The built-in choice, with its workgroup (one SIMD group: 8 lanes at llvmpipe's default 256
+            // bits). At 8 lanes: 32 × 32 blocks with lanes along N, the block that pads least for these C
+            // (32 × 256, 80 × 144 and 160 × 144; 32 × 32 counted at 1/1.5 against 16 × 16, lanes along N
+            // on a tie).
+            const c = cfg as TexConfig;
+            if (c.wg === 8) {
+              assertEquals(matmulVariantId(c), "tex/32x32/cols", `${label}: the built-in choice`);
+            }
+            const want = `matmul_tex_tm${c.tm}_tn${c.tn}_wg${c.wg}_lanes${c.lanes}`;
+            assertEquals(mm[0].startsWith(want), true, `${label}: ${names}`);
             assertEquals(names.some((n) => n.startsWith("conv2d_")), false, `${label}: ${names}`);
           }
           const got = await withConv2dVariant("blocked", fwd).toArray();
