@@ -10,7 +10,7 @@ import {
   matmulVariantId,
   transpose,
 } from "../../kernels/matmul.ts";
-import { stagesTiles } from "../../kernels/_wgsl.ts";
+import { blockWorkgroup, stagesTiles } from "../../kernels/_wgsl.ts";
 import { compareClose } from "../../kernels/tolerance.ts";
 import { texCannot } from "../../kernels/matmul_tex.ts";
 import { useTuning, withVariant } from "../../kernels/tuning.ts";
@@ -164,8 +164,9 @@ gpuTest(
     assertThrows(() => matmulVariant(e, "tex/32x64/rows", 1024, 1024), RangeError, "lanes along N");
     // A table's choice applies to the products it was a candidate for; Bᵀ or batched products of its class
     // (35–43 s kernels to compile) keep the built-in choice. Forced, it applies anyway.
+    // 1000 × 1024 × 1000: C's 1 024 columns fill a 32 × 64 block's workgroup at 8 and at 16 lanes.
     const choice = (tB: boolean, batch: number) =>
-      matmulVariantId(chooseMatmulKernel(e, 1000, 1000, 1000, tB, batch));
+      matmulVariantId(chooseMatmulKernel(e, 1000, 1024, 1000, tB, batch));
     const [plain, transposed, batched] = [choice(false, 1), choice(true, 1), choice(false, 2)];
     useTuning(e, { entries: { [`matmul|${matmulShapeClass(1024, 1024, 1024)}`]: wide } });
     try {
@@ -591,11 +592,14 @@ gpuTest("the tuning table and forced variants choose the matmul kernel", async (
   );
   if (e.adapterInfo.software) {
     // The texture block and lanes that pad least (32 × 32 counted at 1/1.5): Winograd's products at batch 8.
+    // A workgroup is one SIMD group (8 lanes at 256 bits, 16 at 512): 32 × 32 blocks with lanes along N
+    // cover 256 columns at 8 lanes, but 512 at 16, where 16 × 16 blocks cover C's 256 exactly.
+    const wg = blockWorkgroup(e);
     for (
       const [m, n, k, id] of [
         [1568, 64, 64, "tex/32x32/rows"],
         [392, 128, 128, "tex/32x32/rows"],
-        [128, 256, 256, "tex/32x32/cols"],
+        [128, 256, 256, wg === 8 ? "tex/32x32/cols" : "tex/16x16/cols"],
         [32, 512, 512, "tex/32x32/cols"],
         [8, 19699, 2048, "tex/16x16/cols"],
       ] as const
